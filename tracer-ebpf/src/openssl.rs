@@ -1,0 +1,121 @@
+//! Uprobes on OpenSSL's (and API-compatible libraries') read and write calls.
+//!
+//! The entry probe remembers the buffer; the return probe learns how many bytes the call really
+//! transferred and copies exactly those, whole, in `CHUNK_SIZE` records. Copying at return means a
+//! write retried after WANT_WRITE is captured once, from the call that succeeded.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{Direction, TlsFunction};
+
+use crate::{
+    emit::{emit_buffer, Transfer},
+    maps::{count, PendingCall, PENDING_READS, PENDING_WRITES},
+};
+use tracer_common::counter;
+
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::SslWrite, &PENDING_WRITES);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::SslWriteEx, &PENDING_WRITES);
+    0
+}
+
+#[uprobe]
+pub fn ssl_read(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::SslRead, &PENDING_READS);
+    0
+}
+
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::SslReadEx, &PENDING_READS);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
+    finish_call(&ctx, Direction::Egress, &PENDING_WRITES);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_read_ret(ctx: RetProbeContext) -> u32 {
+    finish_call(&ctx, Direction::Ingress, &PENDING_READS);
+    0
+}
+
+#[inline(always)]
+fn remember_call(ctx: &ProbeContext, function: TlsFunction, pending: &LruHashMap<u64, PendingCall>) {
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
+    let len_out = match function {
+        TlsFunction::SslWriteEx | TlsFunction::SslReadEx => ctx.arg::<u64>(3).unwrap_or(0),
+        TlsFunction::SslWrite | TlsFunction::SslRead => 0,
+    };
+    let call = PendingCall {
+        ssl,
+        buf,
+        len_out,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        function: function as u32,
+        _pad: 0,
+    };
+    let _ = pending.insert(&bpf_get_current_pid_tgid(), &call, BPF_ANY as u64);
+}
+
+#[inline(always)]
+fn finish_call(ctx: &RetProbeContext, direction: Direction, pending: &LruHashMap<u64, PendingCall>) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = (unsafe { pending.get(&pid_tgid) }).copied() else {
+        count(counter::MISSING_ENTRY, 1);
+        return;
+    };
+    let _ = pending.remove(&pid_tgid);
+
+    let ret: i64 = ctx.ret();
+    let len = if call.len_out != 0 {
+        // SSL_{read,write}_ex: 1 on success, the count in the out-parameter.
+        if ret != 1 {
+            return;
+        }
+        match unsafe { bpf_probe_read_user(call.len_out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => return,
+        }
+    } else {
+        if ret <= 0 {
+            return;
+        }
+        ret as u64
+    };
+    if len == 0 {
+        return;
+    }
+    count(counter::CALLS, 1);
+    // Writes left at entry; reads' bytes arrived at return.
+    let timestamp_ns = match direction {
+        Direction::Egress => call.timestamp_ns,
+        Direction::Ingress => unsafe { bpf_ktime_get_ns() },
+    };
+    emit_buffer(&Transfer {
+        conn_id: call.ssl,
+        buf: call.buf,
+        len,
+        timestamp_ns,
+        pid_tgid,
+        function: call.function,
+        direction: direction as u32,
+    });
+}

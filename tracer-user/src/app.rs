@@ -1,0 +1,140 @@
+//! The daemon: wires capture, the pipeline and the exporters, and shuts them down in order.
+
+use std::{io::IsTerminal, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    capture::{self, reader::read_ring_buffer, Capture, Clock},
+    config::Config,
+    export::{console, otlp::OtlpExporter},
+    health::Health,
+    pipeline::{Pipeline, PipelineConfig},
+    span::Span,
+};
+
+/// Capture records waiting for the pipeline. Large enough for a burst of several MiB.
+const CAPTURE_QUEUE: usize = 64 * 1024;
+const SINK_QUEUE: usize = 16 * 1024;
+
+struct Sinks {
+    queues: Vec<mpsc::Sender<Arc<Span>>>,
+    tasks: Vec<JoinHandle<()>>,
+    health: Arc<Health>,
+}
+
+impl Sinks {
+    fn dispatch(&self, spans: &mut Vec<Span>) {
+        for span in spans.drain(..) {
+            Health::add(&self.health.spans, 1);
+            let span = Arc::new(span);
+            for queue in &self.queues {
+                if queue.try_send(span.clone()).is_err() {
+                    Health::add(&self.health.export_queue_full, 1);
+                }
+            }
+        }
+    }
+
+    async fn close(self) {
+        drop(self.queues);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    capture::prepare_host().context("preparing the host for eBPF")?;
+    let health = Arc::new(Health::default());
+    let clock = Clock::new();
+
+    let mut sinks = Sinks {
+        queues: Vec::new(),
+        tasks: Vec::new(),
+        health: health.clone(),
+    };
+    if config.console {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        sinks
+            .tasks
+            .push(tokio::spawn(console::run(rx, std::io::stdout().is_terminal())));
+        sinks.queues.push(tx);
+    }
+    if let Some(otlp) = config.otlp.clone() {
+        info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting OTLP traces");
+        let exporter = OtlpExporter::new(otlp, health.clone())?;
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        sinks.tasks.push(tokio::spawn(exporter.run(rx)));
+        sinks.queues.push(tx);
+    }
+
+    let mut capture = Capture::load(config.ring_buffer_bytes)?;
+    let ring = capture.take_ring_buffer()?;
+    let (event_tx, mut events) = mpsc::channel(CAPTURE_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = tokio::spawn(read_ring_buffer(ring, event_tx, health.clone(), stop_rx));
+
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            capture_content: config.capture_content,
+            content_max_bytes: config.content_max_bytes,
+            max_body_bytes: config.max_body_bytes,
+            idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
+        },
+        clock,
+        health.clone(),
+    );
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut spans = Vec::new();
+    info!(
+        libraries = ?capture.libraries,
+        console = config.console,
+        capture_content = config.capture_content,
+        "tracer ready"
+    );
+
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => pipeline.handle(event, &mut spans),
+                None => break,
+            },
+            _ = tick.tick() => {
+                pipeline.tick(Clock::monotonic_now_ns(), &mut spans);
+                if let Err(e) = capture.read_kernel_counters(&health) {
+                    warn!("reading kernel counters: {e:#}");
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        sinks.dispatch(&mut spans);
+    }
+
+    info!("stopping: draining captured data");
+    let _ = stop_tx.send(true);
+    while let Some(event) = events.recv().await {
+        pipeline.handle(event, &mut spans);
+    }
+    match reader.await {
+        Ok(Err(e)) => warn!("ring buffer reader: {e:#}"),
+        Err(e) => warn!("ring buffer reader task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    pipeline.close_all(&mut spans);
+    sinks.dispatch(&mut spans);
+    sinks.close().await;
+    capture.read_kernel_counters(&health)?;
+    drop(capture);
+    info!("tracer stopped: {}", health.summary());
+    Ok(())
+}

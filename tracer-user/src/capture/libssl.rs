@@ -1,0 +1,126 @@
+//! Finding the OpenSSL libraries on the host: the usual library directories plus whatever the
+//! running processes have mapped. A uprobe on a file covers every process that maps it, now and
+//! later, so each file (by device and inode) is attached once.
+
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+const LIBRARY_DIRS: &[&str] = &[
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+];
+
+/// `libssl.so`, `libssl.so.3`, `libssl.so.1.1`: OpenSSL's shared library (not NSS's
+/// `libssl3.so`, which has another API).
+pub fn is_libssl(file_name: &str) -> bool {
+    file_name == "libssl.so" || file_name.starts_with("libssl.so.")
+}
+
+/// Distinct libssl files, as paths usable for attaching.
+pub fn find_libssl() -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for dir in LIBRARY_DIRS {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().is_some_and(is_libssl) {
+                candidates.push(entry.path());
+            }
+        }
+    }
+    candidates.extend(mapped_libssl());
+    dedupe_by_inode(candidates)
+}
+
+/// libssl files mapped by running processes, seen through each process's own root so that a
+/// container's library (another mount namespace) resolves.
+fn mapped_libssl() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        for path in mapped_paths(&maps) {
+            if Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_libssl)
+            {
+                found.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
+            }
+        }
+    }
+    found
+}
+
+/// File paths in a `/proc/PID/maps` text.
+pub fn mapped_paths(maps: &str) -> impl Iterator<Item = &str> {
+    maps.lines().filter_map(|line| {
+        // address perms offset dev inode pathname: the path is the sixth field and may hold spaces.
+        let mut rest = line;
+        for _ in 0..5 {
+            rest = rest.trim_start().split_once(' ')?.1;
+        }
+        let path = rest.trim();
+        path.starts_with('/').then_some(path)
+    })
+}
+
+fn dedupe_by_inode(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    paths
+        .into_iter()
+        .filter(|p| match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => seen.insert((m.dev(), m.ino())),
+            _ => false,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_openssl_but_not_nss() {
+        assert!(is_libssl("libssl.so.3"));
+        assert!(is_libssl("libssl.so.1.1"));
+        assert!(is_libssl("libssl.so"));
+        assert!(!is_libssl("libssl3.so"));
+        assert!(!is_libssl("libssl.a"));
+    }
+
+    #[test]
+    fn parses_maps_paths_with_spaces() {
+        let maps = "7f00-7f01 r-xp 00000000 08:01 1234   /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
+                    7f02-7f03 rw-p 00000000 00:00 0 \n\
+                    7f04-7f05 r--p 00000000 08:01 99   /opt/my app/libssl.so.3 (deleted)\n\
+                    7ffd-7ffe rw-p 00000000 00:00 0   [stack]\n";
+        let paths: Vec<&str> = mapped_paths(maps).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                "/opt/my app/libssl.so.3 (deleted)"
+            ]
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! The ring-buffer reader: decodes records and hands them on without ever waiting for the next
+//! stage (pulsar's BpfSender rule: when the queue is full, drop and count).
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tracing::debug;
+
+use super::{decode_record, CaptureEvent};
+use crate::health::Health;
+
+/// Reads until `stop` fires, then drains what is already in the ring and returns.
+pub async fn read_ring_buffer(
+    ring: RingBuf<MapData>,
+    events: mpsc::Sender<CaptureEvent>,
+    health: Arc<Health>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    // Safety: the ring buffer owns its map fd, which stays open and the same until it is dropped
+    // together with the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &events, &health);
+                guard.clear_ready();
+            }
+            _ = stop.changed() => {
+                drain(fd.get_mut(), &events, &health);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, events: &mpsc::Sender<CaptureEvent>, health: &Health) {
+    while let Some(record) = ring.next() {
+        Health::add(&health.records, 1);
+        match decode_record(&record) {
+            Ok(event) => {
+                if let CaptureEvent::Tls(chunk) = &event {
+                    Health::add(&health.bytes, chunk.data.len() as u64);
+                }
+                if events.try_send(event).is_err() {
+                    Health::add(&health.pipeline_queue_full, 1);
+                }
+            }
+            Err(e) => {
+                debug!("malformed record: {e}");
+                Health::add(&health.malformed_records, 1);
+            }
+        }
+    }
+}

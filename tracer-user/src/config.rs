@@ -1,0 +1,225 @@
+//! Run configuration: command-line flags over the standard OpenTelemetry environment variables
+//! over documented defaults.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+
+use crate::export::otlp::{parse_key_values, OtlpConfig, Protocol};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConsoleMode {
+    /// On when no OTLP endpoint is configured.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// OTLP endpoint. For gRPC the collector URL (http://host:4317); for http/protobuf the base
+    /// URL (/v1/traces is appended). Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then
+    /// OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+
+    /// grpc or http/protobuf. Default: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, then
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, then grpc for port 4317 and http/protobuf otherwise.
+    #[arg(long)]
+    pub otlp_protocol: Option<String>,
+
+    /// Extra OTLP request header, key=value; repeatable. Adds to OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(long = "otlp-header")]
+    pub otlp_headers: Vec<String>,
+
+    /// service.name for every exported resource. Default: OTEL_SERVICE_NAME, else each traced
+    /// process's executable name.
+    #[arg(long)]
+    pub service_name: Option<String>,
+
+    /// Console output of spans.
+    #[arg(long, value_enum, default_value_t = ConsoleMode::Auto)]
+    pub console: ConsoleMode,
+
+    /// Export prompt and completion content (gen_ai.input.messages / gen_ai.output.messages).
+    #[arg(long)]
+    pub capture_content: bool,
+
+    /// Cap on each content attribute, in bytes; longer content is shortened, keeping its JSON shape.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub content_max_bytes: usize,
+
+    /// Kernel ring buffer size in bytes (rounded up to a power of two).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub ring_buffer_bytes: u32,
+
+    /// Largest HTTP body kept in memory per message; the rest is counted, not kept.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// A connection silent this long with a request still unanswered is closed as interrupted.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub otlp: Option<OtlpConfig>,
+    pub console: bool,
+    pub capture_content: bool,
+    pub content_max_bytes: usize,
+    pub ring_buffer_bytes: u32,
+    pub max_body_bytes: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: &RunArgs) -> Result<Self> {
+        Self::resolve(args, |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// `env` looks up an environment variable; a function so tests need not touch the real one.
+    pub fn resolve(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let explicit_protocol = args
+            .otlp_protocol
+            .clone()
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .map(|p| p.parse::<Protocol>())
+            .transpose()?;
+        // (url, is it already the full traces URL?)
+        let endpoint = args
+            .otlp_endpoint
+            .clone()
+            .map(|e| (e, false))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, true)))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)));
+        let otlp = match endpoint {
+            None => None,
+            Some((url, full)) => {
+                let protocol = explicit_protocol.unwrap_or_else(|| {
+                    if url.trim_end_matches('/').ends_with(":4317") {
+                        Protocol::Grpc
+                    } else {
+                        Protocol::HttpProtobuf
+                    }
+                });
+                let endpoint = match protocol {
+                    Protocol::HttpProtobuf if !full => {
+                        format!("{}/v1/traces", url.trim_end_matches('/'))
+                    }
+                    _ => url,
+                };
+                let mut headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
+                    Some(h) => parse_key_values(&h).context("OTEL_EXPORTER_OTLP_HEADERS")?,
+                    None => Vec::new(),
+                };
+                for h in &args.otlp_headers {
+                    headers.extend(parse_key_values(h).context("--otlp-header")?);
+                }
+                let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
+                    Some(r) => parse_key_values(&r).context("OTEL_RESOURCE_ATTRIBUTES")?,
+                    None => Vec::new(),
+                };
+                Some(OtlpConfig {
+                    endpoint,
+                    protocol,
+                    headers,
+                    service_name: args.service_name.clone().or_else(|| env("OTEL_SERVICE_NAME")),
+                    resource_attributes,
+                    timeout: Duration::from_secs(10),
+                })
+            }
+        };
+        let console = match args.console {
+            ConsoleMode::Auto => otlp.is_none(),
+            ConsoleMode::Always => true,
+            ConsoleMode::Never => false,
+        };
+        Ok(Config {
+            otlp,
+            console,
+            capture_content: args.capture_content,
+            content_max_bytes: args.content_max_bytes,
+            ring_buffer_bytes: args.ring_buffer_bytes,
+            max_body_bytes: args.max_body_bytes,
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn resolve(argv: &[&str], vars: &[(&str, &str)]) -> Config {
+        let cli = Cli::parse_from(std::iter::once("x").chain(argv.iter().copied()));
+        Config::resolve(&cli.run, |k| {
+            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn console_by_default_when_no_endpoint() {
+        let c = resolve(&[], &[]);
+        assert!(c.otlp.is_none());
+        assert!(c.console);
+    }
+
+    #[test]
+    fn env_endpoint_with_protocol_rules() {
+        let c = resolve(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]);
+        let o = c.otlp.unwrap();
+        assert_eq!(o.protocol, Protocol::HttpProtobuf);
+        assert_eq!(o.endpoint, "http://c:4318/v1/traces");
+        assert!(!c.console);
+
+        let c = resolve(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]);
+        assert_eq!(c.otlp.unwrap().protocol, Protocol::Grpc);
+
+        let c = resolve(
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9/custom"),
+            ],
+        );
+        assert_eq!(c.otlp.unwrap().endpoint, "http://t:9/custom");
+    }
+
+    #[test]
+    fn flags_override_env() {
+        let c = resolve(
+            &["--otlp-endpoint", "http://f:1", "--otlp-protocol", "grpc", "--console", "always", "--service-name", "svc"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://e:2"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_SERVICE_NAME", "env-svc"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=dev"),
+            ],
+        );
+        let o = c.otlp.unwrap();
+        assert_eq!((o.endpoint.as_str(), o.protocol), ("http://f:1", Protocol::Grpc));
+        assert_eq!(o.service_name.as_deref(), Some("svc"));
+        assert_eq!(o.headers, vec![("a".to_string(), "1".to_string())]);
+        assert_eq!(o.resource_attributes[0].0, "deployment.environment");
+        assert!(c.console);
+    }
+
+    #[test]
+    fn bad_protocol_is_a_clear_error() {
+        let cli = Cli::parse_from(["x", "--otlp-endpoint", "http://a:1", "--otlp-protocol", "http/json"]);
+        let err = Config::resolve(&cli.run, |_| None).unwrap_err();
+        assert!(err.to_string().contains("unsupported OTLP protocol"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Stage 6, enrich: who made the call. Process metadata is read from /proc when a process is
+//! first seen (it may be gone by the time its last span is built) and forgotten when it exits.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::span::Span;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub executable_path: Option<String>,
+    pub executable_name: String,
+    /// With secret-looking arguments redacted.
+    pub command_line: Option<String>,
+    pub host_name: String,
+}
+
+impl ProcessInfo {
+    pub fn unknown(pid: u32) -> Self {
+        ProcessInfo {
+            pid,
+            executable_path: None,
+            executable_name: "unknown".to_string(),
+            command_line: None,
+            host_name: String::new(),
+        }
+    }
+
+    fn read(pid: u32, host_name: &str) -> Self {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().to_string())
+            .ok();
+        let executable_name = exe
+            .as_deref()
+            .and_then(|e| e.rsplit('/').next())
+            .map(str::to_string)
+            .or(comm)
+            .unwrap_or_else(|| "unknown".to_string());
+        ProcessInfo {
+            pid,
+            executable_path: exe,
+            executable_name,
+            command_line: (!args.is_empty()).then(|| redact_args(&args).join(" ")),
+            host_name: host_name.to_string(),
+        }
+    }
+}
+
+/// Replaces values of arguments that look like credentials (`--api-key X`, `--token=X`,
+/// `OPENAI_API_KEY=X`) with `REDACTED`.
+pub fn redact_args(args: &[String]) -> Vec<String> {
+    fn secret_name(name: &str) -> bool {
+        let n = name.trim_start_matches('-').to_ascii_lowercase();
+        ["key", "token", "secret", "password", "passwd", "auth", "credential", "cookie"]
+            .iter()
+            .any(|s| n.contains(s))
+    }
+    let mut out = Vec::with_capacity(args.len());
+    let mut redact_next = false;
+    for arg in args {
+        if redact_next {
+            out.push("REDACTED".to_string());
+            redact_next = false;
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((name, _)) if secret_name(name) => out.push(format!("{name}=REDACTED")),
+            None if arg.starts_with('-') && secret_name(arg) => {
+                out.push(arg.clone());
+                redact_next = true;
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    out
+}
+
+/// Bounded: beyond this many live processes, new ones are described on demand and not cached.
+const MAX_PROCESSES: usize = 65_536;
+
+pub struct ProcessCache {
+    host_name: String,
+    processes: HashMap<u32, Arc<ProcessInfo>>,
+}
+
+impl ProcessCache {
+    pub fn new() -> Self {
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        ProcessCache {
+            host_name,
+            processes: HashMap::new(),
+        }
+    }
+
+    /// Called when a process is first seen, while it is surely alive.
+    pub fn observe(&mut self, pid: u32) {
+        if self.processes.len() < MAX_PROCESSES && !self.processes.contains_key(&pid) {
+            let info = Arc::new(ProcessInfo::read(pid, &self.host_name));
+            self.processes.insert(pid, info);
+        }
+    }
+
+    pub fn get(&self, pid: u32) -> Arc<ProcessInfo> {
+        self.processes
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ProcessInfo::read(pid, &self.host_name)))
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    pub fn enrich(&self, span: &mut Span) {
+        span.process = self.get(span.process.pid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+}
+
+impl Default for ProcessCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn redacts_secret_flags_and_assignments() {
+        assert_eq!(
+            redact_args(&s(&["agent", "--api-key", "sk-1", "--token=abc", "OPENAI_API_KEY=sk-2", "--model", "gpt"])),
+            s(&["agent", "--api-key", "REDACTED", "--token=REDACTED", "OPENAI_API_KEY=REDACTED", "--model", "gpt"])
+        );
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = ProcessInfo::read(std::process::id(), "h");
+        assert!(me.executable_path.is_some());
+        assert!(me.command_line.is_some());
+        assert_eq!(me.host_name, "h");
+    }
+}

@@ -1,0 +1,137 @@
+//! An LLM call as OpenTelemetry GenAI semantic-convention attributes (v1.41 names, genai-spec
+//! §1.3), with the OpenInference attributes Arize Phoenix renders natively (§2).
+
+use super::{content::capped_json, LlmCall};
+use crate::{capture::Clock, span::AttrValue};
+
+pub struct ContentPolicy {
+    pub capture: bool,
+    pub max_bytes: usize,
+}
+
+pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static str, AttrValue)> {
+    let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(40);
+    let req = &call.request;
+    let resp = &call.response;
+    a.push(("gen_ai.operation.name", call.operation.into()));
+    a.push(("gen_ai.provider.name", call.provider.clone().into()));
+    if let Some(t) = call.api_type {
+        a.push(("openai.api.type", t.into()));
+    }
+    if let Some(m) = &req.model {
+        a.push(("gen_ai.request.model", m.clone().into()));
+    }
+    if req.stream {
+        a.push(("gen_ai.request.stream", true.into()));
+    }
+    let mut opt_f64 = |k: &'static str, v: Option<f64>| {
+        if let Some(v) = v {
+            a.push((k, v.into()));
+        }
+    };
+    opt_f64("gen_ai.request.temperature", req.temperature);
+    opt_f64("gen_ai.request.top_p", req.top_p);
+    opt_f64("gen_ai.request.frequency_penalty", req.frequency_penalty);
+    opt_f64("gen_ai.request.presence_penalty", req.presence_penalty);
+    let mut opt_i64 = |k: &'static str, v: Option<i64>| {
+        if let Some(v) = v {
+            a.push((k, v.into()));
+        }
+    };
+    opt_i64("gen_ai.request.max_tokens", req.max_tokens);
+    opt_i64("gen_ai.request.seed", req.seed);
+    opt_i64("gen_ai.request.choice.count", req.choice_count);
+    opt_i64("gen_ai.usage.input_tokens", resp.usage.input_tokens);
+    opt_i64("gen_ai.usage.output_tokens", resp.usage.output_tokens);
+    opt_i64("gen_ai.usage.cache_read.input_tokens", resp.usage.cache_read_input_tokens);
+    opt_i64("gen_ai.usage.cache_creation.input_tokens", resp.usage.cache_creation_input_tokens);
+    opt_i64("gen_ai.usage.reasoning.output_tokens", resp.usage.reasoning_output_tokens);
+    if !req.stop_sequences.is_empty() {
+        a.push(("gen_ai.request.stop_sequences", req.stop_sequences.clone().into()));
+    }
+    if let Some(id) = &resp.id {
+        a.push(("gen_ai.response.id", id.clone().into()));
+    }
+    if let Some(m) = &resp.model {
+        a.push(("gen_ai.response.model", m.clone().into()));
+    }
+    if !resp.finish_reasons.is_empty() {
+        a.push(("gen_ai.response.finish_reasons", resp.finish_reasons.clone().into()));
+    }
+    if let Some(first) = call.first_chunk_ns {
+        let secs = first.saturating_sub(call.start_ns) as f64 / 1e9;
+        a.push(("gen_ai.response.time_to_first_chunk", secs.into()));
+    }
+    if let Some(fp) = &resp.system_fingerprint {
+        a.push(("openai.response.system_fingerprint", fp.clone().into()));
+    }
+    if let Some(tier) = &resp.service_tier {
+        a.push(("openai.response.service_tier", tier.clone().into()));
+    }
+    // Tool names and ids are metadata, not content (genai-spec §5.3): always present.
+    if !req.tool_names.is_empty() {
+        a.push(("agent_tracer.request.tool_names", req.tool_names.clone().into()));
+    }
+    if !resp.tool_calls.is_empty() {
+        let names: Vec<String> = resp.tool_calls.iter().map(|t| t.name.clone()).collect();
+        let ids: Vec<String> = resp.tool_calls.iter().map(|t| t.id.clone().unwrap_or_default()).collect();
+        a.push(("agent_tracer.response.tool_call.names", names.into()));
+        a.push(("agent_tracer.response.tool_call.ids", ids.into()));
+    }
+    if let Some(addr) = &call.server_address {
+        a.push(("server.address", addr.clone().into()));
+    }
+    if let Some(port) = call.server_port {
+        a.push(("server.port", port.into()));
+    }
+    a.push(("http.request.method", call.http_method.clone().into()));
+    a.push(("url.path", call.url_path.clone().into()));
+    if let Some(status) = call.http_status {
+        a.push(("http.response.status_code", status.into()));
+    }
+    a.push(("http.request.body.size", call.request_body_bytes.into()));
+    a.push(("http.response.body.size", call.response_body_bytes.into()));
+    if call.bytes_lost > 0 {
+        a.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
+    }
+    if let Some(err) = &call.error {
+        a.push(("error.type", err.error_type.clone().into()));
+    }
+    if content.capture {
+        if let Some(m) = &req.input_messages {
+            a.push(("gen_ai.input.messages", capped_json(m, content.max_bytes).into()));
+        }
+        if let Some(m) = &resp.output_messages {
+            a.push(("gen_ai.output.messages", capped_json(m, content.max_bytes).into()));
+        }
+    }
+    // OpenInference, so Phoenix shows the span as an LLM call without conversion.
+    a.push(("openinference.span.kind", "LLM".into()));
+    a.push(("llm.provider", call.provider.clone().into()));
+    a.push(("llm.system", call.provider.clone().into()));
+    if let Some(m) = resp.model.as_ref().or(req.model.as_ref()) {
+        a.push(("llm.model_name", m.clone().into()));
+    }
+    if let Some(i) = resp.usage.input_tokens {
+        a.push(("llm.token_count.prompt", i.into()));
+    }
+    if let Some(o) = resp.usage.output_tokens {
+        a.push(("llm.token_count.completion", o.into()));
+    }
+    if let (Some(i), Some(o)) = (resp.usage.input_tokens, resp.usage.output_tokens) {
+        a.push(("llm.token_count.total", (i + o).into()));
+    }
+    a
+}
+
+/// `{operation} {model}` (semconv span name).
+pub fn span_name(call: &LlmCall) -> String {
+    match &call.request.model {
+        Some(m) => format!("{} {m}", call.operation),
+        None => call.operation.to_string(),
+    }
+}
+
+pub fn unix_times(call: &LlmCall, clock: &Clock) -> (u64, u64) {
+    (clock.unix_ns(call.start_ns), clock.unix_ns(call.end_ns.max(call.start_ns)))
+}

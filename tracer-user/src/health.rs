@@ -1,0 +1,84 @@
+//! The tracer's own health: what it captured, what it lost and why, what it failed to parse or
+//! export. Every stage increments these; they are printed at shutdown and, later, exported.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Default, Debug)]
+        pub struct Health { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        impl Health {
+            /// Name and value of every counter, for reports.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Ring-buffer records read.
+    records,
+    /// Payload bytes read from the ring buffer.
+    bytes,
+    /// Records the kernel could not write because the ring buffer was full.
+    kernel_ringbuf_full_records,
+    /// Payload bytes lost to a full ring buffer.
+    kernel_ringbuf_full_bytes,
+    /// Payload bytes the kernel could not read from the traced process.
+    kernel_read_failed_bytes,
+    /// Payload bytes past the per-call capture limit.
+    kernel_truncated_bytes,
+    /// TLS call returns whose entry was not seen.
+    kernel_missing_entry,
+    /// TLS calls captured in the kernel.
+    kernel_tls_calls,
+    /// Records malformed or of an unknown kind.
+    malformed_records,
+    /// Records dropped because the pipeline queue was full.
+    pipeline_queue_full,
+    /// Bytes missing from a stream (a gap marker was raised).
+    stream_gap_bytes,
+    /// Bytes of connections not speaking a protocol we parse (yet).
+    unparsed_bytes,
+    /// HTTP messages that failed to parse (the parser resynchronised).
+    http_parse_errors,
+    /// Complete HTTP request/response exchanges.
+    http_exchanges,
+    /// Exchanges cut short (process exit, idle timeout, shutdown).
+    http_interrupted,
+    /// Exchanges recognised as LLM calls.
+    llm_calls,
+    /// LLM bodies that could not be decoded or parsed.
+    llm_parse_errors,
+    /// Spans handed to exporters.
+    spans,
+    /// Spans dropped because an exporter's queue was full.
+    export_queue_full,
+    /// Spans an exporter failed to deliver after retries.
+    export_failed_spans,
+    /// Spans delivered by exporters.
+    exported_spans,
+}
+
+impl Health {
+    pub fn add(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Relaxed);
+    }
+
+    /// The counters with a non-zero value, as `name=value` pairs on one line.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .snapshot()
+            .into_iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if parts.is_empty() {
+            "nothing captured".to_string()
+        } else {
+            parts.join(" ")
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The processing chain from capture events to spans: streams → protocols → genai → agent →
+//! enrich. Each stage owns its state; data only flows forward. It runs on one task, fed by the
+//! capture queue, and hands finished spans to the exporters' queues.
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::{
+    agent::AgentAssembler,
+    capture::{CaptureEvent, Clock},
+    enrich::ProcessCache,
+    genai::{self, semconv::ContentPolicy, GenAiConfig},
+    health::Health,
+    protocols::{HttpExchange, HttpTracker},
+    span::Span,
+    streams::{StreamAssembler, StreamEvent},
+};
+
+pub struct PipelineConfig {
+    pub capture_content: bool,
+    pub content_max_bytes: usize,
+    pub max_body_bytes: usize,
+    pub idle_timeout_ns: u64,
+}
+
+pub struct Pipeline {
+    streams: StreamAssembler,
+    http: HttpTracker,
+    genai: GenAiConfig,
+    agent: AgentAssembler,
+    processes: ProcessCache,
+    health: Arc<Health>,
+    idle_timeout_ns: u64,
+    stream_events: Vec<StreamEvent>,
+    exchanges: Vec<HttpExchange>,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, clock: Clock, health: Arc<Health>) -> Self {
+        Pipeline {
+            streams: StreamAssembler::new(),
+            http: HttpTracker::new(config.max_body_bytes, health.clone()),
+            genai: GenAiConfig {
+                capture_content: config.capture_content,
+            },
+            agent: AgentAssembler::new(
+                ContentPolicy {
+                    capture: config.capture_content,
+                    max_bytes: config.content_max_bytes,
+                },
+                clock,
+            ),
+            processes: ProcessCache::new(),
+            health,
+            idle_timeout_ns: config.idle_timeout_ns,
+            stream_events: Vec::new(),
+            exchanges: Vec::new(),
+        }
+    }
+
+    pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
+        let exited = match &event {
+            CaptureEvent::Tls(chunk) => {
+                self.processes.observe(chunk.pid);
+                None
+            }
+            CaptureEvent::ProcessExit { pid, .. } => Some(*pid),
+        };
+        self.streams.push(event, &mut self.stream_events);
+        for stream_event in self.stream_events.drain(..) {
+            self.http.push(&stream_event, &mut self.exchanges);
+        }
+        self.finish_exchanges(out);
+        if let Some(pid) = exited {
+            self.processes.forget(pid);
+        }
+    }
+
+    /// Periodic work: closes connections idle past the timeout.
+    pub fn tick(&mut self, now_monotonic_ns: u64, out: &mut Vec<Span>) {
+        self.http
+            .sweep_idle(now_monotonic_ns, self.idle_timeout_ns, &mut self.exchanges);
+        self.finish_exchanges(out);
+    }
+
+    /// Shutdown: everything still open becomes a span marked interrupted.
+    pub fn close_all(&mut self, out: &mut Vec<Span>) {
+        self.http.close_all(&mut self.exchanges);
+        self.finish_exchanges(out);
+    }
+
+    fn finish_exchanges(&mut self, out: &mut Vec<Span>) {
+        for exchange in self.exchanges.drain(..) {
+            match genai::recognise(&exchange, &self.genai) {
+                Some(Ok(call)) => {
+                    Health::add(&self.health.llm_calls, 1);
+                    let mut span = self.agent.llm_call(&call);
+                    self.processes.enrich(&mut span);
+                    out.push(span);
+                }
+                Some(Err(e)) => {
+                    debug!("LLM exchange on {:?} did not parse: {e}", exchange.conn);
+                    Health::add(&self.health.llm_parse_errors, 1);
+                }
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,743 @@
+//! HTTP/1.1 over a captured connection: requests from one direction, responses from the other,
+//! paired in order (keep-alive and pipelining), with bodies framed by Content-Length, chunked
+//! transfer coding or connection close.
+
+use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+
+use bytes::{Buf, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::{
+    health::Health,
+    streams::{ConnKey, Direction, StreamEvent},
+};
+
+/// Larger heads are not HTTP we can use (and would let a peer grow our buffers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+
+pub type Headers = Vec<(String, String)>;
+
+/// The value of the first header called `name` (lower case).
+pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub target: String,
+    /// Header names in lower case.
+    pub headers: Headers,
+    /// The body after transfer decoding, still content-encoded; at most the configured cap.
+    pub body: Bytes,
+    /// Body bytes seen, including any past the cap or lost in gaps.
+    pub body_len: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes_lost: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub body_len: u64,
+    pub start_ns: u64,
+    pub first_body_ns: Option<u64>,
+    pub end_ns: u64,
+    /// `(body offset reached, time)` per arrival, to time events inside streamed bodies.
+    pub body_timeline: Vec<(u64, u64)>,
+    /// False when the body was cut short (process exit, idle timeout, shutdown, gap).
+    pub complete: bool,
+    pub bytes_lost: u64,
+}
+
+impl HttpResponse {
+    /// When the body had reached `offset` bytes.
+    pub fn time_at_offset(&self, offset: u64) -> Option<u64> {
+        self.body_timeline
+            .iter()
+            .find(|(reached, _)| *reached >= offset)
+            .map(|(_, t)| *t)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeEnd {
+    Complete,
+    /// The response never completed; the reason is low-cardinality (`process_exit`, ...).
+    Interrupted(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpExchange {
+    pub conn: ConnKey,
+    pub request: HttpRequest,
+    pub response: Option<HttpResponse>,
+    pub end: ExchangeEnd,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("malformed message head: {0}")]
+    Head(String),
+    #[error("message head over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("malformed chunk size line")]
+    ChunkSize,
+    #[error("bytes lost inside a message")]
+    Gap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Response,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(ChunkState),
+    UntilClose,
+}
+
+/// A message whose head is parsed and whose body is arriving.
+#[derive(Debug)]
+struct Partial {
+    method: String,
+    target: String,
+    status: u16,
+    headers: Headers,
+    framing: Framing,
+    body: BytesMut,
+    body_len: u64,
+    start_ns: u64,
+    first_body_ns: Option<u64>,
+    last_ns: u64,
+    timeline: Vec<(u64, u64)>,
+    bytes_lost: u64,
+}
+
+/// A complete (or, at close, partial) parsed message before it is typed as request/response.
+#[derive(Debug)]
+struct Message {
+    partial: Partial,
+    complete: bool,
+}
+
+/// Incremental parser for one direction of one connection.
+#[derive(Debug)]
+struct MessageParser {
+    kind: Kind,
+    buf: BytesMut,
+    head_start_ns: u64,
+    current: Option<Partial>,
+    max_body: usize,
+    /// Set while skipping bytes after an error, so one bad stretch counts as one error.
+    resyncing: bool,
+}
+
+impl MessageParser {
+    fn new(kind: Kind, max_body: usize) -> Self {
+        MessageParser {
+            kind,
+            buf: BytesMut::new(),
+            head_start_ns: 0,
+            current: None,
+            max_body,
+            resyncing: false,
+        }
+    }
+
+    fn buffer(&mut self, timestamp_ns: u64, data: &[u8]) {
+        if self.buf.is_empty() && self.current.is_none() {
+            self.head_start_ns = timestamp_ns;
+        }
+        if let Some(p) = &mut self.current {
+            p.last_ns = timestamp_ns;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Parses as far as the buffer allows; returns a message when one completes.
+    /// `answers_head` says the response being parsed answers a HEAD request (no body).
+    fn step(&mut self, timestamp_ns: u64, answers_head: bool) -> Result<Option<Message>, ParseError> {
+        loop {
+            let Some(partial) = &mut self.current else {
+                if !self.start_message(timestamp_ns, answers_head)? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            if self.resyncing {
+                self.resyncing = false;
+            }
+            let done = match partial.framing {
+                Framing::Length(remaining) => {
+                    let take = remaining.min(self.buf.len() as u64) as usize;
+                    let data = self.buf.split_to(take);
+                    append_body(partial, &data, timestamp_ns, self.max_body);
+                    partial.framing = Framing::Length(remaining - take as u64);
+                    remaining == take as u64
+                }
+                Framing::Chunked(_) => {
+                    if !step_chunked(partial, &mut self.buf, timestamp_ns, self.max_body)? {
+                        return Ok(None);
+                    }
+                    true
+                }
+                Framing::UntilClose => {
+                    let data = self.buf.split();
+                    append_body(partial, &data, timestamp_ns, self.max_body);
+                    return Ok(None);
+                }
+            };
+            if !done {
+                return Ok(None);
+            }
+            let partial = self.current.take().expect("checked above");
+            if !self.buf.is_empty() {
+                self.head_start_ns = timestamp_ns;
+            }
+            return Ok(Some(Message {
+                partial,
+                complete: true,
+            }));
+        }
+    }
+
+    /// Parses a head from the buffer; false when more bytes are needed.
+    fn start_message(&mut self, timestamp_ns: u64, answers_head: bool) -> Result<bool, ParseError> {
+        // Stray line ends between messages are allowed (RFC 9112 §2.2).
+        while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+            self.buf.advance(1);
+        }
+        if self.buf.is_empty() {
+            return Ok(false);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (head_len, method, target, status, parsed_headers) = match self.kind {
+            Kind::Request => {
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => (
+                        n,
+                        req.method.unwrap_or_default().to_string(),
+                        req.path.unwrap_or_default().to_string(),
+                        0,
+                        collect_headers(req.headers),
+                    ),
+                    Ok(httparse::Status::Partial) => return self.need_more(),
+                    Err(e) => return Err(ParseError::Head(e.to_string())),
+                }
+            }
+            Kind::Response => {
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => (
+                        n,
+                        String::new(),
+                        String::new(),
+                        resp.code.unwrap_or_default(),
+                        collect_headers(resp.headers),
+                    ),
+                    Ok(httparse::Status::Partial) => return self.need_more(),
+                    Err(e) => return Err(ParseError::Head(e.to_string())),
+                }
+            }
+        };
+        self.buf.advance(head_len);
+        let framing = framing(self.kind, &method, status, answers_head, &parsed_headers);
+        self.current = Some(Partial {
+            method,
+            target,
+            status,
+            headers: parsed_headers,
+            framing,
+            body: BytesMut::new(),
+            body_len: 0,
+            start_ns: self.head_start_ns,
+            first_body_ns: None,
+            last_ns: timestamp_ns,
+            timeline: Vec::new(),
+            bytes_lost: 0,
+        });
+        Ok(true)
+    }
+
+    fn need_more(&self) -> Result<bool, ParseError> {
+        if self.buf.len() > MAX_HEAD_BYTES {
+            Err(ParseError::HeadTooLarge)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// After an error: drop the current message and skip to the next line that could start one.
+    /// Returns true when this begins a new bad stretch (to be counted once).
+    fn resync(&mut self) -> bool {
+        self.current = None;
+        let first = !self.resyncing;
+        self.resyncing = true;
+        let start = find_message_start(self.kind, &self.buf[1.min(self.buf.len())..])
+            .map(|i| i + 1)
+            .unwrap_or(self.buf.len());
+        self.buf.advance(start);
+        first
+    }
+
+    /// `len` bytes are missing from the stream here.
+    fn gap(&mut self, len: u64) -> Result<(), ParseError> {
+        let Some(partial) = &mut self.current else {
+            // Between messages or inside a head: whatever is buffered cannot be trusted.
+            self.buf.clear();
+            return Ok(());
+        };
+        partial.bytes_lost += len;
+        match partial.framing {
+            Framing::Length(remaining) if self.buf.is_empty() && len <= remaining => {
+                partial.body_len += len;
+                partial.framing = Framing::Length(remaining - len);
+                Ok(())
+            }
+            Framing::UntilClose => {
+                partial.body_len += len;
+                Ok(())
+            }
+            _ => Err(ParseError::Gap),
+        }
+    }
+
+    /// The connection ended: a body delimited by close is complete, anything else is cut short.
+    fn close(&mut self) -> Option<Message> {
+        let partial = self.current.take()?;
+        let complete = partial.framing == Framing::UntilClose;
+        Some(Message { partial, complete })
+    }
+}
+
+fn collect_headers(headers: &[httparse::Header<'_>]) -> Headers {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn framing(kind: Kind, method: &str, status: u16, answers_head: bool, headers: &Headers) -> Framing {
+    if kind == Kind::Response
+        && (answers_head || (100..200).contains(&status) || status == 204 || status == 304)
+    {
+        return Framing::Length(0);
+    }
+    let chunked = header(headers, "transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        return Framing::Chunked(ChunkState::Size);
+    }
+    if let Some(len) = header(headers, "content-length").and_then(|v| v.trim().parse().ok()) {
+        return Framing::Length(len);
+    }
+    match kind {
+        // A request without length has no body (RFC 9112 §6.3).
+        Kind::Request => {
+            let _ = method;
+            Framing::Length(0)
+        }
+        Kind::Response => Framing::UntilClose,
+    }
+}
+
+fn append_body(partial: &mut Partial, data: &[u8], timestamp_ns: u64, max_body: usize) {
+    if data.is_empty() {
+        return;
+    }
+    partial.first_body_ns.get_or_insert(timestamp_ns);
+    partial.last_ns = timestamp_ns;
+    let room = max_body.saturating_sub(partial.body.len());
+    partial.body.extend_from_slice(&data[..data.len().min(room)]);
+    partial.body_len += data.len() as u64;
+    match partial.timeline.last_mut() {
+        Some((reached, t)) if *t == timestamp_ns => *reached = partial.body_len,
+        _ => partial.timeline.push((partial.body_len, timestamp_ns)),
+    }
+}
+
+/// Advances chunked decoding; true when the message (including trailers) is complete.
+fn step_chunked(
+    partial: &mut Partial,
+    buf: &mut BytesMut,
+    timestamp_ns: u64,
+    max_body: usize,
+) -> Result<bool, ParseError> {
+    loop {
+        let Framing::Chunked(state) = partial.framing else {
+            return Ok(true);
+        };
+        match state {
+            ChunkState::Size => {
+                let Some(eol) = find(buf, b"\n") else {
+                    return if buf.len() > 1024 {
+                        Err(ParseError::ChunkSize)
+                    } else {
+                        Ok(false)
+                    };
+                };
+                let line = &buf[..eol];
+                let size_text = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .map(|s| String::from_utf8_lossy(s).trim().to_string())
+                    .unwrap_or_default();
+                let size = u64::from_str_radix(&size_text, 16).map_err(|_| ParseError::ChunkSize)?;
+                buf.advance(eol + 1);
+                partial.framing = Framing::Chunked(if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                });
+            }
+            ChunkState::Data(remaining) => {
+                if buf.is_empty() {
+                    return Ok(false);
+                }
+                let take = remaining.min(buf.len() as u64) as usize;
+                let data = buf.split_to(take);
+                append_body(partial, &data, timestamp_ns, max_body);
+                let left = remaining - take as u64;
+                partial.framing = Framing::Chunked(if left == 0 {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left)
+                });
+            }
+            ChunkState::DataEnd => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                } else if buf.starts_with(b"\n") {
+                    buf.advance(1);
+                } else if buf.len() < 2 {
+                    return Ok(false);
+                } else {
+                    return Err(ParseError::ChunkSize);
+                }
+                partial.framing = Framing::Chunked(ChunkState::Size);
+            }
+            ChunkState::Trailers => {
+                let Some(eol) = find(buf, b"\n") else {
+                    return Ok(false);
+                };
+                let blank = buf[..eol].iter().all(|b| *b == b'\r');
+                buf.advance(eol + 1);
+                if blank {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where the next plausible message start is: a line beginning with a method (requests) or
+/// `HTTP/1.` (responses).
+fn find_message_start(kind: Kind, buf: &[u8]) -> Option<usize> {
+    let starts = |at: &[u8]| match kind {
+        Kind::Request => looks_like_request(at),
+        Kind::Response => at.starts_with(b"HTTP/1."),
+    };
+    if starts(buf) {
+        return Some(0);
+    }
+    buf.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .find(|i| starts(&buf[*i..]))
+}
+
+pub fn looks_like_request(data: &[u8]) -> bool {
+    METHODS.iter().any(|m| {
+        data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' '
+    })
+}
+
+/// What a connection speaks, decided by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Unknown,
+    /// This process sends requests: the side we trace.
+    Client,
+    /// This process answers requests (a local model server, a proxy): not traced as calls.
+    Server,
+    /// Not HTTP/1.x (HTTP/2, WebSocket after upgrade, other protocols): later parsers.
+    Other,
+}
+
+fn detect_role(direction: Direction, data: &[u8]) -> Role {
+    let request = looks_like_request(data);
+    let response = data.starts_with(b"HTTP/1.");
+    match (direction, request, response) {
+        _ if data.starts_with(b"PRI * HTTP/2.0") => Role::Other,
+        (Direction::Egress, true, _) | (Direction::Ingress, _, true) => Role::Client,
+        (Direction::Ingress, true, _) | (Direction::Egress, _, true) => Role::Server,
+        _ => Role::Unknown,
+    }
+}
+
+struct Connection {
+    role: Role,
+    requests: MessageParser,
+    responses: MessageParser,
+    pending: VecDeque<HttpRequest>,
+    last_activity_ns: u64,
+}
+
+/// Tracks every HTTP/1.x connection and emits exchanges as they complete.
+pub struct HttpTracker {
+    conns: HashMap<ConnKey, Connection>,
+    max_body: usize,
+    health: Arc<Health>,
+}
+
+impl HttpTracker {
+    pub fn new(max_body: usize, health: Arc<Health>) -> Self {
+        HttpTracker {
+            conns: HashMap::new(),
+            max_body,
+            health,
+        }
+    }
+
+    pub fn push(&mut self, event: &StreamEvent, out: &mut Vec<HttpExchange>) {
+        match event {
+            StreamEvent::Data {
+                conn,
+                direction,
+                timestamp_ns,
+                bytes,
+            } => self.data(*conn, *direction, *timestamp_ns, bytes, out),
+            StreamEvent::Gap {
+                conn,
+                direction,
+                len,
+                ..
+            } => self.gap(*conn, *direction, *len),
+            StreamEvent::ProcessExit { pid, .. } => {
+                let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.pid == *pid).copied().collect();
+                for key in keys {
+                    self.close(key, "process_exit", out);
+                }
+            }
+        }
+    }
+
+    /// Closes connections quiet for longer than `idle_ns` that still owe a response.
+    pub fn sweep_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<HttpExchange>) {
+        let idle: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_activity_ns) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.close(key, "idle_timeout", out);
+        }
+    }
+
+    /// Closes everything (shutdown).
+    pub fn close_all(&mut self, out: &mut Vec<HttpExchange>) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.close(key, "shutdown", out);
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn data(
+        &mut self,
+        key: ConnKey,
+        direction: Direction,
+        timestamp_ns: u64,
+        bytes: &[u8],
+        out: &mut Vec<HttpExchange>,
+    ) {
+        let max_body = self.max_body;
+        let conn = self.conns.entry(key).or_insert_with(|| Connection {
+            role: Role::Unknown,
+            requests: MessageParser::new(Kind::Request, max_body),
+            responses: MessageParser::new(Kind::Response, max_body),
+            pending: VecDeque::new(),
+            last_activity_ns: timestamp_ns,
+        });
+        conn.last_activity_ns = timestamp_ns;
+        if conn.role == Role::Unknown {
+            conn.role = detect_role(direction, bytes);
+        }
+        if conn.role != Role::Client {
+            Health::add(&self.health.unparsed_bytes, bytes.len() as u64);
+            return;
+        }
+        match direction {
+            Direction::Egress => {
+                conn.requests.buffer(timestamp_ns, bytes);
+                loop {
+                    match conn.requests.step(timestamp_ns, false) {
+                        Ok(Some(msg)) => conn.pending.push_back(into_request(msg)),
+                        Ok(None) => break,
+                        Err(_) => {
+                            if conn.requests.resync() {
+                                Health::add(&self.health.http_parse_errors, 1);
+                            }
+                        }
+                    }
+                }
+            }
+            Direction::Ingress => {
+                conn.responses.buffer(timestamp_ns, bytes);
+                loop {
+                    let answers_head = conn.pending.front().is_some_and(|r| r.method == "HEAD");
+                    match conn.responses.step(timestamp_ns, answers_head) {
+                        Ok(Some(msg)) => {
+                            let response = into_response(msg);
+                            let switched = response.status == 101;
+                            // Interim responses (100 Continue) precede the real one.
+                            if (100..200).contains(&response.status) && response.status != 101 {
+                                continue;
+                            }
+                            match conn.pending.pop_front() {
+                                Some(request) => {
+                                    Health::add(&self.health.http_exchanges, 1);
+                                    out.push(HttpExchange {
+                                        conn: key,
+                                        request,
+                                        response: Some(response),
+                                        end: ExchangeEnd::Complete,
+                                    });
+                                }
+                                // Attached mid-exchange: the request was never seen.
+                                None => Health::add(&self.health.unparsed_bytes, response.body_len),
+                            }
+                            if switched {
+                                // Switched protocols: what follows is not HTTP/1.
+                                conn.role = Role::Other;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            if conn.responses.resync() {
+                                Health::add(&self.health.http_parse_errors, 1);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn gap(&mut self, key: ConnKey, direction: Direction, len: u64) {
+        Health::add(&self.health.stream_gap_bytes, len);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let parser = match direction {
+            Direction::Egress => &mut conn.requests,
+            Direction::Ingress => &mut conn.responses,
+        };
+        if parser.gap(len).is_err() {
+            // The framing is lost; keep what we had only as a lost message.
+            parser.resync();
+            Health::add(&self.health.http_parse_errors, 1);
+        }
+    }
+
+    fn close(&mut self, key: ConnKey, reason: &'static str, out: &mut Vec<HttpExchange>) {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        if conn.role != Role::Client {
+            return;
+        }
+        let mut response = conn.responses.close().map(|msg| {
+            let complete = msg.complete;
+            let mut r = into_response(msg);
+            r.complete = complete;
+            r
+        });
+        for request in conn.pending.drain(..) {
+            let response = response.take();
+            let end = match &response {
+                Some(r) if r.complete => ExchangeEnd::Complete,
+                _ => ExchangeEnd::Interrupted(reason),
+            };
+            if end == ExchangeEnd::Complete {
+                Health::add(&self.health.http_exchanges, 1);
+            } else {
+                Health::add(&self.health.http_interrupted, 1);
+            }
+            out.push(HttpExchange {
+                conn: key,
+                request,
+                response,
+                end,
+            });
+        }
+    }
+}
+
+fn into_request(msg: Message) -> HttpRequest {
+    let p = msg.partial;
+    HttpRequest {
+        method: p.method,
+        target: p.target,
+        headers: p.headers,
+        body: p.body.freeze(),
+        body_len: p.body_len,
+        start_ns: p.start_ns,
+        end_ns: p.last_ns,
+        bytes_lost: p.bytes_lost,
+    }
+}
+
+fn into_response(msg: Message) -> HttpResponse {
+    let p = msg.partial;
+    HttpResponse {
+        status: p.status,
+        headers: p.headers,
+        body: p.body.freeze(),
+        body_len: p.body_len,
+        start_ns: p.start_ns,
+        first_body_ns: p.first_body_ns,
+        end_ns: p.last_ns,
+        body_timeline: p.timeline,
+        complete: msg.complete,
+        bytes_lost: p.bytes_lost,
+    }
+}
