@@ -57,7 +57,6 @@ impl From<Vec<String>> for AttrValue {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
-    Internal,
     Client,
 }
 

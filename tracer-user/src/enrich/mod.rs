@@ -128,13 +128,6 @@ impl ProcessCache {
         span.process = self.get(span.process.pid);
     }
 
-    pub fn len(&self) -> usize {
-        self.processes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.processes.is_empty()
-    }
 }
 
 impl Default for ProcessCache {

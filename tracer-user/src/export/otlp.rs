@@ -255,7 +255,6 @@ fn proto_span(span: &Span) -> ProtoSpan {
         name: span.name.clone(),
         kind: match span.kind {
             SpanKind::Client => ProtoKind::Client as i32,
-            SpanKind::Internal => ProtoKind::Internal as i32,
         },
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,

@@ -576,10 +576,6 @@ impl HttpTracker {
         }
     }
 
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
     fn data(
         &mut self,
         key: ConnKey,

@@ -1,0 +1,15 @@
+//! Real parts for agent-tracer's end-to-end tests and benchmarks.
+
+pub mod mock_openai;
+pub mod otlp;
+pub mod python;
+pub mod tls;
+pub mod tracer;
+
+/// The workspace's target directory (where venvs and generated certificates live).
+pub fn target_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return dir.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
+}

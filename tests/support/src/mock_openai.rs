@@ -1,0 +1,243 @@
+//! An OpenAI-compatible Chat Completions server over HTTPS on 127.0.0.1, built on rustls, so the
+//! tracer's OpenSSL hooks never see its side of the traffic.
+//!
+//! Behaviour is chosen by the request's `model`:
+//! - `rate-limited`: 429 with OpenAI's error body;
+//! - `hang`: never answers (for processes that die mid-request);
+//! - anything else with `"stream": true`: an SSE stream with a tool call and, when asked, usage;
+//! - anything else: a JSON completion, gzip-compressed when the client accepts gzip.
+//!
+//! Every response carries a `set-cookie` whose value must never reach exported telemetry.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub const COOKIE_SECRET: &str = "mock-session-cookie-value-7f3a";
+pub const RESPONSE_MODEL: &str = "gpt-4o-mini-2024-07-18";
+/// Gap between streamed events, so time to first chunk differs measurably from the duration.
+pub const STREAM_EVENT_GAP: Duration = Duration::from_millis(30);
+
+#[derive(Clone, Debug)]
+pub struct ReceivedRequest {
+    pub path: String,
+    /// Body bytes as received (after transfer decoding).
+    pub body_len: usize,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub authorization: Option<String>,
+}
+
+pub struct MockOpenAi {
+    pub addr: SocketAddr,
+    /// PEM of the server's self-signed certificate, for the client's trust store.
+    pub cert_path: PathBuf,
+    pub requests: Arc<Mutex<Vec<ReceivedRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockOpenAi {
+    pub fn base_url(&self) -> String {
+        format!("https://127.0.0.1:{}/v1", self.addr.port())
+    }
+
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for MockOpenAi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the server on an ephemeral port; its certificate is written under `cert_dir`.
+pub async fn start(cert_dir: &std::path::Path) -> Result<MockOpenAi> {
+    start_on("127.0.0.1:0", cert_dir).await
+}
+
+pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpenAi> {
+    let cert = crate::tls::self_signed()?;
+    std::fs::create_dir_all(cert_dir)?;
+    let listener = TcpListener::bind(addr).await.context("binding the mock server")?;
+    let addr = listener.local_addr()?;
+    let cert_path = cert_dir.join(format!("mock-openai-{}.pem", addr.port()));
+    cert.write_pem(&cert_path)?;
+    let acceptor = TlsAcceptor::from(cert.server_config.clone());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let shared = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let requests = shared.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req| handle(req, requests.clone()));
+                let _ = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Ok(MockOpenAi {
+        addr,
+        cert_path,
+        requests,
+        task,
+    })
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, content_type: &str, body: Vec<u8>, gzip: bool) -> Response<Body> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/; HttpOnly"))
+        .header("x-request-id", "req_mock_1");
+    let body = if gzip {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = e.write_all(&body);
+        builder = builder.header("content-encoding", "gzip");
+        e.finish().unwrap_or_default()
+    } else {
+        body
+    };
+    builder
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+async fn handle(req: Request<hyper::body::Incoming>, requests: Arc<Mutex<Vec<ReceivedRequest>>>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let accepts_gzip = req
+        .headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(full(StatusCode::BAD_REQUEST, "text/plain", b"bad body".to_vec(), false)),
+    };
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = json.get("model").and_then(Value::as_str).map(str::to_string);
+    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if let Ok(mut r) = requests.lock() {
+        r.push(ReceivedRequest {
+            path: path.clone(),
+            body_len: body.len(),
+            model: model.clone(),
+            stream,
+            authorization,
+        });
+    }
+    if !path.ends_with("/chat/completions") {
+        return Ok(full(StatusCode::NOT_FOUND, "application/json", br#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#.to_vec(), false));
+    }
+    match model.as_deref() {
+        Some("rate-limited") => Ok(full(
+            StatusCode::TOO_MANY_REQUESTS,
+            "application/json",
+            json!({"error": {"message": "Rate limit reached for requests", "type": "requests",
+                             "param": null, "code": "rate_limit_exceeded"}})
+            .to_string()
+            .into_bytes(),
+            false,
+        )),
+        Some("hang") => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(full(StatusCode::GATEWAY_TIMEOUT, "text/plain", Vec::new(), false))
+        }
+        _ if stream => Ok(stream_response(&json)),
+        _ => Ok(full(StatusCode::OK, "application/json", completion(&json, body.len()).to_string().into_bytes(), accepts_gzip)),
+    }
+}
+
+/// Prompt tokens the mock reports for a request body of `body_len` bytes (~4 bytes a token).
+pub fn prompt_tokens_for(body_len: usize) -> i64 {
+    (body_len / 4) as i64
+}
+
+fn completion(request: &Value, body_len: usize) -> Value {
+    json!({
+        "id": "chatcmpl-mock-nonstream",
+        "object": "chat.completion",
+        "created": 1727346182,
+        "model": RESPONSE_MODEL,
+        "system_fingerprint": "fp_mock",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+            "message": {"role": "assistant", "content": "Hello from the mock.", "refusal": null}}],
+        "usage": {"prompt_tokens": prompt_tokens_for(body_len), "completion_tokens": 5,
+                  "total_tokens": prompt_tokens_for(body_len) + 5,
+                  "prompt_tokens_details": {"cached_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0}},
+        "echo_model": request.get("model"),
+    })
+}
+
+fn stream_response(request: &Value) -> Response<Body> {
+    let include_usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let chunk = |choices: Value, usage: Value| {
+        json!({"id": "chatcmpl-mock-stream", "object": "chat.completion.chunk", "created": 1727346182,
+               "model": RESPONSE_MODEL, "system_fingerprint": "fp_mock", "choices": choices, "usage": usage})
+    };
+    let mut events = vec![
+        chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [
+            {"index": 0, "id": "call_mock_weather", "type": "function",
+             "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": null}]), Value::Null),
+        chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}, "finish_reason": null}]), Value::Null),
+        chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}, "finish_reason": null}]), Value::Null),
+        chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]), Value::Null),
+    ];
+    if include_usage {
+        events.push(chunk(json!([]), json!({"prompt_tokens": 57, "completion_tokens": 17, "total_tokens": 74,
+            "prompt_tokens_details": {"cached_tokens": 32}, "completion_tokens_details": {"reasoning_tokens": 0}})));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(async move {
+        for event in events {
+            let frame = Frame::data(Bytes::from(format!("data: {event}\n\n")));
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(STREAM_EVENT_GAP).await;
+        }
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/"))
+        .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}

@@ -1,0 +1,101 @@
+//! Runs the real agent-tracer binary as a child process: waits for `tracer ready`, stops it with
+//! SIGINT like a user would, and returns what it printed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub struct RunningTracer {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+pub struct TracerOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Starts `bin` with `args` and `envs`; logs go to target/e2e-logs/`name`.{out,err}.
+pub fn start(bin: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<RunningTracer> {
+    let logs = crate::target_dir().join("e2e-logs");
+    std::fs::create_dir_all(&logs)?;
+    let stdout = logs.join(format!("{name}.out"));
+    let stderr = logs.join(format!("{name}.err"));
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout)?)
+        .stderr(std::fs::File::create(&stderr)?)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+    let mut tracer = RunningTracer { child, stdout, stderr };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let err = std::fs::read_to_string(&tracer.stderr).unwrap_or_default();
+        if err.contains("tracer ready") {
+            return Ok(tracer);
+        }
+        if let Some(status) = tracer.child.try_wait()? {
+            bail!("agent-tracer exited ({status}) before it was ready:\n{err}");
+        }
+        if Instant::now() > deadline {
+            let _ = tracer.child.kill();
+            bail!("agent-tracer not ready after 60 s:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl RunningTracer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout_so_far(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// SIGINT, then waits (up to 30 s) for a clean exit.
+    pub fn stop(mut self) -> Result<TracerOutput> {
+        // Safety: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("agent-tracer did not exit within 30 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(TracerOutput {
+            status,
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for RunningTracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
