@@ -17,6 +17,7 @@ use crate::{
     health::Health,
     pipeline::{Pipeline, PipelineConfig},
     span::Span,
+    streams::StreamRecorder,
 };
 
 /// Capture records waiting for the pipeline. Large enough for a burst of several MiB.
@@ -62,9 +63,10 @@ pub async fn run(config: Config) -> Result<()> {
     };
     if config.console {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
-        sinks
-            .tasks
-            .push(tokio::spawn(console::run(rx, std::io::stdout().is_terminal())));
+        sinks.tasks.push(tokio::spawn(console::run(
+            rx,
+            std::io::stdout().is_terminal(),
+        )));
         sinks.queues.push(tx);
     }
     if let Some(otlp) = config.otlp.clone() {
@@ -87,6 +89,12 @@ pub async fn run(config: Config) -> Result<()> {
             content_max_bytes: config.content_max_bytes,
             max_body_bytes: config.max_body_bytes,
             idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
+            record_streams: config
+                .record_streams
+                .clone()
+                .map(StreamRecorder::new)
+                .transpose()
+                .context("--record-streams directory")?,
         },
         clock,
         health.clone(),

@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// A connection silent this long with a request still unanswered is closed as interrupted.
     #[arg(long, default_value_t = 600)]
     pub idle_timeout_secs: u64,
+
+    /// Debugging: write every reassembled stream to DIR, one file per connection and direction
+    /// (they contain plaintext secrets; for fixtures and bug reports on test traffic only).
+    #[arg(long, value_name = "DIR")]
+    pub record_streams: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -72,11 +77,14 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
+    pub record_streams: Option<std::path::PathBuf>,
 }
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Self> {
-        Self::resolve(args, |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+        Self::resolve(args, |k| {
+            std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+        })
     }
 
     /// `env` looks up an environment variable; a function so tests need not touch the real one.
@@ -126,7 +134,10 @@ impl Config {
                     endpoint,
                     protocol,
                     headers,
-                    service_name: args.service_name.clone().or_else(|| env("OTEL_SERVICE_NAME")),
+                    service_name: args
+                        .service_name
+                        .clone()
+                        .or_else(|| env("OTEL_SERVICE_NAME")),
                     resource_attributes,
                     timeout: Duration::from_secs(10),
                 })
@@ -145,6 +156,7 @@ impl Config {
             ring_buffer_bytes: args.ring_buffer_bytes,
             max_body_bytes: args.max_body_bytes,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            record_streams: args.record_streams.clone(),
         })
     }
 }
@@ -163,7 +175,9 @@ mod tests {
     fn resolve(argv: &[&str], vars: &[(&str, &str)]) -> Config {
         let cli = Cli::parse_from(std::iter::once("x").chain(argv.iter().copied()));
         Config::resolve(&cli.run, |k| {
-            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
         })
         .unwrap()
     }
@@ -199,7 +213,16 @@ mod tests {
     #[test]
     fn flags_override_env() {
         let c = resolve(
-            &["--otlp-endpoint", "http://f:1", "--otlp-protocol", "grpc", "--console", "always", "--service-name", "svc"],
+            &[
+                "--otlp-endpoint",
+                "http://f:1",
+                "--otlp-protocol",
+                "grpc",
+                "--console",
+                "always",
+                "--service-name",
+                "svc",
+            ],
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://e:2"),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
@@ -209,7 +232,10 @@ mod tests {
             ],
         );
         let o = c.otlp.unwrap();
-        assert_eq!((o.endpoint.as_str(), o.protocol), ("http://f:1", Protocol::Grpc));
+        assert_eq!(
+            (o.endpoint.as_str(), o.protocol),
+            ("http://f:1", Protocol::Grpc)
+        );
         assert_eq!(o.service_name.as_deref(), Some("svc"));
         assert_eq!(o.headers, vec![("a".to_string(), "1".to_string())]);
         assert_eq!(o.resource_attributes[0].0, "deployment.environment");
@@ -218,7 +244,13 @@ mod tests {
 
     #[test]
     fn bad_protocol_is_a_clear_error() {
-        let cli = Cli::parse_from(["x", "--otlp-endpoint", "http://a:1", "--otlp-protocol", "http/json"]);
+        let cli = Cli::parse_from([
+            "x",
+            "--otlp-endpoint",
+            "http://a:1",
+            "--otlp-protocol",
+            "http/json",
+        ]);
         let err = Config::resolve(&cli.run, |_| None).unwrap_err();
         assert!(err.to_string().contains("unsupported OTLP protocol"));
     }

@@ -14,7 +14,7 @@ use crate::{
     health::Health,
     protocols::{HttpExchange, HttpTracker},
     span::Span,
-    streams::{StreamAssembler, StreamEvent},
+    streams::{StreamAssembler, StreamEvent, StreamRecorder},
 };
 
 pub struct PipelineConfig {
@@ -22,6 +22,7 @@ pub struct PipelineConfig {
     pub content_max_bytes: usize,
     pub max_body_bytes: usize,
     pub idle_timeout_ns: u64,
+    pub record_streams: Option<StreamRecorder>,
 }
 
 pub struct Pipeline {
@@ -32,6 +33,7 @@ pub struct Pipeline {
     processes: ProcessCache,
     health: Arc<Health>,
     idle_timeout_ns: u64,
+    recorder: Option<StreamRecorder>,
     stream_events: Vec<StreamEvent>,
     exchanges: Vec<HttpExchange>,
 }
@@ -54,6 +56,7 @@ impl Pipeline {
             processes: ProcessCache::new(),
             health,
             idle_timeout_ns: config.idle_timeout_ns,
+            recorder: config.record_streams,
             stream_events: Vec::new(),
             exchanges: Vec::new(),
         }
@@ -69,6 +72,9 @@ impl Pipeline {
         };
         self.streams.push(event, &mut self.stream_events);
         for stream_event in self.stream_events.drain(..) {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.record(&stream_event);
+            }
             self.http.push(&stream_event, &mut self.exchanges);
         }
         self.finish_exchanges(out);

@@ -52,7 +52,10 @@ fn mapped_libssl() -> Vec<PathBuf> {
     };
     for entry in procs.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {

@@ -44,7 +44,14 @@ impl Capture {
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
 
-        for name in ["ssl_write", "ssl_write_ex", "ssl_read", "ssl_read_ex", "ssl_write_ret", "ssl_read_ret"] {
+        for name in [
+            "ssl_write",
+            "ssl_write_ex",
+            "ssl_read",
+            "ssl_read_ex",
+            "ssl_write_ret",
+            "ssl_read_ret",
+        ] {
             uprobe(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;
@@ -53,7 +60,8 @@ impl Capture {
             .program_mut("sched_process_exit")
             .context("program sched_process_exit missing")?
             .try_into()?;
-        exit.load().context("verifying program sched_process_exit")?;
+        exit.load()
+            .context("verifying program sched_process_exit")?;
         exit.attach("sched", "sched_process_exit")
             .context("attaching sched:sched_process_exit")?;
 
@@ -76,10 +84,7 @@ impl Capture {
 
     /// The ring buffer, handed to the reader once.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .context("map EVENTS missing")?;
+        let map = self.ebpf.take_map("EVENTS").context("map EVENTS missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -94,11 +99,21 @@ impl Capture {
                 .unwrap_or(0)
         };
         use std::sync::atomic::Ordering::Relaxed;
-        health.kernel_ringbuf_full_records.store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
-        health.kernel_ringbuf_full_bytes.store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
-        health.kernel_read_failed_bytes.store(read(counter::READ_FAILED_BYTES), Relaxed);
-        health.kernel_truncated_bytes.store(read(counter::TRUNCATED_BYTES), Relaxed);
-        health.kernel_missing_entry.store(read(counter::MISSING_ENTRY), Relaxed);
+        health
+            .kernel_ringbuf_full_records
+            .store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
+        health
+            .kernel_ringbuf_full_bytes
+            .store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
+        health
+            .kernel_read_failed_bytes
+            .store(read(counter::READ_FAILED_BYTES), Relaxed);
+        health
+            .kernel_truncated_bytes
+            .store(read(counter::TRUNCATED_BYTES), Relaxed);
+        health
+            .kernel_missing_entry
+            .store(read(counter::MISSING_ENTRY), Relaxed);
         health.kernel_tls_calls.store(read(counter::CALLS), Relaxed);
         Ok(())
     }

@@ -168,20 +168,35 @@ mod tests {
 
     #[test]
     fn rejects_bad_records_without_panicking() {
-        assert!(matches!(decode_record(&[1, 2, 3]), Err(DecodeError::Short(3))));
+        assert!(matches!(
+            decode_record(&[1, 2, 3]),
+            Err(DecodeError::Short(3))
+        ));
         assert!(matches!(
             decode_record(&record(1, 0, b"ab", 10)),
-            Err(DecodeError::Length { declared: 10, actual: 2 })
+            Err(DecodeError::Length {
+                declared: 10,
+                actual: 2
+            })
         ));
-        assert!(matches!(decode_record(&record(9, 0, b"", 0)), Err(DecodeError::Kind(9))));
-        assert!(matches!(decode_record(&record(1, 7, b"", 0)), Err(DecodeError::Direction(7))));
+        assert!(matches!(
+            decode_record(&record(9, 0, b"", 0)),
+            Err(DecodeError::Kind(9))
+        ));
+        assert!(matches!(
+            decode_record(&record(1, 7, b"", 0)),
+            Err(DecodeError::Direction(7))
+        ));
     }
 
     #[test]
     fn decodes_process_exit() {
         assert!(matches!(
             decode_record(&record(2, 0, b"", 0)),
-            Ok(CaptureEvent::ProcessExit { pid: 42, timestamp_ns: 1000 })
+            Ok(CaptureEvent::ProcessExit {
+                pid: 42,
+                timestamp_ns: 1000
+            })
         ));
     }
 }

@@ -35,7 +35,8 @@ fn raise_memlock_limit() {
 }
 
 fn mount_if_missing(source: &str, target: &str, fstype: &str) -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     if mounts
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(target))

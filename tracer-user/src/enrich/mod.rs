@@ -62,9 +62,18 @@ impl ProcessInfo {
 pub fn redact_args(args: &[String]) -> Vec<String> {
     fn secret_name(name: &str) -> bool {
         let n = name.trim_start_matches('-').to_ascii_lowercase();
-        ["key", "token", "secret", "password", "passwd", "auth", "credential", "cookie"]
-            .iter()
-            .any(|s| n.contains(s))
+        [
+            "key",
+            "token",
+            "secret",
+            "password",
+            "passwd",
+            "auth",
+            "credential",
+            "cookie",
+        ]
+        .iter()
+        .any(|s| n.contains(s))
     }
     let mut out = Vec::with_capacity(args.len());
     let mut redact_next = false;
@@ -127,7 +136,6 @@ impl ProcessCache {
     pub fn enrich(&self, span: &mut Span) {
         span.process = self.get(span.process.pid);
     }
-
 }
 
 impl Default for ProcessCache {
@@ -147,8 +155,24 @@ mod tests {
     #[test]
     fn redacts_secret_flags_and_assignments() {
         assert_eq!(
-            redact_args(&s(&["agent", "--api-key", "sk-1", "--token=abc", "OPENAI_API_KEY=sk-2", "--model", "gpt"])),
-            s(&["agent", "--api-key", "REDACTED", "--token=REDACTED", "OPENAI_API_KEY=REDACTED", "--model", "gpt"])
+            redact_args(&s(&[
+                "agent",
+                "--api-key",
+                "sk-1",
+                "--token=abc",
+                "OPENAI_API_KEY=sk-2",
+                "--model",
+                "gpt"
+            ])),
+            s(&[
+                "agent",
+                "--api-key",
+                "REDACTED",
+                "--token=REDACTED",
+                "OPENAI_API_KEY=REDACTED",
+                "--model",
+                "gpt"
+            ])
         );
     }
 

@@ -138,13 +138,19 @@ mod tests {
                 ("http.response.status_code", 200u16.into()),
                 ("gen_ai.usage.input_tokens", 12i64.into()),
                 ("gen_ai.usage.output_tokens", 5i64.into()),
-                ("gen_ai.response.finish_reasons", vec!["stop".to_string()].into()),
+                (
+                    "gen_ai.response.finish_reasons",
+                    vec!["stop".to_string()].into(),
+                ),
                 ("gen_ai.response.time_to_first_chunk", 0.25.into()),
             ],
             status: SpanStatus::Unset,
             process: Arc::new(ProcessInfo::unknown(1)),
         };
         let line = span_line(&span, &Style { color: false });
-        assert_eq!(line, "  └─ chat gpt-4o  openai  200  tokens 12→5  finish stop  1.50s  ttft 250ms");
+        assert_eq!(
+            line,
+            "  └─ chat gpt-4o  openai  200  tokens 12→5  finish stop  1.50s  ttft 250ms"
+        );
     }
 }

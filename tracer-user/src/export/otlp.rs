@@ -12,7 +12,10 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
     common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue},
     resource::v1::Resource,
-    trace::v1::{span::SpanKind as ProtoKind, status::StatusCode, ResourceSpans, ScopeSpans, Span as ProtoSpan, Status},
+    trace::v1::{
+        span::SpanKind as ProtoKind, status::StatusCode, ResourceSpans, ScopeSpans,
+        Span as ProtoSpan, Status,
+    },
 };
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -158,9 +161,12 @@ impl OtlpExporter {
             Transport::Grpc(client) => {
                 let mut req = tonic::Request::new(request.clone());
                 for (k, v) in &self.config.headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .with_context(|| format!("invalid OTLP header name {k:?}"))?;
-                    let value = v.parse().with_context(|| format!("invalid value for OTLP header {k}"))?;
+                    let key =
+                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                            .with_context(|| format!("invalid OTLP header name {k:?}"))?;
+                    let value = v
+                        .parse()
+                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
                     req.metadata_mut().insert(key, value);
                 }
                 client.export(req).await.context("gRPC export")?;
@@ -222,11 +228,17 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
     let mut attributes = vec![
         kv("service.name", &AttrValue::Str(service)),
         kv("process.pid", &AttrValue::Int(process.pid.into())),
-        kv("process.executable.name", &AttrValue::Str(process.executable_name.clone())),
+        kv(
+            "process.executable.name",
+            &AttrValue::Str(process.executable_name.clone()),
+        ),
         kv("host.name", &AttrValue::Str(process.host_name.clone())),
         kv("telemetry.sdk.name", &AttrValue::Str("agent-tracer".into())),
         kv("telemetry.sdk.language", &AttrValue::Str("rust".into())),
-        kv("telemetry.sdk.version", &AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
+        kv(
+            "telemetry.sdk.version",
+            &AttrValue::Str(env!("CARGO_PKG_VERSION").into()),
+        ),
     ];
     if let Some(path) = &process.executable_path {
         attributes.push(kv("process.executable.path", &AttrValue::Str(path.clone())));

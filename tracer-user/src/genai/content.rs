@@ -7,7 +7,8 @@ use super::ToolCall;
 
 pub fn tool_call_part(id: Option<&str>, name: &str, arguments: &str) -> Value {
     // "expected to be an object": keep the text only when it is not JSON.
-    let arguments = serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| Value::String(arguments.to_string()));
+    let arguments = serde_json::from_str::<Value>(arguments)
+        .unwrap_or_else(|_| Value::String(arguments.to_string()));
     json!({"type": "tool_call", "id": id, "name": name, "arguments": arguments})
 }
 
@@ -62,7 +63,11 @@ fn shorten_strings(value: &Value, limit: usize) -> Value {
             Value::String(format!("{}…[truncated {} bytes]", &s[..end], s.len() - end))
         }
         Value::Array(a) => Value::Array(a.iter().map(|v| shorten_strings(v, limit)).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shorten_strings(v, limit))).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), shorten_strings(v, limit)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -73,12 +78,16 @@ mod tests {
 
     #[test]
     fn cap_keeps_structure_and_bound() {
-        let big = json!([{"role": "user", "parts": [{"type": "text", "content": "é".repeat(10_000)}]}]);
+        let big =
+            json!([{"role": "user", "parts": [{"type": "text", "content": "é".repeat(10_000)}]}]);
         let out = capped_json(&big, 1000);
         assert!(out.len() <= 1000, "{}", out.len());
         let parsed: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed[0]["role"], "user");
-        assert!(parsed[0]["parts"][0]["content"].as_str().unwrap().contains("truncated"));
+        assert!(parsed[0]["parts"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("truncated"));
     }
 
     #[test]
@@ -91,6 +100,9 @@ mod tests {
     fn tool_call_arguments_become_objects() {
         let p = tool_call_part(Some("c1"), "f", "{\"x\":1}");
         assert_eq!(p["arguments"]["x"], 1);
-        assert_eq!(tool_call_part(None, "f", "not json")["arguments"], "not json");
+        assert_eq!(
+            tool_call_part(None, "f", "not json")["arguments"],
+            "not json"
+        );
     }
 }

@@ -109,7 +109,10 @@ pub enum GenAiError {
 }
 
 /// The LLM call this exchange is, if it is one. `Err` when it looks like one but does not parse.
-pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result<LlmCall, GenAiError>> {
+pub fn recognise(
+    exchange: &HttpExchange,
+    config: &GenAiConfig,
+) -> Option<Result<LlmCall, GenAiError>> {
     let req = &exchange.request;
     if req.method != "POST" {
         return None;
@@ -120,7 +123,10 @@ pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result
     } else {
         return None;
     };
-    let body = match crate::protocols::body::decode_content(header(&req.headers, "content-encoding"), &req.body) {
+    let body = match crate::protocols::body::decode_content(
+        header(&req.headers, "content-encoding"),
+        &req.body,
+    ) {
         Ok(b) => b,
         Err(e) => return Some(Err(GenAiError::RequestJson(e.to_string()))),
     };
@@ -154,7 +160,12 @@ pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result
             .unwrap_or(req.end_ns),
         request_body_bytes: req.body_len,
         response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
-        bytes_lost: req.bytes_lost + exchange.response.as_ref().map(|r| r.bytes_lost).unwrap_or(0),
+        bytes_lost: req.bytes_lost
+            + exchange
+                .response
+                .as_ref()
+                .map(|r| r.bytes_lost)
+                .unwrap_or(0),
     };
     openai::parse(dialect, &json, exchange, config, &mut call);
     if let ExchangeEnd::Interrupted(reason) = exchange.end {

@@ -13,7 +13,13 @@ pub enum Dialect {
     ChatCompletions,
 }
 
-pub fn parse(dialect: Dialect, request: &Value, exchange: &HttpExchange, config: &GenAiConfig, call: &mut LlmCall) {
+pub fn parse(
+    dialect: Dialect,
+    request: &Value,
+    exchange: &HttpExchange,
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     match dialect {
         Dialect::ChatCompletions => {
             call.operation = "chat";
@@ -24,7 +30,10 @@ pub fn parse(dialect: Dialect, request: &Value, exchange: &HttpExchange, config:
     let Some(response) = &exchange.response else {
         return;
     };
-    let body = match decode_content(header(&response.headers, "content-encoding"), &response.body) {
+    let body = match decode_content(
+        header(&response.headers, "content-encoding"),
+        &response.body,
+    ) {
         Ok(b) => b,
         Err(e) => {
             call.error = Some(LlmError {
@@ -38,7 +47,8 @@ pub fn parse(dialect: Dialect, request: &Value, exchange: &HttpExchange, config:
         call.error = Some(api_error(response.status, &body));
         return;
     }
-    let is_sse = header(&response.headers, "content-type").is_some_and(|ct| ct.contains("text/event-stream"));
+    let is_sse = header(&response.headers, "content-type")
+        .is_some_and(|ct| ct.contains("text/event-stream"));
     if is_sse {
         let events = sse::parse_all(&body);
         if let Some(first) = events.first() {
@@ -74,7 +84,10 @@ fn parse_request(req: &Value, config: &GenAiConfig, call: &mut LlmCall) {
     r.choice_count = req.get("n").and_then(Value::as_i64).filter(|n| *n != 1);
     r.stop_sequences = match req.get("stop") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => Vec::new(),
     };
     r.tool_names = req
@@ -83,12 +96,19 @@ fn parse_request(req: &Value, config: &GenAiConfig, call: &mut LlmCall) {
         .map(|tools| {
             tools
                 .iter()
-                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str).map(str::to_string))
+                .filter_map(|t| {
+                    t.pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default();
     if config.capture_content {
-        r.input_messages = req.get("messages").and_then(Value::as_array).map(|m| input_messages(m));
+        r.input_messages = req
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|m| input_messages(m));
     }
 }
 
@@ -104,8 +124,12 @@ fn input_messages(messages: &[Value]) -> Value {
                     for c in calls {
                         parts.push(content::tool_call_part(
                             c.get("id").and_then(Value::as_str),
-                            c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default(),
-                            c.pointer("/function/arguments").and_then(Value::as_str).unwrap_or_default(),
+                            c.pointer("/function/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
+                            c.pointer("/function/arguments")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
                         ));
                     }
                 }
@@ -147,18 +171,36 @@ fn parse_completion(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
         resp.usage = usage(u);
     }
     let mut outputs = Vec::new();
-    for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for choice in v
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let finish = choice.get("finish_reason").and_then(Value::as_str);
         if let Some(f) = finish {
             resp.finish_reasons.push(f.to_string());
         }
         let message = choice.get("message").unwrap_or(&Value::Null);
         let mut calls = Vec::new();
-        for c in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for c in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             calls.push(ToolCall {
                 id: str_field(c, "id"),
-                name: c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: c.pointer("/function/arguments").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: c
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                arguments: c
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             });
         }
         if config.capture_content {
@@ -217,7 +259,12 @@ fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCa
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
             resp.usage = usage(u);
         }
-        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for choice in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let index = choice.get("index").and_then(Value::as_i64).unwrap_or(0);
             let acc = choices.entry(index).or_default();
             if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -229,7 +276,12 @@ fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCa
                     acc.text.push_str(t);
                 }
             }
-            for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            for tc in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let tc_index = tc.get("index").and_then(Value::as_i64).unwrap_or(0);
                 let entry = acc.tool_calls.entry(tc_index).or_insert_with(|| ToolCall {
                     id: None,
@@ -284,7 +336,11 @@ fn usage(u: &Value) -> Usage {
 
 fn api_error(status: u16, body: &[u8]) -> LlmError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    match parsed.as_ref().and_then(|v| v.get("error")).filter(|e| e.is_object()) {
+    match parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .filter(|e| e.is_object())
+    {
         Some(err) => error_from_object(err, &status.to_string()),
         None => LlmError {
             error_type: status.to_string(),

@@ -65,18 +65,39 @@ mod tests {
 
     #[test]
     fn known_hosts_and_fallback() {
-        assert_eq!(provider_name(Some("api.openai.com"), "/v1/chat/completions"), "openai");
-        assert_eq!(provider_name(Some("myco.openai.azure.com"), "/"), "azure.ai.openai");
+        assert_eq!(
+            provider_name(Some("api.openai.com"), "/v1/chat/completions"),
+            "openai"
+        );
+        assert_eq!(
+            provider_name(Some("myco.openai.azure.com"), "/"),
+            "azure.ai.openai"
+        );
         assert_eq!(provider_name(Some("API.GROQ.COM"), "/"), "groq");
-        assert_eq!(provider_name(Some("127.0.0.1"), "/v1/chat/completions"), "openai");
-        assert_eq!(provider_name(Some("evilapi.openai.com.example"), "/"), "openai");
+        assert_eq!(
+            provider_name(Some("127.0.0.1"), "/v1/chat/completions"),
+            "openai"
+        );
+        assert_eq!(
+            provider_name(Some("evilapi.openai.com.example"), "/"),
+            "openai"
+        );
     }
 
     #[test]
     fn host_header_forms() {
-        assert_eq!(server_of(Some("api.openai.com")), (Some("api.openai.com".into()), Some(443)));
-        assert_eq!(server_of(Some("127.0.0.1:8443")), (Some("127.0.0.1".into()), Some(8443)));
-        assert_eq!(server_of(Some("[::1]:9000")), (Some("::1".into()), Some(9000)));
+        assert_eq!(
+            server_of(Some("api.openai.com")),
+            (Some("api.openai.com".into()), Some(443))
+        );
+        assert_eq!(
+            server_of(Some("127.0.0.1:8443")),
+            (Some("127.0.0.1".into()), Some(8443))
+        );
+        assert_eq!(
+            server_of(Some("[::1]:9000")),
+            (Some("::1".into()), Some(9000))
+        );
         assert_eq!(server_of(Some("")), (None, None));
         assert_eq!(server_of(None), (None, None));
     }

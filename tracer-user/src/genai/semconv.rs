@@ -43,11 +43,23 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     opt_i64("gen_ai.request.choice.count", req.choice_count);
     opt_i64("gen_ai.usage.input_tokens", resp.usage.input_tokens);
     opt_i64("gen_ai.usage.output_tokens", resp.usage.output_tokens);
-    opt_i64("gen_ai.usage.cache_read.input_tokens", resp.usage.cache_read_input_tokens);
-    opt_i64("gen_ai.usage.cache_creation.input_tokens", resp.usage.cache_creation_input_tokens);
-    opt_i64("gen_ai.usage.reasoning.output_tokens", resp.usage.reasoning_output_tokens);
+    opt_i64(
+        "gen_ai.usage.cache_read.input_tokens",
+        resp.usage.cache_read_input_tokens,
+    );
+    opt_i64(
+        "gen_ai.usage.cache_creation.input_tokens",
+        resp.usage.cache_creation_input_tokens,
+    );
+    opt_i64(
+        "gen_ai.usage.reasoning.output_tokens",
+        resp.usage.reasoning_output_tokens,
+    );
     if !req.stop_sequences.is_empty() {
-        a.push(("gen_ai.request.stop_sequences", req.stop_sequences.clone().into()));
+        a.push((
+            "gen_ai.request.stop_sequences",
+            req.stop_sequences.clone().into(),
+        ));
     }
     if let Some(id) = &resp.id {
         a.push(("gen_ai.response.id", id.clone().into()));
@@ -56,7 +68,10 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
         a.push(("gen_ai.response.model", m.clone().into()));
     }
     if !resp.finish_reasons.is_empty() {
-        a.push(("gen_ai.response.finish_reasons", resp.finish_reasons.clone().into()));
+        a.push((
+            "gen_ai.response.finish_reasons",
+            resp.finish_reasons.clone().into(),
+        ));
     }
     if let Some(first) = call.first_chunk_ns {
         let secs = first.saturating_sub(call.start_ns) as f64 / 1e9;
@@ -70,11 +85,18 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     }
     // Tool names and ids are metadata, not content (genai-spec §5.3): always present.
     if !req.tool_names.is_empty() {
-        a.push(("agent_tracer.request.tool_names", req.tool_names.clone().into()));
+        a.push((
+            "agent_tracer.request.tool_names",
+            req.tool_names.clone().into(),
+        ));
     }
     if !resp.tool_calls.is_empty() {
         let names: Vec<String> = resp.tool_calls.iter().map(|t| t.name.clone()).collect();
-        let ids: Vec<String> = resp.tool_calls.iter().map(|t| t.id.clone().unwrap_or_default()).collect();
+        let ids: Vec<String> = resp
+            .tool_calls
+            .iter()
+            .map(|t| t.id.clone().unwrap_or_default())
+            .collect();
         a.push(("agent_tracer.response.tool_call.names", names.into()));
         a.push(("agent_tracer.response.tool_call.ids", ids.into()));
     }
@@ -99,10 +121,16 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     }
     if content.capture {
         if let Some(m) = &req.input_messages {
-            a.push(("gen_ai.input.messages", capped_json(m, content.max_bytes).into()));
+            a.push((
+                "gen_ai.input.messages",
+                capped_json(m, content.max_bytes).into(),
+            ));
         }
         if let Some(m) = &resp.output_messages {
-            a.push(("gen_ai.output.messages", capped_json(m, content.max_bytes).into()));
+            a.push((
+                "gen_ai.output.messages",
+                capped_json(m, content.max_bytes).into(),
+            ));
         }
     }
     // OpenInference, so Phoenix shows the span as an LLM call without conversion.
@@ -133,5 +161,8 @@ pub fn span_name(call: &LlmCall) -> String {
 }
 
 pub fn unix_times(call: &LlmCall, clock: &Clock) -> (u64, u64) {
-    (clock.unix_ns(call.start_ns), clock.unix_ns(call.end_ns.max(call.start_ns)))
+    (
+        clock.unix_ns(call.start_ns),
+        clock.unix_ns(call.end_ns.max(call.start_ns)),
+    )
 }

@@ -18,16 +18,26 @@ pub enum BodyError {
 }
 
 /// Undoes `Content-Encoding` (a comma-separated list, applied in order).
-pub fn decode_content<'a>(encoding: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, BodyError> {
+pub fn decode_content<'a>(
+    encoding: Option<&str>,
+    body: &'a [u8],
+) -> Result<Cow<'a, [u8]>, BodyError> {
     let Some(encoding) = encoding else {
         return Ok(Cow::Borrowed(body));
     };
     let mut data = Cow::Borrowed(body);
     // Codings are listed in the order applied; undo them last first.
-    for coding in encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).rev() {
+    for coding in encoding
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .rev()
+    {
         data = match coding.as_str() {
             "" | "identity" => data,
-            "gzip" | "x-gzip" => Cow::Owned(read_all(flate2::read::MultiGzDecoder::new(&data[..]), &coding)?),
+            "gzip" | "x-gzip" => Cow::Owned(read_all(
+                flate2::read::MultiGzDecoder::new(&data[..]),
+                &coding,
+            )?),
             "deflate" => Cow::Owned(inflate(&data)?),
             other => return Err(BodyError::Unsupported(other.to_string())),
         };
@@ -69,24 +79,39 @@ mod tests {
 
     #[test]
     fn identity_and_missing_encoding_borrow() {
-        assert!(matches!(decode_content(None, b"x"), Ok(Cow::Borrowed(b"x"))));
+        assert!(matches!(
+            decode_content(None, b"x"),
+            Ok(Cow::Borrowed(b"x"))
+        ));
         assert_eq!(&*decode_content(Some("identity"), b"x").unwrap(), b"x");
     }
 
     #[test]
     fn gzip_and_both_deflate_flavours() {
-        assert_eq!(&*decode_content(Some("gzip"), &gzip(b"{\"a\":1}")).unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            &*decode_content(Some("gzip"), &gzip(b"{\"a\":1}")).unwrap(),
+            b"{\"a\":1}"
+        );
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(b"zlib").unwrap();
-        assert_eq!(&*decode_content(Some("deflate"), &z.finish().unwrap()).unwrap(), b"zlib");
+        assert_eq!(
+            &*decode_content(Some("deflate"), &z.finish().unwrap()).unwrap(),
+            b"zlib"
+        );
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         d.write_all(b"raw").unwrap();
-        assert_eq!(&*decode_content(Some("Deflate"), &d.finish().unwrap()).unwrap(), b"raw");
+        assert_eq!(
+            &*decode_content(Some("Deflate"), &d.finish().unwrap()).unwrap(),
+            b"raw"
+        );
     }
 
     #[test]
     fn corrupt_and_unknown_are_errors() {
-        assert!(matches!(decode_content(Some("gzip"), b"not gzip"), Err(BodyError::Corrupt { .. })));
+        assert!(matches!(
+            decode_content(Some("gzip"), b"not gzip"),
+            Err(BodyError::Corrupt { .. })
+        ));
         assert_eq!(
             decode_content(Some("compress"), b"x"),
             Err(BodyError::Unsupported("compress".into())).map(Cow::Owned)

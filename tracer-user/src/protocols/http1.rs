@@ -178,7 +178,11 @@ impl MessageParser {
 
     /// Parses as far as the buffer allows; returns a message when one completes.
     /// `answers_head` says the response being parsed answers a HEAD request (no body).
-    fn step(&mut self, timestamp_ns: u64, answers_head: bool) -> Result<Option<Message>, ParseError> {
+    fn step(
+        &mut self,
+        timestamp_ns: u64,
+        answers_head: bool,
+    ) -> Result<Option<Message>, ParseError> {
         loop {
             let Some(partial) = &mut self.current else {
                 if !self.start_message(timestamp_ns, answers_head)? {
@@ -345,7 +349,13 @@ fn collect_headers(headers: &[httparse::Header<'_>]) -> Headers {
         .collect()
 }
 
-fn framing(kind: Kind, method: &str, status: u16, answers_head: bool, headers: &Headers) -> Framing {
+fn framing(
+    kind: Kind,
+    method: &str,
+    status: u16,
+    answers_head: bool,
+    headers: &Headers,
+) -> Framing {
     if kind == Kind::Response
         && (answers_head || (100..200).contains(&status) || status == 204 || status == 304)
     {
@@ -376,7 +386,9 @@ fn append_body(partial: &mut Partial, data: &[u8], timestamp_ns: u64, max_body: 
     partial.first_body_ns.get_or_insert(timestamp_ns);
     partial.last_ns = timestamp_ns;
     let room = max_body.saturating_sub(partial.body.len());
-    partial.body.extend_from_slice(&data[..data.len().min(room)]);
+    partial
+        .body
+        .extend_from_slice(&data[..data.len().min(room)]);
     partial.body_len += data.len() as u64;
     match partial.timeline.last_mut() {
         Some((reached, t)) if *t == timestamp_ns => *reached = partial.body_len,
@@ -410,7 +422,8 @@ fn step_chunked(
                     .next()
                     .map(|s| String::from_utf8_lossy(s).trim().to_string())
                     .unwrap_or_default();
-                let size = u64::from_str_radix(&size_text, 16).map_err(|_| ParseError::ChunkSize)?;
+                let size =
+                    u64::from_str_radix(&size_text, 16).map_err(|_| ParseError::ChunkSize)?;
                 buf.advance(eol + 1);
                 partial.framing = Framing::Chunked(if size == 0 {
                     ChunkState::Trailers
@@ -480,9 +493,9 @@ fn find_message_start(kind: Kind, buf: &[u8]) -> Option<usize> {
 }
 
 pub fn looks_like_request(data: &[u8]) -> bool {
-    METHODS.iter().any(|m| {
-        data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' '
-    })
+    METHODS
+        .iter()
+        .any(|m| data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' ')
 }
 
 /// What a connection speaks, decided by its first bytes.
@@ -497,19 +510,35 @@ enum Role {
     Other,
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// The role the first bytes of a direction reveal; `Unknown` when they cannot tell yet.
 fn detect_role(direction: Direction, data: &[u8]) -> Role {
     let request = looks_like_request(data);
     let response = data.starts_with(b"HTTP/1.");
     match (direction, request, response) {
-        _ if data.starts_with(b"PRI * HTTP/2.0") => Role::Other,
+        _ if data.starts_with(H2_PREFACE) => Role::Other,
         (Direction::Egress, true, _) | (Direction::Ingress, _, true) => Role::Client,
         (Direction::Ingress, true, _) | (Direction::Egress, _, true) => Role::Server,
         _ => Role::Unknown,
     }
 }
 
+/// Whether more bytes could still make `data` the start of an HTTP/1 message or the HTTP/2
+/// preface (a first write may be a single byte).
+fn could_become_http(data: &[u8]) -> bool {
+    let is_prefix_of = |token: &[u8]| data.len() < token.len() && token.starts_with(data);
+    METHODS
+        .iter()
+        .any(|m| is_prefix_of(format!("{m} ").as_bytes()))
+        || is_prefix_of(b"HTTP/1.")
+        || is_prefix_of(H2_PREFACE)
+}
+
 struct Connection {
     role: Role,
+    /// Bytes held per direction while they are too few to decide the role.
+    undecided: [Vec<u8>; 2],
     requests: MessageParser,
     responses: MessageParser,
     pending: VecDeque<HttpRequest>,
@@ -547,7 +576,12 @@ impl HttpTracker {
                 ..
             } => self.gap(*conn, *direction, *len),
             StreamEvent::ProcessExit { pid, .. } => {
-                let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.pid == *pid).copied().collect();
+                let keys: Vec<ConnKey> = self
+                    .conns
+                    .keys()
+                    .filter(|k| k.pid == *pid)
+                    .copied()
+                    .collect();
                 for key in keys {
                     self.close(key, "process_exit", out);
                 }
@@ -587,6 +621,7 @@ impl HttpTracker {
         let max_body = self.max_body;
         let conn = self.conns.entry(key).or_insert_with(|| Connection {
             role: Role::Unknown,
+            undecided: [Vec::new(), Vec::new()],
             requests: MessageParser::new(Kind::Request, max_body),
             responses: MessageParser::new(Kind::Response, max_body),
             pending: VecDeque::new(),
@@ -594,7 +629,20 @@ impl HttpTracker {
         });
         conn.last_activity_ns = timestamp_ns;
         if conn.role == Role::Unknown {
-            conn.role = detect_role(direction, bytes);
+            let held = &mut conn.undecided[direction as usize];
+            held.extend_from_slice(bytes);
+            conn.role = detect_role(direction, held);
+            if conn.role == Role::Unknown {
+                if !could_become_http(held) {
+                    // Not the start of a message (attached mid-stream): wait for one.
+                    Health::add(&self.health.unparsed_bytes, held.len() as u64);
+                    held.clear();
+                }
+                return;
+            }
+            let held = std::mem::take(&mut conn.undecided[direction as usize]);
+            conn.undecided = [Vec::new(), Vec::new()];
+            return self.data(key, direction, timestamp_ns, &held, out);
         }
         if conn.role != Role::Client {
             Health::add(&self.health.unparsed_bytes, bytes.len() as u64);

@@ -6,3 +6,6 @@ pub mod http1;
 pub mod sse;
 
 pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
+
+#[cfg(test)]
+mod fixture_tests;

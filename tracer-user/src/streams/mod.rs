@@ -4,9 +4,12 @@
 //! the previous one ended means bytes were lost, and the stream says so with an explicit gap
 //! rather than silently joining the pieces.
 
+mod recorder;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
+pub use recorder::StreamRecorder;
 pub use tracer_common::Direction;
 
 use crate::capture::{CaptureEvent, TlsChunk};
@@ -168,7 +171,11 @@ mod tests {
 
     #[test]
     fn contiguous_chunks_make_no_gap() {
-        let out = run(vec![chunk(1, 4, 0, b"ab"), chunk(1, 4, 2, b"cd"), chunk(2, 1, 0, b"e")]);
+        let out = run(vec![
+            chunk(1, 4, 0, b"ab"),
+            chunk(1, 4, 2, b"cd"),
+            chunk(2, 1, 0, b"e"),
+        ]);
         assert_eq!(gaps(&out), Vec::<u64>::new());
         assert_eq!(out.len(), 3);
     }
@@ -189,9 +196,15 @@ mod tests {
     fn unfinished_call_is_a_gap_when_the_process_exits() {
         let out = run(vec![
             chunk(1, 6, 0, b"ab"),
-            CaptureEvent::ProcessExit { pid: 1, timestamp_ns: 9 },
+            CaptureEvent::ProcessExit {
+                pid: 1,
+                timestamp_ns: 9,
+            },
         ]);
         assert_eq!(gaps(&out), vec![4]);
-        assert!(matches!(out.last(), Some(StreamEvent::ProcessExit { pid: 1, .. })));
+        assert!(matches!(
+            out.last(),
+            Some(StreamEvent::ProcessExit { pid: 1, .. })
+        ));
     }
 }
