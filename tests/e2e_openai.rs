@@ -35,7 +35,10 @@ fn client_script() -> PathBuf {
 fn require_root() {
     // Safety: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "end-to-end tests load eBPF programs and must run as root (cargo xtask test)");
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
+    );
 }
 
 fn scratch_dir() -> PathBuf {
@@ -48,7 +51,11 @@ struct ClientRun {
     lines: Vec<Value>,
 }
 
-fn spawn_client(python: &Path, server: &MockOpenAi, scenarios: &[&str]) -> Result<(Child, BufReader<std::process::ChildStdout>, u32)> {
+fn spawn_client(
+    python: &Path,
+    server: &MockOpenAi,
+    scenarios: &[&str],
+) -> Result<(Child, BufReader<std::process::ChildStdout>, u32)> {
     let mut child = Command::new(python)
         .arg(client_script())
         .arg(server.base_url())
@@ -64,7 +71,8 @@ fn spawn_client(python: &Path, server: &MockOpenAi, scenarios: &[&str]) -> Resul
     let mut stdout = BufReader::new(child.stdout.take().context("client stdout")?);
     let mut first = String::new();
     stdout.read_line(&mut first)?;
-    let pid: Value = serde_json::from_str(&first).with_context(|| format!("client's first line {first:?}"))?;
+    let pid: Value =
+        serde_json::from_str(&first).with_context(|| format!("client's first line {first:?}"))?;
     let pid = pid["pid"].as_u64().context("client pid")? as u32;
     assert_eq!(pid, child.id(), "the client reports its own pid");
     Ok((child, stdout, pid))
@@ -102,11 +110,16 @@ fn of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<ReceivedSpan> {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 const STATUS_UNSET: i32 = 0;
@@ -121,14 +134,27 @@ fn assert_common(span: &ReceivedSpan, server: &MockOpenAi, request_model: &str) 
     assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
     assert_eq!(as_str(span.attr("gen_ai.operation.name")), Some("chat"));
     assert_eq!(as_str(span.attr("gen_ai.provider.name")), Some("openai"));
-    assert_eq!(as_str(span.attr("openai.api.type")), Some("chat_completions"));
-    assert_eq!(as_str(span.attr("gen_ai.request.model")), Some(request_model));
+    assert_eq!(
+        as_str(span.attr("openai.api.type")),
+        Some("chat_completions")
+    );
+    assert_eq!(
+        as_str(span.attr("gen_ai.request.model")),
+        Some(request_model)
+    );
     assert_eq!(as_str(span.attr("server.address")), Some("127.0.0.1"));
-    assert_eq!(as_int(span.attr("server.port")), Some(server.addr.port() as i64));
+    assert_eq!(
+        as_int(span.attr("server.port")),
+        Some(server.addr.port() as i64)
+    );
     assert_eq!(as_str(span.attr("http.request.method")), Some("POST"));
     assert_eq!(as_str(span.attr("url.path")), Some("/v1/chat/completions"));
     assert_eq!(as_str(span.attr("openinference.span.kind")), Some("LLM"));
-    assert_eq!(span.attr("agent_tracer.capture.bytes_lost"), None, "nothing may be lost");
+    assert_eq!(
+        span.attr("agent_tracer.capture.bytes_lost"),
+        None,
+        "nothing may be lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,90 +167,196 @@ async fn openai_sdk_calls_become_genai_spans_over_grpc() -> Result<()> {
     let running = tracer::start(
         tracer_bin(),
         "grpc",
-        &["run", "--otlp-endpoint", &receiver.endpoint(), "--otlp-protocol", "grpc", "--console", "always"],
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--console",
+            "always",
+        ],
         &[],
     )?;
 
-    let client = run_client(&python, &server, &["plain", "stream", "rate_limited", "big"]).await?;
+    let client = run_client(
+        &python,
+        &server,
+        &["plain", "stream", "rate_limited", "big"],
+    )
+    .await?;
     let pid = client.pid;
     receiver
-        .wait_for("the client's 4 calls", SPAN_WAIT, |s| of_pid(s, pid).len() >= 4)
+        .wait_for("the client's 4 calls", SPAN_WAIT, |s| {
+            of_pid(s, pid).len() >= 4
+        })
         .await?;
     let output = running.stop()?;
-    assert!(output.status.success(), "tracer exit: {}\n{}", output.status, output.stderr);
+    assert!(
+        output.status.success(),
+        "tracer exit: {}\n{}",
+        output.status,
+        output.stderr
+    );
 
     let spans = of_pid(&receiver.spans(), pid);
     assert_eq!(spans.len(), 4, "exactly one span per call: {spans:#?}");
     let received = server.received();
     assert_eq!(received.len(), 4, "the SDK must not retry");
-    assert!(received.iter().all(|r| r.authorization.as_deref() == Some(&format!("Bearer {API_KEY}")[..])));
+    assert!(received
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {API_KEY}")[..])));
 
     // (a) non-streaming call, gzip-compressed JSON response.
     let plain = &spans[0];
     assert_common(plain, &server, "gpt-4o-mini");
-    assert_eq!(as_str(plain.attr("gen_ai.response.model")), Some(RESPONSE_MODEL));
-    assert_eq!(as_str(plain.attr("gen_ai.response.id")), Some("chatcmpl-mock-nonstream"));
-    assert_eq!(as_strs(plain.attr("gen_ai.response.finish_reasons")), Some(vec!["stop".to_string()]));
+    assert_eq!(
+        as_str(plain.attr("gen_ai.response.model")),
+        Some(RESPONSE_MODEL)
+    );
+    assert_eq!(
+        as_str(plain.attr("gen_ai.response.id")),
+        Some("chatcmpl-mock-nonstream")
+    );
+    assert_eq!(
+        as_strs(plain.attr("gen_ai.response.finish_reasons")),
+        Some(vec!["stop".to_string()])
+    );
     assert_eq!(as_f64(plain.attr("gen_ai.request.temperature")), Some(0.2));
     assert_eq!(as_int(plain.attr("gen_ai.request.max_tokens")), Some(64));
-    assert_eq!(as_int(plain.attr("gen_ai.usage.input_tokens")), Some(mock_openai::prompt_tokens_for(received[0].body_len)));
+    assert_eq!(
+        as_int(plain.attr("gen_ai.usage.input_tokens")),
+        Some(mock_openai::prompt_tokens_for(received[0].body_len))
+    );
     assert_eq!(as_int(plain.attr("gen_ai.usage.output_tokens")), Some(5));
     assert_eq!(as_int(plain.attr("http.response.status_code")), Some(200));
-    assert_eq!(as_int(plain.attr("http.request.body.size")), Some(received[0].body_len as i64));
-    assert_eq!(as_str(plain.attr("openai.response.system_fingerprint")), Some("fp_mock"));
+    assert_eq!(
+        as_int(plain.attr("http.request.body.size")),
+        Some(received[0].body_len as i64)
+    );
+    assert_eq!(
+        as_str(plain.attr("openai.response.system_fingerprint")),
+        Some("fp_mock")
+    );
     assert_eq!(plain.attr("gen_ai.request.stream"), None);
     assert_eq!(plain.attr("gen_ai.response.time_to_first_chunk"), None);
     assert_eq!(plain.attr("error.type"), None);
-    assert_eq!(plain.span.status.as_ref().map(|s| s.code), Some(STATUS_UNSET));
+    assert_eq!(
+        plain.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_UNSET)
+    );
 
     // (b) streaming call with a tool call and include_usage.
     let stream = &spans[1];
     assert_common(stream, &server, "gpt-4o-mini");
     assert_eq!(as_bool(stream.attr("gen_ai.request.stream")), Some(true));
-    assert_eq!(as_str(stream.attr("gen_ai.response.id")), Some("chatcmpl-mock-stream"));
-    assert_eq!(as_str(stream.attr("gen_ai.response.model")), Some(RESPONSE_MODEL));
-    assert_eq!(as_strs(stream.attr("gen_ai.response.finish_reasons")), Some(vec!["tool_calls".to_string()]));
+    assert_eq!(
+        as_str(stream.attr("gen_ai.response.id")),
+        Some("chatcmpl-mock-stream")
+    );
+    assert_eq!(
+        as_str(stream.attr("gen_ai.response.model")),
+        Some(RESPONSE_MODEL)
+    );
+    assert_eq!(
+        as_strs(stream.attr("gen_ai.response.finish_reasons")),
+        Some(vec!["tool_calls".to_string()])
+    );
     assert_eq!(as_int(stream.attr("gen_ai.usage.input_tokens")), Some(57));
     assert_eq!(as_int(stream.attr("gen_ai.usage.output_tokens")), Some(17));
-    assert_eq!(as_int(stream.attr("gen_ai.usage.cache_read.input_tokens")), Some(32));
-    assert_eq!(as_int(stream.attr("gen_ai.usage.reasoning.output_tokens")), Some(0));
-    assert_eq!(as_strs(stream.attr("agent_tracer.request.tool_names")), Some(vec!["get_weather".to_string()]));
-    assert_eq!(as_strs(stream.attr("agent_tracer.response.tool_call.names")), Some(vec!["get_weather".to_string()]));
-    assert_eq!(as_strs(stream.attr("agent_tracer.response.tool_call.ids")), Some(vec!["call_mock_weather".to_string()]));
-    let client_calls = &client.lines.iter().find(|l| l["scenario"] == "stream").context("stream result")?["tool_calls"];
+    assert_eq!(
+        as_int(stream.attr("gen_ai.usage.cache_read.input_tokens")),
+        Some(32)
+    );
+    assert_eq!(
+        as_int(stream.attr("gen_ai.usage.reasoning.output_tokens")),
+        Some(0)
+    );
+    assert_eq!(
+        as_strs(stream.attr("agent_tracer.request.tool_names")),
+        Some(vec!["get_weather".to_string()])
+    );
+    assert_eq!(
+        as_strs(stream.attr("agent_tracer.response.tool_call.names")),
+        Some(vec!["get_weather".to_string()])
+    );
+    assert_eq!(
+        as_strs(stream.attr("agent_tracer.response.tool_call.ids")),
+        Some(vec!["call_mock_weather".to_string()])
+    );
+    let client_calls = &client
+        .lines
+        .iter()
+        .find(|l| l["scenario"] == "stream")
+        .context("stream result")?["tool_calls"];
     assert_eq!(client_calls[0]["id"], "call_mock_weather");
     assert_eq!(client_calls[0]["arguments"], "{\"city\":\"Paris\"}");
-    let duration_s = (stream.span.end_time_unix_nano - stream.span.start_time_unix_nano) as f64 / 1e9;
-    let ttfc = as_f64(stream.attr("gen_ai.response.time_to_first_chunk")).context("time to first chunk")?;
+    let duration_s =
+        (stream.span.end_time_unix_nano - stream.span.start_time_unix_nano) as f64 / 1e9;
+    let ttfc = as_f64(stream.attr("gen_ai.response.time_to_first_chunk"))
+        .context("time to first chunk")?;
     let gaps = mock_openai::STREAM_EVENT_GAP.as_secs_f64();
-    assert!(ttfc > 0.0 && ttfc < duration_s, "ttfc {ttfc} within duration {duration_s}");
-    assert!(duration_s - ttfc >= 4.0 * gaps * 0.9, "the stream's 5 events are {gaps}s apart: ttfc {ttfc}, duration {duration_s}");
+    assert!(
+        ttfc > 0.0 && ttfc < duration_s,
+        "ttfc {ttfc} within duration {duration_s}"
+    );
+    assert!(
+        duration_s - ttfc >= 4.0 * gaps * 0.9,
+        "the stream's 5 events are {gaps}s apart: ttfc {ttfc}, duration {duration_s}"
+    );
 
     // (c) HTTP 429.
     let limited = &spans[2];
     assert_common(limited, &server, "rate-limited");
     assert_eq!(as_int(limited.attr("http.response.status_code")), Some(429));
-    assert_eq!(as_str(limited.attr("error.type")), Some("rate_limit_exceeded"));
+    assert_eq!(
+        as_str(limited.attr("error.type")),
+        Some("rate_limit_exceeded")
+    );
     let status = limited.span.status.as_ref().context("status")?;
-    assert_eq!((status.code, status.message.as_str()), (STATUS_ERROR, "Rate limit reached for requests"));
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (STATUS_ERROR, "Rate limit reached for requests")
+    );
     assert_eq!(limited.attr("gen_ai.usage.input_tokens"), None);
 
     // (d) a request body over 1 MiB, captured byte-exact.
     let big = &spans[3];
     assert_common(big, &server, "gpt-4o-mini");
     assert!(received[3].body_len > 1 << 20);
-    assert_eq!(as_int(big.attr("http.request.body.size")), Some(received[3].body_len as i64));
-    assert_eq!(as_int(big.attr("gen_ai.usage.input_tokens")), Some(mock_openai::prompt_tokens_for(received[3].body_len)));
-    assert_eq!(as_str(big.attr("gen_ai.response.id")), Some("chatcmpl-mock-nonstream"));
+    assert_eq!(
+        as_int(big.attr("http.request.body.size")),
+        Some(received[3].body_len as i64)
+    );
+    assert_eq!(
+        as_int(big.attr("gen_ai.usage.input_tokens")),
+        Some(mock_openai::prompt_tokens_for(received[3].body_len))
+    );
+    assert_eq!(
+        as_str(big.attr("gen_ai.response.id")),
+        Some("chatcmpl-mock-nonstream")
+    );
 
     // Who: the process resource.
     let exe = std::fs::canonicalize(&python)?;
     for span in &spans {
-        assert_eq!(as_str(span.resource_attr("process.executable.path")), exe.to_str());
-        assert_eq!(as_str(span.resource_attr("service.name")), exe.file_name().and_then(|n| n.to_str()));
+        assert_eq!(
+            as_str(span.resource_attr("process.executable.path")),
+            exe.to_str()
+        );
+        assert_eq!(
+            as_str(span.resource_attr("service.name")),
+            exe.file_name().and_then(|n| n.to_str())
+        );
         let cmd = as_str(span.resource_attr("process.command_line")).context("command line")?;
-        assert!(cmd.contains("openai_calls.py") && cmd.contains(&server.base_url()), "{cmd}");
-        assert_eq!(as_str(span.resource_attr("host.name")), Some(host_name().as_str()));
+        assert!(
+            cmd.contains("openai_calls.py") && cmd.contains(&server.base_url()),
+            "{cmd}"
+        );
+        assert_eq!(
+            as_str(span.resource_attr("host.name")),
+            Some(host_name().as_str())
+        );
     }
 
     // Privacy: no credential, cookie or (content capture being off) message text leaves.
@@ -233,13 +365,32 @@ async fn openai_sdk_calls_become_genai_spans_over_grpc() -> Result<()> {
         assert!(!contains(&exported, secret), "{secret:?} was exported");
         assert!(!output.stdout.contains(secret), "{secret:?} was printed");
     }
-    assert!(spans.iter().all(|s| s.attr("gen_ai.input.messages").is_none()));
+    assert!(spans
+        .iter()
+        .all(|s| s.attr("gen_ai.input.messages").is_none()));
 
     // The console view and the shutdown report.
-    assert!(output.stdout.contains(&format!("pid {pid}")), "{}", output.stdout);
-    assert_eq!(output.stdout.matches("chat gpt-4o-mini").count(), 3, "{}", output.stdout);
-    assert!(output.stdout.contains("✗ 429 rate_limit_exceeded"), "{}", output.stdout);
-    assert!(output.stderr.contains("tracer stopped:") && output.stderr.contains("llm_calls="), "{}", output.stderr);
+    assert!(
+        output.stdout.contains(&format!("pid {pid}")),
+        "{}",
+        output.stdout
+    );
+    assert_eq!(
+        output.stdout.matches("chat gpt-4o-mini").count(),
+        3,
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stdout.contains("✗ 429 rate_limit_exceeded"),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stderr.contains("tracer stopped:") && output.stderr.contains("llm_calls="),
+        "{}",
+        output.stderr
+    );
     Ok(())
 }
 
@@ -259,33 +410,56 @@ async fn env_configured_http_export_with_capped_content() -> Result<()> {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_SERVICE_NAME", "e2e-agent"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e,team=platform"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=e2e,team=platform",
+            ),
         ],
     )?;
     let client = run_client(&python, &server, &["content"]).await?;
     receiver
-        .wait_for("the content call", SPAN_WAIT, |s| !of_pid(s, client.pid).is_empty())
+        .wait_for("the content call", SPAN_WAIT, |s| {
+            !of_pid(s, client.pid).is_empty()
+        })
         .await?;
     let output = running.stop()?;
     assert!(output.status.success(), "{}", output.stderr);
-    assert_eq!(output.stdout, "", "the console is off when an endpoint is configured");
+    assert_eq!(
+        output.stdout, "",
+        "the console is off when an endpoint is configured"
+    );
 
     let spans = of_pid(&receiver.spans(), client.pid);
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
     assert_common(span, &server, "gpt-4o-mini");
-    assert_eq!(as_str(span.resource_attr("service.name")), Some("e2e-agent"));
-    assert_eq!(as_str(span.resource_attr("deployment.environment")), Some("e2e"));
+    assert_eq!(
+        as_str(span.resource_attr("service.name")),
+        Some("e2e-agent")
+    );
+    assert_eq!(
+        as_str(span.resource_attr("deployment.environment")),
+        Some("e2e")
+    );
     assert_eq!(as_str(span.resource_attr("team")), Some("platform"));
 
     let input = as_str(span.attr("gen_ai.input.messages")).context("input messages")?;
     assert!(input.len() <= 600, "capped at 600 bytes: {}", input.len());
     let input: Value = serde_json::from_str(input)?;
-    assert_eq!(input[0], serde_json::json!({"role": "system", "parts": [{"type": "text", "content": "You are terse."}]}));
+    assert_eq!(
+        input[0],
+        serde_json::json!({"role": "system", "parts": [{"type": "text", "content": "You are terse."}]})
+    );
     assert_eq!(input[1]["role"], "user");
-    let user_text = input[1]["parts"][0]["content"].as_str().context("user text")?;
-    assert!(user_text.starts_with("Say hello. padding") && user_text.contains("[truncated"), "{user_text}");
-    let output_messages: Value = serde_json::from_str(as_str(span.attr("gen_ai.output.messages")).context("output")?)?;
+    let user_text = input[1]["parts"][0]["content"]
+        .as_str()
+        .context("user text")?;
+    assert!(
+        user_text.starts_with("Say hello. padding") && user_text.contains("[truncated"),
+        "{user_text}"
+    );
+    let output_messages: Value =
+        serde_json::from_str(as_str(span.attr("gen_ai.output.messages")).context("output")?)?;
     assert_eq!(
         output_messages,
         serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": "Hello from the mock."}], "finish_reason": "stop"}])
@@ -305,7 +479,13 @@ async fn process_killed_mid_request_yields_an_interrupted_span() -> Result<()> {
     let running = tracer::start(
         tracer_bin(),
         "killed",
-        &["run", "--otlp-endpoint", &receiver.endpoint(), "--otlp-protocol", "grpc"],
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+        ],
         &[],
     )?;
     let (mut child, mut stdout, pid) = spawn_client(&python, &server, &["hang"])?;
@@ -313,17 +493,29 @@ async fn process_killed_mid_request_yields_an_interrupted_span() -> Result<()> {
     stdout.read_line(&mut line)?;
     assert!(line.contains("waiting"), "{line}");
     for _ in 0..100 {
-        if server.received().iter().any(|r| r.model.as_deref() == Some("hang")) {
+        if server
+            .received()
+            .iter()
+            .any(|r| r.model.as_deref() == Some("hang"))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(server.received().iter().any(|r| r.model.as_deref() == Some("hang")), "the request reached the server");
+    assert!(
+        server
+            .received()
+            .iter()
+            .any(|r| r.model.as_deref() == Some("hang")),
+        "the request reached the server"
+    );
     child.kill()?;
     child.wait()?;
 
     let spans = receiver
-        .wait_for("the interrupted call", SPAN_WAIT, |s| !of_pid(s, pid).is_empty())
+        .wait_for("the interrupted call", SPAN_WAIT, |s| {
+            !of_pid(s, pid).is_empty()
+        })
         .await?;
     let spans = of_pid(&spans, pid);
     assert_eq!(spans.len(), 1);
@@ -331,7 +523,10 @@ async fn process_killed_mid_request_yields_an_interrupted_span() -> Result<()> {
     assert_common(span, &server, "hang");
     assert_eq!(as_str(span.attr("error.type")), Some("process_exit"));
     assert_eq!(span.attr("http.response.status_code"), None);
-    assert_eq!(span.span.status.as_ref().map(|s| s.code), Some(STATUS_ERROR));
+    assert_eq!(
+        span.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
     let output = running.stop()?;
     assert!(output.status.success(), "{}", output.stderr);
     Ok(())

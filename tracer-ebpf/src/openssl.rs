@@ -56,7 +56,11 @@ pub fn ssl_read_ret(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn remember_call(ctx: &ProbeContext, function: TlsFunction, pending: &LruHashMap<u64, PendingCall>) {
+fn remember_call(
+    ctx: &ProbeContext,
+    function: TlsFunction,
+    pending: &LruHashMap<u64, PendingCall>,
+) {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
     };
@@ -76,7 +80,11 @@ fn remember_call(ctx: &ProbeContext, function: TlsFunction, pending: &LruHashMap
 }
 
 #[inline(always)]
-fn finish_call(ctx: &RetProbeContext, direction: Direction, pending: &LruHashMap<u64, PendingCall>) {
+fn finish_call(
+    ctx: &RetProbeContext,
+    direction: Direction,
+    pending: &LruHashMap<u64, PendingCall>,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = (unsafe { pending.get(&pid_tgid) }).copied() else {
         count(counter::MISSING_ENTRY, 1);

@@ -74,7 +74,9 @@ pub async fn start(cert_dir: &std::path::Path) -> Result<MockOpenAi> {
 pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpenAi> {
     let cert = crate::tls::self_signed()?;
     std::fs::create_dir_all(cert_dir)?;
-    let listener = TcpListener::bind(addr).await.context("binding the mock server")?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .context("binding the mock server")?;
     let addr = listener.local_addr()?;
     let cert_path = cert_dir.join(format!("mock-openai-{}.pem", addr.port()));
     cert.write_pem(&cert_path)?;
@@ -114,7 +116,10 @@ fn full(status: StatusCode, content_type: &str, body: Vec<u8>, gzip: bool) -> Re
     let mut builder = Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/; HttpOnly"))
+        .header(
+            "set-cookie",
+            format!("session={COOKIE_SECRET}; Path=/; HttpOnly"),
+        )
         .header("x-request-id", "req_mock_1");
     let body = if gzip {
         use std::io::Write;
@@ -130,7 +135,10 @@ fn full(status: StatusCode, content_type: &str, body: Vec<u8>, gzip: bool) -> Re
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-async fn handle(req: Request<hyper::body::Incoming>, requests: Arc<Mutex<Vec<ReceivedRequest>>>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    requests: Arc<Mutex<Vec<ReceivedRequest>>>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let accepts_gzip = req
         .headers()
@@ -144,10 +152,20 @@ async fn handle(req: Request<hyper::body::Incoming>, requests: Arc<Mutex<Vec<Rec
         .map(str::to_string);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(full(StatusCode::BAD_REQUEST, "text/plain", b"bad body".to_vec(), false)),
+        Err(_) => {
+            return Ok(full(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                b"bad body".to_vec(),
+                false,
+            ))
+        }
     };
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = json.get("model").and_then(Value::as_str).map(str::to_string);
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if let Ok(mut r) = requests.lock() {
         r.push(ReceivedRequest {
@@ -173,10 +191,20 @@ async fn handle(req: Request<hyper::body::Incoming>, requests: Arc<Mutex<Vec<Rec
         )),
         Some("hang") => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(full(StatusCode::GATEWAY_TIMEOUT, "text/plain", Vec::new(), false))
+            Ok(full(
+                StatusCode::GATEWAY_TIMEOUT,
+                "text/plain",
+                Vec::new(),
+                false,
+            ))
         }
         _ if stream => Ok(stream_response(&json)),
-        _ => Ok(full(StatusCode::OK, "application/json", completion(&json, body.len()).to_string().into_bytes(), accepts_gzip)),
+        _ => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            completion(&json, body.len()).to_string().into_bytes(),
+            accepts_gzip,
+        )),
     }
 }
 
@@ -212,12 +240,24 @@ fn stream_response(request: &Value) -> Response<Body> {
                "model": RESPONSE_MODEL, "system_fingerprint": "fp_mock", "choices": choices, "usage": usage})
     };
     let mut events = vec![
-        chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [
             {"index": 0, "id": "call_mock_weather", "type": "function",
-             "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": null}]), Value::Null),
-        chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}, "finish_reason": null}]), Value::Null),
-        chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}, "finish_reason": null}]), Value::Null),
-        chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]), Value::Null),
+             "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": null}]),
+            Value::Null,
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}, "finish_reason": null}]),
+            Value::Null,
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}, "finish_reason": null}]),
+            Value::Null,
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),
+            Value::Null,
+        ),
     ];
     if include_usage {
         events.push(chunk(json!([]), json!({"prompt_tokens": 57, "completion_tokens": 17, "total_tokens": 74,
@@ -232,7 +272,9 @@ fn stream_response(request: &Value) -> Response<Body> {
             }
             tokio::time::sleep(STREAM_EVENT_GAP).await;
         }
-        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .await;
     });
     Response::builder()
         .status(StatusCode::OK)

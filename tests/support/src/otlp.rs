@@ -80,7 +80,11 @@ impl OtlpReceiver {
             .iter()
             .flat_map(|r| r.resource_spans.iter())
             .flat_map(|rs| {
-                let resource = rs.resource.as_ref().map(|r| r.attributes.clone()).unwrap_or_default();
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.clone())
+                    .unwrap_or_default();
                 rs.scope_spans
                     .iter()
                     .flat_map(|ss| ss.spans.iter())
@@ -94,11 +98,19 @@ impl OtlpReceiver {
 
     /// Every exported byte, to search for things that must never be exported.
     pub fn raw_bytes(&self) -> Vec<u8> {
-        self.received.lock().map(|r| r.raw.concat()).unwrap_or_default()
+        self.received
+            .lock()
+            .map(|r| r.raw.concat())
+            .unwrap_or_default()
     }
 
     /// Waits until `pred` holds for the spans received so far.
-    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[ReceivedSpan]) -> bool) -> Result<Vec<ReceivedSpan>> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Result<Vec<ReceivedSpan>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let spans = self.spans();
@@ -106,7 +118,11 @@ impl OtlpReceiver {
                 return Ok(spans);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}; received {} spans: {:#?}", spans.len(), spans.iter().map(|s| &s.span.name).collect::<Vec<_>>());
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; received {} spans: {:#?}",
+                    spans.len(),
+                    spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -141,7 +157,11 @@ pub async fn start_grpc() -> Result<OtlpReceiver> {
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
     });
-    Ok(OtlpReceiver { addr, received, task })
+    Ok(OtlpReceiver {
+        addr,
+        received,
+        task,
+    })
 }
 
 pub async fn start_http() -> Result<OtlpReceiver> {
@@ -164,7 +184,12 @@ pub async fn start_http() -> Result<OtlpReceiver> {
                                 .headers()
                                 .get("content-type")
                                 .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let decoded = ExportTraceServiceRequest::decode(body.as_ref());
                         let status = match (ok, decoded) {
                             (true, Ok(request)) => {
@@ -186,11 +211,17 @@ pub async fn start_http() -> Result<OtlpReceiver> {
                         )
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
             });
         }
     });
-    Ok(OtlpReceiver { addr, received, task })
+    Ok(OtlpReceiver {
+        addr,
+        received,
+        task,
+    })
 }
 
 /// Attribute value helpers for assertions.

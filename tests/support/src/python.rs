@@ -1,12 +1,7 @@
 //! A Python virtual environment under target/ with the real SDKs the tests drive, installed from
 //! PyPI once and reused (guarded by a file lock: test binaries may run concurrently).
 
-use std::{
-    fs::File,
-    os::fd::AsRawFd,
-    path::PathBuf,
-    process::Command,
-};
+use std::{fs::File, os::fd::AsRawFd, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -30,7 +25,13 @@ pub fn venv_python() -> Result<PathBuf> {
     }
     run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(PACKAGES))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)

@@ -12,7 +12,8 @@ pub struct TestCert {
 
 pub fn self_signed() -> Result<TestCert> {
     let key = rcgen::KeyPair::generate().context("key pair")?;
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
     let cert = params.self_signed(&key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

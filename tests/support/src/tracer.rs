@@ -22,7 +22,12 @@ pub struct TracerOutput {
 }
 
 /// Starts `bin` with `args` and `envs`; logs go to target/e2e-logs/`name`.{out,err}.
-pub fn start(bin: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<RunningTracer> {
+pub fn start(
+    bin: &Path,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<RunningTracer> {
     let logs = crate::target_dir().join("e2e-logs");
     std::fs::create_dir_all(&logs)?;
     let stdout = logs.join(format!("{name}.out"));
@@ -40,8 +45,14 @@ pub fn start(bin: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Re
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-    let mut tracer = RunningTracer { child, stdout, stderr };
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut tracer = RunningTracer {
+        child,
+        stdout,
+        stderr,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let err = std::fs::read_to_string(&tracer.stderr).unwrap_or_default();
