@@ -8,18 +8,67 @@
 /// allocation limit while needing only 64 records per MiB.
 pub const CHUNK_SIZE: usize = 16 * 1024;
 
-/// Upper bound on records per TLS call: `CHUNK_SIZE * MAX_CHUNKS_PER_CALL` bytes (4 MiB) of a
-/// single `SSL_write`/`SSL_read` are captured; the rest is counted as truncated.
-pub const MAX_CHUNKS_PER_CALL: u32 = 256;
+/// Upper bound on records per call: `CHUNK_SIZE * MAX_CHUNKS_PER_CALL` bytes (16 MiB) of a
+/// single `SSL_write`/`SSL_read`/`write`/... are captured; the rest is counted as truncated.
+pub const MAX_CHUNKS_PER_CALL: u32 = 1024;
 
 /// What a ring-buffer record describes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
-    /// A chunk of plaintext that crossed a TLS library call.
-    TlsData = 1,
+    /// A chunk of plaintext that crossed a TLS library call or a socket syscall (see `source`).
+    Data = 1,
     /// A thread group (process) ended; userspace flushes and forgets its state.
     ProcessExit = 2,
+    /// A socket connected (payload: [`SocketRecord`]; `conn_id` and `fd` are the fd).
+    Connect = 3,
+    /// A socket accepted (payload: [`SocketRecord`], address zero when not asked for).
+    Accept = 4,
+    /// A traced socket was closed.
+    Close = 5,
+    /// A socket syscall ran inside a TLS call: the TLS connection object (payload's `ssl`) uses
+    /// this fd.
+    TlsLink = 6,
+    /// The first TLS record a socket sent (ClientHello: SNI), up to `CLIENT_HELLO_MAX` bytes.
+    TlsClientHello = 7,
+    /// A process called exec (payload: the file name, NUL-terminated).
+    ProcessExec = 8,
+}
+
+/// Bytes of a ClientHello copied: enough for the SNI even with post-quantum key shares.
+pub const CLIENT_HELLO_MAX: usize = 4096;
+/// Bytes of an exec'd file name copied.
+pub const EXEC_FILENAME_MAX: usize = 256;
+/// iovecs of one writev/readv/sendmsg/recvmsg copied; more are counted as truncated.
+pub const MAX_IOVECS: usize = 8;
+
+/// Payload of socket records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketRecord {
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// Remote port, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// Remote address: 4 bytes for IPv4, 16 for IPv6.
+    pub addr: [u8; 16],
+    /// The TLS connection object for `TlsLink`.
+    pub ssl: u64,
+}
+
+/// The syscall whose call produced a socket record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketFunction {
+    Write = 0,
+    Writev = 1,
+    Sendto = 2,
+    Sendmsg = 3,
+    Read = 4,
+    Readv = 5,
+    Recvfrom = 6,
+    Recvmsg = 7,
 }
 
 /// Which way the bytes went, seen from the traced process.
@@ -32,7 +81,18 @@ pub enum Direction {
     Ingress = 1,
 }
 
-/// The library function whose call produced a record.
+/// Where a data record's bytes were seen.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Plaintext at a TLS library's read/write function; `conn_id` is the library's connection
+    /// object (`SSL*`, Go `*tls.Conn`, `gnutls_session_t`).
+    Tls = 0,
+    /// Plaintext at a socket syscall; `conn_id` is the file descriptor.
+    Socket = 1,
+}
+
+/// The library function whose call produced a TLS record.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsFunction {
@@ -40,6 +100,12 @@ pub enum TlsFunction {
     SslWriteEx = 1,
     SslRead = 2,
     SslReadEx = 3,
+    /// Go `crypto/tls.(*Conn).Write`.
+    GoTlsWrite = 4,
+    /// Go `crypto/tls.(*Conn).Read`.
+    GoTlsRead = 5,
+    GnutlsRecordSend = 6,
+    GnutlsRecordRecv = 7,
 }
 
 /// Header of every ring-buffer record; `chunk_len` payload bytes follow it directly.
@@ -60,12 +126,54 @@ pub struct RecordHeader {
     /// CLOCK_MONOTONIC nanoseconds: call entry for writes (the bytes left then), call return for
     /// reads (the bytes arrived then).
     pub timestamp_ns: u64,
-    /// Connection identity for now: the `SSL*` pointer.
+    /// Connection identity within the process: see [`Source`].
     pub conn_id: u64,
     /// Bytes the call transferred in all (its return value).
     pub call_len: u64,
     /// Offset of this chunk within the call's bytes.
     pub offset: u64,
+    /// Bytes this connection carried in this direction before this call, as far as the kernel
+    /// saw: a record that does not continue where the last one ended means bytes were lost.
+    pub stream_offset: u64,
+    /// A [`Source`] value.
+    pub source: u32,
+    /// The socket's file descriptor when known, else -1.
+    pub fd: i32,
+}
+
+/// A socket, per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// What the kernel knows of a traced socket; userspace seeds sockets open at start-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketState {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`SocketState::flags`] bits.
+pub mod socket_flag {
+    /// A TCP (IPv4/IPv6 stream) socket.
+    pub const STREAM: u32 = 1;
+    pub const CONNECTED: u32 = 2;
+    pub const ACCEPTED: u32 = 4;
+    /// Carries TLS: its bytes are ciphertext and never copied.
+    pub const TLS: u32 = 8;
+    /// Its first bytes were HTTP: copied.
+    pub const HTTP: u32 = 16;
+    /// Its first bytes were neither HTTP nor TLS: ignored.
+    pub const OTHER: u32 = 32;
+    /// A TlsLink record was sent for it.
+    pub const LINKED: u32 = 64;
+    /// Found open at start-up: its next bytes may be mid-message, so keep sniffing until HTTP
+    /// shows up rather than deciding on the first bytes.
+    pub const MIDSTREAM: u32 = 128;
 }
 
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
@@ -84,11 +192,18 @@ pub mod counter {
     pub const MISSING_ENTRY: u32 = 4;
     /// TLS calls captured.
     pub const CALLS: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Socket syscalls whose bytes were captured.
+    pub const SOCKET_CALLS: u32 = 6;
+    /// Connections whose first bytes were not HTTP or TLS, ignored from then on.
+    pub const IGNORED_CONNECTIONS: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 #[cfg(feature = "user")]
 mod user {
     // Safety: plain-old-data, `#[repr(C)]`, no padding-sensitive invariants.
     unsafe impl aya::Pod for super::RecordHeader {}
+    unsafe impl aya::Pod for super::SocketRecord {}
+    unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::SocketState {}
 }

@@ -2,14 +2,16 @@
 
 use core::ffi::c_void;
 
+use aya_ebpf::bindings::BPF_ANY;
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_ringbuf_output};
 use tracer_common::{
-    counter, RecordHeader, RecordKind, CHUNK_SIZE, MAX_CHUNKS_PER_CALL, RECORD_HEADER_SIZE,
+    counter, Direction, RecordHeader, RecordKind, SocketFunction, Source, TlsFunction, CHUNK_SIZE,
+    MAX_CHUNKS_PER_CALL, RECORD_HEADER_SIZE,
 };
 
-use crate::maps::{count, EVENTS, SCRATCH};
+use crate::maps::{count, StreamKey, EVENTS, SCRATCH, STREAM_OFFSETS};
 
-/// One finished TLS call's bytes, as the chunk callback needs them.
+/// One finished call's bytes, as the chunk callback needs them.
 #[repr(C)]
 pub struct Transfer {
     pub conn_id: u64,
@@ -17,12 +19,87 @@ pub struct Transfer {
     pub len: u64,
     pub timestamp_ns: u64,
     pub pid_tgid: u64,
+    /// Filled by `emit_buffer` from the per-connection byte count.
+    pub stream_offset: u64,
     pub function: u32,
     pub direction: u32,
+    pub source: u32,
+    pub fd: i32,
 }
 
+impl Transfer {
+    /// Bytes seen at a socket syscall.
+    #[inline(always)]
+    pub fn socket(
+        fd: u32,
+        buf: u64,
+        len: u64,
+        timestamp_ns: u64,
+        pid_tgid: u64,
+        function: SocketFunction,
+        direction: Direction,
+    ) -> Self {
+        Transfer {
+            conn_id: fd as u64,
+            buf,
+            len,
+            timestamp_ns,
+            pid_tgid,
+            stream_offset: 0,
+            function: function as u32,
+            direction: direction as u32,
+            source: Source::Socket as u32,
+            fd: fd as i32,
+        }
+    }
+
+    /// Bytes seen at a TLS library function; the socket fd is not known.
+    #[inline(always)]
+    pub fn tls(
+        conn_id: u64,
+        buf: u64,
+        len: u64,
+        timestamp_ns: u64,
+        pid_tgid: u64,
+        function: TlsFunction,
+        direction: Direction,
+    ) -> Self {
+        Transfer {
+            conn_id,
+            buf,
+            len,
+            timestamp_ns,
+            pid_tgid,
+            stream_offset: 0,
+            function: function as u32,
+            direction: direction as u32,
+            source: Source::Tls as u32,
+            fd: -1,
+        }
+    }
+}
+
+/// Copies `transfer.len` bytes at `transfer.buf` to userspace, whole, in chunk records.
 #[inline(always)]
-pub fn emit_buffer(transfer: &Transfer) {
+pub fn emit_buffer(transfer: &mut Transfer) {
+    let key = StreamKey {
+        conn_id: transfer.conn_id,
+        tgid: (transfer.pid_tgid >> 32) as u32,
+        direction: transfer.direction | (transfer.source << 8),
+    };
+    // The byte count advances by what the call transferred even when records are dropped below:
+    // that is what lets userspace see the loss.
+    transfer.stream_offset = match STREAM_OFFSETS.get_ptr_mut(&key) {
+        Some(offset) => unsafe {
+            let before = *offset;
+            *offset = before + transfer.len;
+            before
+        },
+        None => {
+            let _ = STREAM_OFFSETS.insert(&key, &transfer.len, BPF_ANY as u64);
+            0
+        }
+    };
     let chunks = transfer.len.div_ceil(CHUNK_SIZE as u64);
     let loops = if chunks > MAX_CHUNKS_PER_CALL as u64 {
         let kept = MAX_CHUNKS_PER_CALL as u64 * CHUNK_SIZE as u64;
@@ -36,9 +113,44 @@ pub fn emit_buffer(transfer: &Transfer) {
         bpf_loop(
             loops,
             emit_chunk as *mut c_void,
-            transfer as *const Transfer as *mut c_void,
+            transfer as *mut Transfer as *mut c_void,
             0,
         );
+    }
+}
+
+/// Writes one record: `header` followed by `len` (at most `CHUNK_SIZE`) bytes of user memory at
+/// `src`. Losses are counted, never reported as errors: there is no one to report them to.
+#[inline(always)]
+pub fn emit_record(mut header: RecordHeader, src: u64, len: usize) {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let record = unsafe { &mut *record };
+    // Bound the length in a form the verifier tracks through to both helpers.
+    let len = len & (2 * CHUNK_SIZE - 1);
+    if len > CHUNK_SIZE {
+        return;
+    }
+    header.chunk_len = len as u32;
+    record.header = header;
+    let dst = record.data.as_mut_ptr() as *mut c_void;
+    if unsafe { bpf_probe_read_user(dst, len as u32, src as *const c_void) } != 0 {
+        count(counter::READ_FAILED_BYTES, len as u64);
+        return;
+    }
+    let size = (RECORD_HEADER_SIZE + len) as u64;
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            &EVENTS as *const _ as *mut c_void,
+            record as *mut _ as *mut c_void,
+            size,
+            0,
+        )
+    };
+    if ret < 0 {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        count(counter::RINGBUF_FULL_BYTES, len as u64);
     }
 }
 
@@ -55,12 +167,8 @@ unsafe extern "C" fn emit_chunk(index: u32, ctx: *mut c_void) -> i64 {
     } else {
         CHUNK_SIZE
     };
-    let Some(record) = SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    let record = unsafe { &mut *record };
-    record.header = RecordHeader {
-        kind: RecordKind::TlsData as u32,
+    let header = RecordHeader {
+        kind: RecordKind::Data as u32,
         direction: transfer.direction,
         function: transfer.function,
         pid: (transfer.pid_tgid >> 32) as u32,
@@ -70,30 +178,10 @@ unsafe extern "C" fn emit_chunk(index: u32, ctx: *mut c_void) -> i64 {
         conn_id: transfer.conn_id,
         call_len: transfer.len,
         offset,
+        stream_offset: transfer.stream_offset,
+        source: transfer.source,
+        fd: transfer.fd,
     };
-    // Bound the length in a form the verifier tracks through to both helpers.
-    let len = len & (2 * CHUNK_SIZE - 1);
-    if len > CHUNK_SIZE {
-        return 1;
-    }
-    let src = (transfer.buf + offset) as *const u8;
-    let dst = record.data.as_mut_ptr() as *mut c_void;
-    if unsafe { bpf_probe_read_user(dst, len as u32, src as *const c_void) } != 0 {
-        count(counter::READ_FAILED_BYTES, len as u64);
-        return 0;
-    }
-    let size = (RECORD_HEADER_SIZE + len) as u64;
-    let ret = unsafe {
-        bpf_ringbuf_output(
-            &EVENTS as *const _ as *mut c_void,
-            record as *mut _ as *mut c_void,
-            size,
-            0,
-        )
-    };
-    if ret < 0 {
-        count(counter::RINGBUF_FULL_RECORDS, 1);
-        count(counter::RINGBUF_FULL_BYTES, len as u64);
-    }
+    emit_record(header, transfer.buf + offset, len);
     0
 }

@@ -6,6 +6,7 @@ mod emit;
 mod maps;
 mod openssl;
 mod process;
+mod syscalls;
 
 #[cfg(not(test))]
 #[panic_handler]

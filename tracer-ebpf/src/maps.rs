@@ -24,6 +24,21 @@ pub static SCRATCH: PerCpuArray<RecordBuf> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// A connection's direction, for counting the bytes it carried.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StreamKey {
+    pub conn_id: u64,
+    pub tgid: u32,
+    /// Direction in the low byte, `Source` in the next.
+    pub direction: u32,
+}
+
+/// Bytes each connection carried per direction: the per-connection sequence number of every
+/// record. LRU: a connection evicted here restarts at 0, which userspace sees as a new stream.
+#[map]
+pub static STREAM_OFFSETS: LruHashMap<StreamKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
 /// A TLS call between its entry and its return: the buffer is only complete (reads) and the
 /// transferred length only known (both directions) at return.
 #[repr(C)]
@@ -52,3 +67,40 @@ pub fn count(index: u32, by: u64) {
         unsafe { *slot += by };
     }
 }
+
+// Plain sockets (syscalls.rs)
+
+/// Sockets worth watching, per process. The filter every read/write syscall on the host goes
+/// through: one hash lookup that misses for anything but a traced TCP connection.
+#[map]
+pub static SOCKETS: LruHashMap<tracer_common::FdKey, tracer_common::SocketState> =
+    LruHashMap::with_max_entries(65536, 0);
+
+/// A socket syscall between entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingIo {
+    /// The buffer, or the iovec array for vectored calls.
+    pub buf: u64,
+    /// Length, or iovec count for vectored calls.
+    pub count: u64,
+    pub timestamp_ns: u64,
+    pub fd: u32,
+    pub function: u32,
+}
+
+#[map]
+pub static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
+
+/// socket()/connect()/accept() between entry and exit: the fd (connect) and the sockaddr pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingSocketCall {
+    pub addr: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static PENDING_SOCKET_CALLS: LruHashMap<u64, PendingSocketCall> =
+    LruHashMap::with_max_entries(16384, 0);

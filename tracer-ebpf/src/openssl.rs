@@ -1,4 +1,4 @@
-//! Uprobes on OpenSSL's (and API-compatible libraries') read and write calls.
+//! Uprobes on OpenSSL's (and API-compatible libraries': BoringSSL, GnuTLS) read and write calls.
 //!
 //! The entry probe remembers the buffer; the return probe learns how many bytes the call really
 //! transferred and copies exactly those, whole, in `CHUNK_SIZE` records. Copying at return means a
@@ -43,6 +43,19 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// GnuTLS has the same shape as `SSL_write`/`SSL_read`: (session, buffer, size) -> bytes.
+#[uprobe]
+pub fn gnutls_record_send(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::GnutlsRecordSend, &PENDING_WRITES);
+    0
+}
+
+#[uprobe]
+pub fn gnutls_record_recv(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::GnutlsRecordRecv, &PENDING_READS);
+    0
+}
+
 #[uretprobe]
 pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     finish_call(&ctx, Direction::Egress, &PENDING_WRITES);
@@ -66,7 +79,7 @@ fn remember_call(
     };
     let len_out = match function {
         TlsFunction::SslWriteEx | TlsFunction::SslReadEx => ctx.arg::<u64>(3).unwrap_or(0),
-        TlsFunction::SslWrite | TlsFunction::SslRead => 0,
+        _ => 0,
     };
     let call = PendingCall {
         ssl,
@@ -117,13 +130,15 @@ fn finish_call(
         Direction::Egress => call.timestamp_ns,
         Direction::Ingress => unsafe { bpf_ktime_get_ns() },
     };
-    emit_buffer(&Transfer {
-        conn_id: call.ssl,
-        buf: call.buf,
+    let mut transfer = Transfer::tls(
+        call.ssl,
+        call.buf,
         len,
         timestamp_ns,
         pid_tgid,
-        function: call.function,
-        direction: direction as u32,
-    });
+        TlsFunction::SslWrite,
+        direction,
+    );
+    transfer.function = call.function;
+    emit_buffer(&mut transfer);
 }

@@ -11,7 +11,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    capture::{self, reader::read_ring_buffer, Capture, Clock},
+    capture::{self, reader::read_ring_buffer, Attacher, Capture, Clock},
     config::Config,
     export::{console, otlp::OtlpExporter},
     health::Health,
@@ -23,6 +23,8 @@ use crate::{
 /// Capture records waiting for the pipeline. Large enough for a burst of several MiB.
 const CAPTURE_QUEUE: usize = 64 * 1024;
 const SINK_QUEUE: usize = 16 * 1024;
+/// Execs waiting for the attacher.
+const EXEC_QUEUE: usize = 4096;
 
 struct Sinks {
     queues: Vec<mpsc::Sender<Arc<Span>>>,
@@ -80,9 +82,16 @@ pub async fn run(config: Config) -> Result<()> {
     let mut capture = Capture::load(config.ring_buffer_bytes)?;
     let ring = capture.take_ring_buffer()?;
     let (event_tx, mut events) = mpsc::channel(CAPTURE_QUEUE);
+    let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(read_ring_buffer(ring, event_tx, health.clone(), stop_rx));
+    // Read before hooking so nothing the hooks produce waits in a full ring.
+    let reader = tokio::spawn(read_ring_buffer(ring, event_tx, exec_tx, health.clone(), stop_rx));
+    let mut attacher = Attacher::new(capture, health.clone());
+    let open_connections = attacher.start_up();
+    let hooked = std::mem::take(&mut attacher.hooked_paths);
+    let attacher = tokio::spawn(attacher.run(exec_rx));
 
+    let mut spans = Vec::new();
     let mut pipeline = Pipeline::new(
         PipelineConfig {
             capture_content: config.capture_content,
@@ -99,12 +108,14 @@ pub async fn run(config: Config) -> Result<()> {
         clock,
         health.clone(),
     );
+    for event in open_connections {
+        pipeline.handle(event, &mut spans);
+    }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut spans = Vec::new();
     info!(
-        libraries = ?capture.libraries,
+        tls_targets = ?hooked,
         console = config.console,
         capture_content = config.capture_content,
         "tracer ready"
@@ -116,12 +127,7 @@ pub async fn run(config: Config) -> Result<()> {
                 Some(event) => pipeline.handle(event, &mut spans),
                 None => break,
             },
-            _ = tick.tick() => {
-                pipeline.tick(Clock::monotonic_now_ns(), &mut spans);
-                if let Err(e) = capture.read_kernel_counters(&health) {
-                    warn!("reading kernel counters: {e:#}");
-                }
-            }
+            _ = tick.tick() => pipeline.tick(Clock::monotonic_now_ns(), &mut spans),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -141,8 +147,10 @@ pub async fn run(config: Config) -> Result<()> {
     pipeline.close_all(&mut spans);
     sinks.dispatch(&mut spans);
     sinks.close().await;
-    capture.read_kernel_counters(&health)?;
-    drop(capture);
+    // The reader has gone, and with it the exec queue: the attacher returns.
+    let attacher = attacher.await.context("attacher task")?;
+    attacher.capture().read_kernel_counters(&health)?;
+    drop(attacher);
     info!("tracer stopped: {}", health.summary());
     Ok(())
 }

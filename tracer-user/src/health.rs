@@ -1,12 +1,23 @@
 //! The tracer's own health: what it captured, what it lost and why, what it failed to parse or
 //! export. Every stage increments these; they are printed at shutdown and, later, exported.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
+};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Default, Debug)]
-        pub struct Health { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct Health {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// `tracer.unsupported_tls{binary=...}`: processes seen per binary whose TLS stack
+            /// cannot be hooked yet.
+            pub unsupported_tls: Mutex<BTreeMap<String, (&'static str, u64)>>,
+        }
 
         impl Health {
             /// Name and value of every counter, for reports.
@@ -34,6 +45,14 @@ counters! {
     kernel_missing_entry,
     /// TLS calls captured in the kernel.
     kernel_tls_calls,
+    /// Socket syscalls captured in the kernel.
+    kernel_socket_calls,
+    /// Connections whose first bytes were neither HTTP nor TLS (not copied).
+    kernel_ignored_connections,
+    /// Bytes streams had carried before the tracer first saw them (attached late).
+    attached_late_bytes,
+    /// Binaries whose TLS hooks were placed.
+    tls_targets_attached,
     /// Records malformed or of an unknown kind.
     malformed_records,
     /// Records dropped because the pipeline queue was full.
@@ -67,14 +86,31 @@ impl Health {
         counter.fetch_add(by, Relaxed);
     }
 
+    /// Counts a process running a binary whose TLS stack cannot be hooked yet; true the first
+    /// time the binary is seen (so it is logged once).
+    pub fn unsupported_tls(&self, binary: &str, stack: &'static str) -> bool {
+        let Ok(mut map) = self.unsupported_tls.lock() else {
+            return false;
+        };
+        let entry = map.entry(binary.to_string()).or_insert((stack, 0));
+        entry.1 += 1;
+        entry.1 == 1
+    }
+
     /// The counters with a non-zero value, as `name=value` pairs on one line.
     pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
+        let mut parts: Vec<String> = self
             .snapshot()
             .into_iter()
             .filter(|(_, v)| *v != 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        if let Ok(map) = self.unsupported_tls.lock() {
+            parts.extend(
+                map.iter()
+                    .map(|(binary, (stack, n))| format!("tracer.unsupported_tls{{binary={binary},stack={stack}}}={n}")),
+            );
+        }
         if parts.is_empty() {
             "nothing captured".to_string()
         } else {

@@ -64,11 +64,17 @@ impl Pipeline {
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
         let exited = match &event {
-            CaptureEvent::Tls(chunk) => {
+            CaptureEvent::Data(chunk) => {
                 self.processes.observe(chunk.pid);
                 None
             }
+            // A new program: what was read of the old one no longer describes the process.
+            CaptureEvent::Exec { pid, .. } => {
+                self.processes.forget(*pid);
+                None
+            }
             CaptureEvent::ProcessExit { pid, .. } => Some(*pid),
+            _ => None,
         };
         self.streams.push(event, &mut self.stream_events);
         for stream_event in self.stream_events.drain(..) {
@@ -77,6 +83,9 @@ impl Pipeline {
             }
             self.http.push(&stream_event, &mut self.exchanges);
         }
+        self.health
+            .attached_late_bytes
+            .store(self.streams.attached_late_bytes, std::sync::atomic::Ordering::Relaxed);
         self.finish_exchanges(out);
         if let Some(pid) = exited {
             self.processes.forget(pid);

@@ -1,11 +1,9 @@
-//! Finding the OpenSSL libraries on the host: the usual library directories plus whatever the
-//! running processes have mapped. A uprobe on a file covers every process that maps it, now and
-//! later, so each file (by device and inode) is attached once.
+//! Finding TLS libraries on the host's usual library directories, and reading process mappings.
 
 use std::{
     collections::HashSet,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 const LIBRARY_DIRS: &[&str] = &[
@@ -26,7 +24,8 @@ pub fn is_libssl(file_name: &str) -> bool {
     file_name == "libssl.so" || file_name.starts_with("libssl.so.")
 }
 
-/// Distinct libssl files, as paths usable for attaching.
+/// Distinct TLS libraries in the usual library directories. Libraries only mapped by running
+/// processes (containers, bundled copies) are found by the attacher's process scan.
 pub fn find_libssl() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     for dir in LIBRARY_DIRS {
@@ -34,44 +33,14 @@ pub fn find_libssl() -> Vec<PathBuf> {
             continue;
         };
         for entry in entries.flatten() {
-            if entry.file_name().to_str().is_some_and(is_libssl) {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_libssl(name) || name.starts_with("libgnutls.so.") {
                 candidates.push(entry.path());
             }
         }
     }
-    candidates.extend(mapped_libssl());
     dedupe_by_inode(candidates)
-}
-
-/// libssl files mapped by running processes, seen through each process's own root so that a
-/// container's library (another mount namespace) resolves.
-fn mapped_libssl() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in procs.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            continue;
-        };
-        for path in mapped_paths(&maps) {
-            if Path::new(path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_libssl)
-            {
-                found.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
-            }
-        }
-    }
-    found
 }
 
 /// File paths in a `/proc/PID/maps` text.

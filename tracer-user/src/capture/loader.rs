@@ -1,85 +1,137 @@
-//! Loading the kernel programs and attaching them.
+//! Loading the kernel programs, attaching the tracepoints, and placing uprobes on the targets
+//! the attacher finds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, TracePoint, UProbe},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeScope},
+        TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
-use tracer_common::counter;
-use tracing::{debug, info, warn};
+use tracer_common::{counter, socket_flag, FdKey, SocketState};
+use tracing::debug;
 
-use super::libssl::find_libssl;
+use super::{compat, targets::Hook};
 use crate::health::Health;
 
 /// The compiled kernel programs, embedded at build time by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
-/// (program, symbol) pairs attached on every OpenSSL library.
-const OPENSSL_HOOKS: &[(&str, &str)] = &[
-    ("ssl_write", "SSL_write"),
-    ("ssl_write_ret", "SSL_write"),
-    ("ssl_write_ex", "SSL_write_ex"),
-    ("ssl_write_ret", "SSL_write_ex"),
-    ("ssl_read", "SSL_read"),
-    ("ssl_read_ret", "SSL_read"),
-    ("ssl_read_ex", "SSL_read_ex"),
-    ("ssl_read_ret", "SSL_read_ex"),
+/// Uprobe programs, loaded up front and attached per target.
+const UPROBES: &[&str] = &[
+    "ssl_write",
+    "ssl_write_ex",
+    "ssl_read",
+    "ssl_read_ex",
+    "ssl_write_ret",
+    "ssl_read_ret",
+    "gnutls_record_send",
+    "gnutls_record_recv",
 ];
 
-/// Loaded and attached programs. Dropping it detaches everything.
+/// (category, name) of every tracepoint; the program has the tracepoint's name.
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("sched", "sched_process_exit"),
+    ("sched", "sched_process_exec"),
+    ("syscalls", "sys_enter_socket"),
+    ("syscalls", "sys_exit_socket"),
+    ("syscalls", "sys_enter_connect"),
+    ("syscalls", "sys_exit_connect"),
+    ("syscalls", "sys_enter_accept"),
+    ("syscalls", "sys_exit_accept"),
+    ("syscalls", "sys_enter_accept4"),
+    ("syscalls", "sys_exit_accept4"),
+    ("syscalls", "sys_enter_close"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_exit_write"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_exit_writev"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_exit_sendto"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_exit_sendmsg"),
+    ("syscalls", "sys_enter_read"),
+    ("syscalls", "sys_exit_read"),
+    ("syscalls", "sys_enter_readv"),
+    ("syscalls", "sys_exit_readv"),
+    ("syscalls", "sys_enter_recvfrom"),
+    ("syscalls", "sys_exit_recvfrom"),
+    ("syscalls", "sys_enter_recvmsg"),
+    ("syscalls", "sys_exit_recvmsg"),
+];
+
+/// Loaded programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    /// Libraries with at least one hook attached.
-    pub libraries: Vec<PathBuf>,
 }
 
 impl Capture {
     pub fn load(ring_buffer_bytes: u32) -> Result<Self> {
+        compat::require_supported()?;
         let ring_buffer_bytes = ring_buffer_bytes.next_power_of_two().max(4096);
+        let tracer_tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_buffer_bytes)
+            .override_global("TRACER_TGID", &tracer_tgid, true)
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
 
-        for name in [
-            "ssl_write",
-            "ssl_write_ex",
-            "ssl_read",
-            "ssl_read_ex",
-            "ssl_write_ret",
-            "ssl_read_ret",
-        ] {
+        for name in UPROBES {
             uprobe(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;
         }
-        let exit: &mut TracePoint = ebpf
-            .program_mut("sched_process_exit")
-            .context("program sched_process_exit missing")?
-            .try_into()?;
-        exit.load()
-            .context("verifying program sched_process_exit")?;
-        exit.attach("sched", "sched_process_exit")
-            .context("attaching sched:sched_process_exit")?;
+        for (category, name) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            program.load().with_context(|| format!("verifying program {name}"))?;
+            program
+                .attach(category, name)
+                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+        }
+        Ok(Capture { ebpf })
+    }
 
-        let mut libraries = Vec::new();
-        for lib in find_libssl() {
-            match attach_openssl(&mut ebpf, &lib) {
-                Ok(0) => debug!("no OpenSSL symbols in {}", lib.display()),
-                Ok(n) => {
-                    info!("attached {n} TLS hooks to {}", lib.display());
-                    libraries.push(lib);
-                }
-                Err(e) => warn!("could not attach to {}: {e:#}", lib.display()),
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Places the hooks on `path`; returns how many were placed.
+    pub fn attach_hooks(&mut self, path: &Path, hooks: &[Hook]) -> usize {
+        let mut attached = 0;
+        for hook in hooks {
+            let result = uprobe(&mut self.ebpf, hook.program).and_then(|p| {
+                p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(hook.offset),
+                    path,
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(anyhow::Error::from)
+            });
+            match result {
+                Ok(_) => attached += 1,
+                Err(e) => debug!("{} on {} in {}: {e:#}", hook.program, hook.symbol, path.display()),
             }
         }
-        if libraries.is_empty() {
-            bail!("no OpenSSL library (libssl.so.*) found to attach to");
-        }
-        Ok(Capture { ebpf, libraries })
+        attached
+    }
+
+    /// Marks a socket that was open before the tracer started as worth watching.
+    pub fn seed_socket(&mut self, tgid: u32, fd: u32) -> Result<()> {
+        let mut sockets: BpfHashMap<&mut MapData, FdKey, SocketState> =
+            BpfHashMap::try_from(self.ebpf.map_mut("SOCKETS").context("map SOCKETS missing")?)?;
+        let state = SocketState {
+            flags: socket_flag::STREAM | socket_flag::CONNECTED | socket_flag::MIDSTREAM,
+            _pad: 0,
+        };
+        sockets.insert(FdKey { tgid, fd }, state, 0)?;
+        Ok(())
     }
 
     /// The ring buffer, handed to the reader once.
@@ -99,22 +151,14 @@ impl Capture {
                 .unwrap_or(0)
         };
         use std::sync::atomic::Ordering::Relaxed;
-        health
-            .kernel_ringbuf_full_records
-            .store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
-        health
-            .kernel_ringbuf_full_bytes
-            .store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
-        health
-            .kernel_read_failed_bytes
-            .store(read(counter::READ_FAILED_BYTES), Relaxed);
-        health
-            .kernel_truncated_bytes
-            .store(read(counter::TRUNCATED_BYTES), Relaxed);
-        health
-            .kernel_missing_entry
-            .store(read(counter::MISSING_ENTRY), Relaxed);
+        health.kernel_ringbuf_full_records.store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
+        health.kernel_ringbuf_full_bytes.store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
+        health.kernel_read_failed_bytes.store(read(counter::READ_FAILED_BYTES), Relaxed);
+        health.kernel_truncated_bytes.store(read(counter::TRUNCATED_BYTES), Relaxed);
+        health.kernel_missing_entry.store(read(counter::MISSING_ENTRY), Relaxed);
         health.kernel_tls_calls.store(read(counter::CALLS), Relaxed);
+        health.kernel_socket_calls.store(read(counter::SOCKET_CALLS), Relaxed);
+        health.kernel_ignored_connections.store(read(counter::IGNORED_CONNECTIONS), Relaxed);
         Ok(())
     }
 }
@@ -124,17 +168,4 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .program_mut(name)
         .with_context(|| format!("program {name} missing"))?;
     Ok(program.try_into()?)
-}
-
-/// Attaches every hook whose symbol the library exports; returns how many were attached.
-fn attach_openssl(ebpf: &mut Ebpf, lib: &Path) -> Result<usize> {
-    let mut attached = 0;
-    for (program, symbol) in OPENSSL_HOOKS {
-        match uprobe(ebpf, program)?.attach(*symbol, lib, UProbeScope::AllProcesses) {
-            Ok(_) => attached += 1,
-            // Older OpenSSL lacks the _ex functions; that is not an error.
-            Err(e) => debug!("{program} on {symbol} in {}: {e}", lib.display()),
-        }
-    }
-    Ok(attached)
 }

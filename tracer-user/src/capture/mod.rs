@@ -2,23 +2,32 @@
 //! records into typed events. Never blocks the kernel side: when the next stage is behind,
 //! records are dropped and counted.
 
+mod attacher;
+pub mod compat;
 mod libssl;
 mod loader;
 pub mod reader;
 mod system;
+pub mod targets;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use thiserror::Error;
-use tracer_common::{Direction, RecordHeader, RecordKind, RECORD_HEADER_SIZE};
+use tracer_common::{Direction, RecordHeader, RecordKind, SocketRecord, Source, RECORD_HEADER_SIZE};
 
+pub use attacher::Attacher;
 pub use loader::Capture;
 pub use system::prepare_host;
 
-/// Bytes that crossed a TLS call, as one ring-buffer record carried them.
+/// Bytes that crossed a TLS library call or a socket syscall, as one ring-buffer record carried
+/// them.
 #[derive(Clone, Debug)]
-pub struct TlsChunk {
+pub struct DataChunk {
     pub pid: u32,
     pub tid: u32,
+    pub source: Source,
+    /// The TLS connection object, or the fd for sockets.
     pub conn_id: u64,
     pub direction: Direction,
     /// CLOCK_MONOTONIC nanoseconds.
@@ -27,12 +36,35 @@ pub struct TlsChunk {
     pub call_len: u64,
     /// Offset of `data` within the call.
     pub offset: u64,
+    /// Bytes the connection carried in this direction before the call.
+    pub stream_offset: u64,
     pub data: Bytes,
 }
 
 #[derive(Clone, Debug)]
 pub enum CaptureEvent {
-    Tls(TlsChunk),
+    Data(DataChunk),
+    /// A socket connected (`accepted` false) or was accepted.
+    Connect {
+        pid: u32,
+        fd: i32,
+        peer: Option<SocketAddr>,
+        accepted: bool,
+    },
+    Close {
+        pid: u32,
+        fd: i32,
+        timestamp_ns: u64,
+    },
+    /// The TLS connection object `conn_id` uses socket `fd`.
+    TlsLink { pid: u32, fd: i32, conn_id: u64 },
+    /// The first TLS record the socket sent.
+    ClientHello { pid: u32, fd: i32, record: Bytes },
+    Exec {
+        pid: u32,
+        filename: String,
+        timestamp_ns: u64,
+    },
     ProcessExit { pid: u32, timestamp_ns: u64 },
 }
 
@@ -46,6 +78,8 @@ pub enum DecodeError {
     Kind(u32),
     #[error("unknown direction {0}")]
     Direction(u32),
+    #[error("unknown source {0}")]
+    Source(u32),
 }
 
 /// Decodes one ring-buffer record. Pure: fed by tests with hand-made records.
@@ -54,41 +88,102 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
         return Err(DecodeError::Short(record.len()));
     }
     // Safety: length checked above; RecordHeader is plain old data and read unaligned.
-    let header: RecordHeader =
-        unsafe { std::ptr::read_unaligned(record.as_ptr() as *const RecordHeader) };
-    match header.kind {
-        k if k == RecordKind::ProcessExit as u32 => Ok(CaptureEvent::ProcessExit {
-            pid: header.pid,
-            timestamp_ns: header.timestamp_ns,
-        }),
-        k if k == RecordKind::TlsData as u32 => {
-            let direction = match header.direction {
-                d if d == Direction::Egress as u32 => Direction::Egress,
-                d if d == Direction::Ingress as u32 => Direction::Ingress,
-                d => return Err(DecodeError::Direction(d)),
-            };
-            let declared = header.chunk_len as usize;
-            let payload = &record[RECORD_HEADER_SIZE..];
-            // The ring buffer rounds records up to 8 bytes, so the payload may be longer.
-            if payload.len() < declared {
-                return Err(DecodeError::Length {
-                    declared,
-                    actual: payload.len(),
-                });
-            }
-            Ok(CaptureEvent::Tls(TlsChunk {
-                pid: header.pid,
-                tid: header.tid,
-                conn_id: header.conn_id,
-                direction,
-                timestamp_ns: header.timestamp_ns,
-                call_len: header.call_len,
-                offset: header.offset,
-                data: Bytes::copy_from_slice(&payload[..declared]),
-            }))
-        }
-        k => Err(DecodeError::Kind(k)),
+    let h: RecordHeader = unsafe { std::ptr::read_unaligned(record.as_ptr() as *const RecordHeader) };
+    let declared = h.chunk_len as usize;
+    let payload = &record[RECORD_HEADER_SIZE..];
+    // The ring buffer rounds records up to 8 bytes, so the payload may be longer.
+    if payload.len() < declared {
+        return Err(DecodeError::Length {
+            declared,
+            actual: payload.len(),
+        });
     }
+    let payload = &payload[..declared];
+    let fd = h.fd;
+    Ok(match h.kind {
+        k if k == RecordKind::Data as u32 => CaptureEvent::Data(DataChunk {
+            pid: h.pid,
+            tid: h.tid,
+            source: source(h.source)?,
+            conn_id: h.conn_id,
+            direction: direction(h.direction)?,
+            timestamp_ns: h.timestamp_ns,
+            call_len: h.call_len,
+            offset: h.offset,
+            stream_offset: h.stream_offset,
+            data: Bytes::copy_from_slice(payload),
+        }),
+        k if k == RecordKind::ProcessExit as u32 => CaptureEvent::ProcessExit {
+            pid: h.pid,
+            timestamp_ns: h.timestamp_ns,
+        },
+        k if k == RecordKind::Connect as u32 || k == RecordKind::Accept as u32 => CaptureEvent::Connect {
+            pid: h.pid,
+            fd,
+            peer: socket_record(payload).and_then(|r| peer_address(&r)),
+            accepted: k == RecordKind::Accept as u32,
+        },
+        k if k == RecordKind::Close as u32 => CaptureEvent::Close {
+            pid: h.pid,
+            fd,
+            timestamp_ns: h.timestamp_ns,
+        },
+        k if k == RecordKind::TlsLink as u32 => CaptureEvent::TlsLink {
+            pid: h.pid,
+            fd,
+            conn_id: socket_record(payload).map(|r| r.ssl).unwrap_or(0),
+        },
+        k if k == RecordKind::TlsClientHello as u32 => CaptureEvent::ClientHello {
+            pid: h.pid,
+            fd,
+            record: Bytes::copy_from_slice(payload),
+        },
+        k if k == RecordKind::ProcessExec as u32 => {
+            let end = payload.iter().position(|b| *b == 0).unwrap_or(payload.len());
+            CaptureEvent::Exec {
+                pid: h.pid,
+                filename: String::from_utf8_lossy(&payload[..end]).into_owned(),
+                timestamp_ns: h.timestamp_ns,
+            }
+        }
+        k => return Err(DecodeError::Kind(k)),
+    })
+}
+
+fn direction(raw: u32) -> Result<Direction, DecodeError> {
+    match raw {
+        d if d == Direction::Egress as u32 => Ok(Direction::Egress),
+        d if d == Direction::Ingress as u32 => Ok(Direction::Ingress),
+        d => Err(DecodeError::Direction(d)),
+    }
+}
+
+fn source(raw: u32) -> Result<Source, DecodeError> {
+    match raw {
+        s if s == Source::Tls as u32 => Ok(Source::Tls),
+        s if s == Source::Socket as u32 => Ok(Source::Socket),
+        s => Err(DecodeError::Source(s)),
+    }
+}
+
+fn socket_record(payload: &[u8]) -> Option<SocketRecord> {
+    (payload.len() >= std::mem::size_of::<SocketRecord>())
+        // Safety: length checked; plain old data read unaligned.
+        .then(|| unsafe { std::ptr::read_unaligned(payload.as_ptr() as *const SocketRecord) })
+}
+
+/// The peer of a socket record, when it is an IPv4/IPv6 address.
+pub fn peer_address(r: &SocketRecord) -> Option<SocketAddr> {
+    let ip = match r.family {
+        2 => IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3])),
+        10 => {
+            let v6 = Ipv6Addr::from(r.addr);
+            // IPv4-mapped addresses read better as IPv4.
+            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, r.port))
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to Unix time.
@@ -147,6 +242,9 @@ mod tests {
             conn_id: 0xdead,
             call_len: payload.len() as u64,
             offset: 0,
+            stream_offset: 0,
+            source: 0,
+            fd: -1,
         };
         let mut out = vec![0u8; RECORD_HEADER_SIZE];
         unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut RecordHeader, header) };
@@ -158,7 +256,7 @@ mod tests {
     fn decodes_tls_chunk_and_ignores_ring_padding() {
         let mut rec = record(1, 1, b"hello", 5);
         rec.extend_from_slice(&[0, 0, 0]);
-        let CaptureEvent::Tls(chunk) = decode_record(&rec).unwrap() else {
+        let CaptureEvent::Data(chunk) = decode_record(&rec).unwrap() else {
             panic!("not a TLS chunk")
         };
         assert_eq!(chunk.pid, 42);
@@ -187,6 +285,19 @@ mod tests {
             decode_record(&record(1, 7, b"", 0)),
             Err(DecodeError::Direction(7))
         ));
+    }
+
+    #[test]
+    fn decodes_peer_addresses() {
+        let mut r = SocketRecord { family: 2, port: 8443, ..Default::default() };
+        r.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(peer_address(&r), Some("127.0.0.1:8443".parse().unwrap()));
+        let mut r6 = SocketRecord { family: 10, port: 443, ..Default::default() };
+        r6.addr[15] = 1;
+        assert_eq!(peer_address(&r6), Some("[::1]:443".parse().unwrap()));
+        r6.addr = Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped().octets();
+        assert_eq!(peer_address(&r6), Some("10.0.0.7:443".parse().unwrap()));
+        assert_eq!(peer_address(&SocketRecord::default()), None);
     }
 
     #[test]

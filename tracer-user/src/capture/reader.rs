@@ -15,6 +15,7 @@ use crate::health::Health;
 pub async fn read_ring_buffer(
     ring: RingBuf<MapData>,
     events: mpsc::Sender<CaptureEvent>,
+    execs: mpsc::Sender<u32>,
     health: Arc<Health>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
@@ -26,24 +27,35 @@ pub async fn read_ring_buffer(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &events, &health);
+                drain(guard.get_inner_mut(), &events, &execs, &health);
                 guard.clear_ready();
             }
             _ = stop.changed() => {
-                drain(fd.get_mut(), &events, &health);
+                drain(fd.get_mut(), &events, &execs, &health);
                 return Ok(());
             }
         }
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, events: &mpsc::Sender<CaptureEvent>, health: &Health) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    events: &mpsc::Sender<CaptureEvent>,
+    execs: &mpsc::Sender<u32>,
+    health: &Health,
+) {
     while let Some(record) = ring.next() {
         Health::add(&health.records, 1);
         match decode_record(&record) {
             Ok(event) => {
-                if let CaptureEvent::Tls(chunk) = &event {
-                    Health::add(&health.bytes, chunk.data.len() as u64);
+                match &event {
+                    CaptureEvent::Data(chunk) => Health::add(&health.bytes, chunk.data.len() as u64),
+                    // The attacher looks at the new program; losing one to a full queue only
+                    // delays its hooks to the next sweep.
+                    CaptureEvent::Exec { pid, .. } => {
+                        let _ = execs.try_send(*pid);
+                    }
+                    _ => {}
                 }
                 if events.try_send(event).is_err() {
                     Health::add(&health.pipeline_queue_full, 1);

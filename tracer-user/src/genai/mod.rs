@@ -137,7 +137,11 @@ pub fn recognise(
     if !json.get("messages").is_some_and(Value::is_array) {
         return None;
     }
-    let (server_address, server_port) = provider::server_of(header(&req.headers, "host"));
+    let (server_address, server_port) = provider::server_of(
+        header(&req.headers, "host"),
+        &exchange.peer,
+        exchange.conn.source == crate::streams::Source::Tls,
+    );
     let mut call = LlmCall {
         conn: exchange.conn,
         provider: provider::provider_name(server_address.as_deref(), path).to_string(),

@@ -1,5 +1,7 @@
 //! Which provider a host is, and where the server is.
 
+use crate::streams::Peer;
+
 /// `gen_ai.provider.name` for a host: known hosts by name; anything else speaking an OpenAI
 /// dialect is reported as `openai`, the dialect it speaks (genai-spec §1.6).
 pub fn provider_name(host: Option<&str>, _path: &str) -> &'static str {
@@ -38,24 +40,37 @@ pub fn provider_name(host: Option<&str>, _path: &str) -> &'static str {
         .unwrap_or("openai")
 }
 
-/// `server.address` and `server.port` from a Host header (TLS default port 443).
-pub fn server_of(host: Option<&str>) -> (Option<String>, Option<u16>) {
-    let Some(host) = host.map(str::trim).filter(|h| !h.is_empty()) else {
+/// `server.address` and `server.port`: the Host header names the server the client meant (behind
+/// any proxy); then the TLS server name; then the connected address. A port not in the Host
+/// header is the connected port, else the scheme's default.
+pub fn server_of(host: Option<&str>, peer: &Peer, tls: bool) -> (Option<String>, Option<u16>) {
+    let (name, port) = host.map(split_host).unwrap_or((None, None));
+    let address = name
+        .or_else(|| peer.server_name.clone())
+        .or_else(|| peer.address.map(|a| a.ip().to_string()));
+    let port = port
+        .or_else(|| peer.address.map(|a| a.port()))
+        .or(address.as_ref().map(|_| if tls { 443 } else { 80 }));
+    (address, port)
+}
+
+/// `[v6]:port`, `v4:port`, `name:port`, or no port.
+fn split_host(host: &str) -> (Option<String>, Option<u16>) {
+    let host = host.trim();
+    if host.is_empty() {
         return (None, None);
-    };
-    // [v6]:port, v4:port, name:port, or no port.
+    }
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((addr, after)) = rest.split_once(']') {
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (Some(addr.to_string()), port.or(Some(443)));
+            return (Some(addr.to_string()), after.strip_prefix(':').and_then(|p| p.parse().ok()));
         }
     }
     match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') => match port.parse() {
             Ok(p) => (Some(name.to_string()), Some(p)),
-            Err(_) => (Some(host.to_string()), Some(443)),
+            Err(_) => (Some(host.to_string()), None),
         },
-        _ => (Some(host.to_string()), Some(443)),
+        _ => (Some(host.to_string()), None),
     }
 }
 
@@ -86,19 +101,28 @@ mod tests {
 
     #[test]
     fn host_header_forms() {
-        assert_eq!(
-            server_of(Some("api.openai.com")),
-            (Some("api.openai.com".into()), Some(443))
-        );
-        assert_eq!(
-            server_of(Some("127.0.0.1:8443")),
-            (Some("127.0.0.1".into()), Some(8443))
-        );
-        assert_eq!(
-            server_of(Some("[::1]:9000")),
-            (Some("::1".into()), Some(9000))
-        );
-        assert_eq!(server_of(Some("")), (None, None));
-        assert_eq!(server_of(None), (None, None));
+        let none = Peer::default();
+        let s = |h, tls| server_of(h, &none, tls);
+        assert_eq!(s(Some("api.openai.com"), true), (Some("api.openai.com".into()), Some(443)));
+        assert_eq!(s(Some("localhost"), false), (Some("localhost".into()), Some(80)));
+        assert_eq!(s(Some("127.0.0.1:8443"), true), (Some("127.0.0.1".into()), Some(8443)));
+        assert_eq!(s(Some("[::1]:9000"), true), (Some("::1".into()), Some(9000)));
+        assert_eq!(s(Some(""), true), (None, None));
+        assert_eq!(s(None, true), (None, None));
+    }
+
+    #[test]
+    fn peer_fills_what_the_host_header_lacks() {
+        let peer = Peer {
+            address: Some("10.0.0.5:8080".parse().unwrap()),
+            server_name: Some("api.example.com".into()),
+        };
+        assert_eq!(server_of(Some("gateway"), &peer, false), (Some("gateway".into()), Some(8080)));
+        assert_eq!(server_of(None, &peer, true), (Some("api.example.com".into()), Some(8080)));
+        let bare = Peer {
+            address: Some("10.0.0.5:11434".parse().unwrap()),
+            server_name: None,
+        };
+        assert_eq!(server_of(None, &bare, false), (Some("10.0.0.5".into()), Some(11434)));
     }
 }

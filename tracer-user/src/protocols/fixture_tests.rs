@@ -32,7 +32,11 @@ const RATE_LIMITED: Fixture = Fixture {
     response: include_bytes!("../../../tests/fixtures/openai/chat_429.response"),
 };
 
-const CONN: ConnKey = ConnKey { pid: 1, conn_id: 2 };
+const CONN: ConnKey = ConnKey {
+    pid: 1,
+    source: crate::streams::Source::Tls,
+    conn_id: 2,
+};
 
 fn data(direction: Direction, bytes: &[u8]) -> StreamEvent {
     StreamEvent::Data {

@@ -9,12 +9,13 @@ use thiserror::Error;
 
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, StreamEvent},
+    streams::{ConnKey, Direction, Peer, StreamEvent},
 };
 
 /// Larger heads are not HTTP we can use (and would let a peer grow our buffers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
+const MAX_PENDING_PEERS: usize = 65_536;
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
 ];
@@ -80,6 +81,8 @@ pub enum ExchangeEnd {
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpExchange {
     pub conn: ConnKey,
+    /// The other end, as far as it is known.
+    pub peer: Peer,
     pub request: HttpRequest,
     pub response: Option<HttpResponse>,
     pub end: ExchangeEnd,
@@ -537,6 +540,7 @@ fn could_become_http(data: &[u8]) -> bool {
 
 struct Connection {
     role: Role,
+    peer: Peer,
     /// Bytes held per direction while they are too few to decide the role.
     undecided: [Vec<u8>; 2],
     requests: MessageParser,
@@ -548,6 +552,8 @@ struct Connection {
 /// Tracks every HTTP/1.x connection and emits exchanges as they complete.
 pub struct HttpTracker {
     conns: HashMap<ConnKey, Connection>,
+    /// Peers of connections that have not carried data yet.
+    peers_pending: HashMap<ConnKey, Peer>,
     max_body: usize,
     health: Arc<Health>,
 }
@@ -556,6 +562,7 @@ impl HttpTracker {
     pub fn new(max_body: usize, health: Arc<Health>) -> Self {
         HttpTracker {
             conns: HashMap::new(),
+            peers_pending: HashMap::new(),
             max_body,
             health,
         }
@@ -575,7 +582,25 @@ impl HttpTracker {
                 len,
                 ..
             } => self.gap(*conn, *direction, *len),
+            StreamEvent::Peer { conn, peer } => {
+                // Known before any data (connect) or learnt later (TLS link): keep for exchanges.
+                match self.conns.get_mut(conn) {
+                    Some(c) => c.peer = peer.clone(),
+                    None => {
+                        // Bounded: a flood of connections that never speak HTTP must not grow it.
+                        if self.peers_pending.len() >= MAX_PENDING_PEERS {
+                            self.peers_pending.clear();
+                        }
+                        self.peers_pending.insert(*conn, peer.clone());
+                    }
+                }
+            }
+            StreamEvent::Closed { conn, .. } => {
+                self.peers_pending.remove(conn);
+                self.close(*conn, "connection_closed", out);
+            }
             StreamEvent::ProcessExit { pid, .. } => {
+                self.peers_pending.retain(|k, _| k.pid != *pid);
                 let keys: Vec<ConnKey> = self
                     .conns
                     .keys()
@@ -619,8 +644,10 @@ impl HttpTracker {
         out: &mut Vec<HttpExchange>,
     ) {
         let max_body = self.max_body;
+        let peers_pending = &mut self.peers_pending;
         let conn = self.conns.entry(key).or_insert_with(|| Connection {
             role: Role::Unknown,
+            peer: peers_pending.remove(&key).unwrap_or_default(),
             undecided: [Vec::new(), Vec::new()],
             requests: MessageParser::new(Kind::Request, max_body),
             responses: MessageParser::new(Kind::Response, max_body),
@@ -680,6 +707,7 @@ impl HttpTracker {
                                     Health::add(&self.health.http_exchanges, 1);
                                     out.push(HttpExchange {
                                         conn: key,
+                                        peer: conn.peer.clone(),
                                         request,
                                         response: Some(response),
                                         end: ExchangeEnd::Complete,
@@ -748,6 +776,7 @@ impl HttpTracker {
             }
             out.push(HttpExchange {
                 conn: key,
+                peer: conn.peer.clone(),
                 request,
                 response,
                 end,

@@ -1,24 +1,46 @@
-//! Stage 2, streams: turns per-call chunks into per-connection, per-direction byte streams.
+//! Stage 2, streams: turns chunks into per-connection, per-direction byte streams, and keeps
+//! what is known of each connection (peer address, TLS server name, TLS object to socket link).
 //!
-//! Each TLS call arrives as one or more chunks with offsets; a chunk that does not continue where
-//! the previous one ended means bytes were lost, and the stream says so with an explicit gap
-//! rather than silently joining the pieces.
+//! Every chunk carries the number of bytes its connection carried before it in that direction,
+//! as counted in the kernel; a chunk that does not continue where the previous one ended means
+//! bytes were lost, and the stream says so with an explicit gap rather than joining the pieces.
 
 mod recorder;
+pub mod sni;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddr};
 
 use bytes::Bytes;
 pub use recorder::StreamRecorder;
-pub use tracer_common::Direction;
+pub use tracer_common::{Direction, Source};
 
-use crate::capture::{CaptureEvent, TlsChunk};
+use crate::capture::{CaptureEvent, DataChunk};
 
-/// Identifies a connection: the process and, for TLS, the library's connection object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Identifies a connection: the process, where it was seen, and the library's connection object
+/// (TLS) or the file descriptor (sockets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     pub pid: u32,
+    pub source: Source,
     pub conn_id: u64,
+}
+
+impl ConnKey {
+    pub fn socket(pid: u32, fd: i32) -> Self {
+        ConnKey {
+            pid,
+            source: Source::Socket,
+            conn_id: fd as u32 as u64,
+        }
+    }
+}
+
+/// What is known of a connection's other end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub address: Option<SocketAddr>,
+    /// The host name the TLS client asked for (SNI).
+    pub server_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -36,24 +58,31 @@ pub enum StreamEvent {
         timestamp_ns: u64,
         len: u64,
     },
-    ProcessExit {
-        pid: u32,
-        timestamp_ns: u64,
-    },
+    /// New knowledge of a connection's peer.
+    Peer { conn: ConnKey, peer: Peer },
+    /// The connection ended (its socket was closed).
+    Closed { conn: ConnKey, timestamp_ns: u64 },
+    ProcessExit { pid: u32, timestamp_ns: u64 },
 }
 
-/// The call a direction is in the middle of.
-#[derive(Clone, Copy, Debug)]
-struct OpenCall {
-    tid: u32,
-    timestamp_ns: u64,
-    len: u64,
-    received: u64,
+/// Position of one direction of one connection.
+#[derive(Clone, Copy, Debug, Default)]
+struct Position {
+    /// Offset of the next byte expected.
+    next: u64,
+    /// Where the last call seen ends: bytes up to here were sent, whether we saw them or not.
+    call_end: u64,
 }
 
 #[derive(Default)]
 pub struct StreamAssembler {
-    open: HashMap<(ConnKey, Direction), OpenCall>,
+    positions: HashMap<(ConnKey, Direction), Position>,
+    /// Socket peers, by (pid, fd).
+    peers: HashMap<(u32, i32), Peer>,
+    /// TLS objects using each socket, by (pid, fd).
+    tls_on_socket: HashMap<(u32, i32), Vec<u64>>,
+    /// Bytes before the first chunk of a stream seen after the tracer started.
+    pub attached_late_bytes: u64,
 }
 
 impl StreamAssembler {
@@ -63,74 +92,142 @@ impl StreamAssembler {
 
     pub fn push(&mut self, event: CaptureEvent, out: &mut Vec<StreamEvent>) {
         match event {
-            CaptureEvent::Tls(chunk) => self.push_chunk(chunk, out),
-            CaptureEvent::ProcessExit { pid, timestamp_ns } => {
-                for ((conn, direction), call) in self.open.iter() {
-                    if conn.pid == pid && call.received < call.len {
-                        out.push(StreamEvent::Gap {
-                            conn: *conn,
-                            direction: *direction,
-                            timestamp_ns,
-                            len: call.len - call.received,
-                        });
-                    }
+            CaptureEvent::Data(chunk) => self.push_chunk(chunk, out),
+            CaptureEvent::Connect { pid, fd, peer, .. } => {
+                // A new connection on this fd: positions restart, as they do in the kernel.
+                let conn = ConnKey::socket(pid, fd);
+                self.positions.retain(|(c, _), _| *c != conn);
+                self.tls_on_socket.remove(&(pid, fd));
+                let peer = Peer {
+                    address: peer,
+                    server_name: None,
+                };
+                self.peers.insert((pid, fd), peer.clone());
+                out.push(StreamEvent::Peer { conn, peer });
+            }
+            CaptureEvent::ClientHello { pid, fd, record } => {
+                let peer = self.peers.entry((pid, fd)).or_default();
+                peer.server_name = sni::server_name(&record);
+                let peer = peer.clone();
+                for conn_id in self.tls_on_socket.get(&(pid, fd)).into_iter().flatten() {
+                    out.push(StreamEvent::Peer {
+                        conn: ConnKey {
+                            pid,
+                            source: Source::Tls,
+                            conn_id: *conn_id,
+                        },
+                        peer: peer.clone(),
+                    });
                 }
-                self.open.retain(|(conn, _), _| conn.pid != pid);
+            }
+            CaptureEvent::TlsLink { pid, fd, conn_id } => {
+                let linked = self.tls_on_socket.entry((pid, fd)).or_default();
+                if !linked.contains(&conn_id) {
+                    linked.push(conn_id);
+                }
+                if let Some(peer) = self.peers.get(&(pid, fd)) {
+                    out.push(StreamEvent::Peer {
+                        conn: ConnKey {
+                            pid,
+                            source: Source::Tls,
+                            conn_id,
+                        },
+                        peer: peer.clone(),
+                    });
+                }
+            }
+            CaptureEvent::Close {
+                pid,
+                fd,
+                timestamp_ns,
+            } => {
+                let mut closed = vec![ConnKey::socket(pid, fd)];
+                closed.extend(
+                    self.tls_on_socket
+                        .remove(&(pid, fd))
+                        .into_iter()
+                        .flatten()
+                        .map(|conn_id| ConnKey {
+                            pid,
+                            source: Source::Tls,
+                            conn_id,
+                        }),
+                );
+                self.peers.remove(&(pid, fd));
+                for conn in closed {
+                    self.flush_owed(|c| c == conn, timestamp_ns, out);
+                    self.positions.retain(|(c, _), _| *c != conn);
+                    out.push(StreamEvent::Closed { conn, timestamp_ns });
+                }
+            }
+            CaptureEvent::ProcessExit { pid, timestamp_ns } => {
+                self.flush_owed(|c| c.pid == pid, timestamp_ns, out);
+                self.positions.retain(|(conn, _), _| conn.pid != pid);
+                self.peers.retain(|(p, _), _| *p != pid);
+                self.tls_on_socket.retain(|(p, _), _| *p != pid);
                 out.push(StreamEvent::ProcessExit { pid, timestamp_ns });
+            }
+            CaptureEvent::Exec { .. } => {}
+        }
+    }
+
+    /// Calls whose last bytes never arrived end in a gap.
+    fn flush_owed(&self, matches: impl Fn(ConnKey) -> bool, timestamp_ns: u64, out: &mut Vec<StreamEvent>) {
+        for ((conn, direction), pos) in &self.positions {
+            if matches(*conn) && pos.call_end > pos.next {
+                out.push(StreamEvent::Gap {
+                    conn: *conn,
+                    direction: *direction,
+                    timestamp_ns,
+                    len: pos.call_end - pos.next,
+                });
             }
         }
     }
 
-    fn push_chunk(&mut self, chunk: TlsChunk, out: &mut Vec<StreamEvent>) {
+    fn push_chunk(&mut self, chunk: DataChunk, out: &mut Vec<StreamEvent>) {
         let conn = ConnKey {
             pid: chunk.pid,
+            source: chunk.source,
             conn_id: chunk.conn_id,
         };
-        let key = (conn, chunk.direction);
-        let same_call = |c: &OpenCall| c.tid == chunk.tid && c.timestamp_ns == chunk.timestamp_ns;
-        let gap = |len: u64, out: &mut Vec<StreamEvent>| {
-            if len > 0 {
-                out.push(StreamEvent::Gap {
-                    conn,
-                    direction: chunk.direction,
-                    timestamp_ns: chunk.timestamp_ns,
-                    len,
-                });
+        let at = chunk.stream_offset + chunk.offset;
+        let len = chunk.data.len() as u64;
+        let call_end = chunk.stream_offset + chunk.call_len;
+        let position = self.positions.entry((conn, chunk.direction));
+        let pos = match position {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                // First sight of this stream: bytes before it were sent before we looked.
+                self.attached_late_bytes += at;
+                v.insert(Position { next: at, call_end })
             }
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
         };
-
-        let mut call = match self.open.get(&key) {
-            Some(open) if same_call(open) => *open,
-            previous => {
-                // A new call: whatever the previous one still owed was lost.
-                if let Some(prev) = previous {
-                    gap(prev.len.saturating_sub(prev.received), out);
-                }
-                OpenCall {
-                    tid: chunk.tid,
-                    timestamp_ns: chunk.timestamp_ns,
-                    len: chunk.call_len,
-                    received: 0,
-                }
-            }
-        };
-        if chunk.offset < call.received {
-            // A duplicate or reordered chunk: its bytes were already accounted for.
+        if at == 0 && chunk.offset == 0 && pos.next > 0 {
+            // The kernel restarted this stream's count (a reused connection object, or its
+            // counter was evicted): a new stream.
+            *pos = Position { next: 0, call_end };
+        }
+        if at > pos.next {
+            out.push(StreamEvent::Gap {
+                conn,
+                direction: chunk.direction,
+                timestamp_ns: chunk.timestamp_ns,
+                len: at - pos.next,
+            });
+        } else if at + len <= pos.next {
+            // Already seen (a duplicate): nothing new.
             return;
         }
-        gap(chunk.offset - call.received, out);
-        call.received = chunk.offset + chunk.data.len() as u64;
+        let skip = pos.next.saturating_sub(at) as usize;
+        pos.next = at + len;
+        pos.call_end = pos.call_end.max(call_end);
         out.push(StreamEvent::Data {
             conn,
             direction: chunk.direction,
             timestamp_ns: chunk.timestamp_ns,
-            bytes: chunk.data,
+            bytes: chunk.data.slice(skip..),
         });
-        if call.received >= call.len {
-            self.open.remove(&key);
-        } else {
-            self.open.insert(key, call);
-        }
     }
 }
 
@@ -138,15 +235,17 @@ impl StreamAssembler {
 mod tests {
     use super::*;
 
-    fn chunk(ts: u64, call_len: u64, offset: u64, data: &'static [u8]) -> CaptureEvent {
-        CaptureEvent::Tls(TlsChunk {
+    fn chunk(stream_offset: u64, call_len: u64, offset: u64, data: &'static [u8]) -> CaptureEvent {
+        CaptureEvent::Data(DataChunk {
             pid: 1,
             tid: 1,
+            source: Source::Tls,
             conn_id: 7,
             direction: Direction::Egress,
-            timestamp_ns: ts,
+            timestamp_ns: stream_offset + offset,
             call_len,
             offset,
+            stream_offset,
             data: Bytes::from_static(data),
         })
     }
@@ -169,42 +268,87 @@ mod tests {
             .collect()
     }
 
+    fn data(out: &[StreamEvent]) -> Vec<u8> {
+        out.iter()
+            .flat_map(|e| match e {
+                StreamEvent::Data { bytes, .. } => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     #[test]
-    fn contiguous_chunks_make_no_gap() {
-        let out = run(vec![
-            chunk(1, 4, 0, b"ab"),
-            chunk(1, 4, 2, b"cd"),
-            chunk(2, 1, 0, b"e"),
-        ]);
+    fn contiguous_chunks_and_calls_make_no_gap() {
+        let out = run(vec![chunk(0, 4, 0, b"ab"), chunk(0, 4, 2, b"cd"), chunk(4, 1, 0, b"e")]);
         assert_eq!(gaps(&out), Vec::<u64>::new());
-        assert_eq!(out.len(), 3);
+        assert_eq!(data(&out), b"abcde");
     }
 
     #[test]
     fn missing_middle_chunk_is_an_explicit_gap() {
-        let out = run(vec![chunk(1, 6, 0, b"ab"), chunk(1, 6, 4, b"ef")]);
+        let out = run(vec![chunk(0, 6, 0, b"ab"), chunk(0, 6, 4, b"ef")]);
         assert_eq!(gaps(&out), vec![2]);
     }
 
     #[test]
-    fn unfinished_call_is_a_gap_when_the_next_call_starts() {
-        let out = run(vec![chunk(1, 6, 0, b"ab"), chunk(2, 1, 0, b"x")]);
-        assert_eq!(gaps(&out), vec![4]);
+    fn a_wholly_lost_call_is_a_gap() {
+        // Call [2, 5) never arrived: the next call starts at 5.
+        let out = run(vec![chunk(0, 2, 0, b"ab"), chunk(5, 1, 0, b"x")]);
+        assert_eq!(gaps(&out), vec![3]);
+        assert_eq!(data(&out), b"abx");
     }
 
     #[test]
     fn unfinished_call_is_a_gap_when_the_process_exits() {
         let out = run(vec![
-            chunk(1, 6, 0, b"ab"),
+            chunk(0, 6, 0, b"ab"),
             CaptureEvent::ProcessExit {
                 pid: 1,
                 timestamp_ns: 9,
             },
         ]);
         assert_eq!(gaps(&out), vec![4]);
-        assert!(matches!(
-            out.last(),
-            Some(StreamEvent::ProcessExit { pid: 1, .. })
-        ));
+        assert!(matches!(out.last(), Some(StreamEvent::ProcessExit { pid: 1, .. })));
+    }
+
+    #[test]
+    fn late_attach_is_counted_and_duplicates_dropped() {
+        let mut s = StreamAssembler::new();
+        let mut out = Vec::new();
+        s.push(chunk(100, 2, 0, b"ab"), &mut out);
+        s.push(chunk(100, 2, 0, b"ab"), &mut out);
+        assert_eq!(s.attached_late_bytes, 100);
+        assert_eq!(data(&out), b"ab");
+        assert_eq!(gaps(&out), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn restarted_count_is_a_new_stream() {
+        let out = run(vec![chunk(0, 2, 0, b"ab"), chunk(0, 2, 0, b"cd")]);
+        assert_eq!(data(&out), b"abcd");
+    }
+
+    #[test]
+    fn close_ends_the_socket_and_its_tls_connections_with_their_peer() {
+        let mut s = StreamAssembler::new();
+        let mut out = Vec::new();
+        s.push(
+            CaptureEvent::Connect {
+                pid: 1,
+                fd: 5,
+                peer: Some("127.0.0.1:443".parse().unwrap()),
+                accepted: false,
+            },
+            &mut out,
+        );
+        s.push(CaptureEvent::TlsLink { pid: 1, fd: 5, conn_id: 7 }, &mut out);
+        s.push(CaptureEvent::Close { pid: 1, fd: 5, timestamp_ns: 3 }, &mut out);
+        let tls = ConnKey { pid: 1, source: Source::Tls, conn_id: 7 };
+        assert!(out.contains(&StreamEvent::Peer {
+            conn: tls,
+            peer: Peer { address: Some("127.0.0.1:443".parse().unwrap()), server_name: None }
+        }));
+        assert!(out.contains(&StreamEvent::Closed { conn: tls, timestamp_ns: 3 }));
+        assert!(out.contains(&StreamEvent::Closed { conn: ConnKey::socket(1, 5), timestamp_ns: 3 }));
     }
 }

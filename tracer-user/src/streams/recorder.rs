@@ -46,6 +46,11 @@ impl StreamRecorder {
                 self.files.retain(|(conn, _), _| conn.pid != *pid);
                 return;
             }
+            StreamEvent::Closed { conn, .. } => {
+                self.files.retain(|(c, _), _| c != conn);
+                return;
+            }
+            StreamEvent::Peer { .. } => return,
         };
         let file = match self.files.entry((conn, direction)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

@@ -1,0 +1,542 @@
+//! Syscall tracepoints for plaintext sockets and the decision, in one place, of what is copied.
+//!
+//! Candidates are TCP sockets this process created and then connected or accepted (or that
+//! userspace found open at start-up). A connection's first bytes decide: HTTP/1.x or the HTTP/2
+//! preface is copied from then on; a TLS record header marks it as TLS (its ClientHello is sent up
+//! once, for the SNI) and nothing more is copied; anything else is ignored. A syscall made inside a
+//! TLS library call on the same thread is that call's ciphertext: it links the library's
+//! connection object to the fd and is never copied.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    counter, socket_flag as flag, Direction, FdKey, RecordHeader, RecordKind, SocketFunction,
+    SocketRecord, SocketState, Source, CLIENT_HELLO_MAX, MAX_IOVECS,
+};
+
+use crate::{
+    emit::{emit_buffer, emit_record, Transfer},
+    maps::{
+        count, PendingIo, PendingSocketCall, StreamKey, EVENTS, PENDING_IO, PENDING_READS,
+        PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS, STREAM_OFFSETS,
+    },
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u64 = 1;
+const SOCK_TYPE_MASK: u64 = 0xf;
+const EINPROGRESS: i64 = 115;
+
+/// The tracer's own process, set by userspace at load time: its exporter connections are never
+/// traced (that would feed its own output back into itself).
+#[unsafe(no_mangle)]
+static TRACER_TGID: u32 = 0;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+#[inline(always)]
+fn tgid(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}
+
+#[inline(always)]
+fn is_tracer(pid_tgid: u64) -> bool {
+    tgid(pid_tgid) == unsafe { core::ptr::read_volatile(&TRACER_TGID) }
+}
+
+// socket(): remember TCP sockets as candidates.
+
+#[tracepoint]
+pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let family = arg(&ctx, 0) as u16;
+    let kind = arg(&ctx, 1);
+    if (family == AF_INET || family == AF_INET6) && kind & SOCK_TYPE_MASK == SOCK_STREAM && !is_tracer(pid_tgid) {
+        let call = PendingSocketCall { addr: 0, fd: 0, _pad: 0 };
+        let _ = PENDING_SOCKET_CALLS.insert(&pid_tgid, &call, BPF_ANY as u64);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if unsafe { PENDING_SOCKET_CALLS.get(&pid_tgid) }.is_none() {
+        return 0;
+    }
+    let _ = PENDING_SOCKET_CALLS.remove(&pid_tgid);
+    let fd = ret(&ctx);
+    if fd >= 0 {
+        let key = FdKey { tgid: tgid(pid_tgid), fd: fd as u32 };
+        let state = SocketState { flags: flag::STREAM, _pad: 0 };
+        let _ = SOCKETS.insert(&key, &state, BPF_ANY as u64);
+    }
+    0
+}
+
+// connect() / accept(): the connection starts; report its peer.
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    remember_socket_call(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = take_socket_call(pid_tgid) else {
+        return 0;
+    };
+    let r = ret(&ctx);
+    if r != 0 && r != -EINPROGRESS {
+        return 0;
+    }
+    let key = FdKey { tgid: tgid(pid_tgid), fd: call.fd };
+    start_connection(key, flag::CONNECTED, pid_tgid);
+    emit_socket_record(RecordKind::Connect, pid_tgid, call.fd, read_sockaddr(call.addr));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    remember_socket_call(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    finish_accept(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    remember_socket_call(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    finish_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn remember_socket_call(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = arg(ctx, 0) as u32;
+    let key = FdKey { tgid: tgid(pid_tgid), fd };
+    let Some(state) = (unsafe { SOCKETS.get(&key) }) else {
+        return;
+    };
+    if state.flags & flag::STREAM == 0 {
+        return;
+    }
+    let call = PendingSocketCall { addr: arg(ctx, 1), fd, _pad: 0 };
+    let _ = PENDING_SOCKET_CALLS.insert(&pid_tgid, &call, BPF_ANY as u64);
+}
+
+#[inline(always)]
+fn take_socket_call(pid_tgid: u64) -> Option<PendingSocketCall> {
+    let call = unsafe { PENDING_SOCKET_CALLS.get(&pid_tgid) }.copied()?;
+    let _ = PENDING_SOCKET_CALLS.remove(&pid_tgid);
+    Some(call)
+}
+
+#[inline(always)]
+fn finish_accept(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = take_socket_call(pid_tgid) else {
+        return;
+    };
+    let fd = ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let key = FdKey { tgid: tgid(pid_tgid), fd: fd as u32 };
+    start_connection(key, flag::STREAM | flag::ACCEPTED, pid_tgid);
+    emit_socket_record(RecordKind::Accept, pid_tgid, fd as u32, read_sockaddr(call.addr));
+}
+
+/// A new connection on `key`: fresh flags, and its byte counts restart at zero.
+#[inline(always)]
+fn start_connection(key: FdKey, flags: u32, pid_tgid: u64) {
+    let state = SocketState { flags: flags | flag::STREAM, _pad: 0 };
+    let _ = SOCKETS.insert(&key, &state, BPF_ANY as u64);
+    forget_offsets(key, pid_tgid);
+}
+
+#[inline(always)]
+fn forget_offsets(key: FdKey, _pid_tgid: u64) {
+    for direction in [Direction::Egress, Direction::Ingress] {
+        let stream = StreamKey {
+            conn_id: key.fd as u64,
+            tgid: key.tgid,
+            direction: direction as u32 | ((Source::Socket as u32) << 8),
+        };
+        let _ = STREAM_OFFSETS.remove(&stream);
+    }
+}
+
+#[inline(always)]
+fn read_sockaddr(addr: u64) -> SocketRecord {
+    let mut record = SocketRecord::default();
+    if addr == 0 {
+        return record;
+    }
+    let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }.unwrap_or(0);
+    // sockaddr_in / sockaddr_in6: port (network order) at offset 2; IPv4 address at 4, IPv6 at 8.
+    let port: u16 = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.unwrap_or(0);
+    record.family = family;
+    record.port = u16::from_be(port);
+    if family == AF_INET {
+        if let Ok(a) = unsafe { bpf_probe_read_user((addr + 4) as *const [u8; 4]) } {
+            record.addr[..4].copy_from_slice(&a);
+        }
+    } else if family == AF_INET6 {
+        if let Ok(a) = unsafe { bpf_probe_read_user((addr + 8) as *const [u8; 16]) } {
+            record.addr = a;
+        }
+    }
+    record
+}
+
+#[repr(C)]
+struct SocketEvent {
+    header: RecordHeader,
+    body: SocketRecord,
+}
+
+#[inline(always)]
+fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body: SocketRecord) {
+    let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        return;
+    };
+    entry.write(SocketEvent {
+        header: RecordHeader {
+            kind: kind as u32,
+            direction: 0,
+            function: 0,
+            pid: tgid(pid_tgid),
+            tid: pid_tgid as u32,
+            chunk_len: core::mem::size_of::<SocketRecord>() as u32,
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+            conn_id: fd as u64,
+            call_len: 0,
+            offset: 0,
+            stream_offset: 0,
+            source: Source::Socket as u32,
+            fd: fd as i32,
+        },
+        body,
+    });
+    entry.submit(0);
+}
+
+// close(): the connection ends.
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = FdKey { tgid: tgid(pid_tgid), fd: arg(&ctx, 0) as u32 };
+    let Some(state) = (unsafe { SOCKETS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKETS.remove(&key);
+    forget_offsets(key, pid_tgid);
+    // Every connection userspace heard of (connect/accept) hears of its end, so it can forget it.
+    if state.flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
+        emit_socket_record(RecordKind::Close, pid_tgid, key.fd, SocketRecord::default());
+    }
+    0
+}
+
+// Data.
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Write, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Sendto, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Writev, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Sendmsg, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Egress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Read, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Recvfrom, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Readv, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    enter_io(&ctx, SocketFunction::Recvmsg, Direction::Ingress);
+    0
+}
+#[tracepoint]
+pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    exit_io(&ctx, Direction::Ingress);
+    0
+}
+
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direction) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = arg(ctx, 0) as u32;
+    let key = FdKey { tgid: tgid(pid_tgid), fd };
+    let Some(state) = SOCKETS.get_ptr_mut(&key) else {
+        return;
+    };
+    let state = unsafe { &mut *state };
+    if state.flags & (flag::CONNECTED | flag::ACCEPTED) == 0 || state.flags & flag::OTHER != 0 {
+        return;
+    }
+    // Inside SSL_write/SSL_read on this thread: this is that call's ciphertext.
+    let in_tls = match direction {
+        Direction::Egress => unsafe { PENDING_WRITES.get(&pid_tgid) },
+        Direction::Ingress => unsafe { PENDING_READS.get(&pid_tgid) },
+    };
+    if let Some(call) = in_tls {
+        state.flags |= flag::TLS;
+        if state.flags & flag::LINKED == 0 {
+            state.flags |= flag::LINKED;
+            let link = SocketRecord { ssl: call.ssl, ..SocketRecord::default() };
+            emit_socket_record(RecordKind::TlsLink, pid_tgid, fd, link);
+        }
+        return;
+    }
+    if state.flags & flag::TLS != 0 {
+        return;
+    }
+    let (buf, count) = match function {
+        SocketFunction::Sendmsg | SocketFunction::Recvmsg => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            let msg = arg(ctx, 1);
+            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            let len = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            (iov, len)
+        }
+        _ => (arg(ctx, 1), arg(ctx, 2)),
+    };
+    let io = PendingIo {
+        buf,
+        count,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        function: function as u32,
+    };
+    let _ = PENDING_IO.insert(&pid_tgid, &io, BPF_ANY as u64);
+}
+
+#[inline(always)]
+fn is_vectored(function: u32) -> bool {
+    function == SocketFunction::Writev as u32
+        || function == SocketFunction::Sendmsg as u32
+        || function == SocketFunction::Readv as u32
+        || function == SocketFunction::Recvmsg as u32
+}
+
+#[inline(always)]
+fn exit_io(ctx: &TracePointContext, direction: Direction) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(io) = (unsafe { PENDING_IO.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = PENDING_IO.remove(&pid_tgid);
+    let r = ret(ctx);
+    if r <= 0 {
+        return;
+    }
+    let len = r as u64;
+    let key = FdKey { tgid: tgid(pid_tgid), fd: io.fd };
+    let Some(state) = SOCKETS.get_ptr_mut(&key) else {
+        return;
+    };
+    let state = unsafe { &mut *state };
+    let vectored = is_vectored(io.function);
+    let first_buf = if vectored {
+        unsafe { bpf_probe_read_user(io.buf as *const u64) }.unwrap_or(0)
+    } else {
+        io.buf
+    };
+    if state.flags & flag::HTTP == 0 {
+        match sniff(first_buf) {
+            Sniffed::Http => state.flags |= flag::HTTP,
+            Sniffed::Tls => {
+                state.flags |= flag::TLS;
+                if direction == Direction::Egress {
+                    emit_client_hello(pid_tgid, io.fd, first_buf, len, io.timestamp_ns);
+                }
+                return;
+            }
+            Sniffed::Other => {
+                // A connection found open at start-up may be mid-message: wait for a head.
+                if state.flags & flag::MIDSTREAM == 0 {
+                    state.flags |= flag::OTHER;
+                    count(counter::IGNORED_CONNECTIONS, 1);
+                }
+                return;
+            }
+        }
+    }
+    count(counter::SOCKET_CALLS, 1);
+    let timestamp_ns = match direction {
+        Direction::Egress => io.timestamp_ns,
+        Direction::Ingress => unsafe { bpf_ktime_get_ns() },
+    };
+    let function = match io.function {
+        0 => SocketFunction::Write,
+        1 => SocketFunction::Writev,
+        2 => SocketFunction::Sendto,
+        3 => SocketFunction::Sendmsg,
+        4 => SocketFunction::Read,
+        5 => SocketFunction::Readv,
+        6 => SocketFunction::Recvfrom,
+        _ => SocketFunction::Recvmsg,
+    };
+    if !vectored {
+        let mut transfer = Transfer::socket(io.fd, io.buf, len, timestamp_ns, pid_tgid, function, direction);
+        emit_buffer(&mut transfer);
+        return;
+    }
+    // The bytes fill the iovecs in order, up to the syscall's return value.
+    let mut left = len;
+    for i in 0..MAX_IOVECS {
+        if left == 0 || i as u64 >= io.count {
+            break;
+        }
+        let iov = io.buf + 16 * i as u64;
+        let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+        let size = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+        let take = if size < left { size } else { left };
+        if take > 0 && base != 0 {
+            let mut transfer = Transfer::socket(io.fd, base, take, timestamp_ns, pid_tgid, function, direction);
+            emit_buffer(&mut transfer);
+        }
+        left -= take;
+    }
+    if left > 0 {
+        count(counter::TRUNCATED_BYTES, left);
+    }
+}
+
+enum Sniffed {
+    Http,
+    Tls,
+    Other,
+}
+
+/// What a connection's first bytes say it speaks.
+#[inline(always)]
+fn sniff(buf: u64) -> Sniffed {
+    let Ok(head) = (unsafe { bpf_probe_read_user(buf as *const [u8; 4]) }) else {
+        return Sniffed::Other;
+    };
+    // A TLS record: handshake (22) or alert/data with a 3.x version.
+    if (head[0] == 22 || head[0] == 21 || head[0] == 23) && head[1] == 3 && head[2] <= 4 {
+        return Sniffed::Tls;
+    }
+    const STARTS: [[u8; 4]; 10] = [
+        *b"GET ", *b"POST", *b"PUT ", *b"DELE", *b"PATC", *b"HEAD", *b"OPTI", *b"HTTP", *b"PRI ",
+        *b"CONN",
+    ];
+    let mut i = 0;
+    while i < STARTS.len() {
+        if head == STARTS[i] {
+            return Sniffed::Http;
+        }
+        i += 1;
+    }
+    Sniffed::Other
+}
+
+#[inline(always)]
+fn emit_client_hello(pid_tgid: u64, fd: u32, buf: u64, len: u64, timestamp_ns: u64) {
+    let len = if len > CLIENT_HELLO_MAX as u64 { CLIENT_HELLO_MAX } else { len as usize };
+    let header = RecordHeader {
+        kind: RecordKind::TlsClientHello as u32,
+        direction: Direction::Egress as u32,
+        function: 0,
+        pid: tgid(pid_tgid),
+        tid: pid_tgid as u32,
+        chunk_len: 0,
+        timestamp_ns,
+        conn_id: fd as u64,
+        call_len: len as u64,
+        offset: 0,
+        stream_offset: 0,
+        source: Source::Socket as u32,
+        fd: fd as i32,
+    };
+    emit_record(header, buf, len);
+}

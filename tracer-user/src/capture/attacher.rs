@@ -1,0 +1,227 @@
+//! Finds every process's TLS targets and hooks them: all running processes at start, every
+//! process that execs afterwards (its executable at once, its libraries again shortly after,
+//! when the dynamic loader and dlopen have mapped them), and a slow periodic sweep as a safety
+//! net. Each file is hooked once: a uprobe on a file covers every process mapping it, now and
+//! later. Files are reached through /proc/PID/root so a container's own libraries resolve.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, info, warn};
+
+use super::{
+    libssl::{find_libssl, mapped_paths},
+    loader::Capture,
+    targets::{is_tls_library_name, FileId, TargetCache},
+    CaptureEvent,
+};
+use crate::health::Health;
+
+/// After an exec, look at the process's libraries again at these delays.
+const RESCAN_AFTER_EXEC: &[Duration] = &[
+    Duration::from_millis(100),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+];
+const FULL_SWEEP: Duration = Duration::from_secs(30);
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Attacher {
+    capture: Capture,
+    cache: TargetCache,
+    hooked: HashSet<FileId>,
+    health: Arc<Health>,
+    own_pid: u32,
+    /// Paths hooked, for the start-up log.
+    pub hooked_paths: Vec<PathBuf>,
+}
+
+impl Attacher {
+    pub fn new(capture: Capture, health: Arc<Health>) -> Self {
+        Attacher {
+            capture,
+            cache: TargetCache::default(),
+            hooked: HashSet::new(),
+            health,
+            own_pid: std::process::id(),
+            hooked_paths: Vec::new(),
+        }
+    }
+
+    pub fn capture(&self) -> &Capture {
+        &self.capture
+    }
+
+    /// Hooks what exists now; returns the connections already open (as Connect events) so the
+    /// streams stage knows their peers.
+    pub fn start_up(&mut self) -> Vec<CaptureEvent> {
+        for lib in find_libssl() {
+            self.consider(&lib, false, None);
+        }
+        let pids = all_pids();
+        for pid in &pids {
+            self.scan_process(*pid);
+        }
+        let mut connects = Vec::new();
+        for pid in pids {
+            connects.extend(self.seed_sockets(pid));
+        }
+        connects
+    }
+
+    /// The executable and TLS libraries of one process.
+    pub fn scan_process(&mut self, pid: u32) {
+        if pid == self.own_pid {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let label = std::fs::read_link(&exe).ok();
+        self.consider(&exe, true, label.as_deref().map(|l| (pid, l)));
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        let libraries: Vec<String> = mapped_paths(&maps)
+            .filter(|p| Path::new(p).file_name().and_then(|n| n.to_str()).is_some_and(is_tls_library_name))
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for lib in libraries {
+            self.consider(&PathBuf::from(format!("/proc/{pid}/root{lib}")), false, None);
+        }
+    }
+
+    /// Analyses a file (once) and hooks it (once). `reported_as` names the process for the
+    /// unsupported-TLS report.
+    fn consider(&mut self, path: &Path, executable: bool, reported_as: Option<(u32, &Path)>) {
+        let Ok(id) = FileId::of(path) else {
+            return;
+        };
+        if self.hooked.contains(&id) {
+            return;
+        }
+        let analysis = match self.cache.get_or_analyse(id, path, executable) {
+            Ok(a) => a,
+            Err(e) => {
+                debug!("{e}");
+                return;
+            }
+        };
+        if let (Some(stack), Some((pid, binary))) = (analysis.unsupported, reported_as) {
+            let binary = binary.display().to_string();
+            if self.health.unsupported_tls(&binary, stack) {
+                warn!(pid, binary, stack, "this program's TLS stack cannot be hooked yet: its HTTPS traffic is not captured");
+            }
+        }
+        if analysis.hooks.is_empty() {
+            return;
+        }
+        let placed = self.capture.attach_hooks(path, &analysis.hooks);
+        if placed > 0 {
+            self.hooked.insert(id);
+            Health::add(&self.health.tls_targets_attached, 1);
+            let shown = reported_as.map(|(_, b)| b.to_path_buf()).unwrap_or_else(|| path.to_path_buf());
+            info!("attached {placed} TLS hooks ({:?}) to {}", analysis.stack, shown.display());
+            self.hooked_paths.push(shown);
+        }
+    }
+
+    /// Marks the process's open TCP connections for capture and reports their peers.
+    fn seed_sockets(&mut self, pid: u32) -> Vec<CaptureEvent> {
+        if pid == self.own_pid {
+            return Vec::new();
+        }
+        let Ok(process) = procfs::process::Process::new(pid as i32) else {
+            return Vec::new();
+        };
+        let mut peers = std::collections::HashMap::new();
+        for table in [process.tcp(), process.tcp6()].into_iter().flatten() {
+            for entry in table {
+                if entry.state == procfs::net::TcpState::Established {
+                    peers.insert(entry.inode, entry.remote_address);
+                }
+            }
+        }
+        let Ok(fds) = process.fd() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for fd in fds.flatten() {
+            let procfs::process::FDTarget::Socket(inode) = fd.target else {
+                continue;
+            };
+            let Some(peer) = peers.get(&inode) else {
+                continue;
+            };
+            match self.capture.seed_socket(pid, fd.fd as u32) {
+                Ok(()) => events.push(CaptureEvent::Connect {
+                    pid,
+                    fd: fd.fd,
+                    peer: Some(*peer),
+                    accepted: false,
+                }),
+                Err(e) => debug!("seeding socket {pid}/{}: {e:#}", fd.fd),
+            }
+        }
+        events
+    }
+
+    /// Reacts to execs until the queue closes; returns itself so the caller can read final
+    /// counters and then detach by dropping it.
+    pub async fn run(mut self, mut execs: mpsc::Receiver<u32>) -> Self {
+        let mut rescans: BTreeMap<Instant, Vec<u32>> = BTreeMap::new();
+        let mut sweep = tokio::time::interval(FULL_SWEEP);
+        let mut counters = tokio::time::interval(COUNTERS_EVERY);
+        sweep.tick().await;
+        loop {
+            let next_rescan = rescans.keys().next().copied();
+            tokio::select! {
+                exec = execs.recv() => match exec {
+                    Some(pid) => {
+                        self.scan_process(pid);
+                        let now = Instant::now();
+                        for delay in RESCAN_AFTER_EXEC {
+                            rescans.entry(now + *delay).or_default().push(pid);
+                        }
+                    }
+                    None => break,
+                },
+                _ = async { tokio::time::sleep_until(next_rescan.unwrap_or_else(Instant::now)).await }, if next_rescan.is_some() => {
+                    let due: Vec<Instant> = rescans.range(..=Instant::now()).map(|(t, _)| *t).collect();
+                    for t in due {
+                        for pid in rescans.remove(&t).unwrap_or_default() {
+                            self.scan_process(pid);
+                        }
+                    }
+                }
+                _ = sweep.tick() => {
+                    for pid in all_pids() {
+                        self.scan_process(pid);
+                    }
+                }
+                _ = counters.tick() => {
+                    if let Err(e) = self.capture.read_kernel_counters(&self.health) {
+                        debug!("reading kernel counters: {e:#}");
+                    }
+                }
+            }
+        }
+        self
+    }
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,274 @@
+//! TLS targets: which TLS stack a binary carries and where to hook it. One resolver for shared
+//! libraries and executables, so a static OpenSSL in node, a libssl in a container and the
+//! host's libssl are found the same way.
+//!
+//! Results are cached per file identity (device, inode, size, mtime): a 100 MB executable is
+//! analysed once, however many processes run it.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::Arc,
+};
+
+use object::{Object, ObjectSection, ObjectSymbol};
+use thiserror::Error;
+
+/// A file, as the kernel identifies it for uprobes (they attach to the inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+        })
+    }
+}
+
+/// A probe to place: program name and file offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub program: &'static str,
+    pub symbol: &'static str,
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsStack {
+    /// OpenSSL or BoringSSL (`SSL_write`/`SSL_read` defined here).
+    OpenSsl,
+    GnuTls,
+    Go,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Analysis {
+    pub stack: Option<TlsStack>,
+    pub hooks: Vec<Hook>,
+    /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
+    pub unsupported: Option<&'static str>,
+}
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not a readable ELF file: {message}")]
+    Elf { path: String, message: String },
+}
+
+/// (program, symbol) pairs, in the order they are tried. Return probes share the program of
+/// their direction: `SSL_write` and `SSL_write_ex` both return through `ssl_write_ret`.
+const OPENSSL_HOOKS: &[(&str, &str)] = &[
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ret", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+    ("ssl_write_ret", "SSL_write_ex"),
+    ("ssl_read", "SSL_read"),
+    ("ssl_read_ret", "SSL_read"),
+    ("ssl_read_ex", "SSL_read_ex"),
+    ("ssl_read_ret", "SSL_read_ex"),
+];
+
+const GNUTLS_HOOKS: &[(&str, &str)] = &[
+    ("gnutls_record_send", "gnutls_record_send"),
+    ("ssl_write_ret", "gnutls_record_send"),
+    ("gnutls_record_recv", "gnutls_record_recv"),
+    ("ssl_read_ret", "gnutls_record_recv"),
+];
+
+/// Every program a hook may name (entry programs are uprobes, `_ret` ones uretprobes).
+pub const TLS_PROGRAMS: &[&str] = &[
+    "ssl_write",
+    "ssl_write_ex",
+    "ssl_read",
+    "ssl_read_ex",
+    "ssl_write_ret",
+    "ssl_read_ret",
+    "gnutls_record_send",
+    "gnutls_record_recv",
+];
+
+/// Strings TLS stacks embed, to tell a user what we saw but could not hook.
+const UNSUPPORTED_MARKERS: &[(&[u8], &str)] = &[
+    (b"rustls", "rustls"),
+    (b"BoringSSL", "boringssl"),
+    (b"OpenSSL 3.", "openssl-static-stripped"),
+    (b"OpenSSL 1.1", "openssl-static-stripped"),
+];
+
+/// Whether a library's file name suggests a TLS library worth analysing.
+pub fn is_tls_library_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains(".so") && (n.contains("ssl") || n.contains("tls"))
+}
+
+/// Analyses a file. `executable` enables the unsupported-stack scan (libraries only matter
+/// when they export hooks).
+pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
+    let display = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| TargetError::Io { path: display.clone(), source })?;
+    // Safety: read-only mapping of a file we do not write; a concurrent truncation could fault,
+    // the accepted risk of every ELF reader that maps (aya's own resolver does the same).
+    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| TargetError::Io { path: display.clone(), source })?;
+    let elf = object::File::parse(&*data).map_err(|e| TargetError::Elf {
+        path: display.clone(),
+        message: e.to_string(),
+    })?;
+    let mut analysis = Analysis::default();
+
+    let wanted = |name: &str| {
+        OPENSSL_HOOKS.iter().chain(GNUTLS_HOOKS).any(|(_, s)| *s == name)
+    };
+    let mut offsets: HashMap<&'static str, u64> = HashMap::new();
+    for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+        if !sym.is_definition() {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        if !wanted(name) {
+            continue;
+        }
+        let Some(static_name) = OPENSSL_HOOKS
+            .iter()
+            .chain(GNUTLS_HOOKS)
+            .map(|(_, s)| *s)
+            .find(|s| *s == name)
+        else {
+            continue;
+        };
+        if offsets.contains_key(static_name) {
+            continue;
+        }
+        if let Some(offset) = file_offset(&elf, &sym) {
+            offsets.insert(static_name, offset);
+        }
+    }
+    let hooks_for = |table: &[(&'static str, &'static str)]| -> Vec<Hook> {
+        table
+            .iter()
+            .filter_map(|(program, symbol)| {
+                offsets.get(symbol).map(|offset| Hook {
+                    program,
+                    symbol,
+                    offset: *offset,
+                })
+            })
+            .collect()
+    };
+    if offsets.contains_key("SSL_write") && offsets.contains_key("SSL_read") {
+        analysis.stack = Some(TlsStack::OpenSsl);
+        analysis.hooks = hooks_for(OPENSSL_HOOKS);
+    } else if offsets.contains_key("gnutls_record_send") && offsets.contains_key("gnutls_record_recv") {
+        analysis.stack = Some(TlsStack::GnuTls);
+        analysis.hooks = hooks_for(GNUTLS_HOOKS);
+    }
+    if analysis.stack.is_none() && executable {
+        // A TLS library linked in without hookable symbols; skip programs that load a shared
+        // TLS library (that library is hooked on its own).
+        let links_tls = elf
+            .imports()
+            .map(|imports| imports.iter().any(|i| std::str::from_utf8(i.name()).is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))))
+            .unwrap_or(false);
+        if !links_tls {
+            analysis.unsupported = UNSUPPORTED_MARKERS
+                .iter()
+                .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
+                .map(|(_, name)| *name);
+        }
+    }
+    Ok(analysis)
+}
+
+/// The file offset of a symbol's address (uprobes attach by file offset).
+fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u64> {
+    let section = elf.section_by_index(sym.section_index()?).ok()?;
+    let (offset, _) = section.file_range()?;
+    sym.address().checked_sub(section.address())?.checked_add(offset)
+}
+
+/// Analyses, once per file identity.
+#[derive(Default)]
+pub struct TargetCache {
+    analyses: HashMap<FileId, Arc<Analysis>>,
+}
+
+impl TargetCache {
+    pub fn get_or_analyse(&mut self, id: FileId, path: &Path, executable: bool) -> Result<Arc<Analysis>, TargetError> {
+        if let Some(a) = self.analyses.get(&id) {
+            return Ok(a.clone());
+        }
+        let analysis = Arc::new(analyse(path, executable)?);
+        self.analyses.insert(id, analysis.clone());
+        Ok(analysis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_libssl_exports_all_openssl_hooks() {
+        let lib = Path::new("/lib/x86_64-linux-gnu/libssl.so.3");
+        let a = analyse(lib, false).unwrap();
+        assert_eq!(a.stack, Some(TlsStack::OpenSsl));
+        let symbols: Vec<&str> = a.hooks.iter().map(|h| h.symbol).collect();
+        assert_eq!(symbols.len(), 8, "{symbols:?}");
+        assert!(a.hooks.iter().all(|h| h.offset > 0));
+    }
+
+    #[test]
+    fn node_carries_a_static_openssl() {
+        let a = analyse(Path::new("/usr/bin/node"), true).unwrap();
+        assert_eq!(a.stack, Some(TlsStack::OpenSsl));
+        assert!(a.hooks.iter().any(|h| h.symbol == "SSL_write_ex"));
+    }
+
+    #[test]
+    fn a_program_without_tls_is_nothing() {
+        let a = analyse(Path::new("/bin/true"), true).unwrap();
+        assert_eq!(a.stack, None);
+        assert_eq!(a.unsupported, None);
+        assert!(a.hooks.is_empty());
+    }
+
+    #[test]
+    fn python_uses_the_shared_library() {
+        // The interpreter loads libssl through its _ssl module; the interpreter itself is not a
+        // target and must not be reported as an unsupported TLS stack.
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap();
+        let python = std::fs::canonicalize(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        let a = analyse(&python, true).unwrap();
+        assert_eq!((a.stack, a.unsupported), (None, None));
+    }
+
+    #[test]
+    fn a_static_rustls_binary_is_reported_unsupported() {
+        // This test binary links rustls statically (through reqwest and tonic): a real example.
+        let me = std::fs::canonicalize("/proc/self/exe").unwrap();
+        let a = analyse(&me, true).unwrap();
+        assert_eq!((a.stack, a.unsupported), (None, Some("rustls")));
+    }
+
+    #[test]
+    fn library_names() {
+        assert!(is_tls_library_name("libssl.so.3"));
+        assert!(is_tls_library_name("libgnutls.so.30"));
+        assert!(!is_tls_library_name("libc.so.6"));
+    }
+}
