@@ -44,6 +44,8 @@ pub struct ReceivedRequest {
 
 pub struct MockOpenAi {
     pub addr: SocketAddr,
+    /// False for the plain-HTTP variant.
+    pub tls: bool,
     /// PEM of the server's self-signed certificate, for the client's trust store.
     pub cert_path: PathBuf,
     pub requests: Arc<Mutex<Vec<ReceivedRequest>>>,
@@ -52,7 +54,8 @@ pub struct MockOpenAi {
 
 impl MockOpenAi {
     pub fn base_url(&self) -> String {
-        format!("https://127.0.0.1:{}/v1", self.addr.port())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/v1", self.addr.port())
     }
 
     pub fn received(&self) -> Vec<ReceivedRequest> {
@@ -69,6 +72,38 @@ impl Drop for MockOpenAi {
 /// Starts the server on an ephemeral port; its certificate is written under `cert_dir`.
 pub async fn start(cert_dir: &std::path::Path) -> Result<MockOpenAi> {
     start_on("127.0.0.1:0", cert_dir).await
+}
+
+/// The same API over plain HTTP (local model servers and gateways speak it that way).
+pub async fn start_plain() -> Result<MockOpenAi> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the mock server")?;
+    let addr = listener.local_addr()?;
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let shared = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let requests = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(req, requests.clone()));
+                let _ = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(MockOpenAi {
+        addr,
+        tls: false,
+        cert_path: PathBuf::new(),
+        requests,
+        task,
+    })
 }
 
 pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpenAi> {
@@ -104,6 +139,7 @@ pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpen
     });
     Ok(MockOpenAi {
         addr,
+        tls: true,
         cert_path,
         requests,
         task,

@@ -63,6 +63,11 @@ impl Attacher {
         for lib in find_libssl() {
             self.consider(&lib, false, None);
         }
+        // Runtimes agents run on, hooked before any of them starts: their first process then never
+        // races the analysis of a large binary.
+        for runtime in runtimes_on_path() {
+            self.consider(&runtime, true, None);
+        }
         let pids = all_pids();
         for pid in &pids {
             self.scan_process(*pid);
@@ -86,13 +91,22 @@ impl Attacher {
             return;
         };
         let libraries: Vec<String> = mapped_paths(&maps)
-            .filter(|p| Path::new(p).file_name().and_then(|n| n.to_str()).is_some_and(is_tls_library_name))
+            .filter(|p| {
+                Path::new(p)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_tls_library_name)
+            })
             .map(str::to_string)
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
         for lib in libraries {
-            self.consider(&PathBuf::from(format!("/proc/{pid}/root{lib}")), false, None);
+            self.consider(
+                &PathBuf::from(format!("/proc/{pid}/root{lib}")),
+                false,
+                None,
+            );
         }
     }
 
@@ -125,8 +139,14 @@ impl Attacher {
         if placed > 0 {
             self.hooked.insert(id);
             Health::add(&self.health.tls_targets_attached, 1);
-            let shown = reported_as.map(|(_, b)| b.to_path_buf()).unwrap_or_else(|| path.to_path_buf());
-            info!("attached {placed} TLS hooks ({:?}) to {}", analysis.stack, shown.display());
+            let shown = reported_as
+                .map(|(_, b)| b.to_path_buf())
+                .unwrap_or_else(|| path.to_path_buf());
+            info!(
+                "attached {placed} TLS hooks ({:?}) to {}",
+                analysis.stack,
+                shown.display()
+            );
             self.hooked_paths.push(shown);
         }
     }
@@ -213,6 +233,20 @@ impl Attacher {
         }
         self
     }
+}
+
+/// Executables that carry their own TLS and run most agent CLIs.
+const RUNTIMES: &[&str] = &["node", "nodejs", "bun", "deno"];
+
+fn runtimes_on_path() -> Vec<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string());
+    let mut found: Vec<PathBuf> = std::env::split_paths(&path)
+        .flat_map(|dir| RUNTIMES.iter().map(move |name| dir.join(name)))
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 fn all_pids() -> Vec<u32> {

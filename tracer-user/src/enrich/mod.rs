@@ -1,6 +1,8 @@
 //! Stage 6, enrich: who made the call. Process metadata is read from /proc when a process is
 //! first seen (it may be gone by the time its last span is built) and forgotten when it exits.
 
+mod container;
+
 use std::{collections::HashMap, sync::Arc};
 
 use crate::span::Span;
@@ -13,6 +15,10 @@ pub struct ProcessInfo {
     /// With secret-looking arguments redacted.
     pub command_line: Option<String>,
     pub host_name: String,
+    /// The PID inside the process's own PID namespace (a container's view), when different.
+    pub namespace_pid: Option<u32>,
+    pub container_id: Option<String>,
+    pub container_runtime: Option<&'static str>,
 }
 
 impl ProcessInfo {
@@ -23,6 +29,9 @@ impl ProcessInfo {
             executable_name: "unknown".to_string(),
             command_line: None,
             host_name: String::new(),
+            namespace_pid: None,
+            container_id: None,
+            container_runtime: None,
         }
     }
 
@@ -47,8 +56,18 @@ impl ProcessInfo {
             .map(str::to_string)
             .or(comm)
             .unwrap_or_else(|| "unknown".to_string());
+        let namespace_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| container::namespace_pid(&s))
+            .filter(|ns| *ns != pid);
+        let container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|c| container::container_of(&c));
         ProcessInfo {
             pid,
+            namespace_pid,
+            container_runtime: container.as_ref().map(|(r, _)| *r),
+            container_id: container.map(|(_, id)| id),
             executable_path: exe,
             executable_name,
             command_line: (!args.is_empty()).then(|| redact_args(&args).join(" ")),

@@ -42,11 +42,18 @@ pub async fn run(mut spans: mpsc::Receiver<Arc<Span>>, color: bool) {
 fn process_header(span: &Span, style: &Style) -> String {
     let p = &span.process;
     let cmd = p.command_line.as_deref().unwrap_or("");
+    let mut who = format!("pid {}", p.pid);
+    if let Some(ns) = p.namespace_pid {
+        who.push_str(&format!(" (ns pid {ns})"));
+    }
+    if let Some(id) = &p.container_id {
+        who.push_str(&format!(" container {}", &id[..12.min(id.len())]));
+    }
     format!(
         "{} {} {} {}",
         style.paint("1;36", "●"),
         style.paint("1", &p.executable_name),
-        style.paint("2", &format!("pid {}", p.pid)),
+        style.paint("2", &who),
         style.paint("2", cmd)
     )
 }

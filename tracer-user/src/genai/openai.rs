@@ -35,6 +35,8 @@ pub fn parse(
         &response.body,
     ) {
         Ok(b) => b,
+        // Bytes lost in capture are reported as such (bytes_lost), not as the call's failure.
+        Err(_) if response.bytes_lost > 0 => return,
         Err(e) => {
             call.error = Some(LlmError {
                 error_type: "body_decode".to_string(),
@@ -58,6 +60,7 @@ pub fn parse(
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) => parse_completion(&v, config, call),
+            Err(_) if response.bytes_lost > 0 => {}
             Err(e) => {
                 call.error = Some(LlmError {
                     error_type: "invalid_response".to_string(),

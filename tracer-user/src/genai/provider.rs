@@ -62,7 +62,10 @@ fn split_host(host: &str) -> (Option<String>, Option<u16>) {
     }
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((addr, after)) = rest.split_once(']') {
-            return (Some(addr.to_string()), after.strip_prefix(':').and_then(|p| p.parse().ok()));
+            return (
+                Some(addr.to_string()),
+                after.strip_prefix(':').and_then(|p| p.parse().ok()),
+            );
         }
     }
     match host.rsplit_once(':') {
@@ -103,10 +106,22 @@ mod tests {
     fn host_header_forms() {
         let none = Peer::default();
         let s = |h, tls| server_of(h, &none, tls);
-        assert_eq!(s(Some("api.openai.com"), true), (Some("api.openai.com".into()), Some(443)));
-        assert_eq!(s(Some("localhost"), false), (Some("localhost".into()), Some(80)));
-        assert_eq!(s(Some("127.0.0.1:8443"), true), (Some("127.0.0.1".into()), Some(8443)));
-        assert_eq!(s(Some("[::1]:9000"), true), (Some("::1".into()), Some(9000)));
+        assert_eq!(
+            s(Some("api.openai.com"), true),
+            (Some("api.openai.com".into()), Some(443))
+        );
+        assert_eq!(
+            s(Some("localhost"), false),
+            (Some("localhost".into()), Some(80))
+        );
+        assert_eq!(
+            s(Some("127.0.0.1:8443"), true),
+            (Some("127.0.0.1".into()), Some(8443))
+        );
+        assert_eq!(
+            s(Some("[::1]:9000"), true),
+            (Some("::1".into()), Some(9000))
+        );
         assert_eq!(s(Some(""), true), (None, None));
         assert_eq!(s(None, true), (None, None));
     }
@@ -117,12 +132,21 @@ mod tests {
             address: Some("10.0.0.5:8080".parse().unwrap()),
             server_name: Some("api.example.com".into()),
         };
-        assert_eq!(server_of(Some("gateway"), &peer, false), (Some("gateway".into()), Some(8080)));
-        assert_eq!(server_of(None, &peer, true), (Some("api.example.com".into()), Some(8080)));
+        assert_eq!(
+            server_of(Some("gateway"), &peer, false),
+            (Some("gateway".into()), Some(8080))
+        );
+        assert_eq!(
+            server_of(None, &peer, true),
+            (Some("api.example.com".into()), Some(8080))
+        );
         let bare = Peer {
             address: Some("10.0.0.5:11434".parse().unwrap()),
             server_name: None,
         };
-        assert_eq!(server_of(None, &bare, false), (Some("10.0.0.5".into()), Some(11434)));
+        assert_eq!(
+            server_of(None, &bare, false),
+            (Some("10.0.0.5".into()), Some(11434))
+        );
     }
 }

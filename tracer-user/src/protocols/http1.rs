@@ -332,6 +332,26 @@ impl MessageParser {
         }
     }
 
+    /// No message in progress and nothing buffered.
+    fn is_between_messages(&self) -> bool {
+        self.current.is_none() && self.buf.is_empty()
+    }
+
+    /// The message in progress ended early (its peer answered it): the bytes it still owed are
+    /// counted as lost.
+    fn cut_short(&mut self) -> Option<Message> {
+        let mut partial = self.current.take()?;
+        if let Framing::Length(remaining) = partial.framing {
+            partial.bytes_lost += remaining;
+            partial.body_len += remaining;
+        }
+        self.buf.clear();
+        Some(Message {
+            partial,
+            complete: false,
+        })
+    }
+
     /// The connection ended: a body delimited by close is complete, anything else is cut short.
     fn close(&mut self) -> Option<Message> {
         let partial = self.current.take()?;
@@ -579,9 +599,9 @@ impl HttpTracker {
             StreamEvent::Gap {
                 conn,
                 direction,
+                timestamp_ns,
                 len,
-                ..
-            } => self.gap(*conn, *direction, *len),
+            } => self.gap(*conn, *direction, *timestamp_ns, *len, out),
             StreamEvent::Peer { conn, peer } => {
                 // Known before any data (connect) or learnt later (TLS link): keep for exchanges.
                 match self.conns.get_mut(conn) {
@@ -678,75 +698,51 @@ impl HttpTracker {
         match direction {
             Direction::Egress => {
                 conn.requests.buffer(timestamp_ns, bytes);
-                loop {
-                    match conn.requests.step(timestamp_ns, false) {
-                        Ok(Some(msg)) => conn.pending.push_back(into_request(msg)),
-                        Ok(None) => break,
-                        Err(_) => {
-                            if conn.requests.resync() {
-                                Health::add(&self.health.http_parse_errors, 1);
-                            }
-                        }
-                    }
-                }
+                parse_requests(conn, timestamp_ns, &self.health);
             }
             Direction::Ingress => {
-                conn.responses.buffer(timestamp_ns, bytes);
-                loop {
-                    let answers_head = conn.pending.front().is_some_and(|r| r.method == "HEAD");
-                    match conn.responses.step(timestamp_ns, answers_head) {
-                        Ok(Some(msg)) => {
-                            let response = into_response(msg);
-                            let switched = response.status == 101;
-                            // Interim responses (100 Continue) precede the real one.
-                            if (100..200).contains(&response.status) && response.status != 101 {
-                                continue;
-                            }
-                            match conn.pending.pop_front() {
-                                Some(request) => {
-                                    Health::add(&self.health.http_exchanges, 1);
-                                    out.push(HttpExchange {
-                                        conn: key,
-                                        peer: conn.peer.clone(),
-                                        request,
-                                        response: Some(response),
-                                        end: ExchangeEnd::Complete,
-                                    });
-                                }
-                                // Attached mid-exchange: the request was never seen.
-                                None => Health::add(&self.health.unparsed_bytes, response.body_len),
-                            }
-                            if switched {
-                                // Switched protocols: what follows is not HTTP/1.
-                                conn.role = Role::Other;
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(_) => {
-                            if conn.responses.resync() {
-                                Health::add(&self.health.http_parse_errors, 1);
-                            }
-                        }
+                if conn.responses.is_between_messages() && starts_final_response(bytes) {
+                    // The server answers: the request it answers was sent whole, even if its tail
+                    // was lost in capture and the loss is only reported later.
+                    if let Some(request) = conn.requests.cut_short() {
+                        conn.pending.push_back(into_request(request));
                     }
                 }
+                conn.responses.buffer(timestamp_ns, bytes);
+                parse_responses(key, conn, timestamp_ns, &self.health, out);
             }
         }
     }
 
-    fn gap(&mut self, key: ConnKey, direction: Direction, len: u64) {
+    fn gap(
+        &mut self,
+        key: ConnKey,
+        direction: Direction,
+        timestamp_ns: u64,
+        len: u64,
+        out: &mut Vec<HttpExchange>,
+    ) {
         Health::add(&self.health.stream_gap_bytes, len);
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if conn.role != Role::Client {
+            return;
+        }
         let parser = match direction {
             Direction::Egress => &mut conn.requests,
             Direction::Ingress => &mut conn.responses,
         };
         if parser.gap(len).is_err() {
-            // The framing is lost; keep what we had only as a lost message.
+            // The framing is lost: the message in progress cannot be completed.
             parser.resync();
             Health::add(&self.health.http_parse_errors, 1);
+            return;
+        }
+        // A gap can end a body: finish what it completes.
+        match direction {
+            Direction::Egress => parse_requests(conn, timestamp_ns, &self.health),
+            Direction::Ingress => parse_responses(key, conn, timestamp_ns, &self.health, out),
         }
     }
 
@@ -783,6 +779,72 @@ impl HttpTracker {
             });
         }
     }
+}
+
+fn parse_requests(conn: &mut Connection, timestamp_ns: u64, health: &Health) {
+    loop {
+        match conn.requests.step(timestamp_ns, false) {
+            Ok(Some(msg)) => conn.pending.push_back(into_request(msg)),
+            Ok(None) => break,
+            Err(_) => {
+                if conn.requests.resync() {
+                    Health::add(&health.http_parse_errors, 1);
+                }
+            }
+        }
+    }
+}
+
+fn parse_responses(
+    key: ConnKey,
+    conn: &mut Connection,
+    timestamp_ns: u64,
+    health: &Health,
+    out: &mut Vec<HttpExchange>,
+) {
+    loop {
+        let answers_head = conn.pending.front().is_some_and(|r| r.method == "HEAD");
+        match conn.responses.step(timestamp_ns, answers_head) {
+            Ok(Some(msg)) => {
+                let response = into_response(msg);
+                let switched = response.status == 101;
+                // Interim responses (100 Continue) precede the real one.
+                if (100..200).contains(&response.status) && !switched {
+                    continue;
+                }
+                match conn.pending.pop_front() {
+                    Some(request) => {
+                        Health::add(&health.http_exchanges, 1);
+                        out.push(HttpExchange {
+                            conn: key,
+                            peer: conn.peer.clone(),
+                            request,
+                            response: Some(response),
+                            end: ExchangeEnd::Complete,
+                        });
+                    }
+                    // Attached mid-exchange: the request was never seen.
+                    None => Health::add(&health.unparsed_bytes, response.body_len),
+                }
+                if switched {
+                    // Switched protocols: what follows is not HTTP/1.
+                    conn.role = Role::Other;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                if conn.responses.resync() {
+                    Health::add(&health.http_parse_errors, 1);
+                }
+            }
+        }
+    }
+}
+
+/// `HTTP/1.x` followed by a status that is not 1xx.
+fn starts_final_response(data: &[u8]) -> bool {
+    data.len() >= 10 && data.starts_with(b"HTTP/1.") && data[8] == b' ' && data[9] != b'1'
 }
 
 fn into_request(msg: Message) -> HttpRequest {
