@@ -2,10 +2,10 @@
 //! close its half-finished exchanges and forget its state.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext as _,
 };
 use tracer_common::{counter, RecordHeader, RecordKind, EXEC_FILENAME_MAX};
 

@@ -64,8 +64,15 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let family = arg(&ctx, 0) as u16;
     let kind = arg(&ctx, 1);
-    if (family == AF_INET || family == AF_INET6) && kind & SOCK_TYPE_MASK == SOCK_STREAM && !is_tracer(pid_tgid) {
-        let call = PendingSocketCall { addr: 0, fd: 0, _pad: 0 };
+    if (family == AF_INET || family == AF_INET6)
+        && kind & SOCK_TYPE_MASK == SOCK_STREAM
+        && !is_tracer(pid_tgid)
+    {
+        let call = PendingSocketCall {
+            addr: 0,
+            fd: 0,
+            _pad: 0,
+        };
         let _ = PENDING_SOCKET_CALLS.insert(&pid_tgid, &call, BPF_ANY as u64);
     }
     0
@@ -80,8 +87,14 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     let _ = PENDING_SOCKET_CALLS.remove(&pid_tgid);
     let fd = ret(&ctx);
     if fd >= 0 {
-        let key = FdKey { tgid: tgid(pid_tgid), fd: fd as u32 };
-        let state = SocketState { flags: flag::STREAM, _pad: 0 };
+        let key = FdKey {
+            tgid: tgid(pid_tgid),
+            fd: fd as u32,
+        };
+        let state = SocketState {
+            flags: flag::STREAM,
+            _pad: 0,
+        };
         let _ = SOCKETS.insert(&key, &state, BPF_ANY as u64);
     }
     0
@@ -105,9 +118,17 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if r != 0 && r != -EINPROGRESS {
         return 0;
     }
-    let key = FdKey { tgid: tgid(pid_tgid), fd: call.fd };
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd: call.fd,
+    };
     start_connection(key, flag::CONNECTED, pid_tgid);
-    emit_socket_record(RecordKind::Connect, pid_tgid, call.fd, read_sockaddr(call.addr));
+    emit_socket_record(
+        RecordKind::Connect,
+        pid_tgid,
+        call.fd,
+        read_sockaddr(call.addr),
+    );
     0
 }
 
@@ -139,14 +160,21 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 fn remember_socket_call(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = arg(ctx, 0) as u32;
-    let key = FdKey { tgid: tgid(pid_tgid), fd };
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd,
+    };
     let Some(state) = (unsafe { SOCKETS.get(&key) }) else {
         return;
     };
     if state.flags & flag::STREAM == 0 {
         return;
     }
-    let call = PendingSocketCall { addr: arg(ctx, 1), fd, _pad: 0 };
+    let call = PendingSocketCall {
+        addr: arg(ctx, 1),
+        fd,
+        _pad: 0,
+    };
     let _ = PENDING_SOCKET_CALLS.insert(&pid_tgid, &call, BPF_ANY as u64);
 }
 
@@ -167,15 +195,26 @@ fn finish_accept(ctx: &TracePointContext) {
     if fd < 0 {
         return;
     }
-    let key = FdKey { tgid: tgid(pid_tgid), fd: fd as u32 };
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd: fd as u32,
+    };
     start_connection(key, flag::STREAM | flag::ACCEPTED, pid_tgid);
-    emit_socket_record(RecordKind::Accept, pid_tgid, fd as u32, read_sockaddr(call.addr));
+    emit_socket_record(
+        RecordKind::Accept,
+        pid_tgid,
+        fd as u32,
+        read_sockaddr(call.addr),
+    );
 }
 
 /// A new connection on `key`: fresh flags, and its byte counts restart at zero.
 #[inline(always)]
 fn start_connection(key: FdKey, flags: u32, pid_tgid: u64) {
-    let state = SocketState { flags: flags | flag::STREAM, _pad: 0 };
+    let state = SocketState {
+        flags: flags | flag::STREAM,
+        _pad: 0,
+    };
     let _ = SOCKETS.insert(&key, &state, BPF_ANY as u64);
     forget_offsets(key, pid_tgid);
 }
@@ -253,7 +292,10 @@ fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body: SocketReco
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = FdKey { tgid: tgid(pid_tgid), fd: arg(&ctx, 0) as u32 };
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd: arg(&ctx, 0) as u32,
+    };
     let Some(state) = (unsafe { SOCKETS.get(&key) }).copied() else {
         return 0;
     };
@@ -353,7 +395,10 @@ pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
 fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direction) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = arg(ctx, 0) as u32;
-    let key = FdKey { tgid: tgid(pid_tgid), fd };
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd,
+    };
     let Some(state) = SOCKETS.get_ptr_mut(&key) else {
         return;
     };
@@ -370,7 +415,10 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         state.flags |= flag::TLS;
         if state.flags & flag::LINKED == 0 {
             state.flags |= flag::LINKED;
-            let link = SocketRecord { ssl: call.ssl, ..SocketRecord::default() };
+            let link = SocketRecord {
+                ssl: call.ssl,
+                ..SocketRecord::default()
+            };
             emit_socket_record(RecordKind::TlsLink, pid_tgid, fd, link);
         }
         return;
@@ -418,7 +466,10 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         return;
     }
     let len = r as u64;
-    let key = FdKey { tgid: tgid(pid_tgid), fd: io.fd };
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd: io.fd,
+    };
     let Some(state) = SOCKETS.get_ptr_mut(&key) else {
         return;
     };
@@ -465,7 +516,15 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         _ => SocketFunction::Recvmsg,
     };
     if !vectored {
-        let mut transfer = Transfer::socket(io.fd, io.buf, len, timestamp_ns, pid_tgid, function, direction);
+        let mut transfer = Transfer::socket(
+            io.fd,
+            io.buf,
+            len,
+            timestamp_ns,
+            pid_tgid,
+            function,
+            direction,
+        );
         emit_buffer(&mut transfer);
         return;
     }
@@ -480,7 +539,15 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         let size = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
         let take = if size < left { size } else { left };
         if take > 0 && base != 0 {
-            let mut transfer = Transfer::socket(io.fd, base, take, timestamp_ns, pid_tgid, function, direction);
+            let mut transfer = Transfer::socket(
+                io.fd,
+                base,
+                take,
+                timestamp_ns,
+                pid_tgid,
+                function,
+                direction,
+            );
             emit_buffer(&mut transfer);
         }
         left -= take;
@@ -522,7 +589,11 @@ fn sniff(buf: u64) -> Sniffed {
 
 #[inline(always)]
 fn emit_client_hello(pid_tgid: u64, fd: u32, buf: u64, len: u64, timestamp_ns: u64) {
-    let len = if len > CLIENT_HELLO_MAX as u64 { CLIENT_HELLO_MAX } else { len as usize };
+    let len = if len > CLIENT_HELLO_MAX as u64 {
+        CLIENT_HELLO_MAX
+    } else {
+        len as usize
+    };
     let header = RecordHeader {
         kind: RecordKind::TlsClientHello as u32,
         direction: Direction::Egress as u32,

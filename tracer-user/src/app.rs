@@ -85,7 +85,13 @@ pub async fn run(config: Config) -> Result<()> {
     let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Read before hooking so nothing the hooks produce waits in a full ring.
-    let reader = tokio::spawn(read_ring_buffer(ring, event_tx, exec_tx, health.clone(), stop_rx));
+    let reader = tokio::spawn(read_ring_buffer(
+        ring,
+        event_tx,
+        exec_tx,
+        health.clone(),
+        stop_rx,
+    ));
     let mut attacher = Attacher::new(capture, health.clone());
     let open_connections = attacher.start_up();
     let hooked = std::mem::take(&mut attacher.hooked_paths);

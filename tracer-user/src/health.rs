@@ -106,10 +106,9 @@ impl Health {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         if let Ok(map) = self.unsupported_tls.lock() {
-            parts.extend(
-                map.iter()
-                    .map(|(binary, (stack, n))| format!("tracer.unsupported_tls{{binary={binary},stack={stack}}}={n}")),
-            );
+            parts.extend(map.iter().map(|(binary, (stack, n))| {
+                format!("tracer.unsupported_tls{{binary={binary},stack={stack}}}={n}")
+            }));
         }
         if parts.is_empty() {
             "nothing captured".to_string()

@@ -83,9 +83,10 @@ impl Pipeline {
             }
             self.http.push(&stream_event, &mut self.exchanges);
         }
-        self.health
-            .attached_late_bytes
-            .store(self.streams.attached_late_bytes, std::sync::atomic::Ordering::Relaxed);
+        self.health.attached_late_bytes.store(
+            self.streams.attached_late_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.finish_exchanges(out);
         if let Some(pid) = exited {
             self.processes.forget(pid);

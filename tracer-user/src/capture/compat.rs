@@ -53,9 +53,12 @@ pub const FEATURES: &[Feature] = &[
         needed_for: "plain-socket capture and TLS-to-socket linking",
         required: true,
         probe: || {
-            ["/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"]
-                .iter()
-                .any(|p| std::path::Path::new(p).exists())
+            [
+                "/sys/kernel/tracing/events/syscalls",
+                "/sys/kernel/debug/tracing/events/syscalls",
+            ]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists())
         },
     },
     Feature {
@@ -79,7 +82,10 @@ pub fn require_supported() -> Result<()> {
         .map(|(f, _)| format!("{} (needed for {})", f.name, f.needed_for))
         .collect();
     if !missing.is_empty() {
-        bail!("this kernel lacks what agent-tracer needs: {}", missing.join("; "));
+        bail!(
+            "this kernel lacks what agent-tracer needs: {}",
+            missing.join("; ")
+        );
     }
     Ok(())
 }

@@ -1,10 +1,6 @@
 //! Finding TLS libraries on the host's usual library directories, and reading process mappings.
 
-use std::{
-    collections::HashSet,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-};
+use std::{collections::HashSet, os::unix::fs::MetadataExt, path::PathBuf};
 
 const LIBRARY_DIRS: &[&str] = &[
     "/lib",

@@ -90,7 +90,9 @@ impl Capture {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?
                 .try_into()?;
-            program.load().with_context(|| format!("verifying program {name}"))?;
+            program
+                .load()
+                .with_context(|| format!("verifying program {name}"))?;
             program
                 .attach(category, name)
                 .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
@@ -116,7 +118,12 @@ impl Capture {
             });
             match result {
                 Ok(_) => attached += 1,
-                Err(e) => debug!("{} on {} in {}: {e:#}", hook.program, hook.symbol, path.display()),
+                Err(e) => debug!(
+                    "{} on {} in {}: {e:#}",
+                    hook.program,
+                    hook.symbol,
+                    path.display()
+                ),
             }
         }
         attached
@@ -124,8 +131,11 @@ impl Capture {
 
     /// Marks a socket that was open before the tracer started as worth watching.
     pub fn seed_socket(&mut self, tgid: u32, fd: u32) -> Result<()> {
-        let mut sockets: BpfHashMap<&mut MapData, FdKey, SocketState> =
-            BpfHashMap::try_from(self.ebpf.map_mut("SOCKETS").context("map SOCKETS missing")?)?;
+        let mut sockets: BpfHashMap<&mut MapData, FdKey, SocketState> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("SOCKETS")
+                .context("map SOCKETS missing")?,
+        )?;
         let state = SocketState {
             flags: socket_flag::STREAM | socket_flag::CONNECTED | socket_flag::MIDSTREAM,
             _pad: 0,
@@ -151,14 +161,28 @@ impl Capture {
                 .unwrap_or(0)
         };
         use std::sync::atomic::Ordering::Relaxed;
-        health.kernel_ringbuf_full_records.store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
-        health.kernel_ringbuf_full_bytes.store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
-        health.kernel_read_failed_bytes.store(read(counter::READ_FAILED_BYTES), Relaxed);
-        health.kernel_truncated_bytes.store(read(counter::TRUNCATED_BYTES), Relaxed);
-        health.kernel_missing_entry.store(read(counter::MISSING_ENTRY), Relaxed);
+        health
+            .kernel_ringbuf_full_records
+            .store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
+        health
+            .kernel_ringbuf_full_bytes
+            .store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
+        health
+            .kernel_read_failed_bytes
+            .store(read(counter::READ_FAILED_BYTES), Relaxed);
+        health
+            .kernel_truncated_bytes
+            .store(read(counter::TRUNCATED_BYTES), Relaxed);
+        health
+            .kernel_missing_entry
+            .store(read(counter::MISSING_ENTRY), Relaxed);
         health.kernel_tls_calls.store(read(counter::CALLS), Relaxed);
-        health.kernel_socket_calls.store(read(counter::SOCKET_CALLS), Relaxed);
-        health.kernel_ignored_connections.store(read(counter::IGNORED_CONNECTIONS), Relaxed);
+        health
+            .kernel_socket_calls
+            .store(read(counter::SOCKET_CALLS), Relaxed);
+        health
+            .kernel_ignored_connections
+            .store(read(counter::IGNORED_CONNECTIONS), Relaxed);
         Ok(())
     }
 }

@@ -14,7 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use thiserror::Error;
-use tracer_common::{Direction, RecordHeader, RecordKind, SocketRecord, Source, RECORD_HEADER_SIZE};
+use tracer_common::{
+    Direction, RecordHeader, RecordKind, SocketRecord, Source, RECORD_HEADER_SIZE,
+};
 
 pub use attacher::Attacher;
 pub use loader::Capture;
@@ -57,15 +59,26 @@ pub enum CaptureEvent {
         timestamp_ns: u64,
     },
     /// The TLS connection object `conn_id` uses socket `fd`.
-    TlsLink { pid: u32, fd: i32, conn_id: u64 },
+    TlsLink {
+        pid: u32,
+        fd: i32,
+        conn_id: u64,
+    },
     /// The first TLS record the socket sent.
-    ClientHello { pid: u32, fd: i32, record: Bytes },
+    ClientHello {
+        pid: u32,
+        fd: i32,
+        record: Bytes,
+    },
     Exec {
         pid: u32,
         filename: String,
         timestamp_ns: u64,
     },
-    ProcessExit { pid: u32, timestamp_ns: u64 },
+    ProcessExit {
+        pid: u32,
+        timestamp_ns: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -88,7 +101,8 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
         return Err(DecodeError::Short(record.len()));
     }
     // Safety: length checked above; RecordHeader is plain old data and read unaligned.
-    let h: RecordHeader = unsafe { std::ptr::read_unaligned(record.as_ptr() as *const RecordHeader) };
+    let h: RecordHeader =
+        unsafe { std::ptr::read_unaligned(record.as_ptr() as *const RecordHeader) };
     let declared = h.chunk_len as usize;
     let payload = &record[RECORD_HEADER_SIZE..];
     // The ring buffer rounds records up to 8 bytes, so the payload may be longer.
@@ -117,12 +131,14 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             pid: h.pid,
             timestamp_ns: h.timestamp_ns,
         },
-        k if k == RecordKind::Connect as u32 || k == RecordKind::Accept as u32 => CaptureEvent::Connect {
-            pid: h.pid,
-            fd,
-            peer: socket_record(payload).and_then(|r| peer_address(&r)),
-            accepted: k == RecordKind::Accept as u32,
-        },
+        k if k == RecordKind::Connect as u32 || k == RecordKind::Accept as u32 => {
+            CaptureEvent::Connect {
+                pid: h.pid,
+                fd,
+                peer: socket_record(payload).and_then(|r| peer_address(&r)),
+                accepted: k == RecordKind::Accept as u32,
+            }
+        }
         k if k == RecordKind::Close as u32 => CaptureEvent::Close {
             pid: h.pid,
             fd,
@@ -139,7 +155,10 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             record: Bytes::copy_from_slice(payload),
         },
         k if k == RecordKind::ProcessExec as u32 => {
-            let end = payload.iter().position(|b| *b == 0).unwrap_or(payload.len());
+            let end = payload
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(payload.len());
             CaptureEvent::Exec {
                 pid: h.pid,
                 filename: String::from_utf8_lossy(&payload[..end]).into_owned(),
@@ -179,7 +198,9 @@ pub fn peer_address(r: &SocketRecord) -> Option<SocketAddr> {
         10 => {
             let v6 = Ipv6Addr::from(r.addr);
             // IPv4-mapped addresses read better as IPv4.
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
         _ => return None,
     };
@@ -289,10 +310,18 @@ mod tests {
 
     #[test]
     fn decodes_peer_addresses() {
-        let mut r = SocketRecord { family: 2, port: 8443, ..Default::default() };
+        let mut r = SocketRecord {
+            family: 2,
+            port: 8443,
+            ..Default::default()
+        };
         r.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(peer_address(&r), Some("127.0.0.1:8443".parse().unwrap()));
-        let mut r6 = SocketRecord { family: 10, port: 443, ..Default::default() };
+        let mut r6 = SocketRecord {
+            family: 10,
+            port: 443,
+            ..Default::default()
+        };
         r6.addr[15] = 1;
         assert_eq!(peer_address(&r6), Some("[::1]:443".parse().unwrap()));
         r6.addr = Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped().octets();

@@ -49,7 +49,9 @@ fn drain(
         match decode_record(&record) {
             Ok(event) => {
                 match &event {
-                    CaptureEvent::Data(chunk) => Health::add(&health.bytes, chunk.data.len() as u64),
+                    CaptureEvent::Data(chunk) => {
+                        Health::add(&health.bytes, chunk.data.len() as u64)
+                    }
                     // The attacher looks at the new program; losing one to a full queue only
                     // delays its hooks to the next sweep.
                     CaptureEvent::Exec { pid, .. } => {

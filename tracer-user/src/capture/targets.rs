@@ -5,12 +5,7 @@
 //! Results are cached per file identity (device, inode, size, mtime): a 100 MB executable is
 //! analysed once, however many processes run it.
 
-use std::{
-    collections::HashMap,
-    os::unix::fs::MetadataExt,
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path, sync::Arc};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
@@ -63,7 +58,10 @@ pub struct Analysis {
 #[derive(Debug, Error)]
 pub enum TargetError {
     #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a readable ELF file: {message}")]
     Elf { path: String, message: String },
 }
@@ -118,10 +116,16 @@ pub fn is_tls_library_name(name: &str) -> bool {
 /// when they export hooks).
 pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     let display = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| TargetError::Io { path: display.clone(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| TargetError::Io {
+        path: display.clone(),
+        source,
+    })?;
     // Safety: read-only mapping of a file we do not write; a concurrent truncation could fault,
     // the accepted risk of every ELF reader that maps (aya's own resolver does the same).
-    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| TargetError::Io { path: display.clone(), source })?;
+    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| TargetError::Io {
+        path: display.clone(),
+        source,
+    })?;
     let elf = object::File::parse(&*data).map_err(|e| TargetError::Elf {
         path: display.clone(),
         message: e.to_string(),
@@ -129,7 +133,10 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     let mut analysis = Analysis::default();
 
     let wanted = |name: &str| {
-        OPENSSL_HOOKS.iter().chain(GNUTLS_HOOKS).any(|(_, s)| *s == name)
+        OPENSSL_HOOKS
+            .iter()
+            .chain(GNUTLS_HOOKS)
+            .any(|(_, s)| *s == name)
     };
     let mut offsets: HashMap<&'static str, u64> = HashMap::new();
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
@@ -170,7 +177,9 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     if offsets.contains_key("SSL_write") && offsets.contains_key("SSL_read") {
         analysis.stack = Some(TlsStack::OpenSsl);
         analysis.hooks = hooks_for(OPENSSL_HOOKS);
-    } else if offsets.contains_key("gnutls_record_send") && offsets.contains_key("gnutls_record_recv") {
+    } else if offsets.contains_key("gnutls_record_send")
+        && offsets.contains_key("gnutls_record_recv")
+    {
         analysis.stack = Some(TlsStack::GnuTls);
         analysis.hooks = hooks_for(GNUTLS_HOOKS);
     }
@@ -179,7 +188,12 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
         // TLS library (that library is hooked on its own).
         let links_tls = elf
             .imports()
-            .map(|imports| imports.iter().any(|i| std::str::from_utf8(i.name()).is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))))
+            .map(|imports| {
+                imports.iter().any(|i| {
+                    std::str::from_utf8(i.name())
+                        .is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))
+                })
+            })
             .unwrap_or(false);
         if !links_tls {
             analysis.unsupported = UNSUPPORTED_MARKERS
@@ -195,7 +209,9 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
 fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u64> {
     let section = elf.section_by_index(sym.section_index()?).ok()?;
     let (offset, _) = section.file_range()?;
-    sym.address().checked_sub(section.address())?.checked_add(offset)
+    sym.address()
+        .checked_sub(section.address())?
+        .checked_add(offset)
 }
 
 /// Analyses, once per file identity.
@@ -205,7 +221,12 @@ pub struct TargetCache {
 }
 
 impl TargetCache {
-    pub fn get_or_analyse(&mut self, id: FileId, path: &Path, executable: bool) -> Result<Arc<Analysis>, TargetError> {
+    pub fn get_or_analyse(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        executable: bool,
+    ) -> Result<Arc<Analysis>, TargetError> {
         if let Some(a) = self.analyses.get(&id) {
             return Ok(a.clone());
         }

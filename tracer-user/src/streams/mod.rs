@@ -59,10 +59,19 @@ pub enum StreamEvent {
         len: u64,
     },
     /// New knowledge of a connection's peer.
-    Peer { conn: ConnKey, peer: Peer },
+    Peer {
+        conn: ConnKey,
+        peer: Peer,
+    },
     /// The connection ended (its socket was closed).
-    Closed { conn: ConnKey, timestamp_ns: u64 },
-    ProcessExit { pid: u32, timestamp_ns: u64 },
+    Closed {
+        conn: ConnKey,
+        timestamp_ns: u64,
+    },
+    ProcessExit {
+        pid: u32,
+        timestamp_ns: u64,
+    },
 }
 
 /// Position of one direction of one connection.
@@ -172,7 +181,12 @@ impl StreamAssembler {
     }
 
     /// Calls whose last bytes never arrived end in a gap.
-    fn flush_owed(&self, matches: impl Fn(ConnKey) -> bool, timestamp_ns: u64, out: &mut Vec<StreamEvent>) {
+    fn flush_owed(
+        &self,
+        matches: impl Fn(ConnKey) -> bool,
+        timestamp_ns: u64,
+        out: &mut Vec<StreamEvent>,
+    ) {
         for ((conn, direction), pos) in &self.positions {
             if matches(*conn) && pos.call_end > pos.next {
                 out.push(StreamEvent::Gap {
@@ -279,7 +293,11 @@ mod tests {
 
     #[test]
     fn contiguous_chunks_and_calls_make_no_gap() {
-        let out = run(vec![chunk(0, 4, 0, b"ab"), chunk(0, 4, 2, b"cd"), chunk(4, 1, 0, b"e")]);
+        let out = run(vec![
+            chunk(0, 4, 0, b"ab"),
+            chunk(0, 4, 2, b"cd"),
+            chunk(4, 1, 0, b"e"),
+        ]);
         assert_eq!(gaps(&out), Vec::<u64>::new());
         assert_eq!(data(&out), b"abcde");
     }
@@ -308,7 +326,10 @@ mod tests {
             },
         ]);
         assert_eq!(gaps(&out), vec![4]);
-        assert!(matches!(out.last(), Some(StreamEvent::ProcessExit { pid: 1, .. })));
+        assert!(matches!(
+            out.last(),
+            Some(StreamEvent::ProcessExit { pid: 1, .. })
+        ));
     }
 
     #[test]
@@ -341,14 +362,41 @@ mod tests {
             },
             &mut out,
         );
-        s.push(CaptureEvent::TlsLink { pid: 1, fd: 5, conn_id: 7 }, &mut out);
-        s.push(CaptureEvent::Close { pid: 1, fd: 5, timestamp_ns: 3 }, &mut out);
-        let tls = ConnKey { pid: 1, source: Source::Tls, conn_id: 7 };
+        s.push(
+            CaptureEvent::TlsLink {
+                pid: 1,
+                fd: 5,
+                conn_id: 7,
+            },
+            &mut out,
+        );
+        s.push(
+            CaptureEvent::Close {
+                pid: 1,
+                fd: 5,
+                timestamp_ns: 3,
+            },
+            &mut out,
+        );
+        let tls = ConnKey {
+            pid: 1,
+            source: Source::Tls,
+            conn_id: 7,
+        };
         assert!(out.contains(&StreamEvent::Peer {
             conn: tls,
-            peer: Peer { address: Some("127.0.0.1:443".parse().unwrap()), server_name: None }
+            peer: Peer {
+                address: Some("127.0.0.1:443".parse().unwrap()),
+                server_name: None
+            }
         }));
-        assert!(out.contains(&StreamEvent::Closed { conn: tls, timestamp_ns: 3 }));
-        assert!(out.contains(&StreamEvent::Closed { conn: ConnKey::socket(1, 5), timestamp_ns: 3 }));
+        assert!(out.contains(&StreamEvent::Closed {
+            conn: tls,
+            timestamp_ns: 3
+        }));
+        assert!(out.contains(&StreamEvent::Closed {
+            conn: ConnKey::socket(1, 5),
+            timestamp_ns: 3
+        }));
     }
 }

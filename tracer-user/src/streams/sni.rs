@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn finds_the_server_name() {
-        assert_eq!(server_name(&client_hello("api.openai.com")).as_deref(), Some("api.openai.com"));
+        assert_eq!(
+            server_name(&client_hello("api.openai.com")).as_deref(),
+            Some("api.openai.com")
+        );
     }
 
     #[test]
