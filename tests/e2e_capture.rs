@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{self, clients_dir, contains, of_pid, recorded, require_root, start_traced, without_pid, SERIAL},
+    e2e::{
+        self, clients_dir, contains, of_pid, recorded, require_root, start_traced, without_pid,
+        SERIAL,
+    },
     mock_openai::{self, MockOpenAi},
     otlp::{as_int, as_str, ReceivedSpan},
 };
@@ -46,7 +49,10 @@ fn the_call(spans: &[ReceivedSpan], pid: u32, body_len: usize, status: i64) -> R
     assert_eq!(as_str(span.attr("http.request.method")), Some("POST"));
     assert_eq!(as_str(span.attr("url.path")), Some("/v1/chat/completions"));
     assert_eq!(as_int(span.attr("http.response.status_code")), Some(status));
-    assert_eq!(as_int(span.attr("http.request.body.size")), Some(body_len as i64));
+    assert_eq!(
+        as_int(span.attr("http.request.body.size")),
+        Some(body_len as i64)
+    );
     span
 }
 
@@ -66,20 +72,39 @@ async fn node_fetch_over_https_through_its_static_openssl() -> Result<()> {
 
     let traced = start_traced(tracer_bin(), "node", &[]).await?;
     let out = e2e::json_lines(&e2e::run(node()).await?);
-    assert_eq!(without_pid(&out), without_pid(&untraced), "node's output is unchanged by the tracer");
+    assert_eq!(
+        without_pid(&out),
+        without_pid(&untraced),
+        "node's output is unchanged by the tracer"
+    );
     let pid = out[0]["pid"].as_u64().context("pid")? as u32;
-    let spans = traced.receiver.wait_for("node's call", WAIT, |s| !of_pid(s, pid).is_empty()).await?;
+    let spans = traced
+        .receiver
+        .wait_for("node's call", WAIT, |s| !of_pid(s, pid).is_empty())
+        .await?;
     let stopped = traced.tracer.stop()?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
     let received = server.received();
     let span = the_call(&spans, pid, received[1].body_len, 200);
-    assert_eq!(as_str(span.attr("gen_ai.response.id")), Some("chatcmpl-mock-nonstream"));
-    assert_eq!(as_str(span.resource_attr("process.executable.name")), Some("node"));
+    assert_eq!(
+        as_str(span.attr("gen_ai.response.id")),
+        Some("chatcmpl-mock-nonstream")
+    );
+    assert_eq!(
+        as_str(span.resource_attr("process.executable.name")),
+        Some("node")
+    );
     let request_body = out[0]["request_body"].as_str().context("request body")?;
     let response_body = out[0]["body"].as_str().context("response body")?;
-    assert!(contains(&recorded(&traced.record_dir, pid, "egress"), request_body.as_bytes()));
-    assert!(contains(&recorded(&traced.record_dir, pid, "ingress"), response_body.as_bytes()));
+    assert!(contains(
+        &recorded(&traced.record_dir, pid, "egress"),
+        request_body.as_bytes()
+    ));
+    assert!(contains(
+        &recorded(&traced.record_dir, pid, "ingress"),
+        response_body.as_bytes()
+    ));
     assert!(!contains(&traced.receiver.raw_bytes(), b"sk-node-secret"));
     Ok(())
 }
@@ -90,17 +115,28 @@ async fn curl_over_https_and_over_plain_http() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let tls = mock_openai::start(&e2e::certs_dir()).await?;
     let plain = mock_openai::start_plain().await?;
-    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from curl"}]}"#;
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from curl"}]}"#;
     let curl = |server: &MockOpenAi| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--http1.1", "-H", "content-type: application/json", "-d", body]);
+        c.args([
+            "-sS",
+            "--http1.1",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ]);
         if server.tls {
             c.arg("--cacert").arg(&server.cert_path);
         }
         c.arg(format!("{}/chat/completions", server.base_url()));
         c
     };
-    let untraced = [e2e::run(curl(&tls)).await?.stdout, e2e::run(curl(&plain)).await?.stdout];
+    let untraced = [
+        e2e::run(curl(&tls)).await?.stdout,
+        e2e::run(curl(&plain)).await?.stdout,
+    ];
 
     let traced = start_traced(tracer_bin(), "curl", &[]).await?;
     let mut pids = Vec::new();
@@ -109,22 +145,36 @@ async fn curl_over_https_and_over_plain_http() -> Result<()> {
         let pid = child.id();
         let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
         assert!(out.status.success());
-        assert_eq!(out.stdout, untraced[i], "curl's output is unchanged by the tracer");
+        assert_eq!(
+            out.stdout, untraced[i],
+            "curl's output is unchanged by the tracer"
+        );
         pids.push((pid, out.stdout));
     }
     let spans = traced
         .receiver
-        .wait_for("both curl calls", WAIT, |s| pids.iter().all(|(pid, _)| !of_pid(s, *pid).is_empty()))
+        .wait_for("both curl calls", WAIT, |s| {
+            pids.iter().all(|(pid, _)| !of_pid(s, *pid).is_empty())
+        })
         .await?;
     let stopped = traced.tracer.stop()?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
     for ((pid, response), server) in pids.iter().zip([&tls, &plain]) {
         let span = the_call(&spans, *pid, body.len(), 200);
-        assert_eq!(as_int(span.attr("server.port")), Some(server.addr.port() as i64));
+        assert_eq!(
+            as_int(span.attr("server.port")),
+            Some(server.addr.port() as i64)
+        );
         assert_eq!(as_str(span.attr("server.address")), Some("127.0.0.1"));
-        assert!(contains(&recorded(&traced.record_dir, *pid, "egress"), body.as_bytes()));
-        assert!(contains(&recorded(&traced.record_dir, *pid, "ingress"), response));
+        assert!(contains(
+            &recorded(&traced.record_dir, *pid, "egress"),
+            body.as_bytes()
+        ));
+        assert!(contains(
+            &recorded(&traced.record_dir, *pid, "ingress"),
+            response
+        ));
     }
     Ok(())
 }
@@ -162,19 +212,31 @@ async fn plain_http_keep_alive_of_a_process_started_before_the_tracer() -> Resul
     assert!(child.wait()?.success());
     let spans = traced
         .receiver
-        .wait_for("the two calls made after start-up", WAIT, |s| of_pid(s, pid).len() >= 2)
+        .wait_for("the two calls made after start-up", WAIT, |s| {
+            of_pid(s, pid).len() >= 2
+        })
         .await?;
     let stopped = traced.tracer.stop()?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
     let mine = of_pid(&spans, pid);
-    assert_eq!(mine.len(), 2, "the call before start-up is not invented, the two after are seen");
+    assert_eq!(
+        mine.len(),
+        2,
+        "the call before start-up is not invented, the two after are seen"
+    );
     let received = server.received();
     assert_eq!(received.len(), 3, "one connection carried all three");
     for span in &mine {
         assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
-        assert_eq!(as_int(span.attr("http.request.body.size")), Some(received[1].body_len as i64));
-        assert_eq!(as_int(span.attr("server.port")), Some(server.addr.port() as i64));
+        assert_eq!(
+            as_int(span.attr("http.request.body.size")),
+            Some(received[1].body_len as i64)
+        );
+        assert_eq!(
+            as_int(span.attr("server.port")),
+            Some(server.addr.port() as i64)
+        );
     }
     let ingress = recorded(&traced.record_dir, pid, "ingress");
     for body in responses {
@@ -202,7 +264,8 @@ async fn https_client_in_a_pid_namespace_and_container_cgroup() -> Result<()> {
     );
     let out = e2e::run({
         let mut c = Command::new("sh");
-        c.args(["-c", &script]).env("SSL_CERT_FILE", &server.cert_path);
+        c.args(["-c", &script])
+            .env("SSL_CERT_FILE", &server.cert_path);
         c
     })
     .await?;
@@ -212,7 +275,8 @@ async fn https_client_in_a_pid_namespace_and_container_cgroup() -> Result<()> {
     let spans = traced
         .receiver
         .wait_for("the namespaced call", WAIT, |s| {
-            s.iter().any(|s| as_str(s.resource_attr("container.id")) == Some(container_id.as_str()))
+            s.iter()
+                .any(|s| as_str(s.resource_attr("container.id")) == Some(container_id.as_str()))
         })
         .await?;
     let stopped = traced.tracer.stop()?;
@@ -225,10 +289,23 @@ async fn https_client_in_a_pid_namespace_and_container_cgroup() -> Result<()> {
         .context("span")?;
     let host_pid = as_int(span.resource_attr("process.pid")).context("host pid")?;
     assert_ne!(host_pid, ns_pid, "process.pid is the host PID");
-    assert_eq!(as_int(span.resource_attr("agent_tracer.process.namespace_pid")), Some(ns_pid));
-    assert_eq!(as_str(span.resource_attr("container.runtime")), Some("docker"));
+    assert_eq!(
+        as_int(span.resource_attr("agent_tracer.process.namespace_pid")),
+        Some(ns_pid)
+    );
+    assert_eq!(
+        as_str(span.resource_attr("container.runtime")),
+        Some("docker")
+    );
     assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
-    assert!(stopped.stdout.contains(&format!("pid {host_pid} (ns pid 1) container {}", &container_id[..12])), "{}", stopped.stdout);
+    assert!(
+        stopped.stdout.contains(&format!(
+            "pid {host_pid} (ns pid 1) container {}",
+            &container_id[..12]
+        )),
+        "{}",
+        stopped.stdout
+    );
     Ok(())
 }
 
@@ -244,23 +321,44 @@ async fn a_16_mib_request_body_is_captured_byte_exact() -> Result<()> {
     let lines = e2e::json_lines(&out);
     let pid = lines[0]["pid"].as_u64().context("pid")? as u32;
     assert_eq!(lines[0]["request_len"].as_u64(), Some(SIXTEEN_MIB as u64));
-    let spans = traced.receiver.wait_for("the 16 MiB call", WAIT, |s| !of_pid(s, pid).is_empty()).await?;
+    let spans = traced
+        .receiver
+        .wait_for("the 16 MiB call", WAIT, |s| !of_pid(s, pid).is_empty())
+        .await?;
     let stopped = traced.tracer.stop()?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
     let span = the_call(&spans, pid, SIXTEEN_MIB, 200);
-    assert_eq!(span.attr("agent_tracer.capture.bytes_lost"), None, "{}", stopped.stderr);
-    assert_eq!(as_int(span.attr("gen_ai.usage.input_tokens")), Some(mock_openai::prompt_tokens_for(SIXTEEN_MIB)));
+    assert_eq!(
+        span.attr("agent_tracer.capture.bytes_lost"),
+        None,
+        "{}",
+        stopped.stderr
+    );
+    assert_eq!(
+        as_int(span.attr("gen_ai.usage.input_tokens")),
+        Some(mock_openai::prompt_tokens_for(SIXTEEN_MIB))
+    );
     // Byte-exact: the recorded request body is exactly what the client sent.
     let egress = recorded(&traced.record_dir, pid, "egress");
-    let head_end = egress.windows(4).position(|w| w == b"\r\n\r\n").context("request head")? + 4;
+    let head_end = egress
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("request head")?
+        + 4;
     let sent = {
         let empty = r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": ""}]}"#;
         let pad = SIXTEEN_MIB - empty.len();
-        empty.replace(r#""content": """#, &format!(r#""content": "{}""#, "x".repeat(pad)))
+        empty.replace(
+            r#""content": """#,
+            &format!(r#""content": "{}""#, "x".repeat(pad)),
+        )
     };
     assert_eq!(egress.len() - head_end, SIXTEEN_MIB);
-    assert!(egress[head_end..] == *sent.as_bytes(), "the captured body differs from the one sent");
+    assert!(
+        egress[head_end..] == *sent.as_bytes(),
+        "the captured body differs from the one sent"
+    );
     Ok(())
 }
 
@@ -273,25 +371,42 @@ async fn ring_buffer_overflow_is_reported_and_survived() -> Result<()> {
     let traced = start_traced(tracer_bin(), "overflow", &["--ring-buffer-bytes", "262144"]).await?;
     let flood = e2e::run(http_post(&server, &["--size", &SIXTEEN_MIB.to_string()])).await?;
     let pid = e2e::json_lines(&flood)[0]["pid"].as_u64().context("pid")? as u32;
-    let spans = traced.receiver.wait_for("the flooded call", WAIT, |s| !of_pid(s, pid).is_empty()).await?;
+    let spans = traced
+        .receiver
+        .wait_for("the flooded call", WAIT, |s| !of_pid(s, pid).is_empty())
+        .await?;
     // The tracer keeps working: a small call afterwards is complete.
     let after = e2e::run(http_post(&server, &[])).await?;
     let after_pid = e2e::json_lines(&after)[0]["pid"].as_u64().context("pid")? as u32;
-    let all = traced.receiver.wait_for("the call after", WAIT, |s| !of_pid(s, after_pid).is_empty()).await?;
+    let all = traced
+        .receiver
+        .wait_for("the call after", WAIT, |s| !of_pid(s, after_pid).is_empty())
+        .await?;
     let stopped = traced.tracer.stop()?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
     let flooded = &of_pid(&spans, pid)[0];
-    let lost = as_int(flooded.attr("agent_tracer.capture.bytes_lost")).context("bytes lost on the span")?;
+    let lost = as_int(flooded.attr("agent_tracer.capture.bytes_lost"))
+        .context("bytes lost on the span")?;
     assert!(lost > 0 && lost < SIXTEEN_MIB as i64, "lost {lost}");
-    assert_eq!(as_int(flooded.attr("http.request.body.size")), Some(SIXTEEN_MIB as i64));
+    assert_eq!(
+        as_int(flooded.attr("http.request.body.size")),
+        Some(SIXTEEN_MIB as i64)
+    );
     assert_eq!(as_int(flooded.attr("http.response.status_code")), Some(200));
-    let summary = stopped.stderr.lines().find(|l| l.contains("tracer stopped:")).context("summary")?;
+    let summary = stopped
+        .stderr
+        .lines()
+        .find(|l| l.contains("tracer stopped:"))
+        .context("summary")?;
     assert!(summary.contains("kernel_ringbuf_full_bytes="), "{summary}");
     assert!(summary.contains("stream_gap_bytes="), "{summary}");
 
     let fine = &of_pid(&all, after_pid)[0];
     assert_eq!(fine.attr("agent_tracer.capture.bytes_lost"), None);
-    assert_eq!(as_str(fine.attr("gen_ai.response.id")), Some("chatcmpl-mock-nonstream"));
+    assert_eq!(
+        as_str(fine.attr("gen_ai.response.id")),
+        Some("chatcmpl-mock-nonstream")
+    );
     Ok(())
 }

@@ -89,14 +89,14 @@ pub fn emit_buffer(transfer: &mut Transfer) {
     };
     // The byte count advances by what the call transferred even when records are dropped below:
     // that is what lets userspace see the loss.
-    transfer.stream_offset = match STREAM_OFFSETS.get_ptr_mut(&key) {
+    transfer.stream_offset = match STREAM_OFFSETS.get_ptr_mut(key) {
         Some(offset) => unsafe {
             let before = *offset;
             *offset = before + transfer.len;
             before
         },
         None => {
-            let _ = STREAM_OFFSETS.insert(&key, &transfer.len, BPF_ANY as u64);
+            let _ = STREAM_OFFSETS.insert(key, transfer.len, BPF_ANY as u64);
             0
         }
     };

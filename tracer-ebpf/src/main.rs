@@ -3,6 +3,7 @@
 #![no_main]
 
 mod emit;
+mod gotls;
 mod maps;
 mod openssl;
 mod process;

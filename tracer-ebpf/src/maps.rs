@@ -104,3 +104,34 @@ pub struct PendingSocketCall {
 #[map]
 pub static PENDING_SOCKET_CALLS: LruHashMap<u64, PendingSocketCall> =
     LruHashMap::with_max_entries(16384, 0);
+
+// Go crypto/tls
+
+/// A Go `crypto/tls.(*Conn)` call in flight, per goroutine: a goroutine blocked in `Read` may
+/// resume on another OS thread, so the thread id cannot pair an entry with its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoCallKey {
+    /// The goroutine's `g` pointer (register R14 under Go's register ABI).
+    pub goroutine: u64,
+    pub tgid: u32,
+    /// A `Direction` value: `Write` and `Read` are tracked apart.
+    pub direction: u32,
+}
+
+/// What the entry probe saw: the return probe only learns `n`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoPendingCall {
+    /// The `*tls.Conn`: Go's heap does not move objects, so it names the connection for life.
+    pub conn: u64,
+    pub buf: u64,
+    /// `len(b)`: the most the call can transfer, a bound on the `n` read at return.
+    pub len: u64,
+    pub timestamp_ns: u64,
+}
+
+/// LRU: goroutines that die or are parked forever inside a call cannot fill the map.
+#[map]
+pub static GO_TLS_PENDING: LruHashMap<GoCallKey, GoPendingCall> =
+    LruHashMap::with_max_entries(16384, 0);

@@ -89,7 +89,7 @@ fn remember_call(
         function: function as u32,
         _pad: 0,
     };
-    let _ = pending.insert(&bpf_get_current_pid_tgid(), &call, BPF_ANY as u64);
+    let _ = pending.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
 }
 
 #[inline(always)]
@@ -99,11 +99,11 @@ fn finish_call(
     pending: &LruHashMap<u64, PendingCall>,
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { pending.get(&pid_tgid) }).copied() else {
+    let Some(call) = (unsafe { pending.get(pid_tgid) }).copied() else {
         count(counter::MISSING_ENTRY, 1);
         return;
     };
-    let _ = pending.remove(&pid_tgid);
+    let _ = pending.remove(pid_tgid);
 
     let ret: i64 = ctx.ret();
     let len = if call.len_out != 0 {

@@ -73,7 +73,7 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
             fd: 0,
             _pad: 0,
         };
-        let _ = PENDING_SOCKET_CALLS.insert(&pid_tgid, &call, BPF_ANY as u64);
+        let _ = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64);
     }
     0
 }
@@ -81,10 +81,10 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if unsafe { PENDING_SOCKET_CALLS.get(&pid_tgid) }.is_none() {
+    if unsafe { PENDING_SOCKET_CALLS.get(pid_tgid) }.is_none() {
         return 0;
     }
-    let _ = PENDING_SOCKET_CALLS.remove(&pid_tgid);
+    let _ = PENDING_SOCKET_CALLS.remove(pid_tgid);
     let fd = ret(&ctx);
     if fd >= 0 {
         let key = FdKey {
@@ -95,7 +95,7 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
             flags: flag::STREAM,
             _pad: 0,
         };
-        let _ = SOCKETS.insert(&key, &state, BPF_ANY as u64);
+        let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
     }
     0
 }
@@ -164,7 +164,7 @@ fn remember_socket_call(ctx: &TracePointContext) {
         tgid: tgid(pid_tgid),
         fd,
     };
-    let Some(state) = (unsafe { SOCKETS.get(&key) }) else {
+    let Some(state) = (unsafe { SOCKETS.get(key) }) else {
         return;
     };
     if state.flags & flag::STREAM == 0 {
@@ -175,13 +175,13 @@ fn remember_socket_call(ctx: &TracePointContext) {
         fd,
         _pad: 0,
     };
-    let _ = PENDING_SOCKET_CALLS.insert(&pid_tgid, &call, BPF_ANY as u64);
+    let _ = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64);
 }
 
 #[inline(always)]
 fn take_socket_call(pid_tgid: u64) -> Option<PendingSocketCall> {
-    let call = unsafe { PENDING_SOCKET_CALLS.get(&pid_tgid) }.copied()?;
-    let _ = PENDING_SOCKET_CALLS.remove(&pid_tgid);
+    let call = unsafe { PENDING_SOCKET_CALLS.get(pid_tgid) }.copied()?;
+    let _ = PENDING_SOCKET_CALLS.remove(pid_tgid);
     Some(call)
 }
 
@@ -215,7 +215,7 @@ fn start_connection(key: FdKey, flags: u32, pid_tgid: u64) {
         flags: flags | flag::STREAM,
         _pad: 0,
     };
-    let _ = SOCKETS.insert(&key, &state, BPF_ANY as u64);
+    let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
     forget_offsets(key, pid_tgid);
 }
 
@@ -227,7 +227,7 @@ fn forget_offsets(key: FdKey, _pid_tgid: u64) {
             tgid: key.tgid,
             direction: direction as u32 | ((Source::Socket as u32) << 8),
         };
-        let _ = STREAM_OFFSETS.remove(&stream);
+        let _ = STREAM_OFFSETS.remove(stream);
     }
 }
 
@@ -296,10 +296,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         tgid: tgid(pid_tgid),
         fd: arg(&ctx, 0) as u32,
     };
-    let Some(state) = (unsafe { SOCKETS.get(&key) }).copied() else {
+    let Some(state) = (unsafe { SOCKETS.get(key) }).copied() else {
         return 0;
     };
-    let _ = SOCKETS.remove(&key);
+    let _ = SOCKETS.remove(key);
     forget_offsets(key, pid_tgid);
     // Every connection userspace heard of (connect/accept) hears of its end, so it can forget it.
     if state.flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
@@ -399,7 +399,7 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         tgid: tgid(pid_tgid),
         fd,
     };
-    let Some(state) = SOCKETS.get_ptr_mut(&key) else {
+    let Some(state) = SOCKETS.get_ptr_mut(key) else {
         return;
     };
     let state = unsafe { &mut *state };
@@ -408,8 +408,8 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
     }
     // Inside SSL_write/SSL_read on this thread: this is that call's ciphertext.
     let in_tls = match direction {
-        Direction::Egress => unsafe { PENDING_WRITES.get(&pid_tgid) },
-        Direction::Ingress => unsafe { PENDING_READS.get(&pid_tgid) },
+        Direction::Egress => unsafe { PENDING_WRITES.get(pid_tgid) },
+        Direction::Ingress => unsafe { PENDING_READS.get(pid_tgid) },
     };
     if let Some(call) = in_tls {
         state.flags |= flag::TLS;
@@ -443,7 +443,7 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         fd,
         function: function as u32,
     };
-    let _ = PENDING_IO.insert(&pid_tgid, &io, BPF_ANY as u64);
+    let _ = PENDING_IO.insert(pid_tgid, io, BPF_ANY as u64);
 }
 
 #[inline(always)]
@@ -457,10 +457,10 @@ fn is_vectored(function: u32) -> bool {
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext, direction: Direction) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(io) = (unsafe { PENDING_IO.get(&pid_tgid) }).copied() else {
+    let Some(io) = (unsafe { PENDING_IO.get(pid_tgid) }).copied() else {
         return;
     };
-    let _ = PENDING_IO.remove(&pid_tgid);
+    let _ = PENDING_IO.remove(pid_tgid);
     let r = ret(ctx);
     if r <= 0 {
         return;
@@ -470,7 +470,7 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         tgid: tgid(pid_tgid),
         fd: io.fd,
     };
-    let Some(state) = SOCKETS.get_ptr_mut(&key) else {
+    let Some(state) = SOCKETS.get_ptr_mut(key) else {
         return;
     };
     let state = unsafe { &mut *state };

@@ -69,8 +69,11 @@ impl Pipeline {
                 None
             }
             // A new program: what was read of the old one no longer describes the process.
-            CaptureEvent::Exec { pid, .. } => {
+            // Read it now, while it surely runs: a short-lived client may be gone by the time its
+            // call completes.
+            CaptureEvent::Exec { pid, filename } => {
                 self.processes.forget(*pid);
+                self.processes.observe_exec(*pid, filename);
                 None
             }
             CaptureEvent::ProcessExit { pid, .. } => Some(*pid),

@@ -20,7 +20,10 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub fn require_root() {
     // Safety: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "end-to-end tests load eBPF programs and must run as root (cargo xtask test)");
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
+    );
 }
 
 pub fn certs_dir() -> PathBuf {
@@ -89,14 +92,18 @@ pub fn recorded(dir: &Path, pid: u32, direction: &str) -> Vec<u8> {
                 .map(|e| e.path())
                 .filter(|p| {
                     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with(&format!("{pid}-")) && n.ends_with(&format!("-{direction}.bin"))
+                        n.starts_with(&format!("{pid}-"))
+                            && n.ends_with(&format!("-{direction}.bin"))
                     })
                 })
                 .collect()
         })
         .unwrap_or_default();
     files.sort();
-    files.iter().flat_map(|f| std::fs::read(f).unwrap_or_default()).collect()
+    files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap_or_default())
+        .collect()
 }
 
 /// Runs a client to completion off the async runtime; fails unless it exits 0.

@@ -1,6 +1,7 @@
 //! Real parts for agent-tracer's end-to-end tests and benchmarks.
 
 pub mod e2e;
+pub mod go;
 pub mod mock_openai;
 pub mod otlp;
 pub mod python;

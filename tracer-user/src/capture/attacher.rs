@@ -132,10 +132,21 @@ impl Attacher {
                 warn!(pid, binary, stack, "this program's TLS stack cannot be hooked yet: its HTTPS traffic is not captured");
             }
         }
-        if analysis.hooks.is_empty() {
-            return;
-        }
-        let placed = self.capture.attach_hooks(path, &analysis.hooks);
+        let placed = match &analysis.go {
+            // All or nothing: a Go function hooked at its entry but not at every RET loses data.
+            Some(go) => match super::gotls::attach(self.capture.ebpf_mut(), path, go) {
+                Ok(n) => {
+                    debug!("Go crypto/tls: {}", super::gotls::describe(path, go));
+                    n
+                }
+                Err(e) => {
+                    warn!("could not hook Go crypto/tls in {}: {e:#}", path.display());
+                    0
+                }
+            },
+            None if analysis.hooks.is_empty() => return,
+            None => self.capture.attach_hooks(path, &analysis.hooks),
+        };
         if placed > 0 {
             self.hooked.insert(id);
             Health::add(&self.health.tls_targets_attached, 1);

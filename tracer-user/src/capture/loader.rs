@@ -15,23 +15,14 @@ use aya::{
 use tracer_common::{counter, socket_flag, FdKey, SocketState};
 use tracing::debug;
 
-use super::{compat, targets::Hook};
+use super::{
+    compat,
+    targets::{Hook, TLS_PROGRAMS},
+};
 use crate::health::Health;
 
 /// The compiled kernel programs, embedded at build time by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
-
-/// Uprobe programs, loaded up front and attached per target.
-const UPROBES: &[&str] = &[
-    "ssl_write",
-    "ssl_write_ex",
-    "ssl_read",
-    "ssl_read_ex",
-    "ssl_write_ret",
-    "ssl_read_ret",
-    "gnutls_record_send",
-    "gnutls_record_recv",
-];
 
 /// (category, name) of every tracepoint; the program has the tracepoint's name.
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -80,7 +71,8 @@ impl Capture {
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
 
-        for name in UPROBES {
+        // Uprobes are loaded up front and attached per target as targets are found.
+        for name in TLS_PROGRAMS.iter().chain(super::gotls::GO_PROGRAMS) {
             uprobe(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;

@@ -4,6 +4,7 @@
 
 mod attacher;
 pub mod compat;
+pub mod gotls;
 mod libssl;
 mod loader;
 pub mod reader;
@@ -27,7 +28,6 @@ pub use system::prepare_host;
 #[derive(Clone, Debug)]
 pub struct DataChunk {
     pub pid: u32,
-    pub tid: u32,
     pub source: Source,
     /// The TLS connection object, or the fd for sockets.
     pub conn_id: u64,
@@ -73,7 +73,6 @@ pub enum CaptureEvent {
     Exec {
         pid: u32,
         filename: String,
-        timestamp_ns: u64,
     },
     ProcessExit {
         pid: u32,
@@ -117,7 +116,6 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
     Ok(match h.kind {
         k if k == RecordKind::Data as u32 => CaptureEvent::Data(DataChunk {
             pid: h.pid,
-            tid: h.tid,
             source: source(h.source)?,
             conn_id: h.conn_id,
             direction: direction(h.direction)?,
@@ -162,7 +160,6 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             CaptureEvent::Exec {
                 pid: h.pid,
                 filename: String::from_utf8_lossy(&payload[..end]).into_owned(),
-                timestamp_ns: h.timestamp_ns,
             }
         }
         k => return Err(DecodeError::Kind(k)),

@@ -51,6 +51,8 @@ pub enum TlsStack {
 pub struct Analysis {
     pub stack: Option<TlsStack>,
     pub hooks: Vec<Hook>,
+    /// Go functions, attached all or nothing by the Go module (entry and every RET).
+    pub go: Option<super::gotls::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
     pub unsupported: Option<&'static str>,
 }
@@ -184,6 +186,25 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
         analysis.hooks = hooks_for(GNUTLS_HOOKS);
     }
     if analysis.stack.is_none() && executable {
+        match super::gotls::locate_in(&data) {
+            Ok(Some(go)) => {
+                analysis.stack = Some(TlsStack::Go);
+                analysis.go = Some(go);
+                return Ok(analysis);
+            }
+            Ok(None) => {}
+            // Go, but not one whose calls we can read (before the register ABI, not x86-64).
+            Err(e) => {
+                use super::gotls::GoLocateError as E;
+                analysis.unsupported = Some(match e {
+                    E::StackAbi(_) => "go-before-1.17",
+                    E::Architecture(_) => "go-not-x86-64",
+                    _ => "go-unlocatable",
+                });
+                tracing::debug!("{}: {e}", path.display());
+                return Ok(analysis);
+            }
+        }
         // A TLS library linked in without hookable symbols; skip programs that load a shared
         // TLS library (that library is hooked on its own).
         let links_tls = elf

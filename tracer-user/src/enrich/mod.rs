@@ -141,6 +141,23 @@ impl ProcessCache {
         }
     }
 
+    /// A process that just exec'd `filename`: read now; the file name stands in for the path if
+    /// the process is already gone.
+    pub fn observe_exec(&mut self, pid: u32, filename: &str) {
+        self.observe(pid);
+        if let Some(info) = self.processes.get_mut(&pid) {
+            if info.executable_path.is_none() && filename.starts_with('/') {
+                let info = Arc::make_mut(info);
+                info.executable_path = Some(filename.to_string());
+                if info.executable_name == "unknown" {
+                    if let Some(name) = filename.rsplit('/').next() {
+                        info.executable_name = name.to_string();
+                    }
+                }
+            }
+        }
+    }
+
     pub fn get(&self, pid: u32) -> Arc<ProcessInfo> {
         self.processes
             .get(&pid)

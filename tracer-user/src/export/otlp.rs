@@ -244,13 +244,19 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
         attributes.push(kv("process.executable.path", &AttrValue::Str(path.clone())));
     }
     if let Some(ns) = process.namespace_pid {
-        attributes.push(kv("agent_tracer.process.namespace_pid", &AttrValue::Int(ns.into())));
+        attributes.push(kv(
+            "agent_tracer.process.namespace_pid",
+            &AttrValue::Int(ns.into()),
+        ));
     }
     if let Some(id) = &process.container_id {
         attributes.push(kv("container.id", &AttrValue::Str(id.clone())));
     }
     if let Some(runtime) = process.container_runtime {
-        attributes.push(kv("container.runtime", &AttrValue::Str(runtime.to_string())));
+        attributes.push(kv(
+            "container.runtime",
+            &AttrValue::Str(runtime.to_string()),
+        ));
     }
     if let Some(cmd) = &process.command_line {
         attributes.push(kv("process.command_line", &AttrValue::Str(cmd.clone())));

@@ -405,7 +405,16 @@ fn an_answered_request_whose_tail_was_lost_is_reported_with_the_loss() {
     ]);
     assert_eq!(exchanges.len(), 1);
     assert_eq!(exchanges[0].request.bytes_lost, 50);
-    assert_eq!(exchanges[0].request.body_len as usize, PLAIN.request.len() - PLAIN.request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4);
+    assert_eq!(
+        exchanges[0].request.body_len as usize,
+        PLAIN.request.len()
+            - PLAIN
+                .request
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap()
+            - 4
+    );
     assert_eq!(exchanges[0].response.as_ref().map(|r| r.status), Some(200));
     let call = call(&exchanges[0]);
     assert_eq!(call.bytes_lost, 50);
@@ -414,7 +423,12 @@ fn an_answered_request_whose_tail_was_lost_is_reported_with_the_loss() {
 
 #[test]
 fn a_gap_that_ends_a_body_completes_the_message() {
-    let head_len = PLAIN.request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head_len = PLAIN
+        .request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + 4;
     let events = vec![
         data(Direction::Egress, &PLAIN.request[..head_len + 10]),
         StreamEvent::Gap {

@@ -102,13 +102,19 @@ impl StreamAssembler {
     pub fn push(&mut self, event: CaptureEvent, out: &mut Vec<StreamEvent>) {
         match event {
             CaptureEvent::Data(chunk) => self.push_chunk(chunk, out),
-            CaptureEvent::Connect { pid, fd, peer, .. } => {
+            CaptureEvent::Connect {
+                pid,
+                fd,
+                peer,
+                accepted,
+            } => {
                 // A new connection on this fd: positions restart, as they do in the kernel.
                 let conn = ConnKey::socket(pid, fd);
                 self.positions.retain(|(c, _), _| *c != conn);
                 self.tls_on_socket.remove(&(pid, fd));
+                // An accepted socket's peer is a client, not a server to report.
                 let peer = Peer {
-                    address: peer,
+                    address: if accepted { None } else { peer },
                     server_name: None,
                 };
                 self.peers.insert((pid, fd), peer.clone());
@@ -252,7 +258,6 @@ mod tests {
     fn chunk(stream_offset: u64, call_len: u64, offset: u64, data: &'static [u8]) -> CaptureEvent {
         CaptureEvent::Data(DataChunk {
             pid: 1,
-            tid: 1,
             source: Source::Tls,
             conn_id: 7,
             direction: Direction::Egress,

@@ -1,0 +1,300 @@
+//! End-to-end for Go's crypto/tls: an unmodified Go HTTPS client (stdlib only, built here by the
+//! real Go toolchain, once with its symbol table and once stripped with `-ldflags="-s -w"`)
+//! calls the local OpenAI-compatible server while the real agent-tracer binary runs. The tracer
+//! must find `crypto/tls.(*Conn).Write`/`Read` in each executable, probe their entries and RETs
+//! (never uretprobes: they crash Go), and export the call as a GenAI span, without changing what
+//! the client does.
+
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+use tracer_testkit::{
+    go,
+    mock_openai::{self, MockOpenAi},
+    otlp::{self, as_int, as_str, ReceivedSpan},
+    tracer,
+};
+
+/// The tracer sees every process on the host, so the tests in this binary run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What tests/clients/go/https_client.go sends, byte for byte.
+const REQUEST_BODY: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from go"}]}"#;
+const API_KEY: &str = "sk-go-secret";
+const SPAN_WAIT: Duration = Duration::from_secs(30);
+const ATTACH_WAIT: Duration = Duration::from_secs(30);
+const TRACER_NAME: &str = "go";
+
+fn tracer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
+}
+
+fn require_root() {
+    // Safety: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
+    );
+}
+
+fn work_dir() -> PathBuf {
+    tracer_testkit::target_dir().join("e2e-go")
+}
+
+/// What the client printed, and who it was.
+#[derive(Debug, PartialEq, Eq)]
+struct ClientOutcome {
+    status: i64,
+    body: String,
+}
+
+/// Starts the client held before its request (`--wait-stdin`).
+fn spawn_client(binary: &Path, server: &MockOpenAi) -> Result<Child> {
+    Command::new(binary)
+        .arg(server.base_url())
+        .arg("--wait-stdin")
+        .env("SSL_CERT_FILE", &server.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Lets the held client send its request and collects its one line of output.
+async fn release_client(mut child: Child) -> Result<(u32, ClientOutcome)> {
+    let pid = child.id();
+    tokio::task::spawn_blocking(move || {
+        let mut stdin = child.stdin.take().context("client stdin")?;
+        stdin.write_all(b"go\n")?;
+        drop(stdin);
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .context("client stdout")?
+            .read_to_string(&mut stdout)?;
+        let status = child.wait()?;
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("Go client failed ({status}): {err}");
+        }
+        let line: Value = serde_json::from_str(stdout.trim())
+            .with_context(|| format!("the client's output {stdout:?}"))?;
+        assert_eq!(
+            line["pid"].as_u64(),
+            Some(pid as u64),
+            "the client reports its own pid"
+        );
+        Ok((
+            pid,
+            ClientOutcome {
+                status: line["status"].as_i64().context("status")?,
+                body: line["body"].as_str().context("body")?.to_string(),
+            },
+        ))
+    })
+    .await?
+}
+
+/// Waits until the tracer's log says it hooked `binary` (it can only do that once a process
+/// runs it: the exec is what makes the tracer look at the file).
+async fn wait_until_hooked(binary: &Path) -> Result<()> {
+    let log = tracer_testkit::target_dir()
+        .join("e2e-logs")
+        .join(format!("{TRACER_NAME}.err"));
+    let path = binary.display().to_string();
+    let deadline = Instant::now() + ATTACH_WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("attached") && l.contains(&path))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the tracer did not hook {path} within {ATTACH_WAIT:?}; its log:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(pid as i64))
+        .cloned()
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The bytes recorded for `pid` in `direction` ("egress"/"ingress"), one entry per connection.
+fn recorded_streams(dir: &Path, pid: u32, direction: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let prefix = format!("{pid}-");
+    let suffix = format!("-{direction}.bin");
+    let mut streams = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(&suffix) {
+            streams.push((name, std::fs::read(entry.path())?));
+        }
+    }
+    Ok(streams)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_crypto_tls_calls_become_genai_spans() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let dir = work_dir();
+    let source = go::https_client_source();
+    let binaries = [
+        go::build(&source, &dir.join("https_client"), false)?,
+        go::build(&source, &dir.join("https_client-stripped"), true)?,
+    ];
+    let binaries = binaries
+        .iter()
+        .map(std::fs::canonicalize)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
+
+    // What the clients do untraced: the tracer must not change it.
+    let mut untraced = Vec::new();
+    for binary in &binaries {
+        let (_, outcome) = release_client(spawn_client(binary, &server)?).await?;
+        assert_eq!(outcome.status, 200, "{outcome:?}");
+        untraced.push(outcome);
+    }
+
+    let receiver = otlp::start_grpc().await?;
+    let streams_dir = dir.join("streams");
+    let _ = std::fs::remove_dir_all(&streams_dir);
+    let streams_arg = streams_dir.display().to_string();
+    let running = tracer::start(
+        tracer_bin(),
+        TRACER_NAME,
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--record-streams",
+            &streams_arg,
+        ],
+        &[],
+    )?;
+
+    let mut traced = Vec::new();
+    for (binary, before) in binaries.iter().zip(&untraced) {
+        let child = spawn_client(binary, &server)?;
+        wait_until_hooked(binary).await?;
+        let (pid, outcome) = release_client(child).await?;
+        assert_eq!(
+            &outcome,
+            before,
+            "{} behaves the same traced",
+            binary.display()
+        );
+        receiver
+            .wait_for(
+                &format!("the span of {} (pid {pid})", binary.display()),
+                SPAN_WAIT,
+                |s| !of_pid(s, pid).is_empty(),
+            )
+            .await?;
+        traced.push((binary, pid, outcome));
+    }
+    let output = running.stop()?;
+    assert!(
+        output.status.success(),
+        "tracer exit: {}\n{}",
+        output.status,
+        output.stderr
+    );
+
+    let received = server.received();
+    assert_eq!(received.len(), 2 * binaries.len(), "one request per run");
+    for request in &received {
+        assert_eq!(request.body_len, REQUEST_BODY.len());
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(&format!("Bearer {API_KEY}")[..])
+        );
+    }
+
+    let spans = receiver.spans();
+    for (binary, pid, outcome) in &traced {
+        let what = binary.display();
+        let mine = of_pid(&spans, *pid);
+        assert_eq!(mine.len(), 1, "{what}: one span per call: {mine:#?}");
+        let span = &mine[0];
+        assert_eq!(span.span.name, "chat gpt-4o-mini", "{what}");
+        assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
+        assert_eq!(
+            as_int(span.attr("http.request.body.size")),
+            Some(REQUEST_BODY.len() as i64),
+            "{what}: the server received {} body bytes",
+            REQUEST_BODY.len()
+        );
+        assert_eq!(
+            as_str(span.attr("gen_ai.response.id")),
+            Some("chatcmpl-mock-nonstream")
+        );
+        assert_eq!(
+            span.attr("agent_tracer.capture.bytes_lost"),
+            None,
+            "{what}: nothing may be lost"
+        );
+
+        // The plaintext itself, as the tracer reassembled it.
+        let egress = recorded_streams(&streams_dir, *pid, "egress")?;
+        assert!(
+            egress
+                .iter()
+                .any(|(_, bytes)| contains(bytes, REQUEST_BODY.as_bytes())
+                    && contains(bytes, b"POST /v1/chat/completions HTTP/1.1\r\n")),
+            "{what}: the request is recorded whole: {:?}",
+            egress.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>()
+        );
+        let ingress = recorded_streams(&streams_dir, *pid, "ingress")?;
+        assert!(
+            ingress
+                .iter()
+                .any(|(_, bytes)| contains(bytes, outcome.body.as_bytes())
+                    && contains(bytes, b"HTTP/1.1 200 OK\r\n")),
+            "{what}: the response is recorded whole: {:?}",
+            ingress
+                .iter()
+                .map(|(n, b)| (n, b.len()))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    let exported = receiver.raw_bytes();
+    assert!(
+        !contains(&exported, API_KEY.as_bytes()),
+        "the API key was exported"
+    );
+    assert!(!output.stdout.contains(API_KEY), "the API key was printed");
+    Ok(())
+}
