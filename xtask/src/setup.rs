@@ -1,0 +1,281 @@
+//! `cargo xtask setup`: everything a fresh machine needs to build and run the tracer, each step
+//! skipped when already satisfied (see the project's toolchain notes).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::util::{header, is_root, output_of, run_checked, succeeds_quietly, which};
+
+/// The bpf-linker release and LLVM major version it is built against (the nightly's LLVM).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR: &str = "22";
+
+/// What the calling command needs; the test programs are only required by the tests and the
+/// benchmark.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    BuildAndRun,
+    Everything,
+}
+
+pub fn run(needs: Needs) -> Result<()> {
+    header("setup");
+    let sysroot = nightly_sysroot()?;
+    rust_src(&sysroot)?;
+    bpf_linker(&sysroot)?;
+    mounts()?;
+    test_tools(needs == Needs::Everything)?;
+    Ok(())
+}
+
+/// The nightly toolchain's sysroot; a clear error when there is no nightly (it cannot be
+/// downloaded from here, so it must come with the machine).
+fn nightly_sysroot() -> Result<PathBuf> {
+    let mut cmd = Command::new("rustc");
+    // Never let rustup try to download a missing toolchain.
+    cmd.args(["+nightly", "--print", "sysroot"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .env("RUST_BACKTRACE", "0");
+    match output_of(&mut cmd) {
+        Ok(sysroot) if !sysroot.is_empty() => Ok(PathBuf::from(sysroot)),
+        Ok(_) => bail!("`rustc +nightly --print sysroot` printed nothing"),
+        Err(e) => bail!(
+            "the nightly Rust toolchain is missing ({}).\n\
+             The eBPF programs are built with it (-Z build-std=core for bpfel-unknown-none). \
+             `cargo xtask setup` does not download toolchains: install one with \
+             `rustup toolchain install nightly` where downloads are possible, then rerun.",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        ),
+    }
+}
+
+fn rust_src(sysroot: &Path) -> Result<()> {
+    let core = sysroot.join("lib/rustlib/src/rust/library/core");
+    if core.is_dir() {
+        println!("rust-src for nightly: present");
+        return Ok(());
+    }
+    println!("rust-src for nightly: missing, adding it");
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    ensure!(
+        core.is_dir(),
+        "rust-src was added but {} is still missing",
+        core.display()
+    );
+    Ok(())
+}
+
+fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither CARGO_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cargo"))
+}
+
+fn bpf_linker_answers() -> Option<String> {
+    output_of(Command::new("bpf-linker").arg("--version")).ok()
+}
+
+/// bpf-linker from crates.io, linked against the nightly's own libLLVM (no system LLVM of that
+/// version exists in the OS packages).
+fn bpf_linker(sysroot: &Path) -> Result<()> {
+    let cargo_home = cargo_home()?;
+    // `cargo install` puts binaries in $CARGO_HOME/bin; make sure this process and its children
+    // (cargo, rustc linking with bpf-linker) find them even when that is not on PATH.
+    let bin = cargo_home.join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|p| p == bin) {
+        let paths = std::iter::once(bin.clone()).chain(std::env::split_paths(&path));
+        std::env::set_var("PATH", std::env::join_paths(paths)?);
+    }
+
+    if let Some(version) = bpf_linker_answers() {
+        println!("bpf-linker: present ({version})");
+        return Ok(());
+    }
+    println!(
+        "bpf-linker: missing, building {BPF_LINKER_VERSION} against the nightly's LLVM \
+         (takes a few minutes)"
+    );
+
+    let llvm_dir = sysroot.join("lib");
+    let mut candidates: Vec<String> = fs::read_dir(&llvm_dir)
+        .with_context(|| format!("listing {}", llvm_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("libLLVM.so.") && n.ends_with("-nightly"))
+        .collect();
+    candidates.sort();
+    let Some(lib_name) = candidates.pop() else {
+        bail!(
+            "no libLLVM.so.*-nightly in {}: is the llvm library part of this nightly?",
+            llvm_dir.display()
+        );
+    };
+    let major = lib_name
+        .trim_start_matches("libLLVM.so.")
+        .split(['.', '-'])
+        .next()
+        .unwrap_or_default();
+    ensure!(
+        major == LLVM_MAJOR,
+        "the nightly ships LLVM {major} ({lib_name}), but bpf-linker is built here with its \
+         llvm-{LLVM_MAJOR} feature; update BPF_LINKER_VERSION/LLVM_MAJOR in xtask/src/setup.rs"
+    );
+
+    // The prefix must stay in place: the linker keeps an rpath to $prefix/lib.
+    let prefix = cargo_home.join("llvm-rust");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let target = llvm_dir.join(&lib_name);
+    for link_name in [lib_name.as_str(), "libLLVM.so"] {
+        let link = prefix_lib.join(link_name);
+        if link.symlink_metadata().is_ok() {
+            fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+        println!("  {} -> {}", link.display(), target.display());
+    }
+
+    let mut install = Command::new("cargo");
+    install
+        .env("LLVM_PREFIX", &prefix)
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{LLVM_MAJOR}"));
+    println!(
+        "  LLVM_PREFIX={} {}",
+        prefix.display(),
+        crate::util::describe(&install)
+    );
+    run_checked(&mut install)?;
+    match bpf_linker_answers() {
+        Some(version) => println!("bpf-linker: installed ({version})"),
+        None => bail!(
+            "bpf-linker was installed but `bpf-linker --version` still fails; is {} on PATH?",
+            bin.display()
+        ),
+    }
+    Ok(())
+}
+
+/// tracefs and bpffs, which the tracer needs to attach probes and pin maps.
+fn mounts() -> Result<()> {
+    let table = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    for (dir, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/sys/fs/bpf", "bpf")] {
+        let mounted = table.lines().any(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            fields.next() == Some(dir) && fields.next() == Some(fstype)
+        });
+        if mounted {
+            println!("{fstype} on {dir}: mounted");
+        } else if !is_root() {
+            println!("{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)");
+        } else {
+            run_checked(Command::new("mount").args(["-t", fstype, fstype, dir]))?;
+            println!("{fstype} on {dir}: was not mounted, ran `mount -t {fstype} {fstype} {dir}`");
+        }
+    }
+    Ok(())
+}
+
+/// A program the tests and the benchmark drive, the command that proves it works, and the
+/// Debian package that provides it.
+struct TestTool {
+    what: &'static str,
+    probe: &'static [&'static str],
+    package: &'static str,
+}
+
+const TEST_TOOLS: &[TestTool] = &[
+    TestTool {
+        what: "python3 with venv",
+        probe: &["python3", "-m", "venv", "--help"],
+        package: "python3-venv",
+    },
+    TestTool {
+        what: "go (Go crypto/tls test clients)",
+        probe: &["go", "version"],
+        package: "golang-go",
+    },
+    TestTool {
+        what: "node (static-OpenSSL test client)",
+        probe: &["node", "--version"],
+        package: "nodejs",
+    },
+    TestTool {
+        what: "curl",
+        probe: &["curl", "--version"],
+        package: "curl",
+    },
+    TestTool {
+        what: "unshare (PID namespace tests)",
+        probe: &["unshare", "--version"],
+        package: "util-linux",
+    },
+];
+
+fn works(tool: &TestTool) -> bool {
+    succeeds_quietly(Command::new(tool.probe[0]).args(&tool.probe[1..]))
+}
+
+/// The real programs the tests drive; installed with apt-get when missing (as root).
+fn test_tools(required: bool) -> Result<()> {
+    let mut apt_updated = false;
+    for tool in TEST_TOOLS {
+        if works(tool) {
+            println!("{}: present", tool.what);
+            continue;
+        }
+        println!("{}: missing (Debian package: {})", tool.what, tool.package);
+        if which("apt-get").is_some() && is_root() {
+            let apt = |args: &[&str]| {
+                let mut cmd = Command::new("apt-get");
+                cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+                println!("  running {}", crate::util::describe(&cmd));
+                run_checked(&mut cmd)
+            };
+            let install = ["install", "-y", tool.package];
+            // On a fresh machine the package lists may be empty: refresh them once and retry.
+            if apt(&install).is_err() && !apt_updated {
+                apt_updated = true;
+                let _ = apt(&["update"]).and_then(|()| apt(&install));
+            }
+            if works(tool) {
+                println!("{}: installed", tool.what);
+                continue;
+            }
+        }
+        let msg = format!(
+            "{} is needed by the tests and the benchmark: install it with `apt-get install -y {}` (as root)",
+            tool.what, tool.package
+        );
+        if required {
+            bail!(msg);
+        }
+        println!("warning: {msg}");
+    }
+    Ok(())
+}
