@@ -316,9 +316,16 @@ async fn a_16_mib_request_body_is_captured_byte_exact() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
     let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let size = SIXTEEN_MIB.to_string();
+    let untraced = e2e::json_lines(&e2e::run(http_post(&server, &["--size", &size])).await?);
     let traced = start_traced(tracer_bin(), "16mib", &[]).await?;
-    let out = e2e::run(http_post(&server, &["--size", &SIXTEEN_MIB.to_string()])).await?;
+    let out = e2e::run(http_post(&server, &["--size", &size])).await?;
     let lines = e2e::json_lines(&out);
+    assert_eq!(
+        without_pid(&lines),
+        without_pid(&untraced),
+        "Python's output is unchanged by the tracer"
+    );
     let pid = lines[0]["pid"].as_u64().context("pid")? as u32;
     assert_eq!(lines[0]["request_len"].as_u64(), Some(SIXTEEN_MIB as u64));
     let spans = traced

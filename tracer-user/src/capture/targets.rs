@@ -102,7 +102,9 @@ pub const TLS_PROGRAMS: &[&str] = &[
 
 /// Strings TLS stacks embed, to tell a user what we saw but could not hook.
 const UNSUPPORTED_MARKERS: &[(&[u8], &str)] = &[
-    (b"rustls", "rustls"),
+    // The crate's source path, which its panic locations embed: the bare word appears in too
+    // many unrelated strings.
+    (b"/rustls-0.", "rustls"),
     (b"BoringSSL", "boringssl"),
     (b"OpenSSL 3.", "openssl-static-stripped"),
     (b"OpenSSL 1.1", "openssl-static-stripped"),
