@@ -443,3 +443,46 @@ fn a_gap_that_ends_a_body_completes_the_message() {
     assert_eq!(exchanges.len(), 1);
     assert_eq!(exchanges[0].end, ExchangeEnd::Complete);
 }
+
+fn data_at(direction: Direction, bytes: &[u8], timestamp_ns: u64) -> StreamEvent {
+    StreamEvent::Data {
+        conn: CONN,
+        direction,
+        timestamp_ns,
+        bytes: Bytes::copy_from_slice(bytes),
+    }
+}
+
+#[test]
+fn a_response_that_reaches_us_before_its_request_is_paired() {
+    // Written at t=10 on one thread, answered and read at t=20 on another, whose record got to
+    // the ring first.
+    let (exchanges, health) = run(&[
+        data_at(Direction::Ingress, PLAIN.response, 20),
+        data_at(Direction::Egress, PLAIN.request, 10),
+    ]);
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0].end, ExchangeEnd::Complete);
+    assert_eq!(
+        call(&exchanges[0]).response.id.as_deref(),
+        Some("chatcmpl-mock-nonstream")
+    );
+    assert_eq!(
+        health
+            .unparsed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn a_stale_response_is_never_paired_with_a_later_request() {
+    // Attached mid-exchange: a response to a request we never saw, then a new exchange.
+    let (exchanges, _) = run(&[
+        data_at(Direction::Ingress, RATE_LIMITED.response, 5),
+        data_at(Direction::Egress, PLAIN.request, 10),
+        data_at(Direction::Ingress, PLAIN.response, 20),
+    ]);
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0].response.as_ref().map(|r| r.status), Some(200));
+}

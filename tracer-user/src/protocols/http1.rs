@@ -16,6 +16,7 @@ use crate::{
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 const MAX_PENDING_PEERS: usize = 65_536;
+const MAX_EARLY_RESPONSES: usize = 4;
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
 ];
@@ -561,6 +562,10 @@ fn could_become_http(data: &[u8]) -> bool {
 struct Connection {
     role: Role,
     peer: Peer,
+    /// Responses that arrived before the request they answer. Reads and writes made on different
+    /// threads (Go's transport, async runtimes) reach the ring in either order; a request that
+    /// started before such a response is the one it answers.
+    early_responses: VecDeque<HttpResponse>,
     /// Bytes held per direction while they are too few to decide the role.
     undecided: [Vec<u8>; 2],
     requests: MessageParser,
@@ -668,6 +673,7 @@ impl HttpTracker {
         let conn = self.conns.entry(key).or_insert_with(|| Connection {
             role: Role::Unknown,
             peer: peers_pending.remove(&key).unwrap_or_default(),
+            early_responses: VecDeque::new(),
             undecided: [Vec::new(), Vec::new()],
             requests: MessageParser::new(Kind::Request, max_body),
             responses: MessageParser::new(Kind::Response, max_body),
@@ -698,7 +704,7 @@ impl HttpTracker {
         match direction {
             Direction::Egress => {
                 conn.requests.buffer(timestamp_ns, bytes);
-                parse_requests(conn, timestamp_ns, &self.health);
+                parse_requests(key, conn, timestamp_ns, &self.health, out);
             }
             Direction::Ingress => {
                 if conn.responses.is_between_messages() && starts_final_response(bytes) {
@@ -741,7 +747,7 @@ impl HttpTracker {
         }
         // A gap can end a body: finish what it completes.
         match direction {
-            Direction::Egress => parse_requests(conn, timestamp_ns, &self.health),
+            Direction::Egress => parse_requests(key, conn, timestamp_ns, &self.health, out),
             Direction::Ingress => parse_responses(key, conn, timestamp_ns, &self.health, out),
         }
     }
@@ -781,10 +787,46 @@ impl HttpTracker {
     }
 }
 
-fn parse_requests(conn: &mut Connection, timestamp_ns: u64, health: &Health) {
+fn parse_requests(
+    key: ConnKey,
+    conn: &mut Connection,
+    timestamp_ns: u64,
+    health: &Health,
+    out: &mut Vec<HttpExchange>,
+) {
     loop {
         match conn.requests.step(timestamp_ns, false) {
-            Ok(Some(msg)) => conn.pending.push_back(into_request(msg)),
+            Ok(Some(msg)) => {
+                let request = into_request(msg);
+                // Responses older than this request answer requests we never saw.
+                while conn
+                    .early_responses
+                    .front()
+                    .is_some_and(|r| r.start_ns < request.start_ns)
+                {
+                    if let Some(stale) = conn.early_responses.pop_front() {
+                        Health::add(&health.unparsed_bytes, stale.body_len);
+                    }
+                }
+                match conn.early_responses.pop_front() {
+                    Some(response) if conn.pending.is_empty() => {
+                        Health::add(&health.http_exchanges, 1);
+                        out.push(HttpExchange {
+                            conn: key,
+                            peer: conn.peer.clone(),
+                            request,
+                            response: Some(response),
+                            end: ExchangeEnd::Complete,
+                        });
+                    }
+                    early => {
+                        if let Some(response) = early {
+                            conn.early_responses.push_front(response);
+                        }
+                        conn.pending.push_back(request);
+                    }
+                }
+            }
             Ok(None) => break,
             Err(_) => {
                 if conn.requests.resync() {
@@ -823,8 +865,16 @@ fn parse_responses(
                             end: ExchangeEnd::Complete,
                         });
                     }
-                    // Attached mid-exchange: the request was never seen.
-                    None => Health::add(&health.unparsed_bytes, response.body_len),
+                    // Not seen yet (written on another thread) or never (attached mid-exchange):
+                    // keep it for a request that started before it.
+                    None => {
+                        if conn.early_responses.len() >= MAX_EARLY_RESPONSES {
+                            if let Some(dropped) = conn.early_responses.pop_front() {
+                                Health::add(&health.unparsed_bytes, dropped.body_len);
+                            }
+                        }
+                        conn.early_responses.push_back(response);
+                    }
                 }
                 if switched {
                     // Switched protocols: what follows is not HTTP/1.
