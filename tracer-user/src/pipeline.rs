@@ -10,7 +10,7 @@ use crate::{
     agent::AgentAssembler,
     capture::{CaptureEvent, Clock},
     enrich::ProcessCache,
-    genai::{self, semconv::ContentPolicy, GenAiConfig},
+    genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
     health::Health,
     protocols::{HttpExchange, HttpTracker},
     span::Span,
@@ -113,8 +113,16 @@ impl Pipeline {
         for exchange in self.exchanges.drain(..) {
             match genai::recognise(&exchange, &self.genai) {
                 Some(Ok(call)) => {
-                    Health::add(&self.health.llm_calls, 1);
-                    let mut span = self.agent.llm_call(&call);
+                    let mut span = match &call {
+                        Call::Llm(llm) => {
+                            Health::add(&self.health.llm_calls, 1);
+                            self.agent.llm_call(llm)
+                        }
+                        Call::Http(http) => {
+                            Health::add(&self.health.http_calls, 1);
+                            self.agent.http_call(http)
+                        }
+                    };
                     self.processes.enrich(&mut span);
                     out.push(span);
                 }

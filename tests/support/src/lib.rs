@@ -3,6 +3,7 @@
 pub mod e2e;
 pub mod go;
 pub mod mock_openai;
+pub mod mock_providers;
 pub mod otlp;
 pub mod python;
 pub mod tls;

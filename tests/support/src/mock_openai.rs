@@ -146,9 +146,9 @@ pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpen
     })
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-fn full(status: StatusCode, content_type: &str, body: Vec<u8>, gzip: bool) -> Response<Body> {
+pub(crate) fn full(status: StatusCode, content_type: &str, body: Vec<u8>, gzip: bool) -> Response<Body> {
     let mut builder = Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -211,6 +211,10 @@ async fn handle(
             stream,
             authorization,
         });
+    }
+    // Other providers' APIs on the same server (mock_providers.rs).
+    if let Some(response) = crate::mock_providers::respond(&path, &json) {
+        return Ok(response);
     }
     if !path.ends_with("/chat/completions") {
         return Ok(full(StatusCode::NOT_FOUND, "application/json", br#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#.to_vec(), false));

@@ -9,8 +9,8 @@ use crate::{
     capture::Clock,
     enrich::ProcessInfo,
     genai::{
-        semconv::{call_attributes, span_name, unix_times, ContentPolicy},
-        LlmCall,
+        semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
+        HttpCall, LlmCall,
     },
     span::{Span, SpanKind, SpanStatus},
 };
@@ -23,6 +23,28 @@ pub struct AgentAssembler {
 impl AgentAssembler {
     pub fn new(content: ContentPolicy, clock: Clock) -> Self {
         AgentAssembler { content, clock }
+    }
+
+    /// A call to a JSON API that is not a model: `{method}` per the HTTP conventions.
+    pub fn http_call(&mut self, call: &HttpCall) -> Span {
+        let mut rng = rand::rng();
+        let status = match (call.status, call.interrupted) {
+            (_, Some(reason)) => SpanStatus::Error(reason.to_string()),
+            (Some(s), None) if s >= 400 => SpanStatus::Error(s.to_string()),
+            _ => SpanStatus::Unset,
+        };
+        Span {
+            trace_id: rng.random(),
+            span_id: rng.random(),
+            parent_span_id: None,
+            name: call.method.clone(),
+            kind: SpanKind::Client,
+            start_unix_ns: self.clock.unix_ns(call.start_ns),
+            end_unix_ns: self.clock.unix_ns(call.end_ns.max(call.start_ns)),
+            attributes: http_attributes(call),
+            status,
+            process: Arc::new(ProcessInfo::unknown(call.conn.pid)),
+        }
     }
 
     pub fn llm_call(&mut self, call: &LlmCall) -> Span {

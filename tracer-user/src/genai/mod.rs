@@ -1,17 +1,27 @@
-//! Stage 4, genai: recognises LLM API calls among HTTP exchanges and extracts the call record.
-//! One module per provider dialect; `recognise` picks by path and body shape, so an
-//! OpenAI-compatible server on any host still parses.
+//! Stage 4, genai: recognises model API calls among HTTP exchanges and extracts the call record.
+//! One module per API dialect, chosen by path and body shape (never by host alone), so an
+//! OpenAI-, Anthropic- or Ollama-compatible server on any host still parses. Other JSON APIs
+//! become generic HTTP calls.
 
+pub mod anthropic;
 pub mod content;
+pub mod gemini;
+pub mod ollama;
 pub mod openai;
 pub mod provider;
 pub mod semconv;
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::{
-    protocols::{http1::header, ExchangeEnd, HttpExchange},
-    streams::ConnKey,
+    protocols::{
+        body::decode_content,
+        http1::{header, HttpResponse},
+        sse, ExchangeEnd, HttpExchange,
+    },
+    streams::{ConnKey, Source},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,7 +37,7 @@ pub struct Usage {
 pub struct ToolCall {
     pub id: Option<String>,
     pub name: String,
-    /// Arguments as the model sent them (a JSON text for OpenAI).
+    /// Arguments as JSON text.
     pub arguments: String,
 }
 
@@ -38,6 +48,7 @@ pub struct LlmRequest {
     pub stream: bool,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
+    pub top_k: Option<f64>,
     pub max_tokens: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
@@ -46,8 +57,11 @@ pub struct LlmRequest {
     pub stop_sequences: Vec<String>,
     /// Names of the tools offered to the model.
     pub tool_names: Vec<String>,
+    pub conversation_id: Option<String>,
     /// `gen_ai.input.messages`, only built when content capture is on.
     pub input_messages: Option<Value>,
+    /// `gen_ai.system_instructions` (APIs that carry it apart from the messages), content only.
+    pub system_instructions: Option<Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -97,6 +111,30 @@ pub struct LlmCall {
     pub bytes_lost: u64,
 }
 
+/// Any other HTTP call to a JSON API: a generic client span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpCall {
+    pub conn: ConnKey,
+    pub method: String,
+    pub url_path: String,
+    pub status: Option<u16>,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    pub bytes_lost: u64,
+    /// Why the exchange ended early, if it did.
+    pub interrupted: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Call {
+    Llm(LlmCall),
+    Http(HttpCall),
+}
+
 #[derive(Clone, Debug)]
 pub struct GenAiConfig {
     pub capture_content: bool,
@@ -108,47 +146,84 @@ pub enum GenAiError {
     RequestJson(String),
 }
 
-/// The LLM call this exchange is, if it is one. `Err` when it looks like one but does not parse.
-pub fn recognise(
-    exchange: &HttpExchange,
-    config: &GenAiConfig,
-) -> Option<Result<LlmCall, GenAiError>> {
+/// The API dialects we parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAiChat,
+    OpenAiResponses,
+    OpenAiEmbeddings,
+    Anthropic,
+    Gemini { stream: bool },
+    Ollama { generate: bool },
+}
+
+impl Dialect {
+    /// By path, then confirmed by the request body's shape (`json` is Null when the body was
+    /// damaged in capture: the path alone decides then).
+    fn detect(method: &str, path: &str, json: &Value) -> Option<Self> {
+        if method != "POST" {
+            return None;
+        }
+        let has = |k: &str| json.is_null() || json.get(k).is_some();
+        if path.ends_with("/chat/completions") && has("messages") {
+            Some(Dialect::OpenAiChat)
+        } else if path.ends_with("/responses") && (has("input") || has("instructions")) {
+            Some(Dialect::OpenAiResponses)
+        } else if path.ends_with("/embeddings") && has("input") {
+            Some(Dialect::OpenAiEmbeddings)
+        } else if path.ends_with("/messages") && has("messages") && has("max_tokens") {
+            Some(Dialect::Anthropic)
+        } else if path.ends_with(":rawPredict") || path.ends_with(":streamRawPredict") {
+            // Anthropic on Vertex: the Messages body, the model in the path.
+            has("messages").then_some(Dialect::Anthropic)
+        } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
+            Some(Dialect::Gemini {
+                stream: path.ends_with(":streamGenerateContent"),
+            })
+        } else if path.ends_with("/api/chat") && has("messages") {
+            Some(Dialect::Ollama { generate: false })
+        } else if path.ends_with("/api/generate") && has("prompt") {
+            Some(Dialect::Ollama { generate: true })
+        } else {
+            None
+        }
+    }
+}
+
+/// What this exchange is: a model call, another JSON API call, or nothing we report.
+pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result<Call, GenAiError>> {
     let req = &exchange.request;
-    if req.method != "POST" {
-        return None;
-    }
     let path = req.target.split('?').next().unwrap_or_default();
-    let dialect = if path.ends_with("/chat/completions") {
-        openai::Dialect::ChatCompletions
-    } else {
-        return None;
-    };
-    let body = match crate::protocols::body::decode_content(
-        header(&req.headers, "content-encoding"),
-        &req.body,
-    ) {
+    let body = match decode_content(header(&req.headers, "content-encoding"), &req.body) {
         Ok(b) => b,
-        Err(_) if req.bytes_lost > 0 => std::borrow::Cow::Borrowed(&b""[..]),
+        Err(_) if req.bytes_lost > 0 => Cow::Borrowed(&b""[..]),
         Err(e) => return Some(Err(GenAiError::RequestJson(e.to_string()))),
     };
-    // The path names the API; the body confirms it. A body that lost bytes in capture still
-    // makes a call (with what the response says), so the loss shows on a span.
-    let json: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) if req.bytes_lost > 0 => Value::Null,
-        Err(e) => return Some(Err(GenAiError::RequestJson(e.to_string()))),
+    let json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            // The path names the API; a body damaged in capture still makes a call, so the loss
+            // shows on a span.
+            Err(_) if req.bytes_lost > 0 => Value::Null,
+            Err(e) if Dialect::detect(&req.method, path, &Value::Null).is_some() && is_json(&req.headers) => {
+                return Some(Err(GenAiError::RequestJson(e.to_string())))
+            }
+            Err(_) => Value::Null,
+        }
     };
-    if !json.is_null() && !json.get("messages").is_some_and(Value::is_array) {
-        return None;
-    }
+    let Some(dialect) = Dialect::detect(&req.method, path, &json) else {
+        return generic_http(exchange, path).map(|c| Ok(Call::Http(c)));
+    };
     let (server_address, server_port) = provider::server_of(
         header(&req.headers, "host"),
         &exchange.peer,
-        exchange.conn.source == crate::streams::Source::Tls,
+        exchange.conn.source == Source::Tls,
     );
     let mut call = LlmCall {
         conn: exchange.conn,
-        provider: provider::provider_name(server_address.as_deref(), path).to_string(),
+        provider: provider::provider_name(server_address.as_deref(), dialect).to_string(),
         operation: "chat",
         api_type: None,
         server_address,
@@ -161,21 +236,20 @@ pub fn recognise(
         error: None,
         start_ns: req.start_ns,
         first_chunk_ns: None,
-        end_ns: exchange
-            .response
-            .as_ref()
-            .map(|r| r.end_ns)
-            .unwrap_or(req.end_ns),
+        end_ns: exchange.response.as_ref().map(|r| r.end_ns).unwrap_or(req.end_ns),
         request_body_bytes: req.body_len,
         response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
-        bytes_lost: req.bytes_lost
-            + exchange
-                .response
-                .as_ref()
-                .map(|r| r.bytes_lost)
-                .unwrap_or(0),
+        bytes_lost: req.bytes_lost + exchange.response.as_ref().map(|r| r.bytes_lost).unwrap_or(0),
     };
-    openai::parse(dialect, &json, exchange, config, &mut call);
+    let view = response_view(exchange, &mut call);
+    match dialect {
+        Dialect::OpenAiChat => openai::parse_chat(&json, view.as_ref(), config, &mut call),
+        Dialect::OpenAiResponses => openai::parse_responses(&json, view.as_ref(), config, &mut call),
+        Dialect::OpenAiEmbeddings => openai::parse_embeddings(&json, view.as_ref(), &mut call),
+        Dialect::Anthropic => anthropic::parse(&json, path, view.as_ref(), config, &mut call),
+        Dialect::Gemini { stream } => gemini::parse(&json, path, stream, view.as_ref(), config, &mut call),
+        Dialect::Ollama { generate } => ollama::parse(&json, generate, view.as_ref(), config, &mut call),
+    }
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
         call.error.get_or_insert(LlmError {
             error_type: reason.to_string(),
@@ -185,5 +259,229 @@ pub fn recognise(
             }),
         });
     }
-    Some(Ok(call))
+    Some(Ok(Call::Llm(call)))
+}
+
+fn is_json(headers: &crate::protocols::http1::Headers) -> bool {
+    header(headers, "content-type").is_some_and(|ct| ct.contains("json"))
+}
+
+/// Exchanges with a JSON API (by either side's content type) become generic HTTP calls; the rest
+/// of a host's HTTP (package managers, health checks) is not reported.
+fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
+    let req = &exchange.request;
+    let json_api = is_json(&req.headers) || exchange.response.as_ref().is_some_and(|r| is_json(&r.headers));
+    if !json_api {
+        return None;
+    }
+    let (server_address, server_port) = provider::server_of(
+        header(&req.headers, "host"),
+        &exchange.peer,
+        exchange.conn.source == Source::Tls,
+    );
+    Some(HttpCall {
+        conn: exchange.conn,
+        method: req.method.clone(),
+        url_path: path.to_string(),
+        status: exchange.response.as_ref().map(|r| r.status),
+        server_address,
+        server_port,
+        start_ns: req.start_ns,
+        end_ns: exchange.response.as_ref().map(|r| r.end_ns).unwrap_or(req.end_ns),
+        request_body_bytes: req.body_len,
+        response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
+        bytes_lost: req.bytes_lost + exchange.response.as_ref().map(|r| r.bytes_lost).unwrap_or(0),
+        interrupted: match exchange.end {
+            ExchangeEnd::Interrupted(reason) => Some(reason),
+            ExchangeEnd::Complete => None,
+        },
+    })
+}
+
+/// A response body ready for a dialect parser: decoded, with its arrival times.
+pub struct ResponseView<'a> {
+    pub status: u16,
+    pub body: Cow<'a, [u8]>,
+    pub content_type: String,
+    response: &'a HttpResponse,
+}
+
+impl ResponseView<'_> {
+    pub fn is_sse(&self) -> bool {
+        self.content_type.contains("text/event-stream")
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// Server-sent events, each with the time it had fully arrived.
+    pub fn sse(&self) -> Vec<(sse::SseEvent, Option<u64>)> {
+        sse::parse_all(&self.body)
+            .into_iter()
+            .map(|e| {
+                let t = self.response.time_at_offset(e.end_offset);
+                (e, t)
+            })
+            .collect()
+    }
+
+    /// One JSON value per line (NDJSON), each with the time it had fully arrived.
+    pub fn ndjson(&self) -> Vec<(Value, Option<u64>)> {
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        for (i, b) in self.body.iter().enumerate() {
+            if *b == b'\n' {
+                if let Ok(v) = serde_json::from_slice::<Value>(&self.body[start..i]) {
+                    out.push((v, self.response.time_at_offset(i as u64 + 1)));
+                }
+                start = i + 1;
+            }
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&self.body[start..]) {
+            out.push((v, self.response.end_ns.into()));
+        }
+        out
+    }
+}
+
+/// The decoded response, or None when there is none; a body that cannot be decoded records an
+/// error on the call (unless capture lost bytes of it, which the span reports instead).
+fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<ResponseView<'a>> {
+    let response = exchange.response.as_ref()?;
+    let body = match decode_content(header(&response.headers, "content-encoding"), &response.body) {
+        Ok(b) => b,
+        Err(_) if response.bytes_lost > 0 => return None,
+        Err(e) => {
+            call.error = Some(LlmError {
+                error_type: "body_decode".to_string(),
+                message: Some(e.to_string()),
+            });
+            return None;
+        }
+    };
+    let view = ResponseView {
+        status: response.status,
+        body,
+        content_type: header(&response.headers, "content-type").unwrap_or_default().to_ascii_lowercase(),
+        response,
+    };
+    if view.status >= 400 {
+        call.error = Some(api_error(view.status, &view.body));
+    }
+    Some(view)
+}
+
+/// The error in an API error body, in any provider's shape: OpenAI `{"error":{"code","type",
+/// "message"}}`, Anthropic `{"type":"error","error":{"type","message"}}`, Gemini
+/// `{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message"}}`, Ollama `{"error":"..."}`.
+pub fn api_error(status: u16, body: &[u8]) -> LlmError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let fallback = status.to_string();
+    match parsed.as_ref().and_then(|v| v.get("error")) {
+        Some(err @ Value::Object(_)) => error_from_object(err, &fallback),
+        Some(Value::String(message)) => LlmError {
+            error_type: fallback,
+            message: Some(message.clone()),
+        },
+        _ => LlmError {
+            error_type: fallback,
+            message: None,
+        },
+    }
+}
+
+/// The most specific identifier an error object carries.
+pub fn error_from_object(err: &Value, fallback: &str) -> LlmError {
+    let text = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_string);
+    let code = match err.get("code") {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    LlmError {
+        error_type: code
+            .or_else(|| text("status"))
+            .or_else(|| text("type"))
+            .unwrap_or_else(|| fallback.to_string()),
+        message: text("message"),
+    }
+}
+
+/// A string field.
+pub(crate) fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// Strings from a string or an array of strings.
+pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_providers_error_shape() {
+        let e = |body: &str| api_error(429, body.as_bytes());
+        assert_eq!(e(r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#).error_type, "rate_limit_exceeded");
+        assert_eq!(e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#).error_type, "overloaded_error");
+        assert_eq!(e(r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#).error_type, "RESOURCE_EXHAUSTED");
+        let ollama = e(r#"{"error":"model not found"}"#);
+        assert_eq!((ollama.error_type.as_str(), ollama.message.as_deref()), ("429", Some("model not found")));
+        assert_eq!(e("<html>").error_type, "429");
+    }
+
+    #[test]
+    fn dialects_by_path_and_shape() {
+        let j = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        let d = |p: &str, b: &str| Dialect::detect("POST", p, &j(b));
+        assert_eq!(d("/v1/chat/completions", r#"{"messages":[]}"#), Some(Dialect::OpenAiChat));
+        assert_eq!(d("/chat/completions", r#"{"model":"x"}"#), None);
+        assert_eq!(d("/v1/responses", r#"{"input":"hi"}"#), Some(Dialect::OpenAiResponses));
+        assert_eq!(d("/v1/messages", r#"{"messages":[],"max_tokens":5}"#), Some(Dialect::Anthropic));
+        assert_eq!(d("/v1/messages", r#"{"messages":[]}"#), None, "MCP-style or other /messages APIs are not Anthropic");
+        assert_eq!(d("/v1beta/models/gemini-2.5-flash:streamGenerateContent", "{}"), Some(Dialect::Gemini { stream: true }));
+        assert_eq!(d("/api/chat", r#"{"model":"llama3.2","messages":[]}"#), Some(Dialect::Ollama { generate: false }));
+        assert_eq!(d("/api/generate", r#"{"model":"llama3.2","prompt":"hi"}"#), Some(Dialect::Ollama { generate: true }));
+        assert_eq!(Dialect::detect("GET", "/v1/chat/completions", &Value::Null), None);
+        // A body lost in capture: the path decides.
+        assert_eq!(Dialect::detect("POST", "/v1/chat/completions", &Value::Null), Some(Dialect::OpenAiChat));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub fn empty_call() -> LlmCall {
+        LlmCall {
+            conn: ConnKey {
+                pid: 1,
+                source: Source::Tls,
+                conn_id: 1,
+            },
+            provider: "openai".into(),
+            operation: "chat",
+            api_type: None,
+            server_address: None,
+            server_port: None,
+            http_method: "POST".into(),
+            url_path: "/".into(),
+            http_status: Some(200),
+            request: LlmRequest::default(),
+            response: LlmResponse::default(),
+            error: None,
+            start_ns: 0,
+            first_chunk_ns: None,
+            end_ns: 0,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            bytes_lost: 0,
+        }
+    }
 }

@@ -1,145 +1,85 @@
-//! OpenAI Chat Completions: request parameters, JSON responses, SSE chunk streams (with
-//! `stream_options.include_usage`), tool calls in both, and API errors.
+//! OpenAI's dialects: Chat Completions (JSON and SSE chunk streams with
+//! `stream_options.include_usage`), the Responses API (JSON and typed SSE events), embeddings.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{content, GenAiConfig, LlmCall, LlmError, ToolCall, Usage};
-use crate::protocols::{body::decode_content, http1::header, sse, HttpExchange};
+use super::{content, error_from_object, str_field, strings, GenAiConfig, LlmCall, LlmError, ResponseView, ToolCall, Usage};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    ChatCompletions,
-}
-
-pub fn parse(
-    dialect: Dialect,
-    request: &Value,
-    exchange: &HttpExchange,
-    config: &GenAiConfig,
-    call: &mut LlmCall,
-) {
-    match dialect {
-        Dialect::ChatCompletions => {
-            call.operation = "chat";
-            call.api_type = Some("chat_completions");
-        }
-    }
-    parse_request(request, config, call);
-    let Some(response) = &exchange.response else {
-        return;
-    };
-    let body = match decode_content(
-        header(&response.headers, "content-encoding"),
-        &response.body,
-    ) {
-        Ok(b) => b,
-        // Bytes lost in capture are reported as such (bytes_lost), not as the call's failure.
-        Err(_) if response.bytes_lost > 0 => return,
-        Err(e) => {
-            call.error = Some(LlmError {
-                error_type: "body_decode".to_string(),
-                message: Some(e.to_string()),
-            });
-            return;
-        }
-    };
-    if response.status >= 400 {
-        call.error = Some(api_error(response.status, &body));
-        return;
-    }
-    let is_sse = header(&response.headers, "content-type")
-        .is_some_and(|ct| ct.contains("text/event-stream"));
-    if is_sse {
-        let events = sse::parse_all(&body);
-        if let Some(first) = events.first() {
-            call.first_chunk_ns = response.time_at_offset(first.end_offset);
-        }
-        parse_stream(&events, config, call);
-    } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => parse_completion(&v, config, call),
-            Err(_) if response.bytes_lost > 0 => {}
-            Err(e) => {
-                call.error = Some(LlmError {
-                    error_type: "invalid_response".to_string(),
-                    message: Some(format!("response is not JSON: {e}")),
-                })
-            }
-        }
-    }
-}
-
-fn parse_request(req: &Value, config: &GenAiConfig, call: &mut LlmCall) {
+fn common_params(req: &Value, call: &mut LlmCall) {
     let r = &mut call.request;
     r.model = str_field(req, "model");
     r.stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     r.temperature = req.get("temperature").and_then(Value::as_f64);
     r.top_p = req.get("top_p").and_then(Value::as_f64);
+    r.frequency_penalty = req.get("frequency_penalty").and_then(Value::as_f64);
+    r.presence_penalty = req.get("presence_penalty").and_then(Value::as_f64);
+    r.seed = req.get("seed").and_then(Value::as_i64);
+}
+
+// Chat Completions.
+
+pub fn parse_chat(req: &Value, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+    call.operation = "chat";
+    call.api_type = Some("chat_completions");
+    common_params(req, call);
+    let r = &mut call.request;
     r.max_tokens = req
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
         .and_then(Value::as_i64);
-    r.frequency_penalty = req.get("frequency_penalty").and_then(Value::as_f64);
-    r.presence_penalty = req.get("presence_penalty").and_then(Value::as_f64);
-    r.seed = req.get("seed").and_then(Value::as_i64);
     r.choice_count = req.get("n").and_then(Value::as_i64).filter(|n| *n != 1);
-    r.stop_sequences = match req.get("stop") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
+    r.stop_sequences = strings(req.get("stop"));
     r.tool_names = req
         .get("tools")
         .and_then(Value::as_array)
         .map(|tools| {
             tools
                 .iter()
-                .filter_map(|t| {
-                    t.pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
+                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str).map(str::to_string))
                 .collect()
         })
         .unwrap_or_default();
     if config.capture_content {
-        r.input_messages = req
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(|m| input_messages(m));
+        r.input_messages = req.get("messages").and_then(Value::as_array).map(|m| chat_input_messages(m));
+    }
+    let Some(view) = view else { return };
+    if view.status >= 400 {
+        return;
+    }
+    if view.is_sse() {
+        let events = view.sse();
+        call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
+        parse_chat_stream(&events, config, call);
+    } else if let Some(v) = view.json() {
+        parse_chat_completion(&v, config, call);
+    } else if call.bytes_lost == 0 {
+        call.error = Some(LlmError {
+            error_type: "invalid_response".to_string(),
+            message: Some("the response is not JSON".to_string()),
+        });
     }
 }
 
 /// Chat messages in the semantic conventions' shape (genai-spec §1.5).
-fn input_messages(messages: &[Value]) -> Value {
+fn chat_input_messages(messages: &[Value]) -> Value {
     Value::Array(
         messages
             .iter()
             .map(|m| {
                 let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
                 let mut parts = content_parts(m.get("content"));
-                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                    for c in calls {
-                        parts.push(content::tool_call_part(
-                            c.get("id").and_then(Value::as_str),
-                            c.pointer("/function/name")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default(),
-                            c.pointer("/function/arguments")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default(),
-                        ));
-                    }
+                for c in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                    parts.push(content::tool_call_part(
+                        c.get("id").and_then(Value::as_str),
+                        c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default(),
+                        c.pointer("/function/arguments").and_then(Value::as_str).unwrap_or_default(),
+                    ));
                 }
                 if role == "tool" {
                     let response = m.get("content").cloned().unwrap_or(Value::Null);
-                    parts = vec![json!({"type": "tool_call_response",
-                        "id": m.get("tool_call_id"), "response": response})];
+                    parts = vec![json!({"type": "tool_call_response", "id": m.get("tool_call_id"), "response": response})];
                 }
                 json!({"role": role, "parts": parts})
             })
@@ -153,9 +93,10 @@ fn content_parts(content: Option<&Value>) -> Vec<Value> {
         Some(Value::Array(parts)) => parts
             .iter()
             .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => json!({"type": "text", "content": p.get("text")}),
-                Some("image_url") => json!({"type": "uri", "modality": "image",
-                    "uri": p.pointer("/image_url/url")}),
+                Some("text") | Some("input_text") | Some("output_text") => {
+                    json!({"type": "text", "content": p.get("text")})
+                }
+                Some("image_url") => json!({"type": "uri", "modality": "image", "uri": p.pointer("/image_url/url")}),
                 Some(other) => json!({"type": other}),
                 None => json!({"type": "unknown"}),
             })
@@ -164,48 +105,33 @@ fn content_parts(content: Option<&Value>) -> Vec<Value> {
     }
 }
 
-fn parse_completion(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
+fn parse_chat_completion(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
     let resp = &mut call.response;
     resp.id = str_field(v, "id");
     resp.model = str_field(v, "model");
     resp.system_fingerprint = str_field(v, "system_fingerprint");
     resp.service_tier = str_field(v, "service_tier");
     if let Some(u) = v.get("usage") {
-        resp.usage = usage(u);
+        resp.usage = chat_usage(u);
     }
     let mut outputs = Vec::new();
-    for choice in v
-        .get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
         let finish = choice.get("finish_reason").and_then(Value::as_str);
         if let Some(f) = finish {
             resp.finish_reasons.push(f.to_string());
         }
         let message = choice.get("message").unwrap_or(&Value::Null);
-        let mut calls = Vec::new();
-        for c in message
+        let calls: Vec<ToolCall> = message
             .get("tool_calls")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-        {
-            calls.push(ToolCall {
+            .map(|c| ToolCall {
                 id: str_field(c, "id"),
-                name: c
-                    .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                arguments: c
-                    .pointer("/function/arguments")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            });
-        }
+                name: c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                arguments: c.pointer("/function/arguments").and_then(Value::as_str).unwrap_or_default().to_string(),
+            })
+            .collect();
         if config.capture_content {
             let text = message.get("content").and_then(Value::as_str);
             outputs.push(content::output_message(text, &calls, finish));
@@ -230,10 +156,10 @@ struct ChoiceAcc {
     tool_calls: BTreeMap<i64, ToolCall>,
 }
 
-fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCall) {
+fn parse_chat_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &GenAiConfig, call: &mut LlmCall) {
     let mut choices: BTreeMap<i64, ChoiceAcc> = BTreeMap::new();
     let mut done = false;
-    for event in events {
+    for (event, _) in events {
         let data = event.data.trim();
         if data == "[DONE]" {
             done = true;
@@ -247,12 +173,8 @@ fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCa
             continue;
         }
         let resp = &mut call.response;
-        if resp.id.is_none() {
-            resp.id = str_field(&chunk, "id");
-        }
-        if resp.model.is_none() {
-            resp.model = str_field(&chunk, "model");
-        }
+        resp.id = resp.id.take().or_else(|| str_field(&chunk, "id"));
+        resp.model = resp.model.take().or_else(|| str_field(&chunk, "model"));
         if let Some(fp) = str_field(&chunk, "system_fingerprint") {
             resp.system_fingerprint = Some(fp);
         }
@@ -260,14 +182,9 @@ fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCa
             resp.service_tier = Some(tier);
         }
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            resp.usage = usage(u);
+            resp.usage = chat_usage(u);
         }
-        for choice in chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
             let index = choice.get("index").and_then(Value::as_i64).unwrap_or(0);
             let acc = choices.entry(index).or_default();
             if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -279,12 +196,7 @@ fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCa
                     acc.text.push_str(t);
                 }
             }
-            for tc in delta
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
                 let tc_index = tc.get("index").and_then(Value::as_i64).unwrap_or(0);
                 let entry = acc.tool_calls.entry(tc_index).or_insert_with(|| ToolCall {
                     id: None,
@@ -319,14 +231,18 @@ fn parse_stream(events: &[sse::SseEvent], config: &GenAiConfig, call: &mut LlmCa
         call.response.output_messages = Some(Value::Array(outputs));
     }
     if !done && call.error.is_none() {
-        call.error = Some(LlmError {
-            error_type: "stream_interrupted".to_string(),
-            message: Some("the event stream ended before [DONE]".to_string()),
-        });
+        call.error = Some(stream_interrupted("the event stream ended before [DONE]"));
     }
 }
 
-fn usage(u: &Value) -> Usage {
+pub(crate) fn stream_interrupted(message: &str) -> LlmError {
+    LlmError {
+        error_type: "stream_interrupted".to_string(),
+        message: Some(message.to_string()),
+    }
+}
+
+fn chat_usage(u: &Value) -> Usage {
     let int = |p: &str| u.pointer(p).and_then(Value::as_i64);
     Usage {
         input_tokens: int("/prompt_tokens"),
@@ -337,36 +253,183 @@ fn usage(u: &Value) -> Usage {
     }
 }
 
-fn api_error(status: u16, body: &[u8]) -> LlmError {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    match parsed
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .filter(|e| e.is_object())
-    {
-        Some(err) => error_from_object(err, &status.to_string()),
-        None => LlmError {
-            error_type: status.to_string(),
-            message: None,
+// Responses API.
+
+pub fn parse_responses(req: &Value, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+    call.operation = "chat";
+    call.api_type = Some("responses");
+    common_params(req, call);
+    let r = &mut call.request;
+    r.max_tokens = req.get("max_output_tokens").and_then(Value::as_i64);
+    r.tool_names = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|tools| tools.iter().filter_map(|t| str_field(t, "name")).collect())
+        .unwrap_or_default();
+    r.conversation_id = match req.get("conversation") {
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(c) => str_field(c, "id"),
+        None => None,
+    };
+    if config.capture_content {
+        r.input_messages = Some(responses_input(req.get("input")));
+        r.system_instructions = str_field(req, "instructions").map(|i| json!([{"type": "text", "content": i}]));
+    }
+    let Some(view) = view else { return };
+    if view.status >= 400 {
+        return;
+    }
+    if view.is_sse() {
+        let events = view.sse();
+        call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
+        // The terminal event carries the whole Response: read it exactly like a JSON body.
+        let mut terminal = None;
+        for (event, _) in &events {
+            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            match data.get("type").and_then(Value::as_str) {
+                Some("response.completed" | "response.incomplete" | "response.failed") => {
+                    terminal = data.get("response").cloned();
+                }
+                Some("response.created") => {
+                    if let Some(r) = data.get("response") {
+                        call.response.id = str_field(r, "id");
+                        call.response.model = str_field(r, "model");
+                    }
+                }
+                Some("error") => call.error = Some(error_from_object(&data, "stream_error")),
+                _ => {}
+            }
+        }
+        match terminal {
+            Some(response) => parse_response_object(&response, config, call),
+            None if call.error.is_none() => {
+                call.response.finish_reasons.push("error".to_string());
+                call.error = Some(stream_interrupted("the event stream ended before response.completed"));
+            }
+            None => {}
+        }
+    } else if let Some(v) = view.json() {
+        parse_response_object(&v, config, call);
+    }
+}
+
+/// Responses input: a string, or items (messages, function calls and their outputs).
+fn responses_input(input: Option<&Value>) -> Value {
+    match input {
+        Some(Value::String(text)) => json!([{"role": "user", "parts": [{"type": "text", "content": text}]}]),
+        Some(Value::Array(items)) => Value::Array(
+            items
+                .iter()
+                .map(|item| match item.get("type").and_then(Value::as_str) {
+                    Some("function_call") => json!({"role": "assistant", "parts": [content::tool_call_part(
+                        item.get("call_id").and_then(Value::as_str),
+                        item.get("name").and_then(Value::as_str).unwrap_or_default(),
+                        item.get("arguments").and_then(Value::as_str).unwrap_or_default())]}),
+                    Some("function_call_output") => json!({"role": "tool", "parts": [{"type": "tool_call_response",
+                        "id": item.get("call_id"), "response": item.get("output")}]}),
+                    _ => json!({"role": item.get("role").and_then(Value::as_str).unwrap_or("user"),
+                                "parts": content_parts(item.get("content"))}),
+                })
+                .collect(),
+        ),
+        _ => json!([]),
+    }
+}
+
+fn parse_response_object(r: &Value, config: &GenAiConfig, call: &mut LlmCall) {
+    let resp = &mut call.response;
+    resp.id = str_field(r, "id").or(resp.id.take());
+    resp.model = str_field(r, "model").or(resp.model.take());
+    resp.service_tier = str_field(r, "service_tier");
+    if let Some(u) = r.get("usage").filter(|u| u.is_object()) {
+        let int = |p: &str| u.pointer(p).and_then(Value::as_i64);
+        resp.usage = Usage {
+            input_tokens: int("/input_tokens"),
+            output_tokens: int("/output_tokens"),
+            cache_read_input_tokens: int("/input_tokens_details/cached_tokens"),
+            cache_creation_input_tokens: int("/input_tokens_details/cache_write_tokens"),
+            reasoning_output_tokens: int("/output_tokens_details/reasoning_tokens"),
+        };
+    }
+    let mut text = String::new();
+    for item in r.get("output").and_then(Value::as_array).into_iter().flatten() {
+        match item.get("type").and_then(Value::as_str) {
+            Some("function_call") => resp.tool_calls.push(ToolCall {
+                id: str_field(item, "call_id"),
+                name: str_field(item, "name").unwrap_or_default(),
+                arguments: str_field(item, "arguments").unwrap_or_default(),
+            }),
+            Some("message") => {
+                for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        text.push_str(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Responses has no finish reason: derive one from the status (genai-spec §3.2).
+    let status = r.get("status").and_then(Value::as_str).unwrap_or("completed");
+    let finish = match status {
+        "completed" if !resp.tool_calls.is_empty() => "tool_call",
+        "completed" => "stop",
+        "incomplete" => match r.pointer("/incomplete_details/reason").and_then(Value::as_str) {
+            Some("max_output_tokens") => "length",
+            Some("content_filter") => "content_filter",
+            _ => "incomplete",
         },
+        _ => "error",
+    };
+    resp.finish_reasons = vec![finish.to_string()];
+    if config.capture_content {
+        let text = (!text.is_empty()).then_some(text.as_str());
+        resp.output_messages = Some(Value::Array(vec![content::output_message(text, &resp.tool_calls, Some(finish))]));
+    }
+    if status == "failed" {
+        let err = r.get("error").cloned().unwrap_or(Value::Null);
+        call.error = Some(error_from_object(&err, "response_failed"));
     }
 }
 
-/// `{"message": ..., "type": ..., "code": ...}`: the code is the most specific identifier.
-fn error_from_object(err: &Value, fallback: &str) -> LlmError {
-    let code = err.get("code").and_then(|c| match c {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
-    LlmError {
-        error_type: code
-            .or_else(|| str_field(err, "type"))
-            .unwrap_or_else(|| fallback.to_string()),
-        message: str_field(err, "message"),
+// Embeddings.
+
+pub fn parse_embeddings(req: &Value, view: Option<&ResponseView<'_>>, call: &mut LlmCall) {
+    call.operation = "embeddings";
+    call.api_type = None;
+    call.request.model = str_field(req, "model");
+    let Some(view) = view else { return };
+    if view.status >= 400 {
+        return;
+    }
+    if let Some(v) = view.json() {
+        call.response.model = str_field(&v, "model");
+        call.response.usage.input_tokens = v.pointer("/usage/prompt_tokens").and_then(Value::as_i64);
     }
 }
 
-fn str_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_status_to_finish_reason() {
+        let mut call = crate::genai::tests_support::empty_call();
+        let config = GenAiConfig { capture_content: true };
+        let completed = json!({"id": "resp_1", "model": "gpt-5.4", "status": "completed",
+            "output": [{"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}],
+            "usage": {"input_tokens": 37, "output_tokens": 11, "input_tokens_details": {"cached_tokens": 5},
+                      "output_tokens_details": {"reasoning_tokens": 3}}});
+        parse_response_object(&completed, &config, &mut call);
+        assert_eq!(call.response.finish_reasons, vec!["tool_call"]);
+        assert_eq!(call.response.tool_calls[0].id.as_deref(), Some("call_1"));
+        assert_eq!(call.response.usage.cache_read_input_tokens, Some(5));
+        assert_eq!(call.response.usage.reasoning_output_tokens, Some(3));
+
+        let mut call = crate::genai::tests_support::empty_call();
+        parse_response_object(&json!({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}), &config, &mut call);
+        assert_eq!(call.response.finish_reasons, vec!["length"]);
+    }
 }

@@ -1,12 +1,19 @@
 //! Which provider a host is, and where the server is.
 
+use super::Dialect;
 use crate::streams::Peer;
 
-/// `gen_ai.provider.name` for a host: known hosts by name; anything else speaking an OpenAI
-/// dialect is reported as `openai`, the dialect it speaks (genai-spec §1.6).
-pub fn provider_name(host: Option<&str>, _path: &str) -> &'static str {
+/// `gen_ai.provider.name`: known hosts by name; anything else by the dialect it speaks
+/// (genai-spec §1.6: the attribute names the telemetry flavour, the hosted model goes in the model).
+pub fn provider_name(host: Option<&str>, dialect: Dialect) -> &'static str {
+    let by_dialect = match dialect {
+        Dialect::Anthropic => "anthropic",
+        Dialect::Gemini { .. } => "gcp.gemini",
+        Dialect::Ollama { .. } => "ollama",
+        Dialect::OpenAiChat | Dialect::OpenAiResponses | Dialect::OpenAiEmbeddings => "openai",
+    };
     let Some(host) = host else {
-        return "openai";
+        return by_dialect;
     };
     let host = host.to_ascii_lowercase();
     const KNOWN: &[(&str, &str)] = &[
@@ -18,6 +25,8 @@ pub fn provider_name(host: Option<&str>, _path: &str) -> &'static str {
         ("api.anthropic.com", "anthropic"),
         ("generativelanguage.googleapis.com", "gcp.gemini"),
         ("aiplatform.googleapis.com", "gcp.vertex_ai"),
+        // Regional Vertex hosts: {region}-aiplatform.googleapis.com.
+        ("-aiplatform.googleapis.com", "gcp.vertex_ai"),
         ("api.mistral.ai", "mistral_ai"),
         ("api.groq.com", "groq"),
         ("api.deepseek.com", "deepseek"),
@@ -26,18 +35,20 @@ pub fn provider_name(host: Option<&str>, _path: &str) -> &'static str {
         ("api.cohere.com", "cohere"),
         ("api.moonshot.ai", "moonshot_ai"),
         ("openrouter.ai", "openrouter"),
+        (".amazonaws.com", "aws.bedrock"),
+        (".api.aws", "aws.bedrock"),
     ];
     KNOWN
         .iter()
         .find(|(pattern, _)| {
-            if pattern.starts_with('.') {
+            if pattern.starts_with('.') || pattern.starts_with('-') {
                 host.ends_with(pattern)
             } else {
                 host == *pattern || host.ends_with(&format!(".{pattern}"))
             }
         })
         .map(|(_, name)| *name)
-        .unwrap_or("openai")
+        .unwrap_or(by_dialect)
 }
 
 /// `server.address` and `server.port`: the Host header names the server the client meant (behind
@@ -82,22 +93,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dialect_decides_unknown_hosts() {
+        assert_eq!(provider_name(Some("127.0.0.1"), Dialect::Anthropic), "anthropic");
+        assert_eq!(provider_name(None, Dialect::Ollama { generate: false }), "ollama");
+        assert_eq!(provider_name(Some("us-central1-aiplatform.googleapis.com"), Dialect::Gemini { stream: true }), "gcp.vertex_ai");
+        assert_eq!(provider_name(Some("bedrock-runtime.us-east-1.amazonaws.com"), Dialect::Anthropic), "aws.bedrock");
+    }
+
+    #[test]
     fn known_hosts_and_fallback() {
+        let chat = Dialect::OpenAiChat;
         assert_eq!(
-            provider_name(Some("api.openai.com"), "/v1/chat/completions"),
+            provider_name(Some("api.openai.com"), chat),
             "openai"
         );
         assert_eq!(
-            provider_name(Some("myco.openai.azure.com"), "/"),
+            provider_name(Some("myco.openai.azure.com"), chat),
             "azure.ai.openai"
         );
-        assert_eq!(provider_name(Some("API.GROQ.COM"), "/"), "groq");
+        assert_eq!(provider_name(Some("API.GROQ.COM"), chat), "groq");
         assert_eq!(
-            provider_name(Some("127.0.0.1"), "/v1/chat/completions"),
+            provider_name(Some("127.0.0.1"), chat),
             "openai"
         );
         assert_eq!(
-            provider_name(Some("evilapi.openai.com.example"), "/"),
+            provider_name(Some("evilapi.openai.com.example"), chat),
             "openai"
         );
     }

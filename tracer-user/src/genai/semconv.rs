@@ -1,7 +1,7 @@
 //! An LLM call as OpenTelemetry GenAI semantic-convention attributes (v1.41 names, genai-spec
 //! §1.3), with the OpenInference attributes Arize Phoenix renders natively (§2).
 
-use super::{content::capped_json, LlmCall};
+use super::{content::capped_json, HttpCall, LlmCall};
 use crate::{capture::Clock, span::AttrValue};
 
 pub struct ContentPolicy {
@@ -20,6 +20,12 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     }
     if let Some(m) = &req.model {
         a.push(("gen_ai.request.model", m.clone().into()));
+    }
+    if let Some(c) = &req.conversation_id {
+        a.push(("gen_ai.conversation.id", c.clone().into()));
+    }
+    if let Some(k) = req.top_k {
+        a.push(("gen_ai.request.top_k", k.into()));
     }
     if req.stream {
         a.push(("gen_ai.request.stream", true.into()));
@@ -132,9 +138,13 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
                 capped_json(m, content.max_bytes).into(),
             ));
         }
+        if let Some(s) = &req.system_instructions {
+            a.push(("gen_ai.system_instructions", capped_json(s, content.max_bytes).into()));
+        }
     }
     // OpenInference, so Phoenix shows the span as an LLM call without conversion.
-    a.push(("openinference.span.kind", "LLM".into()));
+    let kind = if call.operation == "embeddings" { "EMBEDDING" } else { "LLM" };
+    a.push(("openinference.span.kind", kind.into()));
     a.push(("llm.provider", call.provider.clone().into()));
     a.push(("llm.system", call.provider.clone().into()));
     if let Some(m) = resp.model.as_ref().or(req.model.as_ref()) {
@@ -148,6 +158,35 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     }
     if let (Some(i), Some(o)) = (resp.usage.input_tokens, resp.usage.output_tokens) {
         a.push(("llm.token_count.total", (i + o).into()));
+    }
+    a
+}
+
+/// A generic HTTP client call (HTTP semantic conventions).
+pub fn http_attributes(call: &HttpCall) -> Vec<(&'static str, AttrValue)> {
+    let mut a: Vec<(&'static str, AttrValue)> = vec![
+        ("http.request.method", call.method.clone().into()),
+        ("url.path", call.url_path.clone().into()),
+        ("http.request.body.size", call.request_body_bytes.into()),
+        ("http.response.body.size", call.response_body_bytes.into()),
+    ];
+    if let Some(s) = call.status {
+        a.push(("http.response.status_code", s.into()));
+        if s >= 400 {
+            a.push(("error.type", s.to_string().into()));
+        }
+    }
+    if let Some(reason) = call.interrupted {
+        a.push(("error.type", reason.into()));
+    }
+    if let Some(addr) = &call.server_address {
+        a.push(("server.address", addr.clone().into()));
+    }
+    if let Some(port) = call.server_port {
+        a.push(("server.port", port.into()));
+    }
+    if call.bytes_lost > 0 {
+        a.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
     }
     a
 }

@@ -39,6 +39,14 @@ pub fn decode_content<'a>(
                 &coding,
             )?),
             "deflate" => Cow::Owned(inflate(&data)?),
+            "br" => Cow::Owned(read_all(brotli::Decompressor::new(&data[..], 64 * 1024), &coding)?),
+            "zstd" => Cow::Owned(read_all(
+                zstd::stream::read::Decoder::new(&data[..]).map_err(|e| BodyError::Corrupt {
+                    encoding: coding.clone(),
+                    message: e.to_string(),
+                })?,
+                &coding,
+            )?),
             other => return Err(BodyError::Unsupported(other.to_string())),
         };
     }
@@ -104,6 +112,26 @@ mod tests {
             &*decode_content(Some("Deflate"), &d.finish().unwrap()).unwrap(),
             b"raw"
         );
+    }
+
+    #[test]
+    fn brotli_and_zstd() {
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(b"{\"b\":\"brotli\"}").unwrap();
+        }
+        assert_eq!(&*decode_content(Some("br"), &br).unwrap(), b"{\"b\":\"brotli\"}");
+        let z = zstd::stream::encode_all(&b"zstd body"[..], 3).unwrap();
+        assert_eq!(&*decode_content(Some("zstd"), &z).unwrap(), b"zstd body");
+        // Codings apply in order: gzip then br means undo br first.
+        let mut gz_then_br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut gz_then_br, 4096, 5, 22);
+            w.write_all(&gzip(b"twice")).unwrap();
+        }
+        assert_eq!(&*decode_content(Some("gzip, br"), &gz_then_br).unwrap(), b"twice");
+        assert!(matches!(decode_content(Some("br"), b"\xff\xff"), Err(BodyError::Corrupt { .. })));
     }
 
     #[test]

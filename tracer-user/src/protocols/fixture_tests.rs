@@ -83,14 +83,10 @@ fn split_at(f: &Fixture, direction: Direction, at: usize) -> Vec<StreamEvent> {
 }
 
 fn call(exchange: &HttpExchange) -> LlmCall {
-    genai::recognise(
-        exchange,
-        &GenAiConfig {
-            capture_content: true,
-        },
-    )
-    .expect("an LLM call")
-    .expect("parses")
+    match genai::recognise(exchange, &GenAiConfig { capture_content: true }) {
+        Some(Ok(genai::Call::Llm(call))) => call,
+        other => panic!("not an LLM call: {other:?}"),
+    }
 }
 
 #[test]
