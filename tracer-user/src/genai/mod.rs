@@ -191,7 +191,10 @@ impl Dialect {
 }
 
 /// What this exchange is: a model call, another JSON API call, or nothing we report.
-pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result<Call, GenAiError>> {
+pub fn recognise(
+    exchange: &HttpExchange,
+    config: &GenAiConfig,
+) -> Option<Result<Call, GenAiError>> {
     let req = &exchange.request;
     let path = req.target.split('?').next().unwrap_or_default();
     let body = match decode_content(header(&req.headers, "content-encoding"), &req.body) {
@@ -207,7 +210,10 @@ pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result
             // The path names the API; a body damaged in capture still makes a call, so the loss
             // shows on a span.
             Err(_) if req.bytes_lost > 0 => Value::Null,
-            Err(e) if Dialect::detect(&req.method, path, &Value::Null).is_some() && is_json(&req.headers) => {
+            Err(e)
+                if Dialect::detect(&req.method, path, &Value::Null).is_some()
+                    && is_json(&req.headers) =>
+            {
                 return Some(Err(GenAiError::RequestJson(e.to_string())))
             }
             Err(_) => Value::Null,
@@ -236,19 +242,34 @@ pub fn recognise(exchange: &HttpExchange, config: &GenAiConfig) -> Option<Result
         error: None,
         start_ns: req.start_ns,
         first_chunk_ns: None,
-        end_ns: exchange.response.as_ref().map(|r| r.end_ns).unwrap_or(req.end_ns),
+        end_ns: exchange
+            .response
+            .as_ref()
+            .map(|r| r.end_ns)
+            .unwrap_or(req.end_ns),
         request_body_bytes: req.body_len,
         response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
-        bytes_lost: req.bytes_lost + exchange.response.as_ref().map(|r| r.bytes_lost).unwrap_or(0),
+        bytes_lost: req.bytes_lost
+            + exchange
+                .response
+                .as_ref()
+                .map(|r| r.bytes_lost)
+                .unwrap_or(0),
     };
     let view = response_view(exchange, &mut call);
     match dialect {
         Dialect::OpenAiChat => openai::parse_chat(&json, view.as_ref(), config, &mut call),
-        Dialect::OpenAiResponses => openai::parse_responses(&json, view.as_ref(), config, &mut call),
+        Dialect::OpenAiResponses => {
+            openai::parse_responses(&json, view.as_ref(), config, &mut call)
+        }
         Dialect::OpenAiEmbeddings => openai::parse_embeddings(&json, view.as_ref(), &mut call),
         Dialect::Anthropic => anthropic::parse(&json, path, view.as_ref(), config, &mut call),
-        Dialect::Gemini { stream } => gemini::parse(&json, path, stream, view.as_ref(), config, &mut call),
-        Dialect::Ollama { generate } => ollama::parse(&json, generate, view.as_ref(), config, &mut call),
+        Dialect::Gemini { stream } => {
+            gemini::parse(&json, path, stream, view.as_ref(), config, &mut call)
+        }
+        Dialect::Ollama { generate } => {
+            ollama::parse(&json, generate, view.as_ref(), config, &mut call)
+        }
     }
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
         call.error.get_or_insert(LlmError {
@@ -270,7 +291,11 @@ fn is_json(headers: &crate::protocols::http1::Headers) -> bool {
 /// of a host's HTTP (package managers, health checks) is not reported.
 fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
     let req = &exchange.request;
-    let json_api = is_json(&req.headers) || exchange.response.as_ref().is_some_and(|r| is_json(&r.headers));
+    let json_api = is_json(&req.headers)
+        || exchange
+            .response
+            .as_ref()
+            .is_some_and(|r| is_json(&r.headers));
     if !json_api {
         return None;
     }
@@ -287,10 +312,19 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
         server_address,
         server_port,
         start_ns: req.start_ns,
-        end_ns: exchange.response.as_ref().map(|r| r.end_ns).unwrap_or(req.end_ns),
+        end_ns: exchange
+            .response
+            .as_ref()
+            .map(|r| r.end_ns)
+            .unwrap_or(req.end_ns),
         request_body_bytes: req.body_len,
         response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
-        bytes_lost: req.bytes_lost + exchange.response.as_ref().map(|r| r.bytes_lost).unwrap_or(0),
+        bytes_lost: req.bytes_lost
+            + exchange
+                .response
+                .as_ref()
+                .map(|r| r.bytes_lost)
+                .unwrap_or(0),
         interrupted: match exchange.end {
             ExchangeEnd::Interrupted(reason) => Some(reason),
             ExchangeEnd::Complete => None,
@@ -349,7 +383,10 @@ impl ResponseView<'_> {
 /// error on the call (unless capture lost bytes of it, which the span reports instead).
 fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<ResponseView<'a>> {
     let response = exchange.response.as_ref()?;
-    let body = match decode_content(header(&response.headers, "content-encoding"), &response.body) {
+    let body = match decode_content(
+        header(&response.headers, "content-encoding"),
+        &response.body,
+    ) {
         Ok(b) => b,
         Err(_) if response.bytes_lost > 0 => return None,
         Err(e) => {
@@ -363,7 +400,9 @@ fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<R
     let view = ResponseView {
         status: response.status,
         body,
-        content_type: header(&response.headers, "content-type").unwrap_or_default().to_ascii_lowercase(),
+        content_type: header(&response.headers, "content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
         response,
     };
     if view.status >= 400 {
@@ -416,7 +455,10 @@ pub(crate) fn str_field(v: &Value, key: &str) -> Option<String> {
 pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -429,10 +471,21 @@ mod tests {
     fn every_providers_error_shape() {
         let e = |body: &str| api_error(429, body.as_bytes());
         assert_eq!(e(r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#).error_type, "rate_limit_exceeded");
-        assert_eq!(e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#).error_type, "overloaded_error");
-        assert_eq!(e(r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#).error_type, "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+                .error_type,
+            "overloaded_error"
+        );
+        assert_eq!(
+            e(r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#)
+                .error_type,
+            "RESOURCE_EXHAUSTED"
+        );
         let ollama = e(r#"{"error":"model not found"}"#);
-        assert_eq!((ollama.error_type.as_str(), ollama.message.as_deref()), ("429", Some("model not found")));
+        assert_eq!(
+            (ollama.error_type.as_str(), ollama.message.as_deref()),
+            ("429", Some("model not found"))
+        );
         assert_eq!(e("<html>").error_type, "429");
     }
 
@@ -440,17 +493,48 @@ mod tests {
     fn dialects_by_path_and_shape() {
         let j = |s: &str| serde_json::from_str::<Value>(s).unwrap();
         let d = |p: &str, b: &str| Dialect::detect("POST", p, &j(b));
-        assert_eq!(d("/v1/chat/completions", r#"{"messages":[]}"#), Some(Dialect::OpenAiChat));
+        assert_eq!(
+            d("/v1/chat/completions", r#"{"messages":[]}"#),
+            Some(Dialect::OpenAiChat)
+        );
         assert_eq!(d("/chat/completions", r#"{"model":"x"}"#), None);
-        assert_eq!(d("/v1/responses", r#"{"input":"hi"}"#), Some(Dialect::OpenAiResponses));
-        assert_eq!(d("/v1/messages", r#"{"messages":[],"max_tokens":5}"#), Some(Dialect::Anthropic));
-        assert_eq!(d("/v1/messages", r#"{"messages":[]}"#), None, "MCP-style or other /messages APIs are not Anthropic");
-        assert_eq!(d("/v1beta/models/gemini-2.5-flash:streamGenerateContent", "{}"), Some(Dialect::Gemini { stream: true }));
-        assert_eq!(d("/api/chat", r#"{"model":"llama3.2","messages":[]}"#), Some(Dialect::Ollama { generate: false }));
-        assert_eq!(d("/api/generate", r#"{"model":"llama3.2","prompt":"hi"}"#), Some(Dialect::Ollama { generate: true }));
-        assert_eq!(Dialect::detect("GET", "/v1/chat/completions", &Value::Null), None);
+        assert_eq!(
+            d("/v1/responses", r#"{"input":"hi"}"#),
+            Some(Dialect::OpenAiResponses)
+        );
+        assert_eq!(
+            d("/v1/messages", r#"{"messages":[],"max_tokens":5}"#),
+            Some(Dialect::Anthropic)
+        );
+        assert_eq!(
+            d("/v1/messages", r#"{"messages":[]}"#),
+            None,
+            "MCP-style or other /messages APIs are not Anthropic"
+        );
+        assert_eq!(
+            d(
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                "{}"
+            ),
+            Some(Dialect::Gemini { stream: true })
+        );
+        assert_eq!(
+            d("/api/chat", r#"{"model":"llama3.2","messages":[]}"#),
+            Some(Dialect::Ollama { generate: false })
+        );
+        assert_eq!(
+            d("/api/generate", r#"{"model":"llama3.2","prompt":"hi"}"#),
+            Some(Dialect::Ollama { generate: true })
+        );
+        assert_eq!(
+            Dialect::detect("GET", "/v1/chat/completions", &Value::Null),
+            None
+        );
         // A body lost in capture: the path decides.
-        assert_eq!(Dialect::detect("POST", "/v1/chat/completions", &Value::Null), Some(Dialect::OpenAiChat));
+        assert_eq!(
+            Dialect::detect("POST", "/v1/chat/completions", &Value::Null),
+            Some(Dialect::OpenAiChat)
+        );
     }
 }
 
@@ -485,3 +569,5 @@ pub(crate) mod tests_support {
         }
     }
 }
+#[cfg(test)]
+mod fixture_tests;
