@@ -1,21 +1,9 @@
 //! agent-tracer: traces AI agents' LLM calls with eBPF, no code change, and exports OTLP.
 
-mod agent;
-mod app;
-mod capture;
-mod config;
-mod enrich;
-mod export;
-mod genai;
-mod health;
-mod pipeline;
-mod protocols;
-mod span;
-mod streams;
-
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use tracer_user::{app, config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -22,12 +22,25 @@ pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
     if path.ends_with("/v1/messages") {
         if req.get("model").and_then(Value::as_str) == Some("overloaded") {
             let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
-            return Some(full(StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "application/json", body.to_string().into_bytes(), false));
+            return Some(full(
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "application/json",
+                body.to_string().into_bytes(),
+                false,
+            ));
         }
-        return Some(if stream == Some(true) { anthropic_stream() } else { json_response(anthropic_message()) });
+        return Some(if stream == Some(true) {
+            anthropic_stream()
+        } else {
+            json_response(anthropic_message())
+        });
     }
     if path.ends_with("/v1/responses") {
-        return Some(if stream == Some(true) { responses_stream() } else { json_response(responses_object()) });
+        return Some(if stream == Some(true) {
+            responses_stream()
+        } else {
+            json_response(responses_object())
+        });
     }
     if path.ends_with(":streamGenerateContent") {
         return Some(gemini_stream());
@@ -37,13 +50,22 @@ pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
     }
     if path.ends_with("/api/chat") {
         // Ollama streams unless told not to.
-        return Some(if stream == Some(false) { json_response(ollama_done("The weather is sunny.")) } else { ollama_stream() });
+        return Some(if stream == Some(false) {
+            json_response(ollama_done("The weather is sunny."))
+        } else {
+            ollama_stream()
+        });
     }
     None
 }
 
 fn json_response(v: Value) -> Response<Body> {
-    full(StatusCode::OK, "application/json", v.to_string().into_bytes(), false)
+    full(
+        StatusCode::OK,
+        "application/json",
+        v.to_string().into_bytes(),
+        false,
+    )
 }
 
 /// A body sent as these frames, `STREAM_EVENT_GAP` apart.
@@ -66,7 +88,10 @@ fn streamed(content_type: &str, frames: Vec<String>) -> Response<Body> {
 }
 
 fn sse(events: &[(&str, Value)]) -> Vec<String> {
-    events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect()
+    events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect()
 }
 
 // Anthropic.
@@ -81,19 +106,49 @@ fn anthropic_message() -> Value {
 
 fn anthropic_stream() -> Response<Body> {
     let events = sse(&[
-        ("message_start", json!({"type": "message_start", "message": {"id": "msg_mock_1", "type": "message", "role": "assistant",
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock_1", "type": "message", "role": "assistant",
             "model": ANTHROPIC_MODEL, "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 377, "cache_creation_input_tokens": 10, "cache_read_input_tokens": 100, "output_tokens": 1}}})),
-        ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            "usage": {"input_tokens": 377, "cache_creation_input_tokens": 10, "cache_read_input_tokens": 100, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         ("ping", json!({"type": "ping"})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "I'll check the weather."}})),
-        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-        ("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": "get_weather", "input": {}}})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"location\": \"Pa"}})),
-        ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ris\"}"}})),
-        ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
-        ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 65}})),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "I'll check the weather."}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": "get_weather", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"location\": \"Pa"}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ris\"}"}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 65}}),
+        ),
         ("message_stop", json!({"type": "message_stop"})),
     ]);
     streamed("text/event-stream; charset=utf-8", events)
@@ -118,25 +173,47 @@ fn responses_stream() -> Response<Body> {
         (kind.to_string(), data)
     };
     let in_progress = json!({"id": "resp_mock_1", "object": "response", "status": "in_progress", "model": "gpt-5.4-2026-03-01", "output": [], "usage": null});
-    let events = vec![
+    let events = [
         ev("response.created", json!({"response": in_progress})),
-        ev("response.output_item.added", json!({"output_index": 0, "item": {"type": "function_call", "id": "fc_mock_1",
-            "call_id": "call_mock_resp", "name": "get_current_weather", "arguments": "", "status": "in_progress"}})),
-        ev("response.function_call_arguments.delta", json!({"item_id": "fc_mock_1", "output_index": 0, "delta": "{\"location\":"})),
-        ev("response.function_call_arguments.delta", json!({"item_id": "fc_mock_1", "output_index": 0, "delta": "\"Boston, MA\"}"})),
-        ev("response.function_call_arguments.done", json!({"item_id": "fc_mock_1", "output_index": 0, "name": "get_current_weather",
-            "arguments": "{\"location\":\"Boston, MA\"}"})),
-        ev("response.output_item.done", json!({"output_index": 0, "item": responses_object()["output"][0].clone()})),
-        ev("response.completed", json!({"response": responses_object()})),
+        ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": {"type": "function_call", "id": "fc_mock_1",
+            "call_id": "call_mock_resp", "name": "get_current_weather", "arguments": "", "status": "in_progress"}}),
+        ),
+        ev(
+            "response.function_call_arguments.delta",
+            json!({"item_id": "fc_mock_1", "output_index": 0, "delta": "{\"location\":"}),
+        ),
+        ev(
+            "response.function_call_arguments.delta",
+            json!({"item_id": "fc_mock_1", "output_index": 0, "delta": "\"Boston, MA\"}"}),
+        ),
+        ev(
+            "response.function_call_arguments.done",
+            json!({"item_id": "fc_mock_1", "output_index": 0, "name": "get_current_weather",
+            "arguments": "{\"location\":\"Boston, MA\"}"}),
+        ),
+        ev(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": responses_object()["output"][0].clone()}),
+        ),
+        ev(
+            "response.completed",
+            json!({"response": responses_object()}),
+        ),
     ];
-    let frames = events.iter().map(|(k, d)| format!("event: {k}\ndata: {d}\n\n")).collect();
+    let frames = events
+        .iter()
+        .map(|(k, d)| format!("event: {k}\ndata: {d}\n\n"))
+        .collect();
     streamed("text/event-stream; charset=utf-8", frames)
 }
 
 // Gemini.
 
 fn gemini_final_chunk(whole: bool) -> Value {
-    let mut parts = vec![json!({"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}})];
+    let mut parts =
+        vec![json!({"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}})];
     if whole {
         parts.insert(0, json!({"text": "Let me check. "}));
     }
@@ -149,7 +226,10 @@ fn gemini_stream() -> Response<Body> {
     // alt=sse: each event a whole GenerateContentResponse, separated by CRLF pairs; no sentinel.
     let first = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Let me check. "}]}, "index": 0}],
         "usageMetadata": {"trafficType": "ON_DEMAND"}, "modelVersion": GEMINI_MODEL_VERSION, "responseId": "gemini-mock-response-1"});
-    let frames = [first, gemini_final_chunk(false)].iter().map(|c| format!("data: {c}\r\n\r\n")).collect();
+    let frames = [first, gemini_final_chunk(false)]
+        .iter()
+        .map(|c| format!("data: {c}\r\n\r\n"))
+        .collect();
     streamed("text/event-stream", frames)
 }
 
@@ -162,8 +242,10 @@ fn ollama_done(content: &str) -> Value {
 }
 
 fn ollama_stream() -> Response<Body> {
-    let piece = |t: &str| json!({"model": "llama3.2", "created_at": "2026-11-24T00:00:00Z",
-        "message": {"role": "assistant", "content": t}, "done": false});
+    let piece = |t: &str| {
+        json!({"model": "llama3.2", "created_at": "2026-11-24T00:00:00Z",
+        "message": {"role": "assistant", "content": t}, "done": false})
+    };
     let frames = [piece("The weather "), piece("is sunny."), ollama_done("")]
         .iter()
         .map(|o| format!("{o}\n"))

@@ -5,14 +5,24 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{content, error_from_object, openai::stream_interrupted, str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall, Usage};
+use super::{
+    content, error_from_object, openai::stream_interrupted, str_field, strings, GenAiConfig,
+    LlmCall, ResponseView, ToolCall, Usage,
+};
 
-pub fn parse(req: &Value, path: &str, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+pub fn parse(
+    req: &Value,
+    path: &str,
+    view: Option<&ResponseView<'_>>,
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     call.operation = "chat";
     let r = &mut call.request;
     // On Vertex the model is in the path (`.../models/{model}:rawPredict`).
     r.model = str_field(req, "model").or_else(|| model_from_path(path));
-    r.stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false) || path.ends_with(":streamRawPredict");
+    r.stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false)
+        || path.ends_with(":streamRawPredict");
     r.max_tokens = req.get("max_tokens").and_then(Value::as_i64);
     r.temperature = req.get("temperature").and_then(Value::as_f64);
     r.top_p = req.get("top_p").and_then(Value::as_f64);
@@ -24,11 +34,17 @@ pub fn parse(req: &Value, path: &str, view: Option<&ResponseView<'_>>, config: &
         .map(|t| t.iter().filter_map(|t| str_field(t, "name")).collect())
         .unwrap_or_default();
     if config.capture_content {
-        r.input_messages = req.get("messages").and_then(Value::as_array).map(|m| input_messages(m));
+        r.input_messages = req
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|m| input_messages(m));
         r.system_instructions = match req.get("system") {
             Some(Value::String(s)) => Some(json!([{"type": "text", "content": s}])),
             Some(Value::Array(blocks)) => Some(Value::Array(
-                blocks.iter().map(|b| json!({"type": "text", "content": b.get("text")})).collect(),
+                blocks
+                    .iter()
+                    .map(|b| json!({"type": "text", "content": b.get("text")}))
+                    .collect(),
             )),
             _ => None,
         };
@@ -42,7 +58,11 @@ pub fn parse(req: &Value, path: &str, view: Option<&ResponseView<'_>>, config: &
         call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
         parse_stream(&events, config, call);
     } else if let Some(v) = view.json() {
-        let blocks = v.get("content").and_then(Value::as_array).cloned().unwrap_or_default();
+        let blocks = v
+            .get("content")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let resp = &mut call.response;
         resp.id = str_field(&v, "id");
         resp.model = str_field(&v, "model");
@@ -91,7 +111,9 @@ fn input_messages(messages: &[Value]) -> Value {
                     _ => Vec::new(),
                 };
                 // A user turn carrying tool results is the tool speaking.
-                let role = if parts.iter().all(|p| p["type"] == "tool_call_response") && !parts.is_empty() {
+                let role = if parts.iter().all(|p| p["type"] == "tool_call_response")
+                    && !parts.is_empty()
+                {
                     "tool"
                 } else {
                     role
@@ -105,8 +127,12 @@ fn input_messages(messages: &[Value]) -> Value {
 fn block_part(b: &Value) -> Value {
     match b.get("type").and_then(Value::as_str) {
         Some("text") => json!({"type": "text", "content": b.get("text")}),
-        Some("tool_use") => json!({"type": "tool_call", "id": b.get("id"), "name": b.get("name"), "arguments": b.get("input")}),
-        Some("tool_result") => json!({"type": "tool_call_response", "id": b.get("tool_use_id"), "response": b.get("content")}),
+        Some("tool_use") => {
+            json!({"type": "tool_call", "id": b.get("id"), "name": b.get("name"), "arguments": b.get("input")})
+        }
+        Some("tool_result") => {
+            json!({"type": "tool_call_response", "id": b.get("tool_use_id"), "response": b.get("content")})
+        }
         Some("thinking") => json!({"type": "reasoning", "content": b.get("thinking")}),
         Some(other) => json!({"type": other}),
         None => json!({"type": "unknown"}),
@@ -119,11 +145,16 @@ fn blocks_to_output(blocks: &[Value]) -> (String, Vec<ToolCall>) {
     let mut calls = Vec::new();
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("text") => {
+                text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default())
+            }
             Some("tool_use") => calls.push(ToolCall {
                 id: str_field(b, "id"),
                 name: str_field(b, "name").unwrap_or_default(),
-                arguments: b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+                arguments: b
+                    .get("input")
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "{}".to_string()),
             }),
             _ => {}
         }
@@ -131,7 +162,12 @@ fn blocks_to_output(blocks: &[Value]) -> (String, Vec<ToolCall>) {
     (text, calls)
 }
 
-fn finish(call: &mut LlmCall, stop: Option<String>, (text, calls): (String, Vec<ToolCall>), config: &GenAiConfig) {
+fn finish(
+    call: &mut LlmCall,
+    stop: Option<String>,
+    (text, calls): (String, Vec<ToolCall>),
+    config: &GenAiConfig,
+) {
     let stop = stop.unwrap_or_else(|| "error".to_string());
     if config.capture_content {
         let normalised = match stop.as_str() {
@@ -161,7 +197,11 @@ struct Block {
     json: String,
 }
 
-fn parse_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &GenAiConfig, call: &mut LlmCall) {
+fn parse_stream(
+    events: &[(super::sse::SseEvent, Option<u64>)],
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     let mut blocks: BTreeMap<i64, Block> = BTreeMap::new();
     let mut stop = None;
     let mut stopped = false;
@@ -196,12 +236,18 @@ fn parse_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &GenAiCo
                 let block = blocks.entry(index).or_default();
                 let delta = data.get("delta").unwrap_or(&Value::Null);
                 match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") if config.capture_content => {
-                        block.text.push_str(delta.get("text").and_then(Value::as_str).unwrap_or_default())
-                    }
-                    Some("input_json_delta") => {
-                        block.json.push_str(delta.get("partial_json").and_then(Value::as_str).unwrap_or_default())
-                    }
+                    Some("text_delta") if config.capture_content => block.text.push_str(
+                        delta
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    ),
+                    Some("input_json_delta") => block.json.push_str(
+                        delta
+                            .get("partial_json")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    ),
                     _ => {}
                 }
             }
@@ -231,13 +277,19 @@ fn parse_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &GenAiCo
                 id: block.id,
                 name: block.name,
                 // The first fragment may be empty; an empty input is `{}`.
-                arguments: if block.json.trim().is_empty() { "{}".to_string() } else { block.json },
+                arguments: if block.json.trim().is_empty() {
+                    "{}".to_string()
+                } else {
+                    block.json
+                },
             }),
             _ => {}
         }
     }
     finish(call, stop, (text, calls), config);
     if !stopped && call.error.is_none() {
-        call.error = Some(stream_interrupted("the event stream ended before message_stop"));
+        call.error = Some(stream_interrupted(
+            "the event stream ended before message_stop",
+        ));
     }
 }

@@ -81,7 +81,7 @@ fn call_of(pieces: &[StreamEvent]) -> LlmCall {
             capture_content: true,
         },
     ) {
-        Some(Ok(Call::Llm(call))) => call,
+        Some(Ok(Call::Llm(call))) => *call,
         other => panic!("not an LLM call: {other:?}"),
     }
 }

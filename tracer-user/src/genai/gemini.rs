@@ -5,9 +5,19 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{content, error_from_object, str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall, Usage};
+use super::{
+    content, error_from_object, str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall,
+    Usage,
+};
 
-pub fn parse(req: &Value, path: &str, stream: bool, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+pub fn parse(
+    req: &Value,
+    path: &str,
+    stream: bool,
+    view: Option<&ResponseView<'_>>,
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     call.operation = "generate_content";
     let r = &mut call.request;
     r.model = path
@@ -21,22 +31,40 @@ pub fn parse(req: &Value, path: &str, stream: bool, view: Option<&ResponseView<'
     r.top_k = g.get("topK").and_then(Value::as_f64);
     r.max_tokens = g.get("maxOutputTokens").and_then(Value::as_i64);
     r.seed = g.get("seed").and_then(Value::as_i64);
-    r.choice_count = g.get("candidateCount").and_then(Value::as_i64).filter(|n| *n != 1);
+    r.choice_count = g
+        .get("candidateCount")
+        .and_then(Value::as_i64)
+        .filter(|n| *n != 1);
     r.stop_sequences = strings(g.get("stopSequences"));
     r.tool_names = req
         .get("tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .flat_map(|t| t.get("functionDeclarations").and_then(Value::as_array).cloned().unwrap_or_default())
+        .flat_map(|t| {
+            t.get("functionDeclarations")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|f| str_field(&f, "name"))
         .collect();
     if config.capture_content {
-        r.input_messages = req.get("contents").and_then(Value::as_array).map(|c| input_messages(c));
+        r.input_messages = req
+            .get("contents")
+            .and_then(Value::as_array)
+            .map(|c| input_messages(c));
         r.system_instructions = req
             .pointer("/systemInstruction/parts")
             .and_then(Value::as_array)
-            .map(|parts| Value::Array(parts.iter().map(|p| json!({"type": "text", "content": p.get("text")})).collect()));
+            .map(|parts| {
+                Value::Array(
+                    parts
+                        .iter()
+                        .map(|p| json!({"type": "text", "content": p.get("text")}))
+                        .collect(),
+                )
+            });
     }
     let Some(view) = view else { return };
     if view.status >= 400 {
@@ -72,13 +100,26 @@ pub fn parse(req: &Value, path: &str, stream: bool, view: Option<&ResponseView<'
             resp.model = Some(m);
         }
         // The last chunk carries the final usage; intermediate ones may carry only trafficType.
-        if let Some(u) = chunk.get("usageMetadata").filter(|u| u.get("promptTokenCount").is_some()) {
+        if let Some(u) = chunk
+            .get("usageMetadata")
+            .filter(|u| u.get("promptTokenCount").is_some())
+        {
             resp.usage = usage(u);
         }
-        for cand in chunk.get("candidates").and_then(Value::as_array).into_iter().flatten() {
+        for cand in chunk
+            .get("candidates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let index = cand.get("index").and_then(Value::as_i64).unwrap_or(0);
             let acc = candidates.entry(index).or_default();
-            for part in cand.pointer("/content/parts").and_then(Value::as_array).into_iter().flatten() {
+            for part in cand
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if part.get("thought").and_then(Value::as_bool) == Some(true) {
                     continue;
                 }
@@ -89,7 +130,10 @@ pub fn parse(req: &Value, path: &str, stream: bool, view: Option<&ResponseView<'
                     acc.1.push(ToolCall {
                         id: str_field(f, "id"),
                         name: str_field(f, "name").unwrap_or_default(),
-                        arguments: f.get("args").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+                        arguments: f
+                            .get("args")
+                            .map(Value::to_string)
+                            .unwrap_or_else(|| "{}".to_string()),
                     });
                 }
             }
@@ -106,7 +150,9 @@ pub fn parse(req: &Value, path: &str, stream: bool, view: Option<&ResponseView<'
                 _ if !calls.is_empty() => "tool_call",
                 "STOP" => "stop",
                 "MAX_TOKENS" => "length",
-                "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => "content_filter",
+                "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => {
+                    "content_filter"
+                }
                 other => other,
             };
             let text = (!text.is_empty()).then_some(text.as_str());
@@ -127,8 +173,11 @@ fn usage(u: &Value) -> Usage {
     let int = |k: &str| u.get(k).and_then(Value::as_i64);
     let thoughts = int("thoughtsTokenCount");
     Usage {
-        input_tokens: int("promptTokenCount").map(|p| p + int("toolUsePromptTokenCount").unwrap_or(0)),
-        output_tokens: int("candidatesTokenCount").map(|c| c + thoughts.unwrap_or(0)).or(thoughts),
+        input_tokens: int("promptTokenCount")
+            .map(|p| p + int("toolUsePromptTokenCount").unwrap_or(0)),
+        output_tokens: int("candidatesTokenCount")
+            .map(|c| c + thoughts.unwrap_or(0))
+            .or(thoughts),
         cache_read_input_tokens: int("cachedContentTokenCount"),
         cache_creation_input_tokens: None,
         reasoning_output_tokens: thoughts,

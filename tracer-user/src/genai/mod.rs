@@ -131,7 +131,7 @@ pub struct HttpCall {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
-    Llm(LlmCall),
+    Llm(Box<LlmCall>),
     Http(HttpCall),
 }
 
@@ -280,7 +280,7 @@ pub fn recognise(
             }),
         });
     }
-    Some(Ok(Call::Llm(call)))
+    Some(Ok(Call::Llm(Box::new(call))))
 }
 
 fn is_json(headers: &crate::protocols::http1::Headers) -> bool {

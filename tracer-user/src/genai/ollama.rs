@@ -3,9 +3,18 @@
 
 use serde_json::{json, Value};
 
-use super::{content, openai::stream_interrupted, str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall};
+use super::{
+    content, openai::stream_interrupted, str_field, strings, GenAiConfig, LlmCall, ResponseView,
+    ToolCall,
+};
 
-pub fn parse(req: &Value, generate: bool, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+pub fn parse(
+    req: &Value,
+    generate: bool,
+    view: Option<&ResponseView<'_>>,
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     call.operation = if generate { "text_completion" } else { "chat" };
     let r = &mut call.request;
     r.model = str_field(req, "model");
@@ -21,17 +30,29 @@ pub fn parse(req: &Value, generate: bool, view: Option<&ResponseView<'_>>, confi
     r.tool_names = req
         .get("tools")
         .and_then(Value::as_array)
-        .map(|t| t.iter().filter_map(|t| t.pointer("/function/name").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| {
+                    t.pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .collect()
+        })
         .unwrap_or_default();
     if config.capture_content {
         r.input_messages = if generate {
-            Some(json!([{"role": "user", "parts": [{"type": "text", "content": req.get("prompt")}]}]))
+            Some(
+                json!([{"role": "user", "parts": [{"type": "text", "content": req.get("prompt")}]}]),
+            )
         } else {
             req.get("messages").and_then(Value::as_array).map(|m| {
                 Value::Array(
                     m.iter()
-                        .map(|m| json!({"role": m.get("role").and_then(Value::as_str).unwrap_or("user"),
-                                        "parts": [{"type": "text", "content": m.get("content")}]}))
+                        .map(|m| {
+                            json!({"role": m.get("role").and_then(Value::as_str).unwrap_or("user"),
+                                        "parts": [{"type": "text", "content": m.get("content")}]})
+                        })
                         .collect(),
                 )
             })
@@ -52,15 +73,31 @@ pub fn parse(req: &Value, generate: bool, view: Option<&ResponseView<'_>>, confi
         if call.response.model.is_none() {
             call.response.model = str_field(o, "model");
         }
-        let piece = if generate { o.get("response") } else { o.pointer("/message/content") };
+        let piece = if generate {
+            o.get("response")
+        } else {
+            o.pointer("/message/content")
+        };
         if let Some(t) = piece.and_then(Value::as_str) {
             text.push_str(t);
         }
-        for tc in o.pointer("/message/tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for tc in o
+            .pointer("/message/tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             calls.push(ToolCall {
                 id: str_field(tc, "id"),
-                name: tc.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: tc.pointer("/function/arguments").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+                name: tc
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                arguments: tc
+                    .pointer("/function/arguments")
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "{}".to_string()),
             });
         }
         if o.get("done").and_then(Value::as_bool) == Some(true) {
@@ -74,15 +111,22 @@ pub fn parse(req: &Value, generate: bool, view: Option<&ResponseView<'_>>, confi
             resp.usage.input_tokens = last.get("prompt_eval_count").and_then(Value::as_i64);
             resp.usage.output_tokens = last.get("eval_count").and_then(Value::as_i64);
             if config.capture_content {
-                let finish = if calls.is_empty() { reason.as_str() } else { "tool_call" };
+                let finish = if calls.is_empty() {
+                    reason.as_str()
+                } else {
+                    "tool_call"
+                };
                 let t = (!text.is_empty()).then_some(text.as_str());
-                resp.output_messages = Some(json!([content::output_message(t, &calls, Some(finish))]));
+                resp.output_messages =
+                    Some(json!([content::output_message(t, &calls, Some(finish))]));
             }
             resp.finish_reasons = vec![reason];
         }
         None if call.bytes_lost == 0 => {
             call.response.finish_reasons = vec!["error".to_string()];
-            call.error = Some(stream_interrupted("the stream ended before the object with done: true"));
+            call.error = Some(stream_interrupted(
+                "the stream ended before the object with done: true",
+            ));
         }
         None => {}
     }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{content, error_from_object, str_field, strings, GenAiConfig, LlmCall, LlmError, ResponseView, ToolCall, Usage};
+use super::{
+    content, error_from_object, str_field, strings, GenAiConfig, LlmCall, LlmError, ResponseView,
+    ToolCall, Usage,
+};
 
 fn common_params(req: &Value, call: &mut LlmCall) {
     let r = &mut call.request;
@@ -20,7 +23,12 @@ fn common_params(req: &Value, call: &mut LlmCall) {
 
 // Chat Completions.
 
-pub fn parse_chat(req: &Value, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+pub fn parse_chat(
+    req: &Value,
+    view: Option<&ResponseView<'_>>,
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     call.operation = "chat";
     call.api_type = Some("chat_completions");
     common_params(req, call);
@@ -37,12 +45,19 @@ pub fn parse_chat(req: &Value, view: Option<&ResponseView<'_>>, config: &GenAiCo
         .map(|tools| {
             tools
                 .iter()
-                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str).map(str::to_string))
+                .filter_map(|t| {
+                    t.pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default();
     if config.capture_content {
-        r.input_messages = req.get("messages").and_then(Value::as_array).map(|m| chat_input_messages(m));
+        r.input_messages = req
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|m| chat_input_messages(m));
     }
     let Some(view) = view else { return };
     if view.status >= 400 {
@@ -96,7 +111,9 @@ fn content_parts(content: Option<&Value>) -> Vec<Value> {
                 Some("text") | Some("input_text") | Some("output_text") => {
                     json!({"type": "text", "content": p.get("text")})
                 }
-                Some("image_url") => json!({"type": "uri", "modality": "image", "uri": p.pointer("/image_url/url")}),
+                Some("image_url") => {
+                    json!({"type": "uri", "modality": "image", "uri": p.pointer("/image_url/url")})
+                }
                 Some(other) => json!({"type": other}),
                 None => json!({"type": "unknown"}),
             })
@@ -115,7 +132,12 @@ fn parse_chat_completion(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
         resp.usage = chat_usage(u);
     }
     let mut outputs = Vec::new();
-    for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for choice in v
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let finish = choice.get("finish_reason").and_then(Value::as_str);
         if let Some(f) = finish {
             resp.finish_reasons.push(f.to_string());
@@ -128,8 +150,16 @@ fn parse_chat_completion(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
             .flatten()
             .map(|c| ToolCall {
                 id: str_field(c, "id"),
-                name: c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: c.pointer("/function/arguments").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: c
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                arguments: c
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             })
             .collect();
         if config.capture_content {
@@ -156,7 +186,11 @@ struct ChoiceAcc {
     tool_calls: BTreeMap<i64, ToolCall>,
 }
 
-fn parse_chat_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &GenAiConfig, call: &mut LlmCall) {
+fn parse_chat_stream(
+    events: &[(super::sse::SseEvent, Option<u64>)],
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     let mut choices: BTreeMap<i64, ChoiceAcc> = BTreeMap::new();
     let mut done = false;
     for (event, _) in events {
@@ -184,7 +218,12 @@ fn parse_chat_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &Ge
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
             resp.usage = chat_usage(u);
         }
-        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for choice in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let index = choice.get("index").and_then(Value::as_i64).unwrap_or(0);
             let acc = choices.entry(index).or_default();
             if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -196,7 +235,12 @@ fn parse_chat_stream(events: &[(super::sse::SseEvent, Option<u64>)], config: &Ge
                     acc.text.push_str(t);
                 }
             }
-            for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            for tc in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let tc_index = tc.get("index").and_then(Value::as_i64).unwrap_or(0);
                 let entry = acc.tool_calls.entry(tc_index).or_insert_with(|| ToolCall {
                     id: None,
@@ -255,7 +299,12 @@ fn chat_usage(u: &Value) -> Usage {
 
 // Responses API.
 
-pub fn parse_responses(req: &Value, view: Option<&ResponseView<'_>>, config: &GenAiConfig, call: &mut LlmCall) {
+pub fn parse_responses(
+    req: &Value,
+    view: Option<&ResponseView<'_>>,
+    config: &GenAiConfig,
+    call: &mut LlmCall,
+) {
     call.operation = "chat";
     call.api_type = Some("responses");
     common_params(req, call);
@@ -273,7 +322,8 @@ pub fn parse_responses(req: &Value, view: Option<&ResponseView<'_>>, config: &Ge
     };
     if config.capture_content {
         r.input_messages = Some(responses_input(req.get("input")));
-        r.system_instructions = str_field(req, "instructions").map(|i| json!([{"type": "text", "content": i}]));
+        r.system_instructions =
+            str_field(req, "instructions").map(|i| json!([{"type": "text", "content": i}]));
     }
     let Some(view) = view else { return };
     if view.status >= 400 {
@@ -306,7 +356,9 @@ pub fn parse_responses(req: &Value, view: Option<&ResponseView<'_>>, config: &Ge
             Some(response) => parse_response_object(&response, config, call),
             None if call.error.is_none() => {
                 call.response.finish_reasons.push("error".to_string());
-                call.error = Some(stream_interrupted("the event stream ended before response.completed"));
+                call.error = Some(stream_interrupted(
+                    "the event stream ended before response.completed",
+                ));
             }
             None => {}
         }
@@ -318,17 +370,23 @@ pub fn parse_responses(req: &Value, view: Option<&ResponseView<'_>>, config: &Ge
 /// Responses input: a string, or items (messages, function calls and their outputs).
 fn responses_input(input: Option<&Value>) -> Value {
     match input {
-        Some(Value::String(text)) => json!([{"role": "user", "parts": [{"type": "text", "content": text}]}]),
+        Some(Value::String(text)) => {
+            json!([{"role": "user", "parts": [{"type": "text", "content": text}]}])
+        }
         Some(Value::Array(items)) => Value::Array(
             items
                 .iter()
                 .map(|item| match item.get("type").and_then(Value::as_str) {
-                    Some("function_call") => json!({"role": "assistant", "parts": [content::tool_call_part(
+                    Some("function_call") => {
+                        json!({"role": "assistant", "parts": [content::tool_call_part(
                         item.get("call_id").and_then(Value::as_str),
                         item.get("name").and_then(Value::as_str).unwrap_or_default(),
-                        item.get("arguments").and_then(Value::as_str).unwrap_or_default())]}),
-                    Some("function_call_output") => json!({"role": "tool", "parts": [{"type": "tool_call_response",
-                        "id": item.get("call_id"), "response": item.get("output")}]}),
+                        item.get("arguments").and_then(Value::as_str).unwrap_or_default())]})
+                    }
+                    Some("function_call_output") => {
+                        json!({"role": "tool", "parts": [{"type": "tool_call_response",
+                        "id": item.get("call_id"), "response": item.get("output")}]})
+                    }
                     _ => json!({"role": item.get("role").and_then(Value::as_str).unwrap_or("user"),
                                 "parts": content_parts(item.get("content"))}),
                 })
@@ -354,7 +412,12 @@ fn parse_response_object(r: &Value, config: &GenAiConfig, call: &mut LlmCall) {
         };
     }
     let mut text = String::new();
-    for item in r.get("output").and_then(Value::as_array).into_iter().flatten() {
+    for item in r
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match item.get("type").and_then(Value::as_str) {
             Some("function_call") => resp.tool_calls.push(ToolCall {
                 id: str_field(item, "call_id"),
@@ -362,7 +425,12 @@ fn parse_response_object(r: &Value, config: &GenAiConfig, call: &mut LlmCall) {
                 arguments: str_field(item, "arguments").unwrap_or_default(),
             }),
             Some("message") => {
-                for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
+                for part in item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(t) = part.get("text").and_then(Value::as_str) {
                         text.push_str(t);
                     }
@@ -372,11 +440,17 @@ fn parse_response_object(r: &Value, config: &GenAiConfig, call: &mut LlmCall) {
         }
     }
     // Responses has no finish reason: derive one from the status (genai-spec §3.2).
-    let status = r.get("status").and_then(Value::as_str).unwrap_or("completed");
+    let status = r
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("completed");
     let finish = match status {
         "completed" if !resp.tool_calls.is_empty() => "tool_call",
         "completed" => "stop",
-        "incomplete" => match r.pointer("/incomplete_details/reason").and_then(Value::as_str) {
+        "incomplete" => match r
+            .pointer("/incomplete_details/reason")
+            .and_then(Value::as_str)
+        {
             Some("max_output_tokens") => "length",
             Some("content_filter") => "content_filter",
             _ => "incomplete",
@@ -386,7 +460,11 @@ fn parse_response_object(r: &Value, config: &GenAiConfig, call: &mut LlmCall) {
     resp.finish_reasons = vec![finish.to_string()];
     if config.capture_content {
         let text = (!text.is_empty()).then_some(text.as_str());
-        resp.output_messages = Some(Value::Array(vec![content::output_message(text, &resp.tool_calls, Some(finish))]));
+        resp.output_messages = Some(Value::Array(vec![content::output_message(
+            text,
+            &resp.tool_calls,
+            Some(finish),
+        )]));
     }
     if status == "failed" {
         let err = r.get("error").cloned().unwrap_or(Value::Null);
@@ -406,7 +484,8 @@ pub fn parse_embeddings(req: &Value, view: Option<&ResponseView<'_>>, call: &mut
     }
     if let Some(v) = view.json() {
         call.response.model = str_field(&v, "model");
-        call.response.usage.input_tokens = v.pointer("/usage/prompt_tokens").and_then(Value::as_i64);
+        call.response.usage.input_tokens =
+            v.pointer("/usage/prompt_tokens").and_then(Value::as_i64);
     }
 }
 
@@ -417,7 +496,9 @@ mod tests {
     #[test]
     fn responses_status_to_finish_reason() {
         let mut call = crate::genai::tests_support::empty_call();
-        let config = GenAiConfig { capture_content: true };
+        let config = GenAiConfig {
+            capture_content: true,
+        };
         let completed = json!({"id": "resp_1", "model": "gpt-5.4", "status": "completed",
             "output": [{"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}],
             "usage": {"input_tokens": 37, "output_tokens": 11, "input_tokens_details": {"cached_tokens": 5},
@@ -429,7 +510,11 @@ mod tests {
         assert_eq!(call.response.usage.reasoning_output_tokens, Some(3));
 
         let mut call = crate::genai::tests_support::empty_call();
-        parse_response_object(&json!({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}), &config, &mut call);
+        parse_response_object(
+            &json!({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}),
+            &config,
+            &mut call,
+        );
         assert_eq!(call.response.finish_reasons, vec!["length"]);
     }
 }

@@ -94,28 +94,40 @@ mod tests {
 
     #[test]
     fn dialect_decides_unknown_hosts() {
-        assert_eq!(provider_name(Some("127.0.0.1"), Dialect::Anthropic), "anthropic");
-        assert_eq!(provider_name(None, Dialect::Ollama { generate: false }), "ollama");
-        assert_eq!(provider_name(Some("us-central1-aiplatform.googleapis.com"), Dialect::Gemini { stream: true }), "gcp.vertex_ai");
-        assert_eq!(provider_name(Some("bedrock-runtime.us-east-1.amazonaws.com"), Dialect::Anthropic), "aws.bedrock");
+        assert_eq!(
+            provider_name(Some("127.0.0.1"), Dialect::Anthropic),
+            "anthropic"
+        );
+        assert_eq!(
+            provider_name(None, Dialect::Ollama { generate: false }),
+            "ollama"
+        );
+        assert_eq!(
+            provider_name(
+                Some("us-central1-aiplatform.googleapis.com"),
+                Dialect::Gemini { stream: true }
+            ),
+            "gcp.vertex_ai"
+        );
+        assert_eq!(
+            provider_name(
+                Some("bedrock-runtime.us-east-1.amazonaws.com"),
+                Dialect::Anthropic
+            ),
+            "aws.bedrock"
+        );
     }
 
     #[test]
     fn known_hosts_and_fallback() {
         let chat = Dialect::OpenAiChat;
-        assert_eq!(
-            provider_name(Some("api.openai.com"), chat),
-            "openai"
-        );
+        assert_eq!(provider_name(Some("api.openai.com"), chat), "openai");
         assert_eq!(
             provider_name(Some("myco.openai.azure.com"), chat),
             "azure.ai.openai"
         );
         assert_eq!(provider_name(Some("API.GROQ.COM"), chat), "groq");
-        assert_eq!(
-            provider_name(Some("127.0.0.1"), chat),
-            "openai"
-        );
+        assert_eq!(provider_name(Some("127.0.0.1"), chat), "openai");
         assert_eq!(
             provider_name(Some("evilapi.openai.com.example"), chat),
             "openai"

@@ -139,11 +139,18 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
             ));
         }
         if let Some(s) = &req.system_instructions {
-            a.push(("gen_ai.system_instructions", capped_json(s, content.max_bytes).into()));
+            a.push((
+                "gen_ai.system_instructions",
+                capped_json(s, content.max_bytes).into(),
+            ));
         }
     }
     // OpenInference, so Phoenix shows the span as an LLM call without conversion.
-    let kind = if call.operation == "embeddings" { "EMBEDDING" } else { "LLM" };
+    let kind = if call.operation == "embeddings" {
+        "EMBEDDING"
+    } else {
+        "LLM"
+    };
     a.push(("openinference.span.kind", kind.into()));
     a.push(("llm.provider", call.provider.clone().into()));
     a.push(("llm.system", call.provider.clone().into()));

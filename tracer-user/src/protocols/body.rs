@@ -39,7 +39,10 @@ pub fn decode_content<'a>(
                 &coding,
             )?),
             "deflate" => Cow::Owned(inflate(&data)?),
-            "br" => Cow::Owned(read_all(brotli::Decompressor::new(&data[..], 64 * 1024), &coding)?),
+            "br" => Cow::Owned(read_all(
+                brotli::Decompressor::new(&data[..], 64 * 1024),
+                &coding,
+            )?),
             "zstd" => Cow::Owned(read_all(
                 zstd::stream::read::Decoder::new(&data[..]).map_err(|e| BodyError::Corrupt {
                     encoding: coding.clone(),
@@ -121,7 +124,10 @@ mod tests {
             let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
             w.write_all(b"{\"b\":\"brotli\"}").unwrap();
         }
-        assert_eq!(&*decode_content(Some("br"), &br).unwrap(), b"{\"b\":\"brotli\"}");
+        assert_eq!(
+            &*decode_content(Some("br"), &br).unwrap(),
+            b"{\"b\":\"brotli\"}"
+        );
         let z = zstd::stream::encode_all(&b"zstd body"[..], 3).unwrap();
         assert_eq!(&*decode_content(Some("zstd"), &z).unwrap(), b"zstd body");
         // Codings apply in order: gzip then br means undo br first.
@@ -130,8 +136,14 @@ mod tests {
             let mut w = brotli::CompressorWriter::new(&mut gz_then_br, 4096, 5, 22);
             w.write_all(&gzip(b"twice")).unwrap();
         }
-        assert_eq!(&*decode_content(Some("gzip, br"), &gz_then_br).unwrap(), b"twice");
-        assert!(matches!(decode_content(Some("br"), b"\xff\xff"), Err(BodyError::Corrupt { .. })));
+        assert_eq!(
+            &*decode_content(Some("gzip, br"), &gz_then_br).unwrap(),
+            b"twice"
+        );
+        assert!(matches!(
+            decode_content(Some("br"), b"\xff\xff"),
+            Err(BodyError::Corrupt { .. })
+        ));
     }
 
     #[test]

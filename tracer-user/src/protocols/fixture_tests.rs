@@ -83,8 +83,13 @@ fn split_at(f: &Fixture, direction: Direction, at: usize) -> Vec<StreamEvent> {
 }
 
 fn call(exchange: &HttpExchange) -> LlmCall {
-    match genai::recognise(exchange, &GenAiConfig { capture_content: true }) {
-        Some(Ok(genai::Call::Llm(call))) => call,
+    match genai::recognise(
+        exchange,
+        &GenAiConfig {
+            capture_content: true,
+        },
+    ) {
+        Some(Ok(genai::Call::Llm(call))) => *call,
         other => panic!("not an LLM call: {other:?}"),
     }
 }

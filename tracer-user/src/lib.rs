@@ -1,0 +1,16 @@
+//! agent-tracer's pipeline as a library: capture → streams → protocols → genai → agent →
+//! enrich → export. The `agent-tracer` binary is a thin command line over it; the parsers are
+//! reachable from tests and fuzz targets.
+
+pub mod agent;
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod enrich;
+pub mod export;
+pub mod genai;
+pub mod health;
+pub mod pipeline;
+pub mod protocols;
+pub mod span;
+pub mod streams;
