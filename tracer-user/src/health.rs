@@ -69,6 +69,8 @@ counters! {
     http_interrupted,
     /// Exchanges recognised as LLM calls.
     llm_calls,
+    /// MCP JSON-RPC requests.
+    mcp_calls,
     /// Other JSON API exchanges, reported as generic HTTP spans.
     http_calls,
     /// LLM bodies that could not be decoded or parsed.

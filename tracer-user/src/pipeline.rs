@@ -118,6 +118,10 @@ impl Pipeline {
                             Health::add(&self.health.llm_calls, 1);
                             self.agent.llm_call(llm)
                         }
+                        Call::Mcp(m) => {
+                            Health::add(&self.health.mcp_calls, 1);
+                            self.agent.mcp_call(m)
+                        }
                         Call::Http(http) => {
                             Health::add(&self.health.http_calls, 1);
                             self.agent.http_call(http)

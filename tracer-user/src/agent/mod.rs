@@ -9,8 +9,9 @@ use crate::{
     capture::Clock,
     enrich::ProcessInfo,
     genai::{
+        mcp,
         semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
-        HttpCall, LlmCall,
+        HttpCall, LlmCall, McpExchange,
     },
     span::{Span, SpanKind, SpanStatus},
 };
@@ -23,6 +24,25 @@ pub struct AgentAssembler {
 impl AgentAssembler {
     pub fn new(content: ContentPolicy, clock: Clock) -> Self {
         AgentAssembler { content, clock }
+    }
+
+    /// An MCP request: `{mcp.method.name} {target}` per the MCP conventions.
+    pub fn mcp_call(&mut self, call: &McpExchange) -> Span {
+        let mut span = self.http_call(&call.http);
+        span.name = mcp::span_name(&call.mcp);
+        let mut attributes =
+            mcp::attributes(&call.mcp, self.content.capture, self.content.max_bytes);
+        // The transport's attributes, minus what the MCP conventions say instead.
+        attributes.extend(
+            span.attributes
+                .drain(..)
+                .filter(|(k, _)| *k != "error.type" || call.mcp.error_code.is_none()),
+        );
+        span.attributes = attributes;
+        if let Some(kind) = mcp::error_type(&call.mcp) {
+            span.status = SpanStatus::Error(call.mcp.error_message.clone().unwrap_or(kind));
+        }
+        span
     }
 
     /// A call to a JSON API that is not a model: `{method}` per the HTTP conventions.

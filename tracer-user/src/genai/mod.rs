@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod content;
 pub mod gemini;
+pub mod mcp;
 pub mod ollama;
 pub mod openai;
 pub mod provider;
@@ -129,9 +130,17 @@ pub struct HttpCall {
     pub interrupted: Option<&'static str>,
 }
 
+/// An MCP JSON-RPC request over HTTP, with the HTTP exchange that carried it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct McpExchange {
+    pub http: HttpCall,
+    pub mcp: mcp::McpCall,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
     Llm(Box<LlmCall>),
+    Mcp(Box<McpExchange>),
     Http(HttpCall),
 }
 
@@ -220,7 +229,14 @@ pub fn recognise(
         }
     };
     let Some(dialect) = Dialect::detect(&req.method, path, &json) else {
-        return generic_http(exchange, path).map(|c| Ok(Call::Http(c)));
+        let http = generic_http(exchange, path)?;
+        if req.method == "POST" {
+            let view = exchange.response.as_ref().and_then(decoded);
+            if let Some(mcp) = mcp::parse(&json, exchange, view.as_ref()) {
+                return Some(Ok(Call::Mcp(Box::new(McpExchange { http, mcp }))));
+            }
+        }
+        return Some(Ok(Call::Http(http)));
     };
     let (server_address, server_port) = provider::server_of(
         header(&req.headers, "host"),
@@ -377,6 +393,23 @@ impl ResponseView<'_> {
         }
         out
     }
+}
+
+/// The decoded response, when its content encoding decodes.
+fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
+    let body = decode_content(
+        header(&response.headers, "content-encoding"),
+        &response.body,
+    )
+    .ok()?;
+    Some(ResponseView {
+        status: response.status,
+        body,
+        content_type: header(&response.headers, "content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        response,
+    })
 }
 
 /// The decoded response, or None when there is none; a body that cannot be decoded records an
