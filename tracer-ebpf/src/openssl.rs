@@ -105,7 +105,16 @@ fn finish_call(
     };
     let _ = pending.remove(pid_tgid);
 
-    let ret: i64 = ctx.ret();
+    // OpenSSL's calls return a C `int`: only the low 32 bits of the register are defined, so a
+    // -1 (WANT_READ on a non-blocking socket, as curl's HTTP/2 reads get all the time) read as
+    // 64 bits is a length of four billion. GnuTLS's calls return `ssize_t`.
+    let gnutls = call.function == TlsFunction::GnutlsRecordSend as u32
+        || call.function == TlsFunction::GnutlsRecordRecv as u32;
+    let ret: i64 = if gnutls {
+        ctx.ret::<i64>()
+    } else {
+        i64::from(ctx.ret::<i32>())
+    };
     let len = if call.len_out != 0 {
         // SSL_{read,write}_ex: 1 on success, the count in the out-parameter.
         if ret != 1 {

@@ -21,7 +21,10 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -146,9 +149,82 @@ pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpen
     })
 }
 
+/// The same API over HTTP/2 or HTTP/1.1 on TLS: ALPN offers `h2` first, so clients that speak
+/// HTTP/2 (curl, Go's net/http) choose it.
+pub async fn start_h2(cert_dir: &std::path::Path) -> Result<MockOpenAi> {
+    let cert = crate::tls::self_signed()?;
+    std::fs::create_dir_all(cert_dir)?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the mock server")?;
+    let addr = listener.local_addr()?;
+    let cert_path = cert_dir.join(format!("mock-openai-h2-{}.pem", addr.port()));
+    cert.write_pem(&cert_path)?;
+    let mut config = (*cert.server_config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    Ok(serve_auto(listener, addr, Some(acceptor), cert_path))
+}
+
+/// The same API over HTTP/2 with prior knowledge (h2c) or HTTP/1.1 on a plain socket: the
+/// client's first bytes choose.
+pub async fn start_h2c() -> Result<MockOpenAi> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the mock server")?;
+    let addr = listener.local_addr()?;
+    Ok(serve_auto(listener, addr, None, PathBuf::new()))
+}
+
+/// Serves `handle` with hyper's protocol-detecting builder, over TLS when given an acceptor.
+fn serve_auto(
+    listener: TcpListener,
+    addr: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    cert_path: PathBuf,
+) -> MockOpenAi {
+    let tls = acceptor.is_some();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let shared = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let requests = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(req, requests.clone()));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        builder.serve_connection(TokioIo::new(tls), service).await
+                    }
+                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                };
+            });
+        }
+    });
+    MockOpenAi {
+        addr,
+        tls,
+        cert_path,
+        requests,
+        task,
+    }
+}
+
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-pub(crate) fn full(status: StatusCode, content_type: &str, body: Vec<u8>, gzip: bool) -> Response<Body> {
+pub(crate) fn full(
+    status: StatusCode,
+    content_type: &str,
+    body: Vec<u8>,
+    gzip: bool,
+) -> Response<Body> {
     let mut builder = Response::builder()
         .status(status)
         .header("content-type", content_type)

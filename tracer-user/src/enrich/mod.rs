@@ -77,7 +77,8 @@ impl ProcessInfo {
 }
 
 /// Replaces values of arguments that look like credentials (`--api-key X`, `--token=X`,
-/// `OPENAI_API_KEY=X`) with `REDACTED`.
+/// `OPENAI_API_KEY=X`, a header argument `authorization: Bearer X`, a bare `Bearer X`) with
+/// `REDACTED`.
 pub fn redact_args(args: &[String]) -> Vec<String> {
     fn secret_name(name: &str) -> bool {
         let n = name.trim_start_matches('-').to_ascii_lowercase();
@@ -100,6 +101,17 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
         if redact_next {
             out.push("REDACTED".to_string());
             redact_next = false;
+            continue;
+        }
+        let header = arg
+            .split_once(':')
+            .filter(|(name, _)| !name.contains('/') && secret_name(name));
+        if let Some((name, _)) = header {
+            out.push(format!("{name}: REDACTED"));
+            continue;
+        }
+        if arg.trim_start().to_ascii_lowercase().starts_with("bearer ") {
+            out.push("Bearer REDACTED".to_string());
             continue;
         }
         match arg.split_once('=') {
@@ -209,6 +221,36 @@ mod tests {
                 "--model",
                 "gpt"
             ])
+        );
+    }
+
+    #[test]
+    fn redacts_header_arguments_but_not_urls() {
+        assert_eq!(
+            redact_args(&s(&[
+                "curl",
+                "-H",
+                "authorization: Bearer sk-1",
+                "-H",
+                "x-api-key:abc",
+                "-H",
+                "content-type: application/json",
+                "https://h/v1"
+            ])),
+            s(&[
+                "curl",
+                "-H",
+                "authorization: REDACTED",
+                "-H",
+                "x-api-key: REDACTED",
+                "-H",
+                "content-type: application/json",
+                "https://h/v1"
+            ])
+        );
+        assert_eq!(
+            redact_args(&s(&["tool", "Bearer abc"])),
+            s(&["tool", "Bearer REDACTED"])
         );
     }
 

@@ -7,6 +7,7 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
+use super::http2::Http2Connection;
 use crate::{
     health::Health,
     streams::{ConnKey, Direction, Peer, StreamEvent},
@@ -44,6 +45,9 @@ pub struct HttpRequest {
     pub start_ns: u64,
     pub end_ns: u64,
     pub bytes_lost: u64,
+    /// HTTP/2 only: some header fields could not be decoded (HPACK state the capture missed), so
+    /// the method, target or headers may be empty. What is there is never guessed.
+    pub http2_incomplete_headers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +64,8 @@ pub struct HttpResponse {
     /// False when the body was cut short (process exit, idle timeout, shutdown, gap).
     pub complete: bool,
     pub bytes_lost: u64,
+    /// HTTP/2 only: some header fields could not be decoded; the status may be 0.
+    pub http2_incomplete_headers: bool,
 }
 
 impl HttpResponse {
@@ -530,7 +536,9 @@ enum Role {
     Client,
     /// This process answers requests (a local model server, a proxy): not traced as calls.
     Server,
-    /// Not HTTP/1.x (HTTP/2, WebSocket after upgrade, other protocols): later parsers.
+    /// This process sent the HTTP/2 preface: `Connection::h2` parses the connection.
+    Http2,
+    /// Not a protocol parsed here (WebSocket after upgrade, other protocols): later parsers.
     Other,
 }
 
@@ -541,7 +549,10 @@ fn detect_role(direction: Direction, data: &[u8]) -> Role {
     let request = looks_like_request(data);
     let response = data.starts_with(b"HTTP/1.");
     match (direction, request, response) {
-        _ if data.starts_with(H2_PREFACE) => Role::Other,
+        _ if data.starts_with(H2_PREFACE) => match direction {
+            Direction::Egress => Role::Http2,
+            Direction::Ingress => Role::Server,
+        },
         (Direction::Egress, true, _) | (Direction::Ingress, _, true) => Role::Client,
         (Direction::Ingress, true, _) | (Direction::Egress, _, true) => Role::Server,
         _ => Role::Unknown,
@@ -572,9 +583,12 @@ struct Connection {
     responses: MessageParser,
     pending: VecDeque<HttpRequest>,
     last_activity_ns: u64,
+    /// The HTTP/2 parser, set with `Role::Http2`.
+    h2: Option<Box<Http2Connection>>,
 }
 
-/// Tracks every HTTP/1.x connection and emits exchanges as they complete.
+/// Tracks every HTTP/1.x connection and emits exchanges as they complete; HTTP/2 connections
+/// are handed to [`Http2Connection`].
 pub struct HttpTracker {
     conns: HashMap<ConnKey, Connection>,
     /// Peers of connections that have not carried data yet.
@@ -648,6 +662,14 @@ impl HttpTracker {
             .map(|(k, _)| *k)
             .collect();
         for key in idle {
+            // An HTTP/2 connection cannot be picked up again without the HPACK state it has
+            // built: only its streams end.
+            if let Some(conn) = self.conns.get_mut(&key) {
+                if let Some(h2) = &mut conn.h2 {
+                    h2.close("idle_timeout", &conn.peer, out);
+                    continue;
+                }
+            }
             self.close(key, "idle_timeout", out);
         }
     }
@@ -679,6 +701,7 @@ impl HttpTracker {
             responses: MessageParser::new(Kind::Response, max_body),
             pending: VecDeque::new(),
             last_activity_ns: timestamp_ns,
+            h2: None,
         });
         conn.last_activity_ns = timestamp_ns;
         if conn.role == Role::Unknown {
@@ -695,7 +718,18 @@ impl HttpTracker {
             }
             let held = std::mem::take(&mut conn.undecided[direction as usize]);
             conn.undecided = [Vec::new(), Vec::new()];
+            if conn.role == Role::Http2 {
+                conn.h2 = Some(Box::new(Http2Connection::new(
+                    key,
+                    max_body,
+                    self.health.clone(),
+                )));
+            }
             return self.data(key, direction, timestamp_ns, &held, out);
+        }
+        if let Some(h2) = &mut conn.h2 {
+            h2.push(direction, timestamp_ns, bytes, &conn.peer, out);
+            return;
         }
         if conn.role != Role::Client {
             Health::add(&self.health.unparsed_bytes, bytes.len() as u64);
@@ -732,6 +766,10 @@ impl HttpTracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if let Some(h2) = &mut conn.h2 {
+            h2.gap(direction, len, &conn.peer, out);
+            return;
+        }
         if conn.role != Role::Client {
             return;
         }
@@ -756,6 +794,10 @@ impl HttpTracker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
+        if let Some(h2) = &mut conn.h2 {
+            h2.close(reason, &conn.peer, out);
+            return;
+        }
         if conn.role != Role::Client {
             return;
         }
@@ -908,6 +950,7 @@ fn into_request(msg: Message) -> HttpRequest {
         start_ns: p.start_ns,
         end_ns: p.last_ns,
         bytes_lost: p.bytes_lost,
+        http2_incomplete_headers: false,
     }
 }
 
@@ -924,5 +967,6 @@ fn into_response(msg: Message) -> HttpResponse {
         body_timeline: p.timeline,
         complete: msg.complete,
         bytes_lost: p.bytes_lost,
+        http2_incomplete_headers: false,
     }
 }

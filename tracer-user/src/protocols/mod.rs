@@ -3,9 +3,12 @@
 
 pub mod body;
 pub mod http1;
+pub mod http2;
 pub mod sse;
 
 pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
 
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod http2_tests;

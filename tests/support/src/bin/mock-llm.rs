@@ -1,15 +1,27 @@
 //! The mock OpenAI server as a standalone program, for benchmarks and manual runs:
-//! `mock-llm [ADDR]` prints `listening <base-url> cert=<pem path>` and serves until killed.
+//! `mock-llm [ADDR] [--h2 | --h2c]` prints `listening <base-url> cert=<pem path>` and serves
+//! until killed. `--h2` offers HTTP/2 over TLS (ALPN) on an ephemeral port, `--h2c` HTTP/2
+//! with prior knowledge on a plain one.
 
 use anyhow::Result;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let addr = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let addr = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".to_string());
     let dir = tracer_testkit::target_dir().join("mock-llm");
-    let server = tracer_testkit::mock_openai::start_on(&addr, &dir).await?;
+    let server = if flag("--h2") {
+        tracer_testkit::mock_openai::start_h2(&dir).await?
+    } else if flag("--h2c") {
+        tracer_testkit::mock_openai::start_h2c().await?
+    } else {
+        tracer_testkit::mock_openai::start_on(&addr, &dir).await?
+    };
     println!(
         "listening {} cert={}",
         server.base_url(),
