@@ -6,7 +6,12 @@ use std::{fs::File, os::fd::AsRawFd, path::PathBuf, process::Command};
 use anyhow::{bail, Context as _, Result};
 
 /// Pinned so a test run is reproducible; bump deliberately.
-pub const PACKAGES: &[&str] = &["openai==3.54.0", "anthropic==2.12.0", "mcp==2.3.0"];
+pub const PACKAGES: &[&str] = &[
+    "openai==3.54.0",
+    "anthropic==2.12.0",
+    "mcp==2.3.0",
+    "websockets==17.4",
+];
 
 /// Path of the venv's python, creating the venv if needed.
 pub fn venv_python() -> Result<PathBuf> {

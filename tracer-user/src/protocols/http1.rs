@@ -7,7 +7,10 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
-use super::http2::Http2Connection;
+use super::{
+    http2::Http2Connection,
+    websocket::{self, WebSocketConnection},
+};
 use crate::{
     health::Health,
     streams::{ConnKey, Direction, Peer, StreamEvent},
@@ -339,6 +342,11 @@ impl MessageParser {
         }
     }
 
+    /// Whatever is buffered, for the protocol that takes over the connection.
+    fn take_buffered(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
     /// No message in progress and nothing buffered.
     fn is_between_messages(&self) -> bool {
         self.current.is_none() && self.buf.is_empty()
@@ -538,7 +546,9 @@ enum Role {
     Server,
     /// This process sent the HTTP/2 preface: `Connection::h2` parses the connection.
     Http2,
-    /// Not a protocol parsed here (WebSocket after upgrade, other protocols): later parsers.
+    /// Upgraded to WebSocket: `Connection::ws` parses the connection.
+    WebSocket,
+    /// Not a protocol parsed here: later parsers.
     Other,
 }
 
@@ -585,6 +595,8 @@ struct Connection {
     last_activity_ns: u64,
     /// The HTTP/2 parser, set with `Role::Http2`.
     h2: Option<Box<Http2Connection>>,
+    /// The WebSocket parser, set with `Role::WebSocket`.
+    ws: Option<Box<WebSocketConnection>>,
 }
 
 /// Tracks every HTTP/1.x connection and emits exchanges as they complete; HTTP/2 connections
@@ -702,6 +714,7 @@ impl HttpTracker {
             pending: VecDeque::new(),
             last_activity_ns: timestamp_ns,
             h2: None,
+            ws: None,
         });
         conn.last_activity_ns = timestamp_ns;
         if conn.role == Role::Unknown {
@@ -729,6 +742,17 @@ impl HttpTracker {
         }
         if let Some(h2) = &mut conn.h2 {
             h2.push(direction, timestamp_ns, bytes, &conn.peer, out);
+            return;
+        }
+        if let Some(ws) = &mut conn.ws {
+            ws.push(
+                direction,
+                timestamp_ns,
+                bytes,
+                &conn.peer,
+                &self.health,
+                out,
+            );
             return;
         }
         if conn.role != Role::Client {
@@ -766,6 +790,10 @@ impl HttpTracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if let Some(ws) = &mut conn.ws {
+            ws.gap(direction);
+            return;
+        }
         if let Some(h2) = &mut conn.h2 {
             h2.gap(direction, len, &conn.peer, out);
             return;
@@ -796,6 +824,10 @@ impl HttpTracker {
         };
         if let Some(h2) = &mut conn.h2 {
             h2.close(reason, &conn.peer, out);
+            return;
+        }
+        if let Some(ws) = &mut conn.ws {
+            ws.close(reason, &conn.peer, &self.health, out);
             return;
         }
         if conn.role != Role::Client {
@@ -898,6 +930,43 @@ fn parse_responses(
                 }
                 match conn.pending.pop_front() {
                     Some(request) => {
+                        if switched
+                            && header(&response.headers, "upgrade")
+                                .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+                        {
+                            let deflate = websocket::negotiated_deflate(header(
+                                &response.headers,
+                                "sec-websocket-extensions",
+                            ));
+                            let mut ws = WebSocketConnection::new(
+                                key,
+                                &request.target,
+                                header(&request.headers, "host"),
+                                deflate,
+                            );
+                            // Frames may already sit behind the heads in the same reads.
+                            let early_in = conn.responses.take_buffered();
+                            let early_out = conn.requests.take_buffered();
+                            ws.push(
+                                Direction::Egress,
+                                timestamp_ns,
+                                &early_out,
+                                &conn.peer,
+                                health,
+                                out,
+                            );
+                            ws.push(
+                                Direction::Ingress,
+                                timestamp_ns,
+                                &early_in,
+                                &conn.peer,
+                                health,
+                                out,
+                            );
+                            conn.ws = Some(Box::new(ws));
+                            conn.role = Role::WebSocket;
+                            return;
+                        }
                         Health::add(&health.http_exchanges, 1);
                         out.push(HttpExchange {
                             conn: key,

@@ -5,6 +5,7 @@ pub mod body;
 pub mod http1;
 pub mod http2;
 pub mod sse;
+pub mod websocket;
 
 pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
 

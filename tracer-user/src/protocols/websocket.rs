@@ -1,0 +1,530 @@
+//! WebSocket (RFC 6455) after an HTTP/1.1 upgrade, with permessage-deflate (RFC 7692).
+//!
+//! Some agents (OpenAI's Codex CLI) stream the Responses API over a WebSocket: the client sends
+//! `{"type": "response.create", ...}` and the server answers with the same `response.*` events
+//! the SSE transport carries. Each such sequence is turned into an exchange whose response body
+//! is those events in SSE form, with each event's arrival time on the body timeline, so the
+//! Responses parser reads it exactly as it reads the HTTP transport.
+
+use bytes::{Buf, Bytes, BytesMut};
+use flate2::{Decompress, FlushDecompress, Status};
+use serde_json::Value;
+
+use super::http1::{ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
+use crate::{
+    health::Health,
+    streams::{ConnKey, Direction, Peer},
+};
+
+/// A frame longer than this is not something we follow (and would let a peer grow our buffers).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// permessage-deflate as the server accepted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deflate {
+    pub client_no_context_takeover: bool,
+    pub server_no_context_takeover: bool,
+}
+
+/// The extension parameters in a `Sec-WebSocket-Extensions` response header.
+pub fn negotiated_deflate(extensions: Option<&str>) -> Option<Deflate> {
+    let ext = extensions?
+        .split(',')
+        .map(str::trim)
+        .find(|e| e.starts_with("permessage-deflate"))?;
+    let has = |p: &str| ext.split(';').any(|x| x.trim() == p);
+    Some(Deflate {
+        client_no_context_takeover: has("client_no_context_takeover"),
+        server_no_context_takeover: has("server_no_context_takeover"),
+    })
+}
+
+/// One direction: bytes not yet a whole frame, the message being assembled, the inflater.
+struct Reader {
+    buf: BytesMut,
+    message: Vec<u8>,
+    compressed: bool,
+    in_message: bool,
+    inflater: Option<Decompress>,
+    no_context_takeover: bool,
+    /// Framing lost (a gap, an oversized frame): nothing more is read in this direction.
+    lost: bool,
+}
+
+impl Reader {
+    fn new(deflate: bool, no_context_takeover: bool) -> Self {
+        Reader {
+            buf: BytesMut::new(),
+            message: Vec::new(),
+            compressed: false,
+            in_message: false,
+            inflater: deflate.then(|| Decompress::new(false)),
+            no_context_takeover,
+            lost: false,
+        }
+    }
+
+    /// Complete data messages (text or binary, decompressed) in what arrived.
+    fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) {
+        if self.lost {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        while let Some(frame) = self.next_frame() {
+            let Some((fin, rsv1, opcode, payload)) = frame else {
+                self.lose();
+                return;
+            };
+            match opcode {
+                // Control frames (close, ping, pong) may sit between fragments.
+                0x8..=0xf => continue,
+                0x1 | 0x2 => {
+                    self.message.clear();
+                    self.compressed = rsv1;
+                    self.in_message = true;
+                }
+                0x0 if self.in_message => {}
+                _ => {
+                    self.lose();
+                    return;
+                }
+            }
+            if self.message.len() + payload.len() > MAX_MESSAGE {
+                self.lose();
+                return;
+            }
+            self.message.extend_from_slice(&payload);
+            if fin {
+                self.in_message = false;
+                let raw = std::mem::take(&mut self.message);
+                match self.finish(raw) {
+                    Some(m) => out.push(m),
+                    None => {
+                        self.lose();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self) {
+        self.lost = true;
+        self.buf.clear();
+        self.message.clear();
+    }
+
+    fn finish(&mut self, raw: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.compressed {
+            return Some(raw);
+        }
+        let inflater = self.inflater.as_mut()?;
+        // RFC 7692 §7.2.2: the sender removed the final empty block's tail; put it back.
+        let mut input = raw;
+        input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+        let mut output = Vec::with_capacity(input.len() * 4);
+        let mut consumed = 0usize;
+        loop {
+            if output.capacity() - output.len() < 4096 {
+                output.reserve(output.len().max(4096));
+            }
+            let before_in = inflater.total_in();
+            let status = inflater
+                .decompress_vec(&input[consumed..], &mut output, FlushDecompress::Sync)
+                .ok()?;
+            consumed += (inflater.total_in() - before_in) as usize;
+            if output.len() > MAX_MESSAGE {
+                return None;
+            }
+            if consumed >= input.len() || status == Status::StreamEnd {
+                break;
+            }
+            if inflater.total_in() == before_in && output.len() < output.capacity() {
+                break;
+            }
+        }
+        if self.no_context_takeover {
+            inflater.reset(false);
+        }
+        Some(output)
+    }
+
+    /// The next whole frame: None when more bytes are needed, Some(None) when it is malformed.
+    #[allow(clippy::type_complexity)]
+    fn next_frame(&mut self) -> Option<Option<(bool, bool, u8, Vec<u8>)>> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let fin = b[0] & 0x80 != 0;
+        let rsv1 = b[0] & 0x40 != 0;
+        let opcode = b[0] & 0x0f;
+        let masked = b[1] & 0x80 != 0;
+        let (len, mut at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as u64, 4),
+            127 if b.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(n), 10)
+            }
+            126 | 127 => return None,
+            n => (n as u64, 2),
+        };
+        if len > MAX_MESSAGE as u64 {
+            return Some(None);
+        }
+        let mask = if masked {
+            if b.len() < at + 4 {
+                return None;
+            }
+            let m = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+            at += 4;
+            Some(m)
+        } else {
+            None
+        };
+        let end = at + len as usize;
+        if b.len() < end {
+            return None;
+        }
+        let mut payload = b[at..end].to_vec();
+        if let Some(m) = mask {
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= m[i % 4];
+            }
+        }
+        self.buf.advance(end);
+        Some(Some((fin, rsv1, opcode, payload)))
+    }
+}
+
+/// A `response.create` and the events answering it so far.
+struct Pending {
+    request: Vec<u8>,
+    start_ns: u64,
+    body: Vec<u8>,
+    timeline: Vec<(u64, u64)>,
+}
+
+pub struct WebSocketConnection {
+    key: ConnKey,
+    /// The upgrade request's path and host.
+    path: String,
+    host: Option<String>,
+    readers: [Reader; 2],
+    pending: Option<Pending>,
+}
+
+impl WebSocketConnection {
+    pub fn new(key: ConnKey, path: &str, host: Option<&str>, deflate: Option<Deflate>) -> Self {
+        let d = deflate.unwrap_or_default();
+        WebSocketConnection {
+            key,
+            path: path.split('?').next().unwrap_or_default().to_string(),
+            host: host.map(str::to_string),
+            readers: [
+                Reader::new(deflate.is_some(), d.client_no_context_takeover),
+                Reader::new(deflate.is_some(), d.server_no_context_takeover),
+            ],
+            pending: None,
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        direction: Direction,
+        timestamp_ns: u64,
+        data: &[u8],
+        peer: &Peer,
+        health: &Health,
+        out: &mut Vec<HttpExchange>,
+    ) {
+        let mut messages = Vec::new();
+        self.readers[direction as usize].push(data, &mut messages);
+        for message in messages {
+            let Ok(json) = serde_json::from_slice::<Value>(&message) else {
+                continue;
+            };
+            let kind = json
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            match direction {
+                Direction::Egress if kind == "response.create" => {
+                    // Fields may sit beside `type` or inside a `response` object.
+                    let mut request = json.get("response").cloned().unwrap_or(json);
+                    if let Some(o) = request.as_object_mut() {
+                        o.remove("type");
+                        o.entry("stream").or_insert(Value::Bool(true));
+                    }
+                    if let Some(unfinished) = self.pending.take() {
+                        out.push(self.exchange(
+                            unfinished,
+                            peer,
+                            ExchangeEnd::Interrupted("superseded"),
+                        ));
+                    }
+                    self.pending = Some(Pending {
+                        request: request.to_string().into_bytes(),
+                        start_ns: timestamp_ns,
+                        body: Vec::new(),
+                        timeline: Vec::new(),
+                    });
+                }
+                Direction::Ingress => {
+                    let Some(pending) = &mut self.pending else {
+                        continue;
+                    };
+                    pending.body.extend_from_slice(b"event: ");
+                    pending.body.extend_from_slice(kind.as_bytes());
+                    pending.body.extend_from_slice(b"\ndata: ");
+                    pending.body.extend_from_slice(&message);
+                    pending.body.extend_from_slice(b"\n\n");
+                    pending
+                        .timeline
+                        .push((pending.body.len() as u64, timestamp_ns));
+                    if matches!(
+                        kind.as_str(),
+                        "response.completed" | "response.incomplete" | "response.failed" | "error"
+                    ) {
+                        if let Some(done) = self.pending.take() {
+                            Health::add(&health.http_exchanges, 1);
+                            out.push(self.exchange(done, peer, ExchangeEnd::Complete));
+                        }
+                    }
+                }
+                Direction::Egress => {}
+            }
+        }
+    }
+
+    /// Bytes lost in one direction: its framing cannot be trusted any more.
+    pub fn gap(&mut self, direction: Direction) {
+        self.readers[direction as usize].lose();
+    }
+
+    pub fn close(
+        &mut self,
+        reason: &'static str,
+        peer: &Peer,
+        health: &Health,
+        out: &mut Vec<HttpExchange>,
+    ) {
+        if let Some(pending) = self.pending.take() {
+            Health::add(&health.http_interrupted, 1);
+            out.push(self.exchange(pending, peer, ExchangeEnd::Interrupted(reason)));
+        }
+    }
+
+    fn exchange(&self, p: Pending, peer: &Peer, end: ExchangeEnd) -> HttpExchange {
+        // The message type names the API, whatever the socket's URL.
+        let target = if self.path.ends_with("/responses") {
+            self.path.clone()
+        } else {
+            "/v1/responses".to_string()
+        };
+        let mut headers: Headers = vec![("content-type".into(), "application/json".into())];
+        if let Some(h) = &self.host {
+            headers.push(("host".into(), h.clone()));
+        }
+        let end_ns = p.timeline.last().map(|(_, t)| *t).unwrap_or(p.start_ns);
+        let request = HttpRequest {
+            method: "POST".into(),
+            target,
+            headers,
+            body_len: p.request.len() as u64,
+            body: Bytes::from(p.request),
+            start_ns: p.start_ns,
+            end_ns: p.start_ns,
+            bytes_lost: 0,
+            http2_incomplete_headers: false,
+        };
+        let response = (!p.timeline.is_empty()).then(|| HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body_len: p.body.len() as u64,
+            body: Bytes::from(p.body),
+            start_ns: p.timeline[0].1,
+            first_body_ns: Some(p.timeline[0].1),
+            end_ns,
+            body_timeline: p.timeline,
+            complete: end == ExchangeEnd::Complete,
+            bytes_lost: 0,
+            http2_incomplete_headers: false,
+        });
+        HttpExchange {
+            conn: self.key,
+            peer: peer.clone(),
+            request,
+            response,
+            end,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A frame as a client (masked) or server sends it.
+    fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | (if rsv1 { 0x40 } else { 0 }) | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(m | n as u8),
+            n if n < 65536 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(k) => {
+                f.extend_from_slice(&k);
+                f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => f.extend_from_slice(payload),
+        }
+        f
+    }
+
+    /// permessage-deflate with context takeover: one compressor for the whole direction.
+    fn deflate_messages(messages: &[&str]) -> Vec<Vec<u8>> {
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        messages
+            .iter()
+            .map(|m| {
+                let mut out = Vec::with_capacity(m.len() + 64);
+                c.compress_vec(m.as_bytes(), &mut out, flate2::FlushCompress::Sync)
+                    .unwrap();
+                assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+                out.truncate(out.len() - 4);
+                out
+            })
+            .collect()
+    }
+
+    const CONN: ConnKey = ConnKey {
+        pid: 1,
+        source: crate::streams::Source::Socket,
+        conn_id: 3,
+    };
+
+    fn responses_conversation(deflate: bool) -> (Vec<u8>, Vec<u8>) {
+        let create = r#"{"type":"response.create","model":"gpt-5.4","input":"hi","tools":[{"type":"function","name":"shell"}]}"#;
+        let events = [
+            r#"{"type":"response.created","response":{"id":"resp_ws","model":"gpt-5.4","status":"in_progress"}}"#,
+            r#"{"type":"response.output_item.added","item":{"type":"function_call","call_id":"call_ws","name":"shell","arguments":""}}"#,
+            r#"{"type":"response.completed","response":{"id":"resp_ws","model":"gpt-5.4","status":"completed","output":[{"type":"function_call","call_id":"call_ws","name":"shell","arguments":"{\"cmd\":\"ls\"}"}],"usage":{"input_tokens":12,"output_tokens":7}}}"#,
+        ];
+        let (client, server): (Vec<Vec<u8>>, Vec<Vec<u8>>) = if deflate {
+            (deflate_messages(&[create]), deflate_messages(&events))
+        } else {
+            (
+                vec![create.as_bytes().to_vec()],
+                events.iter().map(|e| e.as_bytes().to_vec()).collect(),
+            )
+        };
+        let egress = frame(true, deflate, 1, &client[0], Some([1, 2, 3, 4]));
+        let mut ingress = frame(true, false, 9, b"ping", None);
+        for (i, e) in server.iter().enumerate() {
+            if i == 1 {
+                // A fragmented message: two frames, a pong between them.
+                let half = e.len() / 2;
+                ingress.extend(frame(false, deflate, 1, &e[..half], None));
+                ingress.extend(frame(true, false, 10, b"", None));
+                ingress.extend(frame(true, false, 0, &e[half..], None));
+            } else {
+                ingress.extend(frame(true, deflate, 1, e, None));
+            }
+        }
+        (egress, ingress)
+    }
+
+    fn run(deflate: bool, cuts: usize) -> Vec<HttpExchange> {
+        let (egress, ingress) = responses_conversation(deflate);
+        let d = deflate.then_some(Deflate::default());
+        let mut ws = WebSocketConnection::new(CONN, "/v1/responses", Some("api.openai.com"), d);
+        let mut out = Vec::new();
+        let peer = Peer::default();
+        let health = Health::default();
+        ws.push(Direction::Egress, 1, &egress, &peer, &health, &mut out);
+        let step = (ingress.len() / cuts.max(1)).max(1);
+        for (i, piece) in ingress.chunks(step).enumerate() {
+            ws.push(
+                Direction::Ingress,
+                10 + i as u64,
+                piece,
+                &peer,
+                &health,
+                &mut out,
+            );
+        }
+        ws.close("shutdown", &peer, &health, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_responses_conversation_becomes_one_exchange_plain_and_deflated() {
+        for deflate in [false, true] {
+            for cuts in [1, 3, 17, 1000] {
+                let out = run(deflate, cuts);
+                assert_eq!(out.len(), 1, "deflate {deflate}, cuts {cuts}");
+                let x = &out[0];
+                assert_eq!(x.end, ExchangeEnd::Complete);
+                assert_eq!(x.request.target, "/v1/responses");
+                let request: Value = serde_json::from_slice(&x.request.body).unwrap();
+                assert_eq!(request["model"], "gpt-5.4");
+                assert_eq!(request["stream"], true);
+                let call = match crate::genai::recognise(
+                    x,
+                    &crate::genai::GenAiConfig {
+                        capture_content: false,
+                    },
+                ) {
+                    Some(Ok(crate::genai::Call::Llm(c))) => c,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(call.response.id.as_deref(), Some("resp_ws"));
+                assert_eq!(call.response.tool_calls[0].id.as_deref(), Some("call_ws"));
+                assert_eq!(call.response.usage.output_tokens, Some(7));
+                assert!(call.first_chunk_ns.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn extension_negotiation() {
+        assert_eq!(negotiated_deflate(None), None);
+        assert_eq!(negotiated_deflate(Some("x-webkit-deflate-frame")), None);
+        assert_eq!(
+            negotiated_deflate(Some(
+                "permessage-deflate; client_no_context_takeover; server_max_window_bits=15"
+            )),
+            Some(Deflate {
+                client_no_context_takeover: true,
+                server_no_context_takeover: false
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncation_never_panic() {
+        let mut r = Reader::new(true, false);
+        let mut out = Vec::new();
+        r.push(
+            &[0xc1, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &mut out,
+        );
+        assert!(r.lost && out.is_empty());
+        let mut r = Reader::new(true, false);
+        r.push(&frame(true, true, 1, b"not deflate at all", None), &mut out);
+        assert!(out.is_empty());
+        let _ = std::io::sink().write(b"");
+    }
+}
