@@ -3,34 +3,21 @@
 //! client becomes a span per the MCP conventions; the session id never leaves the process.
 
 use std::{
-    net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{self, clients_dir, contains, of_pid, require_root, start_traced, SERIAL},
+    e2e::{
+        self, clients_dir, contains, free_port, of_pid, require_root, start_listening,
+        start_traced, SERIAL,
+    },
     otlp::{as_str, ReceivedSpan},
     python,
 };
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn find<'a>(spans: &'a [ReceivedSpan], name: &str) -> Result<&'a ReceivedSpan> {
     spans.iter().find(|s| s.span.name == name).with_context(|| {
@@ -48,21 +35,18 @@ async fn mcp_sdk_tools_over_streamable_http() -> Result<()> {
     let python = python::venv_python()?;
     let port = free_port()?;
     let server_log = tracer_testkit::target_dir().join("e2e-logs/mcp-server.log");
-    let server = Server(
-        Command::new(&python)
-            .arg(clients_dir().join("mcp/server.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&server_log)?)
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the MCP server did not listen");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let server = start_listening(
+        {
+            let mut c = Command::new(&python);
+            c.arg(clients_dir().join("mcp/server.py"))
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&server_log)?);
+            c
+        },
+        port,
+    )
+    .await?;
 
     let traced = start_traced(
         Path::new(env!("CARGO_BIN_EXE_agent-tracer")),

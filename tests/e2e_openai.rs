@@ -13,13 +13,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
+    e2e::{self, contains, of_pid, require_root, SERIAL},
     mock_openai::{self, MockOpenAi, COOKIE_SECRET, RESPONSE_MODEL},
     otlp::{self, as_bool, as_f64, as_int, as_str, as_strs, ReceivedSpan},
     python, tracer,
 };
-
-/// The tracer sees every process on the host, so the tests in this binary run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const API_KEY: &str = "sk-test-secret-do-not-export-0123456789";
 const SPAN_WAIT: Duration = Duration::from_secs(30);
@@ -30,19 +28,6 @@ fn tracer_bin() -> &'static Path {
 
 fn client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/openai_calls.py")
-}
-
-fn require_root() {
-    // Safety: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
-    );
-}
-
-fn scratch_dir() -> PathBuf {
-    tracer_testkit::target_dir().join("e2e-certs")
 }
 
 /// The client's stdout lines, parsed, once it has exited.
@@ -99,22 +84,6 @@ async fn run_client(python: &Path, server: &MockOpenAi, scenarios: &[&str]) -> R
     .await?
 }
 
-fn of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<ReceivedSpan> {
-    let mut mine: Vec<ReceivedSpan> = spans
-        .iter()
-        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(pid as i64))
-        .cloned()
-        .collect();
-    mine.sort_by_key(|s| s.span.start_time_unix_nano);
-    mine
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
@@ -162,7 +131,7 @@ async fn openai_sdk_calls_become_genai_spans_over_grpc() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
     let python = python::venv_python()?;
-    let server = mock_openai::start(&scratch_dir()).await?;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
     let receiver = otlp::start_grpc().await?;
     let running = tracer::start(
         tracer_bin(),
@@ -362,7 +331,10 @@ async fn openai_sdk_calls_become_genai_spans_over_grpc() -> Result<()> {
     // Privacy: no credential, cookie or (content capture being off) message text leaves.
     let exported = receiver.raw_bytes();
     for secret in [API_KEY, COOKIE_SECRET, "Say hello.", "Weather in Paris?"] {
-        assert!(!contains(&exported, secret), "{secret:?} was exported");
+        assert!(
+            !contains(&exported, secret.as_bytes()),
+            "{secret:?} was exported"
+        );
         assert!(!output.stdout.contains(secret), "{secret:?} was printed");
     }
     assert!(spans
@@ -399,7 +371,7 @@ async fn env_configured_http_export_with_capped_content() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
     let python = python::venv_python()?;
-    let server = mock_openai::start(&scratch_dir()).await?;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
     let receiver = otlp::start_http().await?;
     let endpoint = receiver.endpoint();
     let running = tracer::start(
@@ -465,7 +437,9 @@ async fn env_configured_http_export_with_capped_content() -> Result<()> {
         serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": "Hello from the mock."}], "finish_reason": "stop"}])
     );
     let exported = receiver.raw_bytes();
-    assert!(!contains(&exported, API_KEY) && !contains(&exported, COOKIE_SECRET));
+    assert!(
+        !contains(&exported, API_KEY.as_bytes()) && !contains(&exported, COOKIE_SECRET.as_bytes())
+    );
     Ok(())
 }
 
@@ -474,7 +448,7 @@ async fn process_killed_mid_request_yields_an_interrupted_span() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
     let python = python::venv_python()?;
-    let server = mock_openai::start(&scratch_dir()).await?;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
     let receiver = otlp::start_grpc().await?;
     let running = tracer::start(
         tracer_bin(),

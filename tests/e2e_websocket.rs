@@ -3,52 +3,40 @@
 //! on 127.0.0.1 so the socket tracepoints capture it.
 
 use std::{
-    net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{self, clients_dir, contains, of_pid, require_root, start_traced, SERIAL},
+    e2e::{
+        self, clients_dir, contains, free_port, of_pid, require_root, start_listening,
+        start_traced, SERIAL,
+    },
     otlp::{as_int, as_str, as_strs},
     python,
 };
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_api_over_a_deflated_websocket() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
     let python = python::venv_python()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let _server = Server(
-        Command::new(&python)
-            .arg(clients_dir().join("ws_responses.py"))
-            .args(["server", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the WebSocket server did not listen");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let port = free_port()?;
+    let _server = start_listening(
+        {
+            let mut c = Command::new(&python);
+            c.arg(clients_dir().join("ws_responses.py"))
+                .args(["server", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        },
+        port,
+    )
+    .await?;
     let traced = start_traced(
         Path::new(env!("CARGO_BIN_EXE_agent-tracer")),
         "websocket",

@@ -143,3 +143,34 @@ pub fn without_pid(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A server process the test started; killed when dropped.
+pub struct ChildServer(pub std::process::Child);
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port on 127.0.0.1 for a server the test starts.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `command` (a server that will listen on `port`) and waits until it accepts
+/// connections.
+pub async fn start_listening(mut command: Command, port: u16) -> Result<ChildServer> {
+    let server = ChildServer(command.spawn().context("starting the server")?);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("the server did not listen on port {port} within 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(server)
+}

@@ -32,13 +32,19 @@ impl AgentAssembler {
         span.name = mcp::span_name(&call.mcp);
         let mut attributes =
             mcp::attributes(&call.mcp, self.content.capture, self.content.max_bytes);
-        // The transport's attributes, minus what the MCP conventions say instead.
+        // Once the response with the request's id arrived the call is over: a client closing the
+        // SSE stream afterwards is not a failure. Only an unanswered request keeps the
+        // transport's error; an MCP error replaces it.
+        let transport_error_counts = call.mcp.unanswered && mcp::error_type(&call.mcp).is_none();
         attributes.extend(
             span.attributes
                 .drain(..)
-                .filter(|(k, _)| *k != "error.type" || call.mcp.error_code.is_none()),
+                .filter(|(k, _)| *k != "error.type" || transport_error_counts),
         );
         span.attributes = attributes;
+        if !transport_error_counts {
+            span.status = SpanStatus::Unset;
+        }
         if let Some(kind) = mcp::error_type(&call.mcp) {
             span.status = SpanStatus::Error(call.mcp.error_message.clone().unwrap_or(kind));
         }
