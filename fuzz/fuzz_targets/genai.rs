@@ -1,5 +1,6 @@
 //! Every dialect's parser over arbitrary request and response bodies behind a well-formed HTTP
-//! exchange: the first byte picks the API path and the response framing (JSON, SSE, NDJSON).
+//! exchange: the first byte picks the API path (model APIs, MCP's JSON-RPC endpoint) and the
+//! response framing (JSON, SSE, NDJSON).
 #![no_main]
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ const PATHS: &[&str] = &[
     "/v1beta/models/gemini-2.5-flash:generateContent",
     "/api/chat",
     "/api/generate",
+    // Anything else: MCP JSON-RPC and generic JSON APIs.
+    "/mcp",
 ];
 const TYPES: &[&str] = &["application/json", "text/event-stream", "application/x-ndjson"];
 

@@ -1,13 +1,23 @@
-//! `cargo xtask bench`: the tracer's overhead on an HTTPS client loop.
+//! `cargo xtask bench`: the tracer's overhead, written as sections of BENCHMARKS.md.
 //!
-//! A Python `http.client` loop (the system OpenSSL, which the tracer hooks) posts chat
-//! completions to the local mock OpenAI server (rustls, never hooked) over one keep-alive
-//! connection, alternately without and with a fresh `agent-tracer run`. Medians of each side are
-//! written as a section of BENCHMARKS.md.
+//! - `https-loop`: a Python `http.client` loop (the system OpenSSL, which the tracer hooks) posts
+//!   chat completions to the local mock OpenAI server (rustls, never hooked) over one keep-alive
+//!   connection, alternately without and with a fresh `agent-tracer run`.
+//! - `tls-calls` ([`tls_calls`]): the same loop from Python, node and Go clients, and the latency
+//!   the tracer adds per request and per TLS call.
+//! - `syscalls` ([`syscalls`]): what the socket tracepoints cost a process the tracer does not
+//!   trace (a pipe, and a TCP connection that is not HTTP).
+//!
+//! Every child process is guarded ([`Guarded`]): an error anywhere interrupts, then kills, what
+//! this command started, and nothing else is ever signalled.
+
+mod syscalls;
+mod tls_calls;
 
 use std::{
+    ffi::OsString,
     fs::{self, File},
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -25,62 +35,35 @@ const RUNS: usize = 3;
 const WARMUP: u32 = 50;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a traced run waits for the tracer to hook a client executable it only sees at exec.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 const SECTION: &str = "## HTTPS client loop (OpenSSL, Python http.client, keep-alive)";
 
 /// Standard library only: the interpreter's `ssl` module is the system libssl.so.3.
-const CLIENT_PY: &str = r#"# Written by `cargo xtask bench`: N chat-completion POSTs over one keep-alive HTTPS connection.
-import http.client
-import json
-import math
-import ssl
-import sys
-import time
-
-port, cert, n, warmup = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-ctx = ssl.create_default_context(cafile=cert)
-conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-# http.client sends "Accept-Encoding: identity" by itself, so the answer is never gzipped.
-headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-not-a-secret"}
-
-
-def once():
-    conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status != 200:
-        sys.exit(f"HTTP {resp.status}: {data[:200]!r}")
-
-
-for _ in range(warmup):
-    once()
-latencies = []
-start = time.perf_counter_ns()
-for _ in range(n):
-    t = time.perf_counter_ns()
-    once()
-    latencies.append(time.perf_counter_ns() - t)
-total = (time.perf_counter_ns() - start) / 1e9
-conn.close()
-latencies.sort()
-
-
-def percentile(p):
-    return latencies[min(len(latencies) - 1, max(0, math.ceil(p / 100 * len(latencies)) - 1))] / 1000
-
-
-print(json.dumps({"requests": n, "seconds": total, "p50_us": percentile(50),
-                  "p99_us": percentile(99), "rps": n / total}), flush=True)
-"#;
+const CLIENT_PY: &str = include_str!("../bench-clients/tls_client.py");
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Measured requests per run (after 50 warm-up requests).
+    /// Measured requests per client run (after 50 warm-up requests), for `https-loop` and
+    /// `tls-calls`.
     #[arg(long, default_value_t = 1000)]
     requests: u32,
-    /// The Markdown file whose benchmark section is written or replaced.
+    /// The Markdown file whose benchmark sections are written or replaced.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
+    /// Run only these sections (repeatable; all of them by default).
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// HTTPS client loop (OpenSSL, Python http.client, keep-alive).
+    HttpsLoop,
+    /// Added latency per TLS call: OpenSSL, Node, Go.
+    TlsCalls,
+    /// Socket tracepoints: cost on an unrelated process.
+    Syscalls,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -89,6 +72,7 @@ pub fn run(args: &Args) -> Result<()> {
         "--requests must be between 1 and 1000000"
     );
     ensure!(is_root(), "the benchmark runs the tracer, which needs root");
+    let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
     // `--out BENCHMARKS.md` (the default) means the workspace's file; other relative paths are
     // taken from the current directory, as usual for command-line paths.
     let out = if args.out == Path::new("BENCHMARKS.md") {
@@ -110,42 +94,109 @@ pub fn run(args: &Args) -> Result<()> {
     let release = target_dir().join("release");
     let dir = target_dir().join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let client_py = dir.join("client.py");
-    fs::write(&client_py, CLIENT_PY).with_context(|| format!("writing {}", client_py.display()))?;
-    let clk_tck = clock_ticks_per_second();
-
-    header("starting the mock OpenAI server");
-    let server = MockServer::start(&release.join("mock-llm"), &dir)?;
-    println!("https://127.0.0.1:{}/v1", server.port);
-    let client = Client {
-        script: client_py,
-        port: server.port,
-        cert: server.cert.clone(),
+    let env = Env {
+        tracer: release.join("agent-tracer"),
+        dir: dir.clone(),
         requests: args.requests,
     };
+    let client_py = dir.join("client.py");
+    fs::write(&client_py, CLIENT_PY).with_context(|| format!("writing {}", client_py.display()))?;
 
-    let mut off = Vec::new();
-    let mut on = Vec::new();
-    // Another tracer's probes would slow down both sides: noted in the report when seen.
-    let mut others = Vec::new();
-    let mut check_others = || {
+    if wanted(Section::HttpsLoop) || wanted(Section::TlsCalls) {
+        header("starting the mock OpenAI server");
+        let server = MockServer::start(&release.join("mock-llm"), &dir)?;
+        println!("https://127.0.0.1:{}/v1", server.port);
+        let python = Client {
+            name: "python",
+            program: PathBuf::from("python3"),
+            script: Some(client_py.clone().into()),
+            port: server.port,
+            cert: server.cert.clone(),
+            server_pid: server.pid(),
+            requests: args.requests,
+            hooked_at_exec: None,
+        };
+        if wanted(Section::HttpsLoop) {
+            let section = https_loop(&env, &python)?;
+            header(&format!("writing {}", out.display()));
+            println!("{section}");
+            write_section(&out, &section)?;
+        }
+        if wanted(Section::TlsCalls) {
+            let section = tls_calls::measure(&env, python)?;
+            header(&format!("writing {}", out.display()));
+            println!("{section}");
+            write_section(&out, &section)?;
+        }
+        drop(server);
+    }
+    if wanted(Section::Syscalls) {
+        let section = syscalls::measure(&env)?;
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
+    }
+    Ok(())
+}
+
+/// What every section needs.
+struct Env {
+    /// `target/release/agent-tracer`.
+    tracer: PathBuf,
+    /// `target/bench`: scripts, client builds, tracer logs.
+    dir: PathBuf,
+    /// Measured requests per client run.
+    requests: u32,
+}
+
+impl Env {
+    fn start_tracer(&self, label: &str) -> Result<Tracer> {
+        Tracer::start(&self.tracer, &self.dir, label)
+    }
+}
+
+/// Other agent-tracer processes seen during a section: their probes slow down both sides, so the
+/// section says so.
+#[derive(Default)]
+struct Others(Vec<u32>);
+
+impl Others {
+    /// Looks for other tracers (call it when none of ours is running).
+    fn check(&mut self) {
         for pid in other_tracers() {
             eprintln!("warning: another agent-tracer (pid {pid}) is running; the numbers include its probes");
-            if !others.contains(&pid) {
-                others.push(pid);
+            if !self.0.contains(&pid) {
+                self.0.push(pid);
             }
         }
-    };
+    }
+
+    /// The caution paragraph for a section, if any other tracer was seen.
+    fn caution(&self) -> String {
+        match self.0.len() {
+            0 => String::new(),
+            n => format!(
+                "Caution: {n} other agent-tracer process(es) were running during these runs; \
+                 their probes slowed down both sides.\n\n"
+            ),
+        }
+    }
+}
+
+fn https_loop(env: &Env, client: &Client) -> Result<String> {
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    let mut others = Others::default();
     for i in 1..=RUNS {
         header(&format!("run {i}/{RUNS} without the tracer"));
-        check_others();
-        let result = client.run()?;
+        others.check();
+        let result = client.run(None)?;
         println!("{}", result.line);
         off.push(result);
 
         header(&format!("run {i}/{RUNS} with the tracer"));
-        check_others();
-        let result = run_with_tracer(&release.join("agent-tracer"), &dir, i, &client, clk_tck)?;
+        others.check();
+        let result = run_with_tracer(env, &format!("{i}"), client)?;
         println!("{}", result.client.line);
         println!(
             "tracer: {:.3} s CPU during the run, {:.3} s at start-up, peak RSS {:.1} MiB",
@@ -156,20 +207,17 @@ pub fn run(args: &Args) -> Result<()> {
         println!("{}", result.final_line);
         on.push(result);
     }
-    drop(server);
-
-    let section = render(args.requests, &off, &on, others.len());
-    header(&format!("writing {}", out.display()));
-    println!("{section}");
-    write_section(&out, &section)
+    Ok(render(env.requests, &off, &on, &others))
 }
 
-/// One client run's numbers, as printed by client.py.
+/// One client run's numbers, as printed by the bench clients.
 struct ClientResult {
     line: String,
     p50_us: f64,
     p99_us: f64,
     rps: f64,
+    /// CPUs other processes on the host kept busy during the run ([`OtherLoad`]).
+    other_cpus: f64,
 }
 
 struct TracerRun {
@@ -183,108 +231,113 @@ struct TracerRun {
     final_line: String,
 }
 
+/// One of the HTTPS bench clients: `program [script] PORT CERT N WARMUP`. Each waits for a line
+/// (or EOF) on stdin before its first request and prints one JSON line with `requests`,
+/// `seconds`, `p50_us`, `p99_us`, `rps` and `connections`.
+#[derive(Clone)]
 struct Client {
-    script: PathBuf,
+    /// Short name for messages and log files.
+    name: &'static str,
+    program: PathBuf,
+    script: Option<OsString>,
     port: u16,
     cert: PathBuf,
+    /// The mock server's PID, whose CPU time is this benchmark's own.
+    server_pid: u32,
     requests: u32,
+    /// Set for an executable the tracer can only hook once a process runs it (a Go binary):
+    /// traced runs hold the client until the tracer's log says `attached ... <this>`.
+    hooked_at_exec: Option<String>,
 }
 
 impl Client {
-    fn run(&self) -> Result<ClientResult> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(&self.script)
+    /// One run; with `tracer`, the client waits until the tracer has hooked it if needed.
+    fn run(&self, tracer: Option<&mut Tracer>) -> Result<ClientResult> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.script)
             .arg(self.port.to_string())
             .arg(&self.cert)
             .arg(self.requests.to_string())
             .arg(WARMUP.to_string())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        let mut client = Guarded::spawn(&mut cmd, "python client")?;
-        // Generous: a request normally takes about a millisecond.
+        let mut pids = vec![self.server_pid];
+        pids.extend(tracer.as_ref().map(|t| t.pid));
+        let load = OtherLoad::start(pids)?;
+        let mut client = Guarded::spawn(&mut cmd, self.name)?;
+        // Read stdout on a thread so that a full pipe can never stall the client.
+        let stdout = client
+            .child_mut()
+            .and_then(|c| c.stdout.take())
+            .context("the client has no stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stdout).read_to_string(&mut text);
+            text
+        });
+        if let (Some(tracer), Some(binary)) = (tracer, &self.hooked_at_exec) {
+            tracer.wait_for_log(
+                &format!("`attached ... {binary}` line"),
+                ATTACH_TIMEOUT,
+                Some(&mut client),
+                |l| l.contains("attached") && l.contains(binary.as_str()),
+            )?;
+        }
+        // The line starts the client; dropping the handle then closes its stdin.
+        if let Some(mut stdin) = client.child_mut().and_then(|c| c.stdin.take()) {
+            stdin
+                .write_all(b"go\n")
+                .context("starting the client (its stdin)")?;
+        }
+        // Generous: a request normally takes well under a millisecond.
         let limit = Duration::from_secs(60) + Duration::from_millis(50) * (self.requests + WARMUP);
         let status = client
             .wait_timeout(limit)?
-            .with_context(|| format!("the client did not finish within {limit:?}"))?;
-        let mut stdout = String::new();
-        if let Some(mut pipe) = client.child_mut().and_then(|c| c.stdout.take()) {
-            pipe.read_to_string(&mut stdout)?;
-        }
-        ensure!(status.success(), "the client failed ({status})");
+            .with_context(|| format!("the {} client did not finish within {limit:?}", self.name))?;
+        let other_cpus = load.finish()?;
+        let stdout = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stdout reader panicked"))?;
+        ensure!(
+            status.success(),
+            "the {} client failed ({status})",
+            self.name
+        );
         let line = stdout
             .lines()
             .rev()
             .find(|l| l.starts_with('{'))
-            .with_context(|| format!("no JSON line in the client's output: {stdout:?}"))?
+            .with_context(|| {
+                format!(
+                    "no JSON line in the {} client's output: {stdout:?}",
+                    self.name
+                )
+            })?
             .to_string();
+        let connections = json_number(&line, "connections")?;
+        ensure!(
+            connections == 1.0,
+            "the {} client opened {connections} connections, so keep-alive did not hold: {line}",
+            self.name
+        );
         Ok(ClientResult {
             p50_us: json_number(&line, "p50_us")?,
             p99_us: json_number(&line, "p99_us")?,
             rps: json_number(&line, "rps")?,
+            other_cpus,
             line,
         })
     }
 }
 
-fn run_with_tracer(
-    bin: &Path,
-    dir: &Path,
-    run: usize,
-    client: &Client,
-    clk_tck: f64,
-) -> Result<TracerRun> {
-    let stdout_path = dir.join(format!("tracer-{run}.stdout"));
-    let stderr_path = dir.join(format!("tracer-{run}.stderr"));
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "--console", "never"])
-        // Plain log text, and no exporter picked up from the environment: capture cost only.
-        .env("NO_COLOR", "1")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path)?)
-        .stderr(File::create(&stderr_path)?);
-    let mut tracer = Guarded::spawn(&mut cmd, "agent-tracer")?;
-    let pid = tracer.pid();
-
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let log = strip_ansi(&fs::read_to_string(&stderr_path).unwrap_or_default());
-        if log.contains("tracer ready") {
-            break;
-        }
-        if let Some(status) = tracer.try_wait()? {
-            bail!(
-                "the tracer exited before it was ready ({status}):\n{}",
-                tail(&log, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the tracer was not ready within {READY_TIMEOUT:?}:\n{}",
-                tail(&log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let cpu_ready = cpu_seconds(pid, clk_tck)?;
-    let result = client.run()?;
+fn run_with_tracer(env: &Env, label: &str, client: &Client) -> Result<TracerRun> {
+    let mut tracer = env.start_tracer(label)?;
+    let cpu_ready = tracer.cpu_seconds()?;
+    let result = client.run(Some(&mut tracer))?;
     // Read before stopping: the process is gone afterwards.
-    let cpu_end = cpu_seconds(pid, clk_tck)?;
-    let peak_rss_kib = peak_rss_kib(pid)?;
-
-    let status = tracer.stop(STOP_TIMEOUT)?;
-    let log = strip_ansi(&fs::read_to_string(&stderr_path).unwrap_or_default());
-    ensure!(
-        status.success(),
-        "the tracer failed ({status}):\n{}",
-        tail(&log, 20)
-    );
-    let final_line = log
-        .lines()
-        .rev()
-        .find_map(|l| l.find("tracer stopped:").map(|i| l[i..].trim().to_string()))
-        .with_context(|| format!("no `tracer stopped:` line in {}", stderr_path.display()))?;
+    let cpu_end = tracer.cpu_seconds()?;
+    let peak_rss_kib = tracer.peak_rss_kib()?;
+    let final_line = tracer.stop()?;
     Ok(TracerRun {
         client: result,
         cpu_run_s: cpu_end - cpu_ready,
@@ -294,14 +347,133 @@ fn run_with_tracer(
     })
 }
 
+/// A running `agent-tracer run --console never` (no exporter), ready: its probes are attached.
+struct Tracer {
+    process: Guarded,
+    pid: u32,
+    stderr_path: PathBuf,
+}
+
+impl Tracer {
+    /// Starts the tracer, logging to `dir/tracer-{label}.{stdout,stderr}`, and waits for
+    /// `tracer ready`.
+    fn start(bin: &Path, dir: &Path, label: &str) -> Result<Self> {
+        let stdout_path = dir.join(format!("tracer-{label}.stdout"));
+        let stderr_path = dir.join(format!("tracer-{label}.stderr"));
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--console", "never"])
+            // Plain log text, and no exporter picked up from the environment: capture cost only.
+            .env("NO_COLOR", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path)?)
+            .stderr(File::create(&stderr_path)?);
+        let process = Guarded::spawn(&mut cmd, "agent-tracer")?;
+        let mut tracer = Self {
+            pid: process.pid(),
+            process,
+            stderr_path,
+        };
+        tracer.wait_for_log("tracer ready", READY_TIMEOUT, None, |l| {
+            l.contains("tracer ready")
+        })?;
+        Ok(tracer)
+    }
+
+    fn log(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.stderr_path).unwrap_or_default())
+    }
+
+    /// Polls the log until a line matches; an error if the tracer (or `also`, a process this
+    /// wait is for) exits first, or after `limit`.
+    fn wait_for_log(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut also: Option<&mut Guarded>,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.lines().any(&matches) {
+                return Ok(());
+            }
+            if let Some(status) = self.process.try_wait()? {
+                bail!(
+                    "the tracer exited ({status}) while waiting for {what}:\n{}",
+                    tail(&log, 20)
+                );
+            }
+            if let Some(other) = also.as_deref_mut() {
+                if let Some(status) = other.try_wait()? {
+                    bail!(
+                        "{} exited ({status}) while waiting for the tracer's {what}",
+                        other.name
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {what} in the tracer's log within {limit:?}:\n{}",
+                    tail(&log, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// utime + stime so far, in seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(&format!("/proc/{}/stat", self.pid), 14)
+    }
+
+    fn peak_rss_kib(&self) -> Result<u64> {
+        peak_rss_kib(self.pid)
+    }
+
+    /// SIGINT, wait for the exit, and return the `tracer stopped: ...` message (its counters).
+    fn stop(self) -> Result<String> {
+        let status = self.process.stop(STOP_TIMEOUT)?;
+        let log = strip_ansi(&fs::read_to_string(&self.stderr_path).unwrap_or_default());
+        ensure!(
+            status.success(),
+            "the tracer failed ({status}):\n{}",
+            tail(&log, 20)
+        );
+        log.lines()
+            .rev()
+            .find_map(|l| l.find("tracer stopped:").map(|i| l[i..].trim().to_string()))
+            .with_context(|| {
+                format!(
+                    "no `tracer stopped:` line in {}",
+                    self.stderr_path.display()
+                )
+            })
+    }
+}
+
+/// The value of `name=` in the tracer's final line; counters at zero are left out of it.
+fn counter(final_line: &str, name: &str) -> u64 {
+    final_line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `mock-llm 127.0.0.1:0`, stopped when dropped.
 struct MockServer {
-    _process: Guarded,
+    process: Guarded,
     port: u16,
     cert: PathBuf,
 }
 
 impl MockServer {
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     fn start(bin: &Path, dir: &Path) -> Result<Self> {
         let stderr = File::create(dir.join("mock-llm.stderr"))?;
         let mut cmd = Command::new(bin);
@@ -340,7 +512,7 @@ impl MockServer {
         let (port, cert) =
             parse().with_context(|| format!("unexpected mock-llm announcement: {line:?}"))?;
         Ok(Self {
-            _process: process,
+            process,
             port,
             cert,
         })
@@ -348,7 +520,7 @@ impl MockServer {
 }
 
 /// A child process that is interrupted (then killed) if still running when dropped, so that an
-/// error anywhere never leaves a tracer or server behind.
+/// error anywhere never leaves a tracer, server or client behind.
 struct Guarded {
     child: Option<Child>,
     name: &'static str,
@@ -390,7 +562,7 @@ impl Guarded {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -448,19 +620,24 @@ fn other_tracers() -> Vec<u32> {
         .collect()
 }
 
-fn clock_ticks_per_second() -> f64 {
-    match output_of(Command::new("getconf").arg("CLK_TCK")).map(|s| s.parse::<f64>()) {
-        Ok(Ok(ticks)) if ticks > 0.0 => ticks,
-        _ => {
-            eprintln!("warning: `getconf CLK_TCK` failed; assuming 100 ticks per second");
-            100.0
+/// Clock ticks per second, the unit of /proc CPU times (asked once).
+fn clk_tck() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        match output_of(Command::new("getconf").arg("CLK_TCK")).map(|s| s.parse::<f64>()) {
+            Ok(Ok(ticks)) if ticks > 0.0 => ticks,
+            _ => {
+                eprintln!("warning: `getconf CLK_TCK` failed; assuming 100 ticks per second");
+                100.0
+            }
         }
-    }
+    })
 }
 
-/// utime + stime of `pid` (fields 14 and 15 of /proc/PID/stat), in seconds.
-fn cpu_seconds(pid: u32, clk_tck: f64) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+/// The sum of two consecutive CPU-time fields of a /proc/PID/stat file, starting at 1-based
+/// field `first`, in seconds: 14 is utime + stime, 16 is cutime + cstime (waited-for children).
+fn cpu_seconds(stat_path: &str, first: usize) -> Result<f64> {
+    let stat = fs::read_to_string(stat_path)?;
     // The command name (field 2) may contain spaces; count fields after its closing paren.
     let after_comm = stat
         .rsplit_once(')')
@@ -474,7 +651,7 @@ fn cpu_seconds(pid: u32, clk_tck: f64) -> Result<f64> {
             .context("short /proc/PID/stat")?
             .parse::<f64>()?)
     };
-    Ok((ticks(14)? + ticks(15)?) / clk_tck)
+    Ok((ticks(first)? + ticks(first + 1)?) / clk_tck())
 }
 
 /// VmHWM of `pid`, in KiB.
@@ -487,7 +664,84 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
     Ok(value.trim().trim_end_matches("kB").trim().parse()?)
 }
 
-/// A number field from client.py's flat JSON line.
+/// CPU time of user and system work on the whole host so far (the `cpu` line of /proc/stat:
+/// user + nice + system), in seconds. Interrupt time and steal are left out: loopback traffic's
+/// softirq work may be accounted there rather than to the process that caused it.
+fn host_busy_seconds() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|v| v.parse::<f64>())
+        .collect::<Result<_, _>>()?;
+    ensure!(ticks.len() == 3, "short cpu line in /proc/stat: {line}");
+    Ok(ticks.iter().sum::<f64>() / clk_tck())
+}
+
+/// Measures how busy the rest of the host was during a step: host CPU time minus what this
+/// command, its waited-for children and the given running processes (server, tracer) used.
+/// Other engineers' builds and tests on a shared machine show up here.
+struct OtherLoad {
+    start: Instant,
+    host: f64,
+    ours: f64,
+    pids: Vec<u32>,
+}
+
+impl OtherLoad {
+    fn start(pids: Vec<u32>) -> Result<Self> {
+        Ok(Self {
+            start: Instant::now(),
+            host: host_busy_seconds()?,
+            ours: Self::ours(&pids)?,
+            pids,
+        })
+    }
+
+    fn ours(pids: &[u32]) -> Result<f64> {
+        let mut total = cpu_seconds("/proc/self/stat", 14)? + cpu_seconds("/proc/self/stat", 16)?;
+        for pid in pids {
+            total += cpu_seconds(&format!("/proc/{pid}/stat"), 14)?;
+        }
+        Ok(total)
+    }
+
+    /// The average number of CPUs other processes kept busy since `start` (never negative;
+    /// clock-tick resolution, so approximate).
+    fn finish(&self) -> Result<f64> {
+        let wall = self.start.elapsed().as_secs_f64();
+        let host = host_busy_seconds()? - self.host;
+        let ours = Self::ours(&self.pids)? - self.ours;
+        Ok(((host - ours) / wall.max(1e-3)).max(0.0))
+    }
+}
+
+/// A sentence on how busy the rest of the host was, from per-run [`OtherLoad`] figures, with a
+/// caution when it was enough to matter.
+fn load_note(values: &[f64]) -> String {
+    let max = values.iter().copied().fold(0.0, f64::max);
+    let mut s = format!(
+        "Other processes on the host kept on average {:.2} CPUs busy during the measured runs \
+         (median over runs; highest {max:.2}), from /proc/stat minus this benchmark's own \
+         processes.",
+        median(values.to_vec())
+    );
+    if max >= 0.25 {
+        s.push_str(
+            " Caution: that is enough to slow down and spread the measured numbers; the machine \
+             was shared while they were taken.",
+        );
+    }
+    s.push_str("\n\n");
+    s
+}
+
+/// A number field from a client's flat JSON line (`"key": 1.5` or `"key":1.5`).
 fn json_number(line: &str, key: &str) -> Result<f64> {
     let needle = format!("\"{key}\":");
     let start = line
@@ -519,6 +773,28 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// Values as a comma-separated list with `decimals` decimals, for the per-run lines.
+fn list(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
+    values
+        .into_iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `n` with commas between groups of three digits: 1,000,000.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn machine() -> String {
     let cpus = output_of(&mut Command::new("nproc")).unwrap_or_else(|_| "?".into());
     let kernel = output_of(Command::new("uname").arg("-r")).unwrap_or_else(|_| "?".into());
@@ -534,7 +810,16 @@ fn machine() -> String {
     format!("{cpus} CPUs{model}, Linux {kernel}")
 }
 
-fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: usize) -> String {
+/// Online CPUs, for notes about sharing cores.
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn today() -> String {
+    output_of(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_else(|_| "?".into())
+}
+
+fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: &Others) -> String {
     let on_clients: Vec<&ClientResult> = on.iter().map(|t| &t.client).collect();
     let off_clients: Vec<&ClientResult> = off.iter().collect();
     let med = |runs: &[&ClientResult], f: fn(&ClientResult) -> f64| {
@@ -552,14 +837,8 @@ fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: usize) 
     let cpu_run = median(on.iter().map(|t| t.cpu_run_s).collect());
     let cpu_startup = median(on.iter().map(|t| t.cpu_startup_s).collect());
     let rss_mib = median(on.iter().map(|t| t.peak_rss_kib as f64 / 1024.0).collect());
-    let date =
-        output_of(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_else(|_| "?".into());
-    let per_run = |runs: &[&ClientResult], f: fn(&ClientResult) -> f64| {
-        runs.iter()
-            .map(|r| format!("{:.0}", f(r)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let per_run =
+        |runs: &[&ClientResult], f: fn(&ClientResult) -> f64| list(runs.iter().map(|r| f(r)), 0);
     let mut s = String::new();
     s.push_str(SECTION);
     s.push_str("\n\n");
@@ -572,14 +851,16 @@ fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: usize) 
          (no exporter), interleaved; each figure is the median of its {RUNS} runs. Latency \
          includes the time the uprobes spend in the client's own SSL_write/SSL_read calls; the \
          tracer's CPU covers its user-space work (ring-buffer reading, HTTP parsing, spans).\n\n",
+        date = today(),
         machine = machine(),
     ));
-    if others > 0 {
-        s.push_str(&format!(
-            "Caution: {others} other agent-tracer process(es) were running during these runs; \
-             their probes slowed down both sides.\n\n"
-        ));
-    }
+    s.push_str(&others.caution());
+    let loads: Vec<f64> = off
+        .iter()
+        .chain(on.iter().map(|t| &t.client))
+        .map(|r| r.other_cpus)
+        .collect();
+    s.push_str(&load_note(&loads));
     s.push_str("| metric | without tracer | with tracer | ratio (with / without) |\n");
     s.push_str("| --- | ---: | ---: | ---: |\n");
     s.push_str(&format!(
@@ -684,6 +965,21 @@ mod tests {
         assert_eq!(json_number(line, "p50_us").unwrap(), 812.3);
         assert_eq!(json_number(line, "rps").unwrap(), 20.0);
         assert!(json_number(line, "nope").is_err());
+        // Go and node print without spaces, keys in any order.
+        let line = r#"{"connections":1,"p50_us":144.033,"rps":6988.2}"#;
+        assert_eq!(json_number(line, "connections").unwrap(), 1.0);
+        assert_eq!(json_number(line, "rps").unwrap(), 6988.2);
+    }
+
+    #[test]
+    fn reads_counters_from_the_final_line() {
+        let line = "tracer stopped: records=6236 bytes=1927000 kernel_tls_calls=6150 \
+                    tls_targets_attached=3 tracer.unsupported_tls{binary=/x,stack=rustls}=1";
+        assert_eq!(counter(line, "kernel_tls_calls"), 6150);
+        assert_eq!(counter(line, "bytes"), 1927000);
+        // Counters at zero are not printed.
+        assert_eq!(counter(line, "kernel_ignored_connections"), 0);
+        assert_eq!(counter(line, "kernel_tls"), 0);
     }
 
     #[test]
@@ -704,6 +1000,14 @@ mod tests {
             replace_section("# B\n\n## HTTPS x\nold", "## HTTPS x\nnew"),
             "# B\n\n## HTTPS x\nnew\n"
         );
+    }
+
+    #[test]
+    fn groups_digits() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(4_000_000), "4,000,000");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Only std, anyhow and clap: this crate is compiled on every `cargo xtask` call.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -47,8 +48,17 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Measure the tracer's overhead on an HTTPS client loop and record it in BENCHMARKS.md.
+    /// Measure the tracer's overhead (HTTPS client loops from Python, node and Go; syscalls of
+    /// unrelated processes) and record it in BENCHMARKS.md.
     Bench(bench::Args),
+    /// Run the cargo fuzz targets in fuzz/ (nightly): `cargo xtask fuzz --seconds 600 http1`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Targets to run; all when none is named.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +69,9 @@ fn main() -> ExitCode {
         Command::Run { args } => run(&args),
         Command::Test { args } => test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz { seconds, targets } => {
+            setup::run(setup::Needs::Everything).and_then(|()| fuzz::run(seconds, &targets))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,17 +110,19 @@ fn run(args: &[String]) -> Result<()> {
     Err(err).with_context(|| format!("executing {}", tracer.display()))
 }
 
+const FUZZ_SMOKE_SECONDS: u32 = 5;
+
 fn test(extra: &[String]) -> Result<()> {
     setup::run(setup::Needs::Everything)?;
-    let steps: Vec<(&str, std::process::Command)> = vec![
-        ("formatting: cargo fmt --all --check", {
+    let steps: Vec<(String, std::process::Command)> = vec![
+        ("formatting: cargo fmt --all --check".to_string(), {
             let mut c = cargo();
             c.args(["fmt", "--all", "--check"]);
             c
         }),
         (
             // tracer-ebpf builds only for bpfel-unknown-none, so it is linted on its own below.
-            "lints: cargo clippy --workspace --exclude tracer-ebpf --all-targets -- -D warnings",
+            "lints: cargo clippy --workspace --exclude tracer-ebpf --all-targets -- -D warnings".to_string(),
             {
                 let mut c = cargo();
                 c.args(["clippy", "--workspace", "--exclude", "tracer-ebpf", "--all-targets"])
@@ -115,8 +130,7 @@ fn test(extra: &[String]) -> Result<()> {
                 c
             },
         ),
-        (
-            "lints for the eBPF crate: cargo +nightly clippy -p tracer-ebpf --target bpfel-unknown-none -Z build-std=core --release -- -D warnings",
+        ("lints for the eBPF crate: cargo +nightly clippy -p tracer-ebpf --target bpfel-unknown-none -Z build-std=core --release -- -D warnings".to_string(),
             {
                 let mut c = util::cargo_toolchain("nightly");
                 c.args(["clippy", "-p", "tracer-ebpf", "--target", "bpfel-unknown-none"])
@@ -124,16 +138,23 @@ fn test(extra: &[String]) -> Result<()> {
                 c
             },
         ),
-        ("tests: cargo test --workspace --exclude tracer-ebpf --no-fail-fast", {
+        ("tests: cargo test --workspace --exclude tracer-ebpf --no-fail-fast".to_string(), {
             let mut c = cargo();
             c.args(["test", "--workspace", "--exclude", "tracer-ebpf", "--no-fail-fast"])
                 .args(extra);
             c
         }),
     ];
+    // Every fuzz target for a few seconds: the parsers keep running on inputs no test wrote.
+    let steps = steps.into_iter().chain(fuzz::TARGETS.iter().map(|t| {
+        (
+            format!("fuzz smoke: {t} for {FUZZ_SMOKE_SECONDS} s"),
+            fuzz::command(t, FUZZ_SMOKE_SECONDS),
+        )
+    }));
     let mut failed = Vec::new();
     for (name, mut cmd) in steps {
-        util::header(name);
+        util::header(&name);
         if let Err(e) = run_checked(&mut cmd) {
             eprintln!("error: {e:#}");
             failed.push(name);

@@ -30,6 +30,9 @@ pub fn run(needs: Needs) -> Result<()> {
     bpf_linker(&sysroot)?;
     mounts()?;
     test_tools(needs == Needs::Everything)?;
+    if needs == Needs::Everything {
+        cargo_fuzz()?;
+    }
     Ok(())
 }
 
@@ -199,6 +202,22 @@ fn mounts() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// cargo-fuzz, for the fuzz targets' smoke runs in `cargo xtask test`; skipped when it answers.
+fn cargo_fuzz() -> Result<()> {
+    if succeeds_quietly(Command::new("cargo").args(["fuzz", "--version"])) {
+        println!("cargo-fuzz: present");
+        return Ok(());
+    }
+    println!("cargo-fuzz: installing (a minute or two)");
+    run_checked(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        "0.13.2",
+        "--locked",
+    ]))
 }
 
 /// A program the tests and the benchmark drive, the command that proves it works, and the

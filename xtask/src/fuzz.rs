@@ -1,0 +1,40 @@
+//! `cargo xtask fuzz`: the cargo fuzz targets in fuzz/ (nightly, libFuzzer), each for a bounded
+//! time. `cargo xtask test` runs them for a few seconds each; longer runs are for people.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::util::{self, run_checked};
+
+/// Every target in fuzz/Cargo.toml.
+pub const TARGETS: &[&str] = &["http1", "http2", "sse", "websocket", "genai"];
+
+pub fn command(target: &str, seconds: u32) -> Command {
+    let mut c = util::cargo_toolchain("nightly");
+    c.current_dir(util::root().join("fuzz"))
+        .args(["fuzz", "run", "-O", target, "--"])
+        .arg(format!("-max_total_time={seconds}"));
+    c
+}
+
+pub fn run(seconds: u32, targets: &[String]) -> Result<()> {
+    let chosen: Vec<&str> = if targets.is_empty() {
+        TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    for t in &chosen {
+        if !TARGETS.contains(t) {
+            bail!(
+                "unknown fuzz target {t:?} (targets: {})",
+                TARGETS.join(", ")
+            );
+        }
+    }
+    for t in chosen {
+        util::header(&format!("fuzz {t} for {seconds} s"));
+        run_checked(&mut command(t, seconds))?;
+    }
+    Ok(())
+}
