@@ -112,6 +112,51 @@ fn run(args: &[String]) -> Result<()> {
 
 const FUZZ_SMOKE_SECONDS: u32 = 5;
 
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Counts from a libtest summary line: `test result: ok. 12 passed; 0 failed; ...`.
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
+/// Runs `cargo test`, passing its output through and adding up its summary lines.
+fn run_counting_tests(cmd: &mut std::process::Command, totals: &mut TestTotals) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{}`", util::describe(cmd)))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some((passed, failed)) = parse_test_result(&line) {
+                totals.passed += passed;
+                totals.failed += failed;
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", util::describe(cmd));
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     setup::run(setup::Needs::Everything)?;
     let steps: Vec<(String, std::process::Command)> = vec![
@@ -153,15 +198,26 @@ fn test(extra: &[String]) -> Result<()> {
         )
     }));
     let mut failed = Vec::new();
+    let mut totals = TestTotals::default();
     for (name, mut cmd) in steps {
         util::header(&name);
-        if let Err(e) = run_checked(&mut cmd) {
+        let result = if name.starts_with("tests:") {
+            run_counting_tests(&mut cmd, &mut totals)
+        } else {
+            run_checked(&mut cmd)
+        };
+        if let Err(e) = result {
             eprintln!("error: {e:#}");
             failed.push(name);
         }
     }
+    // One closing line over every test binary: cargo's own last line is an (empty) doc-test run.
+    println!(
+        "\ntests: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
     if failed.is_empty() {
-        println!("\nall checks passed");
+        println!("all checks passed");
         Ok(())
     } else {
         bail!(
@@ -169,5 +225,20 @@ fn test(extra: &[String]) -> Result<()> {
             failed.len(),
             failed.join("\n  ")
         )
+    }
+}
+
+#[cfg(test)]
+mod test_totals {
+    use super::parse_test_result;
+
+    #[test]
+    fn reads_libtest_summaries() {
+        assert_eq!(parse_test_result("test result: ok. 115 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 11.65s"), Some((115, 0)));
+        assert_eq!(
+            parse_test_result("test result: FAILED. 4 passed; 1 failed; 0 ignored"),
+            Some((4, 1))
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
     }
 }
