@@ -163,7 +163,7 @@ struct MessageParser {
     head_start_ns: u64,
     current: Option<Partial>,
     max_body: usize,
-    /// Set while skipping bytes after an error, so one bad stretch counts as one error.
+    /// Set while passing over bytes after an error, so one bad stretch counts as one error.
     resyncing: bool,
 }
 
