@@ -2,8 +2,10 @@
 # forked child to this process, whose first bytes are not HTTP (nor TLS).
 #
 # Usage: python3 tcp_pair.py SENDS
-# Prints one JSON line: {"sends": ..., "recvs": ..., "bytes": ..., "seconds": ...}; seconds runs
-# from the fork to the end of the stream (the child's exit included).
+# Prints one JSON line: {"sends": ..., "recvs": ..., "bytes": ..., "seconds": ..., "cpu": N};
+# seconds runs from the fork to the end of the stream (the child's exit included). Both processes
+# run on one CPU (the last one allowed): on a small machine, where the two sides land otherwise
+# varies from run to run, and so does the time.
 import json
 import os
 import socket
@@ -18,6 +20,8 @@ listener.bind(("127.0.0.1", 0))
 listener.listen(1)
 port = listener.getsockname()[1]
 
+cpu = max(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})
 start = time.perf_counter()
 pid = os.fork()
 if pid == 0:
@@ -52,4 +56,5 @@ seconds = time.perf_counter() - start
 conn.close()
 if status != 0 or total != sends * len(msg):
     sys.exit(f"sender failed (wait status {status}) or bytes missing: {total} of {sends * len(msg)}")
-print(json.dumps({"sends": sends, "recvs": recvs, "bytes": total, "seconds": seconds}), flush=True)
+print(json.dumps({"sends": sends, "recvs": recvs, "bytes": total, "seconds": seconds, "cpu": cpu}),
+      flush=True)

@@ -37,6 +37,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a traced run waits for the tracer to hook a client executable it only sees at exec.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Before each run, wait at most this long for other agent-tracers to exit and other processes
+/// to go quiet (the machine may be shared)...
+const QUIET_WAIT_PER_RUN: Duration = Duration::from_secs(120);
+/// ...and at most this long in all, so the benchmark stays bounded on a busy machine.
+const QUIET_WAIT_TOTAL: Duration = Duration::from_secs(600);
+/// Other processes' CPU use (in CPUs) under which the machine counts as quiet.
+const QUIET_CPUS: f64 = 0.3;
 const SECTION: &str = "## HTTPS client loop (OpenSSL, Python http.client, keep-alive)";
 
 /// Standard library only: the interpreter's `ssl` module is the system libssl.so.3.
@@ -98,6 +105,7 @@ pub fn run(args: &Args) -> Result<()> {
         tracer: release.join("agent-tracer"),
         dir: dir.clone(),
         requests: args.requests,
+        quiet_budget: std::cell::Cell::new(QUIET_WAIT_TOTAL),
     };
     let client_py = dir.join("client.py");
     fs::write(&client_py, CLIENT_PY).with_context(|| format!("writing {}", client_py.display()))?;
@@ -147,11 +155,48 @@ struct Env {
     dir: PathBuf,
     /// Measured requests per client run.
     requests: u32,
+    /// What is left of [`QUIET_WAIT_TOTAL`].
+    quiet_budget: std::cell::Cell<Duration>,
 }
 
 impl Env {
     fn start_tracer(&self, label: &str) -> Result<Tracer> {
         Tracer::start(&self.tracer, &self.dir, label)
+    }
+
+    /// Call before each run: waits (bounded) until no other agent-tracer runs and other
+    /// processes use less than [`QUIET_CPUS`], then notes any other tracer still running.
+    fn before_run(&self, others: &mut Others) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + QUIET_WAIT_PER_RUN.min(self.quiet_budget.get());
+        let mut told = false;
+        loop {
+            let tracers = other_tracers();
+            // Sampled over half a second; the benchmark's own processes are idle here.
+            let sample = OtherLoad::start(Vec::new())?;
+            std::thread::sleep(Duration::from_millis(500));
+            let busy = sample.finish()?;
+            if tracers.is_empty() && busy < QUIET_CPUS {
+                break;
+            }
+            if Instant::now() >= deadline {
+                println!("the machine is still busy; measuring anyway");
+                break;
+            }
+            if !told {
+                println!(
+                    "waiting for the machine to quieten: {} other agent-tracer(s), other \
+                     processes using {busy:.2} CPUs",
+                    tracers.len()
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.quiet_budget
+            .set(self.quiet_budget.get().saturating_sub(started.elapsed()));
+        others.check(&[]);
+        Ok(())
     }
 }
 
@@ -161,9 +206,10 @@ impl Env {
 struct Others(Vec<u32>);
 
 impl Others {
-    /// Looks for other tracers (call it when none of ours is running).
-    fn check(&mut self) {
-        for pid in other_tracers() {
+    /// Looks for other tracers, `ours` (this benchmark's running tracer, if any) aside. Call it
+    /// before and after each run.
+    fn check(&mut self, ours: &[u32]) {
+        for pid in other_tracers().into_iter().filter(|p| !ours.contains(p)) {
             eprintln!("warning: another agent-tracer (pid {pid}) is running; the numbers include its probes");
             if !self.0.contains(&pid) {
                 self.0.push(pid);
@@ -176,8 +222,10 @@ impl Others {
         match self.0.len() {
             0 => String::new(),
             n => format!(
-                "Caution: {n} other agent-tracer process(es) were running during these runs; \
-                 their probes slowed down both sides.\n\n"
+                "Caution: {n} other agent-tracer process(es) (other engineers' tests) were \
+                 running during some of these runs, even after waiting for a quiet machine: \
+                 their probes slowed down both sides, and their traffic may be counted in the \
+                 final log lines.\n\n"
             ),
         }
     }
@@ -189,14 +237,15 @@ fn https_loop(env: &Env, client: &Client) -> Result<String> {
     let mut others = Others::default();
     for i in 1..=RUNS {
         header(&format!("run {i}/{RUNS} without the tracer"));
-        others.check();
+        env.before_run(&mut others)?;
         let result = client.run(None)?;
+        others.check(&[]);
         println!("{}", result.line);
         off.push(result);
 
         header(&format!("run {i}/{RUNS} with the tracer"));
-        others.check();
-        let result = run_with_tracer(env, &format!("{i}"), client)?;
+        env.before_run(&mut others)?;
+        let result = run_with_tracer(env, &format!("{i}"), client, &mut others)?;
         println!("{}", result.client.line);
         println!(
             "tracer: {:.3} s CPU during the run, {:.3} s at start-up, peak RSS {:.1} MiB",
@@ -330,10 +379,16 @@ impl Client {
     }
 }
 
-fn run_with_tracer(env: &Env, label: &str, client: &Client) -> Result<TracerRun> {
+fn run_with_tracer(
+    env: &Env,
+    label: &str,
+    client: &Client,
+    others: &mut Others,
+) -> Result<TracerRun> {
     let mut tracer = env.start_tracer(label)?;
     let cpu_ready = tracer.cpu_seconds()?;
     let result = client.run(Some(&mut tracer))?;
+    others.check(&[tracer.pid]);
     // Read before stopping: the process is gone afterwards.
     let cpu_end = tracer.cpu_seconds()?;
     let peak_rss_kib = tracer.peak_rss_kib()?;
@@ -726,9 +781,12 @@ impl OtherLoad {
 fn load_note(values: &[f64]) -> String {
     let max = values.iter().copied().fold(0.0, f64::max);
     let mut s = format!(
-        "Other processes on the host kept on average {:.2} CPUs busy during the measured runs \
-         (median over runs; highest {max:.2}), from /proc/stat minus this benchmark's own \
-         processes.",
+        "Before each run the benchmark waited (at most {}s per run, {}s in all) until no other \
+         agent-tracer ran and other processes used under {QUIET_CPUS} CPUs. Other processes \
+         then kept on average {:.2} CPUs busy during the measured runs (median over runs; \
+         highest {max:.2}), from /proc/stat minus this benchmark's own processes.",
+        QUIET_WAIT_PER_RUN.as_secs(),
+        QUIET_WAIT_TOTAL.as_secs(),
         median(values.to_vec())
     );
     if max >= 0.25 {

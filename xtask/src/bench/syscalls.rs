@@ -54,9 +54,10 @@ pub(super) fn measure(env: &Env) -> Result<String> {
     let mut on = Vec::new();
     for i in 1..=RUNS {
         header(&format!("syscalls: run {i}/{RUNS} without the tracer"));
-        others.check();
+        env.before_run(&mut others)?;
         let pipe = pipe_run(None)?;
         let tcp = tcp_run(&script, None)?;
+        others.check(&[]);
         println!(
             "pipe {:.3} s (CPU {:.2} s), tcp {:.3} s (CPU {:.2} s)",
             pipe.seconds, pipe.workload_cpu_s, tcp.seconds, tcp.workload_cpu_s
@@ -65,13 +66,14 @@ pub(super) fn measure(env: &Env) -> Result<String> {
         off_tcp.push(tcp);
 
         header(&format!("syscalls: run {i}/{RUNS} with the tracer"));
-        others.check();
+        env.before_run(&mut others)?;
         let tracer = env.start_tracer(&format!("syscalls-{i}"))?;
         let cpu0 = tracer.cpu_seconds()?;
         let pipe = pipe_run(Some(tracer.pid))?;
         let cpu1 = tracer.cpu_seconds()?;
         let tcp = tcp_run(&script, Some(tracer.pid))?;
         let cpu2 = tracer.cpu_seconds()?;
+        others.check(&[tracer.pid]);
         let final_line = tracer.stop()?;
         println!(
             "pipe {:.3} s (CPU {:.2} s, tracer {:.3} s), tcp {:.3} s (CPU {:.2} s, tracer {:.3} s)\n{final_line}",
@@ -213,10 +215,12 @@ fn render(off_pipe: &[Sample], off_tcp: &[Sample], on: &[Traced], others: &Other
          - **TCP connection whose first bytes are not HTTP (ignored after the first read)**: a \
          Python script listens on 127.0.0.1, forks a child that connects and makes {sends} \
          16-byte sends (`TCP_NODELAY`, first bytes neither HTTP nor TLS), and reads them with \
-         16-byte `recv`s until the end. A TCP connection made while the tracer runs is a \
-         candidate: its first bytes are looked at, found not to be HTTP, and the connection is \
-         ignored from then on (the tracer counted a median of {ignored:.0} ignored connections \
-         per run; the script's connection has two ends). Timed by the script, from the fork to the end of the stream.\n\n\
+         16-byte `recv`s until the end. Both processes are pinned to one CPU \
+         (`sched_setaffinity`), which keeps the spread between runs small. A TCP connection \
+         made while the tracer runs is a candidate: its first bytes are looked at, found not to \
+         be HTTP, and the connection is ignored from then on (the tracer counted a median of \
+         {ignored:.0} ignored connections per run; the script's connection has two ends). Timed \
+         by the script, from the fork to the end of the stream.\n\n\
          The probes run in the kernel on the calling thread, so their time shows in the \
          workload's own CPU (user + system of its processes, from the benchmark's waited-for \
          children), not in the tracer's. The tracer's CPU during a run is its user-space work, \
@@ -261,8 +265,8 @@ fn render(off_pipe: &[Sample], off_tcp: &[Sample], on: &[Traced], others: &Other
     let per = |off: &[&Sample], on: &[&Sample], n: u32| (cpu(on) - cpu(off)) * 1e9 / f64::from(n);
     s.push_str(&format!(
         "\nAdded workload CPU: {:+.0} ns per dd write (covering up to four syscalls: dd's read \
-         and write, cat's read and write), {:+.0} ns per TCP send (covering the send and its recv). CPU times come in \
-         clock ticks, so these are rough.\n\n",
+         and write, cat's read and write), {:+.0} ns per TCP send (covering the send and its \
+         recv). CPU times come in clock ticks, so these are rough.\n\n",
         per(&off_pipe, &on_pipe, PIPE_WRITES),
         per(&off_tcp, &on_tcp, TCP_SENDS),
     ));

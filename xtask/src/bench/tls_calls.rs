@@ -79,14 +79,15 @@ pub(super) fn measure(env: &Env, python: Client) -> Result<String> {
         let name = m.client.name;
         for i in 1..=RUNS {
             header(&format!("{name}: run {i}/{RUNS} without the tracer"));
-            others.check();
+            env.before_run(&mut others)?;
             let result = m.client.run(None)?;
+            others.check(&[]);
             println!("{}", result.line);
             m.off.push(result);
 
             header(&format!("{name}: run {i}/{RUNS} with the tracer"));
-            others.check();
-            let result = run_with_tracer(env, &format!("tls-{name}-{i}"), &m.client)?;
+            env.before_run(&mut others)?;
+            let result = run_with_tracer(env, &format!("tls-{name}-{i}"), &m.client, &mut others)?;
             println!("{}", result.client.line);
             println!("{}", result.final_line);
             m.on.push(result);
