@@ -33,7 +33,23 @@ pub enum RecordKind {
     TlsClientHello = 7,
     /// A process called exec (payload: the file name, NUL-terminated).
     ProcessExec = 8,
+    /// A thread called execve (payload: its arguments, each NUL-terminated, up to
+    /// [`EXEC_ARGS_MAX`] bytes); the exec itself may still fail.
+    ProcessArgs = 20,
+    /// A task was created (`pid`: the creating process; `conn_id`: the new task's id, which is
+    /// a thread of `pid` or a new process).
+    ProcessFork = 21,
 }
+
+/// `function` of a `ProcessExit` record: the process called `exit_group`, and `offset` holds
+/// the status it passed. Otherwise a signal ended it.
+pub const EXIT_STATUS_KNOWN: u32 = 1;
+
+/// Bytes of an exec's arguments copied, and the most copied of one argument.
+pub const EXEC_ARGS_MAX: usize = 1024;
+pub const EXEC_ARG_MAX: usize = 256;
+/// Arguments of an exec copied.
+pub const EXEC_ARGS_COUNT: usize = 24;
 
 /// Bytes of a ClientHello copied: enough for the SNI even with post-quantum key shares.
 pub const CLIENT_HELLO_MAX: usize = 4096;

@@ -135,3 +135,9 @@ pub struct GoPendingCall {
 #[map]
 pub static GO_TLS_PENDING: LruHashMap<GoCallKey, GoPendingCall> =
     LruHashMap::with_max_entries(16384, 0);
+
+// Processes (process.rs)
+
+/// The status passed to `exit_group`, per process, until the process's exit is reported.
+#[map]
+pub static EXIT_STATUS: LruHashMap<u32, i32> = LruHashMap::with_max_entries(16384, 0);

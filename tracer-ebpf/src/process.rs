@@ -1,15 +1,45 @@
 //! Process lifetime tracepoints: userspace needs to know when a process is gone so that it can
-//! close its half-finished exchanges and forget its state.
+//! close its half-finished exchanges and forget its state, and the agent stage turns the
+//! processes an agent spawns (fork, exec with its arguments, exit status) into spans.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    },
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext as _,
 };
-use tracer_common::{counter, RecordHeader, RecordKind, EXEC_FILENAME_MAX};
+use tracer_common::{
+    counter, RecordHeader, RecordKind, EXEC_ARGS_COUNT, EXEC_ARGS_MAX, EXEC_ARG_MAX,
+    EXEC_FILENAME_MAX, EXIT_STATUS_KNOWN,
+};
 
-use crate::maps::{count, EVENTS};
+use crate::maps::{count, EVENTS, EXIT_STATUS};
+
+/// Offset of `child_pid` in the `sched_process_fork` record. Its layout changed in 6.x (the
+/// comms became `__data_loc`), so userspace reads it from the tracepoint's format file.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+
+fn header(kind: RecordKind, pid_tgid: u64) -> RecordHeader {
+    RecordHeader {
+        kind: kind as u32,
+        direction: 0,
+        function: 0,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        chunk_len: 0,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        conn_id: 0,
+        call_len: 0,
+        offset: 0,
+        stream_offset: 0,
+        source: 0,
+        fd: -1,
+    }
+}
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -19,25 +49,103 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != tid {
         return 0;
     }
+    let status = unsafe { EXIT_STATUS.get(tgid).copied() };
+    if status.is_some() {
+        let _ = EXIT_STATUS.remove(tgid);
+    }
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         return 0;
     };
-    entry.write(RecordHeader {
-        kind: RecordKind::ProcessExit as u32,
-        direction: 0,
-        function: 0,
-        pid: tgid,
-        tid,
-        chunk_len: 0,
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        conn_id: 0,
-        call_len: 0,
-        offset: 0,
-        stream_offset: 0,
-        source: 0,
-        fd: -1,
-    });
+    let mut record = header(RecordKind::ProcessExit, pid_tgid);
+    if let Some(status) = status {
+        record.function = EXIT_STATUS_KNOWN;
+        record.offset = status as u32 as u64;
+    }
+    entry.write(record);
+    entry.submit(0);
+    0
+}
+
+/// The status a process exits with is only an argument of `exit_group`; a process without one
+/// was killed by a signal.
+#[tracepoint]
+pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let status: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    let _ = EXIT_STATUS.insert(tgid, status as i32, 0);
+    0
+}
+
+/// Process lineage: which process created which. Threads come through too; userspace tells
+/// them apart (a thread never execs as its own process).
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let offset = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) } as usize;
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset & 0xff) }) else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        return 0;
+    };
+    let mut record = header(RecordKind::ProcessFork, bpf_get_current_pid_tgid());
+    record.conn_id = child as u32 as u64;
+    entry.write(record);
+    entry.submit(0);
+    0
+}
+
+#[repr(C)]
+struct ArgsEvent {
+    header: RecordHeader,
+    /// Room for one more whole argument past the limit, so every copy has a constant size.
+    args: [u8; EXEC_ARGS_MAX + EXEC_ARG_MAX],
+}
+
+/// The command line of a process the agent spawns: read at execve, while the arguments are
+/// still in the caller's memory (a short-lived `sh -c` is gone before userspace could read
+/// /proc/PID/cmdline).
+#[tracepoint]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    let argv: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
+    emit_args(argv)
+}
+
+#[tracepoint]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    let argv: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    emit_args(argv)
+}
+
+fn emit_args(argv: u64) -> u32 {
+    if argv == 0 {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ArgsEvent>(0) else {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    let mut len = 0usize;
+    for i in 0..EXEC_ARGS_COUNT {
+        let Ok(arg) = (unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(i)) }) else {
+            break;
+        };
+        if arg == 0 || len >= EXEC_ARGS_MAX {
+            break;
+        }
+        let at = len & (EXEC_ARGS_MAX - 1);
+        let dest = unsafe { &mut (&mut (*event).args)[at..at + EXEC_ARG_MAX] };
+        match unsafe { bpf_probe_read_user_str_bytes(arg as *const u8, dest) } {
+            // The copy ends with its NUL, which separates the arguments.
+            Ok(copied) => len = at + copied.len() + 1,
+            Err(_) => break,
+        }
+    }
+    let mut record = header(RecordKind::ProcessArgs, bpf_get_current_pid_tgid());
+    record.chunk_len = (len as u32).min((EXEC_ARGS_MAX + EXEC_ARG_MAX) as u32);
+    unsafe { (*event).header = record };
     entry.submit(0);
     0
 }

@@ -110,6 +110,12 @@ pub async fn run(config: Config) -> Result<()> {
                 .map(StreamRecorder::new)
                 .transpose()
                 .context("--record-streams directory")?,
+            run_idle_timeout_ns: config.agent.run_idle_timeout.as_nanos() as u64,
+            prices: config.agent.prices.clone(),
+            sample_ratio: config.agent.sample_ratio,
+            genai_attributes: config.agent.genai_attributes,
+            openinference_attributes: config.agent.openinference_attributes,
+            agent_names: config.agent.names.clone(),
         },
         clock,
         health.clone(),

@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
-use crate::export::otlp::{parse_key_values, OtlpConfig, Protocol};
+use crate::{
+    agent::{cost::PriceTable, AgentNames},
+    export::otlp::{parse_key_values, OtlpConfig, Protocol},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ConsoleMode {
@@ -66,6 +69,76 @@ pub struct RunArgs {
     /// (they contain plaintext secrets; for fixtures and bug reports on test traffic only).
     #[arg(long, value_name = "DIR")]
     pub record_streams: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// How calls become agent runs.
+#[derive(Clone, Debug, Args)]
+pub struct AgentArgs {
+    /// A run with no model call or tool activity for this long ends as abandoned.
+    #[arg(long, default_value_t = 600)]
+    pub run_idle_timeout_secs: u64,
+
+    /// Price table (JSON, the shape of tracer-user/data/prices.json) laid over the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<std::path::PathBuf>,
+
+    /// Share of agent runs exported, decided when a run starts (0.0 to 1.0). Runs with an error
+    /// are always exported.
+    #[arg(long, default_value_t = 1.0)]
+    pub sample_ratio: f64,
+
+    /// Attribute conventions on spans: genai (OpenTelemetry GenAI), openinference (Arize
+    /// Phoenix), or both.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Convention::Genai, Convention::Openinference])]
+    pub conventions: Vec<Convention>,
+
+    /// Names agents by their command line: PATTERN=NAME (the first rule whose PATTERN occurs
+    /// in the command line wins); repeatable. Default: the script an interpreter runs, else
+    /// the executable's name.
+    #[arg(long = "agent-name", value_name = "PATTERN=NAME")]
+    pub agent_names: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Convention {
+    Genai,
+    Openinference,
+}
+
+/// Resolved `AgentArgs`.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub run_idle_timeout: Duration,
+    pub prices: PriceTable,
+    pub sample_ratio: f64,
+    pub genai_attributes: bool,
+    pub openinference_attributes: bool,
+    pub names: AgentNames,
+}
+
+impl AgentArgs {
+    fn resolve(&self) -> Result<AgentSettings> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            bail!(
+                "--sample-ratio must be between 0 and 1, not {}",
+                self.sample_ratio
+            );
+        }
+        Ok(AgentSettings {
+            run_idle_timeout: Duration::from_secs(self.run_idle_timeout_secs),
+            prices: match &self.prices {
+                Some(path) => PriceTable::with_overrides(path)?,
+                None => PriceTable::builtin(),
+            },
+            sample_ratio: self.sample_ratio,
+            genai_attributes: self.conventions.contains(&Convention::Genai),
+            openinference_attributes: self.conventions.contains(&Convention::Openinference),
+            names: AgentNames::parse(&self.agent_names)?,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +151,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub record_streams: Option<std::path::PathBuf>,
+    pub agent: AgentSettings,
 }
 
 impl Config {
@@ -157,6 +231,7 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             record_streams: args.record_streams.clone(),
+            agent: args.agent.resolve()?,
         })
     }
 }

@@ -75,6 +75,20 @@ counters! {
     http_calls,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
+    /// Agent runs started.
+    agent_runs,
+    /// Runs that ended with a final answer.
+    agent_runs_completed,
+    /// Runs whose last model call failed.
+    agent_runs_failed,
+    /// Runs left waiting (idle timeout, process exit, shutdown).
+    agent_runs_abandoned,
+    /// Tool calls repeated with the same arguments three times in a row.
+    agent_loops,
+    /// Requests re-sent identical to the previous one of their run.
+    agent_repeated_requests,
+    /// Spans not exported because their run was sampled out.
+    sampled_out_spans,
     /// Spans handed to exporters.
     spans,
     /// Spans dropped because an exporter's queue was full.

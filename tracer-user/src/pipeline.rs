@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::{
-    agent::AgentAssembler,
+    agent::{cost::PriceTable, AgentAssembler, AgentConfig, AgentNames},
     capture::{CaptureEvent, Clock},
     enrich::ProcessCache,
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
@@ -23,6 +23,12 @@ pub struct PipelineConfig {
     pub max_body_bytes: usize,
     pub idle_timeout_ns: u64,
     pub record_streams: Option<StreamRecorder>,
+    pub run_idle_timeout_ns: u64,
+    pub prices: PriceTable,
+    pub sample_ratio: f64,
+    pub genai_attributes: bool,
+    pub openinference_attributes: bool,
+    pub agent_names: AgentNames,
 }
 
 pub struct Pipeline {
@@ -47,11 +53,20 @@ impl Pipeline {
                 capture_content: config.capture_content,
             },
             agent: AgentAssembler::new(
-                ContentPolicy {
-                    capture: config.capture_content,
-                    max_bytes: config.content_max_bytes,
+                AgentConfig {
+                    content: ContentPolicy {
+                        capture: config.capture_content,
+                        max_bytes: config.content_max_bytes,
+                    },
+                    run_idle_timeout_ns: config.run_idle_timeout_ns,
+                    prices: config.prices,
+                    sample_ratio: config.sample_ratio,
+                    genai_attributes: config.genai_attributes,
+                    openinference_attributes: config.openinference_attributes,
+                    names: config.agent_names,
                 },
                 clock,
+                health.clone(),
             ),
             processes: ProcessCache::new(),
             health,
@@ -63,6 +78,13 @@ impl Pipeline {
     }
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
+        let first_new = out.len();
+        if matches!(
+            event,
+            CaptureEvent::Fork { .. } | CaptureEvent::ExecArgs { .. } | CaptureEvent::Exec { .. }
+        ) {
+            self.agent.process_event(&event, out);
+        }
         let exited = match &event {
             CaptureEvent::Data(chunk) => {
                 self.processes.observe(chunk.pid);
@@ -71,7 +93,7 @@ impl Pipeline {
             // A new program: what was read of the old one no longer describes the process.
             // Read it now, while it surely runs: a short-lived client may be gone by the time its
             // call completes.
-            CaptureEvent::Exec { pid, filename } => {
+            CaptureEvent::Exec { pid, filename, .. } => {
                 self.processes.forget(*pid);
                 self.processes.observe_exec(*pid, filename);
                 None
@@ -79,6 +101,7 @@ impl Pipeline {
             CaptureEvent::ProcessExit { pid, .. } => Some(*pid),
             _ => None,
         };
+        let exit_event = matches!(event, CaptureEvent::ProcessExit { .. }).then(|| event.clone());
         self.streams.push(event, &mut self.stream_events);
         for stream_event in self.stream_events.drain(..) {
             if let Some(recorder) = &mut self.recorder {
@@ -91,45 +114,59 @@ impl Pipeline {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.finish_exchanges(out);
+        // After the exchanges: a process's last calls land in its runs before they end.
+        if let Some(exit) = &exit_event {
+            self.agent.process_event(exit, out);
+        }
+        self.enrich(&mut out[first_new..]);
         if let Some(pid) = exited {
             self.processes.forget(pid);
         }
     }
 
+    fn enrich(&mut self, spans: &mut [Span]) {
+        for span in spans {
+            self.processes.observe(span.process.pid);
+            self.processes.enrich(span);
+        }
+    }
+
     /// Periodic work: closes connections idle past the timeout.
     pub fn tick(&mut self, now_monotonic_ns: u64, out: &mut Vec<Span>) {
+        let first_new = out.len();
         self.http
             .sweep_idle(now_monotonic_ns, self.idle_timeout_ns, &mut self.exchanges);
         self.finish_exchanges(out);
+        self.agent.tick(now_monotonic_ns, out);
+        self.enrich(&mut out[first_new..]);
     }
 
     /// Shutdown: everything still open becomes a span marked interrupted.
     pub fn close_all(&mut self, out: &mut Vec<Span>) {
+        let first_new = out.len();
         self.http.close_all(&mut self.exchanges);
         self.finish_exchanges(out);
+        self.agent.close_all(out);
+        self.enrich(&mut out[first_new..]);
     }
 
     fn finish_exchanges(&mut self, out: &mut Vec<Span>) {
         for exchange in self.exchanges.drain(..) {
             match genai::recognise(&exchange, &self.genai) {
-                Some(Ok(call)) => {
-                    let mut span = match &call {
-                        Call::Llm(llm) => {
-                            Health::add(&self.health.llm_calls, 1);
-                            self.agent.llm_call(llm)
-                        }
-                        Call::Mcp(m) => {
-                            Health::add(&self.health.mcp_calls, 1);
-                            self.agent.mcp_call(m)
-                        }
-                        Call::Http(http) => {
-                            Health::add(&self.health.http_calls, 1);
-                            self.agent.http_call(http)
-                        }
-                    };
-                    self.processes.enrich(&mut span);
-                    out.push(span);
-                }
+                Some(Ok(call)) => match &call {
+                    Call::Llm(llm) => {
+                        Health::add(&self.health.llm_calls, 1);
+                        self.agent.llm_call(llm, out);
+                    }
+                    Call::Mcp(m) => {
+                        Health::add(&self.health.mcp_calls, 1);
+                        self.agent.mcp_call(m, out);
+                    }
+                    Call::Http(http) => {
+                        Health::add(&self.health.http_calls, 1);
+                        self.agent.http_call(http, out);
+                    }
+                },
                 Some(Err(e)) => {
                     debug!("LLM exchange on {:?} did not parse: {e}", exchange.conn);
                     Health::add(&self.health.llm_parse_errors, 1);

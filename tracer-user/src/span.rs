@@ -57,7 +57,18 @@ impl From<Vec<String>> for AttrValue {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
+    /// A call that left the process: model APIs, HTTP, MCP.
     Client,
+    /// Work inside the agent: the run itself, a tool execution, a process it spawned.
+    Internal,
+}
+
+/// Something that happened at one moment of a span (a detected loop, a repeated request).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanEvent {
+    pub name: &'static str,
+    pub time_unix_ns: u64,
+    pub attributes: Vec<(&'static str, AttrValue)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +88,7 @@ pub struct Span {
     pub end_unix_ns: u64,
     pub attributes: Vec<(&'static str, AttrValue)>,
     pub status: SpanStatus,
+    pub events: Vec<SpanEvent>,
     /// Who made the call. Filled by the enrich stage.
     pub process: Arc<ProcessInfo>,
 }

@@ -28,6 +28,10 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 const TRACEPOINTS: &[(&str, &str)] = &[
     ("sched", "sched_process_exit"),
     ("sched", "sched_process_exec"),
+    ("sched", "sched_process_fork"),
+    ("syscalls", "sys_enter_exit_group"),
+    ("syscalls", "sys_enter_execve"),
+    ("syscalls", "sys_enter_execveat"),
     ("syscalls", "sys_enter_socket"),
     ("syscalls", "sys_exit_socket"),
     ("syscalls", "sys_enter_connect"),
@@ -55,6 +59,33 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_recvmsg"),
 ];
 
+/// Where `sched_process_fork` keeps `child_pid`: from the tracepoint's format file, else the
+/// layout of kernels since 6.x (the comms as `__data_loc`).
+fn fork_child_pid_offset() -> u32 {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok()
+        })
+        .and_then(|format| field_offset(&format, "child_pid"))
+        .unwrap_or(20)
+}
+
+/// `offset:N` of field `name` in a tracepoint format description.
+fn field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        if decl.rsplit([' ', '*']).next()? != name {
+            return None;
+        }
+        line.split(';')
+            .find_map(|part| part.trim().strip_prefix("offset:"))?
+            .parse()
+            .ok()
+    })
+}
+
 /// Loaded programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
@@ -68,6 +99,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .override_global("TRACER_TGID", &tracer_tgid, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child_pid_offset(), true)
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
 
@@ -184,4 +216,32 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .program_mut(name)
         .with_context(|| format!("program {name} missing"))?;
     Ok(program.try_into()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_offset;
+
+    #[test]
+    fn fork_child_pid_offset_of_both_layouts() {
+        // 6.x: the comms are __data_loc.
+        let new = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(new, "child_pid"), Some(20));
+        assert_eq!(field_offset(new, "parent_pid"), Some(12));
+        // 5.x: fixed comm arrays.
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(old, "child_pid"), Some(44));
+        assert_eq!(
+            field_offset(old, "child_comm"),
+            None,
+            "an array is not the field name"
+        );
+        assert_eq!(field_offset("garbage", "child_pid"), None);
+    }
 }

@@ -16,7 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use thiserror::Error;
 use tracer_common::{
-    Direction, RecordHeader, RecordKind, SocketRecord, Source, RECORD_HEADER_SIZE,
+    Direction, RecordHeader, RecordKind, SocketRecord, Source, EXIT_STATUS_KNOWN,
+    RECORD_HEADER_SIZE,
 };
 
 pub use attacher::Attacher;
@@ -73,10 +74,25 @@ pub enum CaptureEvent {
     Exec {
         pid: u32,
         filename: String,
+        timestamp_ns: u64,
+    },
+    /// The arguments of an execve the thread `tid` of `pid` made (the exec may still fail).
+    ExecArgs {
+        pid: u32,
+        tid: u32,
+        args: Vec<String>,
+    },
+    /// Process `parent` created task `child` (a thread of its own or a new process).
+    Fork {
+        parent: u32,
+        child: u32,
+        timestamp_ns: u64,
     },
     ProcessExit {
         pid: u32,
         timestamp_ns: u64,
+        /// The status passed to `exit_group`; `None` when a signal ended the process.
+        status: Option<i32>,
     },
 }
 
@@ -128,6 +144,21 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
         k if k == RecordKind::ProcessExit as u32 => CaptureEvent::ProcessExit {
             pid: h.pid,
             timestamp_ns: h.timestamp_ns,
+            status: (h.function == EXIT_STATUS_KNOWN).then_some(h.offset as u32 as i32),
+        },
+        k if k == RecordKind::ProcessFork as u32 => CaptureEvent::Fork {
+            parent: h.pid,
+            child: h.conn_id as u32,
+            timestamp_ns: h.timestamp_ns,
+        },
+        k if k == RecordKind::ProcessArgs as u32 => CaptureEvent::ExecArgs {
+            pid: h.pid,
+            tid: h.tid,
+            args: payload
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
         },
         k if k == RecordKind::Connect as u32 || k == RecordKind::Accept as u32 => {
             CaptureEvent::Connect {
@@ -160,6 +191,7 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             CaptureEvent::Exec {
                 pid: h.pid,
                 filename: String::from_utf8_lossy(&payload[..end]).into_owned(),
+                timestamp_ns: h.timestamp_ns,
             }
         }
         k => return Err(DecodeError::Kind(k)),
@@ -328,11 +360,49 @@ mod tests {
 
     #[test]
     fn decodes_process_exit() {
+        let mut exit = record(2, 0, b"", 0);
+        // function 0: no exit_group was seen.
+        exit[8..12].copy_from_slice(&0u32.to_ne_bytes());
         assert!(matches!(
-            decode_record(&record(2, 0, b"", 0)),
+            decode_record(&exit),
             Ok(CaptureEvent::ProcessExit {
                 pid: 42,
-                timestamp_ns: 1000
+                timestamp_ns: 1000,
+                status: None,
+            })
+        ));
+    }
+
+    #[test]
+    fn decodes_exit_status_fork_and_args() {
+        let mut exit = record(2, 0, b"", 0);
+        // function = EXIT_STATUS_KNOWN, offset = status 3.
+        exit[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        let offset_at = std::mem::offset_of!(RecordHeader, offset);
+        exit[offset_at..offset_at + 8].copy_from_slice(&3u64.to_ne_bytes());
+        assert!(matches!(
+            decode_record(&exit),
+            Ok(CaptureEvent::ProcessExit {
+                status: Some(3),
+                ..
+            })
+        ));
+        let args = record(20, 0, b"sh\0-c\0echo hi\0", 14);
+        match decode_record(&args) {
+            Ok(CaptureEvent::ExecArgs { pid: 42, args, .. }) => {
+                assert_eq!(args, ["sh", "-c", "echo hi"])
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut fork = record(21, 0, b"", 0);
+        let conn_at = std::mem::offset_of!(RecordHeader, conn_id);
+        fork[conn_at..conn_at + 8].copy_from_slice(&77u64.to_ne_bytes());
+        assert!(matches!(
+            decode_record(&fork),
+            Ok(CaptureEvent::Fork {
+                parent: 42,
+                child: 77,
+                ..
             })
         ));
     }

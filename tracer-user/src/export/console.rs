@@ -138,6 +138,7 @@ mod tests {
             parent_span_id: None,
             name: "chat gpt-4o".into(),
             kind: SpanKind::Client,
+            events: Vec::new(),
             start_unix_ns: 0,
             end_unix_ns: 1_500_000_000,
             attributes: vec![

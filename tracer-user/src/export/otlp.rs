@@ -13,8 +13,9 @@ use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue},
     resource::v1::Resource,
     trace::v1::{
-        span::SpanKind as ProtoKind, status::StatusCode, ResourceSpans, ScopeSpans,
-        Span as ProtoSpan, Status,
+        span::{Event, SpanKind as ProtoKind},
+        status::StatusCode,
+        ResourceSpans, ScopeSpans, Span as ProtoSpan, Status,
     },
 };
 use prost::Message as _;
@@ -282,7 +283,18 @@ fn proto_span(span: &Span) -> ProtoSpan {
         name: span.name.clone(),
         kind: match span.kind {
             SpanKind::Client => ProtoKind::Client as i32,
+            SpanKind::Internal => ProtoKind::Internal as i32,
         },
+        events: span
+            .events
+            .iter()
+            .map(|e| Event {
+                time_unix_nano: e.time_unix_ns,
+                name: e.name.to_string(),
+                attributes: e.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+                dropped_attributes_count: 0,
+            })
+            .collect(),
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,
         attributes: span.attributes.iter().map(|(k, v)| kv(k, v)).collect(),

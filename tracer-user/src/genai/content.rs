@@ -32,6 +32,18 @@ pub fn normalise_finish_reason(raw: &str) -> &str {
     }
 }
 
+/// Text cut to at most `max_bytes` (on a character boundary), saying how much was cut.
+pub fn capped_text(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[truncated {} bytes]", &text[..end], text.len() - end)
+}
+
 /// Serialises `value` to at most `max_bytes`, shortening the longest strings first so the JSON
 /// structure survives (genai-spec §1.5 "truncation preserving JSON structure").
 pub fn capped_json(value: &Value, max_bytes: usize) -> String {

@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod content;
 pub mod gemini;
+pub mod history;
 pub mod mcp;
 pub mod ollama;
 pub mod openai;
@@ -63,6 +64,8 @@ pub struct LlmRequest {
     pub input_messages: Option<Value>,
     /// `gen_ai.system_instructions` (APIs that carry it apart from the messages), content only.
     pub system_instructions: Option<Value>,
+    /// What places the call in its agent run (fingerprints, tool results), always built.
+    pub history: history::History,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -287,6 +290,7 @@ pub fn recognise(
             ollama::parse(&json, generate, view.as_ref(), config, &mut call)
         }
     }
+    call.request.history = history::of(dialect, &json, config.capture_content);
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
         call.error.get_or_insert(LlmError {
             error_type: reason.to_string(),

@@ -175,14 +175,18 @@ impl StreamAssembler {
                     out.push(StreamEvent::Closed { conn, timestamp_ns });
                 }
             }
-            CaptureEvent::ProcessExit { pid, timestamp_ns } => {
+            CaptureEvent::ProcessExit {
+                pid, timestamp_ns, ..
+            } => {
                 self.flush_owed(|c| c.pid == pid, timestamp_ns, out);
                 self.positions.retain(|(conn, _), _| conn.pid != pid);
                 self.peers.retain(|(p, _), _| *p != pid);
                 self.tls_on_socket.retain(|(p, _), _| *p != pid);
                 out.push(StreamEvent::ProcessExit { pid, timestamp_ns });
             }
-            CaptureEvent::Exec { .. } => {}
+            CaptureEvent::Exec { .. }
+            | CaptureEvent::ExecArgs { .. }
+            | CaptureEvent::Fork { .. } => {}
         }
     }
 
@@ -328,6 +332,7 @@ mod tests {
             CaptureEvent::ProcessExit {
                 pid: 1,
                 timestamp_ns: 9,
+                status: None,
             },
         ]);
         assert_eq!(gaps(&out), vec![4]);

@@ -1,0 +1,216 @@
+//! Process lineage and the programs processes run: who spawned whom (fork events, /proc for
+//! processes older than the tracer), the arguments of each exec, and exec → exit as one record.
+//! The agent stage decides from it which tool a process's work belongs to.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Bounds the fork map: thread creations come through too and never exit as processes.
+const MAX_FORKS: usize = 65_536;
+/// How far up the tree ownership is looked for.
+const MAX_DEPTH: usize = 32;
+
+/// A program a process ran, from its exec to its exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub pid: u32,
+    pub parent: Option<u32>,
+    pub filename: String,
+    pub args: Vec<String>,
+    pub start_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Lineage {
+    parents: HashMap<u32, u32>,
+    fork_order: VecDeque<u32>,
+    /// Arguments of the latest execve per process, waiting for its exec.
+    pending_args: HashMap<u32, Vec<String>>,
+    /// Programs running now, by pid.
+    running: HashMap<u32, ExecRecord>,
+    /// Read from /proc for processes whose fork was not seen; `None`: gone or unreadable.
+    from_proc: HashMap<u32, Option<u32>>,
+}
+
+impl Lineage {
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        if parent == child {
+            return;
+        }
+        if self.parents.insert(child, parent).is_none() {
+            self.fork_order.push_back(child);
+        }
+        while self.fork_order.len() > MAX_FORKS {
+            if let Some(old) = self.fork_order.pop_front() {
+                self.parents.remove(&old);
+            }
+        }
+    }
+
+    pub fn exec_args(&mut self, pid: u32, args: Vec<String>) {
+        self.pending_args.insert(pid, args);
+    }
+
+    /// A process now runs `filename`; returns the record the exec starts.
+    pub fn exec(&mut self, pid: u32, filename: &str, start_ns: u64) -> ExecRecord {
+        let args = self
+            .pending_args
+            .remove(&pid)
+            .unwrap_or_else(|| vec![filename.to_string()]);
+        let record = ExecRecord {
+            pid,
+            parent: self.parent_of(pid),
+            filename: filename.to_string(),
+            args,
+            start_ns,
+        };
+        self.running.insert(pid, record.clone());
+        record
+    }
+
+    /// The process ended: the program it ran, if its exec was seen.
+    pub fn exit(&mut self, pid: u32) -> Option<ExecRecord> {
+        self.pending_args.remove(&pid);
+        self.from_proc.remove(&pid);
+        self.running.remove(&pid)
+    }
+
+    pub fn running(&self, pid: u32) -> Option<&ExecRecord> {
+        self.running.get(&pid)
+    }
+
+    pub fn parent_of(&mut self, pid: u32) -> Option<u32> {
+        if let Some(p) = self.parents.get(&pid) {
+            return Some(*p);
+        }
+        *self
+            .from_proc
+            .entry(pid)
+            .or_insert_with(|| parent_from_proc(pid))
+    }
+
+    /// `pid` and its ancestors, nearest first.
+    pub fn lineage(&mut self, pid: u32) -> Vec<u32> {
+        let mut chain = vec![pid];
+        let mut current = pid;
+        while chain.len() < MAX_DEPTH {
+            match self.parent_of(current) {
+                Some(p) if p > 1 && !chain.contains(&p) => {
+                    chain.push(p);
+                    current = p;
+                }
+                _ => break,
+            }
+        }
+        chain
+    }
+}
+
+/// The PPid line of /proc/PID/status.
+fn parent_from_proc(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_ppid(&status)
+}
+
+fn parse_ppid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|p| *p != 0)
+}
+
+/// The agent's name as a user knows it: the script an interpreter runs (`python agent.py` →
+/// `agent`, `python -m my_agent` → `my_agent`, `node cli.js` → `cli`), else the executable.
+pub fn agent_name(args: &[String], executable: &str) -> String {
+    let base = |s: &str| {
+        let file = s.rsplit('/').next().unwrap_or(s);
+        file.split('.').next().unwrap_or(file).to_string()
+    };
+    let exe = base(args.first().map(String::as_str).unwrap_or(executable));
+    let interpreted = ["python", "node", "bun", "deno", "ruby", "perl", "java"]
+        .iter()
+        .any(|i| exe.starts_with(i));
+    if interpreted {
+        let mut rest = args.iter().skip(1);
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "-m" => return rest.next().map(|m| m.to_string()).unwrap_or(exe),
+                "-c" | "-e" | "--eval" => return exe,
+                "run" if exe == "deno" || exe == "bun" => continue,
+                a if a.starts_with('-') => continue,
+                script => return base(script),
+            }
+        }
+    }
+    if exe.is_empty() {
+        base(executable)
+    } else {
+        exe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lineage_follows_forks_nearest_first() {
+        let mut l = Lineage::default();
+        // Pids far above any real one, so /proc is not consulted for the top.
+        l.fork(4_000_001, 4_000_002);
+        l.fork(4_000_002, 4_000_003);
+        assert_eq!(l.lineage(4_000_003), [4_000_003, 4_000_002, 4_000_001]);
+        l.exec_args(4_000_003, args(&["sh", "-c", "ls"]));
+        let r = l.exec(4_000_003, "/bin/sh", 10);
+        assert_eq!(r.args, args(&["sh", "-c", "ls"]));
+        assert_eq!(r.parent, Some(4_000_002));
+        assert_eq!(l.exit(4_000_003), Some(r));
+        assert_eq!(l.exit(4_000_003), None);
+        // An exec whose arguments were not seen still has its file name.
+        assert_eq!(l.exec(4_000_004, "/bin/true", 1).args, args(&["/bin/true"]));
+    }
+
+    #[test]
+    fn fork_map_is_bounded() {
+        let mut l = Lineage::default();
+        for child in 0..(MAX_FORKS as u32 + 10) {
+            l.fork(5_000_000, 5_000_001 + child);
+        }
+        assert_eq!(l.parents.len(), MAX_FORKS);
+    }
+
+    #[test]
+    fn proc_fallback_reads_ppid() {
+        assert_eq!(parse_ppid("Name:\tx\nPPid:\t42\n"), Some(42));
+        assert_eq!(parse_ppid("PPid:\t0\n"), None);
+        let mut l = Lineage::default();
+        let me = std::process::id();
+        assert!(l.lineage(me).len() >= 2, "the test runner has a parent");
+    }
+
+    #[test]
+    fn agent_names() {
+        assert_eq!(
+            agent_name(&args(&["python3", "-u", "/x/agent.py"]), "python3"),
+            "agent"
+        );
+        assert_eq!(
+            agent_name(&args(&["python3", "-m", "my_agent"]), "python3"),
+            "my_agent"
+        );
+        assert_eq!(agent_name(&args(&["node", "cli.js", "--x"]), "node"), "cli");
+        assert_eq!(
+            agent_name(&args(&["/usr/bin/codex", "exec"]), "codex"),
+            "codex"
+        );
+        assert_eq!(agent_name(&[], "/opt/claude"), "claude");
+        assert_eq!(
+            agent_name(&args(&["python3", "-c", "x"]), "python3"),
+            "python3"
+        );
+    }
+}
