@@ -68,10 +68,26 @@ pub async fn start_traced(bin: &Path, name: &str, extra_args: &[&str]) -> Result
 }
 
 /// The spans of one process, in start order.
+/// OTLP `SPAN_KIND_INTERNAL`: the agent stage's runs, tool executions and processes.
+pub const KIND_INTERNAL: i32 = 1;
+
+/// The calls (client spans) `pid` made, in start order; its runs' own spans are left out.
 pub fn of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<ReceivedSpan> {
     let mut mine: Vec<ReceivedSpan> = spans
         .iter()
         .filter(|s| as_int(s.resource_attr("process.pid")) == Some(pid as i64))
+        .filter(|s| s.span.kind != KIND_INTERNAL)
+        .cloned()
+        .collect();
+    mine.sort_by_key(|s| s.span.start_time_unix_nano);
+    mine
+}
+
+/// Every span of the trace `trace_id`, in start order.
+pub fn of_trace(spans: &[ReceivedSpan], trace_id: &[u8]) -> Vec<ReceivedSpan> {
+    let mut mine: Vec<ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.span.trace_id == trace_id)
         .cloned()
         .collect();
     mine.sort_by_key(|s| s.span.start_time_unix_nano);

@@ -292,6 +292,17 @@ async fn handle(
     if let Some(response) = crate::mock_providers::respond(&path, &json) {
         return Ok(response);
     }
+    // A plain JSON API an agent's tool calls (not a model).
+    if path.starts_with("/tool/") {
+        return Ok(full(
+            StatusCode::OK,
+            "application/json",
+            json!({"tool": path.trim_start_matches("/tool/"), "value": 42})
+                .to_string()
+                .into_bytes(),
+            false,
+        ));
+    }
     if !path.ends_with("/chat/completions") {
         return Ok(full(StatusCode::NOT_FOUND, "application/json", br#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#.to_vec(), false));
     }
@@ -314,6 +325,12 @@ async fn handle(
                 false,
             ))
         }
+        Some("agent-loop") => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            agent_step(&json, body.len()).to_string().into_bytes(),
+            false,
+        )),
         _ if stream => Ok(stream_response(&json)),
         _ => Ok(full(
             StatusCode::OK,
@@ -343,6 +360,43 @@ fn completion(request: &Value, body_len: usize) -> Value {
                   "prompt_tokens_details": {"cached_tokens": 0},
                   "completion_tokens_details": {"reasoning_tokens": 0}},
         "echo_model": request.get("model"),
+    })
+}
+
+/// The command the `agent-loop` model asks its `run_task` tool to run, and the tool-call id.
+pub const AGENT_TOOL_COMMAND: &str = "echo agent-step; exit 3";
+pub const AGENT_TOOL_CALL_ID: &str = "call_agent_task_1";
+
+/// A scripted agent turn: a request without tool results asks for `run_task`; one carrying its
+/// result gets the final answer.
+fn agent_step(request: &Value, body_len: usize) -> Value {
+    let answered = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    let (message, finish, id) = if answered {
+        (
+            json!({"role": "assistant", "content": "The task ran.", "refusal": null}),
+            "stop",
+            "chatcmpl-agent-final",
+        )
+    } else {
+        (
+            json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                {"id": AGENT_TOOL_CALL_ID, "type": "function", "function": {"name": "run_task",
+                 "arguments": json!({"cmd": AGENT_TOOL_COMMAND}).to_string()}}]}),
+            "tool_calls",
+            "chatcmpl-agent-tool",
+        )
+    };
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": 1727346182,
+        "model": RESPONSE_MODEL,
+        "choices": [{"index": 0, "finish_reason": finish, "logprobs": null, "message": message}],
+        "usage": {"prompt_tokens": prompt_tokens_for(body_len), "completion_tokens": 7,
+                  "total_tokens": prompt_tokens_for(body_len) + 7},
     })
 }
 

@@ -1,0 +1,257 @@
+//! End-to-end agent runs, everything real: the eBPF programs loaded by the agent-tracer binary,
+//! an unmodified Python agent on the official `openai` SDK running a tool loop over HTTPS
+//! against a local model API, its tool running a shell command (a real child process) and
+//! calling a local JSON API over plain HTTP, and a real OTLP receiver. The test checks the
+//! whole tree: root → chat → execute_tool (exec of the shell, HTTP call beneath) → chat.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+use tracer_testkit::{
+    e2e::{self, of_trace, require_root, KIND_INTERNAL, SERIAL},
+    mock_openai::{self, AGENT_TOOL_CALL_ID, AGENT_TOOL_COMMAND},
+    otlp::{self, as_bool, as_f64, as_int, as_str, as_strs, ReceivedSpan},
+    python, tracer,
+};
+
+const SPAN_WAIT: Duration = Duration::from_secs(30);
+const STATUS_ERROR: i32 = 2;
+const KIND_CLIENT: i32 = 3;
+
+fn tracer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
+}
+
+fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/clients")
+        .join(name)
+}
+
+fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.span.name == name).collect()
+}
+
+fn only<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    let found = named(spans, name);
+    assert_eq!(found.len(), 1, "exactly one {name:?} in {spans:#?}");
+    found[0]
+}
+
+fn is_root_of(span: &ReceivedSpan, pid: u32) -> bool {
+    as_str(span.attr("gen_ai.operation.name")) == Some("invoke_agent")
+        && as_int(span.resource_attr("process.pid")) == Some(pid as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_agent_tool_loop_is_one_trace_with_tool_process_and_http_beneath() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let python = python::venv_python()?;
+    let model_api = mock_openai::start(&e2e::certs_dir()).await?;
+    let tool_api = mock_openai::start_plain().await?;
+    let receiver = otlp::start_grpc().await?;
+    let running = tracer::start(
+        tracer_bin(),
+        "agent-openai",
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--console",
+            "always",
+            "--capture-content",
+        ],
+        &[],
+    )?;
+
+    let output = Command::new(&python)
+        .arg(client_script("openai_agent.py"))
+        .arg(model_api.base_url())
+        .arg(format!("http://{}", tool_api.addr))
+        .env("SSL_CERT_FILE", &model_api.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .context("running the agent")?;
+    assert!(
+        output.status.success(),
+        "agent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = e2e::json_lines(&output);
+    let pid = lines[0]["pid"].as_u64().context("agent pid")? as u32;
+    assert_eq!(lines[1]["answer"], "The task ran.");
+    assert_eq!(lines[1]["steps"][0]["sh_pid_exit"], 3);
+
+    let all = receiver
+        .wait_for("the agent's run", SPAN_WAIT, |s| {
+            s.iter().any(|s| is_root_of(s, pid))
+        })
+        .await?;
+    // Children may still be on their way in another batch: wait for the whole tree.
+    let root_trace = all
+        .iter()
+        .find(|s| is_root_of(s, pid))
+        .map(|s| s.span.trace_id.clone())
+        .context("root")?;
+    let all = receiver
+        .wait_for("the run's 6 spans", SPAN_WAIT, |s| {
+            of_trace(s, &root_trace).len() >= 6
+        })
+        .await?;
+    let stopped = running.stop()?;
+    assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
+    let trace = of_trace(&all, &root_trace);
+    assert_eq!(
+        trace.len(),
+        6,
+        "root, two chats, the tool, its process and its HTTP call: {trace:#?}"
+    );
+
+    // The root: the run as a whole.
+    let root = only(&trace, "invoke_agent openai_agent");
+    assert!(root.span.parent_span_id.is_empty());
+    assert_eq!(root.span.kind, KIND_INTERNAL);
+    assert_eq!(as_str(root.attr("gen_ai.agent.name")), Some("openai_agent"));
+    assert_eq!(
+        as_str(root.attr("agent_tracer.run.outcome")),
+        Some("completed")
+    );
+    assert_eq!(as_int(root.attr("agent_tracer.run.llm_calls")), Some(2));
+    assert_eq!(
+        as_int(root.attr("agent_tracer.run.tool_executions")),
+        Some(1)
+    );
+    assert_eq!(as_str(root.attr("openinference.span.kind")), Some("AGENT"));
+    let conversation = as_str(root.attr("gen_ai.conversation.id")).context("conversation id")?;
+    assert_eq!(as_str(root.attr("session.id")), Some(conversation));
+    assert_eq!(as_str(root.attr("gen_ai.provider.name")), Some("openai"));
+
+    // Two model calls, children of the root, the first asking for the tool.
+    let mut chats = named(&trace, "chat agent-loop");
+    chats.sort_by_key(|s| s.span.start_time_unix_nano);
+    assert_eq!(chats.len(), 2);
+    let received = model_api.received();
+    assert_eq!(received.len(), 2);
+    for (chat, request) in chats.iter().zip(&received) {
+        assert_eq!(chat.span.parent_span_id, root.span.span_id);
+        assert_eq!(chat.span.kind, KIND_CLIENT);
+        assert_eq!(
+            as_str(chat.attr("gen_ai.conversation.id")),
+            Some(conversation)
+        );
+        assert_eq!(
+            as_int(chat.attr("gen_ai.usage.input_tokens")),
+            Some(mock_openai::prompt_tokens_for(request.body_len))
+        );
+        assert_eq!(as_int(chat.attr("gen_ai.usage.output_tokens")), Some(7));
+    }
+    assert_eq!(
+        as_strs(chats[0].attr("gen_ai.response.finish_reasons")),
+        Some(vec!["tool_calls".into()])
+    );
+    assert_eq!(
+        as_strs(chats[1].attr("gen_ai.response.finish_reasons")),
+        Some(vec!["stop".into()])
+    );
+    let input: i64 = received
+        .iter()
+        .map(|r| mock_openai::prompt_tokens_for(r.body_len))
+        .sum();
+    assert_eq!(as_int(root.attr("gen_ai.usage.input_tokens")), Some(input));
+    assert_eq!(as_int(root.attr("gen_ai.usage.output_tokens")), Some(14));
+    // gpt-4o-mini list price: 0.15 in, 0.60 out per million tokens.
+    let cost = as_f64(root.attr("agent_tracer.cost.usd")).context("run cost")?;
+    let want = (input as f64 * 0.15 + 14.0 * 0.6) / 1e6;
+    assert!((cost - want).abs() < 1e-12, "cost {cost} want {want}");
+
+    // The tool: from the response that asked to the request that answered.
+    let tool = only(&trace, "execute_tool run_task");
+    assert_eq!(tool.span.parent_span_id, root.span.span_id);
+    assert_eq!(tool.span.kind, KIND_INTERNAL);
+    assert_eq!(
+        as_str(tool.attr("gen_ai.tool.call.id")),
+        Some(AGENT_TOOL_CALL_ID)
+    );
+    assert_eq!(as_str(tool.attr("openinference.span.kind")), Some("TOOL"));
+    assert_eq!(as_str(tool.attr("tool.name")), Some("run_task"));
+    assert_eq!(
+        as_str(tool.attr("gen_ai.tool.call.result")),
+        Some("exit 3: agent-step value 42")
+    );
+    let args: Value = serde_json::from_str(
+        as_str(tool.attr("gen_ai.tool.call.arguments")).context("arguments")?,
+    )?;
+    assert_eq!(args["cmd"], AGENT_TOOL_COMMAND);
+    assert_eq!(
+        tool.span.start_time_unix_nano,
+        chats[0].span.end_time_unix_nano
+    );
+    assert_eq!(
+        tool.span.end_time_unix_nano,
+        chats[1].span.start_time_unix_nano
+    );
+
+    // What the tool did: the shell it spawned, with its exit status...
+    let shell = only(&trace, "exec sh");
+    assert_eq!(shell.span.parent_span_id, tool.span.span_id);
+    assert_eq!(as_int(shell.attr("process.exit.code")), Some(3));
+    assert_eq!(as_int(shell.attr("process.parent_pid")), Some(pid as i64));
+    assert_eq!(
+        as_strs(shell.attr("process.command_args")),
+        Some(vec!["sh".into(), "-c".into(), AGENT_TOOL_COMMAND.into()])
+    );
+    assert_eq!(
+        shell.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
+    // ...and its call to the tool API.
+    let http = only(&trace, "GET");
+    assert_eq!(http.span.parent_span_id, tool.span.span_id);
+    assert_eq!(as_str(http.attr("url.path")), Some("/tool/lookup"));
+    assert_eq!(
+        as_int(http.attr("server.port")),
+        Some(tool_api.addr.port() as i64)
+    );
+    assert_eq!(as_int(http.attr("http.response.status_code")), Some(200));
+    assert_eq!(as_bool(http.attr("agent_tracer.capture.partial")), None);
+
+    // Timing order: chat → tool [shell, then HTTP] → chat, all inside the root.
+    let t = |s: &ReceivedSpan| (s.span.start_time_unix_nano, s.span.end_time_unix_nano);
+    let order = [
+        t(chats[0]).0,
+        t(chats[0]).1,
+        t(shell).0,
+        t(shell).1,
+        t(http).0,
+        t(http).1,
+        t(chats[1]).0,
+        t(chats[1]).1,
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "out of order: {order:?}"
+    );
+    assert!(t(tool).0 <= t(shell).0 && t(http).1 <= t(tool).1);
+    assert_eq!(t(root).0, t(chats[0]).0);
+    assert_eq!(t(root).1, t(chats[1]).1);
+    let mut ids: Vec<_> = trace.iter().map(|s| s.span.span_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), trace.len(), "span ids are unique");
+    assert!(
+        !e2e::contains(&receiver.raw_bytes(), b"sk-test-secret-do-not-export"),
+        "the API key is never exported"
+    );
+    Ok(())
+}
