@@ -126,7 +126,6 @@ impl Pipeline {
 
     fn enrich(&mut self, spans: &mut [Span]) {
         for span in spans {
-            self.processes.observe(span.process.pid);
             self.processes.enrich(span);
         }
     }

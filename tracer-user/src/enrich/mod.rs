@@ -129,9 +129,14 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
 /// Bounded: beyond this many live processes, new ones are described on demand and not cached.
 const MAX_PROCESSES: usize = 65_536;
 
+/// Exited processes remembered: their work can be reported after they are gone (a tool's
+/// short-lived shell is reported when the tool's window closes).
+const MAX_DEPARTED: usize = 4096;
+
 pub struct ProcessCache {
     host_name: String,
     processes: HashMap<u32, Arc<ProcessInfo>>,
+    departed: std::collections::VecDeque<Arc<ProcessInfo>>,
 }
 
 impl ProcessCache {
@@ -142,6 +147,7 @@ impl ProcessCache {
         ProcessCache {
             host_name,
             processes: HashMap::new(),
+            departed: std::collections::VecDeque::new(),
         }
     }
 
@@ -173,12 +179,19 @@ impl ProcessCache {
     pub fn get(&self, pid: u32) -> Arc<ProcessInfo> {
         self.processes
             .get(&pid)
+            .or_else(|| self.departed.iter().rev().find(|d| d.pid == pid))
             .cloned()
             .unwrap_or_else(|| Arc::new(ProcessInfo::read(pid, &self.host_name)))
     }
 
     pub fn forget(&mut self, pid: u32) {
-        self.processes.remove(&pid);
+        if let Some(info) = self.processes.remove(&pid) {
+            self.departed.retain(|d| d.pid != pid);
+            self.departed.push_back(info);
+            if self.departed.len() > MAX_DEPARTED {
+                self.departed.pop_front();
+            }
+        }
     }
 
     pub fn enrich(&self, span: &mut Span) {

@@ -1,6 +1,12 @@
-//! The embedded default: live, readable agent activity on the terminal, grouped by process.
+//! The embedded default: live, readable agent activity on the terminal. Each agent run is a
+//! tree that grows as its steps finish (model calls, tools, what the tools did), closed by a
+//! summary line when the run ends; calls outside runs are listed under their process.
 
-use std::{io::Write, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    sync::Arc,
+};
 
 use tokio::sync::mpsc;
 
@@ -20,18 +26,61 @@ impl Style {
     }
 }
 
+/// Where each run's spans go in its tree.
+#[derive(Default)]
+struct Trees {
+    depth: HashMap<[u8; 8], usize>,
+    runs_shown: HashSet<[u8; 16]>,
+    last_pid: Option<u32>,
+}
+
+/// Bounds the tree state of a tracer running for weeks.
+const MAX_TREE_SPANS: usize = 100_000;
+
+impl Trees {
+    fn render(&mut self, span: &Span, style: &Style) -> String {
+        if self.depth.len() > MAX_TREE_SPANS {
+            self.depth.clear();
+            self.runs_shown.clear();
+        }
+        let mut text = String::new();
+        let is_root = span.parent_span_id.is_none() && span.name.starts_with("invoke_agent");
+        let Some(parent) = span.parent_span_id.filter(|_| !is_root) else {
+            if is_root {
+                text.push_str(&run_summary(span, style));
+                self.runs_shown.remove(&span.trace_id);
+                self.last_pid = None;
+            } else {
+                if self.last_pid != Some(span.process.pid) {
+                    text.push_str(&process_header(span, style));
+                    text.push('\n');
+                    self.last_pid = Some(span.process.pid);
+                }
+                text.push_str(&format!("  └─ {}", span_line(span, style)));
+            }
+            text.push('\n');
+            return text;
+        };
+        if self.runs_shown.insert(span.trace_id) {
+            text.push_str(&run_header(span, style));
+            text.push('\n');
+        }
+        self.last_pid = None;
+        // A step whose parent was not shown hangs from the run itself.
+        let depth = self.depth.get(&parent).map_or(1, |d| d + 1);
+        self.depth.insert(span.span_id, depth);
+        text.push_str(&"   ".repeat(depth));
+        text.push_str(&format!("├─ {}", span_line(span, style)));
+        text.push('\n');
+        text
+    }
+}
+
 pub async fn run(mut spans: mpsc::Receiver<Arc<Span>>, color: bool) {
     let style = Style { color };
-    let mut last_pid = None;
+    let mut trees = Trees::default();
     while let Some(span) = spans.recv().await {
-        let mut text = String::new();
-        if last_pid != Some(span.process.pid) {
-            text.push_str(&process_header(&span, &style));
-            text.push('\n');
-            last_pid = Some(span.process.pid);
-        }
-        text.push_str(&span_line(&span, &style));
-        text.push('\n');
+        let text = trees.render(&span, &style);
         let mut out = std::io::stdout().lock();
         // A closed stdout (piped into `head`) must not stop the tracer.
         let _ = out.write_all(text.as_bytes());
@@ -56,6 +105,58 @@ fn process_header(span: &Span, style: &Style) -> String {
         style.paint("2", &who),
         style.paint("2", cmd)
     )
+}
+
+fn run_header(span: &Span, style: &Style) -> String {
+    let agent =
+        text(span, "gen_ai.agent.name").unwrap_or_else(|| span.process.executable_name.clone());
+    let mut who = format!("pid {}", span.process.pid);
+    if let Some(c) = text(span, "gen_ai.conversation.id") {
+        who.push_str(&format!(" conversation {c}"));
+    }
+    format!(
+        "{} {} {}",
+        style.paint("1;35", "▶ run"),
+        style.paint("1", &agent),
+        style.paint("2", &who)
+    )
+}
+
+/// The run's end: outcome, size, tokens, cost, duration.
+fn run_summary(span: &Span, style: &Style) -> String {
+    let outcome = text(span, "agent_tracer.run.outcome").unwrap_or_default();
+    let mark = match outcome.as_str() {
+        "completed" => style.paint("1;32", "■ run completed"),
+        "error" => style.paint("1;31", "■ run failed"),
+        _ => style.paint("1;33", &format!("■ run {outcome}")),
+    };
+    let mut parts = vec![
+        mark,
+        style.paint("1", &text(span, "gen_ai.agent.name").unwrap_or_default()),
+    ];
+    if let Some(n) = text(span, "agent_tracer.run.llm_calls") {
+        parts.push(format!("{n} calls"));
+    }
+    if let Some(n) = text(span, "agent_tracer.run.tool_executions") {
+        parts.push(format!("{n} tools"));
+    }
+    if let (Some(i), Some(o)) = (
+        text(span, "gen_ai.usage.input_tokens"),
+        text(span, "gen_ai.usage.output_tokens"),
+    ) {
+        parts.push(format!("tokens {i}→{o}"));
+    }
+    if let Some(AttrValue::F64(usd)) = span.attr("agent_tracer.cost.usd") {
+        parts.push(format!("${usd:.6}"));
+    }
+    if let Some(e) = text(span, "error.type") {
+        parts.push(style.paint("1;31", &format!("✗ {e}")));
+    }
+    if span.attr("agent_tracer.run.loop_detected").is_some() {
+        parts.push(style.paint("1;33", "loop detected"));
+    }
+    parts.push(millis(span.duration_ns()));
+    parts.join("  ")
 }
 
 fn text(span: &Span, key: &str) -> Option<String> {
@@ -86,6 +187,15 @@ fn span_line(span: &Span, style: &Style) -> String {
     if let (Some(a), Some(port)) = (text(span, "server.address"), text(span, "server.port")) {
         parts.push(style.paint("2", &format!("{a}:{port}")));
     }
+    if let Some(code) = text(span, "process.exit.code") {
+        let args = text(span, "process.command_args").unwrap_or_default();
+        parts.push(style.paint("2", &args.replace(',', " ")));
+        if code != "0" {
+            parts.push(style.paint("1;31", &format!("✗ exit {code}")));
+        } else {
+            parts.push(style.paint("32", "exit 0"));
+        }
+    }
     match (&span.status, text(span, "http.response.status_code")) {
         (SpanStatus::Error(_), status) => {
             let what = text(span, "error.type").unwrap_or_default();
@@ -115,6 +225,9 @@ fn span_line(span: &Span, style: &Style) -> String {
     if let Some(tools) = text(span, "agent_tracer.response.tool_call.names") {
         parts.push(style.paint("33", &format!("tools {tools}")));
     }
+    if let Some(AttrValue::F64(usd)) = span.attr("agent_tracer.cost.usd") {
+        parts.push(format!("${usd:.6}"));
+    }
     parts.push(millis(span.duration_ns()));
     if let Some(AttrValue::F64(ttft)) = span.attr("gen_ai.response.time_to_first_chunk") {
         parts.push(format!("ttft {}", millis((ttft * 1e9) as u64)));
@@ -122,7 +235,7 @@ fn span_line(span: &Span, style: &Style) -> String {
     if let Some(lost) = text(span, "agent_tracer.capture.bytes_lost") {
         parts.push(style.paint("1;33", &format!("lost {lost} bytes")));
     }
-    format!("  └─ {}", parts.join("  "))
+    parts.join("  ")
 }
 
 #[cfg(test)]
@@ -158,7 +271,75 @@ mod tests {
         let line = span_line(&span, &Style { color: false });
         assert_eq!(
             line,
-            "  └─ chat gpt-4o  openai  200  tokens 12→5  finish stop  1.50s  ttft 250ms"
+            "chat gpt-4o  openai  200  tokens 12→5  finish stop  1.50s  ttft 250ms"
+        );
+    }
+
+    fn span(
+        name: &str,
+        id: u8,
+        parent: Option<u8>,
+        attributes: Vec<(&'static str, AttrValue)>,
+    ) -> Span {
+        Span {
+            trace_id: [7; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            name: name.into(),
+            kind: SpanKind::Internal,
+            events: Vec::new(),
+            start_unix_ns: 0,
+            end_unix_ns: 2_000_000,
+            attributes,
+            status: SpanStatus::Unset,
+            process: Arc::new(ProcessInfo::unknown(9)),
+        }
+    }
+
+    #[test]
+    fn a_run_renders_as_a_tree_closed_by_its_summary() {
+        let style = Style { color: false };
+        let mut trees = Trees::default();
+        let agent = || ("gen_ai.agent.name", AttrValue::from("bot"));
+        let mut out = String::new();
+        out += &trees.render(&span("chat m", 2, Some(1), vec![agent()]), &style);
+        out += &trees.render(&span("execute_tool t", 3, Some(1), vec![agent()]), &style);
+        out += &trees.render(
+            &span(
+                "exec sh",
+                4,
+                Some(3),
+                vec![
+                    ("process.exit.code", 3i64.into()),
+                    (
+                        "process.command_args",
+                        vec!["sh".to_string(), "-c".into()].into(),
+                    ),
+                ],
+            ),
+            &style,
+        );
+        out += &trees.render(
+            &span(
+                "invoke_agent bot",
+                1,
+                None,
+                vec![
+                    agent(),
+                    ("agent_tracer.run.outcome", "completed".into()),
+                    ("agent_tracer.run.llm_calls", 1u64.into()),
+                    ("agent_tracer.cost.usd", 0.0015.into()),
+                ],
+            ),
+            &style,
+        );
+        assert_eq!(
+            out,
+            "▶ run bot pid 9\n\
+             \x20  ├─ chat m  2ms\n\
+             \x20  ├─ execute_tool t  2ms\n\
+             \x20     ├─ exec sh  sh -c  ✗ exit 3  2ms\n\
+             ■ run completed  bot  1 calls  $0.001500  2ms\n"
         );
     }
 }
