@@ -1,8 +1,23 @@
 //! An LLM call as OpenTelemetry GenAI semantic-convention attributes (v1.41 names, genai-spec
 //! §1.3), with the OpenInference attributes Arize Phoenix renders natively (§2).
 
-use super::{content::capped_json, HttpCall, LlmCall};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
+
+use serde_json::{json, Value};
+
+use super::{
+    content::{capped_json, capped_text},
+    HttpCall, LlmCall,
+};
 use crate::{capture::Clock, span::AttrValue};
+
+/// OpenInference flattens messages into indexed keys; this many messages and tool calls per
+/// message are flattened (the whole list is in `gen_ai.input.messages` regardless).
+const MAX_FLAT_MESSAGES: usize = 64;
+const MAX_FLAT_TOOL_CALLS: usize = 16;
 
 pub struct ContentPolicy {
     pub capture: bool,
@@ -82,6 +97,15 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     if let Some(first) = call.first_chunk_ns {
         let secs = first.saturating_sub(call.start_ns) as f64 / 1e9;
         a.push(("gen_ai.response.time_to_first_chunk", secs.into()));
+        // As the conventions define it for servers: the time after the first token over the
+        // tokens that followed it.
+        if let Some(out) = resp.usage.output_tokens.filter(|o| *o > 1) {
+            let rest = call.end_ns.saturating_sub(first) as f64 / 1e9;
+            a.push((
+                "agent_tracer.time_per_output_token",
+                (rest / (out - 1) as f64).into(),
+            ));
+        }
     }
     if let Some(fp) = &resp.system_fingerprint {
         a.push(("openai.response.system_fingerprint", fp.clone().into()));
@@ -166,7 +190,157 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     if let (Some(i), Some(o)) = (resp.usage.input_tokens, resp.usage.output_tokens) {
         a.push(("llm.token_count.total", (i + o).into()));
     }
+    for (key, value) in [
+        (
+            "llm.token_count.prompt_details.cache_read",
+            resp.usage.cache_read_input_tokens,
+        ),
+        (
+            "llm.token_count.prompt_details.cache_write",
+            resp.usage.cache_creation_input_tokens,
+        ),
+        (
+            "llm.token_count.completion_details.reasoning",
+            resp.usage.reasoning_output_tokens,
+        ),
+    ] {
+        if let Some(v) = value {
+            a.push((key, v.into()));
+        }
+    }
+    a.push((
+        "llm.invocation_parameters",
+        invocation_parameters(call).into(),
+    ));
+    if let Some(f) = resp.finish_reasons.first() {
+        a.push(("llm.finish_reason", f.clone().into()));
+    }
+    if content.capture {
+        let mut inputs = Vec::new();
+        if let Some(Value::Array(system)) = &req.system_instructions {
+            inputs.push(json!({"role": "system", "parts": system}));
+        }
+        if let Some(Value::Array(m)) = &req.input_messages {
+            inputs.extend(m.iter().cloned());
+        }
+        flatten_messages(&mut a, "llm.input_messages", &inputs, content.max_bytes);
+        if let Some(Value::Array(m)) = &resp.output_messages {
+            flatten_messages(&mut a, "llm.output_messages", m, content.max_bytes);
+        }
+        if let Some(m) = &req.input_messages {
+            a.push(("input.value", capped_json(m, content.max_bytes).into()));
+            a.push(("input.mime_type", "application/json".into()));
+        }
+        if let Some(m) = &resp.output_messages {
+            a.push(("output.value", capped_json(m, content.max_bytes).into()));
+            a.push(("output.mime_type", "application/json".into()));
+        }
+    }
     a
+}
+
+/// `llm.invocation_parameters`: the request's parameters, no content.
+fn invocation_parameters(call: &LlmCall) -> String {
+    let r = &call.request;
+    let mut p = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            p.insert(k.to_string(), v);
+        }
+    };
+    put("model", json!(r.model));
+    put("temperature", json!(r.temperature));
+    put("top_p", json!(r.top_p));
+    put("top_k", json!(r.top_k));
+    put("max_tokens", json!(r.max_tokens));
+    put("seed", json!(r.seed));
+    if r.stream {
+        put("stream", json!(true));
+    }
+    Value::Object(p).to_string()
+}
+
+/// An indexed OpenInference key, interned: the set is bounded by the flattening limits, so the
+/// few thousand keys that can exist are allocated once for the life of the process.
+fn key(text: String) -> &'static str {
+    static KEYS: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = keys.get(&text) {
+        return k;
+    }
+    let leaked: &'static str = Box::leak(text.clone().into_boxed_str());
+    keys.insert(text, leaked);
+    leaked
+}
+
+/// GenAI-convention messages (`{role, parts: [{type, content | id, name, arguments |
+/// response}]}`) as OpenInference's flattened `prefix.{i}.message.*` attributes.
+fn flatten_messages(
+    a: &mut Vec<(&'static str, AttrValue)>,
+    prefix: &str,
+    messages: &[Value],
+    max_bytes: usize,
+) {
+    for (i, m) in messages.iter().take(MAX_FLAT_MESSAGES).enumerate() {
+        let base = format!("{prefix}.{i}.message");
+        if let Some(role) = m.get("role").and_then(Value::as_str) {
+            a.push((key(format!("{base}.role")), role.into()));
+        }
+        let parts = m
+            .get("parts")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        let text: Vec<&str> = parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p.get("content").and_then(Value::as_str))
+            .collect();
+        if !text.is_empty() {
+            a.push((
+                key(format!("{base}.content")),
+                capped_text(&text.join("\n"), max_bytes).into(),
+            ));
+        }
+        let calls = parts.iter().filter(|p| p["type"] == "tool_call");
+        for (k, call) in calls.take(MAX_FLAT_TOOL_CALLS).enumerate() {
+            let tc = format!("{base}.tool_calls.{k}.tool_call");
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                a.push((key(format!("{tc}.id")), id.into()));
+            }
+            if let Some(name) = call.get("name").and_then(Value::as_str) {
+                a.push((key(format!("{tc}.function.name")), name.into()));
+            }
+            if let Some(args) = call.get("arguments") {
+                let args = match args {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                a.push((
+                    key(format!("{tc}.function.arguments")),
+                    capped_text(&args, max_bytes).into(),
+                ));
+            }
+        }
+        if let Some(response) = parts.iter().find(|p| p["type"] == "tool_call_response") {
+            if let Some(id) = response.get("id").and_then(Value::as_str) {
+                a.push((key(format!("{base}.tool_call_id")), id.into()));
+            }
+            if text.is_empty() {
+                let body = match response.get("response") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                a.push((
+                    key(format!("{base}.content")),
+                    capped_text(&body, max_bytes).into(),
+                ));
+            }
+        }
+    }
 }
 
 /// A generic HTTP client call (HTTP semantic conventions).
@@ -211,4 +385,52 @@ pub fn unix_times(call: &LlmCall, clock: &Clock) -> (u64, u64) {
         clock.unix_ns(call.start_ns),
         clock.unix_ns(call.end_ns.max(call.start_ns)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_flatten_to_openinference_keys() {
+        let messages = vec![
+            json!({"role": "user", "parts": [{"type": "text", "content": "weather?"}]}),
+            json!({"role": "assistant", "parts": [{"type": "tool_call", "id": "call_1",
+                "name": "get_weather", "arguments": {"city": "Paris"}}]}),
+            json!({"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_1",
+                "response": "sunny"}]}),
+        ];
+        let mut a = Vec::new();
+        flatten_messages(&mut a, "llm.input_messages", &messages, 1024);
+        let get = |k: &str| a.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("llm.input_messages.0.message.role"),
+            Some("user".into())
+        );
+        assert_eq!(
+            get("llm.input_messages.0.message.content"),
+            Some("weather?".into())
+        );
+        assert_eq!(
+            get("llm.input_messages.1.message.tool_calls.0.tool_call.function.name"),
+            Some("get_weather".into())
+        );
+        assert_eq!(
+            get("llm.input_messages.1.message.tool_calls.0.tool_call.function.arguments"),
+            Some(r#"{"city":"Paris"}"#.into())
+        );
+        assert_eq!(
+            get("llm.input_messages.2.message.tool_call_id"),
+            Some("call_1".into())
+        );
+        assert_eq!(
+            get("llm.input_messages.2.message.content"),
+            Some("sunny".into())
+        );
+        // Interned: the same key text is the same allocation.
+        assert!(std::ptr::eq(
+            key("llm.input_messages.0.message.role".into()),
+            key("llm.input_messages.0.message.role".into())
+        ));
+    }
 }
