@@ -91,6 +91,18 @@ pub async fn run(mut spans: mpsc::Receiver<Arc<Span>>, color: bool) {
 fn process_header(span: &Span, style: &Style) -> String {
     let p = &span.process;
     let cmd = p.command_line.as_deref().unwrap_or("");
+    format!(
+        "{} {} {} {}",
+        style.paint("1;36", "●"),
+        style.paint("1", &p.executable_name),
+        style.paint("2", &who(span)),
+        style.paint("2", cmd)
+    )
+}
+
+/// The process as a user finds it: host pid, the pid its namespace shows, its container.
+fn who(span: &Span) -> String {
+    let p = &span.process;
     let mut who = format!("pid {}", p.pid);
     if let Some(ns) = p.namespace_pid {
         who.push_str(&format!(" (ns pid {ns})"));
@@ -98,19 +110,13 @@ fn process_header(span: &Span, style: &Style) -> String {
     if let Some(id) = &p.container_id {
         who.push_str(&format!(" container {}", &id[..12.min(id.len())]));
     }
-    format!(
-        "{} {} {} {}",
-        style.paint("1;36", "●"),
-        style.paint("1", &p.executable_name),
-        style.paint("2", &who),
-        style.paint("2", cmd)
-    )
+    who
 }
 
 fn run_header(span: &Span, style: &Style) -> String {
     let agent =
         text(span, "gen_ai.agent.name").unwrap_or_else(|| span.process.executable_name.clone());
-    let mut who = format!("pid {}", span.process.pid);
+    let mut who = who(span);
     if let Some(c) = text(span, "gen_ai.conversation.id") {
         who.push_str(&format!(" conversation {c}"));
     }
