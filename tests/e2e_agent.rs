@@ -15,6 +15,7 @@ use serde_json::Value;
 use tracer_testkit::{
     e2e::{self, of_trace, require_root, KIND_INTERNAL, SERIAL},
     mock_openai::{self, AGENT_TOOL_CALL_ID, AGENT_TOOL_COMMAND},
+    mock_providers::ANTHROPIC_TOOL_USE_ID,
     otlp::{self, as_bool, as_f64, as_int, as_str, as_strs, ReceivedSpan},
     python, tracer,
 };
@@ -251,6 +252,113 @@ async fn openai_agent_tool_loop_is_one_trace_with_tool_process_and_http_beneath(
     assert_eq!(ids.len(), trace.len(), "span ids are unique");
     assert!(
         !e2e::contains(&receiver.raw_bytes(), b"sk-test-secret-do-not-export"),
+        "the API key is never exported"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_agent_failing_tool_is_marked_and_its_run_still_completes() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let python = python::venv_python()?;
+    let model_api = mock_openai::start(&e2e::certs_dir()).await?;
+    let receiver = otlp::start_grpc().await?;
+    let running = tracer::start(
+        tracer_bin(),
+        "agent-anthropic",
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    )?;
+    let output = Command::new(&python)
+        .arg(client_script("anthropic_agent.py"))
+        .arg(model_api.base_url().trim_end_matches("/v1"))
+        .env("SSL_CERT_FILE", &model_api.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .context("running the agent")?;
+    assert!(
+        output.status.success(),
+        "agent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = e2e::json_lines(&output);
+    let pid = lines[0]["pid"].as_u64().context("agent pid")? as u32;
+    assert_eq!(lines[1]["answer"], "The task failed; reported.");
+    let all = receiver
+        .wait_for("the agent's run", SPAN_WAIT, |s| {
+            s.iter().any(|s| is_root_of(s, pid))
+        })
+        .await?;
+    let root_trace = all
+        .iter()
+        .find(|s| is_root_of(s, pid))
+        .map(|s| s.span.trace_id.clone())
+        .context("root")?;
+    let all = receiver
+        .wait_for("the run's 5 spans", SPAN_WAIT, |s| {
+            of_trace(s, &root_trace).len() >= 5
+        })
+        .await?;
+    let stopped = running.stop()?;
+    assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
+    let trace = of_trace(&all, &root_trace);
+    assert_eq!(
+        trace.len(),
+        5,
+        "root, two chats, the tool, its shell: {trace:#?}"
+    );
+
+    let root = only(&trace, "invoke_agent anthropic_agent");
+    assert_eq!(
+        as_str(root.attr("agent_tracer.run.outcome")),
+        Some("completed")
+    );
+    assert_eq!(as_str(root.attr("gen_ai.provider.name")), Some("anthropic"));
+    // Anthropic's input_tokens exclude the cache; the conventions' count includes it.
+    assert_eq!(
+        as_int(root.attr("gen_ai.usage.input_tokens")),
+        Some(2 * 220)
+    );
+    assert_eq!(
+        as_int(root.attr("gen_ai.usage.cache_read.input_tokens")),
+        Some(2 * 100)
+    );
+    // claude-sonnet-4-5: 3.00 in, 0.30 cached, 15.00 out per million tokens.
+    let want = 2.0 * (120.0 * 3.0 + 100.0 * 0.3 + 30.0 * 15.0) / 1e6;
+    let cost = as_f64(root.attr("agent_tracer.cost.usd")).context("cost")?;
+    assert!((cost - want).abs() < 1e-12, "cost {cost} want {want}");
+    let chats = named(&trace, "chat agent-loop");
+    assert_eq!(chats.len(), 2);
+    assert!(chats
+        .iter()
+        .all(|c| c.span.parent_span_id == root.span.span_id));
+
+    let tool = only(&trace, "execute_tool run_task");
+    assert_eq!(
+        as_str(tool.attr("gen_ai.tool.call.id")),
+        Some(ANTHROPIC_TOOL_USE_ID)
+    );
+    assert_eq!(as_str(tool.attr("error.type")), Some("tool_error"));
+    assert_eq!(
+        tool.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
+    // Content capture is off: no arguments or results.
+    assert_eq!(tool.attr("gen_ai.tool.call.arguments"), None);
+    assert_eq!(tool.attr("gen_ai.tool.call.result"), None);
+    let shell = only(&trace, "exec sh");
+    assert_eq!(shell.span.parent_span_id, tool.span.span_id);
+    assert_eq!(as_int(shell.attr("process.exit.code")), Some(3));
+    assert!(
+        !e2e::contains(&receiver.raw_bytes(), b"sk-ant-test-secret"),
         "the API key is never exported"
     );
     Ok(())

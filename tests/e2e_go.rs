@@ -15,9 +15,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
+    e2e::{contains, of_pid},
     go,
     mock_openai::{self, MockOpenAi},
-    otlp::{self, as_int, as_str, ReceivedSpan},
+    otlp::{self, as_int, as_str},
     tracer,
 };
 
@@ -132,18 +133,6 @@ async fn wait_until_hooked(binary: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(pid as i64))
-        .cloned()
-        .collect()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The bytes recorded for `pid` in `direction` ("egress"/"ingress"), one entry per connection.

@@ -17,6 +17,40 @@ pub const ANTHROPIC_MODEL: &str = "claude-sonnet-4-20250514";
 pub const GEMINI_MODEL_VERSION: &str = "gemini-2.5-flash-001";
 
 /// The response for a non-chat-completions path, if it is one of these APIs.
+/// The `agent-loop` Messages model's tool-use id.
+pub const ANTHROPIC_TOOL_USE_ID: &str = "toolu_agent_task_1";
+
+/// A scripted agent turn: without a tool_result the model asks for `run_task`, with one it
+/// answers.
+fn anthropic_agent_step(req: &Value) -> Value {
+    let answered = req["messages"].as_array().is_some_and(|m| {
+        m.iter().any(|m| {
+            m["content"]
+                .as_array()
+                .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
+        })
+    });
+    let (content, stop, id) = if answered {
+        (
+            json!([{"type": "text", "text": "The task failed; reported."}]),
+            "end_turn",
+            "msg_agent_final",
+        )
+    } else {
+        (
+            json!([{"type": "text", "text": "Running it."},
+                   {"type": "tool_use", "id": ANTHROPIC_TOOL_USE_ID, "name": "run_task",
+                    "input": {"cmd": crate::mock_openai::AGENT_TOOL_COMMAND}}]),
+            "tool_use",
+            "msg_agent_tool",
+        )
+    };
+    json!({"id": id, "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+           "content": content, "stop_reason": stop, "stop_sequence": null,
+           "usage": {"input_tokens": 120, "output_tokens": 30,
+                     "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100}})
+}
+
 pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
     let stream = req.get("stream").and_then(Value::as_bool);
     if path.ends_with("/v1/messages") {
@@ -28,6 +62,9 @@ pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
                 body.to_string().into_bytes(),
                 false,
             ));
+        }
+        if req.get("model").and_then(Value::as_str) == Some("agent-loop") {
+            return Some(json_response(anthropic_agent_step(req)));
         }
         return Some(if stream == Some(true) {
             anthropic_stream()

@@ -127,6 +127,15 @@ struct Run {
     events: Vec<SpanEvent>,
 }
 
+/// A sub-agent run that ended inside its parent's tool window: exported once the window closes
+/// with the tool's result (confirming it was the tool's work), or on its own if it never does.
+struct PendingNested {
+    parent: Parent,
+    spans: Vec<Span>,
+    root_span_id: [u8; 8],
+    had_error: bool,
+}
+
 /// A process spawned inside a run: its exec span's id, and where that span hangs.
 #[derive(Clone, Copy, Debug)]
 struct ExecOwner {
@@ -147,6 +156,7 @@ pub struct AgentAssembler {
     /// (pid, items, conversation id) of ended runs.
     ended_conversations: VecDeque<(u32, Vec<u64>, Option<String>)>,
     execs: HashMap<u32, ExecOwner>,
+    pending_nested: Vec<PendingNested>,
 }
 
 /// How an activity names the tool it may belong to.
@@ -171,6 +181,7 @@ impl AgentAssembler {
             ended_order: VecDeque::new(),
             ended_conversations: VecDeque::new(),
             execs: HashMap::new(),
+            pending_nested: Vec::new(),
         }
     }
 
@@ -470,7 +481,10 @@ impl AgentAssembler {
             trace_id,
             root_span_id: rng.random(),
             nested_under,
-            tentative: nested_under.is_some(),
+            // Under a process the tool spawned, lineage proves the nesting; under the same
+            // process's tool window it is a guess until the window closes.
+            tentative: nested_under
+                .is_some_and(|p| !self.execs.values().any(|e| e.span_id == p.span)),
             sampled,
             held: VecDeque::new(),
             agent_name,
@@ -647,6 +661,32 @@ impl AgentAssembler {
                 self.detach(i, out);
             }
         }
+        // One that ended inside it was the tool's sub-agent, if the tool's result came back.
+        let confirmed = !unfinished && result.is_some();
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_nested)
+            .into_iter()
+            .partition(|p| p.parent == parent);
+        self.pending_nested = others;
+        for pending in mine {
+            if confirmed {
+                for span in pending.spans {
+                    self.emit(index, span, out);
+                }
+                continue;
+            }
+            let trace_id: [u8; 16] = rand::rng().random();
+            if !(pending.had_error || sampled_by_ratio(&trace_id, self.config.sample_ratio)) {
+                Health::add(&self.health.sampled_out_spans, pending.spans.len() as u64);
+                continue;
+            }
+            for mut span in pending.spans {
+                span.trace_id = trace_id;
+                if span.span_id == pending.root_span_id {
+                    span.parent_span_id = None;
+                }
+                out.push(span);
+            }
+        }
     }
 
     fn detach(&mut self, index: usize, out: &mut Vec<Span>) {
@@ -765,7 +805,17 @@ impl AgentAssembler {
         spans.push(self.conventions(root));
         // Errors are always kept, whatever the sampling said.
         let keep = run.sampled || run.error_type.is_some() || outcome == Outcome::Error;
-        if !keep {
+        let had_error = run.error_type.is_some() || outcome == Outcome::Error;
+        if run.tentative {
+            if let Some(parent) = run.nested_under {
+                self.pending_nested.push(PendingNested {
+                    parent,
+                    spans,
+                    root_span_id: run.root_span_id,
+                    had_error,
+                });
+            }
+        } else if !keep {
             Health::add(&self.health.sampled_out_spans, spans.len() as u64);
         } else if let Some(parent) = run.nested_under {
             // A sub-agent's spans follow its parent run's fate.

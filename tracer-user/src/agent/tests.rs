@@ -542,3 +542,63 @@ fn conventions_can_be_turned_off() {
         .iter()
         .all(|s| s.attr("openinference.span.kind").is_some()));
 }
+
+#[test]
+fn a_same_process_sub_agent_nests_once_the_tool_result_comes_back() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    a.llm_call(
+        &call(AGENT, 0, 10, &[user("plan")], &[("c1", "research", "{}")]),
+        &mut out,
+    );
+    // The tool runs a sub-agent in the same process: its own conversation, done in the window.
+    a.llm_call(&call(AGENT, 20, 30, &[user("sub question")], &[]), &mut out);
+    assert!(
+        named(&out, "invoke_agent").is_empty(),
+        "held until the window closes"
+    );
+    let q2 = [
+        user("plan"),
+        asks("c1", "research", "{}"),
+        result("c1", "found"),
+    ];
+    a.llm_call(&call(AGENT, 40, 50, &q2, &[]), &mut out);
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 2);
+    let tool = named(&out, "execute_tool research")[0];
+    let inner = roots.iter().find(|r| r.parent_span_id.is_some()).unwrap();
+    assert_eq!(inner.parent_span_id, Some(tool.span_id));
+    assert!(out.iter().all(|s| s.trace_id == tool.trace_id));
+}
+
+#[test]
+fn calls_made_while_a_tool_call_is_never_answered_are_not_its_sub_agent() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    // A script that ignores the tool call it got, then makes an unrelated call.
+    a.llm_call(
+        &call(
+            AGENT,
+            0,
+            10,
+            &[user("weather")],
+            &[("c1", "get_weather", "{}")],
+        ),
+        &mut out,
+    );
+    a.llm_call(&call(AGENT, 20, 30, &[user("other")], &[]), &mut out);
+    a.process_event(&exit(AGENT, 40, Some(0)), &mut out);
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 2);
+    assert!(roots.iter().all(|r| r.parent_span_id.is_none()));
+    assert_ne!(roots[0].trace_id, roots[1].trace_id);
+    let other = roots
+        .iter()
+        .find(|r| str_attr(r, "agent_tracer.run.outcome").as_deref() == Some("completed"))
+        .unwrap();
+    assert_eq!(
+        out.iter().filter(|s| s.trace_id == other.trace_id).count(),
+        2,
+        "its chat moved to its own trace with it"
+    );
+}
