@@ -17,6 +17,7 @@ use tracer_testkit::{
     mock_openai::{self, AGENT_TOOL_CALL_ID, AGENT_TOOL_COMMAND},
     mock_providers::ANTHROPIC_TOOL_USE_ID,
     otlp::{self, as_bool, as_f64, as_int, as_str, as_strs, ReceivedSpan},
+    phoenix::Phoenix,
     python, tracer,
 };
 
@@ -361,5 +362,118 @@ async fn anthropic_agent_failing_tool_is_marked_and_its_run_still_completes() ->
         !e2e::contains(&receiver.raw_bytes(), b"sk-ant-test-secret"),
         "the API key is never exported"
     );
+    Ok(())
+}
+
+/// The same agent run exported to a real Arize Phoenix (from PyPI, on 127.0.0.1) over
+/// OTLP/HTTP, read back through Phoenix's REST API: one trace, the kinds Phoenix shows, the
+/// token counts the model API reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_renders_in_arize_phoenix_as_agent_llm_and_tool_spans() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let python = python::venv_python()?;
+    let phoenix = Phoenix::start().await?;
+    let model_api = mock_openai::start(&e2e::certs_dir()).await?;
+    let tool_api = mock_openai::start_plain().await?;
+    let project = format!("agent-tracer-e2e-{}", std::process::id());
+    let endpoint = phoenix.otlp_http_endpoint();
+    let resource = format!("openinference.project.name={project}");
+    let running = tracer::start(
+        tracer_bin(),
+        "agent-phoenix",
+        &["run"],
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_RESOURCE_ATTRIBUTES", resource.as_str()),
+        ],
+    )?;
+    let output = Command::new(&python)
+        .arg(client_script("openai_agent.py"))
+        .arg(model_api.base_url())
+        .arg(format!("http://{}", tool_api.addr))
+        .env("SSL_CERT_FILE", &model_api.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .context("running the agent")?;
+    assert!(
+        output.status.success(),
+        "agent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pid = e2e::json_lines(&output)[0]["pid"]
+        .as_u64()
+        .context("agent pid")?;
+    let root_name = "invoke_agent openai_agent";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let trace = loop {
+        // Phoenix's own HTTP traffic is traced too (its pid): only the agent's trace counts.
+        let spans = phoenix.spans(&project).await?;
+        let root_trace = spans
+            .iter()
+            .find(|s| s["name"] == root_name)
+            .map(|s| s["context"]["trace_id"].clone());
+        if let Some(trace_id) = root_trace {
+            let trace: Vec<Value> = spans
+                .into_iter()
+                .filter(|s| s["context"]["trace_id"] == trace_id)
+                .collect();
+            if trace.len() >= 6 {
+                break trace;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "Phoenix did not get the run of pid {pid}:\n{}",
+                phoenix.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let stopped = running.stop()?;
+    assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
+    assert_eq!(trace.len(), 6, "{trace:#?}");
+    let kinds = |kind: &str| trace.iter().filter(|s| s["span_kind"] == kind).count();
+    assert_eq!(kinds("AGENT"), 1, "{trace:#?}");
+    assert_eq!(kinds("LLM"), 2, "{trace:#?}");
+    assert_eq!(kinds("TOOL"), 1, "{trace:#?}");
+    let root = trace
+        .iter()
+        .find(|s| s["name"] == root_name)
+        .context("root")?;
+    assert_eq!(root["parent_id"], Value::Null);
+    assert_eq!(root["attributes"]["agent.name"], "openai_agent");
+    let root_id = root["context"]["span_id"].clone();
+    let mut llms: Vec<&Value> = trace.iter().filter(|s| s["span_kind"] == "LLM").collect();
+    llms.sort_by_key(|s| s["start_time"].as_str().unwrap_or_default().to_string());
+    let received = model_api.received();
+    assert_eq!(received.len(), 2);
+    for (llm, request) in llms.iter().zip(&received) {
+        assert_eq!(llm["parent_id"], root_id);
+        assert_eq!(
+            llm["attributes"]["llm.token_count.prompt"],
+            mock_openai::prompt_tokens_for(request.body_len)
+        );
+        assert_eq!(llm["attributes"]["llm.token_count.completion"], 7);
+        assert_eq!(
+            llm["attributes"]["llm.model_name"],
+            mock_openai::RESPONSE_MODEL
+        );
+    }
+    let tool = trace
+        .iter()
+        .find(|s| s["span_kind"] == "TOOL")
+        .context("tool")?;
+    assert_eq!(tool["name"], "execute_tool run_task");
+    assert_eq!(tool["parent_id"], root_id);
+    assert_eq!(tool["attributes"]["tool.name"], "run_task");
+    assert_eq!(tool["attributes"]["tool.id"], AGENT_TOOL_CALL_ID);
+    let tool_id = tool["context"]["span_id"].clone();
+    let beneath: Vec<&Value> = trace.iter().filter(|s| s["parent_id"] == tool_id).collect();
+    assert_eq!(beneath.len(), 2, "the shell and the HTTP call: {trace:#?}");
     Ok(())
 }
