@@ -477,3 +477,112 @@ async fn the_run_renders_in_arize_phoenix_as_agent_llm_and_tool_spans() -> Resul
     assert_eq!(beneath.len(), 2, "the shell and the HTTP call: {trace:#?}");
     Ok(())
 }
+
+/// An agent launching an agent: the openai agent's tool runs the anthropic agent as a child
+/// process; the child's run nests under that process, which nests under the tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_launched_by_a_tool_nests_its_run_under_that_tool() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let python = python::venv_python()?;
+    let model_api = mock_openai::start(&e2e::certs_dir()).await?;
+    let tool_api = mock_openai::start_plain().await?;
+    let receiver = otlp::start_grpc().await?;
+    let running = tracer::start(
+        tracer_bin(),
+        "agent-nested",
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--console",
+            "always",
+        ],
+        &[],
+    )?;
+    let output = Command::new(&python)
+        .arg(client_script("openai_agent.py"))
+        .arg(model_api.base_url())
+        .arg(format!("http://{}", tool_api.addr))
+        .arg(model_api.base_url().trim_end_matches("/v1"))
+        .env("SSL_CERT_FILE", &model_api.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .context("running the agent")?;
+    assert!(
+        output.status.success(),
+        "agent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pid = e2e::json_lines(&output)[0]["pid"]
+        .as_u64()
+        .context("agent pid")? as u32;
+    let all = receiver
+        .wait_for("the outer run", SPAN_WAIT, |s| {
+            s.iter().any(|s| is_root_of(s, pid))
+        })
+        .await?;
+    let root_trace = all
+        .iter()
+        .find(|s| is_root_of(s, pid))
+        .map(|s| s.span.trace_id.clone())
+        .context("root")?;
+    let all = receiver
+        .wait_for("both runs' 12 spans", SPAN_WAIT, |s| {
+            of_trace(s, &root_trace).len() >= 12
+        })
+        .await?;
+    let stopped = running.stop()?;
+    assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
+    let trace = of_trace(&all, &root_trace);
+    assert_eq!(
+        trace.len(),
+        12,
+        "outer: root, 2 chats, tool, sh, GET, the child agent's process; inner: root, 2 chats, \
+         tool, sh: {trace:#?}"
+    );
+    let outer = only(&trace, "invoke_agent openai_agent");
+    let inner = only(&trace, "invoke_agent anthropic_agent");
+    assert!(outer.span.parent_span_id.is_empty());
+    let outer_tool = trace
+        .iter()
+        .find(|s| {
+            s.span.name == "execute_tool run_task" && s.span.parent_span_id == outer.span.span_id
+        })
+        .context("outer tool")?;
+    let child_process = trace
+        .iter()
+        .find(|s| {
+            as_strs(s.attr("process.command_args"))
+                .is_some_and(|a| a.iter().any(|a| a.ends_with("anthropic_agent.py")))
+        })
+        .context("the child agent's exec span")?;
+    assert_eq!(child_process.span.parent_span_id, outer_tool.span.span_id);
+    assert_eq!(as_int(child_process.attr("process.exit.code")), Some(0));
+    assert_eq!(inner.span.parent_span_id, child_process.span.span_id);
+    let inner_tool = trace
+        .iter()
+        .find(|s| {
+            s.span.name == "execute_tool run_task" && s.span.parent_span_id == inner.span.span_id
+        })
+        .context("inner tool")?;
+    let inner_shell = trace
+        .iter()
+        .find(|s| s.span.name == "exec sh" && s.span.parent_span_id == inner_tool.span.span_id)
+        .context("the inner tool's shell")?;
+    assert_eq!(as_int(inner_shell.attr("process.exit.code")), Some(3));
+    let inner_chats = trace
+        .iter()
+        .filter(|s| s.span.parent_span_id == inner.span.span_id && s.span.kind == KIND_CLIENT)
+        .count();
+    assert_eq!(inner_chats, 2);
+    // The inner run lies inside the outer tool's window.
+    assert!(outer_tool.span.start_time_unix_nano <= inner.span.start_time_unix_nano);
+    assert!(inner.span.end_time_unix_nano <= outer_tool.span.end_time_unix_nano);
+    Ok(())
+}

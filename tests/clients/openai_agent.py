@@ -1,6 +1,7 @@
 """A minimal tool-using agent on the official openai SDK: it loops until the model stops asking
 for tools. Its one tool runs a shell command (subprocess) and calls a local JSON API over plain
-HTTP. Usage: openai_agent.py OPENAI_BASE_URL TOOL_API_BASE_URL"""
+HTTP. Usage: openai_agent.py OPENAI_BASE_URL TOOL_API_BASE_URL [SUB_AGENT_BASE_URL]: with a third
+argument the tool also runs anthropic_agent.py against it, an agent launching an agent."""
 
 import json
 import os
@@ -31,6 +32,10 @@ while True:
         with urllib.request.urlopen(tool_api + "/tool/lookup") as r:
             looked_up = json.loads(r.read())
         result = f"exit {done.returncode}: {done.stdout.strip()} value {looked_up['value']}"
+        if len(sys.argv) > 3:
+            sub = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "anthropic_agent.py"),
+                                  sys.argv[3]], capture_output=True, text=True, check=True)
+            result += " sub-agent: " + json.loads(sub.stdout.splitlines()[-1])["answer"]
         steps.append({"tool_call_id": call.id, "sh_pid_exit": done.returncode})
         messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
 print(json.dumps({"answer": message.content, "steps": steps}), flush=True)

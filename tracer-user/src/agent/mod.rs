@@ -846,16 +846,11 @@ impl AgentAssembler {
 
     // ----- ownership -----
 
-    /// What `pid`'s work at `at_ns` belongs to: a process spawned inside a run (its exec span),
-    /// an open tool window of the process or an ancestor, or (with `or_run`) a running run.
+    /// What `pid`'s work at `at_ns` belongs to, nearest process first: an open tool window of
+    /// the process, (with `or_run`) its running run, or the exec span of a process spawned inside
+    /// a run; then the same for its parent, and so on up.
     fn owner_at(&mut self, pid: u32, at_ns: u64, hint: Hint, or_run: bool) -> Option<Parent> {
         for p in self.lineage.lineage(pid) {
-            if let Some(exec) = self.execs.get(&p) {
-                return Some(Parent {
-                    run: exec.parent.run,
-                    span: exec.span_id,
-                });
-            }
             let mut run_parent = None;
             for run in self.runs.iter().rev().filter(|r| r.pid == p) {
                 if let Some(tool) = pick_tool(&run.open_tools, at_ns, &hint) {
@@ -873,6 +868,13 @@ impl AgentAssembler {
             }
             if run_parent.is_some() {
                 return run_parent;
+            }
+            // A process spawned inside a run, doing work outside runs of its own.
+            if let Some(exec) = self.execs.get(&p) {
+                return Some(Parent {
+                    run: exec.parent.run,
+                    span: exec.span_id,
+                });
             }
         }
         None
