@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 
-use crate::export::otlp::{parse_key_values, OtlpConfig, Protocol};
+use crate::{
+    export::otlp::{parse_key_values, OtlpConfig, Protocol},
+    metrics::config::{MetricsArgs, MetricsConfig},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ConsoleMode {
@@ -66,6 +69,9 @@ pub struct RunArgs {
     /// (they contain plaintext secrets; for fixtures and bug reports on test traffic only).
     #[arg(long, value_name = "DIR")]
     pub record_streams: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +84,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub record_streams: Option<std::path::PathBuf>,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -157,6 +164,7 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             record_streams: args.record_streams.clone(),
+            metrics: MetricsConfig::resolve(args, &env)?,
         })
     }
 }
