@@ -112,7 +112,7 @@ pub static TIME_TO_FIRST_CHUNK: HistogramDef = HistogramDef {
 /// span carries one average per call.
 pub static TIME_PER_OUTPUT_TOKEN: HistogramDef = HistogramDef {
     instrument: Instrument {
-        name: "agent_tracer.llm.time_per_output_token",
+        name: "agent_tracer.model.time_per_output_token",
         description: "Average time per output token after the first, per streaming call.",
         unit: "s",
         prom_unit: PromUnit::Seconds,
@@ -130,7 +130,7 @@ pub static MCP_DURATION: HistogramDef = HistogramDef {
 };
 pub static LLM_CALLS: CounterDef = CounterDef {
     instrument: Instrument {
-        name: "agent_tracer.llm.calls",
+        name: "agent_tracer.model.calls",
         description: "Model calls.",
         unit: "{call}",
         prom_unit: PromUnit::None,
@@ -139,7 +139,7 @@ pub static LLM_CALLS: CounterDef = CounterDef {
 };
 pub static LLM_COST: CounterDef = CounterDef {
     instrument: Instrument {
-        name: "agent_tracer.llm.cost",
+        name: "agent_tracer.model.cost",
         description: "Estimated cost of model calls, in US dollars.",
         unit: "USD",
         prom_unit: PromUnit::Other("usd"),
@@ -678,7 +678,7 @@ pub(crate) mod tests {
         assert_eq!(output.1.bucket_counts[3], 1);
         assert_eq!(output.1.bucket_counts[4], 0);
 
-        let calls = counter(&s, "agent_tracer.llm.calls");
+        let calls = counter(&s, "agent_tracer.model.calls");
         let values: Vec<(Option<&Label>, f64)> = calls
             .points
             .iter()
@@ -694,7 +694,7 @@ pub(crate) mod tests {
         assert!(family(&s, "gen_ai.client.operation.time_to_first_chunk")
             .points
             .is_empty());
-        assert!(counter(&s, "agent_tracer.llm.cost").points.is_empty());
+        assert!(counter(&s, "agent_tracer.model.cost").points.is_empty());
     }
 
     #[test]
@@ -719,9 +719,9 @@ pub(crate) mod tests {
             label(&ttfc[0].0, "gen_ai.agent.name"),
             Some(&Label::Str("researcher".into()))
         );
-        let tpot = &family(&s, "agent_tracer.llm.time_per_output_token").points;
+        let tpot = &family(&s, "agent_tracer.model.time_per_output_token").points;
         assert_eq!(tpot[0].1.bucket_counts[3], 2, "(0.05, 0.075]");
-        let cost = &counter(&s, "agent_tracer.llm.cost").points;
+        let cost = &counter(&s, "agent_tracer.model.cost").points;
         assert_eq!(cost.len(), 1);
         assert!((cost[0].1 - 0.02).abs() < 1e-12);
         assert_eq!(
@@ -766,7 +766,7 @@ pub(crate) mod tests {
         assert!(family(&s, "gen_ai.client.operation.duration")
             .points
             .is_empty());
-        assert!(counter(&s, "agent_tracer.llm.calls").points.is_empty());
+        assert!(counter(&s, "agent_tracer.model.calls").points.is_empty());
     }
 
     #[test]
@@ -805,7 +805,7 @@ pub(crate) mod tests {
             r.observe(&span(chat(&format!("m{i}"), 1, 1), 1));
         }
         let s = r.snapshot();
-        let calls = &counter(&s, "agent_tracer.llm.calls").points;
+        let calls = &counter(&s, "agent_tracer.model.calls").points;
         assert_eq!(calls.len(), MAX_SERIES_PER_METRIC + 1);
         let overflow = calls
             .iter()

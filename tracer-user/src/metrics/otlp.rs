@@ -380,7 +380,7 @@ mod tests {
             h.data_points.iter().map(|p| (p.count, p.sum)).collect();
         assert_eq!(sums, vec![(2, Some(30.0)), (2, Some(6.0))], "input, output");
 
-        let Some(Data::Sum(calls)) = &metric(&req, "agent_tracer.llm.calls").data else {
+        let Some(Data::Sum(calls)) = &metric(&req, "agent_tracer.model.calls").data else {
             panic!("sum expected")
         };
         assert!(calls.is_monotonic);

@@ -335,10 +335,10 @@ mod tests {
                 "gen_ai_client_token_usage_bucket{{le=\"16.0\",{series},gen_ai_token_type=\"output\"}} 2"
             ),
             format!("gen_ai_client_operation_time_to_first_chunk_seconds_count{{{series}}} 1"),
-            "# TYPE agent_tracer_llm_calls counter".to_string(),
-            format!("agent_tracer_llm_calls_total{{{series}}} 2"),
-            "# TYPE agent_tracer_llm_cost_usd counter".to_string(),
-            format!("agent_tracer_llm_cost_usd_total{{{series}}} 0.5"),
+            "# TYPE agent_tracer_model_calls counter".to_string(),
+            format!("agent_tracer_model_calls_total{{{series}}} 2"),
+            "# TYPE agent_tracer_model_cost_usd counter".to_string(),
+            format!("agent_tracer_model_cost_usd_total{{{series}}} 0.5"),
             "# HELP agent_tracer_records Ring-buffer records read.".to_string(),
             "agent_tracer_records_total 7".to_string(),
             "agent_tracer_kernel_ringbuf_full_records_total 0".to_string(),
@@ -358,6 +358,38 @@ mod tests {
         assert!(
             !text.contains("agent_tracer_unsupported_tls"),
             "empty families are left out"
+        );
+    }
+
+    #[test]
+    fn every_metric_has_its_own_prometheus_family() {
+        let health = Arc::new(Health::default());
+        health.unsupported_tls("/bin/x", "rustls");
+        let r = MetricsRecorder::new(health);
+        let mut all = chat("m", 1, 1);
+        all.push(("gen_ai.response.time_to_first_chunk", 0.1.into()));
+        all.push(("agent_tracer.time_per_output_token", 0.1.into()));
+        all.push(("agent_tracer.cost.usd", 0.1.into()));
+        r.observe(&span(all, 1));
+        r.observe(&span(vec![("mcp.method.name", "tools/list".into())], 1));
+        let snapshot = r.snapshot();
+        assert!(snapshot.histograms.iter().all(|f| !f.points.is_empty()));
+        assert!(snapshot.counters.iter().all(|f| !f.points.is_empty()));
+        let text = render(&snapshot, "h").unwrap();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let unique: std::collections::BTreeSet<&str> = families.iter().copied().collect();
+        assert_eq!(
+            families.len(),
+            unique.len(),
+            "two metrics map to one Prometheus name: {families:?}"
+        );
+        assert_eq!(
+            families.len(),
+            1 + snapshot.histograms.len() + snapshot.counters.len()
         );
     }
 
