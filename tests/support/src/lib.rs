@@ -5,6 +5,7 @@ pub mod go;
 pub mod mock_openai;
 pub mod mock_providers;
 pub mod otlp;
+pub mod prometheus;
 pub mod python;
 pub mod tls;
 pub mod tracer;
