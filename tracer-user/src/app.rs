@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     export::{console, otlp::OtlpExporter},
     health::Health,
+    metrics::{self, MetricsRecorder},
     pipeline::{Pipeline, PipelineConfig},
     span::Span,
     streams::StreamRecorder,
@@ -30,12 +31,15 @@ struct Sinks {
     queues: Vec<mpsc::Sender<Arc<Span>>>,
     tasks: Vec<JoinHandle<()>>,
     health: Arc<Health>,
+    metrics: Arc<MetricsRecorder>,
 }
 
 impl Sinks {
     fn dispatch(&self, spans: &mut Vec<Span>) {
         for span in spans.drain(..) {
             Health::add(&self.health.spans, 1);
+            // Before any exporter can drop it: metrics count every span.
+            self.metrics.observe(&span);
             let span = Arc::new(span);
             for queue in &self.queues {
                 if queue.try_send(span.clone()).is_err() {
@@ -58,10 +62,13 @@ pub async fn run(config: Config) -> Result<()> {
     let health = Arc::new(Health::default());
     let clock = Clock::new();
 
+    let recorder = Arc::new(MetricsRecorder::new(health.clone()));
+    let metrics = metrics::start(&config.metrics, recorder.clone(), health.clone()).await?;
     let mut sinks = Sinks {
         queues: Vec::new(),
         tasks: Vec::new(),
         health: health.clone(),
+        metrics: recorder,
     };
     if config.console {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
@@ -161,8 +168,10 @@ pub async fn run(config: Config) -> Result<()> {
     sinks.close().await;
     // The reader has gone, and with it the exec queue: the attacher returns.
     let attacher = attacher.await.context("attacher task")?;
-    attacher.capture().read_kernel_counters(&health)?;
+    let counters = attacher.capture().read_kernel_counters(&health);
     drop(attacher);
+    metrics.shutdown().await;
+    counters?;
     info!("tracer stopped: {}", health.summary());
     Ok(())
 }

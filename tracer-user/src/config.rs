@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use crate::{
     agent::{cost::PriceTable, AgentNames},
     export::otlp::{parse_key_values, OtlpConfig, Protocol},
+    metrics::config::{MetricsArgs, MetricsConfig},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,6 +73,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub agent: AgentArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// How calls become agent runs.
@@ -152,6 +156,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub record_streams: Option<std::path::PathBuf>,
     pub agent: AgentSettings,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -232,6 +237,7 @@ impl Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             record_streams: args.record_streams.clone(),
             agent: args.agent.resolve()?,
+            metrics: MetricsConfig::resolve(args, &env)?,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The tracer's own health: what it captured, what it lost and why, what it failed to parse or
-//! export. Every stage increments these; they are printed at shutdown and, later, exported.
+//! export. Every stage increments these; they are printed at shutdown and exported as metrics.
 
 use std::{
     collections::BTreeMap,
@@ -10,10 +10,10 @@ use std::{
 };
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         #[derive(Default, Debug)]
         pub struct Health {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
             /// `tracer.unsupported_tls{binary=...}`: processes seen per binary whose TLS stack
             /// cannot be hooked yet.
             pub unsupported_tls: Mutex<BTreeMap<String, (&'static str, u64)>>,
@@ -23,6 +23,12 @@ macro_rules! counters {
             /// Name and value of every counter, for reports.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name.load(Relaxed)),)*]
+            }
+
+            /// Name, description (the counter's doc comment) and value of every counter, for
+            /// metrics exporters.
+            pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*), self.$name.load(Relaxed)),)*]
             }
         }
     };
@@ -97,6 +103,8 @@ counters! {
     export_failed_spans,
     /// Spans delivered by exporters.
     exported_spans,
+    /// OTLP metric exports that failed (the next export carries the cumulative totals again).
+    metrics_export_failures,
 }
 
 impl Health {

@@ -6,6 +6,7 @@ pub mod mock_openai;
 pub mod mock_providers;
 pub mod otlp;
 pub mod phoenix;
+pub mod prometheus;
 pub mod python;
 pub mod tls;
 pub mod tracer;

@@ -1,5 +1,6 @@
-//! Real OTLP receivers, gRPC (the generated TraceService) and HTTP/protobuf, that keep what they
-//! receive: decoded for assertions, raw for searching leaked secrets.
+//! Real OTLP receivers, gRPC (the generated TraceService and MetricsService) and HTTP/protobuf
+//! (`/v1/traces`, `/v1/metrics`), that keep what they receive: decoded for assertions, raw for
+//! searching leaked secrets.
 
 use std::{
     net::SocketAddr,
@@ -13,11 +14,18 @@ use http_body_util::{BodyExt, Full};
 use hyper::{server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value::Value, AnyValue, KeyValue},
+    metrics::v1::{Metric, ResourceMetrics},
     trace::v1::Span,
 };
 use prost::Message as _;
@@ -27,6 +35,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 #[derive(Default)]
 struct Received {
     requests: Vec<ExportTraceServiceRequest>,
+    metrics: Vec<ExportMetricsServiceRequest>,
     raw: Vec<Vec<u8>>,
 }
 
@@ -58,7 +67,7 @@ impl ReceivedSpan {
     }
 }
 
-fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+pub fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
     attrs
         .iter()
         .find(|kv| kv.key == key)
@@ -104,6 +113,48 @@ impl OtlpReceiver {
             .unwrap_or_default()
     }
 
+    /// Every metrics export received, in order.
+    pub fn metrics_requests(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.received
+            .lock()
+            .map(|r| r.metrics.clone())
+            .unwrap_or_default()
+    }
+
+    /// The metric `name` as the latest export that carried it reported it (cumulative, so the
+    /// latest holds the totals), with that export's resource.
+    pub fn latest_metric(&self, name: &str) -> Option<(ResourceMetrics, Metric)> {
+        self.metrics_requests().iter().rev().find_map(|req| {
+            req.resource_metrics.iter().find_map(|rm| {
+                rm.scope_metrics
+                    .iter()
+                    .flat_map(|sm| sm.metrics.iter())
+                    .find(|m| m.name == name)
+                    .map(|m| (rm.clone(), m.clone()))
+            })
+        })
+    }
+
+    /// Waits until `pred` holds for this receiver (for metrics, which `wait_for` does not see).
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Self) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !pred(self) {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; {} metrics exports received",
+                    self.metrics_requests().len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until `pred` holds for the spans received so far.
     pub async fn wait_for(
         &self,
@@ -146,14 +197,31 @@ impl TraceService for Collector {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if let Ok(mut r) = self.0.lock() {
+            r.raw.push(request.encode_to_vec());
+            r.metrics.push(request);
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
 pub async fn start_grpc() -> Result<OtlpReceiver> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let received = Arc::new(Mutex::new(Received::default()));
     let service = TraceServiceServer::new(Collector(received.clone()));
+    let metrics = MetricsServiceServer::new(Collector(received.clone()));
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(metrics)
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
     });
@@ -179,29 +247,47 @@ pub async fn start_http() -> Result<OtlpReceiver> {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let received = received.clone();
                     async move {
-                        let ok = req.uri().path() == "/v1/traces"
-                            && req
-                                .headers()
-                                .get("content-type")
-                                .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
+                        let path = req.uri().path().to_string();
+                        let protobuf = req
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
                         let body = req
                             .into_body()
                             .collect()
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
-                        let decoded = ExportTraceServiceRequest::decode(body.as_ref());
-                        let status = match (ok, decoded) {
-                            (true, Ok(request)) => {
-                                if let Ok(mut r) = received.lock() {
-                                    r.raw.push(body.to_vec());
-                                    r.requests.push(request);
+                        let (status, resp) = match (protobuf, path.as_str()) {
+                            (true, "/v1/traces") => {
+                                match ExportTraceServiceRequest::decode(body.as_ref()) {
+                                    Ok(request) => {
+                                        if let Ok(mut r) = received.lock() {
+                                            r.raw.push(body.to_vec());
+                                            r.requests.push(request);
+                                        }
+                                        (200, ExportTraceServiceResponse::default().encode_to_vec())
+                                    }
+                                    Err(_) => (400, Vec::new()),
                                 }
-                                200
                             }
-                            _ => 400,
+                            (true, "/v1/metrics") => {
+                                match ExportMetricsServiceRequest::decode(body.as_ref()) {
+                                    Ok(request) => {
+                                        if let Ok(mut r) = received.lock() {
+                                            r.raw.push(body.to_vec());
+                                            r.metrics.push(request);
+                                        }
+                                        (
+                                            200,
+                                            ExportMetricsServiceResponse::default().encode_to_vec(),
+                                        )
+                                    }
+                                    Err(_) => (400, Vec::new()),
+                                }
+                            }
+                            _ => (400, Vec::new()),
                         };
-                        let resp = ExportTraceServiceResponse::default().encode_to_vec();
                         Ok::<_, std::convert::Infallible>(
                             Response::builder()
                                 .status(status)

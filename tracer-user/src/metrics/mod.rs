@@ -1,0 +1,819 @@
+//! Metrics derived from finished spans, like the OpenTelemetry Collector's spanmetrics
+//! connector: every number comes from a span the tracer also exports, so metrics and traces
+//! never disagree. Plus the tracer's own health counters.
+//!
+//! `MetricsRecorder` aggregates (cumulative, since start); `prometheus` serves a scrape endpoint
+//! and `otlp` pushes the same snapshot to an OTLP receiver.
+
+pub mod config;
+pub mod otlp;
+pub mod prometheus;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    health::Health,
+    span::{AttrValue, Span},
+};
+
+/// GenAI client duration buckets, in seconds (genai-spec §1.8).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// Token-usage buckets (genai-spec §1.8).
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+/// The server time-per-output-token buckets (genai-spec §1.8): the only per-token buckets the
+/// conventions define.
+pub const TIME_PER_TOKEN_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+/// MCP operation duration buckets, in seconds (genai-spec §4.6).
+pub const MCP_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Operations that are model calls (the rest — execute_tool, invoke_agent — are not).
+const LLM_OPERATIONS: &[&str] = &["chat", "text_completion", "generate_content", "embeddings"];
+
+/// Distinct attribute sets kept per metric; later ones are folded into one overflow series
+/// (the OpenTelemetry SDK's cardinality limit), so a flood of model names cannot grow memory
+/// without bound.
+pub const MAX_SERIES_PER_METRIC: usize = 2000;
+const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
+
+/// How an OpenTelemetry unit is written as a Prometheus name suffix (OTel→Prometheus
+/// compatibility: `s` → `seconds`, annotations like `{token}` are dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromUnit {
+    None,
+    Seconds,
+    Other(&'static str),
+}
+
+#[derive(Debug)]
+pub struct Instrument {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// UCUM, as OTLP carries it.
+    pub unit: &'static str,
+    pub prom_unit: PromUnit,
+}
+
+pub struct HistogramDef {
+    pub instrument: Instrument,
+    pub bounds: &'static [f64],
+}
+
+pub struct CounterDef {
+    pub instrument: Instrument,
+    /// Integer-valued (exported as int64 in OTLP).
+    pub integer: bool,
+}
+
+pub static OPERATION_DURATION: HistogramDef = HistogramDef {
+    instrument: Instrument {
+        name: "gen_ai.client.operation.duration",
+        description: "GenAI operation duration.",
+        unit: "s",
+        prom_unit: PromUnit::Seconds,
+    },
+    bounds: DURATION_BUCKETS,
+};
+pub static TOKEN_USAGE: HistogramDef = HistogramDef {
+    instrument: Instrument {
+        name: "gen_ai.client.token.usage",
+        description: "Number of input and output tokens used.",
+        unit: "{token}",
+        prom_unit: PromUnit::None,
+    },
+    bounds: TOKEN_BUCKETS,
+};
+pub static TIME_TO_FIRST_CHUNK: HistogramDef = HistogramDef {
+    instrument: Instrument {
+        name: "gen_ai.client.operation.time_to_first_chunk",
+        description: "Time from the request to the first response chunk of a streaming call.",
+        unit: "s",
+        prom_unit: PromUnit::Seconds,
+    },
+    bounds: DURATION_BUCKETS,
+};
+/// Not `gen_ai.client.operation.time_per_output_chunk`: that one is recorded per chunk, and a
+/// span carries one average per call.
+pub static TIME_PER_OUTPUT_TOKEN: HistogramDef = HistogramDef {
+    instrument: Instrument {
+        name: "agent_tracer.model.time_per_output_token",
+        description: "Average time per output token after the first, per streaming call.",
+        unit: "s",
+        prom_unit: PromUnit::Seconds,
+    },
+    bounds: TIME_PER_TOKEN_BUCKETS,
+};
+pub static MCP_DURATION: HistogramDef = HistogramDef {
+    instrument: Instrument {
+        name: "mcp.client.operation.duration",
+        description: "Duration of an MCP request as seen by the client.",
+        unit: "s",
+        prom_unit: PromUnit::Seconds,
+    },
+    bounds: MCP_BUCKETS,
+};
+pub static LLM_CALLS: CounterDef = CounterDef {
+    instrument: Instrument {
+        name: "agent_tracer.model.calls",
+        description: "Model calls.",
+        unit: "{call}",
+        prom_unit: PromUnit::None,
+    },
+    integer: true,
+};
+pub static LLM_COST: CounterDef = CounterDef {
+    instrument: Instrument {
+        name: "agent_tracer.model.cost",
+        description: "Estimated cost of model calls, in US dollars.",
+        unit: "USD",
+        prom_unit: PromUnit::Other("usd"),
+    },
+    integer: false,
+};
+
+const HISTOGRAMS: [&HistogramDef; 5] = [
+    &OPERATION_DURATION,
+    &TOKEN_USAGE,
+    &TIME_TO_FIRST_CHUNK,
+    &TIME_PER_OUTPUT_TOKEN,
+    &MCP_DURATION,
+];
+const COUNTERS: [&CounterDef; 2] = [&LLM_CALLS, &LLM_COST];
+
+/// An attribute value of a metric series. Ordered so attribute sets can key a map.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Label {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Str(s) => f.write_str(s),
+            Label::Int(i) => write!(f, "{i}"),
+            Label::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// A series' attributes, in a fixed order per metric.
+pub type Attributes = Vec<(&'static str, Label)>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramPoint {
+    /// One count per bucket: `bounds.len() + 1`, the last for values above every bound. Bucket
+    /// `i` holds values in `(bounds[i-1], bounds[i]]`, as in OTLP and Prometheus.
+    pub bucket_counts: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl HistogramPoint {
+    fn new(bounds: &[f64]) -> Self {
+        HistogramPoint {
+            bucket_counts: vec![0; bounds.len() + 1],
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    fn record(&mut self, bounds: &[f64], value: f64) {
+        let bucket = bounds.partition_point(|b| *b < value);
+        if let Some(c) = self.bucket_counts.get_mut(bucket) {
+            *c += 1;
+        }
+        self.count += 1;
+        self.sum += value;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+    }
+}
+
+pub struct HistogramFamily {
+    pub def: &'static HistogramDef,
+    pub points: Vec<(Attributes, HistogramPoint)>,
+}
+
+pub struct CounterFamily {
+    pub name: String,
+    pub description: String,
+    pub unit: &'static str,
+    pub prom_unit: PromUnit,
+    pub integer: bool,
+    pub points: Vec<(Attributes, f64)>,
+}
+
+/// Everything at one instant: what both exporters render.
+pub struct Snapshot {
+    /// Start of every cumulative series (the tracer's start).
+    pub start_unix_ns: u64,
+    pub time_unix_nano: u64,
+    pub histograms: Vec<HistogramFamily>,
+    pub counters: Vec<CounterFamily>,
+}
+
+#[derive(Default)]
+struct Store {
+    histograms: [BTreeMap<Attributes, HistogramPoint>; HISTOGRAMS.len()],
+    counters: [BTreeMap<Attributes, f64>; COUNTERS.len()],
+}
+
+fn index_of<T>(all: &[&'static T], def: &'static T) -> usize {
+    all.iter()
+        .position(|d| std::ptr::eq(*d, def))
+        .unwrap_or_default()
+}
+
+pub struct MetricsRecorder {
+    store: Mutex<Store>,
+    health: Arc<Health>,
+    start_unix_ns: u64,
+}
+
+pub fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    match span.attr(key) {
+        Some(AttrValue::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn num_attr(span: &Span, key: &str) -> Option<f64> {
+    match span.attr(key) {
+        Some(AttrValue::F64(f)) if f.is_finite() => Some(*f),
+        Some(AttrValue::Int(i)) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// The span's values of `keys`, in that order, skipping absent ones.
+fn pick(span: &Span, keys: &[&'static str]) -> Attributes {
+    keys.iter()
+        .filter_map(|k| {
+            let label = match span.attr(k)? {
+                AttrValue::Str(s) => Label::Str(s.clone()),
+                AttrValue::Int(i) => Label::Int(*i),
+                AttrValue::Bool(b) => Label::Bool(*b),
+                // Floats and arrays make no sensible series keys.
+                AttrValue::F64(_) | AttrValue::StrArray(_) => return None,
+            };
+            Some((*k, label))
+        })
+        .collect()
+}
+
+/// `gen_ai.agent.name` when the span belongs to a known agent, else the executable's name, so
+/// there is always a "who" to break usage down by.
+fn agent_name(span: &Span) -> Label {
+    Label::Str(
+        str_attr(span, "gen_ai.agent.name")
+            .unwrap_or(&span.process.executable_name)
+            .to_string(),
+    )
+}
+
+const LLM_COMMON: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "server.address",
+    "server.port",
+];
+const LLM_WITH_ERROR: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "server.address",
+    "server.port",
+    "error.type",
+];
+/// §4.6's recommended attributes, minus the opt-in resource URI and the per-request id.
+const MCP_ATTRIBUTES: &[&str] = &[
+    "mcp.method.name",
+    "gen_ai.operation.name",
+    "gen_ai.tool.name",
+    "gen_ai.prompt.name",
+    "mcp.protocol.version",
+    "rpc.response.status_code",
+    "error.type",
+    "server.address",
+    "server.port",
+    "network.transport",
+    "network.protocol.name",
+];
+
+impl MetricsRecorder {
+    pub fn new(health: Arc<Health>) -> Self {
+        MetricsRecorder {
+            store: Mutex::new(Store::default()),
+            health,
+            start_unix_ns: unix_now_ns(),
+        }
+    }
+
+    /// Folds one finished span into the aggregates. In-memory work under a short lock.
+    pub fn observe(&self, span: &Span) {
+        let Ok(mut store) = self.store.lock() else {
+            return;
+        };
+        let seconds = span.duration_ns() as f64 / 1e9;
+        if str_attr(span, "mcp.method.name").is_some() {
+            let mut attrs = pick(span, MCP_ATTRIBUTES);
+            attrs.push(("gen_ai.agent.name", agent_name(span)));
+            store.histogram(&MCP_DURATION, attrs, seconds);
+            return;
+        }
+        if !str_attr(span, "gen_ai.operation.name").is_some_and(|op| LLM_OPERATIONS.contains(&op)) {
+            return;
+        }
+        let agent = ("gen_ai.agent.name", agent_name(span));
+        let mut with_error = pick(span, LLM_WITH_ERROR);
+        with_error.push(agent.clone());
+        let mut common = pick(span, LLM_COMMON);
+        common.push(agent);
+
+        store.histogram(&OPERATION_DURATION, with_error.clone(), seconds);
+        store.counter(&LLM_CALLS, with_error, 1.0);
+        for (key, token_type) in [
+            ("gen_ai.usage.input_tokens", "input"),
+            ("gen_ai.usage.output_tokens", "output"),
+        ] {
+            if let Some(tokens) = num_attr(span, key).filter(|t| *t >= 0.0) {
+                let mut attrs = common.clone();
+                attrs.push(("gen_ai.token.type", Label::Str(token_type.to_string())));
+                store.histogram(&TOKEN_USAGE, attrs, tokens);
+            }
+        }
+        if let Some(ttfc) = num_attr(span, "gen_ai.response.time_to_first_chunk") {
+            store.histogram(&TIME_TO_FIRST_CHUNK, common.clone(), ttfc.max(0.0));
+        }
+        if let Some(tpot) = num_attr(span, "agent_tracer.time_per_output_token") {
+            store.histogram(&TIME_PER_OUTPUT_TOKEN, common.clone(), tpot.max(0.0));
+        }
+        if let Some(cost) = num_attr(span, "agent_tracer.cost.usd").filter(|c| *c >= 0.0) {
+            store.counter(&LLM_COST, common, cost);
+        }
+    }
+
+    /// The current cumulative values, spans and health alike.
+    pub fn snapshot(&self) -> Snapshot {
+        let (histograms, mut counters) = match self.store.lock() {
+            Ok(store) => (
+                HISTOGRAMS
+                    .iter()
+                    .zip(&store.histograms)
+                    .map(|(def, points)| HistogramFamily {
+                        def,
+                        points: points.iter().map(|(a, p)| (a.clone(), p.clone())).collect(),
+                    })
+                    .collect(),
+                COUNTERS
+                    .iter()
+                    .zip(&store.counters)
+                    .map(|(def, points)| CounterFamily {
+                        name: def.instrument.name.to_string(),
+                        description: def.instrument.description.to_string(),
+                        unit: def.instrument.unit,
+                        prom_unit: def.instrument.prom_unit,
+                        integer: def.integer,
+                        points: points.iter().map(|(a, v)| (a.clone(), *v)).collect(),
+                    })
+                    .collect(),
+            ),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        counters.extend(health_counters(&self.health));
+        Snapshot {
+            start_unix_ns: self.start_unix_ns,
+            time_unix_nano: unix_now_ns(),
+            histograms,
+            counters,
+        }
+    }
+}
+
+impl Store {
+    fn series<T>(
+        map: &mut BTreeMap<Attributes, T>,
+        attrs: Attributes,
+        new: impl FnOnce() -> T,
+    ) -> &mut T {
+        let attrs = if map.len() >= MAX_SERIES_PER_METRIC && !map.contains_key(&attrs) {
+            vec![(OVERFLOW_ATTRIBUTE, Label::Bool(true))]
+        } else {
+            attrs
+        };
+        map.entry(attrs).or_insert_with(new)
+    }
+
+    fn histogram(&mut self, def: &'static HistogramDef, attrs: Attributes, value: f64) {
+        let i = index_of(&HISTOGRAMS, def);
+        Self::series(&mut self.histograms[i], attrs, || {
+            HistogramPoint::new(def.bounds)
+        })
+        .record(def.bounds, value);
+    }
+
+    fn counter(&mut self, def: &'static CounterDef, attrs: Attributes, by: f64) {
+        let i = index_of(&COUNTERS, def);
+        *Self::series(&mut self.counters[i], attrs, || 0.0) += by;
+    }
+}
+
+/// Every health counter as `agent_tracer.<name>`, and the unsupported-TLS tally per binary.
+fn health_counters(health: &Health) -> Vec<CounterFamily> {
+    let mut families: Vec<CounterFamily> = health
+        .described()
+        .into_iter()
+        .map(|(name, description, value)| {
+            let bytes = name.ends_with("_bytes") || name == "bytes";
+            CounterFamily {
+                name: format!("agent_tracer.{name}"),
+                description: description.trim().to_string(),
+                unit: if bytes { "By" } else { "1" },
+                // The names already say what they count (`…_bytes`).
+                prom_unit: PromUnit::None,
+                integer: true,
+                points: vec![(Vec::new(), value as f64)],
+            }
+        })
+        .collect();
+    let unsupported: Vec<(Attributes, f64)> = health
+        .unsupported_tls
+        .lock()
+        .map(|map| {
+            map.iter()
+                .map(|(binary, (stack, n))| {
+                    (
+                        vec![
+                            ("binary", Label::Str(binary.clone())),
+                            ("stack", Label::Str(stack.to_string())),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    families.push(CounterFamily {
+        name: "agent_tracer.unsupported_tls".to_string(),
+        description: "Processes seen per binary whose TLS stack cannot be hooked yet.".to_string(),
+        unit: "{process}",
+        prom_unit: PromUnit::None,
+        integer: true,
+        points: unsupported,
+    });
+    families
+}
+
+/// The running exporters: the Prometheus endpoint and the OTLP push loop.
+pub struct MetricsTasks {
+    prometheus: Option<JoinHandle<()>>,
+    otlp: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+}
+
+/// Starts what `config` asks for. A default Prometheus address already taken (another tracer,
+/// say) is a warning; an address asked for explicitly must work.
+pub async fn start(
+    config: &config::MetricsConfig,
+    recorder: Arc<MetricsRecorder>,
+    health: Arc<Health>,
+) -> Result<MetricsTasks> {
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let mut tasks = MetricsTasks {
+        prometheus: None,
+        otlp: None,
+    };
+    if let Some(listen) = &config.prometheus {
+        match prometheus::serve(listen.addr, recorder.clone(), host_name.clone()).await {
+            Ok((addr, task)) => {
+                info!("serving Prometheus metrics on http://{addr}/metrics");
+                tasks.prometheus = Some(task);
+            }
+            Err(e) if !listen.explicit => warn!("{e:#}; no Prometheus endpoint"),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(otlp) = config.otlp.clone() {
+        info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, interval = ?config.export_interval, "exporting OTLP metrics");
+        let exporter = otlp::MetricsExporter::new(otlp, recorder, health, host_name)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(exporter.run(config.export_interval, stop_rx));
+        tasks.otlp = Some((stop_tx, task));
+    }
+    Ok(tasks)
+}
+
+impl MetricsTasks {
+    /// Pushes the final totals over OTLP and closes the Prometheus endpoint.
+    pub async fn shutdown(self) {
+        if let Some((stop, task)) = self.otlp {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        if let Some(task) = self.prometheus {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{enrich::ProcessInfo, span::SpanKind, span::SpanStatus};
+
+    pub fn span(attributes: Vec<(&'static str, AttrValue)>, duration_ms: u64) -> Span {
+        let mut process = ProcessInfo::unknown(42);
+        process.executable_name = "python3".to_string();
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            name: "chat m".to_string(),
+            kind: SpanKind::Client,
+            start_unix_ns: 1_000_000_000,
+            end_unix_ns: 1_000_000_000 + duration_ms * 1_000_000,
+            attributes,
+            status: SpanStatus::Unset,
+            events: Vec::new(),
+            process: Arc::new(process),
+        }
+    }
+
+    pub fn chat(model: &str, input: i64, output: i64) -> Vec<(&'static str, AttrValue)> {
+        vec![
+            ("gen_ai.operation.name", "chat".into()),
+            ("gen_ai.provider.name", "openai".into()),
+            ("gen_ai.request.model", model.into()),
+            ("gen_ai.response.model", format!("{model}-2024").into()),
+            ("server.address", "127.0.0.1".into()),
+            ("server.port", 8443u16.into()),
+            ("gen_ai.usage.input_tokens", input.into()),
+            ("gen_ai.usage.output_tokens", output.into()),
+            ("http.request.method", "POST".into()),
+        ]
+    }
+
+    fn family<'a>(s: &'a Snapshot, name: &str) -> &'a HistogramFamily {
+        s.histograms
+            .iter()
+            .find(|f| f.def.instrument.name == name)
+            .unwrap()
+    }
+
+    fn counter<'a>(s: &'a Snapshot, name: &str) -> &'a CounterFamily {
+        s.counters.iter().find(|f| f.name == name).unwrap()
+    }
+
+    fn label<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a Label> {
+        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn llm_spans_become_duration_token_and_call_metrics() {
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        r.observe(&span(chat("gpt-4o", 10, 5), 300));
+        r.observe(&span(chat("gpt-4o", 1000, 64), 30));
+        let mut failed = chat("gpt-4o", 0, 0);
+        failed.retain(|(k, _)| !k.starts_with("gen_ai.usage"));
+        failed.push(("error.type", "rate_limit_exceeded".into()));
+        r.observe(&span(failed, 5));
+        let s = r.snapshot();
+
+        let duration = family(&s, "gen_ai.client.operation.duration");
+        assert_eq!(duration.points.len(), 2, "ok and failed are two series");
+        let (attrs, ok) = duration
+            .points
+            .iter()
+            .find(|(a, _)| label(a, "error.type").is_none())
+            .unwrap();
+        assert_eq!(
+            attrs,
+            &vec![
+                ("gen_ai.operation.name", Label::Str("chat".into())),
+                ("gen_ai.provider.name", Label::Str("openai".into())),
+                ("gen_ai.request.model", Label::Str("gpt-4o".into())),
+                ("gen_ai.response.model", Label::Str("gpt-4o-2024".into())),
+                ("server.address", Label::Str("127.0.0.1".into())),
+                ("server.port", Label::Int(8443)),
+                ("gen_ai.agent.name", Label::Str("python3".into())),
+            ]
+        );
+        assert_eq!(ok.count, 2);
+        assert!((ok.sum - 0.33).abs() < 1e-9);
+        // 0.03 s in (0.02, 0.04], 0.3 s in (0.16, 0.32].
+        let mut expected = vec![0; DURATION_BUCKETS.len() + 1];
+        expected[2] = 1;
+        expected[5] = 1;
+        assert_eq!(ok.bucket_counts, expected);
+        assert_eq!((ok.min, ok.max), (0.03, 0.3));
+        let (attrs, err) = duration
+            .points
+            .iter()
+            .find(|(a, _)| label(a, "error.type").is_some())
+            .unwrap();
+        assert_eq!(
+            label(attrs, "error.type"),
+            Some(&Label::Str("rate_limit_exceeded".into()))
+        );
+        assert_eq!(err.count, 1);
+        assert_eq!(err.bucket_counts[0], 1, "0.005 s is in the first bucket");
+
+        let tokens = family(&s, "gen_ai.client.token.usage");
+        assert_eq!(
+            tokens.points.len(),
+            2,
+            "input and output; none for the failure"
+        );
+        let input = tokens
+            .points
+            .iter()
+            .find(|(a, _)| label(a, "gen_ai.token.type") == Some(&Label::Str("input".into())))
+            .unwrap();
+        assert_eq!(label(&input.0, "error.type"), None);
+        assert_eq!((input.1.count, input.1.sum), (2, 1010.0));
+        // 10 in (4, 16], 1000 in (256, 1024].
+        assert_eq!(input.1.bucket_counts[2], 1);
+        assert_eq!(input.1.bucket_counts[5], 1);
+        assert_eq!(input.1.bucket_counts.iter().sum::<u64>(), 2);
+        let output = tokens
+            .points
+            .iter()
+            .find(|(a, _)| label(a, "gen_ai.token.type") == Some(&Label::Str("output".into())))
+            .unwrap();
+        assert_eq!((output.1.count, output.1.sum), (2, 69.0));
+        // 5 in (4, 16]; 64 is a bound: it belongs to (16, 64], not the next bucket.
+        assert_eq!(output.1.bucket_counts[2], 1);
+        assert_eq!(output.1.bucket_counts[3], 1);
+        assert_eq!(output.1.bucket_counts[4], 0);
+
+        let calls = counter(&s, "agent_tracer.model.calls");
+        let values: Vec<(Option<&Label>, f64)> = calls
+            .points
+            .iter()
+            .map(|(a, v)| (label(a, "error.type"), *v))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                (Some(&Label::Str("rate_limit_exceeded".into())), 1.0),
+                (None, 2.0)
+            ]
+        );
+        assert!(family(&s, "gen_ai.client.operation.time_to_first_chunk")
+            .points
+            .is_empty());
+        assert!(counter(&s, "agent_tracer.model.cost").points.is_empty());
+    }
+
+    #[test]
+    fn streaming_timing_cost_and_agent_name() {
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        let mut attrs = chat("claude", 7, 3);
+        attrs.push(("gen_ai.response.time_to_first_chunk", 0.25.into()));
+        attrs.push(("agent_tracer.time_per_output_token", 0.06.into()));
+        attrs.push(("agent_tracer.cost.usd", 0.0125.into()));
+        attrs.push(("gen_ai.agent.name", "researcher".into()));
+        r.observe(&span(attrs.clone(), 900));
+        attrs.retain(|(k, _)| *k != "agent_tracer.cost.usd");
+        attrs.push(("agent_tracer.cost.usd", 0.0075.into()));
+        r.observe(&span(attrs, 900));
+        let s = r.snapshot();
+
+        let ttfc = &family(&s, "gen_ai.client.operation.time_to_first_chunk").points;
+        assert_eq!(ttfc.len(), 1);
+        assert_eq!((ttfc[0].1.count, ttfc[0].1.sum), (2, 0.5));
+        assert_eq!(ttfc[0].1.bucket_counts[5], 2, "(0.16, 0.32]");
+        assert_eq!(
+            label(&ttfc[0].0, "gen_ai.agent.name"),
+            Some(&Label::Str("researcher".into()))
+        );
+        let tpot = &family(&s, "agent_tracer.model.time_per_output_token").points;
+        assert_eq!(tpot[0].1.bucket_counts[3], 2, "(0.05, 0.075]");
+        let cost = &counter(&s, "agent_tracer.model.cost").points;
+        assert_eq!(cost.len(), 1);
+        assert!((cost[0].1 - 0.02).abs() < 1e-12);
+        assert_eq!(
+            label(&cost[0].0, "gen_ai.request.model"),
+            Some(&Label::Str("claude".into()))
+        );
+    }
+
+    #[test]
+    fn mcp_spans_and_non_llm_spans() {
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        r.observe(&span(
+            vec![
+                ("mcp.method.name", "tools/call".into()),
+                ("jsonrpc.request.id", "7".into()),
+                ("gen_ai.operation.name", "execute_tool".into()),
+                ("gen_ai.tool.name", "add".into()),
+                ("error.type", "tool_error".into()),
+            ],
+            150,
+        ));
+        // A generic HTTP span and an agent span feed nothing.
+        r.observe(&span(vec![("http.request.method", "GET".into())], 10));
+        r.observe(&span(
+            vec![("gen_ai.operation.name", "invoke_agent".into())],
+            10,
+        ));
+        let s = r.snapshot();
+        let mcp = &family(&s, "mcp.client.operation.duration").points;
+        assert_eq!(mcp.len(), 1);
+        assert_eq!(
+            mcp[0].0,
+            vec![
+                ("mcp.method.name", Label::Str("tools/call".into())),
+                ("gen_ai.operation.name", Label::Str("execute_tool".into())),
+                ("gen_ai.tool.name", Label::Str("add".into())),
+                ("error.type", Label::Str("tool_error".into())),
+                ("gen_ai.agent.name", Label::Str("python3".into())),
+            ]
+        );
+        assert_eq!(mcp[0].1.bucket_counts[4], 1, "0.15 s in (0.1, 0.2]");
+        assert!(family(&s, "gen_ai.client.operation.duration")
+            .points
+            .is_empty());
+        assert!(counter(&s, "agent_tracer.model.calls").points.is_empty());
+    }
+
+    #[test]
+    fn health_counters_and_unsupported_tls() {
+        let health = Arc::new(Health::default());
+        Health::add(&health.records, 12);
+        Health::add(&health.kernel_ringbuf_full_records, 3);
+        health.unsupported_tls("/usr/bin/rustls-app", "rustls");
+        health.unsupported_tls("/usr/bin/rustls-app", "rustls");
+        let s = MetricsRecorder::new(health).snapshot();
+        let records = counter(&s, "agent_tracer.records");
+        assert_eq!(records.points, vec![(Vec::new(), 12.0)]);
+        assert_eq!(records.description, "Ring-buffer records read.");
+        assert_eq!(records.unit, "1");
+        assert_eq!(
+            counter(&s, "agent_tracer.kernel_ringbuf_full_records").points[0].1,
+            3.0
+        );
+        assert_eq!(counter(&s, "agent_tracer.bytes").unit, "By");
+        assert_eq!(
+            counter(&s, "agent_tracer.unsupported_tls").points,
+            vec![(
+                vec![
+                    ("binary", Label::Str("/usr/bin/rustls-app".into())),
+                    ("stack", Label::Str("rustls".into())),
+                ],
+                2.0
+            )]
+        );
+    }
+
+    #[test]
+    fn series_beyond_the_limit_fold_into_overflow() {
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        for i in 0..MAX_SERIES_PER_METRIC + 5 {
+            r.observe(&span(chat(&format!("m{i}"), 1, 1), 1));
+        }
+        let s = r.snapshot();
+        let calls = &counter(&s, "agent_tracer.model.calls").points;
+        assert_eq!(calls.len(), MAX_SERIES_PER_METRIC + 1);
+        let overflow = calls
+            .iter()
+            .find(|(a, _)| a == &vec![(OVERFLOW_ATTRIBUTE, Label::Bool(true))])
+            .unwrap();
+        assert_eq!(overflow.1, 5.0);
+        let total: f64 = calls.iter().map(|(_, v)| v).sum();
+        assert_eq!(total, (MAX_SERIES_PER_METRIC + 5) as f64);
+    }
+}
