@@ -10,7 +10,9 @@ use std::{
 };
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    (@name $name:ident) => { stringify!($name) };
+    (@name $name:ident $label:literal) => { $label };
+    ($($(#[$doc:meta])* $name:ident $(as $label:literal)?),* $(,)?) => {
         #[derive(Default, Debug)]
         pub struct Health {
             $($(#[$doc])* pub $name: AtomicU64,)*
@@ -20,9 +22,9 @@ macro_rules! counters {
         }
 
         impl Health {
-            /// Name and value of every counter, for reports.
+            /// Name (with its labels, if any) and value of every counter, for reports.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Relaxed)),)*]
+                vec![$((counters!(@name $name $($label)?), self.$name.load(Relaxed)),)*]
             }
         }
     };
@@ -75,14 +77,24 @@ counters! {
     http_calls,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
-    /// Spans handed to exporters.
+    /// Spans handed to the sinks. With an OTLP endpoint, at exit this equals `exported_spans`
+    /// plus every `export_dropped_spans{...}` (while running, plus what is still buffered).
     spans,
-    /// Spans dropped because an exporter's queue was full.
-    export_queue_full,
-    /// Spans an exporter failed to deliver after retries.
-    export_failed_spans,
-    /// Spans delivered by exporters.
+    /// Spans the console sink skipped because its queue was full.
+    console_queue_full,
+    /// Spans the OTLP receiver accepted.
     exported_spans,
+    /// Spans lost because the OTLP exporter's input queue was full (the exporter task did not
+    /// keep up with the pipeline at all; it never waits on the network while draining it).
+    export_dropped_queue_full as "export_dropped_spans{reason=queue_full}",
+    /// Spans evicted, oldest first, from the retry buffer once it held `--export-buffer-spans`.
+    export_dropped_buffer_full as "export_dropped_spans{reason=buffer_full}",
+    /// Spans the receiver refused for good (HTTP 400, gRPC INVALID_ARGUMENT, partial success).
+    export_dropped_rejected as "export_dropped_spans{reason=rejected}",
+    /// Spans still undelivered when the final flush at shutdown ran out of time.
+    export_dropped_shutdown as "export_dropped_spans{reason=shutdown}",
+    /// Export requests that failed and will be retried (endpoint down, throttled, timed out).
+    export_retries,
 }
 
 impl Health {
