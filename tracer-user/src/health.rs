@@ -133,3 +133,22 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_dropped_spans_by_reason() {
+        let h = Health::default();
+        Health::add(&h.spans, 10);
+        Health::add(&h.exported_spans, 7);
+        Health::add(&h.export_dropped_buffer_full, 2);
+        Health::add(&h.export_dropped_shutdown, 1);
+        assert_eq!(
+            h.summary(),
+            "spans=10 exported_spans=7 export_dropped_spans{reason=buffer_full}=2 \
+             export_dropped_spans{reason=shutdown}=1"
+        );
+    }
+}
