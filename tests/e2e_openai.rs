@@ -505,3 +505,176 @@ async fn process_killed_mid_request_yields_an_interrupted_span() -> Result<()> {
     assert!(output.status.success(), "{}", output.stderr);
     Ok(())
 }
+
+/// Runs `openai_models.py`: one plain call per model name, in order; returns its pid and lines.
+async fn run_models(python: &Path, server: &MockOpenAi, models: &[String]) -> Result<ClientRun> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/openai_models.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .arg(server.base_url())
+        .args(models)
+        .env("SSL_CERT_FILE", &server.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY");
+    let output = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    if !output.status.success() {
+        bail!(
+            "client failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let pid = lines
+        .first()
+        .and_then(|l| l["pid"].as_u64())
+        .context("client pid")? as u32;
+    Ok(ClientRun { pid, lines })
+}
+
+/// The proof for "export survives a backend outage": the receiver goes away for 10 s in the
+/// middle of a sequence of calls and comes back on the same port. The calls made meanwhile are
+/// captured (the console shows them), held by the tracer, and arrive after the restart, in
+/// order; nothing is lost and the shutdown counters add up to exactly what the receiver got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_made_while_the_receiver_is_down_arrive_after_it_restarts() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let python = python::venv_python()?;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let mut receiver = otlp::start_grpc().await?;
+    let running = tracer::start(
+        tracer_bin(),
+        "outage",
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--console",
+            "always",
+        ],
+        &[],
+    )?;
+    let models = |phase: &str, n: usize| -> Vec<String> {
+        (1..=n).map(|i| format!("outage-{phase}-{i}")).collect()
+    };
+
+    // Before: delivered as usual.
+    let before_models = models("before", 2);
+    let before = run_models(&python, &server, &before_models).await?;
+    receiver
+        .wait_for("the calls before the outage", SPAN_WAIT, |s| {
+            of_pid(s, before.pid).len() >= 2
+        })
+        .await?;
+
+    // The outage: the receiver's listener and connections are gone for 10 s.
+    receiver.stop().await;
+    let stopped_at = tokio::time::Instant::now();
+    let delivered_before_outage = receiver.spans().len();
+    let during_models = models("during", 5);
+    let during = run_models(&python, &server, &during_models).await?;
+    assert_eq!(during.lines.len(), 1 + 5, "{:?}", during.lines);
+    // The tracer made the spans while the receiver was down: the console printed them.
+    let last = format!("chat {}", during_models[4]);
+    let deadline = tokio::time::Instant::now() + SPAN_WAIT;
+    while !running.stdout_so_far().contains(&last) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tracer never printed {last:?}:\n{}",
+            running.stdout_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let printed = running.stdout_so_far();
+    for model in &during_models {
+        assert!(printed.contains(&format!("chat {model}")), "{printed}");
+    }
+    tokio::time::sleep_until(stopped_at + Duration::from_secs(10)).await;
+    assert_eq!(
+        receiver.spans().len(),
+        delivered_before_outage,
+        "nothing can arrive while the receiver is down"
+    );
+    let restarted_at = std::time::Instant::now();
+    receiver.restart().await?;
+
+    // After the restart: everything held arrives, then a call made afterwards too.
+    receiver
+        .wait_for(
+            "the calls made during the outage",
+            Duration::from_secs(60),
+            |s| of_pid(s, during.pid).len() >= 5,
+        )
+        .await?;
+    let after_models = models("after", 1);
+    let after = run_models(&python, &server, &after_models).await?;
+    receiver
+        .wait_for("the call after the outage", SPAN_WAIT, |s| {
+            !of_pid(s, after.pid).is_empty()
+        })
+        .await?;
+    let output = running.stop()?;
+    assert!(output.status.success(), "{}", output.stderr);
+
+    let all = receiver.spans();
+    for (run, expected) in [
+        (&before, &before_models),
+        (&during, &during_models),
+        (&after, &after_models),
+    ] {
+        let spans = of_pid(&all, run.pid);
+        let got: Vec<&str> = spans
+            .iter()
+            .filter_map(|s| as_str(s.attr("gen_ai.request.model")))
+            .collect();
+        assert_eq!(&got, expected, "one span per call, each call once");
+        for span in &spans {
+            let model = as_str(span.attr("gen_ai.request.model")).context("model")?;
+            assert_common(span, &server, model);
+            assert_eq!(
+                as_str(span.attr("gen_ai.response.id")),
+                Some("chatcmpl-mock-nonstream")
+            );
+            assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
+        }
+    }
+    // Received in the order they were made (one ordered buffer, one request at a time).
+    let during_arrival: Vec<&str> = all
+        .iter()
+        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(during.pid as i64))
+        .filter_map(|s| as_str(s.attr("gen_ai.request.model")))
+        .collect();
+    assert_eq!(&during_arrival, &during_models);
+    assert!(
+        receiver.accepted_at().iter().any(|t| *t >= restarted_at),
+        "deliveries after the restart"
+    );
+    let mut ids: Vec<&[u8]> = all.iter().map(|s| s.span.span_id.as_slice()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "no span delivered twice");
+
+    // The counters the tracer printed at shutdown: every span it produced was exported (on a
+    // shared host other processes' calls may be traced too; they count on both sides), none
+    // dropped, and the receiver holds exactly that many.
+    let counters = output.counters()?;
+    let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+    assert!(count("spans") >= 8, "{counters:?}");
+    assert_eq!(count("exported_spans"), count("spans"), "{counters:?}");
+    assert_eq!(count("exported_spans"), all.len() as u64, "{counters:?}");
+    assert!(
+        counters
+            .keys()
+            .all(|k| !k.starts_with("export_dropped_spans")),
+        "{counters:?}"
+    );
+    assert!(count("export_retries") >= 1, "{counters:?}");
+    Ok(())
+}

@@ -1,6 +1,10 @@
 //! The daemon: wires capture, the pipeline and the exporters, and shuts them down in order.
 
-use std::{io::IsTerminal, sync::Arc, time::Duration};
+use std::{
+    io::IsTerminal,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::{
@@ -27,8 +31,14 @@ const SINK_QUEUE: usize = 16 * 1024;
 /// Execs waiting for the attacher.
 const EXEC_QUEUE: usize = 4096;
 
+/// A sink's queue, and the counter its losses go to when it is full.
+struct SinkQueue {
+    tx: mpsc::Sender<Arc<Span>>,
+    full: fn(&Health) -> &AtomicU64,
+}
+
 struct Sinks {
-    queues: Vec<mpsc::Sender<Arc<Span>>>,
+    queues: Vec<SinkQueue>,
     tasks: Vec<JoinHandle<()>>,
     health: Arc<Health>,
     metrics: Arc<MetricsRecorder>,
@@ -42,8 +52,8 @@ impl Sinks {
             self.metrics.observe(&span);
             let span = Arc::new(span);
             for queue in &self.queues {
-                if queue.try_send(span.clone()).is_err() {
-                    Health::add(&self.health.export_queue_full, 1);
+                if queue.tx.try_send(span.clone()).is_err() {
+                    Health::add((queue.full)(&self.health), 1);
                 }
             }
         }
@@ -76,14 +86,20 @@ pub async fn run(config: Config) -> Result<()> {
             rx,
             std::io::stdout().is_terminal(),
         )));
-        sinks.queues.push(tx);
+        sinks.queues.push(SinkQueue {
+            tx,
+            full: |h| &h.console_queue_full,
+        });
     }
     if let Some(otlp) = config.otlp.clone() {
         info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting OTLP traces");
         let exporter = OtlpExporter::new(otlp, health.clone())?;
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
         sinks.tasks.push(tokio::spawn(exporter.run(rx)));
-        sinks.queues.push(tx);
+        sinks.queues.push(SinkQueue {
+            tx,
+            full: |h| &h.export_dropped_queue_full,
+        });
     }
 
     let mut capture = Capture::load(config.ring_buffer_bytes)?;

@@ -8,7 +8,10 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     agent::{cost::PriceTable, AgentNames},
-    export::otlp::{parse_key_values, OtlpConfig, Protocol},
+    export::{
+        otlp::{parse_key_values, OtlpConfig, Protocol},
+        retry::DEFAULT_BUFFER_SPANS,
+    },
     metrics::config::{MetricsArgs, MetricsConfig},
 };
 
@@ -41,6 +44,11 @@ pub struct RunArgs {
     /// process's executable name.
     #[arg(long)]
     pub service_name: Option<String>,
+
+    /// Spans kept in memory for retry while the OTLP endpoint is unreachable or throttling;
+    /// past this the oldest are dropped (and counted). Must be at least 1.
+    #[arg(long, default_value_t = DEFAULT_BUFFER_SPANS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub export_buffer_spans: u64,
 
     /// Console output of spans.
     #[arg(long, value_enum, default_value_t = ConsoleMode::Auto)]
@@ -219,6 +227,8 @@ impl Config {
                         .or_else(|| env("OTEL_SERVICE_NAME")),
                     resource_attributes,
                     timeout: Duration::from_secs(10),
+                    buffer_spans: usize::try_from(args.export_buffer_spans)
+                        .context("--export-buffer-spans is too large")?,
                 })
             }
         };
@@ -321,6 +331,23 @@ mod tests {
         assert_eq!(o.headers, vec![("a".to_string(), "1".to_string())]);
         assert_eq!(o.resource_attributes[0].0, "deployment.environment");
         assert!(c.console);
+    }
+
+    #[test]
+    fn export_buffer_bound() {
+        let c = resolve(&["--otlp-endpoint", "http://c:4317"], &[]);
+        assert_eq!(c.otlp.unwrap().buffer_spans as u64, DEFAULT_BUFFER_SPANS);
+        let c = resolve(
+            &[
+                "--otlp-endpoint",
+                "http://c:4317",
+                "--export-buffer-spans",
+                "42",
+            ],
+            &[],
+        );
+        assert_eq!(c.otlp.unwrap().buffer_spans, 42);
+        assert!(Cli::try_parse_from(["x", "--export-buffer-spans", "0"]).is_err());
     }
 
     #[test]

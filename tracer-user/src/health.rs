@@ -10,7 +10,9 @@ use std::{
 };
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
+    (@name $name:ident) => { stringify!($name) };
+    (@name $name:ident $label:literal) => { $label };
+    ($($(#[doc = $doc:literal])* $name:ident $(as $label:literal)?),* $(,)?) => {
         #[derive(Default, Debug)]
         pub struct Health {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
@@ -20,9 +22,9 @@ macro_rules! counters {
         }
 
         impl Health {
-            /// Name and value of every counter, for reports.
+            /// Name (with its labels, if any) and value of every counter, for reports.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Relaxed)),)*]
+                vec![$((counters!(@name $name $($label)?), self.$name.load(Relaxed)),)*]
             }
 
             /// Name, description (the counter's doc comment) and value of every counter, for
@@ -95,16 +97,26 @@ counters! {
     agent_repeated_requests,
     /// Spans not exported because their run was sampled out.
     sampled_out_spans,
-    /// Spans handed to exporters.
+    /// Spans handed to the sinks. With an OTLP endpoint, at exit this equals `exported_spans`
+    /// plus every `export_dropped_spans{...}` (while running, plus what is still buffered).
     spans,
-    /// Spans dropped because an exporter's queue was full.
-    export_queue_full,
-    /// Spans an exporter failed to deliver after retries.
-    export_failed_spans,
-    /// Spans delivered by exporters.
+    /// Spans the console sink skipped because its queue was full.
+    console_queue_full,
+    /// Spans the OTLP receiver accepted.
     exported_spans,
     /// OTLP metric exports that failed (the next export carries the cumulative totals again).
     metrics_export_failures,
+    /// Spans lost because the OTLP exporter's input queue was full (the exporter task did not
+    /// keep up with the pipeline at all; it never waits on the network while draining it).
+    export_dropped_queue_full as "export_dropped_spans{reason=queue_full}",
+    /// Spans evicted, oldest first, from the retry buffer once it held `--export-buffer-spans`.
+    export_dropped_buffer_full as "export_dropped_spans{reason=buffer_full}",
+    /// Spans the receiver refused for good (HTTP 400, gRPC INVALID_ARGUMENT, partial success).
+    export_dropped_rejected as "export_dropped_spans{reason=rejected}",
+    /// Spans still undelivered when the final flush at shutdown ran out of time.
+    export_dropped_shutdown as "export_dropped_spans{reason=shutdown}",
+    /// Export requests that failed and will be retried (endpoint down, throttled, timed out).
+    export_retries,
 }
 
 impl Health {
@@ -141,5 +153,24 @@ impl Health {
         } else {
             parts.join(" ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_dropped_spans_by_reason() {
+        let h = Health::default();
+        Health::add(&h.spans, 10);
+        Health::add(&h.exported_spans, 7);
+        Health::add(&h.export_dropped_buffer_full, 2);
+        Health::add(&h.export_dropped_shutdown, 1);
+        assert_eq!(
+            h.summary(),
+            "spans=10 exported_spans=7 export_dropped_spans{reason=buffer_full}=2 \
+             export_dropped_spans{reason=shutdown}=1"
+        );
     }
 }

@@ -5,14 +5,17 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    service::TowerToHyperService,
+};
 use opentelemetry_proto::tonic::{
     collector::{
         metrics::v1::{
@@ -29,25 +32,52 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 use prost::Message as _;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    task::{JoinHandle, JoinSet},
+};
+
+/// An answer the receiver gives instead of accepting, to exercise the exporter's error paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 503 with `Retry-After: retry_after_secs`; gRPC `UNAVAILABLE`.
+    Unavailable { retry_after_secs: u64 },
+    /// HTTP 400; gRPC `INVALID_ARGUMENT`.
+    Invalid,
+}
 
 #[derive(Default)]
 struct Received {
     requests: Vec<ExportTraceServiceRequest>,
     metrics: Vec<ExportMetricsServiceRequest>,
     raw: Vec<Vec<u8>>,
+    /// When each accepted request arrived.
+    accepted_at: Vec<Instant>,
+    /// When each request answered with a fault arrived.
+    faulted_at: Vec<Instant>,
+    fault: Option<Fault>,
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Grpc,
+    Http,
+}
+
+/// A receiver that can be stopped (its listener and every connection closed, as when a
+/// collector goes away) and started again on the same port, keeping what it received.
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
+    kind: Kind,
     received: Arc<Mutex<Received>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Drop for OtlpReceiver {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -80,36 +110,48 @@ impl OtlpReceiver {
         format!("http://127.0.0.1:{}", self.addr.port())
     }
 
-    pub fn spans(&self) -> Vec<ReceivedSpan> {
-        let Ok(received) = self.received.lock() else {
-            return Vec::new();
-        };
-        received
-            .requests
-            .iter()
-            .flat_map(|r| r.resource_spans.iter())
-            .flat_map(|rs| {
-                let resource = rs
-                    .resource
-                    .as_ref()
-                    .map(|r| r.attributes.clone())
-                    .unwrap_or_default();
-                rs.scope_spans
-                    .iter()
-                    .flat_map(|ss| ss.spans.iter())
-                    .map(move |s| ReceivedSpan {
-                        resource: resource.clone(),
-                        span: s.clone(),
-                    })
-            })
-            .collect()
+    /// Closes the listener and every open connection; the port refuses connections until
+    /// `restart`.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Returns once the task, and with it the connection set, has been dropped.
+            let _ = task.await;
+        }
     }
 
-    /// Every exported byte, to search for things that must never be exported.
-    pub fn raw_bytes(&self) -> Vec<u8> {
+    /// Listens on the same port again.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        let listener = listen(self.addr)?;
+        self.task = Some(serve(self.kind, listener, self.received.clone()));
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.task.is_some()
+    }
+
+    /// From now on answer every request with `fault` (None: accept again).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        if let Ok(mut r) = self.received.lock() {
+            r.fault = fault;
+        }
+    }
+
+    /// Arrival times of the requests accepted so far.
+    pub fn accepted_at(&self) -> Vec<Instant> {
         self.received
             .lock()
-            .map(|r| r.raw.concat())
+            .map(|r| r.accepted_at.clone())
+            .unwrap_or_default()
+    }
+
+    /// Arrival times of the requests answered with a fault so far.
+    pub fn faulted_at(&self) -> Vec<Instant> {
+        self.received
+            .lock()
+            .map(|r| r.faulted_at.clone())
             .unwrap_or_default()
     }
 
@@ -155,6 +197,39 @@ impl OtlpReceiver {
         Ok(())
     }
 
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let Ok(received) = self.received.lock() else {
+            return Vec::new();
+        };
+        received
+            .requests
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|rs| {
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.clone())
+                    .unwrap_or_default();
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|ss| ss.spans.iter())
+                    .map(move |s| ReceivedSpan {
+                        resource: resource.clone(),
+                        span: s.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Every exported byte, to search for things that must never be exported.
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        self.received
+            .lock()
+            .map(|r| r.raw.concat())
+            .unwrap_or_default()
+    }
+
     /// Waits until `pred` holds for the spans received so far.
     pub async fn wait_for(
         &self,
@@ -190,8 +265,20 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let request = request.into_inner();
         if let Ok(mut r) = self.0.lock() {
-            r.raw.push(request.encode_to_vec());
-            r.requests.push(request);
+            match r.fault {
+                Some(fault) => {
+                    r.faulted_at.push(Instant::now());
+                    return Err(match fault {
+                        Fault::Unavailable { .. } => tonic::Status::unavailable("down for a test"),
+                        Fault::Invalid => tonic::Status::invalid_argument("refused for a test"),
+                    });
+                }
+                None => {
+                    r.raw.push(request.encode_to_vec());
+                    r.requests.push(request);
+                    r.accepted_at.push(Instant::now());
+                }
+            }
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -212,102 +299,159 @@ impl MetricsService for Collector {
     }
 }
 
-pub async fn start_grpc() -> Result<OtlpReceiver> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let received = Arc::new(Mutex::new(Received::default()));
-    let service = TraceServiceServer::new(Collector(received.clone()));
-    let metrics = MetricsServiceServer::new(Collector(received.clone()));
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .add_service(metrics)
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
-    Ok(OtlpReceiver {
-        addr,
-        received,
-        task,
+/// A listening socket that can take a port whose previous connections are still in TIME_WAIT.
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(1024)?)
+}
+
+fn serve(kind: Kind, listener: TcpListener, received: Arc<Mutex<Received>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Connections are owned by this set, so stopping the receiver (aborting this task)
+        // drops them all, like a collector process going away.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, _)) = accepted else {
+                        continue;
+                    };
+                    match kind {
+                        Kind::Grpc => connections.spawn(serve_grpc(tcp, received.clone())),
+                        Kind::Http => connections.spawn(serve_http(tcp, received.clone())),
+                    };
+                }
+                Some(_) = connections.join_next() => {}
+            }
+        }
     })
 }
 
-pub async fn start_http() -> Result<OtlpReceiver> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let received = Arc::new(Mutex::new(Received::default()));
-    let shared = received.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let received = shared.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let received = received.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let protobuf = req
-                            .headers()
-                            .get("content-type")
-                            .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let (status, resp) = match (protobuf, path.as_str()) {
-                            (true, "/v1/traces") => {
-                                match ExportTraceServiceRequest::decode(body.as_ref()) {
-                                    Ok(request) => {
-                                        if let Ok(mut r) = received.lock() {
-                                            r.raw.push(body.to_vec());
-                                            r.requests.push(request);
-                                        }
-                                        (200, ExportTraceServiceResponse::default().encode_to_vec())
-                                    }
-                                    Err(_) => (400, Vec::new()),
-                                }
+async fn serve_grpc(tcp: TcpStream, received: Arc<Mutex<Received>>) {
+    let routes = tonic::service::Routes::new(TraceServiceServer::new(Collector(received.clone())))
+        .add_service(MetricsServiceServer::new(Collector(received)));
+    let service = TowerToHyperService::new(routes);
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
+}
+
+async fn serve_http(tcp: TcpStream, received: Arc<Mutex<Received>>) {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let received = received.clone();
+        async move {
+            if req.uri().path() == "/v1/metrics" {
+                return Ok(metrics_over_http(req, &received).await);
+            }
+            let ok = req.uri().path() == "/v1/traces"
+                && req
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let decoded = ExportTraceServiceRequest::decode(body.as_ref());
+            let mut retry_after = None;
+            let status = match received.lock() {
+                Err(_) => 500,
+                Ok(mut r) => match (r.fault, ok, decoded) {
+                    (Some(fault), _, _) => {
+                        r.faulted_at.push(Instant::now());
+                        match fault {
+                            Fault::Unavailable { retry_after_secs } => {
+                                retry_after = Some(retry_after_secs);
+                                503
                             }
-                            (true, "/v1/metrics") => {
-                                match ExportMetricsServiceRequest::decode(body.as_ref()) {
-                                    Ok(request) => {
-                                        if let Ok(mut r) = received.lock() {
-                                            r.raw.push(body.to_vec());
-                                            r.metrics.push(request);
-                                        }
-                                        (
-                                            200,
-                                            ExportMetricsServiceResponse::default().encode_to_vec(),
-                                        )
-                                    }
-                                    Err(_) => (400, Vec::new()),
-                                }
-                            }
-                            _ => (400, Vec::new()),
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .header("content-type", "application/x-protobuf")
-                                .body(Full::new(Bytes::from(resp)))
-                                .unwrap_or_default(),
-                        )
+                            Fault::Invalid => 400,
+                        }
                     }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+                    (None, true, Ok(request)) => {
+                        r.raw.push(body.to_vec());
+                        r.requests.push(request);
+                        r.accepted_at.push(Instant::now());
+                        200
+                    }
+                    _ => 400,
+                },
+            };
+            let resp = ExportTraceServiceResponse::default().encode_to_vec();
+            let mut builder = Response::builder()
+                .status(status)
+                .header("content-type", "application/x-protobuf");
+            if let Some(secs) = retry_after {
+                builder = builder.header("retry-after", secs.to_string());
+            }
+            Ok::<_, std::convert::Infallible>(
+                builder
+                    .body(Full::new(Bytes::from(resp)))
+                    .unwrap_or_default(),
+            )
         }
     });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
+}
+
+/// `/v1/metrics`: metrics are always accepted (faults are for the trace exporter's tests).
+async fn metrics_over_http(
+    req: Request<hyper::body::Incoming>,
+    received: &Arc<Mutex<Received>>,
+) -> Response<Full<Bytes>> {
+    let protobuf = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let status = match ExportMetricsServiceRequest::decode(body.as_ref()) {
+        Ok(request) if protobuf => {
+            if let Ok(mut r) = received.lock() {
+                r.raw.push(body.to_vec());
+                r.metrics.push(request);
+            }
+            200
+        }
+        _ => 400,
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-protobuf")
+        .body(Full::new(Bytes::from(
+            ExportMetricsServiceResponse::default().encode_to_vec(),
+        )))
+        .unwrap_or_default()
+}
+
+async fn start(kind: Kind) -> Result<OtlpReceiver> {
+    let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(Mutex::new(Received::default()));
+    let task = serve(kind, listener, received.clone());
     Ok(OtlpReceiver {
         addr,
+        kind,
         received,
-        task,
+        task: Some(task),
     })
+}
+
+pub async fn start_grpc() -> Result<OtlpReceiver> {
+    start(Kind::Grpc).await
+}
+
+pub async fn start_http() -> Result<OtlpReceiver> {
+    start(Kind::Http).await
 }
 
 /// Attribute value helpers for assertions.

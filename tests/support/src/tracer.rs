@@ -2,6 +2,7 @@
 //! SIGINT like a user would, and returns what it printed.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -19,6 +20,26 @@ pub struct TracerOutput {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl TracerOutput {
+    /// The health counters of the `tracer stopped: name=value ...` line the tracer logs last
+    /// (it lists only non-zero counters: a missing name is zero).
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once("tracer stopped:").map(|(_, c)| c))
+            .with_context(|| format!("no `tracer stopped:` line in:\n{}", self.stderr))?;
+        Ok(line
+            .split_whitespace()
+            .filter_map(|pair| {
+                let (name, value) = pair.rsplit_once('=')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect())
+    }
 }
 
 /// Starts `bin` with `args` and `envs`; logs go to target/e2e-logs/`name`.{out,err}.

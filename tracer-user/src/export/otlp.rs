@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+    collector::trace::v1::{
+        trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    },
     common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue},
     resource::v1::Resource,
     trace::v1::{
@@ -19,10 +22,14 @@ use opentelemetry_proto::tonic::{
     },
 };
 use prost::Message as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tracing::{debug, warn};
+use tonic::{
+    metadata::{MetadataKey, MetadataMap},
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
 
+use super::retry::{self, Outcome, Policy, SendFuture, Transport};
 use crate::{
     enrich::ProcessInfo,
     health::Health,
@@ -30,9 +37,6 @@ use crate::{
 };
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
-const MAX_BATCH: usize = 512;
-const BATCH_DELAY: Duration = Duration::from_millis(500);
-const RETRIES: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -62,132 +66,261 @@ pub struct OtlpConfig {
     /// `OTEL_RESOURCE_ATTRIBUTES`, added to every resource.
     pub resource_attributes: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Spans held for retry while the endpoint is unavailable (`--export-buffer-spans`).
+    pub buffer_spans: usize,
 }
 
-enum Transport {
-    Grpc(TraceServiceClient<Channel>),
-    Http(reqwest::Client),
+/// Sends export requests over gRPC or HTTP/protobuf and sorts failures into retryable and not,
+/// following the OTLP specification's rules (plus `RESOURCE_EXHAUSTED`, which collectors use
+/// for back-pressure).
+pub struct OtlpTransport {
+    config: Arc<OtlpConfig>,
+    kind: TransportKind,
 }
 
-pub struct OtlpExporter {
-    config: OtlpConfig,
-    transport: Transport,
-    health: Arc<Health>,
+enum TransportKind {
+    Grpc {
+        client: TraceServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        headers: HeaderMap,
+    },
 }
 
-impl OtlpExporter {
-    pub fn new(config: OtlpConfig, health: Arc<Health>) -> Result<Self> {
-        let transport = match config.protocol {
+impl OtlpTransport {
+    /// Checks the endpoint and headers now, so that a typo is an error at start rather than a
+    /// failure on every request.
+    pub fn new(config: OtlpConfig) -> Result<Self> {
+        let kind = match config.protocol {
             Protocol::Grpc => {
                 let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
                     .with_context(|| format!("invalid OTLP endpoint {:?}", config.endpoint))?
+                    .connect_timeout(config.timeout)
                     .timeout(config.timeout);
                 if config.endpoint.starts_with("https://") {
                     endpoint = endpoint
                         .tls_config(ClientTlsConfig::new().with_webpki_roots())
                         .context("OTLP TLS configuration")?;
                 }
-                Transport::Grpc(TraceServiceClient::new(endpoint.connect_lazy()))
+                let mut metadata = MetadataMap::new();
+                for (k, v) in &config.headers {
+                    let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .with_context(|| format!("invalid OTLP header name {k:?}"))?;
+                    let value = v
+                        .parse()
+                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
+                    metadata.insert(key, value);
+                }
+                TransportKind::Grpc {
+                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    metadata,
+                }
             }
-            Protocol::HttpProtobuf => Transport::Http(
-                reqwest::Client::builder()
-                    .timeout(config.timeout)
-                    .build()
-                    .context("building the OTLP HTTP client")?,
-            ),
+            Protocol::HttpProtobuf => {
+                reqwest::Url::parse(&config.endpoint)
+                    .with_context(|| format!("invalid OTLP endpoint {:?}", config.endpoint))?;
+                let mut headers = HeaderMap::new();
+                for (k, v) in &config.headers {
+                    let key = HeaderName::from_bytes(k.as_bytes())
+                        .with_context(|| format!("invalid OTLP header name {k:?}"))?;
+                    let value = HeaderValue::from_str(v)
+                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
+                    headers.insert(key, value);
+                }
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                );
+                TransportKind::Http {
+                    client: reqwest::Client::builder()
+                        .timeout(config.timeout)
+                        .connect_timeout(config.timeout)
+                        .build()
+                        .context("building the OTLP HTTP client")?,
+                    headers,
+                }
+            }
+        };
+        Ok(OtlpTransport {
+            config: Arc::new(config),
+            kind,
+        })
+    }
+}
+
+impl Transport for OtlpTransport {
+    fn send(&self, spans: &[Arc<Span>]) -> SendFuture {
+        let request = export_request(spans, &self.config);
+        match &self.kind {
+            TransportKind::Grpc { client, metadata } => {
+                let mut client = client.clone();
+                let mut req = tonic::Request::new(request);
+                *req.metadata_mut() = metadata.clone();
+                Box::pin(async move {
+                    match client.export(req).await {
+                        Ok(resp) => delivered(resp.into_inner()),
+                        Err(status) => grpc_outcome(&status),
+                    }
+                })
+            }
+            TransportKind::Http { client, headers } => {
+                let req = client
+                    .post(&self.config.endpoint)
+                    .headers(headers.clone())
+                    .body(request.encode_to_vec());
+                Box::pin(async move {
+                    match req.send().await {
+                        Ok(resp) => http_outcome(resp).await,
+                        Err(e) => Outcome::Retry {
+                            after: None,
+                            error: format!("{:#}", anyhow::Error::from(e)),
+                        },
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn delivered(response: ExportTraceServiceResponse) -> Outcome {
+    let (rejected, message) = response
+        .partial_success
+        .map(|p| {
+            (
+                u64::try_from(p.rejected_spans).unwrap_or(0),
+                p.error_message,
+            )
+        })
+        .unwrap_or_default();
+    Outcome::Delivered { rejected, message }
+}
+
+/// A status the client made up from a transport failure (it carries the underlying error) is
+/// always worth retrying; one the receiver sent is judged by its code.
+fn grpc_outcome(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    let error = format!("gRPC {:?}: {}", status.code(), status.message());
+    let from_transport = std::error::Error::source(status).is_some();
+    let retryable = from_transport
+        || matches!(
+            status.code(),
+            Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::OutOfRange
+                | Code::Unavailable
+                | Code::DataLoss
+        );
+    if retryable {
+        Outcome::Retry {
+            after: grpc_retry_delay(status.details()),
+            error,
+        }
+    } else {
+        Outcome::Reject { error }
+    }
+}
+
+/// `google.rpc.Status`, the payload of `grpc-status-details-bin`; declared here for the one
+/// field read from it rather than pulling in a crate of well-known types.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The delay a gRPC receiver asked for in a `google.rpc.RetryInfo` detail, if any.
+fn grpc_retry_delay(details: &[u8]) -> Option<Duration> {
+    if details.is_empty() {
+        return None;
+    }
+    let status = RpcStatus::decode(details).ok()?;
+    let info = status
+        .details
+        .iter()
+        .find(|d| d.type_url == RETRY_INFO_TYPE)?;
+    let delay = RetryInfo::decode(info.value.as_slice()).ok()?.retry_delay?;
+    let secs = u64::try_from(delay.seconds).ok()?;
+    let nanos = u32::try_from(delay.nanos).ok()?.min(999_999_999);
+    Some(Duration::new(secs, nanos))
+}
+
+async fn http_outcome(resp: reqwest::Response) -> Outcome {
+    let status = resp.status();
+    if status.is_success() {
+        let body = resp.bytes().await.unwrap_or_default();
+        return delivered(ExportTraceServiceResponse::decode(body.as_ref()).unwrap_or_default());
+    }
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let error = format!("OTLP receiver answered {status}");
+    match status.as_u16() {
+        429 | 502 | 503 | 504 => Outcome::Retry {
+            after: retry_after,
+            error,
+        },
+        _ => Outcome::Reject { error },
+    }
+}
+
+/// The OTLP sink: its transport behind the retry buffer.
+pub struct OtlpExporter {
+    transport: OtlpTransport,
+    policy: Policy,
+    health: Arc<Health>,
+}
+
+impl OtlpExporter {
+    pub fn new(config: OtlpConfig, health: Arc<Health>) -> Result<Self> {
+        let policy = Policy {
+            buffer_spans: config.buffer_spans,
+            ..Policy::default()
         };
         Ok(OtlpExporter {
-            config,
-            transport,
+            transport: OtlpTransport::new(config)?,
+            policy,
             health,
         })
     }
 
-    /// Batches spans until the queue closes, then flushes what is left.
-    pub async fn run(mut self, mut spans: mpsc::Receiver<Arc<Span>>) {
-        let mut batch: Vec<Arc<Span>> = Vec::new();
-        loop {
-            let next = if batch.is_empty() {
-                spans.recv().await
-            } else {
-                match tokio::time::timeout(BATCH_DELAY, spans.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        self.send(std::mem::take(&mut batch)).await;
-                        continue;
-                    }
-                }
-            };
-            match next {
-                Some(span) => {
-                    batch.push(span);
-                    if batch.len() >= MAX_BATCH {
-                        self.send(std::mem::take(&mut batch)).await;
-                    }
-                }
-                None => {
-                    if !batch.is_empty() {
-                        self.send(batch).await;
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn send(&mut self, batch: Vec<Arc<Span>>) {
-        let count = batch.len() as u64;
-        let request = export_request(&batch, &self.config);
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=RETRIES {
-            match self.send_once(&request).await {
-                Ok(()) => {
-                    Health::add(&self.health.exported_spans, count);
-                    debug!("exported {count} spans");
-                    return;
-                }
-                Err(e) if attempt < RETRIES => {
-                    debug!("OTLP export attempt {attempt} failed: {e:#}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => warn!("OTLP export of {count} spans failed: {e:#}"),
-            }
-        }
-        Health::add(&self.health.export_failed_spans, count);
-    }
-
-    async fn send_once(&mut self, request: &ExportTraceServiceRequest) -> Result<()> {
-        match &mut self.transport {
-            Transport::Grpc(client) => {
-                let mut req = tonic::Request::new(request.clone());
-                for (k, v) in &self.config.headers {
-                    let key =
-                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                            .with_context(|| format!("invalid OTLP header name {k:?}"))?;
-                    let value = v
-                        .parse()
-                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
-                    req.metadata_mut().insert(key, value);
-                }
-                client.export(req).await.context("gRPC export")?;
-                Ok(())
-            }
-            Transport::Http(client) => {
-                let mut req = client
-                    .post(&self.config.endpoint)
-                    .header("content-type", "application/x-protobuf")
-                    .body(request.encode_to_vec());
-                for (k, v) in &self.config.headers {
-                    req = req.header(k, v);
-                }
-                let resp = req.send().await.context("HTTP export")?;
-                if !resp.status().is_success() {
-                    bail!("OTLP receiver answered {}", resp.status());
-                }
-                Ok(())
-            }
-        }
+    /// Delivers spans until the queue closes, then flushes what is left for a bounded time.
+    pub async fn run(self, spans: mpsc::Receiver<Arc<Span>>) {
+        retry::deliver(self.transport, self.policy, self.health, spans).await;
     }
 }
 
@@ -370,7 +503,238 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    //! The two transports against the testkit's real receivers (tonic and hyper servers on
+    //! 127.0.0.1), stopped, restarted and made to refuse; no eBPF involved.
+
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use tokio::time::Instant;
+    use tracer_testkit::otlp::{self as receiver, Fault, OtlpReceiver};
+
     use super::*;
+    use crate::span::SpanStatus;
+
+    fn span(i: usize) -> Arc<Span> {
+        Arc::new(Span {
+            trace_id: [7; 16],
+            span_id: (i as u64 + 1).to_be_bytes(),
+            parent_span_id: None,
+            name: format!("s{i}"),
+            kind: SpanKind::Client,
+            start_unix_ns: 1_000 + i as u64,
+            end_unix_ns: 2_000 + i as u64,
+            attributes: vec![("gen_ai.request.model", AttrValue::Str(format!("m{i}")))],
+            status: SpanStatus::Unset,
+            events: Vec::new(),
+            process: Arc::new(ProcessInfo::unknown(4242)),
+        })
+    }
+
+    async fn receiver(protocol: Protocol) -> OtlpReceiver {
+        match protocol {
+            Protocol::Grpc => receiver::start_grpc().await.unwrap(),
+            Protocol::HttpProtobuf => receiver::start_http().await.unwrap(),
+        }
+    }
+
+    /// An exporter with short delays, feeding `rx` to `receiver`.
+    fn exporter(
+        protocol: Protocol,
+        receiver: &OtlpReceiver,
+    ) -> (
+        mpsc::Sender<Arc<Span>>,
+        tokio::task::JoinHandle<()>,
+        Arc<Health>,
+    ) {
+        let endpoint = match protocol {
+            Protocol::Grpc => receiver.endpoint(),
+            Protocol::HttpProtobuf => format!("{}/v1/traces", receiver.endpoint()),
+        };
+        let transport = OtlpTransport::new(OtlpConfig {
+            endpoint,
+            protocol,
+            headers: vec![("x-test".into(), "1".into())],
+            service_name: None,
+            resource_attributes: Vec::new(),
+            timeout: Duration::from_secs(2),
+            buffer_spans: 1000,
+        })
+        .unwrap();
+        let policy = Policy {
+            max_batch: 4,
+            batch_delay: Duration::from_millis(5),
+            buffer_spans: 1000,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            retry_after_max: Duration::from_secs(5),
+            final_flush: Duration::from_secs(2),
+        };
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        let task = tokio::spawn(retry::deliver(transport, policy, health.clone(), rx));
+        (tx, task, health)
+    }
+
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn names(receiver: &OtlpReceiver) -> Vec<String> {
+        receiver.spans().into_iter().map(|s| s.span.name).collect()
+    }
+
+    fn dropped(h: &Health) -> u64 {
+        h.export_dropped_queue_full.load(Relaxed)
+            + h.export_dropped_buffer_full.load(Relaxed)
+            + h.export_dropped_rejected.load(Relaxed)
+            + h.export_dropped_shutdown.load(Relaxed)
+    }
+
+    async fn outage_then_recovery(protocol: Protocol) {
+        let mut receiver = receiver(protocol).await;
+        let (tx, task, health) = exporter(protocol, &receiver);
+        // Connected first, so the outage breaks an established connection (gRPC's channel and
+        // HTTP's pool must notice and reconnect).
+        tx.send(span(0)).await.unwrap();
+        wait_until("the first span", || receiver.spans().len() == 1).await;
+        receiver.stop().await;
+        for i in 1..20 {
+            tx.send(span(i)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        wait_until("retries", || health.export_retries.load(Relaxed) >= 3).await;
+        assert_eq!(receiver.spans().len(), 1, "nothing arrives while stopped");
+        receiver.restart().await.unwrap();
+        wait_until("all 20 spans", || receiver.spans().len() >= 20).await;
+        let expected: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        assert_eq!(names(&receiver), expected, "in order, none twice");
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(health.exported_spans.load(Relaxed), 20);
+        assert_eq!(dropped(&health), 0);
+    }
+
+    #[tokio::test]
+    async fn grpc_outage_then_recovery() {
+        outage_then_recovery(Protocol::Grpc).await;
+    }
+
+    #[tokio::test]
+    async fn http_outage_then_recovery() {
+        outage_then_recovery(Protocol::HttpProtobuf).await;
+    }
+
+    async fn refusal_is_dropped_at_once(protocol: Protocol) {
+        let receiver = receiver(protocol).await;
+        receiver.set_fault(Some(Fault::Invalid));
+        let (tx, task, health) = exporter(protocol, &receiver);
+        for i in 0..3 {
+            tx.send(span(i)).await.unwrap();
+        }
+        wait_until("the refusal", || {
+            health.export_dropped_rejected.load(Relaxed) == 3
+        })
+        .await;
+        receiver.set_fault(None);
+        tx.send(span(3)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(receiver.faulted_at().len(), 1, "not retried");
+        assert_eq!(names(&receiver), vec!["s3".to_string()]);
+        assert_eq!(health.export_retries.load(Relaxed), 0);
+        assert_eq!(health.exported_spans.load(Relaxed), 1);
+        assert_eq!(dropped(&health), 3);
+    }
+
+    #[tokio::test]
+    async fn grpc_invalid_argument_is_dropped_at_once() {
+        refusal_is_dropped_at_once(Protocol::Grpc).await;
+    }
+
+    #[tokio::test]
+    async fn http_400_is_dropped_at_once() {
+        refusal_is_dropped_at_once(Protocol::HttpProtobuf).await;
+    }
+
+    /// HTTP 503 with `Retry-After: 1`: the next attempt waits the second the receiver asked for
+    /// (the test backoff would retry after 20 ms). gRPC UNAVAILABLE carries no delay here, so it
+    /// is retried on the exporter's own backoff.
+    async fn unavailable_is_retried(protocol: Protocol) -> Duration {
+        let receiver = receiver(protocol).await;
+        receiver.set_fault(Some(Fault::Unavailable {
+            retry_after_secs: 1,
+        }));
+        let (tx, task, health) = exporter(protocol, &receiver);
+        tx.send(span(0)).await.unwrap();
+        wait_until("the 503", || !receiver.faulted_at().is_empty()).await;
+        receiver.set_fault(None);
+        wait_until("delivery", || receiver.spans().len() == 1).await;
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(health.exported_spans.load(Relaxed), 1);
+        assert_eq!(dropped(&health), 0);
+        assert!(health.export_retries.load(Relaxed) >= 1);
+        receiver.accepted_at()[0] - receiver.faulted_at()[0]
+    }
+
+    #[tokio::test]
+    async fn http_503_retry_after_is_honoured() {
+        let waited = unavailable_is_retried(Protocol::HttpProtobuf).await;
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn grpc_unavailable_is_retried_on_backoff() {
+        let waited = unavailable_is_retried(Protocol::Grpc).await;
+        assert!(waited < Duration::from_millis(900), "{waited:?}");
+    }
+
+    #[test]
+    fn grpc_status_classification() {
+        let retry_info = RetryInfo {
+            retry_delay: Some(ProtoDuration {
+                seconds: 2,
+                nanos: 500_000_000,
+            }),
+        };
+        let details = RpcStatus {
+            code: tonic::Code::ResourceExhausted as i32,
+            message: "slow down".into(),
+            details: vec![ProtoAny {
+                type_url: RETRY_INFO_TYPE.into(),
+                value: retry_info.encode_to_vec(),
+            }],
+        }
+        .encode_to_vec();
+        let throttled = tonic::Status::with_details(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            details.into(),
+        );
+        assert!(matches!(
+            grpc_outcome(&throttled),
+            Outcome::Retry { after: Some(d), .. } if d == Duration::from_millis(2500)
+        ));
+        assert!(matches!(
+            grpc_outcome(&tonic::Status::unavailable("down")),
+            Outcome::Retry { after: None, .. }
+        ));
+        assert!(matches!(
+            grpc_outcome(&tonic::Status::invalid_argument("bad")),
+            Outcome::Reject { .. }
+        ));
+        // Garbage details are ignored, not an error.
+        let garbled =
+            tonic::Status::with_details(tonic::Code::Unavailable, "", vec![0xff, 0x01].into());
+        assert!(matches!(
+            grpc_outcome(&garbled),
+            Outcome::Retry { after: None, .. }
+        ));
+    }
 
     #[test]
     fn key_values_with_percent_encoding() {

@@ -147,6 +147,8 @@ fn otlp_config(run: &RunArgs, env: &impl Fn(&str) -> Option<String>) -> Result<O
         service_name: None,
         resource_attributes,
         timeout: Duration::from_secs(10),
+        // Metrics are cumulative: a failed push is superseded by the next, nothing is buffered.
+        buffer_spans: crate::export::retry::DEFAULT_BUFFER_SPANS as usize,
     }))
 }
 

@@ -299,6 +299,7 @@ mod tests {
             service_name: None,
             resource_attributes: vec![("deployment.environment".into(), "test".into())],
             timeout: Duration::from_secs(1),
+            buffer_spans: 1,
         }
     }
 

@@ -1,0 +1,614 @@
+//! Delivery that survives an unreachable or throttling OTLP endpoint.
+//!
+//! Spans wait in one ordered, bounded buffer. Requests are cut from its front, one in flight at a
+//! time, so spans arrive in the order they were produced even across an outage. A request that
+//! fails with a retryable error puts its spans back at the front and the next attempt waits with
+//! exponential backoff and jitter (or what the receiver asked for). Throughout, the input channel
+//! keeps being drained: the pipeline never waits on the network. When the buffer holds more than
+//! its bound the oldest spans go first; every span that is not delivered is counted under the
+//! reason it was lost, so `spans == exported + dropped (+ still buffered)` holds at all times.
+
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::mpsc::{self, error::TryRecvError},
+    time::{sleep_until, timeout_at, Instant},
+};
+use tracing::{debug, info, warn};
+
+use crate::{health::Health, span::Span};
+
+/// What became of one export request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Accepted; `rejected` of its spans were refused all the same (OTLP partial success).
+    Delivered { rejected: u64, message: String },
+    /// Worth trying again: endpoint unreachable, overloaded, throttling, timed out.
+    Retry {
+        after: Option<Duration>,
+        error: String,
+    },
+    /// Refused for good (malformed, unauthorised): retrying would get the same answer.
+    Reject { error: String },
+}
+
+pub type SendFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Sends one export request. The future owns what it needs, so the delivery loop can keep
+/// draining its input while a request is in flight.
+pub trait Transport: Send + 'static {
+    fn send(&self, spans: &[Arc<Span>]) -> SendFuture;
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Most spans per request.
+    pub max_batch: usize,
+    /// How long a span may wait for others to fill a request.
+    pub batch_delay: Duration,
+    /// Spans held while the endpoint is unavailable; beyond this the oldest are dropped. (A
+    /// request in flight holds up to `max_batch` more: its spans are not dropped while its
+    /// outcome is unknown.)
+    pub buffer_spans: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Upper bound on a receiver's own `Retry-After` / `RetryInfo`.
+    pub retry_after_max: Duration,
+    /// Time given to delivering what is buffered once the input closes (shutdown).
+    pub final_flush: Duration,
+}
+
+pub const DEFAULT_BUFFER_SPANS: u64 = 100_000;
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_batch: 512,
+            batch_delay: Duration::from_millis(500),
+            buffer_spans: DEFAULT_BUFFER_SPANS as usize,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(300),
+            final_flush: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Policy {
+    /// Exponential, capped, with "equal jitter" (half fixed, half random) so that many tracers
+    /// that lost the same collector do not come back in lockstep.
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self
+            .backoff_initial
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let capped = exp.min(self.backoff_max);
+        capped.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+struct Delivery<T> {
+    transport: T,
+    policy: Policy,
+    health: Arc<Health>,
+    /// Spans not yet delivered, oldest first, with when each arrived.
+    queue: VecDeque<(Instant, Arc<Span>)>,
+    /// The spans of the request in flight, in order.
+    sending: Vec<(Instant, Arc<Span>)>,
+    in_flight: Option<SendFuture>,
+    retry_at: Option<Instant>,
+    /// Consecutive failed attempts.
+    failures: u32,
+    /// Whether the current outage already logged that it drops spans.
+    drop_logged: bool,
+}
+
+/// Delivers spans from `input` until it closes, then flushes for at most `policy.final_flush`.
+pub async fn deliver<T: Transport>(
+    transport: T,
+    policy: Policy,
+    health: Arc<Health>,
+    mut input: mpsc::Receiver<Arc<Span>>,
+) {
+    let mut d = Delivery {
+        transport,
+        policy,
+        health,
+        queue: VecDeque::new(),
+        sending: Vec::new(),
+        in_flight: None,
+        retry_at: None,
+        failures: 0,
+        drop_logged: false,
+    };
+    'run: loop {
+        // Take everything already waiting before deciding what to send, so a burst goes out in
+        // full requests and the bound is applied to all of it.
+        loop {
+            match input.try_recv() {
+                Ok(span) => d.accept(span),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break 'run,
+            }
+        }
+        let now = Instant::now();
+        d.start_if_due(now, false);
+        let wake = d.next_wake();
+        tokio::select! {
+            span = input.recv() => match span {
+                Some(span) => d.accept(span),
+                None => break 'run,
+            },
+            outcome = poll_in_flight(&mut d.in_flight) => d.finish(outcome),
+            _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+        }
+    }
+    d.final_flush().await;
+}
+
+/// The in-flight request's outcome; pending forever when there is none.
+async fn poll_in_flight(in_flight: &mut Option<SendFuture>) -> Outcome {
+    match in_flight.as_mut() {
+        Some(request) => request.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<T: Transport> Delivery<T> {
+    fn accept(&mut self, span: Arc<Span>) {
+        self.queue.push_back((Instant::now(), span));
+        self.enforce_bound();
+    }
+
+    fn enforce_bound(&mut self) {
+        let excess = self.queue.len().saturating_sub(self.policy.buffer_spans);
+        if excess == 0 {
+            return;
+        }
+        self.queue.drain(..excess);
+        Health::add(&self.health.export_dropped_buffer_full, excess as u64);
+        if !self.drop_logged {
+            self.drop_logged = true;
+            warn!(
+                "OTLP retry buffer full ({} spans): dropping the oldest spans until the endpoint \
+                 accepts again (counted in export_dropped_spans{{reason=buffer_full}})",
+                self.policy.buffer_spans
+            );
+        }
+    }
+
+    /// Starts a request when none is in flight, no backoff is pending and a request is worth
+    /// sending (full, or its oldest span has waited long enough, or `flush`).
+    fn start_if_due(&mut self, now: Instant, flush: bool) {
+        if self.in_flight.is_some() || self.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        let Some((oldest, _)) = self.queue.front() else {
+            return;
+        };
+        if !flush
+            && self.queue.len() < self.policy.max_batch
+            && *oldest + self.policy.batch_delay > now
+        {
+            return;
+        }
+        let n = self.queue.len().min(self.policy.max_batch.max(1));
+        self.sending = self.queue.drain(..n).collect();
+        let spans: Vec<Arc<Span>> = self.sending.iter().map(|(_, s)| s.clone()).collect();
+        self.in_flight = Some(self.transport.send(&spans));
+    }
+
+    /// When the loop must wake up on its own to start a request.
+    fn next_wake(&self) -> Option<Instant> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let (oldest, _) = self.queue.front()?;
+        let batch_due = if self.queue.len() >= self.policy.max_batch {
+            None
+        } else {
+            Some(*oldest + self.policy.batch_delay)
+        };
+        match (batch_due, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.in_flight = None;
+        let batch = std::mem::take(&mut self.sending);
+        let n = batch.len() as u64;
+        match outcome {
+            Outcome::Delivered { rejected, message } => {
+                let rejected = rejected.min(n);
+                Health::add(&self.health.exported_spans, n - rejected);
+                if rejected > 0 {
+                    Health::add(&self.health.export_dropped_rejected, rejected);
+                    warn!("OTLP receiver refused {rejected} of {n} spans: {message}");
+                }
+                if self.failures > 0 {
+                    info!(
+                        "OTLP export recovered after {} failed attempts",
+                        self.failures
+                    );
+                }
+                debug!("exported {} spans", n - rejected);
+                self.failures = 0;
+                self.retry_at = None;
+                self.drop_logged = false;
+            }
+            Outcome::Retry { after, error } => {
+                self.failures += 1;
+                Health::add(&self.health.export_retries, 1);
+                let delay = match after {
+                    Some(asked) => asked.min(self.policy.retry_after_max),
+                    None => self.policy.backoff(self.failures),
+                };
+                if self.failures == 1 {
+                    warn!(
+                        "OTLP export failed, retrying with backoff while buffering up to {} \
+                         spans: {error}",
+                        self.policy.buffer_spans
+                    );
+                } else {
+                    debug!(
+                        "OTLP export attempt {} failed, next in {delay:?}: {error}",
+                        self.failures
+                    );
+                }
+                self.retry_at = Some(Instant::now() + delay);
+                for item in batch.into_iter().rev() {
+                    self.queue.push_front(item);
+                }
+                self.enforce_bound();
+            }
+            Outcome::Reject { error } => {
+                Health::add(&self.health.export_dropped_rejected, n);
+                warn!("OTLP receiver rejected {n} spans, not retrying: {error}");
+                self.retry_at = None;
+            }
+        }
+    }
+
+    async fn final_flush(&mut self) {
+        let deadline = Instant::now() + self.policy.final_flush;
+        // One attempt right away, whatever the backoff said: the endpoint may be back.
+        if self.in_flight.is_none() {
+            self.retry_at = None;
+        }
+        if !self.queue.is_empty() || self.in_flight.is_some() {
+            debug!(
+                "flushing {} buffered spans",
+                self.queue.len() + self.sending.len()
+            );
+        }
+        loop {
+            self.start_if_due(Instant::now(), true);
+            if let Some(request) = self.in_flight.as_mut() {
+                match timeout_at(deadline, request).await {
+                    Ok(outcome) => self.finish(outcome),
+                    Err(_) => {
+                        // Its outcome is unknown; counted as lost, though the receiver may yet
+                        // have taken it.
+                        self.in_flight = None;
+                        self.queue.extend(self.sending.drain(..));
+                        break;
+                    }
+                }
+                continue;
+            }
+            match self.retry_at {
+                _ if self.queue.is_empty() => break,
+                Some(at) if at < deadline => sleep_until(at).await,
+                Some(_) => break,
+                None => {}
+            }
+        }
+        let left = (self.queue.len() + self.sending.len()) as u64;
+        if left > 0 {
+            Health::add(&self.health.export_dropped_shutdown, left);
+            warn!(
+                "OTLP export: {left} spans not delivered within {:?} of shutdown (counted in \
+                 export_dropped_spans{{reason=shutdown}})",
+                self.policy.final_flush
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The delivery logic against a fake transport (a real receiver is used by the OTLP
+    //! transport tests in otlp.rs and by the end-to-end outage test): it lets a test say exactly
+    //! when the endpoint is "down" and see every request in order.
+
+    use std::sync::{
+        atomic::{AtomicBool, Ordering::SeqCst},
+        Mutex,
+    };
+
+    use super::*;
+    use crate::{
+        enrich::ProcessInfo,
+        span::{SpanKind, SpanStatus},
+    };
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Mode {
+        Up,
+        Down,
+        Reject,
+        Throttle(Duration),
+    }
+
+    /// A request: when it was made, its span names, and the mode it met.
+    type Attempt = (Instant, Vec<String>, Mode);
+
+    #[derive(Clone)]
+    struct Fake {
+        mode: Arc<Mutex<Mode>>,
+        /// Every request's span names and when it was made, failed or not.
+        attempts: Arc<Mutex<Vec<Attempt>>>,
+        delivered: Arc<Mutex<Vec<String>>>,
+        hang: Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        fn new(mode: Mode) -> Self {
+            Fake {
+                mode: Arc::new(Mutex::new(mode)),
+                attempts: Arc::default(),
+                delivered: Arc::default(),
+                hang: Arc::default(),
+            }
+        }
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().unwrap() = mode;
+        }
+        fn delivered(&self) -> Vec<String> {
+            self.delivered.lock().unwrap().clone()
+        }
+        fn attempts(&self) -> Vec<Attempt> {
+            self.attempts.lock().unwrap().clone()
+        }
+    }
+
+    impl Transport for Fake {
+        fn send(&self, spans: &[Arc<Span>]) -> SendFuture {
+            let names: Vec<String> = spans.iter().map(|s| s.name.clone()).collect();
+            let mode = *self.mode.lock().unwrap();
+            self.attempts
+                .lock()
+                .unwrap()
+                .push((Instant::now(), names.clone(), mode));
+            let delivered = self.delivered.clone();
+            let hang = self.hang.load(SeqCst);
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                match mode {
+                    Mode::Up => {
+                        delivered.lock().unwrap().extend(names);
+                        Outcome::Delivered {
+                            rejected: 0,
+                            message: String::new(),
+                        }
+                    }
+                    Mode::Down => Outcome::Retry {
+                        after: None,
+                        error: "connection refused".into(),
+                    },
+                    Mode::Throttle(after) => Outcome::Retry {
+                        after: Some(after),
+                        error: "429".into(),
+                    },
+                    Mode::Reject => Outcome::Reject {
+                        error: "400".into(),
+                    },
+                }
+            })
+        }
+    }
+
+    fn span(i: usize) -> Arc<Span> {
+        Arc::new(Span {
+            trace_id: [1; 16],
+            span_id: (i as u64).to_be_bytes(),
+            parent_span_id: None,
+            name: format!("s{i}"),
+            kind: SpanKind::Client,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            attributes: Vec::new(),
+            status: SpanStatus::Unset,
+            events: Vec::new(),
+            process: Arc::new(ProcessInfo::unknown(1)),
+        })
+    }
+
+    fn names(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("s{i}")).collect()
+    }
+
+    fn quick(buffer_spans: usize) -> Policy {
+        Policy {
+            max_batch: 4,
+            batch_delay: Duration::from_millis(5),
+            buffer_spans,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(40),
+            retry_after_max: Duration::from_secs(5),
+            final_flush: Duration::from_millis(300),
+        }
+    }
+
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn dropped(h: &Health) -> [u64; 4] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            h.export_dropped_queue_full.load(Relaxed),
+            h.export_dropped_buffer_full.load(Relaxed),
+            h.export_dropped_rejected.load(Relaxed),
+            h.export_dropped_shutdown.load(Relaxed),
+        ]
+    }
+
+    fn exported(h: &Health) -> u64 {
+        h.exported_spans.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn bound_drops_exactly_the_oldest_and_counts_them() {
+        let fake = Fake::new(Mode::Down);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        // All 25 are waiting before the loop runs, so it takes them in one go.
+        for i in 0..25 {
+            tx.send(span(i)).await.unwrap();
+        }
+        let task = tokio::spawn(deliver(fake.clone(), quick(10), health.clone(), rx));
+        wait_until("a failed attempt", || !fake.attempts().is_empty()).await;
+        assert_eq!(dropped(&health), [0, 15, 0, 0]);
+        assert_eq!(
+            fake.attempts()[0].1,
+            names(15..19),
+            "oldest kept span first"
+        );
+
+        // While down, 3 more arrive: the 3 oldest of the kept ones go.
+        for i in 25..28 {
+            tx.send(span(i)).await.unwrap();
+        }
+        wait_until("3 more dropped", || dropped(&health)[1] == 18).await;
+        fake.set(Mode::Up);
+        wait_until("delivery", || fake.delivered().len() == 10).await;
+        assert_eq!(fake.delivered(), names(18..28), "in order, none twice");
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(exported(&health), 10);
+        assert_eq!(dropped(&health), [0, 18, 0, 0]);
+        assert_eq!(exported(&health) + dropped(&health).iter().sum::<u64>(), 28);
+    }
+
+    #[tokio::test]
+    async fn outage_keeps_accepting_then_delivers_everything_in_order() {
+        let fake = Fake::new(Mode::Down);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(deliver(fake.clone(), quick(1000), health.clone(), rx));
+        // A channel of 4 and 200 spans: they only all fit if the loop drains its input while
+        // it backs off.
+        for i in 0..200 {
+            tokio::time::timeout(Duration::from_secs(1), tx.send(span(i)))
+                .await
+                .expect("the exporter never stops taking spans")
+                .unwrap();
+        }
+        wait_until("several attempts", || fake.attempts().len() >= 4).await;
+        let attempts = fake.attempts();
+        assert!(attempts.iter().all(|a| a.1 == names(0..4)), "head retried");
+        // Backoff grows: 10 ms, 20 ms, then the 40 ms cap, each with up to half of it jitter.
+        let gap = |i: usize| attempts[i].0 - attempts[i - 1].0;
+        assert!(gap(1) >= Duration::from_millis(5), "{:?}", gap(1));
+        assert!(gap(3) >= Duration::from_millis(19), "{:?}", gap(3));
+        assert!(health.export_retries.load(SeqCst) >= 3);
+
+        fake.set(Mode::Up);
+        wait_until("all delivered", || fake.delivered().len() == 200).await;
+        assert_eq!(fake.delivered(), names(0..200));
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(exported(&health), 200);
+        assert_eq!(dropped(&health), [0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn rejected_requests_are_dropped_and_counted_without_retry() {
+        let fake = Fake::new(Mode::Reject);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        for i in 0..6 {
+            tx.send(span(i)).await.unwrap();
+        }
+        let task = tokio::spawn(deliver(fake.clone(), quick(1000), health.clone(), rx));
+        wait_until("both requests", || dropped(&health)[2] == 6).await;
+        fake.set(Mode::Up);
+        tx.send(span(6)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let attempts = fake.attempts();
+        assert_eq!(attempts.len(), 3, "no retries: {attempts:?}");
+        assert_eq!(fake.delivered(), names(6..7));
+        assert_eq!(health.export_retries.load(SeqCst), 0);
+        assert_eq!((exported(&health), dropped(&health)), (1, [0, 0, 6, 0]));
+    }
+
+    #[tokio::test]
+    async fn retry_after_from_the_receiver_replaces_the_backoff() {
+        let fake = Fake::new(Mode::Throttle(Duration::from_millis(300)));
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        tx.send(span(0)).await.unwrap();
+        let task = tokio::spawn(deliver(fake.clone(), quick(1000), health.clone(), rx));
+        wait_until("the throttled attempt", || fake.attempts().len() == 1).await;
+        fake.set(Mode::Up);
+        wait_until("delivery", || fake.delivered().len() == 1).await;
+        let attempts = fake.attempts();
+        assert_eq!(attempts.len(), 2);
+        // The own backoff would have retried within 10 ms.
+        assert!(attempts[1].0 - attempts[0].0 >= Duration::from_millis(290));
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_flushes_within_its_bound_and_counts_the_rest() {
+        // Down for good: everything buffered is counted as lost at shutdown.
+        let fake = Fake::new(Mode::Down);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        for i in 0..7 {
+            tx.send(span(i)).await.unwrap();
+        }
+        drop(tx);
+        let started = Instant::now();
+        deliver(fake.clone(), quick(1000), health.clone(), rx).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2));
+        assert_eq!((exported(&health), dropped(&health)), (0, [0, 0, 0, 7]));
+
+        // Up again at shutdown: a pending backoff does not delay the final flush.
+        let fake = Fake::new(Mode::Up);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        for i in 0..7 {
+            tx.send(span(i)).await.unwrap();
+        }
+        drop(tx);
+        let started = Instant::now();
+        deliver(fake.clone(), quick(1000), health.clone(), rx).await;
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert_eq!(fake.delivered(), names(0..7));
+        assert_eq!((exported(&health), dropped(&health)), (7, [0, 0, 0, 0]));
+
+        // A request that never answers: its spans count as lost once the flush time is up.
+        let fake = Fake::new(Mode::Up);
+        fake.hang.store(true, SeqCst);
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        for i in 0..6 {
+            tx.send(span(i)).await.unwrap();
+        }
+        drop(tx);
+        deliver(fake.clone(), quick(1000), health.clone(), rx).await;
+        assert_eq!((exported(&health), dropped(&health)), (0, [0, 0, 0, 6]));
+    }
+}
