@@ -489,9 +489,17 @@ async fn env_configured_http_metrics_flushed_at_shutdown() -> Result<()> {
     let exported = otlp_counter(&receiver, "agent_tracer.exported_spans", &[], None)
         .context("exported_spans")?;
     assert!(exported >= 1.0, "{exported}");
-    assert_eq!(
-        otlp_counter(&receiver, "agent_tracer.export_failed_spans", &[], None),
-        Some(0.0)
-    );
+    for reason in ["queue_full", "buffer_full", "rejected", "shutdown"] {
+        assert_eq!(
+            otlp_counter(
+                &receiver,
+                "agent_tracer.export_dropped_spans",
+                &[("reason", reason)],
+                None
+            ),
+            Some(0.0),
+            "{reason}"
+        );
+    }
     Ok(())
 }

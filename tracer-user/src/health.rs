@@ -27,10 +27,10 @@ macro_rules! counters {
                 vec![$((counters!(@name $name $($label)?), self.$name.load(Relaxed)),)*]
             }
 
-            /// Name, description (the counter's doc comment) and value of every counter, for
-            /// metrics exporters.
+            /// Name (`name{label=value}` for labelled ones), description (the counter's doc
+            /// comment) and value of every counter, for metrics exporters.
             pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name.load(Relaxed)),)*]
+                vec![$((counters!(@name $name $($label)?), concat!($($doc),*), self.$name.load(Relaxed)),)*]
             }
         }
     };

@@ -452,22 +452,32 @@ impl Store {
 
 /// Every health counter as `agent_tracer.<name>`, and the unsupported-TLS tally per binary.
 fn health_counters(health: &Health) -> Vec<CounterFamily> {
-    let mut families: Vec<CounterFamily> = health
-        .described()
-        .into_iter()
-        .map(|(name, description, value)| {
-            let bytes = name.ends_with("_bytes") || name == "bytes";
-            CounterFamily {
-                name: format!("agent_tracer.{name}"),
-                description: description.trim().to_string(),
-                unit: if bytes { "By" } else { "1" },
-                // The names already say what they count (`…_bytes`).
-                prom_unit: PromUnit::None,
-                integer: true,
-                points: vec![(Vec::new(), value as f64)],
-            }
-        })
-        .collect();
+    let mut families: Vec<CounterFamily> = Vec::new();
+    for (name, description, value) in health.described() {
+        // `export_dropped_spans{reason=buffer_full}`: one family, a point per label value.
+        let (base, label) = match name.split_once('{') {
+            Some((base, rest)) => (base, rest.trim_end_matches('}').split_once('=')),
+            None => (name, None),
+        };
+        let attributes: Attributes = label
+            .map(|(k, v)| vec![(k, Label::Str(v.to_string()))])
+            .unwrap_or_default();
+        let full_name = format!("agent_tracer.{base}");
+        if let Some(family) = families.iter_mut().find(|f| f.name == full_name) {
+            family.points.push((attributes, value as f64));
+            continue;
+        }
+        let bytes = base.ends_with("_bytes") || base == "bytes";
+        families.push(CounterFamily {
+            name: full_name,
+            description: description.trim().to_string(),
+            unit: if bytes { "By" } else { "1" },
+            // The names already say what they count (`…_bytes`).
+            prom_unit: PromUnit::None,
+            integer: true,
+            points: vec![(attributes, value as f64)],
+        });
+    }
     let unsupported: Vec<(Attributes, f64)> = health
         .unsupported_tls
         .lock()
