@@ -222,14 +222,20 @@ pub(crate) mod tests {
         assert_eq!(events[0].event_type.as_deref(), Some("messageStart"));
         assert_eq!(events[0].message_type.as_deref(), Some("event"));
         assert_eq!(events[0].content_type.as_deref(), Some("application/json"));
-        assert_eq!(&events[1].payload[..], br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#);
+        assert_eq!(
+            &events[1].payload[..],
+            br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#
+        );
         assert_eq!(events[2].payload.len(), 0);
         assert_eq!(
             events[3].exception_type.as_deref(),
             Some("throttlingException")
         );
         assert_eq!(events[3].end_offset, body.len() as u64);
-        assert_eq!(events[0].end_offset, event("messageStart", r#"{"role":"assistant"}"#).len() as u64);
+        assert_eq!(
+            events[0].end_offset,
+            event("messageStart", r#"{"role":"assistant"}"#).len() as u64
+        );
     }
 
     #[test]
@@ -239,7 +245,10 @@ pub(crate) mod tests {
         body[second + 20] ^= 0x55; // inside the second message's headers
         let (events, error) = parse_all(&body);
         assert_eq!(events.len(), 1);
-        assert!(matches!(error, Some(EventStreamError::Frame(_))), "{error:?}");
+        assert!(
+            matches!(error, Some(EventStreamError::Frame(_))),
+            "{error:?}"
+        );
         let mut prelude = stream();
         prelude[9] ^= 1; // the first prelude's CRC
         assert!(matches!(
@@ -266,7 +275,10 @@ pub(crate) mod tests {
         let (events, error) = parse_all(&body[..body.len() - 5]);
         assert_eq!(events.len(), 3);
         assert!(matches!(error, Some(EventStreamError::Truncated(_))));
-        assert_eq!(parse_all(&body[..2]).1, Some(EventStreamError::Truncated(2)));
+        assert_eq!(
+            parse_all(&body[..2]).1,
+            Some(EventStreamError::Truncated(2))
+        );
         assert_eq!(parse_all(b""), (Vec::new(), None));
     }
 
