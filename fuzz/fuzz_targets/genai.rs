@@ -1,6 +1,6 @@
 //! Every dialect's parser over arbitrary request and response bodies behind a well-formed HTTP
 //! exchange: the first byte picks the API path (model APIs, MCP's JSON-RPC endpoint) and the
-//! response framing (JSON, SSE, NDJSON).
+//! response framing (JSON, SSE, NDJSON, AWS event-stream).
 #![no_main]
 
 use std::sync::Arc;
@@ -23,10 +23,19 @@ const PATHS: &[&str] = &[
     "/v1beta/models/gemini-2.5-flash:generateContent",
     "/api/chat",
     "/api/generate",
+    "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
+    "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
+    "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke",
+    "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke-with-response-stream",
     // Anything else: MCP JSON-RPC and generic JSON APIs.
     "/mcp",
 ];
-const TYPES: &[&str] = &["application/json", "text/event-stream", "application/x-ndjson"];
+const TYPES: &[&str] = &[
+    "application/json",
+    "text/event-stream",
+    "application/x-ndjson",
+    "application/vnd.amazon.eventstream",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };

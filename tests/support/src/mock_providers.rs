@@ -1,5 +1,7 @@
 //! The other model APIs on the mock server, by path: Anthropic Messages, OpenAI Responses,
-//! Gemini generateContent/streamGenerateContent, Ollama /api/chat. Streams send their events
+//! Gemini generateContent/streamGenerateContent, Ollama /api/chat, and AWS Bedrock Runtime's
+//! Converse/ConverseStream/InvokeModel/InvokeModelWithResponseStream (the streams in AWS
+//! event-stream frames with valid CRCs: botocore checks them). Streams send their events
 //! `STREAM_EVENT_GAP` apart so time to first chunk is measurable.
 
 use std::convert::Infallible;
@@ -15,6 +17,8 @@ use crate::mock_openai::{full, Body, COOKIE_SECRET, STREAM_EVENT_GAP};
 
 pub const ANTHROPIC_MODEL: &str = "claude-sonnet-4-20250514";
 pub const GEMINI_MODEL_VERSION: &str = "gemini-2.5-flash-001";
+/// Every Bedrock answer's `x-amzn-RequestId`.
+pub const BEDROCK_REQUEST_ID: &str = "5d1b6c2e-0c4b-4f7e-9a51-bedrock00mock";
 
 /// The response for a non-chat-completions path, if it is one of these APIs.
 /// The `agent-loop` Messages model's tool-use id.
@@ -52,6 +56,9 @@ fn anthropic_agent_step(req: &Value) -> Value {
 }
 
 pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
+    if let Some(response) = bedrock(path, req) {
+        return Some(response);
+    }
     let stream = req.get("stream").and_then(Value::as_bool);
     if path.ends_with("/v1/messages") {
         if req.get("model").and_then(Value::as_str) == Some("overloaded") {
@@ -107,19 +114,35 @@ fn json_response(v: Value) -> Response<Body> {
 
 /// A body sent as these frames, `STREAM_EVENT_GAP` apart.
 fn streamed(content_type: &str, frames: Vec<String>) -> Response<Body> {
+    streamed_with(
+        content_type,
+        &[],
+        frames.into_iter().map(Bytes::from).collect(),
+    )
+}
+
+fn streamed_with(
+    content_type: &str,
+    headers: &[(&str, &str)],
+    frames: Vec<Bytes>,
+) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     tokio::spawn(async move {
         for frame in frames {
-            if tx.send(Ok(Frame::data(Bytes::from(frame)))).await.is_err() {
+            if tx.send(Ok(Frame::data(frame))).await.is_err() {
                 return;
             }
             tokio::time::sleep(STREAM_EVENT_GAP).await;
         }
     });
-    Response::builder()
+    let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", content_type)
-        .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/"))
+        .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder
         .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
@@ -142,7 +165,14 @@ fn anthropic_message() -> Value {
 }
 
 fn anthropic_stream() -> Response<Body> {
-    let events = sse(&[
+    streamed(
+        "text/event-stream; charset=utf-8",
+        sse(&anthropic_stream_events()),
+    )
+}
+
+fn anthropic_stream_events() -> Vec<(&'static str, Value)> {
+    vec![
         (
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_mock_1", "type": "message", "role": "assistant",
@@ -187,8 +217,7 @@ fn anthropic_stream() -> Response<Body> {
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 65}}),
         ),
         ("message_stop", json!({"type": "message_stop"})),
-    ]);
-    streamed("text/event-stream; charset=utf-8", events)
+    ]
 }
 
 // OpenAI Responses.
@@ -288,4 +317,191 @@ fn ollama_stream() -> Response<Body> {
         .map(|o| format!("{o}\n"))
         .collect();
     streamed("application/x-ndjson", frames)
+}
+
+// AWS Bedrock Runtime.
+
+/// One event-stream message with string headers: prelude (total length, headers length, CRC32),
+/// headers, payload, CRC32 of everything before it.
+pub fn event_stream_frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    for (name, value) in headers {
+        h.push(name.len() as u8);
+        h.extend_from_slice(name.as_bytes());
+        h.push(7); // string
+        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        h.extend_from_slice(value.as_bytes());
+    }
+    let total = (12 + h.len() + payload.len() + 4) as u32;
+    let mut out = Vec::with_capacity(total as usize);
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&prelude_crc.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn bedrock_event(kind: &str, payload: &Value) -> Bytes {
+    Bytes::from(event_stream_frame(
+        &[
+            (":event-type", kind),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        payload.to_string().as_bytes(),
+    ))
+}
+
+/// Bedrock's answer for `/model/{modelId}/{operation}`, chosen by the operation and the model
+/// id: one containing `throttled` gets a 429 ThrottlingException, one containing
+/// `stream-exception` a stream that ends in a throttlingException message.
+fn bedrock(path: &str, req: &Value) -> Option<Response<Body>> {
+    let rest = path.strip_prefix("/model/")?;
+    let (model, op) = rest.rsplit_once('/')?;
+    if model.contains("throttled") {
+        return Some(bedrock_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[(
+                "x-amzn-errortype",
+                "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            )],
+            json!({"message": "Too many requests, please wait before trying again."}),
+        ));
+    }
+    let anthropic = req.get("anthropic_version").is_some();
+    Some(match op {
+        "converse" => bedrock_json(StatusCode::OK, &[], converse_answer()),
+        "converse-stream" => converse_stream(model.contains("stream-exception")),
+        "invoke" if anthropic => bedrock_json(
+            StatusCode::OK,
+            &[
+                ("x-amzn-bedrock-input-token-count", "25"),
+                ("x-amzn-bedrock-output-token-count", "12"),
+                ("x-amzn-bedrock-invocation-latency", "420"),
+            ],
+            json!({"id": "msg_bdrk_mock_1", "type": "message", "role": "assistant",
+                "model": "claude-3-5-sonnet-20240620", "content": [{"type": "text", "text": "Hello from Bedrock."}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 25, "output_tokens": 12}}),
+        ),
+        "invoke-with-response-stream" if anthropic => invoke_stream(),
+        _ => bedrock_json(
+            StatusCode::BAD_REQUEST,
+            &[(
+                "x-amzn-errortype",
+                "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            )],
+            json!({"message": "The mock serves Converse and Anthropic InvokeModel only."}),
+        ),
+    })
+}
+
+fn bedrock_json(status: StatusCode, headers: &[(&str, &str)], body: Value) -> Response<Body> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-amzn-requestid", BEDROCK_REQUEST_ID)
+        .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+fn converse_answer() -> Value {
+    json!({"output": {"message": {"role": "assistant", "content": [
+            {"text": "I'll look that up."},
+            {"toolUse": {"toolUseId": "tooluse_mock_1", "name": "get_weather", "input": {"location": "Paris"}}}]}},
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 390, "outputTokens": 61, "totalTokens": 451},
+        "metrics": {"latencyMs": 640}})
+}
+
+fn converse_stream(exception: bool) -> Response<Body> {
+    // Bedrock pads payloads with a `p` field so lengths do not reveal content.
+    let mut frames = vec![
+        bedrock_event(
+            "messageStart",
+            &json!({"role": "assistant", "p": "abcdefgh"}),
+        ),
+        bedrock_event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"text": "Let me check "}, "p": "abcd"}),
+        ),
+    ];
+    if exception {
+        frames.push(Bytes::from(event_stream_frame(
+            &[
+                (":exception-type", "throttlingException"),
+                (":content-type", "application/json"),
+                (":message-type", "exception"),
+            ],
+            br#"{"message":"Too many tokens, please wait before trying again."}"#,
+        )));
+    } else {
+        frames.extend([
+            bedrock_event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 0, "delta": {"text": "the weather."}}),
+            ),
+            bedrock_event("contentBlockStop", &json!({"contentBlockIndex": 0})),
+            bedrock_event(
+                "contentBlockStart",
+                &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_mock_stream", "name": "get_weather"}}}),
+            ),
+            bedrock_event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"location\":"}}}),
+            ),
+            bedrock_event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": " \"Paris\"}"}}}),
+            ),
+            bedrock_event("contentBlockStop", &json!({"contentBlockIndex": 1})),
+            bedrock_event("messageStop", &json!({"stopReason": "tool_use"})),
+            bedrock_event(
+                "metadata",
+                &json!({"usage": {"inputTokens": 412, "outputTokens": 58, "totalTokens": 598,
+                    "cacheReadInputTokens": 128, "cacheWriteInputTokens": 0}, "metrics": {"latencyMs": 812}}),
+            ),
+        ]);
+    }
+    streamed_with(
+        "application/vnd.amazon.eventstream",
+        &[("x-amzn-requestid", BEDROCK_REQUEST_ID)],
+        frames,
+    )
+}
+
+/// The Anthropic stream, each event base64-wrapped in a `chunk` message.
+fn invoke_stream() -> Response<Body> {
+    use base64::Engine as _;
+    let events = anthropic_stream_events();
+    let last = events.len().saturating_sub(1);
+    let frames = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, mut data))| {
+            if i == last {
+                data["amazon-bedrock-invocationMetrics"] = json!({"inputTokenCount": 377,
+                    "outputTokenCount": 65, "invocationLatency": 900, "firstByteLatency": 300});
+            }
+            let bytes = base64::engine::general_purpose::STANDARD.encode(data.to_string());
+            bedrock_event("chunk", &json!({"bytes": bytes, "p": "abc"}))
+        })
+        .collect();
+    streamed_with(
+        "application/vnd.amazon.eventstream",
+        &[
+            ("x-amzn-requestid", BEDROCK_REQUEST_ID),
+            ("x-amzn-bedrock-content-type", "application/json"),
+        ],
+        frames,
+    )
 }

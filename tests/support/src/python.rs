@@ -11,6 +11,8 @@ pub const PACKAGES: &[&str] = &[
     "anthropic==2.12.0",
     "mcp==2.3.0",
     "websockets==17.4",
+    "boto3==1.44.5",
+    "botocore==1.44.5",
 ];
 
 /// Path of the venv's python, creating the venv if needed.

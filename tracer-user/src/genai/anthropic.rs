@@ -17,6 +17,22 @@ pub fn parse(
     config: &GenAiConfig,
     call: &mut LlmCall,
 ) {
+    parse_request(req, path, config, call);
+    let Some(view) = view else { return };
+    if view.status >= 400 {
+        return;
+    }
+    if view.is_sse() {
+        let events = view.sse();
+        call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
+        parse_stream(&events, config, call);
+    } else if let Some(v) = view.json() {
+        parse_message(&v, config, call);
+    }
+}
+
+/// The request's parameters (the Messages body, also as Bedrock InvokeModel carries it).
+pub(super) fn parse_request(req: &Value, path: &str, config: &GenAiConfig, call: &mut LlmCall) {
     call.operation = "chat";
     let r = &mut call.request;
     // On Vertex the model is in the path (`.../models/{model}:rawPredict`).
@@ -49,29 +65,23 @@ pub fn parse(
             _ => None,
         };
     }
-    let Some(view) = view else { return };
-    if view.status >= 400 {
-        return;
+}
+
+/// A whole (non-streamed) Message response.
+pub(super) fn parse_message(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
+    let blocks = v
+        .get("content")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let resp = &mut call.response;
+    resp.id = str_field(v, "id");
+    resp.model = str_field(v, "model");
+    if let Some(u) = v.get("usage") {
+        resp.usage = usage(u, &Usage::default());
     }
-    if view.is_sse() {
-        let events = view.sse();
-        call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
-        parse_stream(&events, config, call);
-    } else if let Some(v) = view.json() {
-        let blocks = v
-            .get("content")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let resp = &mut call.response;
-        resp.id = str_field(&v, "id");
-        resp.model = str_field(&v, "model");
-        if let Some(u) = v.get("usage") {
-            resp.usage = usage(u, &Usage::default());
-        }
-        let stop = str_field(&v, "stop_reason");
-        finish(call, stop, blocks_to_output(&blocks), config);
-    }
+    let stop = str_field(v, "stop_reason");
+    finish(call, stop, blocks_to_output(&blocks), config);
 }
 
 fn model_from_path(path: &str) -> Option<String> {
@@ -197,7 +207,8 @@ struct Block {
     json: String,
 }
 
-fn parse_stream(
+/// The typed stream's events (from SSE, or unwrapped from Bedrock's event-stream chunks).
+pub(super) fn parse_stream(
     events: &[(super::sse::SseEvent, Option<u64>)],
     config: &GenAiConfig,
     call: &mut LlmCall,

@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{recognise, Call, GenAiConfig, LlmCall};
+use serde_json::json;
+
+use super::{
+    recognise, Call, GenAiConfig, LlmCall, LlmError, LlmRequest, LlmResponse, ToolCall, Usage,
+};
 use crate::{
     health::Health,
     protocols::HttpTracker,
@@ -34,14 +38,26 @@ const ANTHROPIC_529: Fixture = fixture!("anthropic/messages_529");
 const RESPONSES_STREAM: Fixture = fixture!("openai/responses_stream_function_call");
 const GEMINI_STREAM: Fixture = fixture!("gemini/stream_generate_content");
 const OLLAMA_NDJSON: Fixture = fixture!("ollama/chat_ndjson");
+const BEDROCK_CONVERSE: Fixture = fixture!("bedrock/converse_tool_use");
+const BEDROCK_CONVERSE_STREAM: Fixture = fixture!("bedrock/converse_stream_tool_use");
+const BEDROCK_INVOKE: Fixture = fixture!("bedrock/invoke_anthropic");
+const BEDROCK_INVOKE_STREAM: Fixture = fixture!("bedrock/invoke_stream_anthropic");
+const BEDROCK_STREAM_EXCEPTION: Fixture = fixture!("bedrock/converse_stream_exception");
+const BEDROCK_THROTTLED: Fixture = fixture!("bedrock/converse_throttled");
 
-fn all() -> [Fixture; 5] {
+fn all() -> [Fixture; 11] {
     [
         ANTHROPIC_STREAM,
         ANTHROPIC_529,
         RESPONSES_STREAM,
         GEMINI_STREAM,
         OLLAMA_NDJSON,
+        BEDROCK_CONVERSE,
+        BEDROCK_CONVERSE_STREAM,
+        BEDROCK_INVOKE,
+        BEDROCK_INVOKE_STREAM,
+        BEDROCK_STREAM_EXCEPTION,
+        BEDROCK_THROTTLED,
     ]
 }
 
@@ -84,6 +100,14 @@ fn call_of(pieces: &[StreamEvent]) -> LlmCall {
         Some(Ok(Call::Llm(call))) => *call,
         other => panic!("not an LLM call: {other:?}"),
     }
+}
+
+/// The call a golden record states: everything but the run-assembly fingerprints (hashes,
+/// covered by genai/history.rs's tests).
+fn golden(f: &Fixture) -> LlmCall {
+    let mut call = whole(f);
+    call.request.history = Default::default();
+    call
 }
 
 fn whole(f: &Fixture) -> LlmCall {
@@ -188,12 +212,343 @@ fn ollama_ndjson_golden() {
 
 #[test]
 fn a_stream_cut_short_is_interrupted_for_every_streaming_dialect() {
-    for f in [ANTHROPIC_STREAM, RESPONSES_STREAM, OLLAMA_NDJSON] {
+    for f in [
+        ANTHROPIC_STREAM,
+        RESPONSES_STREAM,
+        OLLAMA_NDJSON,
+        BEDROCK_CONVERSE_STREAM,
+        BEDROCK_INVOKE_STREAM,
+    ] {
         let cut = f.response.len() * 2 / 3;
         let c = call_of(&[
             data(Direction::Egress, f.request),
             data(Direction::Ingress, &f.response[..cut]),
         ]);
         assert!(c.error.is_some(), "{}: a cut stream is an error", f.name);
+    }
+}
+
+// AWS Bedrock, recorded from boto3 1.44.5 against the mock Bedrock server (e2e_bedrock).
+
+const BEDROCK_REQUEST_ID: &str = "5d1b6c2e-0c4b-4f7e-9a51-bedrock00mock";
+const CONVERSE_MODEL: &str = "us.anthropic.claude-3-5-haiku-20241022-v1:0";
+const INVOKE_MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+/// The call record every Bedrock fixture shares: who, where, when.
+fn bedrock_call(path: &str, status: u16, request_body: u64, response_body: u64) -> LlmCall {
+    LlmCall {
+        conn: CONN,
+        provider: "aws.bedrock".into(),
+        operation: "chat",
+        api_type: None,
+        server_address: Some("127.0.0.1".into()),
+        server_port: Some(36713),
+        http_method: "POST".into(),
+        url_path: path.into(),
+        http_status: Some(status),
+        request: LlmRequest::default(),
+        response: LlmResponse::default(),
+        error: None,
+        start_ns: 7,
+        first_chunk_ns: None,
+        end_ns: 7,
+        request_body_bytes: request_body,
+        response_body_bytes: response_body,
+        bytes_lost: 0,
+    }
+}
+
+/// What boto3's `converse`/`converse_stream` sent (bedrock_calls.py).
+fn converse_request(model: &str, stream: bool) -> LlmRequest {
+    LlmRequest {
+        model: Some(model.into()),
+        stream,
+        temperature: Some(0.5),
+        top_p: Some(0.9),
+        max_tokens: Some(512),
+        stop_sequences: vec!["\n\nHuman:".into()],
+        tool_names: vec!["get_weather".into()],
+        input_messages: Some(json!([{"role": "user", "parts": [
+            {"type": "text", "content": "What's the weather in Paris?"}]}])),
+        system_instructions: Some(json!([{"type": "text", "content": "You are a weather bot."}])),
+        ..LlmRequest::default()
+    }
+}
+
+fn invoke_request(stream: bool) -> LlmRequest {
+    LlmRequest {
+        model: Some(INVOKE_MODEL.into()),
+        stream,
+        temperature: Some(0.7),
+        max_tokens: Some(256),
+        input_messages: Some(json!([{"role": "user", "parts": [
+            {"type": "text", "content": "Say hello."}]}])),
+        ..LlmRequest::default()
+    }
+}
+
+fn weather_call(id: &str, arguments: &str) -> ToolCall {
+    ToolCall {
+        id: Some(id.into()),
+        name: "get_weather".into(),
+        arguments: arguments.into(),
+    }
+}
+
+fn answer(text: &str, finish: &str, tool_id: Option<&str>) -> serde_json::Value {
+    let mut parts = vec![json!({"type": "text", "content": text})];
+    if let Some(id) = tool_id {
+        parts.push(json!({"type": "tool_call", "id": id, "name": "get_weather",
+            "arguments": {"location": "Paris"}}));
+    }
+    json!([{"role": "assistant", "parts": parts, "finish_reason": finish}])
+}
+
+#[test]
+fn bedrock_converse_golden() {
+    let expected = LlmCall {
+        request: converse_request(CONVERSE_MODEL, false),
+        response: LlmResponse {
+            // Converse bodies carry no id and no model: the request id stands for the answer.
+            id: Some(BEDROCK_REQUEST_ID.into()),
+            finish_reasons: vec!["tool_use".into()],
+            usage: Usage {
+                input_tokens: Some(390),
+                output_tokens: Some(61),
+                ..Usage::default()
+            },
+            tool_calls: vec![weather_call("tooluse_mock_1", r#"{"location":"Paris"}"#)],
+            output_messages: Some(answer(
+                "I'll look that up.",
+                "tool_call",
+                Some("tooluse_mock_1"),
+            )),
+            ..LlmResponse::default()
+        },
+        ..bedrock_call(
+            "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
+            200,
+            437,
+            294,
+        )
+    };
+    assert_eq!(golden(&BEDROCK_CONVERSE), expected);
+}
+
+#[test]
+fn bedrock_converse_stream_golden() {
+    let expected = LlmCall {
+        request: converse_request(CONVERSE_MODEL, true),
+        response: LlmResponse {
+            id: Some(BEDROCK_REQUEST_ID.into()),
+            finish_reasons: vec!["tool_use".into()],
+            // Bedrock leaves cached tokens out of inputTokens; the conventions count them.
+            usage: Usage {
+                input_tokens: Some(412 + 128),
+                output_tokens: Some(58),
+                cache_read_input_tokens: Some(128),
+                cache_creation_input_tokens: Some(0),
+                reasoning_output_tokens: None,
+            },
+            tool_calls: vec![weather_call(
+                "tooluse_mock_stream",
+                r#"{"location": "Paris"}"#,
+            )],
+            output_messages: Some(answer(
+                "Let me check the weather.",
+                "tool_call",
+                Some("tooluse_mock_stream"),
+            )),
+            ..LlmResponse::default()
+        },
+        first_chunk_ns: Some(7),
+        ..bedrock_call(
+            "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
+            200,
+            437,
+            1619,
+        )
+    };
+    assert_eq!(golden(&BEDROCK_CONVERSE_STREAM), expected);
+}
+
+#[test]
+fn bedrock_invoke_anthropic_golden() {
+    let expected = LlmCall {
+        request: invoke_request(false),
+        response: LlmResponse {
+            id: Some("msg_bdrk_mock_1".into()),
+            model: Some("claude-3-5-sonnet-20240620".into()),
+            finish_reasons: vec!["end_turn".into()],
+            usage: Usage {
+                input_tokens: Some(25),
+                output_tokens: Some(12),
+                ..Usage::default()
+            },
+            output_messages: Some(answer("Hello from Bedrock.", "stop", None)),
+            ..LlmResponse::default()
+        },
+        ..bedrock_call(
+            "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke",
+            200,
+            139,
+            247,
+        )
+    };
+    assert_eq!(golden(&BEDROCK_INVOKE), expected);
+}
+
+#[test]
+fn bedrock_invoke_stream_anthropic_golden() {
+    let expected = LlmCall {
+        request: invoke_request(true),
+        response: LlmResponse {
+            id: Some("msg_mock_1".into()),
+            model: Some("claude-sonnet-4-20250514".into()),
+            finish_reasons: vec!["tool_use".into()],
+            usage: Usage {
+                input_tokens: Some(377 + 100 + 10),
+                output_tokens: Some(65),
+                cache_read_input_tokens: Some(100),
+                cache_creation_input_tokens: Some(10),
+                reasoning_output_tokens: None,
+            },
+            tool_calls: vec![weather_call("toolu_mock_1", r#"{"location": "Paris"}"#)],
+            output_messages: Some(answer(
+                "I'll check the weather.",
+                "tool_call",
+                Some("toolu_mock_1"),
+            )),
+            ..LlmResponse::default()
+        },
+        first_chunk_ns: Some(7),
+        ..bedrock_call(
+            "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/invoke-with-response-stream",
+            200,
+            139,
+            3056,
+        )
+    };
+    assert_eq!(golden(&BEDROCK_INVOKE_STREAM), expected);
+}
+
+#[test]
+fn bedrock_stream_exception_golden() {
+    let expected = LlmCall {
+        request: converse_request("us.anthropic.stream-exception-v1:0", true),
+        response: LlmResponse {
+            id: Some(BEDROCK_REQUEST_ID.into()),
+            finish_reasons: vec!["error".into()],
+            output_messages: Some(answer("Let me check ", "error", None)),
+            ..LlmResponse::default()
+        },
+        error: Some(LlmError {
+            error_type: "throttlingException".into(),
+            message: Some("Too many tokens, please wait before trying again.".into()),
+        }),
+        first_chunk_ns: Some(7),
+        ..bedrock_call(
+            "/model/us.anthropic.stream-exception-v1%3A0/converse-stream",
+            200,
+            437,
+            479,
+        )
+    };
+    assert_eq!(golden(&BEDROCK_STREAM_EXCEPTION), expected);
+}
+
+#[test]
+fn bedrock_throttled_golden() {
+    let expected = LlmCall {
+        request: LlmRequest {
+            model: Some("us.anthropic.throttled-v1:0".into()),
+            input_messages: converse_request("", false).input_messages,
+            ..LlmRequest::default()
+        },
+        response: LlmResponse {
+            id: Some(BEDROCK_REQUEST_ID.into()),
+            ..LlmResponse::default()
+        },
+        // `x-amzn-errortype: ThrottlingException:http://internal.amazon.com/...`
+        error: Some(LlmError {
+            error_type: "ThrottlingException".into(),
+            message: Some("Too many requests, please wait before trying again.".into()),
+        }),
+        ..bedrock_call("/model/us.anthropic.throttled-v1%3A0/converse", 429, 87, 65)
+    };
+    assert_eq!(golden(&BEDROCK_THROTTLED), expected);
+}
+
+/// Each read its own arrival time, one event-stream message per read: time to first chunk is
+/// when the first contentBlockDelta arrived, not the messageStart before it.
+#[test]
+fn bedrock_time_to_first_chunk_is_the_first_content_delta() {
+    let f = BEDROCK_CONVERSE_STREAM;
+    let head_end = f
+        .response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    // Chunked transfer coding: one chunk per message, `{len:x}\r\n{message}\r\n`.
+    let mut pieces = vec![data(Direction::Egress, f.request)];
+    let mut at = head_end;
+    let mut t = 100;
+    pieces.push(timed(Direction::Ingress, &f.response[..head_end], t));
+    while at < f.response.len() {
+        let line_end = at
+            + f.response[at..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+        let len = usize::from_str_radix(
+            std::str::from_utf8(&f.response[at..line_end]).expect("hex"),
+            16,
+        )
+        .expect("chunk size");
+        let end = (line_end + 2 + len + 2).min(f.response.len());
+        t += 1000;
+        pieces.push(timed(Direction::Ingress, &f.response[at..end], t));
+        at = end;
+    }
+    let c = call_of(&pieces);
+    // Chunk 1 (t=1100) is messageStart, chunk 2 (t=2100) the first contentBlockDelta.
+    assert_eq!(c.first_chunk_ns, Some(2100));
+    assert_eq!(c.response.finish_reasons, vec!["tool_use"]);
+}
+
+fn timed(direction: Direction, bytes: &[u8], timestamp_ns: u64) -> StreamEvent {
+    StreamEvent::Data {
+        conn: CONN,
+        direction,
+        timestamp_ns,
+        bytes: Bytes::copy_from_slice(bytes),
+    }
+}
+
+mod chunking {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Bedrock's binary streams cut into any number of reads, anywhere (inside preludes,
+        /// headers, CRCs, chunk-size lines), give the call the whole bytes give.
+        #[test]
+        fn bedrock_streams_in_any_reads(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12)) {
+            for f in [BEDROCK_CONVERSE_STREAM, BEDROCK_INVOKE_STREAM, BEDROCK_STREAM_EXCEPTION] {
+                let mut at: Vec<usize> = cuts.iter().map(|i| i.index(f.response.len() + 1)).collect();
+                at.sort();
+                let mut pieces = vec![data(Direction::Egress, f.request)];
+                let mut last = 0;
+                for cut in at.into_iter().chain([f.response.len()]) {
+                    pieces.push(data(Direction::Ingress, &f.response[last..cut]));
+                    last = cut;
+                }
+                prop_assert_eq!(call_of(&pieces), whole(&f), "{}", f.name);
+            }
+        }
     }
 }

@@ -125,6 +125,33 @@ pub fn of(dialect: Dialect, request: &Value, with_content: bool) -> History {
                 }
             }
         }
+        Dialect::Bedrock(op) => {
+            if request.get("anthropic_version").is_some() {
+                // InvokeModel with an Anthropic Messages body.
+                return of(Dialect::Anthropic, request, with_content);
+            }
+            if !matches!(
+                op,
+                super::bedrock::Operation::Converse | super::bedrock::Operation::ConverseStream
+            ) {
+                return history;
+            }
+            push_all(&mut history, request.get("system"));
+            push_all(&mut history, request.get("messages"));
+            for message in array(request.get("messages")) {
+                for block in array(message.get("content")) {
+                    let Some(result) = block.get("toolResult") else {
+                        continue;
+                    };
+                    history.tool_results.push(ToolResult {
+                        call_id: text(result.get("toolUseId")),
+                        name: None,
+                        is_error: result.get("status").and_then(Value::as_str) == Some("error"),
+                        content: with_content.then(|| content_text(result.get("content"))),
+                    });
+                }
+            }
+        }
         Dialect::OpenAiEmbeddings => {}
     }
     history
@@ -217,6 +244,31 @@ mod tests {
         let h = of(Dialect::Gemini { stream: false }, &req, false);
         assert_eq!(h.tool_results[0].name.as_deref(), Some("lookup"));
         assert!(h.tool_results[0].is_error);
+    }
+
+    #[test]
+    fn bedrock_converse_tool_results_and_anthropic_bodies() {
+        let req = json!({"system": [{"text": "s"}], "messages": [
+            {"role": "user", "content": [{"text": "go"}]},
+            {"role": "user", "content": [{"toolResult": {"toolUseId": "tooluse_1",
+                "status": "error", "content": [{"text": "boom"}]}}]}]});
+        let h = of(
+            Dialect::Bedrock(super::super::bedrock::Operation::Converse),
+            &req,
+            true,
+        );
+        assert_eq!(h.items.len(), 3);
+        assert_eq!(h.tool_results[0].call_id.as_deref(), Some("tooluse_1"));
+        assert!(h.tool_results[0].is_error);
+        assert_eq!(h.tool_results[0].content.as_deref(), Some("boom"));
+        let anthropic = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let h = of(
+            Dialect::Bedrock(super::super::bedrock::Operation::Invoke),
+            &anthropic,
+            false,
+        );
+        assert_eq!(h.items.len(), 1);
     }
 
     #[test]

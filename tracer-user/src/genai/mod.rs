@@ -1,9 +1,10 @@
 //! Stage 4, genai: recognises model API calls among HTTP exchanges and extracts the call record.
 //! One module per API dialect, chosen by path and body shape (never by host alone), so an
-//! OpenAI-, Anthropic- or Ollama-compatible server on any host still parses. Other JSON APIs
-//! become generic HTTP calls.
+//! OpenAI-, Anthropic-, Bedrock- or Ollama-compatible server on any host still parses. Other JSON
+//! APIs become generic HTTP calls.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod content;
 pub mod gemini;
 pub mod history;
@@ -20,6 +21,7 @@ use serde_json::Value;
 use crate::{
     protocols::{
         body::decode_content,
+        eventstream::{self, EventMessage, EventStreamError},
         http1::{header, HttpResponse},
         sse, ExchangeEnd, HttpExchange,
     },
@@ -165,8 +167,14 @@ pub enum Dialect {
     OpenAiResponses,
     OpenAiEmbeddings,
     Anthropic,
-    Gemini { stream: bool },
-    Ollama { generate: bool },
+    Gemini {
+        stream: bool,
+    },
+    Ollama {
+        generate: bool,
+    },
+    /// AWS Bedrock Runtime's native `/model/{modelId}/...` operations.
+    Bedrock(bedrock::Operation),
 }
 
 impl Dialect {
@@ -177,7 +185,9 @@ impl Dialect {
             return None;
         }
         let has = |k: &str| json.is_null() || json.get(k).is_some();
-        if path.ends_with("/chat/completions") && has("messages") {
+        if let Some((op, _)) = bedrock::Operation::of_path(path) {
+            op.body_fits(json).then_some(Dialect::Bedrock(op))
+        } else if path.ends_with("/chat/completions") && has("messages") {
             Some(Dialect::OpenAiChat)
         } else if path.ends_with("/responses") && (has("input") || has("instructions")) {
             Some(Dialect::OpenAiResponses)
@@ -289,6 +299,10 @@ pub fn recognise(
         Dialect::Ollama { generate } => {
             ollama::parse(&json, generate, view.as_ref(), config, &mut call)
         }
+        Dialect::Bedrock(op) => {
+            let model = bedrock::Operation::of_path(path).map_or("", |(_, m)| m);
+            bedrock::parse(op, model, &json, view.as_ref(), config, &mut call)
+        }
     }
     call.request.history = history::of(dialect, &json, config.capture_content);
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
@@ -365,6 +379,17 @@ impl ResponseView<'_> {
         self.content_type.contains("text/event-stream")
     }
 
+    /// AWS event-stream framing (Bedrock's streamed answers).
+    pub fn is_event_stream(&self) -> bool {
+        self.content_type
+            .contains("application/vnd.amazon.eventstream")
+    }
+
+    /// A response header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.response.headers, name)
+    }
+
     pub fn json(&self) -> Option<Value> {
         serde_json::from_slice(&self.body).ok()
     }
@@ -378,6 +403,20 @@ impl ResponseView<'_> {
                 (e, t)
             })
             .collect()
+    }
+
+    /// Event-stream messages, each with the time it had fully arrived, and the framing error
+    /// that stopped the decoding if one did.
+    pub fn event_stream(&self) -> (Vec<(EventMessage, Option<u64>)>, Option<EventStreamError>) {
+        let (messages, error) = eventstream::parse_all(&self.body);
+        let timed = messages
+            .into_iter()
+            .map(|m| {
+                let t = self.response.time_at_offset(m.end_offset);
+                (m, t)
+            })
+            .collect();
+        (timed, error)
     }
 
     /// One JSON value per line (NDJSON), each with the time it had fully arrived.
@@ -562,6 +601,22 @@ mod tests {
         assert_eq!(
             d("/api/generate", r#"{"model":"llama3.2","prompt":"hi"}"#),
             Some(Dialect::Ollama { generate: true })
+        );
+        // Bedrock by path on any host; Converse needs messages, InvokeModel any JSON object.
+        assert_eq!(
+            d(
+                "/model/us.amazon.nova-lite-v1%3A0/converse",
+                r#"{"messages":[]}"#
+            ),
+            Some(Dialect::Bedrock(bedrock::Operation::Converse))
+        );
+        assert_eq!(d("/model/m/converse-stream", r#"{"input":"x"}"#), None);
+        assert_eq!(
+            d(
+                "/model/meta.llama3-8b-instruct-v1%3A0/invoke",
+                r#"{"prompt":"hi"}"#
+            ),
+            Some(Dialect::Bedrock(bedrock::Operation::Invoke))
         );
         assert_eq!(
             Dialect::detect("GET", "/v1/chat/completions", &Value::Null),

@@ -11,6 +11,7 @@ pub fn provider_name(host: Option<&str>, dialect: Dialect) -> &'static str {
         Dialect::Gemini { .. } => "gcp.gemini",
         Dialect::Ollama { .. } => "ollama",
         Dialect::OpenAiChat | Dialect::OpenAiResponses | Dialect::OpenAiEmbeddings => "openai",
+        Dialect::Bedrock(_) => "aws.bedrock",
     };
     let Some(host) = host else {
         return by_dialect;
@@ -113,6 +114,13 @@ mod tests {
             provider_name(
                 Some("bedrock-runtime.us-east-1.amazonaws.com"),
                 Dialect::Anthropic
+            ),
+            "aws.bedrock"
+        );
+        assert_eq!(
+            provider_name(
+                Some("127.0.0.1"),
+                Dialect::Bedrock(super::super::bedrock::Operation::ConverseStream)
             ),
             "aws.bedrock"
         );

@@ -2,6 +2,7 @@
 //! what they cannot parse they count and skip.
 
 pub mod body;
+pub mod eventstream;
 pub mod http1;
 pub mod http2;
 pub mod sse;
