@@ -70,6 +70,7 @@ pub struct PodDirectory {
     /// containers later: a stale single-container list would name the wrong one).
     resolved: HashMap<String, (Arc<PodInfo>, Instant)>,
     order: VecDeque<String>,
+    max_remembered: usize,
 }
 
 impl PodDirectory {
@@ -85,6 +86,7 @@ impl PodDirectory {
             containers_dir,
             resolved: HashMap::new(),
             order: VecDeque::new(),
+            max_remembered: MAX_REMEMBERED,
         }
     }
 
@@ -108,7 +110,7 @@ impl PodDirectory {
             .is_none()
         {
             self.order.push_back(key.to_string());
-            while self.resolved.len() > MAX_REMEMBERED {
+            while self.resolved.len() > self.max_remembered {
                 match self.order.pop_front() {
                     Some(old) => {
                         self.resolved.remove(&old);
@@ -317,8 +319,10 @@ mod tests {
         tree.pod("ns", "init-pod", "ip", &[("app", None)]);
         assert_eq!(dir.lookup("ip", Some(ID2)).container_name, None);
 
-        // Pods come and go: each is created, looked up, and deleted.
-        for i in 0..(MAX_REMEMBERED + 500) {
+        // Pods come and go: each is created, looked up, and deleted. (A small bound keeps the
+        // test fast; the eviction is the same at any size.)
+        dir.max_remembered = 64;
+        for i in 0..300 {
             let pod_dir = tree.0.join(format!("pods/ns_p{i}_churn-{i}"));
             tree.pod(
                 "ns",
@@ -330,7 +334,7 @@ mod tests {
             assert_eq!(found.name, Some(format!("p{i}")));
             std::fs::remove_dir_all(pod_dir).unwrap();
         }
-        assert_eq!(dir.cached(), MAX_REMEMBERED);
+        assert_eq!(dir.cached(), 64);
         assert_eq!(dir.order.len(), dir.resolved.len());
     }
 }
