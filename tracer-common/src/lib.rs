@@ -212,7 +212,10 @@ pub mod counter {
     pub const SOCKET_CALLS: u32 = 6;
     /// Connections whose first bytes were not HTTP or TLS, ignored from then on.
     pub const IGNORED_CONNECTIONS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// TLS calls and socket syscalls of processes userspace marked as not traced (selection
+    /// rules), skipped without copying.
+    pub const IGNORED_CALLS: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]

@@ -23,7 +23,7 @@ use tracer_common::{counter, Direction, TlsFunction};
 
 use crate::{
     emit::{emit_buffer, Transfer},
-    maps::{count, GoCallKey, GoPendingCall, GO_TLS_PENDING},
+    maps::{count, is_ignored, GoCallKey, GoPendingCall, GO_TLS_PENDING},
 };
 
 #[uprobe]
@@ -67,6 +67,10 @@ fn call_key(ctx: &ProbeContext, pid_tgid: u64, direction: Direction) -> GoCallKe
 #[inline(always)]
 fn remember_call(ctx: &ProbeContext, direction: Direction) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if is_ignored((pid_tgid >> 32) as u32) {
+        count(counter::IGNORED_CALLS, 1);
+        return;
+    }
     let key = call_key(ctx, pid_tgid, direction);
     // Safety: as above.
     let (conn, buf, len) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
@@ -85,7 +89,10 @@ fn finish_call(ctx: &ProbeContext, direction: Direction, function: TlsFunction) 
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = call_key(ctx, pid_tgid, direction);
     let Some(call) = (unsafe { GO_TLS_PENDING.get(key) }).copied() else {
-        count(counter::MISSING_ENTRY, 1);
+        // An ignored process's entry was skipped on purpose.
+        if !is_ignored(key.tgid) {
+            count(counter::MISSING_ENTRY, 1);
+        }
         return;
     };
     let _ = GO_TLS_PENDING.remove(key);

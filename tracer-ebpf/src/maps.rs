@@ -68,6 +68,17 @@ pub fn count(index: u32, by: u64) {
     }
 }
 
+/// Processes (tgid) userspace decided not to trace (selection rules), set when it first sees
+/// them (at exec, or at their first captured record) and cleared when they exit. The TLS and
+/// socket-data probes skip them; a process's first calls may be copied before the decision.
+#[map]
+pub static IGNORED_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+
+#[inline(always)]
+pub fn is_ignored(tgid: u32) -> bool {
+    unsafe { IGNORED_PIDS.get(tgid) }.is_some()
+}
+
 // Plain sockets (syscalls.rs)
 
 /// Sockets worth watching, per process. The filter every read/write syscall on the host goes

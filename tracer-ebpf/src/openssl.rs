@@ -15,7 +15,7 @@ use tracer_common::{Direction, TlsFunction};
 
 use crate::{
     emit::{emit_buffer, Transfer},
-    maps::{count, PendingCall, PENDING_READS, PENDING_WRITES},
+    maps::{count, is_ignored, PendingCall, PENDING_READS, PENDING_WRITES},
 };
 use tracer_common::counter;
 
@@ -74,6 +74,11 @@ fn remember_call(
     function: TlsFunction,
     pending: &LruHashMap<u64, PendingCall>,
 ) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_ignored((pid_tgid >> 32) as u32) {
+        count(counter::IGNORED_CALLS, 1);
+        return;
+    }
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
     };
@@ -89,7 +94,7 @@ fn remember_call(
         function: function as u32,
         _pad: 0,
     };
-    let _ = pending.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
+    let _ = pending.insert(pid_tgid, call, BPF_ANY as u64);
 }
 
 #[inline(always)]
@@ -100,7 +105,10 @@ fn finish_call(
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = (unsafe { pending.get(pid_tgid) }).copied() else {
-        count(counter::MISSING_ENTRY, 1);
+        // An ignored process's entry was skipped on purpose.
+        if !is_ignored((pid_tgid >> 32) as u32) {
+            count(counter::MISSING_ENTRY, 1);
+        }
         return;
     };
     let _ = pending.remove(pid_tgid);

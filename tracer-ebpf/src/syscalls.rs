@@ -21,8 +21,8 @@ use tracer_common::{
 use crate::{
     emit::{emit_buffer, emit_record, Transfer},
     maps::{
-        count, PendingIo, PendingSocketCall, StreamKey, EVENTS, PENDING_IO, PENDING_READS,
-        PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS, STREAM_OFFSETS,
+        count, is_ignored, PendingIo, PendingSocketCall, StreamKey, EVENTS, PENDING_IO,
+        PENDING_READS, PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS, STREAM_OFFSETS,
     },
 };
 
@@ -67,6 +67,7 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     if (family == AF_INET || family == AF_INET6)
         && kind & SOCK_TYPE_MASK == SOCK_STREAM
         && !is_tracer(pid_tgid)
+        && !is_ignored(tgid(pid_tgid))
     {
         let call = PendingSocketCall {
             addr: 0,
@@ -404,6 +405,13 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
     };
     let state = unsafe { &mut *state };
     if state.flags & (flag::CONNECTED | flag::ACCEPTED) == 0 || state.flags & flag::OTHER != 0 {
+        return;
+    }
+    // A socket the process opened before userspace decided to leave it out.
+    if is_ignored(key.tgid) {
+        if state.flags & flag::TLS == 0 {
+            count(counter::IGNORED_CALLS, 1);
+        }
         return;
     }
     // Inside SSL_write/SSL_read on this thread: this is that call's ciphertext.

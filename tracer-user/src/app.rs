@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut capture = Capture::load(config.ring_buffer_bytes)?;
     let ring = capture.take_ring_buffer()?;
+    let mut ignored_pids = capture.take_ignored_pids()?;
     let (event_tx, mut events) = mpsc::channel(CAPTURE_QUEUE);
     let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -139,6 +140,8 @@ pub async fn run(config: Config) -> Result<()> {
             genai_attributes: config.agent.genai_attributes,
             openinference_attributes: config.agent.openinference_attributes,
             agent_names: config.agent.names.clone(),
+            processes: config.processes.clone(),
+            interest: Some(Box::new(move |pid, ignored| ignored_pids.set(pid, ignored))),
         },
         clock,
         health.clone(),

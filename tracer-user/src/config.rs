@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     agent::{cost::PriceTable, AgentNames},
+    enrich::{EnrichConfig, Selection, SelectionRules},
     export::{
         otlp::{parse_key_values, OtlpConfig, Protocol},
         retry::DEFAULT_BUFFER_SPANS,
@@ -84,6 +85,70 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub processes: ProcessArgs,
+}
+
+/// Which processes are traced, and how they are described (containers, Kubernetes pods). The
+/// rules' semantics are in the README ("Choosing what is traced").
+#[derive(Clone, Debug, Args)]
+pub struct ProcessArgs {
+    /// Trace only processes whose executable (path or name) contains PATTERN, or matches it as
+    /// a glob; repeatable. With several include rules of any kind, matching one is enough.
+    #[arg(long, value_name = "PATTERN")]
+    pub include_exe: Vec<String>,
+    /// Never trace processes whose executable matches PATTERN; repeatable. Excludes win.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude_exe: Vec<String>,
+    /// Trace only processes whose command line contains PATTERN (or matches it as a glob).
+    #[arg(long, value_name = "PATTERN")]
+    pub include_cmdline: Vec<String>,
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude_cmdline: Vec<String>,
+    /// Trace only processes in a container whose id starts with PATTERN or whose Kubernetes
+    /// container name is PATTERN (or matches it as a glob).
+    #[arg(long, value_name = "PATTERN")]
+    pub include_container: Vec<String>,
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude_container: Vec<String>,
+    /// Trace only processes in pods of Kubernetes namespace PATTERN (exact, or a glob).
+    #[arg(long, value_name = "PATTERN")]
+    pub include_namespace: Vec<String>,
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude_namespace: Vec<String>,
+    /// The kubelet's pod log directory, where pod names, namespaces and container names are
+    /// read from (no Kubernetes API access needed).
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: std::path::PathBuf,
+    /// k8s.node.name on every resource. Default: NODE_NAME, then K8S_NODE_NAME (set them from
+    /// the downward API's spec.nodeName).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+impl ProcessArgs {
+    fn resolve(&self, env: &impl Fn(&str) -> Option<String>) -> Result<EnrichConfig> {
+        let selection = Selection::new(&SelectionRules {
+            include_exe: self.include_exe.clone(),
+            exclude_exe: self.exclude_exe.clone(),
+            include_cmdline: self.include_cmdline.clone(),
+            exclude_cmdline: self.exclude_cmdline.clone(),
+            include_container: self.include_container.clone(),
+            exclude_container: self.exclude_container.clone(),
+            include_namespace: self.include_namespace.clone(),
+            exclude_namespace: self.exclude_namespace.clone(),
+        })?;
+        Ok(EnrichConfig {
+            pod_logs_dir: self.pod_logs_dir.clone(),
+            node_name: self
+                .node_name
+                .clone()
+                .or_else(|| env("NODE_NAME"))
+                .or_else(|| env("K8S_NODE_NAME")),
+            selection,
+        })
+    }
 }
 
 /// How calls become agent runs.
@@ -165,6 +230,7 @@ pub struct Config {
     pub record_streams: Option<std::path::PathBuf>,
     pub agent: AgentSettings,
     pub metrics: MetricsConfig,
+    pub processes: EnrichConfig,
 }
 
 impl Config {
@@ -248,6 +314,7 @@ impl Config {
             record_streams: args.record_streams.clone(),
             agent: args.agent.resolve()?,
             metrics: MetricsConfig::resolve(args, &env)?,
+            processes: args.processes.resolve(&env)?,
         })
     }
 }
@@ -348,6 +415,21 @@ mod tests {
         );
         assert_eq!(c.otlp.unwrap().buffer_spans, 42);
         assert!(Cli::try_parse_from(["x", "--export-buffer-spans", "0"]).is_err());
+    }
+
+    #[test]
+    fn node_name_from_flag_then_downward_api_env() {
+        let c = resolve(&[], &[("K8S_NODE_NAME", "k"), ("NODE_NAME", "n")]);
+        assert_eq!(c.processes.node_name.as_deref(), Some("n"));
+        let c = resolve(&[], &[("K8S_NODE_NAME", "k")]);
+        assert_eq!(c.processes.node_name.as_deref(), Some("k"));
+        let c = resolve(&["--node-name", "f"], &[("NODE_NAME", "n")]);
+        assert_eq!(c.processes.node_name.as_deref(), Some("f"));
+        assert_eq!(resolve(&[], &[]).processes.node_name, None);
+        assert_eq!(
+            resolve(&[], &[]).processes.pod_logs_dir,
+            std::path::Path::new("/var/log/pods")
+        );
     }
 
     #[test]

@@ -57,6 +57,11 @@ counters! {
     kernel_socket_calls,
     /// Connections whose first bytes were neither HTTP nor TLS (not copied).
     kernel_ignored_connections,
+    /// TLS calls and socket syscalls of processes the selection rules leave out, not copied.
+    kernel_ignored_calls,
+    /// Records of processes the selection rules leave out, dropped in userspace (made before
+    /// the kernel learnt of the decision).
+    ignored_records,
     /// Bytes streams had carried before the tracer first saw them (attached late).
     attached_late_bytes,
     /// Binaries whose TLS hooks were placed.

@@ -9,7 +9,7 @@ use tracing::debug;
 use crate::{
     agent::{cost::PriceTable, AgentAssembler, AgentConfig, AgentNames},
     capture::{CaptureEvent, Clock},
-    enrich::ProcessCache,
+    enrich::{EnrichConfig, InterestSink, ProcessCache},
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
     health::Health,
     protocols::{HttpExchange, HttpTracker},
@@ -29,6 +29,9 @@ pub struct PipelineConfig {
     pub genai_attributes: bool,
     pub openinference_attributes: bool,
     pub agent_names: AgentNames,
+    pub processes: EnrichConfig,
+    /// Where per-process interest decisions go (the kernel's map); none in tests.
+    pub interest: Option<InterestSink>,
 }
 
 pub struct Pipeline {
@@ -68,7 +71,7 @@ impl Pipeline {
                 clock,
                 health.clone(),
             ),
-            processes: ProcessCache::new(),
+            processes: ProcessCache::with_config(config.processes, config.interest),
             health,
             idle_timeout_ns: config.idle_timeout_ns,
             recorder: config.record_streams,
@@ -78,6 +81,10 @@ impl Pipeline {
     }
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
+        if self.left_out(&event) {
+            Health::add(&self.health.ignored_records, 1);
+            return;
+        }
         let first_new = out.len();
         if matches!(
             event,
@@ -122,6 +129,24 @@ impl Pipeline {
         if let Some(pid) = exited {
             self.processes.forget(pid);
         }
+    }
+
+    /// Connection records of a process the selection rules leave out (its lifecycle still
+    /// flows: an exec may change the decision, an exit ends it). Data decides a process seen
+    /// for the first time.
+    fn left_out(&mut self, event: &CaptureEvent) -> bool {
+        let pid = match event {
+            CaptureEvent::Data(chunk) => {
+                self.processes.observe(chunk.pid);
+                chunk.pid
+            }
+            CaptureEvent::Connect { pid, .. }
+            | CaptureEvent::Close { pid, .. }
+            | CaptureEvent::TlsLink { pid, .. }
+            | CaptureEvent::ClientHello { pid, .. } => *pid,
+            _ => return false,
+        };
+        self.processes.is_ignored(pid)
     }
 
     fn enrich(&mut self, spans: &mut [Span]) {

@@ -168,6 +168,16 @@ impl Capture {
         Ok(())
     }
 
+    /// The per-process interest map, handed once to whoever decides which processes are
+    /// traced.
+    pub fn take_ignored_pids(&mut self) -> Result<IgnoredPids> {
+        let map = self
+            .ebpf
+            .take_map("IGNORED_PIDS")
+            .context("map IGNORED_PIDS missing")?;
+        Ok(IgnoredPids(BpfHashMap::try_from(map)?))
+    }
+
     /// The ring buffer, handed to the reader once.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("map EVENTS missing")?;
@@ -207,7 +217,27 @@ impl Capture {
         health
             .kernel_ignored_connections
             .store(read(counter::IGNORED_CONNECTIONS), Relaxed);
+        health
+            .kernel_ignored_calls
+            .store(read(counter::IGNORED_CALLS), Relaxed);
         Ok(())
+    }
+}
+
+/// Processes the kernel programs skip: their TLS calls and socket data are not copied.
+pub struct IgnoredPids(BpfHashMap<MapData, u32, u8>);
+
+impl IgnoredPids {
+    pub fn set(&mut self, tgid: u32, ignored: bool) {
+        let result = if ignored {
+            self.0.insert(tgid, 1, 0)
+        } else {
+            self.0.remove(&tgid)
+        };
+        if let Err(e) = result {
+            // Removing a pid the LRU map already evicted fails harmlessly.
+            debug!("IGNORED_PIDS {tgid} -> {ignored}: {e}");
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use tracer_common::{
 };
 
 pub use attacher::Attacher;
-pub use loader::Capture;
+pub use loader::{Capture, IgnoredPids};
 pub use system::prepare_host;
 
 /// Bytes that crossed a TLS library call or a socket syscall, as one ring-buffer record carried

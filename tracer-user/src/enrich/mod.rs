@@ -2,8 +2,17 @@
 //! first seen (it may be gone by the time its last span is built) and forgotten when it exits.
 
 mod container;
+pub mod pods;
+pub mod select;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
+
+pub use pods::PodInfo;
+pub use select::{Selection, SelectionRules};
 
 use crate::span::Span;
 
@@ -19,6 +28,10 @@ pub struct ProcessInfo {
     pub namespace_pid: Option<u32>,
     pub container_id: Option<String>,
     pub container_runtime: Option<&'static str>,
+    /// The Kubernetes pod the process runs in, from its cgroup and the node's pod log tree.
+    pub pod: Option<Arc<PodInfo>>,
+    /// The Kubernetes node (configured: the node this tracer runs on).
+    pub node_name: Option<String>,
 }
 
 impl ProcessInfo {
@@ -32,10 +45,12 @@ impl ProcessInfo {
             namespace_pid: None,
             container_id: None,
             container_runtime: None,
+            pod: None,
+            node_name: None,
         }
     }
 
-    fn read(pid: u32, host_name: &str) -> Self {
+    fn read(pid: u32, host_name: &str, kube: Option<&mut Kubernetes>) -> Self {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
@@ -60,14 +75,26 @@ impl ProcessInfo {
             .ok()
             .and_then(|s| container::namespace_pid(&s))
             .filter(|ns| *ns != pid);
-        let container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|c| container::container_of(&c));
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|c| container::identity_of(&c))
+            .unwrap_or_default();
+        let (pod, node_name) = match kube {
+            Some(kube) => (
+                cgroup
+                    .pod_uid
+                    .as_deref()
+                    .map(|uid| kube.pods.lookup(uid, cgroup.container_id.as_deref())),
+                kube.node_name.clone(),
+            ),
+            None => (None, None),
+        };
         ProcessInfo {
             pid,
             namespace_pid,
-            container_runtime: container.as_ref().map(|(r, _)| *r),
-            container_id: container.map(|(_, id)| id),
+            container_runtime: cgroup.runtime,
+            container_id: cgroup.container_id,
+            pod,
+            node_name,
             executable_path: exe,
             executable_name,
             command_line: (!args.is_empty()).then(|| redact_args(&args).join(" ")),
@@ -133,30 +160,91 @@ const MAX_PROCESSES: usize = 65_536;
 /// short-lived shell is reported when the tool's window closes).
 const MAX_DEPARTED: usize = 4096;
 
+/// How processes are described and which are traced.
+#[derive(Clone, Debug)]
+pub struct EnrichConfig {
+    /// The kubelet's pod log root (`/var/log/pods`); container log symlinks are looked for in
+    /// `containers` beside it.
+    pub pod_logs_dir: PathBuf,
+    pub node_name: Option<String>,
+    pub selection: Selection,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig {
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
+            node_name: None,
+            selection: Selection::default(),
+        }
+    }
+}
+
+/// Tells the kernel side that a process is (true) or is no longer (false) to be ignored.
+pub type InterestSink = Box<dyn FnMut(u32, bool) + Send>;
+
+struct Kubernetes {
+    pods: pods::PodDirectory,
+    node_name: Option<String>,
+}
+
 pub struct ProcessCache {
     host_name: String,
+    kube: Kubernetes,
     processes: HashMap<u32, Arc<ProcessInfo>>,
     departed: std::collections::VecDeque<Arc<ProcessInfo>>,
+    selection: Selection,
+    /// Live processes the selection rules leave out. Bounded by `processes`: only a cached
+    /// process is ever decided on.
+    ignored: HashSet<u32>,
+    interest: Option<InterestSink>,
 }
 
 impl ProcessCache {
     pub fn new() -> Self {
+        Self::with_config(EnrichConfig::default(), None)
+    }
+
+    pub fn with_config(config: EnrichConfig, interest: Option<InterestSink>) -> Self {
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
         ProcessCache {
             host_name,
+            kube: Kubernetes {
+                pods: pods::PodDirectory::new(config.pod_logs_dir),
+                node_name: config.node_name,
+            },
             processes: HashMap::new(),
             departed: std::collections::VecDeque::new(),
+            selection: config.selection,
+            ignored: HashSet::new(),
+            interest,
         }
     }
 
-    /// Called when a process is first seen, while it is surely alive.
+    /// Called when a process is first seen, while it is surely alive. Decides whether it is
+    /// traced, and tells the kernel when it is not.
     pub fn observe(&mut self, pid: u32) {
         if self.processes.len() < MAX_PROCESSES && !self.processes.contains_key(&pid) {
-            let info = Arc::new(ProcessInfo::read(pid, &self.host_name));
+            let info = Arc::new(ProcessInfo::read(
+                pid,
+                &self.host_name,
+                Some(&mut self.kube),
+            ));
+            if !self.selection.is_everything() && !self.selection.traces(&info) {
+                self.ignored.insert(pid);
+                if let Some(interest) = &mut self.interest {
+                    interest(pid, true);
+                }
+            }
             self.processes.insert(pid, info);
         }
+    }
+
+    /// Whether the selection rules leave `pid` out (decided when it was first seen).
+    pub fn is_ignored(&self, pid: u32) -> bool {
+        self.ignored.contains(&pid)
     }
 
     /// A process that just exec'd `filename`: read now; the file name stands in for the path if
@@ -181,10 +269,21 @@ impl ProcessCache {
             .get(&pid)
             .or_else(|| self.departed.iter().rev().find(|d| d.pid == pid))
             .cloned()
-            .unwrap_or_else(|| Arc::new(ProcessInfo::read(pid, &self.host_name)))
+            .unwrap_or_else(|| {
+                // Over the cache's bound: described without the (cached) pod lookup.
+                let mut info = ProcessInfo::read(pid, &self.host_name, None);
+                info.node_name = self.kube.node_name.clone();
+                Arc::new(info)
+            })
     }
 
     pub fn forget(&mut self, pid: u32) {
+        // The pid may be reused by a process the rules would trace.
+        if self.ignored.remove(&pid) {
+            if let Some(interest) = &mut self.interest {
+                interest(pid, false);
+            }
+        }
         if let Some(info) = self.processes.remove(&pid) {
             self.departed.retain(|d| d.pid != pid);
             self.departed.push_back(info);
@@ -268,8 +367,38 @@ mod tests {
     }
 
     #[test]
+    fn excluded_processes_are_ignored_until_they_exit() {
+        let me = std::process::id();
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = told.clone();
+        let exe = std::env::current_exe().unwrap();
+        let config = EnrichConfig {
+            node_name: Some("node-1".into()),
+            selection: Selection::new(&SelectionRules {
+                exclude_exe: vec![exe.file_name().unwrap().to_string_lossy().into_owned()],
+                ..Default::default()
+            })
+            .unwrap(),
+            ..Default::default()
+        };
+        let mut cache = ProcessCache::with_config(
+            config,
+            Some(Box::new(move |pid, ignore| {
+                sink.lock().unwrap().push((pid, ignore))
+            })),
+        );
+        cache.observe(me);
+        cache.observe(me);
+        assert!(cache.is_ignored(me));
+        assert_eq!(cache.get(me).node_name.as_deref(), Some("node-1"));
+        cache.forget(me);
+        assert!(!cache.is_ignored(me));
+        assert_eq!(*told.lock().unwrap(), vec![(me, true), (me, false)]);
+    }
+
+    #[test]
     fn reads_own_process() {
-        let me = ProcessInfo::read(std::process::id(), "h");
+        let me = ProcessInfo::read(std::process::id(), "h", None);
         assert!(me.executable_path.is_some());
         assert!(me.command_line.is_some());
         assert_eq!(me.host_name, "h");

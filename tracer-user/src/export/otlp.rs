@@ -378,10 +378,28 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
         attributes.push(kv("process.executable.path", &AttrValue::Str(path.clone())));
     }
     if let Some(ns) = process.namespace_pid {
+        // `process.vpid` is the (incubating) OpenTelemetry name; ours is kept for dashboards
+        // built on it.
+        attributes.push(kv("process.vpid", &AttrValue::Int(ns.into())));
         attributes.push(kv(
             "agent_tracer.process.namespace_pid",
             &AttrValue::Int(ns.into()),
         ));
+    }
+    if let Some(pod) = &process.pod {
+        attributes.push(kv("k8s.pod.uid", &AttrValue::Str(pod.uid.clone())));
+        for (key, value) in [
+            ("k8s.pod.name", &pod.name),
+            ("k8s.namespace.name", &pod.namespace),
+            ("k8s.container.name", &pod.container_name),
+        ] {
+            if let Some(value) = value {
+                attributes.push(kv(key, &AttrValue::Str(value.clone())));
+            }
+        }
+    }
+    if let Some(node) = &process.node_name {
+        attributes.push(kv("k8s.node.name", &AttrValue::Str(node.clone())));
     }
     if let Some(id) = &process.container_id {
         attributes.push(kv("container.id", &AttrValue::Str(id.clone())));
@@ -746,5 +764,53 @@ mod tests {
         assert_eq!(percent_decode("50%"), "50%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("é%"), "é%");
+    }
+
+    #[test]
+    fn resource_names_container_pod_and_node() {
+        let mut p = ProcessInfo::unknown(4242);
+        p.namespace_pid = Some(1);
+        p.container_id = Some("c".repeat(64));
+        p.container_runtime = Some("containerd");
+        p.node_name = Some("node-a".into());
+        p.pod = Some(std::sync::Arc::new(crate::enrich::PodInfo {
+            uid: "u-1".into(),
+            name: Some("agent-7".into()),
+            namespace: Some("ai".into()),
+            container_name: None,
+        }));
+        let config = OtlpConfig {
+            endpoint: String::new(),
+            protocol: Protocol::Grpc,
+            headers: Vec::new(),
+            service_name: None,
+            resource_attributes: Vec::new(),
+            timeout: std::time::Duration::from_secs(1),
+            buffer_spans: 1,
+        };
+        let r = resource(&p, &config);
+        let get = |k: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+        assert_eq!(get("process.pid"), Some(V::IntValue(4242)));
+        assert_eq!(get("process.vpid"), Some(V::IntValue(1)));
+        assert_eq!(
+            get("agent_tracer.process.namespace_pid"),
+            Some(V::IntValue(1))
+        );
+        assert_eq!(
+            get("container.runtime"),
+            Some(V::StringValue("containerd".into()))
+        );
+        assert_eq!(get("k8s.pod.uid"), Some(V::StringValue("u-1".into())));
+        assert_eq!(get("k8s.pod.name"), Some(V::StringValue("agent-7".into())));
+        assert_eq!(get("k8s.namespace.name"), Some(V::StringValue("ai".into())));
+        assert_eq!(get("k8s.node.name"), Some(V::StringValue("node-a".into())));
+        assert_eq!(get("k8s.container.name"), None, "unknown, not guessed");
     }
 }

@@ -1,0 +1,248 @@
+//! Kubernetes attribution and process selection, end to end with real eBPF and a real HTTPS
+//! client. No container engine or cluster can run here, so the test builds what a node would
+//! show: a cgroup v2 directory named as containerd's systemd driver names a pod's container
+//! (`kubepods.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`), a PID
+//! namespace made with `unshare`, and the kubelet's pod log tree in a temporary directory handed
+//! to the tracer with `--pod-logs-dir`. The client itself is real: its process, cgroup and
+//! namespace are what the tracer reads from /proc.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tracer_testkit::{
+    e2e::{self, clients_dir, of_pid, recorded, require_root, start_traced, SERIAL},
+    mock_openai::{self, MockOpenAi},
+    otlp::{as_int, as_str},
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn tracer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
+}
+
+/// cgroup directories the test made, removed (innermost first) when dropped.
+struct Cgroups(Vec<PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A directory tree removed when dropped.
+struct TempTree(PathBuf);
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_container_in_its_pid_namespace_is_named_from_cgroup_and_pod_logs() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let nonce = std::process::id();
+    let uid = format!("7b0f3c2a-1d4e-4f5a-9b8c-{nonce:012x}");
+    let container_id = format!("{:064x}", 0xc0de_u128 << 64 | nonce as u128);
+    let (namespace, pod, container) = ("agents", "research-agent-5d78c9869d-x7k2p", "agent");
+
+    // The cgroups containerd's systemd driver would make for a burstable pod's container.
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let kubepods = unified.join("kubepods.slice");
+    let pod_slice = kubepods.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    ));
+    let scope = pod_slice.join(format!("cri-containerd-{container_id}.scope"));
+    let mut cgroups = Cgroups(Vec::new());
+    for dir in [&kubepods, &pod_slice, &scope] {
+        if !dir.exists() {
+            std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+            cgroups.0.push(dir.clone());
+        }
+    }
+
+    // The kubelet's log tree: a directory per container, and the `containers` symlinks that
+    // name the container id. A second container (a sidecar) makes the single-container
+    // fallback inapplicable: the name can only come from the id.
+    let logs = TempTree(std::env::temp_dir().join(format!("e2e-pod-logs-{nonce}")));
+    let _ = std::fs::remove_dir_all(&logs.0);
+    let pod_dir = logs.0.join(format!("pods/{namespace}_{pod}_{uid}"));
+    for c in [container, "sidecar"] {
+        std::fs::create_dir_all(pod_dir.join(c))?;
+        std::fs::write(pod_dir.join(c).join("0.log"), "")?;
+    }
+    std::fs::create_dir_all(logs.0.join("containers"))?;
+    std::os::unix::fs::symlink(
+        pod_dir.join(container).join("0.log"),
+        logs.0.join(format!(
+            "containers/{pod}_{namespace}_{container}-{container_id}.log"
+        )),
+    )?;
+    let sidecar_id = format!("{:064x}", 0x51de_u128 << 64 | nonce as u128);
+    std::os::unix::fs::symlink(
+        pod_dir.join("sidecar").join("0.log"),
+        logs.0.join(format!(
+            "containers/{pod}_{namespace}_sidecar-{sidecar_id}.log"
+        )),
+    )?;
+
+    let pods_arg = logs.0.join("pods").display().to_string();
+    let traced = start_traced(
+        tracer_bin(),
+        "kubernetes-pod",
+        &["--pod-logs-dir", &pods_arg, "--node-name", "node-e2e-1"],
+    )
+    .await?;
+    // The shell joins the container's cgroup, then unshare starts the client as PID 1 of a new
+    // PID namespace, as a container's entrypoint would be.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec unshare -p -f --mount-proc python3 {} {}/chat/completions",
+        scope.display(),
+        clients_dir().join("http_post.py").display(),
+        server.base_url()
+    );
+    let out = e2e::run({
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .env("SSL_CERT_FILE", &server.cert_path);
+        c
+    })
+    .await?;
+    let lines = e2e::json_lines(&out);
+    assert_eq!(lines[0]["pid"].as_i64(), Some(1), "PID 1 in its namespace");
+    assert_eq!(lines[0]["status"].as_i64(), Some(200));
+    let spans = traced
+        .receiver
+        .wait_for("the pod's call", WAIT, |s| {
+            s.iter()
+                .any(|s| as_str(s.resource_attr("container.id")) == Some(container_id.as_str()))
+        })
+        .await?;
+    let stopped = traced.tracer.stop()?;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(cgroups);
+
+    let span = spans
+        .iter()
+        .find(|s| as_str(s.resource_attr("container.id")) == Some(container_id.as_str()))
+        .context("span")?;
+    let r = |k: &str| as_str(span.resource_attr(k)).map(str::to_string);
+    assert_eq!(r("container.runtime").as_deref(), Some("containerd"));
+    assert_eq!(r("k8s.pod.uid").as_deref(), Some(uid.as_str()));
+    assert_eq!(r("k8s.pod.name").as_deref(), Some(pod));
+    assert_eq!(r("k8s.namespace.name").as_deref(), Some(namespace));
+    assert_eq!(r("k8s.container.name").as_deref(), Some(container));
+    assert_eq!(r("k8s.node.name").as_deref(), Some("node-e2e-1"));
+    let host_pid = as_int(span.resource_attr("process.pid")).context("process.pid")?;
+    assert!(host_pid > 1, "process.pid is the host's view: {host_pid}");
+    assert_eq!(as_int(span.resource_attr("process.vpid")), Some(1));
+    assert_eq!(
+        as_int(span.resource_attr("agent_tracer.process.namespace_pid")),
+        Some(1)
+    );
+    assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
+    Ok(())
+}
+
+/// One of the kernel counters the tracer prints when it stops (0 when absent: only non-zero
+/// counters are printed).
+fn counter(summary: &str, name: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_post(server: &MockOpenAi, model: &str) -> String {
+    format!(
+        "python3 {} {}/chat/completions --model {model}",
+        clients_dir().join("http_post.py").display(),
+        server.base_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_process_is_not_copied_by_the_kernel_and_the_other_is_traced() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let marker = format!("excluded-model-{}", std::process::id());
+    let rule = format!("--exclude-cmdline={marker}");
+    let traced = start_traced(tracer_bin(), "kubernetes-selection", &[&rule]).await?;
+
+    // The excluded client waits a second inside a shell whose own command line already matches,
+    // so the decision (made when the shell execs) reaches the kernel before its first call; the
+    // exec into python keeps the pid and the decision.
+    let run = |script: String| {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .env("SSL_CERT_FILE", &server.cert_path);
+        c
+    };
+    let excluded = e2e::json_lines(
+        &e2e::run(run(format!(
+            "sleep 1 && exec {}",
+            http_post(&server, &marker)
+        )))
+        .await?,
+    );
+    let kept = e2e::json_lines(
+        &e2e::run(run(format!("exec {}", http_post(&server, "kept-model")))).await?,
+    );
+    // The exclusion changes nothing for the client itself.
+    assert_eq!(excluded[0]["status"].as_i64(), Some(200));
+    assert_eq!(kept[0]["status"].as_i64(), Some(200));
+    let excluded_pid = excluded[0]["pid"].as_u64().context("pid")? as u32;
+    let kept_pid = kept[0]["pid"].as_u64().context("pid")? as u32;
+
+    let spans = traced
+        .receiver
+        .wait_for("the kept client's call", WAIT, |s| {
+            !of_pid(s, kept_pid).is_empty()
+        })
+        .await?;
+    let stopped = traced.tracer.stop()?;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    assert_eq!(
+        of_pid(&spans, kept_pid).len(),
+        1,
+        "the kept client is traced"
+    );
+    let leaked: Vec<_> = spans
+        .iter()
+        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(excluded_pid as i64))
+        .collect();
+    assert!(leaked.is_empty(), "excluded client exported: {leaked:#?}");
+    // Nothing of it reached the streams stage either.
+    assert!(recorded(&traced.record_dir, excluded_pid, "egress").is_empty());
+    assert!(recorded(&traced.record_dir, excluded_pid, "ingress").is_empty());
+    assert!(!recorded(&traced.record_dir, kept_pid, "egress").is_empty());
+
+    // The kernel skipped its TLS calls (at least its SSL_write and SSL_read) without copying
+    // them, and userspace had nothing of it to drop: it was never copied at all. Only
+    // processes matching the rule (the marker is unique to this test) are in the kernel's map.
+    let summary = stopped
+        .stderr
+        .lines()
+        .find(|l| l.contains("tracer stopped"))
+        .context("summary")?;
+    assert!(
+        counter(summary, "kernel_ignored_calls") >= 2,
+        "kernel skipped the excluded calls: {summary}"
+    );
+    assert_eq!(counter(summary, "ignored_records"), 0, "{summary}");
+    assert!(counter(summary, "kernel_tls_calls") >= 2, "{summary}");
+    Ok(())
+}
