@@ -10,6 +10,7 @@ pub mod enrich;
 pub mod export;
 pub mod genai;
 pub mod health;
+pub mod health_server;
 pub mod pipeline;
 pub mod protocols;
 pub mod span;

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Trace every process on this host (needs root).
-    Run(config::RunArgs),
+    Run(Box<config::RunArgs>),
 }
 
 fn main() -> ExitCode {
@@ -27,9 +27,17 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("AGENT_TRACER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    // Help, version and malformed command lines end here.
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => config::Config::from_args(&args).and_then(|config| {
+        // Parsed again with the AGENT_TRACER_* variables and the config file laid under it.
+        Command::Run(_) => config::RunArgs::parse_layered(
+            std::env::args_os().skip(1),
+            |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
+            Some(std::path::Path::new(config::DEFAULT_CONFIG_FILE)),
+        )
+        .and_then(|args| config::Config::from_args(&args))
+        .and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
