@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod app;
 pub mod capture;
+pub mod check;
 pub mod config;
 pub mod enrich;
 pub mod export;

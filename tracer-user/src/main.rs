@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tracer_user::{app, config};
+use tracer_user::{app, check, config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Trace every process on this host (needs root).
     Run(Box<config::RunArgs>),
+    /// Say whether this host can run the tracer: kernel features, capabilities, mounts, and the
+    /// TLS libraries running processes use. Exits non-zero naming what is missing.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,22 @@ fn main() -> ExitCode {
                 .build()?
                 .block_on(app::run(config))
         }),
+        Command::Check => {
+            return match check::run(&mut std::io::stdout()) {
+                Ok(report) if report.missing.is_empty() => ExitCode::SUCCESS,
+                Ok(report) => {
+                    eprintln!(
+                        "agent-tracer cannot run on this host: missing {}",
+                        report.missing.join("; ")
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("agent-tracer check failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
