@@ -152,6 +152,8 @@ impl RunArgs {
         let mut extra: Vec<OsString> = Vec::new();
         let mut from_file = BTreeSet::new();
         let mut known_keys = BTreeSet::new();
+        // (flag, where its value came from), to name the source of a value clap rejects.
+        let mut sources: Vec<(String, String)> = Vec::new();
         for arg in cmd.get_arguments() {
             let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
                 continue;
@@ -171,6 +173,10 @@ impl RunArgs {
                     env_args(long, takes_values, &value)
                         .with_context(|| format!("environment variable {variable}"))?,
                 );
+                sources.push((
+                    format!("--{long}"),
+                    format!("environment variable {variable}"),
+                ));
             } else if let Some((key, value)) = keys
                 .iter()
                 .find_map(|k| table.get(k).map(|v| (k.as_str(), v)))
@@ -181,6 +187,10 @@ impl RunArgs {
                         .with_context(|| format!("{}: setting `{key}`", path.display()))?,
                 );
                 from_file.insert(id.to_string());
+                sources.push((
+                    format!("--{long}"),
+                    format!("{}: setting `{key}`", path.display()),
+                ));
             }
         }
         if let Some(unknown) = table.keys().find(|k| !known_keys.contains(*k)) {
@@ -195,9 +205,16 @@ impl RunArgs {
         let matches = cmd
             .try_get_matches_from(argv.into_iter().chain(extra))
             .map_err(|e| {
-                anyhow!("{}", e.render()).context(
-                    "invalid value from an AGENT_TRACER_* environment variable or the config file",
-                )
+                let flag = e
+                    .get(clap::error::ContextKind::InvalidArg)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let source = sources
+                    .iter()
+                    .find(|(long, _)| flag.split_whitespace().next() == Some(long.as_str()))
+                    .map(|(_, source)| source.as_str())
+                    .unwrap_or("an AGENT_TRACER_* environment variable or the config file");
+                anyhow!("{}", e.render()).context(format!("invalid value from {source}"))
             })?;
         let mut args = Self::from_arg_matches(&matches).map_err(|e| anyhow!("{}", e.render()))?;
         args.from_file = from_file;
@@ -670,7 +687,10 @@ mod tests {
             "{e}"
         );
         let e = err("content_max_bytes = \"lots\"");
-        assert!(e.contains("content-max-bytes") && e.contains("lots"), "{e}");
+        assert!(
+            e.contains("setting `content_max_bytes`") && e.contains("lots"),
+            "{e}"
+        );
         let e = err("this is not toml");
         assert!(e.contains("not valid TOML"), "{e}");
         let e = format!(
@@ -678,6 +698,14 @@ mod tests {
             layered(&[], &[("AGENT_TRACER_CAPTURE_CONTENT", "maybe")], None).unwrap_err()
         );
         assert!(e.contains("AGENT_TRACER_CAPTURE_CONTENT"), "{e}");
+        let e = format!(
+            "{:#}",
+            layered(&[], &[("AGENT_TRACER_RING_BUFFER_BYTES", "abc")], None).unwrap_err()
+        );
+        assert!(
+            e.contains("environment variable AGENT_TRACER_RING_BUFFER_BYTES") && e.contains("abc"),
+            "{e}"
+        );
     }
 
     #[test]
