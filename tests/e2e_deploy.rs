@@ -254,6 +254,16 @@ fn the_dockerfile_passes_hadolint() -> Result<()> {
     Ok(())
 }
 
+const PROBE_VALUES: &str = r#"
+captureContent: true
+otlp: {endpoint: "http://127.0.0.1:4317"}
+config:
+  sample_ratio: 0.5
+  content_max_bytes: 4096
+  agent_name: ["crew.py=research-crew"]
+  conventions: [genai]
+"#;
+
 /// The `config.toml` of the rendered ConfigMap.
 fn config_toml(rendered: &str) -> Result<String> {
     let start = rendered
@@ -293,25 +303,22 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 fn the_tracer_starts_from_the_charts_config_and_answers_the_probes() -> Result<()> {
     require_root();
     let tools = deploy_tools::tools()?;
-    // The chart's config with content capture and extra settings; the endpoint stays on this
-    // machine (nothing listens: no span is produced in this test anyway).
-    let rendered = helm_template(
-        &tools,
-        &[
-            "--set",
-            "captureContent=true",
-            "--set",
-            "otlp.endpoint=http://127.0.0.1:4317",
-            "--set",
-            "config.sample_ratio=0.5",
-            "--set",
-            "config.run_idle_timeout_secs=300",
-        ],
-    )?;
+    // The chart's config with content capture and extra settings of each TOML type; the endpoint
+    // stays on this machine (nothing listens: no span is produced in this test anyway). Helm
+    // writes YAML numbers as floats (4096.0): the tracer must take them.
     let dir = work_dir("probes")?;
+    let values = dir.join("values.yaml");
+    std::fs::write(&values, PROBE_VALUES)?;
+    let rendered = helm_template(&tools, &["-f", values.to_str().context("path")?])?;
     let config = dir.join("config.toml");
     let toml = config_toml(&rendered)?;
-    assert!(toml.contains("capture_content = true"), "{toml}");
+    for expected in [
+        "capture_content = true",
+        "content_max_bytes = 4096.0",
+        "agent_name = [\"crew.py=research-crew\"]",
+    ] {
+        assert!(toml.contains(expected), "{toml}");
+    }
     std::fs::write(&config, &toml)?;
 
     // The DaemonSet's arguments, with the probe address moved to loopback (a flag beats the
