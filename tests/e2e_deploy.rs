@@ -207,6 +207,42 @@ fn the_chart_renders_to_valid_kubernetes_objects() -> Result<()> {
     Ok(())
 }
 
+/// argv[1]: the chart's rendering; the rest: the plain manifests. Exits 1 with the first
+/// difference. The plain files differ from the chart on purpose only in what is normalised here.
+const COMPARE_WITH_CHART: &str = r##"
+import sys, yaml
+def objects(paths):
+    out = {}
+    for path in paths:
+        for doc in yaml.safe_load_all(open(path)):
+            if not doc:
+                continue
+            for meta in [doc["metadata"]] + ([doc["spec"]["template"]["metadata"]] if doc["kind"] == "DaemonSet" else []):
+                for key in ("helm.sh/chart", "app.kubernetes.io/managed-by"):
+                    meta.get("labels", {}).pop(key, None)
+                meta.get("annotations", {}).pop("checksum/config", None)
+                if meta.get("annotations") == {}:
+                    del meta["annotations"]
+            if doc["kind"] == "ConfigMap":
+                doc["data"] = {k: chr(10).join(l for l in v.splitlines() if l.strip() and not l.lstrip().startswith("#"))
+                               for k, v in doc["data"].items()}
+            # Plain manifests leave the token on only with rbac.yaml; the chart ties both to kubeApi.
+            if doc["kind"] == "ServiceAccount":
+                doc.pop("automountServiceAccountToken", None)
+            if doc["kind"] == "DaemonSet":
+                doc["spec"]["template"]["spec"].pop("automountServiceAccountToken", None)
+            out[(doc["kind"], doc["metadata"]["name"])] = doc
+    return out
+chart = objects(sys.argv[1:2])
+plain = objects(sys.argv[2:])
+plain.pop(("Namespace", "agent-tracer"), None)
+if chart.keys() != plain.keys():
+    sys.exit(f"objects differ: chart {sorted(chart)} plain {sorted(plain)}")
+for key in chart:
+    if chart[key] != plain[key]:
+        sys.exit(f"{key} differs: chart {chart[key]} plain {plain[key]}")
+"##;
+
 #[test]
 fn the_plain_manifests_are_valid_kubernetes_objects() -> Result<()> {
     let tools = deploy_tools::tools()?;
@@ -231,6 +267,36 @@ fn the_plain_manifests_are_valid_kubernetes_objects() -> Result<()> {
         ]
     );
     validate(&tools, &files)?;
+
+    // They are the chart's rendering (release and namespace agent-tracer, the headers Secret
+    // optional, the API role on) but for Helm's own labels and annotations and comments: compared
+    // as parsed YAML so a change to one without the other fails here.
+    let rendered = tracer_testkit::target_dir().join("e2e-deploy/plain-vs-chart.yaml");
+    std::fs::create_dir_all(rendered.parent().context("parent")?)?;
+    std::fs::write(
+        &rendered,
+        output(
+            Command::new(&tools.helm)
+                .args(["template", "agent-tracer"])
+                .arg(chart())
+                .args(["--namespace", "agent-tracer"])
+                .args(["--set", "otlp.headersSecret.name=agent-tracer-otlp"])
+                .args(["--set", "otlp.headersSecret.optional=true"])
+                .args(["--set", "kubeApi.enabled=true"]),
+        )?,
+    )?;
+    let python = tools
+        .kubernetes_validate
+        .parent()
+        .context("venv bin")?
+        .join("python");
+    output(
+        Command::new(python)
+            .args(["-c", COMPARE_WITH_CHART])
+            .arg(&rendered)
+            .args(&files),
+    )?;
+
     let daemonset = std::fs::read_to_string(dir.join("daemonset.yaml"))?;
     for expected in [
         "hostPID: true",
