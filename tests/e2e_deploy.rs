@@ -395,6 +395,30 @@ fn the_tracer_starts_from_the_charts_config_and_answers_the_probes() -> Result<(
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let listen = addr.to_string();
     let bin = Path::new(env!("CARGO_BIN_EXE_agent-tracer"));
+    // Polls /readyz from the start: the server is up before the programs load (seconds), so it
+    // answers 503 first; a 200 must never come before `tracer ready` is logged.
+    let log = tracer_testkit::target_dir().join("e2e-logs/deploy-probes.err");
+    let _ = std::fs::remove_file(&log);
+    let poller = std::thread::spawn(move || -> Result<(bool, bool)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut saw_not_ready = false;
+        while std::time::Instant::now() < deadline {
+            match http_get(addr, "/readyz") {
+                Ok((503, body)) => {
+                    assert_eq!(body, "not ready\n");
+                    saw_not_ready = true;
+                }
+                Ok((200, _)) => {
+                    let logged = std::fs::read_to_string(&log)?.contains("tracer ready");
+                    return Ok((saw_not_ready, logged));
+                }
+                Ok(other) => bail!("/readyz answered {other:?}"),
+                Err(_) => {} // not listening yet
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("/readyz never answered 200")
+    });
     let running = tracer::start(
         bin,
         "deploy-probes",
@@ -407,6 +431,9 @@ fn the_tracer_starts_from_the_charts_config_and_answers_the_probes() -> Result<(
         ],
         &[("NODE_NAME", "node-1")],
     )?;
+    let (saw_not_ready, ready_was_logged) = poller.join().expect("poller panicked")?;
+    assert!(saw_not_ready, "/readyz never said 503 while starting");
+    assert!(ready_was_logged, "/readyz said 200 before `tracer ready`");
     // `tracer ready` was logged: both probes pass.
     assert_eq!(http_get(addr, "/healthz")?, (200, "ok\n".to_string()));
     assert_eq!(http_get(addr, "/readyz")?, (200, "ready\n".to_string()));
