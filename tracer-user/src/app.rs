@@ -19,6 +19,7 @@ use crate::{
     config::Config,
     export::{console, otlp::OtlpExporter},
     health::Health,
+    health_server::{self, ProbeState},
     metrics::{self, MetricsRecorder},
     pipeline::{Pipeline, PipelineConfig},
     span::Span,
@@ -68,6 +69,12 @@ impl Sinks {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    // Served first: liveness answers while the programs load and the targets are analysed.
+    let probes = Arc::new(ProbeState::default());
+    let probe_server = match config.health_listen {
+        Some(addr) => Some(health_server::serve(addr, probes.clone()).await?),
+        None => None,
+    };
     capture::prepare_host().context("preparing the host for eBPF")?;
     let health = Arc::new(Health::default());
     let clock = Clock::new();
@@ -158,6 +165,8 @@ pub async fn run(config: Config) -> Result<()> {
         capture_content = config.capture_content,
         "tracer ready"
     );
+    probes.beat();
+    probes.set_ready(true);
 
     loop {
         tokio::select! {
@@ -165,7 +174,10 @@ pub async fn run(config: Config) -> Result<()> {
                 Some(event) => pipeline.handle(event, &mut spans),
                 None => break,
             },
-            _ = tick.tick() => pipeline.tick(Clock::monotonic_now_ns(), &mut spans),
+            _ = tick.tick() => {
+                probes.beat();
+                pipeline.tick(Clock::monotonic_now_ns(), &mut spans);
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -173,6 +185,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     info!("stopping: draining captured data");
+    probes.set_ready(false);
     let _ = stop_tx.send(true);
     while let Some(event) = events.recv().await {
         pipeline.handle(event, &mut spans);
@@ -191,6 +204,9 @@ pub async fn run(config: Config) -> Result<()> {
     drop(attacher);
     metrics.shutdown().await;
     counters?;
+    if let Some(server) = probe_server {
+        server.abort();
+    }
     info!("tracer stopped: {}", health.summary());
     Ok(())
 }

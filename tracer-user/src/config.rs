@@ -1,10 +1,22 @@
-//! Run configuration: command-line flags over the standard OpenTelemetry environment variables
-//! over documented defaults.
+//! Run configuration, in layers: a command-line flag, then its `AGENT_TRACER_<FLAG>` environment
+//! variable, then the standard OpenTelemetry environment variables (for the exporter's
+//! settings), then the config file (TOML, `--config FILE`, else [`DEFAULT_CONFIG_FILE`] when it
+//! exists), then the documented defaults.
+//!
+//! The variables and the file are laid under the command line generically, by flag name, from
+//! clap's own description of `run` (see [`RunArgs::parse_layered`]): a new flag is settable
+//! everywhere without being listed again here.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeSet,
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{bail, Context as _, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{parser::ValueSource, Args, FromArgMatches as _, ValueEnum};
 
 use crate::{
     agent::{cost::PriceTable, AgentNames},
@@ -24,8 +36,31 @@ pub enum ConsoleMode {
     Never,
 }
 
+/// Read by `run` when `--config` (or `AGENT_TRACER_CONFIG`) names no file and this one exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/agent-tracer/config.toml";
+
+/// Prefix of the environment variable of each `run` flag: `--capture-content` is
+/// `AGENT_TRACER_CAPTURE_CONTENT`.
+pub const ENV_PREFIX: &str = "AGENT_TRACER_";
+
 #[derive(Clone, Debug, Args)]
+#[command(
+    after_help = "Every flag can also be set by an environment variable, AGENT_TRACER_ and \
+the flag's name in capitals with underscores (AGENT_TRACER_CAPTURE_CONTENT=true), or in the TOML \
+config file by the flag's name (capture_content = true, otlp_header = [\"a=1\"]). A flag beats \
+its variable, which beats the OTEL_* variables, which beat the file, which beats the default."
+)]
 pub struct RunArgs {
+    /// TOML config file setting any of these flags by name. Default: /etc/agent-tracer/config.toml
+    /// when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve /healthz (the tracer and its pipeline are alive) and /readyz (probes attached) over
+    /// HTTP on this address, e.g. 127.0.0.1:9465. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+
     /// OTLP endpoint. For gRPC the collector URL (http://host:4317); for http/protobuf the base
     /// URL (/v1/traces is appended). Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then
     /// OTEL_EXPORTER_OTLP_ENDPOINT.
@@ -88,6 +123,182 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub processes: ProcessArgs,
+
+    /// Ids of the flags whose value came from the config file: the OTEL_* variables rank above
+    /// them.
+    #[arg(skip)]
+    pub from_file: BTreeSet<String>,
+}
+
+impl RunArgs {
+    /// Parses `run`'s arguments (`argv[0]` is the subcommand's name) with the environment
+    /// variables and the config file laid under them. `env` looks up a variable (a function so
+    /// tests need not touch the real environment); `default_file` is read when it exists and
+    /// neither `--config` nor `AGENT_TRACER_CONFIG` names a file.
+    ///
+    /// How: clap parses the command line once and says which flags it was given
+    /// (`ArgMatches::value_source`); every other flag's variable or file value is appended as
+    /// `--flag=value` and the whole is parsed again, so values from the environment and the file
+    /// go through the same parsers and checks as typed ones.
+    pub fn parse_layered(
+        argv: impl IntoIterator<Item = OsString>,
+        env: impl Fn(&str) -> Option<String>,
+        default_file: Option<&Path>,
+    ) -> Result<Self> {
+        let argv: Vec<OsString> = argv.into_iter().collect();
+        let cmd = Self::augment_args(clap::Command::new("agent-tracer run"));
+        let matches = cmd
+            .clone()
+            .try_get_matches_from(&argv)
+            .map_err(|e| anyhow!("{}", e.render()))?;
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+
+        let file = if given("config") {
+            matches.get_one::<PathBuf>("config").cloned()
+        } else if let Some(path) = env(&env_name("config")) {
+            Some(PathBuf::from(path))
+        } else {
+            default_file.filter(|p| p.exists()).map(Path::to_path_buf)
+        };
+        let table = match &file {
+            Some(path) => read_config_file(path)?,
+            None => toml::Table::new(),
+        };
+
+        let mut extra: Vec<OsString> = Vec::new();
+        let mut from_file = BTreeSet::new();
+        let mut known_keys = BTreeSet::new();
+        // (flag, where its value came from), to name the source of a value clap rejects.
+        let mut sources: Vec<(String, String)> = Vec::new();
+        for arg in cmd.get_arguments() {
+            let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+                continue;
+            };
+            if long == "config" || long == "help" {
+                continue;
+            }
+            let keys = [long.to_string(), long.replace('-', "_")];
+            known_keys.extend(keys.iter().cloned());
+            if given(id) {
+                continue;
+            }
+            let takes_values = arg.get_action().takes_values();
+            let variable = env_name(long);
+            if let Some(value) = env(&variable) {
+                extra.extend(
+                    env_args(long, takes_values, &value)
+                        .with_context(|| format!("environment variable {variable}"))?,
+                );
+                sources.push((
+                    format!("--{long}"),
+                    format!("environment variable {variable}"),
+                ));
+            } else if let Some((key, value)) = keys
+                .iter()
+                .find_map(|k| table.get(k).map(|v| (k.as_str(), v)))
+            {
+                let path = file.as_deref().unwrap_or(Path::new("config file"));
+                extra.extend(
+                    file_args(long, takes_values, value)
+                        .with_context(|| format!("{}: setting `{key}`", path.display()))?,
+                );
+                from_file.insert(id.to_string());
+                sources.push((
+                    format!("--{long}"),
+                    format!("{}: setting `{key}`", path.display()),
+                ));
+            }
+        }
+        if let Some(unknown) = table.keys().find(|k| !known_keys.contains(*k)) {
+            let path = file.as_deref().unwrap_or(Path::new("config file"));
+            bail!(
+                "{}: unknown setting `{unknown}` (settings are the long names of \
+                 `agent-tracer run`'s flags, see --help)",
+                path.display()
+            );
+        }
+
+        let matches = cmd
+            .try_get_matches_from(argv.into_iter().chain(extra))
+            .map_err(|e| {
+                let flag = e
+                    .get(clap::error::ContextKind::InvalidArg)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let source = sources
+                    .iter()
+                    .find(|(long, _)| flag.split_whitespace().next() == Some(long.as_str()))
+                    .map(|(_, source)| source.as_str())
+                    .unwrap_or("an AGENT_TRACER_* environment variable or the config file");
+                anyhow!("{}", e.render()).context(format!("invalid value from {source}"))
+            })?;
+        let mut args = Self::from_arg_matches(&matches).map_err(|e| anyhow!("{}", e.render()))?;
+        args.from_file = from_file;
+        Ok(args)
+    }
+
+    /// The flag's value unless it came from the config file (which ranks below OTEL_* variables).
+    fn above_env(&self, id: &str, value: &Option<String>) -> Option<String> {
+        value.clone().filter(|_| !self.from_file.contains(id))
+    }
+
+    /// The flag's value only if it came from the config file.
+    fn in_file(&self, id: &str, value: &Option<String>) -> Option<String> {
+        value.clone().filter(|_| self.from_file.contains(id))
+    }
+}
+
+fn env_name(long: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        long.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+fn read_config_file(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    text.parse::<toml::Table>()
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))
+}
+
+fn env_args(long: &str, takes_values: bool, value: &str) -> Result<Vec<OsString>> {
+    if takes_values {
+        return Ok(vec![format!("--{long}={value}").into()]);
+    }
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(vec![format!("--{long}").into()]),
+        "" | "0" | "false" | "no" | "off" => Ok(Vec::new()),
+        other => bail!("expected true or false, not `{other}`"),
+    }
+}
+
+fn file_args(long: &str, takes_values: bool, value: &toml::Value) -> Result<Vec<OsString>> {
+    use toml::Value as V;
+    if !takes_values {
+        return match value {
+            V::Boolean(true) => Ok(vec![format!("--{long}").into()]),
+            V::Boolean(false) => Ok(Vec::new()),
+            other => bail!("expected true or false, not {}", other.type_str()),
+        };
+    }
+    let scalar = |v: &V| -> Result<String> {
+        Ok(match v {
+            V::String(s) => s.clone(),
+            V::Integer(i) => i.to_string(),
+            V::Float(f) => f.to_string(),
+            V::Boolean(b) => b.to_string(),
+            other => bail!("expected a string or a number, not {}", other.type_str()),
+        })
+    };
+    let values = match value {
+        V::Array(items) => items.iter().map(scalar).collect::<Result<Vec<_>>>()?,
+        v => vec![scalar(v)?],
+    };
+    Ok(values
+        .into_iter()
+        .map(|v| format!("--{long}={v}").into())
+        .collect())
 }
 
 /// Which processes are traced, and how they are described (containers, Kubernetes pods). The
@@ -228,6 +439,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub record_streams: Option<std::path::PathBuf>,
+    pub health_listen: Option<SocketAddr>,
     pub agent: AgentSettings,
     pub metrics: MetricsConfig,
     pub processes: EnrichConfig,
@@ -243,19 +455,22 @@ impl Config {
     /// `env` looks up an environment variable; a function so tests need not touch the real one.
     pub fn resolve(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let explicit_protocol = args
-            .otlp_protocol
-            .clone()
+            .above_env("otlp_protocol", &args.otlp_protocol)
             .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
             .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .or_else(|| args.in_file("otlp_protocol", &args.otlp_protocol))
             .map(|p| p.parse::<Protocol>())
             .transpose()?;
         // (url, is it already the full traces URL?)
         let endpoint = args
-            .otlp_endpoint
-            .clone()
+            .above_env("otlp_endpoint", &args.otlp_endpoint)
             .map(|e| (e, false))
             .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, true)))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)));
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)))
+            .or_else(|| {
+                args.in_file("otlp_endpoint", &args.otlp_endpoint)
+                    .map(|e| (e, false))
+            });
         let otlp = match endpoint {
             None => None,
             Some((url, full)) => {
@@ -288,9 +503,9 @@ impl Config {
                     protocol,
                     headers,
                     service_name: args
-                        .service_name
-                        .clone()
-                        .or_else(|| env("OTEL_SERVICE_NAME")),
+                        .above_env("service_name", &args.service_name)
+                        .or_else(|| env("OTEL_SERVICE_NAME"))
+                        .or_else(|| args.in_file("service_name", &args.service_name)),
                     resource_attributes,
                     timeout: Duration::from_secs(10),
                     buffer_spans: usize::try_from(args.export_buffer_spans)
@@ -312,6 +527,7 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             record_streams: args.record_streams.clone(),
+            health_listen: args.health_listen,
             agent: args.agent.resolve()?,
             metrics: MetricsConfig::resolve(args, &env)?,
             processes: args.processes.resolve(&env)?,
@@ -398,6 +614,181 @@ mod tests {
         assert_eq!(o.headers, vec![("a".to_string(), "1".to_string())]);
         assert_eq!(o.resource_attributes[0].0, "deployment.environment");
         assert!(c.console);
+    }
+
+    /// `agent-tracer run ARGS` with `vars` as the environment and `file` as the config file.
+    fn layered(argv: &[&str], vars: &[(&str, &str)], file: Option<&str>) -> Result<RunArgs> {
+        let dir = std::env::temp_dir().join(format!(
+            "agent-tracer-config-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("config.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text)?;
+        }
+        let lookup = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let result = RunArgs::parse_layered(
+            std::iter::once("run")
+                .chain(argv.iter().copied())
+                .map(OsString::from),
+            lookup,
+            Some(&path),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    fn layered_config(argv: &[&str], vars: &[(&str, &str)], file: Option<&str>) -> Config {
+        let args = layered(argv, vars, file).unwrap();
+        Config::resolve(&args, |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap()
+    }
+
+    const FILE: &str = r#"
+        content_max_bytes = 100
+        capture-content = true
+        idle_timeout_secs = 7
+        sample_ratio = 0.5
+        conventions = ["genai"]
+        otlp_header = ["a=1", "b=2"]
+        agent-name = ["x.py=planner"]
+        health_listen = "127.0.0.1:9465"
+    "#;
+
+    #[test]
+    fn the_config_file_sets_any_flag_by_name() {
+        let c = layered_config(&[], &[], Some(FILE));
+        assert_eq!(c.content_max_bytes, 100);
+        assert!(c.capture_content);
+        assert_eq!(c.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.agent.sample_ratio, 0.5);
+        assert!(c.agent.genai_attributes && !c.agent.openinference_attributes);
+        assert_eq!(c.health_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        let args = layered(&[], &[], Some(FILE)).unwrap();
+        assert_eq!(args.otlp_headers, ["a=1", "b=2"]);
+        assert_eq!(args.agent.agent_names, ["x.py=planner"]);
+        // Untouched flags keep their defaults.
+        assert_eq!(c.ring_buffer_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn flag_beats_variable_beats_file_beats_default() {
+        let file = Some("content_max_bytes = 100\nidle_timeout_secs = 7\nmax_body_bytes = 5\n");
+        let vars = [
+            ("AGENT_TRACER_CONTENT_MAX_BYTES", "200"),
+            ("AGENT_TRACER_IDLE_TIMEOUT_SECS", "8"),
+        ];
+        let c = layered_config(&["--content-max-bytes", "300"], &vars, file);
+        assert_eq!(c.content_max_bytes, 300, "flag over variable and file");
+        assert_eq!(c.idle_timeout, Duration::from_secs(8), "variable over file");
+        assert_eq!(c.max_body_bytes, 5, "file over default");
+        assert_eq!(c.ring_buffer_bytes, 32 * 1024 * 1024, "default");
+    }
+
+    #[test]
+    fn a_false_variable_turns_off_a_switch_the_file_turned_on() {
+        let file = Some("capture_content = true");
+        assert!(layered_config(&[], &[], file).capture_content);
+        let vars = [("AGENT_TRACER_CAPTURE_CONTENT", "false")];
+        assert!(!layered_config(&[], &vars, file).capture_content);
+        let vars = [("AGENT_TRACER_CAPTURE_CONTENT", "true")];
+        assert!(layered_config(&[], &vars, None).capture_content);
+    }
+
+    #[test]
+    fn otel_variables_rank_between_the_flag_and_the_file() {
+        let file = Some("otlp_endpoint = \"http://file:4317\"\nservice_name = \"file-svc\"\n");
+        let otel = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("OTEL_SERVICE_NAME", "env-svc"),
+        ];
+        let o = layered_config(&[], &otel, file).otlp.unwrap();
+        assert_eq!(o.endpoint, "http://env:4317");
+        assert_eq!(o.service_name.as_deref(), Some("env-svc"));
+
+        let o = layered_config(&[], &[], file).otlp.unwrap();
+        assert_eq!(o.endpoint, "http://file:4317");
+        assert_eq!(o.service_name.as_deref(), Some("file-svc"));
+
+        let o = layered_config(&["--otlp-endpoint", "http://flag:4317"], &otel, file)
+            .otlp
+            .unwrap();
+        assert_eq!(o.endpoint, "http://flag:4317");
+        // AGENT_TRACER_OTLP_ENDPOINT is the flag's own variable: it beats OTEL_*.
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("AGENT_TRACER_OTLP_ENDPOINT", "http://mine:4317"),
+        ];
+        let o = layered_config(&[], &vars, file).otlp.unwrap();
+        assert_eq!(o.endpoint, "http://mine:4317");
+    }
+
+    #[test]
+    fn the_config_file_is_chosen_by_flag_then_variable_then_default() {
+        let dir = std::env::temp_dir().join(format!("agent-tracer-choose-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let named = dir.join("named.toml");
+        std::fs::write(&named, "content_max_bytes = 11").unwrap();
+        let named_str = named.display().to_string();
+        let vars = [("AGENT_TRACER_CONFIG", named_str.as_str())];
+        // The default file (content_max_bytes = 100) is not read when a file is named.
+        let args = layered(&["--config", &named_str], &[], Some(FILE)).unwrap();
+        assert_eq!(args.content_max_bytes, 11);
+        let args = layered(&[], &vars, Some(FILE)).unwrap();
+        assert_eq!(args.content_max_bytes, 11);
+        // A named file that does not exist is an error; a missing default file is not.
+        let err = layered(&["--config", "/nonexistent/agent-tracer.toml"], &[], None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/agent-tracer.toml"),
+            "{err:#}"
+        );
+        assert_eq!(
+            layered(&[], &[], None).unwrap().content_max_bytes,
+            16 * 1024
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_config_files_are_clear_errors() {
+        let err = |file: &str| format!("{:#}", layered(&[], &[], Some(file)).unwrap_err());
+        let e = err("capture_contnet = true");
+        assert!(e.contains("unknown setting `capture_contnet`"), "{e}");
+        let e = err("capture_content = \"yes\"");
+        assert!(
+            e.contains("setting `capture_content`") && e.contains("true or false"),
+            "{e}"
+        );
+        let e = err("content_max_bytes = \"lots\"");
+        assert!(
+            e.contains("setting `content_max_bytes`") && e.contains("lots"),
+            "{e}"
+        );
+        let e = err("this is not toml");
+        assert!(e.contains("not valid TOML"), "{e}");
+        let e = format!(
+            "{:#}",
+            layered(&[], &[("AGENT_TRACER_CAPTURE_CONTENT", "maybe")], None).unwrap_err()
+        );
+        assert!(e.contains("AGENT_TRACER_CAPTURE_CONTENT"), "{e}");
+        let e = format!(
+            "{:#}",
+            layered(&[], &[("AGENT_TRACER_RING_BUFFER_BYTES", "abc")], None).unwrap_err()
+        );
+        assert!(
+            e.contains("environment variable AGENT_TRACER_RING_BUFFER_BYTES") && e.contains("abc"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@
 pub mod agent;
 pub mod app;
 pub mod capture;
+pub mod check;
 pub mod config;
 pub mod enrich;
 pub mod export;
 pub mod genai;
 pub mod health;
+pub mod health_server;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocols;

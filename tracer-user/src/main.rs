@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tracer_user::{app, config};
+use tracer_user::{app, check, config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -16,7 +16,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Trace every process on this host (needs root).
-    Run(config::RunArgs),
+    Run(Box<config::RunArgs>),
+    /// Say whether this host can run the tracer: kernel features, capabilities, mounts, and the
+    /// TLS libraries running processes use. Exits non-zero naming what is missing.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -27,14 +30,38 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("AGENT_TRACER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    // Help, version and malformed command lines end here.
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => config::Config::from_args(&args).and_then(|config| {
+        // Parsed again with the AGENT_TRACER_* variables and the config file laid under it.
+        Command::Run(_) => config::RunArgs::parse_layered(
+            std::env::args_os().skip(1),
+            |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
+            Some(std::path::Path::new(config::DEFAULT_CONFIG_FILE)),
+        )
+        .and_then(|args| config::Config::from_args(&args))
+        .and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(app::run(config))
         }),
+        Command::Check => {
+            return match check::run(&mut std::io::stdout()) {
+                Ok(report) if report.missing.is_empty() => ExitCode::SUCCESS,
+                Ok(report) => {
+                    eprintln!(
+                        "agent-tracer cannot run on this host: missing {}",
+                        report.missing.join("; ")
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("agent-tracer check failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ use tracer_common::{
 };
 
 pub use attacher::Attacher;
+pub use libssl::mapped_paths;
 pub use loader::{Capture, IgnoredPids};
 pub use system::prepare_host;
 

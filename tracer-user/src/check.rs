@@ -1,0 +1,322 @@
+//! `agent-tracer check`: what this host offers the tracer, read and probed rather than assumed
+//! (the same probes `run` relies on), and what is missing, by name. Meant for the first minutes
+//! on a new host or node image, and for bug reports.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+
+use crate::capture::{
+    compat, mapped_paths,
+    targets::{is_tls_library_name, FileId, TargetCache, TlsStack},
+};
+
+/// What `check` found missing; empty when the tracer can run.
+pub struct Report {
+    pub missing: Vec<String>,
+}
+
+/// A capability the tracer uses: its bit in CapEff, and why.
+struct Capability {
+    name: &'static str,
+    bit: u32,
+    required: bool,
+    why: &'static str,
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+const CAPABILITIES: &[Capability] = &[
+    Capability {
+        name: "CAP_BPF",
+        bit: CAP_BPF,
+        required: true,
+        why: "loading the eBPF programs and maps",
+    },
+    Capability {
+        name: "CAP_PERFMON",
+        bit: 38,
+        required: true,
+        why: "attaching tracepoints and uprobes, reading traced processes' memory from eBPF",
+    },
+    Capability {
+        name: "CAP_SYS_ADMIN",
+        bit: CAP_SYS_ADMIN,
+        // Measured on Linux 6.18 with CAP_BPF and CAP_PERFMON held: perf_event_open of the
+        // uprobe PMU fails with EACCES without it, and no TLS hook is placed.
+        required: true,
+        why: "attaching uprobes (TLS library hooks) through perf events; mounting tracefs/bpffs",
+    },
+    Capability {
+        name: "CAP_SYS_PTRACE",
+        bit: 19,
+        required: true,
+        why: "reading other processes' /proc/PID/maps, exe and root to find their TLS libraries",
+    },
+    Capability {
+        name: "CAP_SYS_RESOURCE",
+        bit: 24,
+        required: false,
+        why: "raising RLIMIT_MEMLOCK, which kernels before 5.11 charge eBPF maps to",
+    },
+    Capability {
+        name: "CAP_DAC_READ_SEARCH",
+        bit: 2,
+        required: false,
+        why: "reading executables and libraries whatever their file permissions",
+    },
+];
+
+/// The effective capability set from /proc/self/status (`CapEff: 000001ffffffffff`).
+pub fn effective_capabilities(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// Whether `target` has a filesystem of type `fstype` mounted on it, per /proc/self/mounts.
+fn mounted(mounts: &str, target: &str, fstype: &str) -> bool {
+    mounts.lines().any(|l| {
+        let mut fields = l.split_whitespace().skip(1);
+        fields.next() == Some(target) && fields.next() == Some(fstype)
+    })
+}
+
+/// Runs every check, writing one line per finding to `out`.
+pub fn run(out: &mut impl Write) -> Result<Report> {
+    let mut missing = Vec::new();
+
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    writeln!(out, "kernel: Linux {release}")?;
+
+    // Kernels before 5.8 have no CAP_BPF: CAP_SYS_ADMIN stands for it and for CAP_PERFMON.
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let caps = effective_capabilities(&status).unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    writeln!(out, "capabilities (effective set {caps:#x}):")?;
+    for cap in CAPABILITIES {
+        let exists = cap.bit <= last_cap;
+        let held = has(cap.bit);
+        let required = cap.required && exists;
+        let state = match (held, exists) {
+            (true, _) => "ok",
+            (false, false) => "n/a",
+            (false, true) if required => "MISSING",
+            (false, true) => "absent",
+        };
+        writeln!(out, "  {state:<8}{}: {}", cap.name, cap.why)?;
+        if required && !held {
+            missing.push(format!("{} ({})", cap.name, cap.why));
+        }
+    }
+    if last_cap < CAP_BPF {
+        writeln!(
+            out,
+            "  note    this kernel has no CAP_BPF or CAP_PERFMON: CAP_SYS_ADMIN covers them"
+        )?;
+    }
+    let can_bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
+
+    writeln!(out, "kernel features:")?;
+    for (feature, present) in compat::probe_all() {
+        let state = match (present, feature.needs_bpf && !can_bpf) {
+            (true, _) => "ok",
+            (false, true) => "unknown",
+            (false, false) if feature.required => "MISSING",
+            (false, false) => "absent",
+        };
+        let note = if state == "unknown" {
+            " (cannot be probed without CAP_BPF)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "  {state:<8}{}: {}{note}",
+            feature.name, feature.needed_for
+        )?;
+        if state == "MISSING" {
+            missing.push(format!(
+                "{} (needed for {})",
+                feature.name, feature.needed_for
+            ));
+        }
+    }
+
+    writeln!(out, "filesystems:")?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .find(|t| mounted(&mounts, t, "tracefs"));
+    let bpffs = mounted(&mounts, "/sys/fs/bpf", "bpf").then_some("/sys/fs/bpf");
+    for (name, at, needed_for) in [
+        ("tracefs", tracefs, "attaching tracepoints"),
+        (
+            "bpffs",
+            bpffs,
+            "the tracer's start-up (it mounts bpffs when missing)",
+        ),
+    ] {
+        match at {
+            Some(path) => writeln!(out, "  ok      {name} mounted at {path}")?,
+            None if has(CAP_SYS_ADMIN) => writeln!(
+                out,
+                "  absent  {name} not mounted: `run` mounts it (CAP_SYS_ADMIN is held)"
+            )?,
+            None => {
+                writeln!(
+                    out,
+                    "  MISSING {name} not mounted, and mounting it needs CAP_SYS_ADMIN"
+                )?;
+                missing.push(format!("{name} mount (needed for {needed_for})"));
+            }
+        }
+    }
+
+    tls_summary(out)?;
+
+    if missing.is_empty() {
+        writeln!(out, "agent-tracer can run on this host")?;
+    }
+    Ok(Report { missing })
+}
+
+/// The TLS stacks of running processes, by kind, with the programs that use each.
+fn tls_summary(out: &mut impl Write) -> Result<()> {
+    let own_pid = std::process::id();
+    let mut cache = TargetCache::default();
+    let mut kinds: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    let mut scanned = 0;
+    let mut unreadable = 0;
+    for pid in pids() {
+        if pid == own_pid {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            // Gone, a kernel thread, or not ours to read (no CAP_SYS_PTRACE).
+            unreadable += u32::from(std::fs::symlink_metadata(format!("/proc/{pid}/exe")).is_ok());
+            continue;
+        };
+        if maps.is_empty() {
+            continue; // kernel thread
+        }
+        scanned += 1;
+        let program = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|_| pid.to_string());
+        let mut found: BTreeSet<String> = BTreeSet::new();
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        if let Some(kind) = analyse(&mut cache, &exe, true) {
+            found.insert(kind);
+        }
+        let libraries: BTreeSet<&str> = mapped_paths(&maps)
+            .filter(|p| {
+                Path::new(p)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_tls_library_name)
+            })
+            .collect();
+        for lib in libraries {
+            let path = PathBuf::from(format!("/proc/{pid}/root{lib}"));
+            if let Some(kind) = analyse(&mut cache, &path, false) {
+                found.insert(kind);
+            }
+        }
+        for kind in found {
+            *kinds
+                .entry(kind)
+                .or_default()
+                .entry(program.clone())
+                .or_default() += 1;
+        }
+    }
+    writeln!(
+        out,
+        "TLS in running processes ({scanned} scanned{}):",
+        if unreadable > 0 {
+            format!(", {unreadable} unreadable")
+        } else {
+            String::new()
+        }
+    )?;
+    if kinds.is_empty() {
+        writeln!(out, "  none found")?;
+    }
+    for (kind, programs) in &kinds {
+        let processes: u32 = programs.values().sum();
+        let mut names: Vec<String> = programs
+            .iter()
+            .map(|(p, n)| {
+                if *n > 1 {
+                    format!("{p} ×{n}")
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+        if names.len() > 8 {
+            let more = names.len() - 8;
+            names.truncate(8);
+            names.push(format!("and {more} more"));
+        }
+        writeln!(out, "  {kind}: {processes} processes: {}", names.join(", "))?;
+    }
+    Ok(())
+}
+
+/// What kind of TLS a file carries, as `check` reports it.
+fn analyse(cache: &mut TargetCache, path: &Path, executable: bool) -> Option<String> {
+    let id = FileId::of(path).ok()?;
+    let analysis = cache.get_or_analyse(id, path, executable).ok()?;
+    Some(match (&analysis.stack, analysis.unsupported, executable) {
+        (Some(TlsStack::OpenSsl), _, false) => "libssl (shared OpenSSL/BoringSSL), hooked".into(),
+        (Some(TlsStack::OpenSsl), _, true) => "OpenSSL linked into the program, hooked".into(),
+        (Some(TlsStack::GnuTls), _, _) => "GnuTLS, hooked".into(),
+        (Some(TlsStack::Go), _, _) => "Go crypto/tls, hooked".into(),
+        (None, Some(stack), _) => format!("{stack}, NOT hookable (traffic not captured)"),
+        (None, None, _) => return None,
+    })
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_effective_set() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_capabilities(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn mount_lookup_checks_the_filesystem_type() {
+        let mounts = "tracefs /sys/kernel/tracing tracefs rw 0 0\nnone /sys/fs/bpf tmpfs rw 0 0\n";
+        assert!(mounted(mounts, "/sys/kernel/tracing", "tracefs"));
+        assert!(!mounted(mounts, "/sys/fs/bpf", "bpf"));
+    }
+}
