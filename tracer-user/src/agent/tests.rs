@@ -602,3 +602,83 @@ fn calls_made_while_a_tool_call_is_never_answered_are_not_its_sub_agent() {
         "its chat moved to its own trace with it"
     );
 }
+
+fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
+    McpExchange {
+        http: HttpCall {
+            conn: ConnKey {
+                pid,
+                source: Source::Socket,
+                conn_id: 9,
+            },
+            method: "POST".into(),
+            url_path: "/mcp".into(),
+            status: Some(200),
+            server_address: Some("127.0.0.1".into()),
+            server_port: Some(8000),
+            start_ns: start * MS,
+            end_ns: end * MS,
+            request_body_bytes: 10,
+            response_body_bytes: 10,
+            bytes_lost: 0,
+            interrupted: None,
+        },
+        mcp: mcp::McpCall {
+            method: "tools/call".into(),
+            request_id: "3".into(),
+            target: Some(tool.into()),
+            resource_uri: None,
+            protocol_version: None,
+            arguments: None,
+            result: None,
+            error_code: None,
+            error_message: None,
+            tool_error: false,
+            unanswered: false,
+        },
+    }
+}
+
+#[test]
+fn mcp_tool_calls_hang_under_the_tool_of_the_same_name() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    // The model asks for two tools at once; the agent serves one through an MCP server whose
+    // tool is prefixed the way agents name MCP tools.
+    a.llm_call(
+        &call(
+            AGENT,
+            0,
+            10,
+            &[user("x")],
+            &[
+                ("c1", "mcp__files__read_file", "{}"),
+                ("c2", "search", "{}"),
+            ],
+        ),
+        &mut out,
+    );
+    a.mcp_call(&mcp_tools_call(AGENT, 20, 25, "search"), &mut out);
+    a.mcp_call(&mcp_tools_call(AGENT, 26, 30, "read_file"), &mut out);
+    // Before any run, an MCP call is its own trace.
+    let mut lone = Vec::new();
+    assembler(false).mcp_call(&mcp_tools_call(AGENT, 0, 1, "search"), &mut lone);
+    assert_eq!(lone.len(), 1);
+    assert_eq!(lone[0].parent_span_id, None);
+    let q2 = [
+        user("x"),
+        json!({"role": "assistant", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "mcp__files__read_file", "arguments": "{}"}},
+            {"id": "c2", "type": "function", "function": {"name": "search", "arguments": "{}"}}]}),
+        result("c1", "text"),
+        result("c2", "hits"),
+    ];
+    a.llm_call(&call(AGENT, 40, 50, &q2, &[]), &mut out);
+    let search = named(&out, "execute_tool search")[0];
+    let read = named(&out, "execute_tool mcp__files__read_file")[0];
+    let mcp_search = named(&out, "tools/call search")[0];
+    let mcp_read = named(&out, "tools/call read_file")[0];
+    assert_eq!(mcp_search.parent_span_id, Some(search.span_id));
+    assert_eq!(mcp_read.parent_span_id, Some(read.span_id));
+    assert!(out.iter().all(|s| s.trace_id == search.trace_id));
+}
