@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tracer_common::{counter, RecordHeader, RecordKind, EXEC_FILENAME_MAX};
 
-use crate::maps::{count, EVENTS};
+use crate::maps::{count, forget_process_fds, mark_stdio, EVENTS};
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -19,6 +19,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != tid {
         return 0;
     }
+    forget_process_fds(tgid, false);
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         return 0;
@@ -48,11 +49,16 @@ struct ExecEvent {
     filename: [u8; EXEC_FILENAME_MAX],
 }
 
-/// A process replaced its program: userspace looks at the new executable (static TLS, Go) and
-/// its libraries.
+/// A process replaced its program: its stdin and stdout become JSON-RPC candidates, and
+/// userspace looks at the new executable (static TLS, Go) and its libraries.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != unsafe { core::ptr::read_volatile(&crate::syscalls::TRACER_TGID) } {
+        forget_process_fds(tgid, true);
+        mark_stdio(tgid);
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         return 0;
