@@ -11,9 +11,9 @@ use crate::{
     genai::{
         mcp,
         semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
-        HttpCall, LlmCall, McpExchange,
+        HttpCall, LlmCall, McpExchange, McpTransport, StdioCall,
     },
-    span::{Span, SpanKind, SpanStatus},
+    span::{AttrValue, Span, SpanKind, SpanStatus},
 };
 
 pub struct AgentAssembler {
@@ -28,7 +28,10 @@ impl AgentAssembler {
 
     /// An MCP request: `{mcp.method.name} {target}` per the MCP conventions.
     pub fn mcp_call(&mut self, call: &McpExchange) -> Span {
-        let mut span = self.http_call(&call.http);
+        let mut span = match &call.transport {
+            McpTransport::Http(http) => self.http_call(http),
+            McpTransport::Stdio(stdio) => self.stdio_call(stdio),
+        };
         span.name = mcp::span_name(&call.mcp);
         let mut attributes =
             mcp::attributes(&call.mcp, self.content.capture, self.content.max_bytes);
@@ -49,6 +52,33 @@ impl AgentAssembler {
             span.status = SpanStatus::Error(call.mcp.error_message.clone().unwrap_or(kind));
         }
         span
+    }
+
+    /// What the stdio transport gives an MCP span: its times, its loss, and why no answer came
+    /// (`process_exit`, `idle_timeout`, `shutdown`, `cancelled`).
+    fn stdio_call(&mut self, call: &StdioCall) -> Span {
+        let mut rng = rand::rng();
+        let mut attributes: Vec<(&'static str, AttrValue)> = Vec::new();
+        let mut status = SpanStatus::Unset;
+        if let Some(reason) = call.interrupted {
+            attributes.push(("error.type", reason.into()));
+            status = SpanStatus::Error(reason.to_string());
+        }
+        if call.bytes_lost > 0 {
+            attributes.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
+        }
+        Span {
+            trace_id: rng.random(),
+            span_id: rng.random(),
+            parent_span_id: None,
+            name: String::new(),
+            kind: SpanKind::Client,
+            start_unix_ns: self.clock.unix_ns(call.start_ns),
+            end_unix_ns: self.clock.unix_ns(call.end_ns.max(call.start_ns)),
+            attributes,
+            status,
+            process: Arc::new(ProcessInfo::unknown(call.conn.pid)),
+        }
     }
 
     /// A call to a JSON API that is not a model: `{method}` per the HTTP conventions.

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod http1;
 pub mod http2;
+pub mod jsonrpc;
 pub mod sse;
 pub mod websocket;
 
@@ -13,3 +14,5 @@ pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
 mod fixture_tests;
 #[cfg(test)]
 mod http2_tests;
+#[cfg(test)]
+mod jsonrpc_fixture_tests;
