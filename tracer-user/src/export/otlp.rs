@@ -249,6 +249,9 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
             &AttrValue::Int(ns.into()),
         ));
     }
+    if let Some(ppid) = process.parent_pid {
+        attributes.push(kv("process.parent_pid", &AttrValue::Int(ppid.into())));
+    }
     if let Some(id) = &process.container_id {
         attributes.push(kv("container.id", &AttrValue::Str(id.clone())));
     }
