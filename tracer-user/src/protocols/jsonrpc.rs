@@ -19,6 +19,8 @@ use crate::{
 
 /// Requests waiting for an answer per connection; beyond this new ones are not tracked.
 const MAX_PENDING: usize = 4096;
+/// Connections known at once.
+const MAX_SESSIONS: usize = 16_384;
 
 /// One line of a stream, without its newline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,14 +279,17 @@ impl JsonRpcTracker {
                 timestamp_ns,
                 bytes,
             } => {
-                let session = self.sessions.entry(*conn).or_default();
+                let max_line = self.max_line;
+                let mut frames = std::mem::take(&mut self.frames);
+                let session = self.session(*conn);
                 session.last_activity_ns = *timestamp_ns;
                 session.framers[dir_index(*direction)].push(
                     *timestamp_ns,
                     bytes,
-                    self.max_line,
-                    &mut self.frames,
+                    max_line,
+                    &mut frames,
                 );
+                self.frames = frames;
                 self.take_frames(*conn, *direction, out);
             }
             StreamEvent::Gap {
@@ -293,7 +298,7 @@ impl JsonRpcTracker {
                 timestamp_ns,
                 len,
             } => {
-                let session = self.sessions.entry(*conn).or_default();
+                let session = self.session(*conn);
                 session.last_activity_ns = *timestamp_ns;
                 session.framers[dir_index(*direction)].gap();
                 // The lost bytes may have held any waiting request's answer.
@@ -320,19 +325,34 @@ impl JsonRpcTracker {
         }
     }
 
-    /// Ends the requests of connections quiet for longer than `idle_ns`, and forgets those
-    /// connections (a later message starts afresh).
+    /// Ends the waiting requests of connections quiet for longer than `idle_ns`. The connection
+    /// stays known (a stdio server may idle for hours between calls, and its protocol version
+    /// came once, at `initialize`); its process's exit forgets it.
     pub fn sweep_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<RpcExchange>) {
         let mut idle: Vec<ConnKey> = self
             .sessions
             .iter()
-            .filter(|(_, s)| now_ns.saturating_sub(s.last_activity_ns) > idle_ns)
+            .filter(|(_, s)| {
+                !s.pending.is_empty() && now_ns.saturating_sub(s.last_activity_ns) > idle_ns
+            })
             .map(|(c, _)| *c)
             .collect();
         idle.sort_by_key(|c| (c.pid, c.conn_id));
         for conn in idle {
-            self.close(conn, now_ns, "idle_timeout", out);
+            if let Some(session) = self.sessions.get_mut(&conn) {
+                let protocol_version = session.protocol_version.clone();
+                interrupt(conn, session, now_ns, "idle_timeout", protocol_version, out);
+            }
         }
+    }
+
+    /// The session of a connection, made when it first carries bytes. Bounded: should process
+    /// exits go missing (a full ring buffer), sessions waiting for nothing are let go.
+    fn session(&mut self, conn: ConnKey) -> &mut Session {
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&conn) {
+            self.sessions.retain(|_, s| !s.pending.is_empty());
+        }
+        self.sessions.entry(conn).or_default()
     }
 
     /// Shutdown: every request still waiting ends interrupted.
@@ -359,25 +379,9 @@ impl JsonRpcTracker {
             session.framers[i].finish(end_ns, &mut self.frames);
             self.take_frames(conn, dir_of(i), out);
         }
-        let Some(mut session) = self.sessions.remove(&conn) else {
-            return;
-        };
-        let mut pending: Vec<((usize, RpcId), Pending)> = session.pending.drain().collect();
-        pending.sort_by_key(|(_, p)| p.seq);
-        for ((dir, id), p) in pending {
-            out.push(RpcExchange {
-                conn,
-                request_direction: dir_of(dir),
-                id,
-                method: p.method,
-                request: p.request,
-                response: None,
-                start_ns: p.start_ns,
-                end_ns: end_ns.max(p.start_ns),
-                protocol_version: session.protocol_version.clone(),
-                end: ExchangeEnd::Interrupted(reason),
-                bytes_lost: p.bytes_lost,
-            });
+        if let Some(mut session) = self.sessions.remove(&conn) {
+            let protocol_version = session.protocol_version.clone();
+            interrupt(conn, &mut session, end_ns, reason, protocol_version, out);
         }
     }
 
@@ -487,6 +491,34 @@ impl JsonRpcTracker {
                 }
             }
         }
+    }
+}
+
+/// Ends every request a session is waiting on, in the order they were made.
+fn interrupt(
+    conn: ConnKey,
+    session: &mut Session,
+    end_ns: u64,
+    reason: &'static str,
+    protocol_version: Option<String>,
+    out: &mut Vec<RpcExchange>,
+) {
+    let mut pending: Vec<((usize, RpcId), Pending)> = session.pending.drain().collect();
+    pending.sort_by_key(|(_, p)| p.seq);
+    for ((dir, id), p) in pending {
+        out.push(RpcExchange {
+            conn,
+            request_direction: dir_of(dir),
+            id,
+            method: p.method,
+            request: p.request,
+            response: None,
+            start_ns: p.start_ns,
+            end_ns: end_ns.max(p.start_ns),
+            protocol_version: protocol_version.clone(),
+            end: ExchangeEnd::Interrupted(reason),
+            bytes_lost: p.bytes_lost,
+        });
     }
 }
 
@@ -658,6 +690,61 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(health.jsonrpc_unmatched_responses.load(Relaxed), 1);
         assert_eq!(health.jsonrpc_messages.load(Relaxed), 8);
+    }
+
+    #[test]
+    fn a_quiet_server_times_out_its_waiting_requests_but_keeps_its_version() {
+        use Direction::{Egress, Ingress};
+        let health = Arc::new(Health::default());
+        let mut t = JsonRpcTracker::new(1 << 20, health);
+        let mut out = Vec::new();
+        for e in [
+            data(
+                Ingress,
+                1,
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\"}\n",
+            ),
+            data(
+                Egress,
+                2,
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"v\"}}\n",
+            ),
+            data(
+                Ingress,
+                3,
+                "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\"}\n",
+            ),
+        ] {
+            t.push(&e, &mut out);
+        }
+        t.sweep_idle(50, 100, &mut out);
+        assert_eq!(out.len(), 1, "not idle yet");
+        t.sweep_idle(200, 100, &mut out);
+        assert_eq!(
+            (out[1].id.as_str(), out[1].end, out[1].end_ns),
+            ("2", ExchangeEnd::Interrupted("idle_timeout"), 200)
+        );
+        // Hours later, the same server answers a new call: still known, version and all.
+        t.sweep_idle(10_000, 100, &mut out);
+        t.push(
+            &data(
+                Ingress,
+                20_000,
+                "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}\n",
+            ),
+            &mut out,
+        );
+        t.push(
+            &data(
+                Egress,
+                20_001,
+                "{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n",
+            ),
+            &mut out,
+        );
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].protocol_version.as_deref(), Some("v"));
+        assert_eq!(out[2].end, ExchangeEnd::Complete);
     }
 
     #[test]
