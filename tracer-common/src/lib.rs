@@ -106,6 +106,10 @@ pub enum Source {
     Tls = 0,
     /// Plaintext at a socket syscall; `conn_id` is the file descriptor.
     Socket = 1,
+    /// A process's standard input and output (pipes, a socketpair as libuv makes them, or
+    /// anything else) seen at the read/write syscalls; `conn_id` is the pair's id ([`SocketState::pair`]), shared by
+    /// both directions and every duplicate of the two fds. Reads are `Ingress`, writes `Egress`.
+    Stdio = 2,
 }
 
 /// The library function whose call produced a TLS record.
@@ -165,12 +169,16 @@ pub struct FdKey {
     pub fd: u32,
 }
 
-/// What the kernel knows of a traced socket; userspace seeds sockets open at start-up.
+/// What the kernel knows of a traced socket or stdio fd. The kernel marks every program's stdin
+/// and stdout when it execs; userspace seeds sockets and stdio pipes open at start-up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SocketState {
     pub flags: u32,
-    pub _pad: u32,
+    /// Stdio fds ([`socket_flag::STDIO`]): the `conn_id` their records carry, the same for stdin,
+    /// stdout and their duplicates, so that one process's requests and responses form one
+    /// connection. Unused for sockets.
+    pub pair: u32,
 }
 
 /// [`SocketState::flags`] bits.
@@ -190,7 +198,22 @@ pub mod socket_flag {
     /// Found open at start-up: its next bytes may be mid-message, so keep sniffing until HTTP
     /// shows up rather than deciding on the first bytes.
     pub const MIDSTREAM: u32 = 128;
+    /// A process's stdin (fd 0) or stdout (fd 1) as it exec'd, or a duplicate of one: a
+    /// candidate for JSON-RPC over stdio (MCP). Its first call decides: JSON-RPC is copied from
+    /// then on, anything else drops the entry.
+    pub const STDIO: u32 = 256;
+    /// A stdio fd whose first bytes looked like a JSON-RPC message: copied.
+    pub const JSONRPC: u32 = 512;
 }
+
+/// The id of a process's stdio pair (the stdin fd): `Source::Stdio` records carry it as their
+/// `conn_id`, and the kernel forgets the pair's byte counts under it when a process execs or exits.
+pub const STDIO_PAIR: u32 = 0;
+
+/// Lowest fds the kernel forgets for a process that execs or exits: stdio and the duplicates a
+/// stdio server makes of it, so that a reused pid never inherits a dead process's state.
+/// Userspace seeds no stdio fd above it.
+pub const FORGET_FDS: u32 = 32;
 
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
 
@@ -215,7 +238,11 @@ pub mod counter {
     /// TLS calls and socket syscalls of processes userspace marked as not traced (selection
     /// rules), skipped without copying.
     pub const IGNORED_CALLS: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Stdio syscalls whose bytes were captured.
+    pub const STDIO_CALLS: u32 = 9;
+    /// Stdio fds whose first bytes were not JSON-RPC, forgotten from then on.
+    pub const IGNORED_STDIO: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(feature = "user")]

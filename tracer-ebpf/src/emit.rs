@@ -53,6 +53,15 @@ impl Transfer {
         }
     }
 
+    /// The same bytes, seen on a stdio fd: the pair's id names the connection, so stdin and
+    /// stdout (and their duplicates) make one.
+    #[inline(always)]
+    pub fn on_stdio(mut self, pair: u32) -> Self {
+        self.conn_id = pair as u64;
+        self.source = Source::Stdio as u32;
+        self
+    }
+
     /// Bytes seen at a TLS library function; the socket fd is not known.
     #[inline(always)]
     pub fn tls(

@@ -116,6 +116,65 @@ pub struct PendingSocketCall {
 pub static PENDING_SOCKET_CALLS: LruHashMap<u64, PendingSocketCall> =
     LruHashMap::with_max_entries(16384, 0);
 
+/// A dup/dup2/dup3/fcntl(F_DUPFD) call on a traced fd between entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingDup {
+    /// The duplicated stdio fd's state, which the new fd takes; zero flags when the old fd is not
+    /// a traced stdio fd.
+    pub state: tracer_common::SocketState,
+    /// Flags of the traced fd dup2/dup3 replaces; 0 when none.
+    pub replaced_flags: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static PENDING_DUPS: LruHashMap<u64, PendingDup> = LruHashMap::with_max_entries(16384, 0);
+
+/// Forgets a process's fds in `0..FORGET_FDS` and its stdio pair's byte counts: at exit all of
+/// them (a reused pid must not inherit them), at exec the stdio ones (the old program's
+/// duplicates are gone with it, or are no longer its wire). A socket stays across an exec.
+#[inline(always)]
+pub fn forget_process_fds(tgid: u32, stdio_only: bool) {
+    use tracer_common::{socket_flag, Direction, FdKey, Source, FORGET_FDS, STDIO_PAIR};
+    for fd in 0..FORGET_FDS {
+        let key = FdKey { tgid, fd };
+        if stdio_only {
+            match unsafe { SOCKETS.get(key) } {
+                Some(state) if state.flags & socket_flag::STDIO != 0 => {}
+                _ => continue,
+            }
+        }
+        let _ = SOCKETS.remove(key);
+    }
+    for direction in [Direction::Egress, Direction::Ingress] {
+        let stream = StreamKey {
+            conn_id: STDIO_PAIR as u64,
+            tgid,
+            direction: direction as u32 | ((Source::Stdio as u32) << 8),
+        };
+        let _ = STREAM_OFFSETS.remove(stream);
+    }
+}
+
+/// A program starts: its stdin and stdout become JSON-RPC candidates, unless they are sockets
+/// already traced. Done here rather than from userspace so that no race with the program's first
+/// read exists: an MCP server may read its first request within a millisecond of its exec.
+#[inline(always)]
+pub fn mark_stdio(tgid: u32) {
+    use tracer_common::{socket_flag, FdKey, SocketState, STDIO_PAIR};
+    for fd in [0, 1] {
+        let key = FdKey { tgid, fd };
+        if unsafe { SOCKETS.get(key) }.is_none() {
+            let state = SocketState {
+                flags: socket_flag::STDIO,
+                pair: STDIO_PAIR,
+            };
+            let _ = SOCKETS.insert(key, state, aya_ebpf::bindings::BPF_ANY as u64);
+        }
+    }
+}
+
 // Go crypto/tls
 
 /// A Go `crypto/tls.(*Conn)` call in flight, per goroutine: a goroutine blocked in `Read` may

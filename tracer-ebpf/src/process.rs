@@ -16,7 +16,7 @@ use tracer_common::{
     EXEC_FILENAME_MAX, EXIT_STATUS_KNOWN,
 };
 
-use crate::maps::{count, EVENTS, EXIT_STATUS};
+use crate::maps::{count, forget_process_fds, mark_stdio, EVENTS, EXIT_STATUS};
 
 /// Offset of `child_pid` in the `sched_process_fork` record. Its layout changed in 6.x (the
 /// comms became `__data_loc`), so userspace reads it from the tracepoint's format file.
@@ -53,6 +53,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if status.is_some() {
         let _ = EXIT_STATUS.remove(tgid);
     }
+    forget_process_fds(tgid, false);
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         return 0;
@@ -156,11 +157,16 @@ struct ExecEvent {
     filename: [u8; EXEC_FILENAME_MAX],
 }
 
-/// A process replaced its program: userspace looks at the new executable (static TLS, Go) and
-/// its libraries.
+/// A process replaced its program: its stdin and stdout become JSON-RPC candidates, and
+/// userspace looks at the new executable (static TLS, Go) and its libraries.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != unsafe { core::ptr::read_volatile(&crate::syscalls::TRACER_TGID) } {
+        forget_process_fds(tgid, true);
+        mark_stdio(tgid);
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         return 0;

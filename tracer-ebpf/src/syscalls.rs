@@ -6,6 +6,12 @@
 //! once, for the SNI) and nothing more is copied; anything else is ignored. A syscall made inside a
 //! TLS library call on the same thread is that call's ciphertext: it links the library's
 //! connection object to the fd and is never copied.
+//!
+//! Stdio fds are candidates too: every program's stdin and stdout as it execs (`process.rs`), plus
+//! pipes userspace finds on fds 0 and 1 at start-up, and the duplicates a process makes of them
+//! (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). The first call on each decides: a JSON-RPC message
+//! is copied from then on; anything else drops the fd from the map, so its later calls cost the
+//! same single missed lookup as any unrelated fd.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -21,8 +27,9 @@ use tracer_common::{
 use crate::{
     emit::{emit_buffer, emit_record, Transfer},
     maps::{
-        count, is_ignored, PendingIo, PendingSocketCall, StreamKey, EVENTS, PENDING_IO,
-        PENDING_READS, PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS, STREAM_OFFSETS,
+        count, is_ignored, PendingDup, PendingIo, PendingSocketCall, StreamKey, EVENTS,
+        PENDING_DUPS, PENDING_IO, PENDING_READS, PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS,
+        STREAM_OFFSETS,
     },
 };
 
@@ -35,7 +42,7 @@ const EINPROGRESS: i64 = 115;
 /// The tracer's own process, set by userspace at load time: its exporter connections are never
 /// traced (that would feed its own output back into itself).
 #[unsafe(no_mangle)]
-static TRACER_TGID: u32 = 0;
+pub static TRACER_TGID: u32 = 0;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
@@ -94,7 +101,7 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
         };
         let state = SocketState {
             flags: flag::STREAM,
-            _pad: 0,
+            pair: 0,
         };
         let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
     }
@@ -214,7 +221,7 @@ fn finish_accept(ctx: &TracePointContext) {
 fn start_connection(key: FdKey, flags: u32, pid_tgid: u64) {
     let state = SocketState {
         flags: flags | flag::STREAM,
-        _pad: 0,
+        pair: 0,
     };
     let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
     forget_offsets(key, pid_tgid);
@@ -301,6 +308,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SOCKETS.remove(key);
+    // A stdio fd's byte counts belong to its pair, which other fds may still carry.
+    if state.flags & flag::STDIO != 0 {
+        return 0;
+    }
     forget_offsets(key, pid_tgid);
     // Every connection userspace heard of (connect/accept) hears of its end, so it can forget it.
     if state.flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
@@ -404,7 +415,15 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         return;
     };
     let state = unsafe { &mut *state };
-    if state.flags & (flag::CONNECTED | flag::ACCEPTED) == 0 || state.flags & flag::OTHER != 0 {
+    if state.flags & flag::OTHER != 0 {
+        return;
+    }
+    if state.flags & flag::STDIO != 0 {
+        // No TLS library writes its records to stdio: straight to the copy.
+        remember_io(ctx, pid_tgid, fd, function);
+        return;
+    }
+    if state.flags & (flag::CONNECTED | flag::ACCEPTED) == 0 {
         return;
     }
     // A socket the process opened before userspace decided to leave it out.
@@ -434,6 +453,12 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
     if state.flags & flag::TLS != 0 {
         return;
     }
+    remember_io(ctx, pid_tgid, fd, function);
+}
+
+/// The call's buffer (or iovec array) until its return says how many bytes moved.
+#[inline(always)]
+fn remember_io(ctx: &TracePointContext, pid_tgid: u64, fd: u32, function: SocketFunction) {
     let (buf, count) = match function {
         SocketFunction::Sendmsg | SocketFunction::Recvmsg => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
@@ -488,7 +513,17 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
     } else {
         io.buf
     };
-    if state.flags & flag::HTTP == 0 {
+    let stdio = state.flags & flag::STDIO != 0;
+    if stdio {
+        if state.flags & flag::JSONRPC == 0 {
+            if !sniff_jsonrpc(first_buf, len) {
+                let _ = SOCKETS.remove(key);
+                count(counter::IGNORED_STDIO, 1);
+                return;
+            }
+            state.flags |= flag::JSONRPC;
+        }
+    } else if state.flags & flag::HTTP == 0 {
         match sniff(first_buf) {
             Sniffed::Http => state.flags |= flag::HTTP,
             Sniffed::Tls => {
@@ -508,7 +543,15 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
             }
         }
     }
-    count(counter::SOCKET_CALLS, 1);
+    let pair = state.pair;
+    count(
+        if stdio {
+            counter::STDIO_CALLS
+        } else {
+            counter::SOCKET_CALLS
+        },
+        1,
+    );
     let timestamp_ns = match direction {
         Direction::Egress => io.timestamp_ns,
         Direction::Ingress => unsafe { bpf_ktime_get_ns() },
@@ -523,17 +566,16 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         6 => SocketFunction::Recvfrom,
         _ => SocketFunction::Recvmsg,
     };
+    let transfer = |buf: u64, len: u64| {
+        let t = Transfer::socket(io.fd, buf, len, timestamp_ns, pid_tgid, function, direction);
+        if stdio {
+            t.on_stdio(pair)
+        } else {
+            t
+        }
+    };
     if !vectored {
-        let mut transfer = Transfer::socket(
-            io.fd,
-            io.buf,
-            len,
-            timestamp_ns,
-            pid_tgid,
-            function,
-            direction,
-        );
-        emit_buffer(&mut transfer);
+        emit_buffer(&mut transfer(io.buf, len));
         return;
     }
     // The bytes fill the iovecs in order, up to the syscall's return value.
@@ -547,16 +589,7 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         let size = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
         let take = if size < left { size } else { left };
         if take > 0 && base != 0 {
-            let mut transfer = Transfer::socket(
-                io.fd,
-                base,
-                take,
-                timestamp_ns,
-                pid_tgid,
-                function,
-                direction,
-            );
-            emit_buffer(&mut transfer);
+            emit_buffer(&mut transfer(base, take));
         }
         left -= take;
     }
@@ -593,6 +626,158 @@ fn sniff(buf: u64) -> Sniffed {
         i += 1;
     }
     Sniffed::Other
+}
+
+/// Whether a stdio fd's first call carries a JSON-RPC message: MCP's stdio framing puts one JSON
+/// object per line, so the call starts with `{"` and the object's first member is one JSON-RPC
+/// defines (`jsonrpc`, `id`, `method`, `params`, `result`, `error`); a `[` before it is a batch.
+/// Eight bytes are read: a first call shorter than that (a reader taking one byte at a time) is
+/// not recognised.
+#[inline(always)]
+fn sniff_jsonrpc(buf: u64, len: u64) -> bool {
+    if len < 8 {
+        return false;
+    }
+    let Ok(mut head) = (unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }) else {
+        return false;
+    };
+    if head[0] == b'[' {
+        if len < 9 {
+            return false;
+        }
+        let Ok(after) = (unsafe { bpf_probe_read_user((buf + 1) as *const [u8; 8]) }) else {
+            return false;
+        };
+        head = after;
+    }
+    if head[0] != b'{' || head[1] != b'"' {
+        return false;
+    }
+    let name = [head[2], head[3], head[4], head[5]];
+    name == *b"json"
+        || name == *b"meth"
+        || name == *b"para"
+        || name == *b"resu"
+        || name == *b"erro"
+        || (head[2] == b'i' && head[3] == b'd' && head[4] == b'"')
+}
+
+// dup/dup2/dup3/fcntl(F_DUPFD*): a stdio fd's duplicate is the same stream (MCP SDKs move the
+// wire off fds 0 and 1 so that stray prints cannot corrupt it); a traced fd replaced by dup2 is no
+// longer what was traced.
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+/// `PendingDup::newfd` when the kernel picks the new fd (dup, fcntl).
+const ANY_FD: u32 = u32::MAX;
+
+#[tracepoint]
+pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32, ANY_FD);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32, arg(&ctx, 1) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32, arg(&ctx, 1) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    let cmd = arg(&ctx, 1);
+    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
+        enter_dup(arg(&ctx, 0) as u32, ANY_FD);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx);
+    0
+}
+
+#[inline(always)]
+fn enter_dup(old_fd: u32, new_fd: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = tgid(pid_tgid);
+    // Plain values, not Options of states: LLVM leaves a None's payload undefined, and the
+    // verifier rejects reading an undefined register.
+    let state = match unsafe { SOCKETS.get(FdKey { tgid, fd: old_fd }) } {
+        Some(s) if s.flags & flag::STDIO != 0 => *s,
+        _ => SocketState { flags: 0, pair: 0 },
+    };
+    let replaced_flags = if new_fd == ANY_FD || new_fd == old_fd {
+        0
+    } else {
+        match unsafe { SOCKETS.get(FdKey { tgid, fd: new_fd }) } {
+            Some(s) => s.flags,
+            None => 0,
+        }
+    };
+    if state.flags == 0 && replaced_flags == 0 {
+        return;
+    }
+    let dup = PendingDup {
+        state,
+        replaced_flags,
+        _pad: 0,
+    };
+    let _ = PENDING_DUPS.insert(pid_tgid, dup, BPF_ANY as u64);
+}
+
+#[inline(always)]
+fn exit_dup(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(dup) = (unsafe { PENDING_DUPS.get(pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = PENDING_DUPS.remove(pid_tgid);
+    let fd = ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let key = FdKey {
+        tgid: tgid(pid_tgid),
+        fd: fd as u32,
+    };
+    if dup.replaced_flags & flag::STDIO == 0 && dup.replaced_flags != 0 {
+        // A socket closed by being replaced: the same as close() for its stream.
+        forget_offsets(key, pid_tgid);
+        if dup.replaced_flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
+            emit_socket_record(RecordKind::Close, pid_tgid, key.fd, SocketRecord::default());
+        }
+    }
+    if dup.state.flags & flag::STDIO != 0 {
+        let _ = SOCKETS.insert(key, dup.state, BPF_ANY as u64);
+    } else {
+        let _ = SOCKETS.remove(key);
+    }
 }
 
 #[inline(always)]

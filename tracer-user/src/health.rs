@@ -62,6 +62,13 @@ counters! {
     /// Records of processes the selection rules leave out, dropped in userspace (made before
     /// the kernel learnt of the decision).
     ignored_records,
+    /// Stdio (pipe) syscalls captured in the kernel.
+    kernel_stdio_calls,
+    /// Stdio fds whose first bytes were not JSON-RPC (not copied).
+    kernel_ignored_stdio,
+    /// Processes running at start-up whose stdin and stdout (pipes) were seeded as JSON-RPC
+    /// candidates.
+    stdio_seeded,
     /// Bytes streams had carried before the tracer first saw them (attached late).
     attached_late_bytes,
     /// Binaries whose TLS hooks were placed.
@@ -80,6 +87,14 @@ counters! {
     http_exchanges,
     /// Exchanges cut short (process exit, idle timeout, shutdown).
     http_interrupted,
+    /// JSON-RPC messages read from stdio streams.
+    jsonrpc_messages,
+    /// Stdio lines that were not JSON-RPC (the stream resynchronised at the next line).
+    jsonrpc_parse_errors,
+    /// Stdio lines longer than the body cap, skipped.
+    jsonrpc_oversized,
+    /// JSON-RPC responses whose request was not seen (sent before the tracer looked).
+    jsonrpc_unmatched_responses,
     /// Exchanges recognised as LLM calls.
     llm_calls,
     /// MCP JSON-RPC requests.

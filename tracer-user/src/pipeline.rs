@@ -12,9 +12,12 @@ use crate::{
     enrich::{EnrichConfig, InterestSink, ProcessCache},
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
     health::Health,
-    protocols::{HttpExchange, HttpTracker},
+    protocols::{
+        jsonrpc::{JsonRpcTracker, RpcExchange},
+        HttpExchange, HttpTracker,
+    },
     span::Span,
-    streams::{StreamAssembler, StreamEvent, StreamRecorder},
+    streams::{Source, StreamAssembler, StreamEvent, StreamRecorder},
 };
 
 pub struct PipelineConfig {
@@ -37,6 +40,8 @@ pub struct PipelineConfig {
 pub struct Pipeline {
     streams: StreamAssembler,
     http: HttpTracker,
+    /// JSON-RPC over processes' stdio (MCP stdio servers).
+    jsonrpc: JsonRpcTracker,
     genai: GenAiConfig,
     agent: AgentAssembler,
     processes: ProcessCache,
@@ -45,6 +50,7 @@ pub struct Pipeline {
     recorder: Option<StreamRecorder>,
     stream_events: Vec<StreamEvent>,
     exchanges: Vec<HttpExchange>,
+    rpc_exchanges: Vec<RpcExchange>,
 }
 
 impl Pipeline {
@@ -52,6 +58,7 @@ impl Pipeline {
         Pipeline {
             streams: StreamAssembler::new(),
             http: HttpTracker::new(config.max_body_bytes, health.clone()),
+            jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()),
             genai: GenAiConfig {
                 capture_content: config.capture_content,
             },
@@ -77,6 +84,7 @@ impl Pipeline {
             recorder: config.record_streams,
             stream_events: Vec::new(),
             exchanges: Vec::new(),
+            rpc_exchanges: Vec::new(),
         }
     }
 
@@ -114,7 +122,16 @@ impl Pipeline {
             if let Some(recorder) = &mut self.recorder {
                 recorder.record(&stream_event);
             }
-            self.http.push(&stream_event, &mut self.exchanges);
+            match stream_conn(&stream_event) {
+                Some(conn) if conn.source == Source::Stdio => {
+                    self.jsonrpc.push(&stream_event, &mut self.rpc_exchanges)
+                }
+                Some(_) => self.http.push(&stream_event, &mut self.exchanges),
+                None => {
+                    self.jsonrpc.push(&stream_event, &mut self.rpc_exchanges);
+                    self.http.push(&stream_event, &mut self.exchanges);
+                }
+            }
         }
         self.health.attached_late_bytes.store(
             self.streams.attached_late_bytes,
@@ -160,6 +177,11 @@ impl Pipeline {
         let first_new = out.len();
         self.http
             .sweep_idle(now_monotonic_ns, self.idle_timeout_ns, &mut self.exchanges);
+        self.jsonrpc.sweep_idle(
+            now_monotonic_ns,
+            self.idle_timeout_ns,
+            &mut self.rpc_exchanges,
+        );
         self.finish_exchanges(out);
         self.agent.tick(now_monotonic_ns, out);
         self.enrich(&mut out[first_new..]);
@@ -169,12 +191,19 @@ impl Pipeline {
     pub fn close_all(&mut self, out: &mut Vec<Span>) {
         let first_new = out.len();
         self.http.close_all(&mut self.exchanges);
+        self.jsonrpc.close_all(&mut self.rpc_exchanges);
         self.finish_exchanges(out);
         self.agent.close_all(out);
         self.enrich(&mut out[first_new..]);
     }
 
     fn finish_exchanges(&mut self, out: &mut Vec<Span>) {
+        for exchange in self.rpc_exchanges.drain(..) {
+            if let Some(Call::Mcp(m)) = genai::recognise_rpc(&exchange) {
+                Health::add(&self.health.mcp_calls, 1);
+                self.agent.mcp_call(&m, out);
+            }
+        }
         for exchange in self.exchanges.drain(..) {
             match genai::recognise(&exchange, &self.genai) {
                 Some(Ok(call)) => match &call {
@@ -198,5 +227,16 @@ impl Pipeline {
                 None => {}
             }
         }
+    }
+}
+
+/// The connection a stream event is about; `None` for a whole process.
+fn stream_conn(event: &StreamEvent) -> Option<crate::streams::ConnKey> {
+    match event {
+        StreamEvent::Data { conn, .. }
+        | StreamEvent::Gap { conn, .. }
+        | StreamEvent::Peer { conn, .. }
+        | StreamEvent::Closed { conn, .. } => Some(*conn),
+        StreamEvent::ProcessExit { .. } => None,
     }
 }

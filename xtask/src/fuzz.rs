@@ -8,7 +8,15 @@ use anyhow::{bail, Result};
 use crate::util::{self, run_checked};
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: &[&str] = &["http1", "http2", "sse", "websocket", "eventstream", "genai"];
+pub const TARGETS: &[&str] = &[
+    "http1",
+    "http2",
+    "sse",
+    "websocket",
+    "eventstream",
+    "genai",
+    "jsonrpc",
+];
 
 pub fn command(target: &str, seconds: u32) -> Command {
     let mut c = util::cargo_toolchain("nightly");

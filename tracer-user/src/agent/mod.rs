@@ -36,7 +36,7 @@ use crate::{
         history::{self, ToolResult},
         mcp,
         semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
-        HttpCall, LlmCall, McpExchange, ToolCall, Usage,
+        HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
     health::Health,
     span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
@@ -59,6 +59,21 @@ pub struct AgentConfig {
     pub genai_attributes: bool,
     pub openinference_attributes: bool,
     pub names: AgentNames,
+}
+
+impl AgentConfig {
+    /// The defaults of `agent-tracer run` with `content` as the content policy.
+    pub fn with_content(content: ContentPolicy) -> Self {
+        AgentConfig {
+            content,
+            run_idle_timeout_ns: 600_000_000_000,
+            prices: PriceTable::builtin(),
+            sample_ratio: 1.0,
+            genai_attributes: true,
+            openinference_attributes: true,
+            names: AgentNames::default(),
+        }
+    }
 }
 
 /// Where a span hangs: a run (by key, so it survives the run's trace id changing) and a span.
@@ -286,7 +301,20 @@ impl AgentAssembler {
 
     /// An MCP request: `{mcp.method.name} {target}` per the MCP conventions.
     pub fn mcp_call(&mut self, call: &McpExchange, out: &mut Vec<Span>) {
-        let mut span = self.http_span(&call.http);
+        let (mut span, pid, start_ns, end_ns) = match &call.transport {
+            McpTransport::Http(http) => (
+                self.http_span(http),
+                http.conn.pid,
+                http.start_ns,
+                http.end_ns,
+            ),
+            McpTransport::Stdio(stdio) => (
+                self.stdio_span(stdio),
+                stdio.conn.pid,
+                stdio.start_ns,
+                stdio.end_ns,
+            ),
+        };
         span.name = mcp::span_name(&call.mcp);
         let c = &self.config.content;
         let mut attributes = mcp::attributes(&call.mcp, c.capture, c.max_bytes);
@@ -313,14 +341,7 @@ impl AgentAssembler {
             Some(t) => Hint::ToolName(t),
             None => Hint::None,
         };
-        self.activity(
-            call.http.conn.pid,
-            call.http.start_ns,
-            call.http.end_ns,
-            span,
-            hint,
-            out,
-        );
+        self.activity(pid, start_ns, end_ns, span, hint, out);
     }
 
     /// Forks, execs and exits: lineage, and exec spans for processes spawned inside a run.
@@ -1063,6 +1084,34 @@ impl AgentAssembler {
     }
 
     // ----- spans of single calls -----
+
+    /// What the stdio transport gives an MCP span: its times, its loss, and why no answer came
+    /// (`process_exit`, `idle_timeout`, `shutdown`, `cancelled`).
+    fn stdio_span(&self, call: &StdioCall) -> Span {
+        let mut rng = rand::rng();
+        let mut attributes: Vec<(&'static str, AttrValue)> = Vec::new();
+        let mut status = SpanStatus::Unset;
+        if let Some(reason) = call.interrupted {
+            attributes.push(("error.type", reason.into()));
+            status = SpanStatus::Error(reason.to_string());
+        }
+        if call.bytes_lost > 0 {
+            attributes.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
+        }
+        Span {
+            trace_id: rng.random(),
+            span_id: rng.random(),
+            parent_span_id: None,
+            name: String::new(),
+            kind: SpanKind::Client,
+            start_unix_ns: self.clock.unix_ns(call.start_ns),
+            end_unix_ns: self.clock.unix_ns(call.end_ns.max(call.start_ns)),
+            attributes,
+            status,
+            events: Vec::new(),
+            process: Arc::new(ProcessInfo::unknown(call.conn.pid)),
+        }
+    }
 
     fn http_span(&self, call: &HttpCall) -> Span {
         let mut rng = rand::rng();

@@ -605,7 +605,7 @@ fn calls_made_while_a_tool_call_is_never_answered_are_not_its_sub_agent() {
 
 fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
     McpExchange {
-        http: HttpCall {
+        transport: McpTransport::Http(HttpCall {
             conn: ConnKey {
                 pid,
                 source: Source::Socket,
@@ -622,8 +622,9 @@ fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
             response_body_bytes: 10,
             bytes_lost: 0,
             interrupted: None,
-        },
+        }),
         mcp: mcp::McpCall {
+            transport: mcp::Transport::Http,
             method: "tools/call".into(),
             request_id: "3".into(),
             target: Some(tool.into()),

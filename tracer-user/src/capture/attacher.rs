@@ -69,6 +69,10 @@ impl Attacher {
             self.consider(&runtime, true, None);
         }
         let pids = all_pids();
+        // Stdio first: a seeded server's next read is then caught, whatever the scans cost.
+        for pid in &pids {
+            self.seed_stdio(*pid);
+        }
         for pid in &pids {
             self.scan_process(*pid);
         }
@@ -159,6 +163,20 @@ impl Attacher {
                 shown.display()
             );
             self.hooked_paths.push(shown);
+        }
+    }
+
+    /// A running process's stdio, when it is a pair of pipes (see `stdio.rs`).
+    fn seed_stdio(&mut self, pid: u32) {
+        if pid == self.own_pid {
+            return;
+        }
+        let Some(fds) = super::stdio::stdio_fds(pid) else {
+            return;
+        };
+        match self.capture.seed_stdio(pid, &fds) {
+            Ok(()) => Health::add(&self.health.stdio_seeded, 1),
+            Err(e) => debug!("seeding the stdio of {pid}: {e:#}"),
         }
     }
 

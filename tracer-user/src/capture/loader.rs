@@ -57,6 +57,14 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_recvfrom"),
     ("syscalls", "sys_enter_recvmsg"),
     ("syscalls", "sys_exit_recvmsg"),
+    ("syscalls", "sys_enter_dup"),
+    ("syscalls", "sys_exit_dup"),
+    ("syscalls", "sys_enter_dup2"),
+    ("syscalls", "sys_exit_dup2"),
+    ("syscalls", "sys_enter_dup3"),
+    ("syscalls", "sys_exit_dup3"),
+    ("syscalls", "sys_enter_fcntl"),
+    ("syscalls", "sys_exit_fcntl"),
 ];
 
 /// Where `sched_process_fork` keeps `child_pid`: from the tracepoint's format file, else the
@@ -155,14 +163,10 @@ impl Capture {
 
     /// Marks a socket that was open before the tracer started as worth watching.
     pub fn seed_socket(&mut self, tgid: u32, fd: u32) -> Result<()> {
-        let mut sockets: BpfHashMap<&mut MapData, FdKey, SocketState> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("SOCKETS")
-                .context("map SOCKETS missing")?,
-        )?;
+        let mut sockets = self.sockets()?;
         let state = SocketState {
             flags: socket_flag::STREAM | socket_flag::CONNECTED | socket_flag::MIDSTREAM,
-            _pad: 0,
+            pair: 0,
         };
         sockets.insert(FdKey { tgid, fd }, state, 0)?;
         Ok(())
@@ -176,6 +180,28 @@ impl Capture {
             .take_map("IGNORED_PIDS")
             .context("map IGNORED_PIDS missing")?;
         Ok(IgnoredPids(BpfHashMap::try_from(map)?))
+    }
+
+    /// Marks stdio fds of a process that was running before the tracer started as JSON-RPC
+    /// candidates (the kernel marks those of programs that exec afterwards).
+    pub fn seed_stdio(&mut self, tgid: u32, fds: &[u32]) -> Result<()> {
+        let mut sockets = self.sockets()?;
+        let state = SocketState {
+            flags: socket_flag::STDIO,
+            pair: tracer_common::STDIO_PAIR,
+        };
+        for fd in fds {
+            sockets.insert(FdKey { tgid, fd: *fd }, state, 0)?;
+        }
+        Ok(())
+    }
+
+    fn sockets(&mut self) -> Result<BpfHashMap<&mut MapData, FdKey, SocketState>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("SOCKETS")
+                .context("map SOCKETS missing")?,
+        )?)
     }
 
     /// The ring buffer, handed to the reader once.
@@ -220,6 +246,12 @@ impl Capture {
         health
             .kernel_ignored_calls
             .store(read(counter::IGNORED_CALLS), Relaxed);
+        health
+            .kernel_stdio_calls
+            .store(read(counter::STDIO_CALLS), Relaxed);
+        health
+            .kernel_ignored_stdio
+            .store(read(counter::IGNORED_STDIO), Relaxed);
         Ok(())
     }
 }

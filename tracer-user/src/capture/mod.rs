@@ -8,6 +8,7 @@ pub mod gotls;
 mod libssl;
 mod loader;
 pub mod reader;
+mod stdio;
 mod system;
 pub mod targets;
 
@@ -31,7 +32,7 @@ pub use system::prepare_host;
 pub struct DataChunk {
     pub pid: u32,
     pub source: Source,
-    /// The TLS connection object, or the fd for sockets.
+    /// The TLS connection object, the fd for sockets, the pair id for stdio.
     pub conn_id: u64,
     pub direction: Direction,
     /// CLOCK_MONOTONIC nanoseconds.
@@ -211,6 +212,7 @@ fn source(raw: u32) -> Result<Source, DecodeError> {
     match raw {
         s if s == Source::Tls as u32 => Ok(Source::Tls),
         s if s == Source::Socket as u32 => Ok(Source::Socket),
+        s if s == Source::Stdio as u32 => Ok(Source::Stdio),
         s => Err(DecodeError::Source(s)),
     }
 }

@@ -148,6 +148,15 @@ pub fn namespace_pid(status: &str) -> Option<u32> {
         .and_then(|p| p.parse().ok())
 }
 
+/// The parent's PID, from `/proc/PID/status` (`PPid:`, in the tracer's PID namespace).
+pub fn parent_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|p| *p != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +324,8 @@ mod tests {
         assert_eq!(namespace_pid("Name:\tpython3\nNSpid:\t4242\t1\n"), Some(1));
         assert_eq!(namespace_pid("NSpid:\t77\n"), Some(77));
         assert_eq!(namespace_pid("Name: x\n"), None);
+        assert_eq!(parent_pid("Name:\tpython3\nPPid:\t4242\n"), Some(4242));
+        assert_eq!(parent_pid("PPid:\t0\n"), None);
     }
 
     proptest::proptest! {

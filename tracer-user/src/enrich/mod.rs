@@ -26,6 +26,8 @@ pub struct ProcessInfo {
     pub host_name: String,
     /// The PID inside the process's own PID namespace (a container's view), when different.
     pub namespace_pid: Option<u32>,
+    /// The process that started it (for a stdio MCP server: its client), host PID.
+    pub parent_pid: Option<u32>,
     pub container_id: Option<String>,
     pub container_runtime: Option<&'static str>,
     /// The Kubernetes pod the process runs in, from its cgroup and the node's pod log tree.
@@ -43,6 +45,7 @@ impl ProcessInfo {
             command_line: None,
             host_name: String::new(),
             namespace_pid: None,
+            parent_pid: None,
             container_id: None,
             container_runtime: None,
             pod: None,
@@ -71,10 +74,12 @@ impl ProcessInfo {
             .map(str::to_string)
             .or(comm)
             .unwrap_or_else(|| "unknown".to_string());
-        let namespace_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| container::namespace_pid(&s))
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+        let namespace_pid = status
+            .as_deref()
+            .and_then(container::namespace_pid)
             .filter(|ns| *ns != pid);
+        let parent_pid = status.as_deref().and_then(container::parent_pid);
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map(|c| container::identity_of(&c))
             .unwrap_or_default();
@@ -91,6 +96,7 @@ impl ProcessInfo {
         ProcessInfo {
             pid,
             namespace_pid,
+            parent_pid,
             container_runtime: cgroup.runtime,
             container_id: cgroup.container_id,
             pod,
@@ -400,6 +406,7 @@ mod tests {
     fn reads_own_process() {
         let me = ProcessInfo::read(std::process::id(), "h", None);
         assert!(me.executable_path.is_some());
+        assert_eq!(me.parent_pid, Some(std::os::unix::process::parent_id()));
         assert!(me.command_line.is_some());
         assert_eq!(me.host_name, "h");
     }

@@ -401,6 +401,9 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
     if let Some(node) = &process.node_name {
         attributes.push(kv("k8s.node.name", &AttrValue::Str(node.clone())));
     }
+    if let Some(ppid) = process.parent_pid {
+        attributes.push(kv("process.parent_pid", &AttrValue::Int(ppid.into())));
+    }
     if let Some(id) = &process.container_id {
         attributes.push(kv("container.id", &AttrValue::Str(id.clone())));
     }

@@ -1,6 +1,8 @@
-//! MCP (Model Context Protocol) over Streamable HTTP: JSON-RPC 2.0 requests in POST bodies,
-//! answered by one JSON response or an SSE stream whose events may carry notifications before
-//! the response with the request's id (genai-spec §4).
+//! MCP (Model Context Protocol): JSON-RPC 2.0 requests and their responses, whichever transport
+//! carried them. Over Streamable HTTP a request is a POST body, answered by one JSON response or
+//! an SSE stream whose events may carry notifications before the response with the request's id;
+//! over stdio both are lines of the server's stdin and stdout, paired by
+//! `protocols::jsonrpc` (genai-spec §4).
 
 use serde_json::Value;
 
@@ -10,9 +12,19 @@ use crate::{
     span::AttrValue,
 };
 
+/// How the messages travelled (`network.transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP (or the older HTTP+SSE) over TCP.
+    Http,
+    /// A server process's stdin and stdout.
+    Stdio,
+}
+
 /// One JSON-RPC request and its outcome.
 #[derive(Clone, Debug, PartialEq)]
 pub struct McpCall {
+    pub transport: Transport,
     pub method: String,
     /// `jsonrpc.request.id`, as a string.
     pub request_id: String,
@@ -51,6 +63,38 @@ pub fn parse(
     exchange: &HttpExchange,
     view: Option<&ResponseView<'_>>,
 ) -> Option<McpCall> {
+    let (_, request_id) = request(json)?;
+    let protocol_version =
+        header(&exchange.request.headers, "mcp-protocol-version").map(str::to_string);
+    // One JSON message, or SSE events carrying messages: the response is the one with our id.
+    let messages: Vec<Value> = match view {
+        Some(view) if view.is_sse() => view
+            .sse()
+            .into_iter()
+            .filter_map(|(e, _)| serde_json::from_str(&e.data).ok())
+            .collect(),
+        Some(view) => view.json().into_iter().collect(),
+        None => Vec::new(),
+    };
+    let response = messages.iter().find(|m| {
+        m.get("id").is_some_and(|id| match id {
+            Value::String(s) => *s == request_id,
+            Value::Number(n) => n.to_string() == request_id,
+            _ => false,
+        }) && (m.get("result").is_some() || m.get("error").is_some())
+    });
+    from_messages(json, response, protocol_version, Transport::Http)
+}
+
+/// The call a JSON-RPC request and its response (when one came) make. `protocol_version` is what
+/// the transport knows (a header, the connection's `initialize`); an `initialize` result's own
+/// version wins.
+pub fn from_messages(
+    json: &Value,
+    response: Option<&Value>,
+    protocol_version: Option<String>,
+    transport: Transport,
+) -> Option<McpCall> {
     let (method, request_id) = request(json)?;
     let params = json.get("params").unwrap_or(&Value::Null);
     let name = params
@@ -58,6 +102,7 @@ pub fn parse(
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut call = McpCall {
+        transport,
         target: matches!(method.as_str(), "tools/call" | "prompts/get")
             .then_some(name)
             .flatten(),
@@ -65,8 +110,7 @@ pub fn parse(
             .get("uri")
             .and_then(Value::as_str)
             .map(str::to_string),
-        protocol_version: header(&exchange.request.headers, "mcp-protocol-version")
-            .map(str::to_string),
+        protocol_version,
         arguments: params.get("arguments").cloned(),
         method,
         request_id,
@@ -76,53 +120,36 @@ pub fn parse(
         tool_error: false,
         unanswered: true,
     };
-    let Some(view) = view else {
+    let Some(response) = response else {
         return Some(call);
     };
-    // One JSON message, or SSE events carrying messages: the response is the one with our id.
-    let messages: Vec<Value> = if view.is_sse() {
-        view.sse()
-            .into_iter()
-            .filter_map(|(e, _)| serde_json::from_str(&e.data).ok())
-            .collect()
-    } else {
-        view.json().into_iter().collect()
-    };
-    let response = messages.into_iter().find(|m| {
-        m.get("id").is_some_and(|id| match id {
-            Value::String(s) => *s == call.request_id,
-            Value::Number(n) => n.to_string() == call.request_id,
-            _ => false,
-        }) && (m.get("result").is_some() || m.get("error").is_some())
-    });
-    if let Some(response) = response {
-        call.unanswered = false;
-        if let Some(err) = response.get("error") {
-            call.error_code = err.get("code").and_then(Value::as_i64);
-            call.error_message = err
-                .get("message")
+    call.unanswered = false;
+    if let Some(err) = response.get("error") {
+        call.error_code = err.get("code").and_then(Value::as_i64);
+        call.error_message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
+    if let Some(result) = response.get("result") {
+        call.tool_error = result
+            .get("isError")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if call.method == "initialize" {
+            call.protocol_version = result
+                .get("protocolVersion")
                 .and_then(Value::as_str)
-                .map(str::to_string);
+                .map(str::to_string)
+                .or(call.protocol_version);
         }
-        if let Some(result) = response.get("result") {
-            call.tool_error = result
-                .get("isError")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            if call.method == "initialize" {
-                call.protocol_version = result
-                    .get("protocolVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-            }
-            call.result = Some(
-                result
-                    .get("structuredContent")
-                    .or_else(|| result.get("content"))
-                    .unwrap_or(result)
-                    .clone(),
-            );
-        }
+        call.result = Some(
+            result
+                .get("structuredContent")
+                .or_else(|| result.get("content"))
+                .unwrap_or(result)
+                .clone(),
+        );
     }
     Some(call)
 }
@@ -151,9 +178,14 @@ pub fn attributes(
     let mut a: Vec<(&'static str, AttrValue)> = vec![
         ("mcp.method.name", call.method.clone().into()),
         ("jsonrpc.request.id", call.request_id.clone().into()),
-        ("network.transport", "tcp".into()),
-        ("network.protocol.name", "http".into()),
     ];
+    match call.transport {
+        Transport::Http => {
+            a.push(("network.transport", "tcp".into()));
+            a.push(("network.protocol.name", "http".into()));
+        }
+        Transport::Stdio => a.push(("network.transport", "pipe".into())),
+    }
     if let Some(v) = &call.protocol_version {
         a.push(("mcp.protocol.version", v.clone().into()));
     }
@@ -222,6 +254,7 @@ mod tests {
     #[test]
     fn error_types() {
         let base = McpCall {
+            transport: Transport::Stdio,
             method: "tools/call".into(),
             request_id: "1".into(),
             target: Some("add".into()),

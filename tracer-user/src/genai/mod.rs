@@ -23,6 +23,7 @@ use crate::{
         body::decode_content,
         eventstream::{self, EventMessage, EventStreamError},
         http1::{header, HttpResponse},
+        jsonrpc::RpcExchange,
         sse, ExchangeEnd, HttpExchange,
     },
     streams::{ConnKey, Source},
@@ -135,11 +136,30 @@ pub struct HttpCall {
     pub interrupted: Option<&'static str>,
 }
 
-/// An MCP JSON-RPC request over HTTP, with the HTTP exchange that carried it.
+/// An MCP JSON-RPC request, with what carried it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct McpExchange {
-    pub http: HttpCall,
+    pub transport: McpTransport,
     pub mcp: mcp::McpCall,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum McpTransport {
+    /// The HTTP exchange that carried the request.
+    Http(HttpCall),
+    Stdio(StdioCall),
+}
+
+/// A request on a server's stdin and its answer on its stdout (or the other way round).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StdioCall {
+    pub conn: ConnKey,
+    /// CLOCK_MONOTONIC nanoseconds: the request line's first byte, the response line's end.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes_lost: u64,
+    /// Why no answer came, if none did.
+    pub interrupted: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -246,7 +266,10 @@ pub fn recognise(
         if req.method == "POST" {
             let view = exchange.response.as_ref().and_then(decoded);
             if let Some(mcp) = mcp::parse(&json, exchange, view.as_ref()) {
-                return Some(Ok(Call::Mcp(Box::new(McpExchange { http, mcp }))));
+                return Some(Ok(Call::Mcp(Box::new(McpExchange {
+                    transport: McpTransport::Http(http),
+                    mcp,
+                }))));
             }
         }
         return Some(Ok(Call::Http(http)));
@@ -315,6 +338,29 @@ pub fn recognise(
         });
     }
     Some(Ok(Call::Llm(Box::new(call))))
+}
+
+/// The MCP call a JSON-RPC exchange on a process's stdio makes.
+pub fn recognise_rpc(exchange: &RpcExchange) -> Option<Call> {
+    let mcp = mcp::from_messages(
+        &exchange.request,
+        exchange.response.as_ref(),
+        exchange.protocol_version.clone(),
+        mcp::Transport::Stdio,
+    )?;
+    Some(Call::Mcp(Box::new(McpExchange {
+        transport: McpTransport::Stdio(StdioCall {
+            conn: exchange.conn,
+            start_ns: exchange.start_ns,
+            end_ns: exchange.end_ns,
+            bytes_lost: exchange.bytes_lost,
+            interrupted: match exchange.end {
+                ExchangeEnd::Interrupted(reason) => Some(reason),
+                ExchangeEnd::Complete => None,
+            },
+        }),
+        mcp,
+    })))
 }
 
 fn is_json(headers: &crate::protocols::http1::Headers) -> bool {

@@ -5,6 +5,7 @@ pub mod body;
 pub mod eventstream;
 pub mod http1;
 pub mod http2;
+pub mod jsonrpc;
 pub mod sse;
 pub mod websocket;
 
@@ -14,3 +15,5 @@ pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
 mod fixture_tests;
 #[cfg(test)]
 mod http2_tests;
+#[cfg(test)]
+mod jsonrpc_fixture_tests;

@@ -55,8 +55,14 @@ impl StreamRecorder {
         let file = match self.files.entry((conn, direction)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
+                // Stdio pairs apart from sockets: fd 0 could be either.
+                let stdio = if conn.source == super::Source::Stdio {
+                    "stdio"
+                } else {
+                    ""
+                };
                 let name = format!(
-                    "{}-{:x}-{}.bin",
+                    "{}-{stdio}{:x}-{}.bin",
                     conn.pid,
                     conn.conn_id,
                     match direction {
