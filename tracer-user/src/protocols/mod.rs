@@ -12,4 +12,6 @@ pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
 #[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
+mod http2_joined_tests;
+#[cfg(test)]
 mod http2_tests;
