@@ -176,6 +176,50 @@ pub async fn start_h2c() -> Result<MockOpenAi> {
     Ok(serve_auto(listener, addr, None, PathBuf::new()))
 }
 
+/// The same API over plain HTTP/1.1, where a request asking `Upgrade: h2c` (RFC 7540 §3.2) is
+/// answered `101 Switching Protocols` and then in HTTP/2 frames on stream 1, as curl's
+/// `--http2` on an `http://` URL asks. Requests that do not ask are answered in HTTP/1.1, and
+/// so are all of them when `upgrade` is false (a server that ignores the header, as most do).
+///
+/// Neither hyper nor h2 does this upgrade (h2's server cannot adopt a stream it did not read),
+/// so after hyper's 101 the HTTP/2 side is written here by hand: the server's SETTINGS, then,
+/// once the client's preface arrived, stream 1's response as HEADERS (HPACK by loona-hpack) and
+/// DATA frames as the body streams; client SETTINGS are acknowledged and PINGs answered until
+/// the client goes away.
+pub async fn start_h2c_upgrade(upgrade: bool) -> Result<MockOpenAi> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the mock server")?;
+    let addr = listener.local_addr()?;
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let shared = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let requests = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    crate::h2c_upgrade::handle(req, requests.clone(), upgrade)
+                });
+                let _ = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Ok(MockOpenAi {
+        addr,
+        tls: false,
+        cert_path: PathBuf::new(),
+        requests,
+        task,
+    })
+}
+
 /// Serves `handle` with hyper's protocol-detecting builder, over TLS when given an acceptor.
 fn serve_auto(
     listener: TcpListener,
@@ -247,7 +291,7 @@ pub(crate) fn full(
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-async fn handle(
+pub(crate) async fn handle(
     req: Request<hyper::body::Incoming>,
     requests: Arc<Mutex<Vec<ReceivedRequest>>>,
 ) -> Result<Response<Body>, Infallible> {

@@ -1124,7 +1124,12 @@ impl AgentAssembler {
             trace_id: rng.random(),
             span_id: rng.random(),
             parent_span_id: None,
-            name: call.method.clone(),
+            // HTTP semconv: `HTTP` when the method is not known (HPACK could not decode it).
+            name: if call.method.is_empty() {
+                "HTTP".to_string()
+            } else {
+                call.method.clone()
+            },
             kind: SpanKind::Client,
             start_unix_ns: self.clock.unix_ns(call.start_ns),
             end_unix_ns: self.clock.unix_ns(call.end_ns.max(call.start_ns)),

@@ -102,6 +102,8 @@ fn call(
         request_body_bytes: 10,
         response_body_bytes: 10,
         bytes_lost: 0,
+        http2_joined_mid_connection: false,
+        http2_incomplete_headers: false,
     }
 }
 
@@ -622,6 +624,8 @@ fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
             response_body_bytes: 10,
             bytes_lost: 0,
             interrupted: None,
+            http2_joined_mid_connection: false,
+            http2_incomplete_headers: false,
         }),
         mcp: mcp::McpCall {
             transport: mcp::Transport::Http,

@@ -204,6 +204,9 @@ pub struct ProcessCache {
     /// process is ever decided on.
     ignored: HashSet<u32>,
     interest: Option<InterestSink>,
+    /// Processes whose executable could not be read at exec (the file name stands in): read
+    /// again when their traffic shows they are alive.
+    provisional: HashSet<u32>,
 }
 
 impl ProcessCache {
@@ -225,6 +228,7 @@ impl ProcessCache {
             departed: std::collections::VecDeque::new(),
             selection: config.selection,
             ignored: HashSet::new(),
+            provisional: HashSet::new(),
             interest,
         }
     }
@@ -232,6 +236,14 @@ impl ProcessCache {
     /// Called when a process is first seen, while it is surely alive. Decides whether it is
     /// traced, and tells the kernel when it is not.
     pub fn observe(&mut self, pid: u32) {
+        if self.provisional.contains(&pid) {
+            let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
+            if info.executable_path.is_some() {
+                self.provisional.remove(&pid);
+                self.processes.insert(pid, Arc::new(info));
+            }
+            return;
+        }
         if self.processes.len() < MAX_PROCESSES && !self.processes.contains_key(&pid) {
             let info = Arc::new(ProcessInfo::read(
                 pid,
@@ -259,6 +271,7 @@ impl ProcessCache {
         self.observe(pid);
         if let Some(info) = self.processes.get_mut(&pid) {
             if info.executable_path.is_none() && filename.starts_with('/') {
+                self.provisional.insert(pid);
                 let info = Arc::make_mut(info);
                 info.executable_path = Some(filename.to_string());
                 if info.executable_name == "unknown" {
@@ -284,6 +297,7 @@ impl ProcessCache {
     }
 
     pub fn forget(&mut self, pid: u32) {
+        self.provisional.remove(&pid);
         // The pid may be reused by a process the rules would trace.
         if self.ignored.remove(&pid) {
             if let Some(interest) = &mut self.interest {

@@ -255,6 +255,8 @@ fn bedrock_call(path: &str, status: u16, request_body: u64, response_body: u64) 
         request_body_bytes: request_body,
         response_body_bytes: response_body,
         bytes_lost: 0,
+        http2_joined_mid_connection: false,
+        http2_incomplete_headers: false,
     }
 }
 

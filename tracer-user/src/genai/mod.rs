@@ -116,6 +116,11 @@ pub struct LlmCall {
     pub response_body_bytes: u64,
     /// Bytes of this exchange the capture lost.
     pub bytes_lost: u64,
+    /// HTTP/2 connection the tracer joined after it started (see [`HttpExchange`]).
+    pub http2_joined_mid_connection: bool,
+    /// HTTP/2 header fields that could not be decoded: the method, path, status or headers
+    /// left out were unknown, not absent.
+    pub http2_incomplete_headers: bool,
 }
 
 /// Any other HTTP call to a JSON API: a generic client span.
@@ -134,6 +139,10 @@ pub struct HttpCall {
     pub bytes_lost: u64,
     /// Why the exchange ended early, if it did.
     pub interrupted: Option<&'static str>,
+    /// As [`LlmCall::http2_joined_mid_connection`].
+    pub http2_joined_mid_connection: bool,
+    /// As [`LlmCall::http2_incomplete_headers`].
+    pub http2_incomplete_headers: bool,
 }
 
 /// An MCP JSON-RPC request, with what carried it.
@@ -230,6 +239,68 @@ impl Dialect {
             None
         }
     }
+
+    /// Without a path (HTTP/2 headers the capture could not decode): by the response body's
+    /// shape, which each API's own objects tell apart, and only if the request body (Null when
+    /// not captured) has that API's shape too. A request alone is not enough: `messages` and
+    /// `model` are common to several APIs.
+    fn from_bodies(json: &Value, response: Option<&ResponseView<'_>>) -> Option<Self> {
+        let (event, first, sse) = first_response_object(response?)?;
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let object = text(&first, "object").unwrap_or_default();
+        let kind = text(&first, "type").unwrap_or_default();
+        let has = |k: &str| json.is_null() || json.get(k).is_some();
+        let dialect = if object.starts_with("chat.completion") {
+            Dialect::OpenAiChat
+        } else if object == "response" || kind.starts_with("response.") {
+            Dialect::OpenAiResponses
+        } else if object == "list" && first.pointer("/data/0/object") == Some(&"embedding".into()) {
+            Dialect::OpenAiEmbeddings
+        } else if kind == "message"
+            || kind == "message_start"
+            || event.as_deref() == Some("message_start")
+        {
+            Dialect::Anthropic
+        } else if first.get("candidates").is_some() {
+            Dialect::Gemini { stream: sse }
+        } else if first.get("done").is_some() && first.get("message").is_some() {
+            Dialect::Ollama { generate: false }
+        } else if first.get("done").is_some() && first.get("response").is_some() {
+            Dialect::Ollama { generate: true }
+        } else {
+            return None;
+        };
+        let request_fits = match dialect {
+            Dialect::OpenAiChat | Dialect::Anthropic | Dialect::Ollama { generate: false } => {
+                has("messages")
+            }
+            Dialect::OpenAiResponses => has("input") || has("instructions"),
+            Dialect::OpenAiEmbeddings => has("input"),
+            Dialect::Gemini { .. } => has("contents"),
+            Dialect::Ollama { generate: true } => has("prompt"),
+            // Never inferred from a body alone: Bedrock is recognised by its path.
+            Dialect::Bedrock(_) => false,
+        };
+        request_fits.then_some(dialect)
+    }
+}
+
+/// The first JSON object of a response body, whatever its framing (one JSON value, the first
+/// server-sent event with JSON data, a JSON array's first element, NDJSON's first line), with
+/// its SSE event name and whether the body was SSE.
+fn first_response_object(view: &ResponseView<'_>) -> Option<(Option<String>, Value, bool)> {
+    if view.is_sse() {
+        return view.sse().into_iter().find_map(|(e, _)| {
+            let v: Value = serde_json::from_str(&e.data).ok()?;
+            v.is_object().then_some((e.event, v, true))
+        });
+    }
+    let first = match view.json() {
+        Some(Value::Array(items)) => items.into_iter().next(),
+        Some(v) => Some(v),
+        None => view.ndjson().into_iter().next().map(|(v, _)| v),
+    }?;
+    first.is_object().then_some((None, first, false))
 }
 
 /// What this exchange is: a model call, another JSON API call, or nothing we report.
@@ -239,6 +310,18 @@ pub fn recognise(
 ) -> Option<Result<Call, GenAiError>> {
     let req = &exchange.request;
     let path = req.target.split('?').next().unwrap_or_default();
+    let headers_unknown = req.http2_incomplete_headers
+        || exchange
+            .response
+            .as_ref()
+            .is_some_and(|r| r.http2_incomplete_headers);
+    // LLM APIs are all POSTs: a method HPACK could not decode does not rule one out (it is
+    // only used to choose, never reported).
+    let method = if req.method.is_empty() && headers_unknown {
+        "POST"
+    } else {
+        req.method.as_str()
+    };
     let body = match decode_content(header(&req.headers, "content-encoding"), &req.body) {
         Ok(b) => b,
         Err(_) if req.bytes_lost > 0 => Cow::Borrowed(&b""[..]),
@@ -253,7 +336,7 @@ pub fn recognise(
             // shows on a span.
             Err(_) if req.bytes_lost > 0 => Value::Null,
             Err(e)
-                if Dialect::detect(&req.method, path, &Value::Null).is_some()
+                if Dialect::detect(method, path, &Value::Null).is_some()
                     && is_json(&req.headers) =>
             {
                 return Some(Err(GenAiError::RequestJson(e.to_string())))
@@ -261,9 +344,18 @@ pub fn recognise(
             Err(_) => Value::Null,
         }
     };
-    let Some(dialect) = Dialect::detect(&req.method, path, &json) else {
+    let dialect = Dialect::detect(method, path, &json).or_else(|| {
+        // No path decoded: the bodies may still say which API this is.
+        let by_bodies = headers_unknown && path.is_empty();
+        by_bodies
+            .then(|| {
+                Dialect::from_bodies(&json, exchange.response.as_ref().and_then(decoded).as_ref())
+            })
+            .flatten()
+    });
+    let Some(dialect) = dialect else {
         let http = generic_http(exchange, path)?;
-        if req.method == "POST" {
+        if method == "POST" {
             let view = exchange.response.as_ref().and_then(decoded);
             if let Some(mcp) = mcp::parse(&json, exchange, view.as_ref()) {
                 return Some(Ok(Call::Mcp(Box::new(McpExchange {
@@ -288,7 +380,12 @@ pub fn recognise(
         server_port,
         http_method: req.method.clone(),
         url_path: path.to_string(),
-        http_status: exchange.response.as_ref().map(|r| r.status),
+        // 0: an HTTP/2 `:status` that could not be decoded.
+        http_status: exchange
+            .response
+            .as_ref()
+            .map(|r| r.status)
+            .filter(|s| *s != 0),
         request: LlmRequest::default(),
         response: LlmResponse::default(),
         error: None,
@@ -307,6 +404,8 @@ pub fn recognise(
                 .as_ref()
                 .map(|r| r.bytes_lost)
                 .unwrap_or(0),
+        http2_joined_mid_connection: exchange.http2_joined_mid_connection,
+        http2_incomplete_headers: headers_unknown,
     };
     let view = response_view(exchange, &mut call);
     match dialect {
@@ -371,11 +470,14 @@ fn is_json(headers: &crate::protocols::http1::Headers) -> bool {
 /// of a host's HTTP (package managers, health checks) is not reported.
 fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
     let req = &exchange.request;
+    let response = exchange.response.as_ref();
+    let headers_unknown =
+        req.http2_incomplete_headers || response.is_some_and(|r| r.http2_incomplete_headers);
     let json_api = is_json(&req.headers)
-        || exchange
-            .response
-            .as_ref()
-            .is_some_and(|r| is_json(&r.headers));
+        || response.is_some_and(|r| is_json(&r.headers))
+        // Content types HPACK could not decode: the bodies tell.
+        || (headers_unknown
+            && (looks_json(&req.body) || response.is_some_and(|r| looks_json(&r.body))));
     if !json_api {
         return None;
     }
@@ -388,7 +490,11 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
         conn: exchange.conn,
         method: req.method.clone(),
         url_path: path.to_string(),
-        status: exchange.response.as_ref().map(|r| r.status),
+        status: exchange
+            .response
+            .as_ref()
+            .map(|r| r.status)
+            .filter(|s| *s != 0),
         server_address,
         server_port,
         start_ns: req.start_ns,
@@ -409,7 +515,17 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
             ExchangeEnd::Interrupted(reason) => Some(reason),
             ExchangeEnd::Complete => None,
         },
+        http2_joined_mid_connection: exchange.http2_joined_mid_connection,
+        http2_incomplete_headers: headers_unknown,
     })
+}
+
+/// A JSON document, or server-sent events (whose data is JSON in every API we know).
+fn looks_json(body: &[u8]) -> bool {
+    let text = body.trim_ascii_start();
+    text.starts_with(b"data:")
+        || text.starts_with(b"event:")
+        || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// A response body ready for a dialect parser: decoded, with its arrival times.
@@ -484,19 +600,39 @@ impl ResponseView<'_> {
     }
 }
 
+/// The response's content encoding. When HTTP/2 headers could not be decoded, a gzip body is
+/// still known by its magic number.
+fn content_encoding(response: &HttpResponse) -> Option<&str> {
+    header(&response.headers, "content-encoding").or_else(|| {
+        (response.http2_incomplete_headers && response.body.starts_with(&[0x1f, 0x8b]))
+            .then_some("gzip")
+    })
+}
+
+/// The response's content type, lower case. A body of server-sent events is known by its
+/// first field when the header is missing (HPACK could not decode it, or the server left it
+/// out): parsers choose between a stream and one JSON document by it.
+fn content_type(response: &HttpResponse, body: &[u8]) -> String {
+    match header(&response.headers, "content-type") {
+        Some(ct) => ct.to_ascii_lowercase(),
+        None => {
+            let text = body.trim_ascii_start();
+            if text.starts_with(b"data:") || text.starts_with(b"event:") {
+                "text/event-stream".to_string()
+            } else {
+                String::new()
+            }
+        }
+    }
+}
+
 /// The decoded response, when its content encoding decodes.
 fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
-    let body = decode_content(
-        header(&response.headers, "content-encoding"),
-        &response.body,
-    )
-    .ok()?;
+    let body = decode_content(content_encoding(response), &response.body).ok()?;
     Some(ResponseView {
         status: response.status,
+        content_type: content_type(response, &body),
         body,
-        content_type: header(&response.headers, "content-type")
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
         response,
     })
 }
@@ -505,10 +641,7 @@ fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
 /// error on the call (unless capture lost bytes of it, which the span reports instead).
 fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<ResponseView<'a>> {
     let response = exchange.response.as_ref()?;
-    let body = match decode_content(
-        header(&response.headers, "content-encoding"),
-        &response.body,
-    ) {
+    let body = match decode_content(content_encoding(response), &response.body) {
         Ok(b) => b,
         Err(_) if response.bytes_lost > 0 => return None,
         Err(e) => {
@@ -521,10 +654,8 @@ fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<R
     };
     let view = ResponseView {
         status: response.status,
+        content_type: content_type(response, &body),
         body,
-        content_type: header(&response.headers, "content-type")
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
         response,
     };
     if view.status >= 400 {
@@ -704,6 +835,8 @@ pub(crate) mod tests_support {
             request_body_bytes: 0,
             response_body_bytes: 0,
             bytes_lost: 0,
+            http2_joined_mid_connection: false,
+            http2_incomplete_headers: false,
         }
     }
 }

@@ -136,8 +136,13 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     if let Some(port) = call.server_port {
         a.push(("server.port", port.into()));
     }
-    a.push(("http.request.method", call.http_method.clone().into()));
-    a.push(("url.path", call.url_path.clone().into()));
+    // Empty when HPACK could not decode them: left out rather than guessed.
+    if !call.http_method.is_empty() {
+        a.push(("http.request.method", call.http_method.clone().into()));
+    }
+    if !call.url_path.is_empty() {
+        a.push(("url.path", call.url_path.clone().into()));
+    }
     if let Some(status) = call.http_status {
         a.push(("http.response.status_code", status.into()));
     }
@@ -146,6 +151,11 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
     if call.bytes_lost > 0 {
         a.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
     }
+    http2_marks(
+        &mut a,
+        call.http2_joined_mid_connection,
+        call.http2_incomplete_headers,
+    );
     if let Some(err) = &call.error {
         a.push(("error.type", err.error_type.clone().into()));
     }
@@ -345,12 +355,15 @@ fn flatten_messages(
 
 /// A generic HTTP client call (HTTP semantic conventions).
 pub fn http_attributes(call: &HttpCall) -> Vec<(&'static str, AttrValue)> {
-    let mut a: Vec<(&'static str, AttrValue)> = vec![
-        ("http.request.method", call.method.clone().into()),
-        ("url.path", call.url_path.clone().into()),
-        ("http.request.body.size", call.request_body_bytes.into()),
-        ("http.response.body.size", call.response_body_bytes.into()),
-    ];
+    let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
+    if !call.method.is_empty() {
+        a.push(("http.request.method", call.method.clone().into()));
+    }
+    if !call.url_path.is_empty() {
+        a.push(("url.path", call.url_path.clone().into()));
+    }
+    a.push(("http.request.body.size", call.request_body_bytes.into()));
+    a.push(("http.response.body.size", call.response_body_bytes.into()));
     if let Some(s) = call.status {
         a.push(("http.response.status_code", s.into()));
         if s >= 400 {
@@ -369,7 +382,23 @@ pub fn http_attributes(call: &HttpCall) -> Vec<(&'static str, AttrValue)> {
     if call.bytes_lost > 0 {
         a.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
     }
+    http2_marks(
+        &mut a,
+        call.http2_joined_mid_connection,
+        call.http2_incomplete_headers,
+    );
     a
+}
+
+/// What a span of an HTTP/2 connection the tracer joined late, or whose header fields it could
+/// not all decode, says about itself: what is missing was unknown, not absent.
+fn http2_marks(a: &mut Vec<(&'static str, AttrValue)>, joined: bool, incomplete: bool) {
+    if joined {
+        a.push(("agent_tracer.http2.joined_mid_connection", true.into()));
+    }
+    if incomplete {
+        a.push(("agent_tracer.http2.incomplete_headers", true.into()));
+    }
 }
 
 /// `{operation} {model}` (semconv span name).

@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
 use super::{
-    http2::Http2Connection,
+    http2::{FrameFinder, Http2Connection, PREFACE},
     websocket::{self, WebSocketConnection},
 };
 use crate::{
@@ -96,6 +96,11 @@ pub struct HttpExchange {
     pub request: HttpRequest,
     pub response: Option<HttpResponse>,
     pub end: ExchangeEnd,
+    /// HTTP/2 only: the tracer joined the connection after it started (its first captured bytes
+    /// were frames, not the preface). Streams already open then are partial, and header fields
+    /// encoded against the HPACK table built before may be missing (see
+    /// `http2_incomplete_headers`); the bodies are whole from where capture began.
+    pub http2_joined_mid_connection: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -347,6 +352,12 @@ impl MessageParser {
         std::mem::take(&mut self.buf)
     }
 
+    /// Nothing in progress and what is buffered is (the start of) the HTTP/2 preface.
+    fn holds_preface(&self) -> bool {
+        let n = self.buf.len().min(PREFACE.len());
+        self.current.is_none() && n > 0 && self.buf[..n] == PREFACE[..n]
+    }
+
     /// No message in progress and nothing buffered.
     fn is_between_messages(&self) -> bool {
         self.current.is_none() && self.buf.is_empty()
@@ -589,6 +600,9 @@ struct Connection {
     early_responses: VecDeque<HttpResponse>,
     /// Bytes held per direction while they are too few to decide the role.
     undecided: [Vec<u8>; 2],
+    /// Per direction, reads that are not HTTP/1 held while they may be HTTP/2 frames of a
+    /// connection joined after its preface.
+    frames: [FrameFinder; 2],
     requests: MessageParser,
     responses: MessageParser,
     pending: VecDeque<HttpRequest>,
@@ -709,6 +723,7 @@ impl HttpTracker {
             peer: peers_pending.remove(&key).unwrap_or_default(),
             early_responses: VecDeque::new(),
             undecided: [Vec::new(), Vec::new()],
+            frames: Default::default(),
             requests: MessageParser::new(Kind::Request, max_body),
             responses: MessageParser::new(Kind::Response, max_body),
             pending: VecDeque::new(),
@@ -721,16 +736,44 @@ impl HttpTracker {
             let held = &mut conn.undecided[direction as usize];
             held.extend_from_slice(bytes);
             conn.role = detect_role(direction, held);
+            let mut joined_frames = None;
             if conn.role == Role::Unknown {
-                if !could_become_http(held) {
-                    // Not the start of a message (attached mid-stream): wait for one.
-                    Health::add(&self.health.unparsed_bytes, held.len() as u64);
-                    held.clear();
+                if could_become_http(held) {
+                    return;
                 }
-                return;
+                // Not the start of an HTTP/1 message nor the preface: HTTP/2 frames of a
+                // connection joined after its preface, or the middle of a message (attached
+                // mid-stream): wait for either.
+                let not_http = std::mem::take(held);
+                let (frames, dropped) = conn.frames[direction as usize].push(direction, &not_http);
+                Health::add(&self.health.unparsed_bytes, dropped);
+                let Some(frames) = frames else {
+                    return;
+                };
+                conn.role = Role::Http2;
+                joined_frames = Some(frames);
             }
             let held = std::mem::take(&mut conn.undecided[direction as usize]);
-            conn.undecided = [Vec::new(), Vec::new()];
+            // What the other direction held goes on to the protocol now known, in order: for
+            // HTTP/2 the reads kept as possible frames, then those kept as possible HTTP/1.
+            let other = opposite(direction);
+            let mut other_held = Vec::new();
+            if conn.role == Role::Http2 {
+                other_held = conn.frames[other as usize].take();
+            }
+            other_held.extend(std::mem::take(&mut conn.undecided[other as usize]));
+            Health::add(
+                &self.health.unparsed_bytes,
+                conn.frames[other as usize].clear(),
+            );
+            conn.frames = Default::default();
+            if let Some(frames) = joined_frames {
+                let mut h2 = Http2Connection::joined(key, max_body, self.health.clone());
+                h2.push(direction, timestamp_ns, &frames, &conn.peer, out);
+                h2.push(other, timestamp_ns, &other_held, &conn.peer, out);
+                conn.h2 = Some(Box::new(h2));
+                return;
+            }
             if conn.role == Role::Http2 {
                 conn.h2 = Some(Box::new(Http2Connection::new(
                     key,
@@ -738,7 +781,11 @@ impl HttpTracker {
                     self.health.clone(),
                 )));
             }
-            return self.data(key, direction, timestamp_ns, &held, out);
+            self.data(key, direction, timestamp_ns, &held, out);
+            if !other_held.is_empty() {
+                self.data(key, other, timestamp_ns, &other_held, out);
+            }
+            return;
         }
         if let Some(h2) = &mut conn.h2 {
             h2.push(direction, timestamp_ns, bytes, &conn.peer, out);
@@ -790,6 +837,13 @@ impl HttpTracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if conn.role == Role::Unknown {
+            // Held bytes cannot be continued across the hole.
+            let held = std::mem::take(&mut conn.undecided[direction as usize]);
+            let finder = conn.frames[direction as usize].clear();
+            Health::add(&self.health.unparsed_bytes, held.len() as u64 + finder);
+            return;
+        }
         if let Some(ws) = &mut conn.ws {
             ws.gap(direction);
             return;
@@ -856,6 +910,7 @@ impl HttpTracker {
                 request,
                 response,
                 end,
+                http2_joined_mid_connection: false,
             });
         }
     }
@@ -869,6 +924,11 @@ fn parse_requests(
     out: &mut Vec<HttpExchange>,
 ) {
     loop {
+        if conn.requests.holds_preface() && conn.pending.back().is_some_and(asks_h2c) {
+            // The preface of an `Upgrade: h2c` whose 101 has not been read yet: it belongs to
+            // the HTTP/2 connection the answer will make of this one.
+            break;
+        }
         match conn.requests.step(timestamp_ns, false) {
             Ok(Some(msg)) => {
                 let request = into_request(msg);
@@ -891,6 +951,7 @@ fn parse_requests(
                             request,
                             response: Some(response),
                             end: ExchangeEnd::Complete,
+                            http2_joined_mid_connection: false,
                         });
                     }
                     early => {
@@ -915,7 +976,7 @@ fn parse_responses(
     key: ConnKey,
     conn: &mut Connection,
     timestamp_ns: u64,
-    health: &Health,
+    health: &Arc<Health>,
     out: &mut Vec<HttpExchange>,
 ) {
     loop {
@@ -930,6 +991,30 @@ fn parse_responses(
                 }
                 match conn.pending.pop_front() {
                     Some(request) => {
+                        if switched
+                            && header(&response.headers, "upgrade")
+                                .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"))
+                        {
+                            // RFC 7540 §3.2: the request becomes stream 1, whose response comes
+                            // in HTTP/2 frames, after the server's SETTINGS and the client's
+                            // preface, which may already sit behind the heads.
+                            let settings =
+                                header(&request.headers, "http2-settings").map(str::to_string);
+                            let mut h2 = Http2Connection::upgraded(
+                                key,
+                                conn.requests.max_body,
+                                health.clone(),
+                                request,
+                                settings.as_deref(),
+                            );
+                            let early_out = conn.requests.take_buffered();
+                            let early_in = conn.responses.take_buffered();
+                            h2.push(Direction::Egress, timestamp_ns, &early_out, &conn.peer, out);
+                            h2.push(Direction::Ingress, timestamp_ns, &early_in, &conn.peer, out);
+                            conn.h2 = Some(Box::new(h2));
+                            conn.role = Role::Http2;
+                            return;
+                        }
                         if switched
                             && header(&response.headers, "upgrade")
                                 .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
@@ -974,6 +1059,7 @@ fn parse_responses(
                             request,
                             response: Some(response),
                             end: ExchangeEnd::Complete,
+                            http2_joined_mid_connection: false,
                         });
                     }
                     // Not seen yet (written on another thread) or never (attached mid-exchange):
@@ -1001,6 +1087,22 @@ fn parse_responses(
             }
         }
     }
+}
+
+fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::Egress => Direction::Ingress,
+        Direction::Ingress => Direction::Egress,
+    }
+}
+
+/// Whether a request asks to switch to HTTP/2 over plain TCP (RFC 7540 §3.2).
+fn asks_h2c(request: &HttpRequest) -> bool {
+    header(&request.headers, "upgrade").is_some_and(|protocols| {
+        protocols
+            .split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+    })
 }
 
 /// `HTTP/1.x` followed by a status that is not 1xx.

@@ -1,8 +1,10 @@
 //! HTTP/2 (RFC 9113) over a captured connection: the frames of both directions, reassembled per
 //! stream into the same [`HttpExchange`]s HTTP/1.1 gives, so that what reads exchanges (genai,
 //! spans) does not care which protocol carried them. Over TLS (ALPN `h2`, what curl and Go
-//! choose by default) and on plain sockets with prior knowledge (h2c); `HttpTracker` hands a
-//! connection here when its client sends the connection preface.
+//! choose by default), on plain sockets with prior knowledge (h2c), and after an HTTP/1.1
+//! `Upgrade: h2c`. `HttpTracker` hands a connection here when its client sends the connection
+//! preface, when its server switches protocols to h2c, or when the first bytes it sees of a
+//! connection read as HTTP/2 frames (the tracer joined it after its preface).
 //!
 //! Header blocks are decoded with the `loona-hpack` crate. It is the maintained successor of
 //! `fluke-hpack`, itself a fork of the unmaintained `hpack`: a decoder over whole header blocks
@@ -11,16 +13,28 @@
 //! bound, which keeps a peer from growing our memory. `h2`'s decoder is private to that crate
 //! even with its `unstable` feature.
 //!
-//! HPACK state is per direction and must be seen from the start of the connection. When part of
-//! it was not (a gap in the capture), header blocks are still decoded, but only with what does
-//! not depend on the lost dynamic-table entries; the messages say so
-//! (`http2_incomplete_headers`), and nothing is ever guessed. Connections the tracer joined after
-//! their preface are not recognised as HTTP/2 at all.
+//! HPACK state is per direction and must be seen from the start of the connection. When it was
+//! not (the tracer joined late, or a header block was lost in a gap), header blocks are still
+//! decoded, but only with what does not depend on the unknown dynamic-table entries: static
+//! entries, literals, and entries added since the table was lost, whose positions are known
+//! because every addition since was seen. The messages say so (`http2_incomplete_headers`,
+//! `http2_joined_mid_connection`), and nothing is ever guessed.
+//!
+//! Where frames start is only known from the preface on. A connection joined later, or a
+//! direction whose framing was lost to a gap, is picked up again at the start of a read whose
+//! bytes, alone or with the reads after it, are exactly a chain of plausible whole frames
+//! ([`FrameFinder`]): clients and servers write whole frames per call when they go idle, so the
+//! next exchange on a joined connection starts at such a read.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::{Arc, OnceLock},
+};
 
+use base64::Engine as _;
 use bytes::BytesMut;
-use loona_hpack::Decoder;
+use loona_hpack::{huffman::HuffmanDecoder, Decoder};
 use thiserror::Error;
 use tracing::debug;
 
@@ -53,6 +67,9 @@ const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 
 const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 
 /// The dynamic table size every HPACK context starts with (RFC 9113 §6.5.2).
 const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
@@ -66,6 +83,14 @@ const MAX_SETTINGS_LEN: usize = 6 * 64;
 const MAX_OPEN_STREAMS: usize = 1024;
 /// Entries of the HPACK static table: higher indices refer to the dynamic table.
 const HPACK_STATIC_ENTRIES: usize = 61;
+/// Largest frame taken for one when looking for frames without the preface. Peers send frames
+/// up to 16 KiB unless told they may send more, and Go's server allows 1 MiB; the bound also
+/// makes every byte from 0x11 up, so any text and any TLS record, impossible as a first byte.
+const MAX_FOUND_FRAME_LEN: u32 = 1 << 20;
+/// Bytes held while looking for frames: one largest frame and some.
+const MAX_FIND_HOLD: usize = MAX_FOUND_FRAME_LEN as usize + (64 << 10);
+/// Error codes RFC 9113 §7 defines; a RST_STREAM or GOAWAY with another is taken for noise.
+const MAX_ERROR_CODE: u32 = 0xd;
 
 /// Why a direction's framing can no longer be followed. Each is a protocol error a real peer
 /// would have torn the connection down for, or bytes the capture lost across a frame boundary:
@@ -145,6 +170,230 @@ impl FrameHeader {
     }
 }
 
+/// How bytes read from their first one as HTTP/2 frames, for a connection joined after its
+/// preface or a direction whose framing was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameChain {
+    /// Plausible whole frames back to back, ending exactly where the bytes end.
+    Whole,
+    /// Plausible frames so far, the last one (or its header block) not complete yet.
+    Partial,
+    /// Not frames.
+    No,
+}
+
+/// Whether `bytes` are HTTP/2 frames from their first byte: each frame header plausible (see
+/// [`plausible_frame`]), CONTINUATION exactly where a header block needs one, header blocks
+/// made of whole HPACK field representations, and the frames reaching the end. A read cut from
+/// the middle of a frame, text (HTTP/1.1, which starts with a byte over 0x10, too long a
+/// length) or TLS records do not pass. The bytes of real connections are full of zeros, so a
+/// cut inside one can look like a frame header: a lone DATA frame, whose payload can be
+/// anything, is not taken for proof, and waits for the next frame to be seen too.
+pub fn frame_chain(direction: Direction, bytes: &[u8]) -> FrameChain {
+    let mut at = 0;
+    // The stream of a header block awaiting CONTINUATION, and the block so far.
+    let mut open_block: Option<u32> = None;
+    let mut block: Vec<u8> = Vec::new();
+    let mut frames = 0usize;
+    let mut only_data = true;
+    loop {
+        let rest = &bytes[at..];
+        let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
+            // What there is of the next header must fit one.
+            let mut padded = [0; FRAME_HEADER_LEN];
+            padded[..rest.len()].copy_from_slice(rest);
+            let header = FrameHeader::parse(&padded);
+            let plausible = match rest.len() {
+                0 => true,
+                1..=2 => rest[0] <= (MAX_FOUND_FRAME_LEN >> 16) as u8,
+                3 => header.len <= MAX_FOUND_FRAME_LEN,
+                _ => {
+                    let kind_only = FrameHeader {
+                        flags: if rest.len() == 4 { 0 } else { header.flags },
+                        ..header
+                    };
+                    plausible_kind_and_flags(direction, kind_only)
+                        && header.len <= MAX_FOUND_FRAME_LEN
+                        && (rest.len() < 6 || rest[5] & 0x80 == 0)
+                }
+            };
+            return match (rest.is_empty(), open_block) {
+                _ if !plausible => FrameChain::No,
+                (true, None) if frames > 1 || (frames == 1 && !only_data) => FrameChain::Whole,
+                _ => FrameChain::Partial,
+            };
+        };
+        let header = FrameHeader::parse(head);
+        // The reserved bit is sent as zero (RFC 9113 §4.1).
+        if head[5] & 0x80 != 0 || !plausible_frame(direction, header) {
+            return FrameChain::No;
+        }
+        match (open_block, header.kind) {
+            (Some(stream), CONTINUATION) if header.stream == stream => {}
+            (Some(_), _) | (None, CONTINUATION) => return FrameChain::No,
+            _ => {}
+        }
+        open_block = match header.kind {
+            HEADERS | PUSH_PROMISE | CONTINUATION if !header.has(FLAG_END_HEADERS) => {
+                Some(header.stream)
+            }
+            _ => None,
+        };
+        let end = FRAME_HEADER_LEN + header.len as usize;
+        let Some(payload) = rest.get(FRAME_HEADER_LEN..end) else {
+            return FrameChain::Partial;
+        };
+        if !plausible_payload(header, payload) {
+            return FrameChain::No;
+        }
+        if matches!(header.kind, HEADERS | PUSH_PROMISE | CONTINUATION) {
+            let fragment = match header.kind {
+                CONTINUATION => Some(payload),
+                _ => header_fragment(header, payload),
+            };
+            let Some(fragment) = fragment else {
+                return FrameChain::No;
+            };
+            if block.len() + fragment.len() <= MAX_HEADER_BLOCK {
+                block.extend_from_slice(fragment);
+            }
+            if header.has(FLAG_END_HEADERS) {
+                if !whole_representations(&block) {
+                    return FrameChain::No;
+                }
+                block.clear();
+            }
+        }
+        frames += 1;
+        only_data &= header.kind == DATA;
+        at += end;
+    }
+}
+
+/// Whether a header block is a sequence of whole HPACK field representations.
+fn whole_representations(block: &[u8]) -> bool {
+    let mut rest = block;
+    while !rest.is_empty() {
+        match field_extent(rest).and_then(|rep| rest.get(rep.len..)) {
+            Some(next) => rest = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A frame header as real peers send it: a known type, only the flags that type defines, the
+/// shape RFC 9113 §6 requires, no larger than peers allow. Pushes come from servers only, and
+/// the traced side is taken for the client (a server shows itself later, by its headers).
+fn plausible_frame(direction: Direction, header: FrameHeader) -> bool {
+    plausible_kind_and_flags(direction, header)
+        && header.len <= MAX_FOUND_FRAME_LEN
+        && header.well_formed()
+}
+
+fn plausible_kind_and_flags(direction: Direction, header: FrameHeader) -> bool {
+    let flags = match header.kind {
+        DATA => FLAG_END_STREAM | FLAG_PADDED,
+        HEADERS => FLAG_END_STREAM | FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY,
+        SETTINGS | PING => FLAG_ACK,
+        PUSH_PROMISE if direction == Direction::Ingress => FLAG_END_HEADERS | FLAG_PADDED,
+        CONTINUATION => FLAG_END_HEADERS,
+        PRIORITY | RST_STREAM | GOAWAY | WINDOW_UPDATE => 0,
+        _ => return false,
+    };
+    header.flags & !flags == 0
+}
+
+/// What a whole frame's payload must hold for the frame to be real.
+fn plausible_payload(header: FrameHeader, payload: &[u8]) -> bool {
+    let u32_at = |at: usize| {
+        payload
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    match header.kind {
+        DATA | HEADERS | PUSH_PROMISE if header.has(FLAG_PADDED) => {
+            let fixed = match header.kind {
+                HEADERS if header.has(FLAG_PRIORITY) => 5,
+                PUSH_PROMISE => 4,
+                _ => 0,
+            };
+            payload
+                .first()
+                .is_some_and(|pad| usize::from(*pad) + 1 + fixed <= payload.len())
+        }
+        HEADERS if header.has(FLAG_PRIORITY) => payload.len() >= 5,
+        PUSH_PROMISE => payload.len() >= 4,
+        // A stream cannot depend on itself.
+        PRIORITY => u32_at(0).is_some_and(|d| d & 0x7fff_ffff != header.stream),
+        RST_STREAM => u32_at(0).is_some_and(|code| code <= MAX_ERROR_CODE),
+        GOAWAY => u32_at(4).is_some_and(|code| code <= MAX_ERROR_CODE),
+        WINDOW_UPDATE => u32_at(0).is_some_and(|inc| inc != 0 && inc & 0x8000_0000 == 0),
+        SETTINGS => payload.chunks_exact(6).all(|setting| {
+            let id = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            match id {
+                SETTINGS_ENABLE_PUSH => value <= 1,
+                SETTINGS_INITIAL_WINDOW_SIZE => value <= 0x7fff_ffff,
+                SETTINGS_MAX_FRAME_SIZE => (1 << 14..1 << 24).contains(&value),
+                _ => true,
+            }
+        }),
+        _ => true,
+    }
+}
+
+/// Reads of one direction held until frames are found: from the start of one read, that read
+/// and the ones after it make a [`FrameChain::Whole`]. A peer that goes idle has flushed whole
+/// frames, so the first read or write of the next exchange starts a frame (the recorded Go and
+/// curl connections do); one cut mid-frame (a large frame read in pieces) only delays finding
+/// them to the next read that starts one.
+#[derive(Debug, Default)]
+pub struct FrameFinder {
+    held: Vec<u8>,
+}
+
+impl FrameFinder {
+    /// The next read. Returns the frames when found (the held reads and this one, or this one
+    /// alone), and how many bytes were given up for not being frames.
+    pub fn push(&mut self, direction: Direction, bytes: &[u8]) -> (Option<Vec<u8>>, u64) {
+        let mut dropped = 0;
+        if !self.held.is_empty() {
+            self.held.extend_from_slice(bytes);
+            match frame_chain(direction, &self.held) {
+                FrameChain::Whole => return (Some(std::mem::take(&mut self.held)), 0),
+                FrameChain::Partial if self.held.len() <= MAX_FIND_HOLD => return (None, 0),
+                // The held reads did not start a frame after all; this read may.
+                _ => dropped = self.clear() - bytes.len() as u64,
+            }
+        }
+        match frame_chain(direction, bytes) {
+            FrameChain::Whole => (Some(bytes.to_vec()), dropped),
+            FrameChain::Partial if bytes.len() <= MAX_FIND_HOLD => {
+                self.held.extend_from_slice(bytes);
+                (None, dropped)
+            }
+            _ => (None, dropped + bytes.len() as u64),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// What is held, given up.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Gives up what is held; returns how many bytes that was.
+    pub fn clear(&mut self) -> u64 {
+        let len = self.held.len() as u64;
+        self.held.clear();
+        len
+    }
+}
+
 /// Where a direction's parser is in its byte stream.
 enum Framing {
     /// Before the end of the client's connection preface: how many of its bytes were seen.
@@ -161,8 +410,9 @@ enum Framing {
     },
     /// Inside a frame whose payload is not needed.
     Skip(u32),
-    /// The framing is lost: nothing more is read in this direction.
-    Lost,
+    /// Where frames start is unknown (the connection was joined after its preface, or bytes
+    /// were lost across a frame boundary): reads are held until frames are found again.
+    Resync(FrameFinder),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -204,6 +454,8 @@ struct Reader {
     expect_settings: bool,
     block: Option<PendingBlock>,
     hpack: Hpack,
+    /// Header blocks this direction carried so far.
+    blocks: u64,
 }
 
 impl Reader {
@@ -216,11 +468,21 @@ impl Reader {
             expect_settings: true,
             block: None,
             hpack: Hpack::new(),
+            blocks: 0,
         }
     }
 
-    fn is_lost(&self) -> bool {
-        matches!(self.framing, Framing::Lost)
+    /// A direction of a connection joined after its preface: frames are yet to be found, and
+    /// the HPACK table holds entries from before.
+    fn joined() -> Self {
+        let mut reader = Reader::new(Framing::Resync(FrameFinder::default()));
+        reader.expect_settings = false;
+        reader.hpack.lose();
+        reader
+    }
+
+    fn is_resyncing(&self) -> bool {
+        matches!(self.framing, Framing::Resync(_))
     }
 }
 
@@ -319,6 +581,18 @@ pub struct Http2Connection {
     /// us before their request (reads and writes on different threads), so a higher stream may
     /// be opened by its response.
     max_request_stream: u32,
+    /// The tracer joined the connection after its preface: every exchange says so.
+    joined: bool,
+    /// Joined connections: the first stream seen opened by a request. Streams below it (all
+    /// streams, until it is known) may have been open before the tracer joined: their frames
+    /// open them whatever `max_request_stream` says.
+    first_new_stream: Option<u32>,
+    /// Joined connections: streams from before the join already emitted, so that late frames
+    /// do not open them again.
+    finished_old: BTreeSet<u32>,
+    /// Joined connections: the traced process turned out to be the server (its header blocks
+    /// are responses, or its peer's requests). Servers are not traced as calls.
+    server_side: bool,
 }
 
 impl Http2Connection {
@@ -334,7 +608,80 @@ impl Http2Connection {
             ],
             streams: BTreeMap::new(),
             max_request_stream: 0,
+            joined: false,
+            first_new_stream: None,
+            finished_old: BTreeSet::new(),
+            server_side: false,
         }
+    }
+
+    /// A connection the tracer joined after its preface, found by [`frame_chain`]: each
+    /// direction's frames are looked for from the next read pushed, and its header blocks
+    /// decoded without the dynamic-table entries from before.
+    pub fn joined(conn: ConnKey, max_body: usize, health: Arc<Health>) -> Self {
+        let mut h2 = Http2Connection::new(conn, max_body, health);
+        h2.readers = [Reader::joined(), Reader::joined()];
+        h2.joined = true;
+        h2
+    }
+
+    /// A plain HTTP/1.1 connection whose server answered `request` (asking `Upgrade: h2c`) with
+    /// `101 Switching Protocols` (RFC 7540 §3.2): the request is stream 1, its response comes
+    /// in HTTP/2 frames after the server's SETTINGS, and the client sends its preface next.
+    /// `http2_settings` is the request's `HTTP2-Settings` header, the client's SETTINGS payload.
+    pub fn upgraded(
+        conn: ConnKey,
+        max_body: usize,
+        health: Arc<Health>,
+        request: HttpRequest,
+        http2_settings: Option<&str>,
+    ) -> Self {
+        let mut h2 = Http2Connection::new(conn, max_body, health);
+        if let Some(payload) = http2_settings.and_then(|s| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s.trim().trim_end_matches('='))
+                .ok()
+        }) {
+            h2.apply_settings(Direction::Egress, &payload);
+        }
+        let mut half = Half {
+            head: Some(Head {
+                method: request.method,
+                path: request.target,
+                status: 0,
+                headers: request.headers,
+            }),
+            body_len: request.body_len,
+            bytes_lost: request.bytes_lost,
+            start_ns: Some(request.start_ns),
+            last_ns: request.end_ns,
+            ended: true,
+            ..Half::default()
+        };
+        half.body.extend_from_slice(&request.body);
+        h2.streams.insert(
+            1,
+            Stream {
+                request: half,
+                response: Half::default(),
+            },
+        );
+        h2.max_request_stream = 1;
+        h2
+    }
+
+    /// Whether `bytes`, the client's, start with the preface while nothing of the client was
+    /// read yet and the server sent no header block: a connection taken for joined because its
+    /// server's first frames arrived first.
+    fn preface_after_all(&self, bytes: &[u8]) -> bool {
+        let client = &self.readers[Direction::Egress as usize];
+        let n = bytes.len().min(PREFACE.len());
+        n > 0
+            && bytes[..n] == PREFACE[..n]
+            && matches!(&client.framing, Framing::Resync(f) if f.is_empty())
+            && client.blocks == 0
+            && self.readers[Direction::Ingress as usize].blocks == 0
+            && self.streams.is_empty()
     }
 
     /// The next bytes of one direction.
@@ -342,12 +689,53 @@ impl Http2Connection {
         &mut self,
         direction: Direction,
         timestamp_ns: u64,
-        mut bytes: &[u8],
+        bytes: &[u8],
         peer: &Peer,
         out: &mut Vec<HttpExchange>,
     ) {
+        if self.server_side {
+            Health::add(&self.health.unparsed_bytes, bytes.len() as u64);
+            return;
+        }
+        if self.joined && direction == Direction::Egress && self.preface_after_all(bytes) {
+            // The server's first frames were seen before the client's preface (reads and
+            // writes reach us in either order): the connection was not joined late after all.
+            debug!("HTTP/2 on {:?}: the preface came after all", self.conn);
+            self.joined = false;
+            let allowed = self.readers[Direction::Egress as usize]
+                .hpack
+                .allowed_table_size;
+            let mut client = Reader::new(Framing::Preface(0));
+            client.hpack.allow_table_size(allowed);
+            self.readers[Direction::Egress as usize] = client;
+            let server = &mut self.readers[Direction::Ingress as usize].hpack;
+            let allowed = server.allowed_table_size;
+            *server = Hpack::new();
+            server.allow_table_size(allowed);
+        }
+        let found;
+        let mut bytes = bytes;
+        let reader = &mut self.readers[direction as usize];
+        if let Framing::Resync(finder) = &mut reader.framing {
+            let (frames, dropped) = finder.push(direction, bytes);
+            if dropped > 0 {
+                // What those bytes added to the HPACK table is unknown.
+                Health::add(&self.health.unparsed_bytes, dropped);
+                reader.hpack.lose();
+            }
+            let Some(frames) = frames else {
+                return;
+            };
+            debug!("HTTP/2 on {:?}, {direction:?}: frames found", self.conn);
+            reader.framing = Framing::Header;
+            reader.head_len = 0;
+            found = frames;
+            bytes = &found;
+        }
         while !bytes.is_empty() {
-            if self.readers[direction as usize].is_lost() {
+            if self.server_side || self.readers[direction as usize].is_resyncing() {
+                // Lost within this read: the next frame can only be looked for at a read's
+                // start.
                 Health::add(&self.health.unparsed_bytes, bytes.len() as u64);
                 return;
             }
@@ -379,7 +767,11 @@ impl Http2Connection {
         }
         let reader = &mut self.readers[direction as usize];
         match &mut reader.framing {
-            Framing::Lost => {}
+            Framing::Resync(finder) => {
+                // Held reads cannot be continued across the hole.
+                Health::add(&self.health.unparsed_bytes, finder.clear());
+                reader.hpack.lose();
+            }
             Framing::Data(frame) if len <= frame.left() => {
                 // Inside one DATA frame: the body lost bytes, the framing holds. A lost pad
                 // length byte is taken as no padding: the loss may be over-counted, never hidden.
@@ -450,7 +842,10 @@ impl Http2Connection {
     ) -> Step<'a> {
         let reader = &mut self.readers[direction as usize];
         match &mut reader.framing {
-            Framing::Lost => Step::Nothing,
+            Framing::Resync(_) => {
+                *bytes = &[];
+                Step::Nothing
+            }
             Framing::Preface(seen) => {
                 let expected = &PREFACE[*seen..];
                 let n = expected.len().min(bytes.len());
@@ -700,22 +1095,7 @@ impl Http2Connection {
                 }
                 self.header_fragment_done(direction, block, header, timestamp_ns, peer, out);
             }
-            SETTINGS => {
-                if header.has(FLAG_ACK) {
-                    return;
-                }
-                // Each side's SETTINGS_HEADER_TABLE_SIZE bounds what the other side's encoder
-                // may use: it applies to the opposite direction's header blocks.
-                let other = &mut self.readers[1 - direction as usize].hpack;
-                for setting in payload.chunks_exact(6) {
-                    let id = u16::from_be_bytes([setting[0], setting[1]]);
-                    let value =
-                        u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
-                    if id == SETTINGS_HEADER_TABLE_SIZE {
-                        other.allow_table_size(value as usize);
-                    }
-                }
-            }
+            SETTINGS if !header.has(FLAG_ACK) => self.apply_settings(direction, payload),
             RST_STREAM => self.finish(header.stream, "stream_reset", peer, out),
             GOAWAY if direction == Direction::Ingress => {
                 // The server will not process streams above the last one it names: they never
@@ -731,6 +1111,19 @@ impl Http2Connection {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A SETTINGS payload `direction` sent. Each side's SETTINGS_HEADER_TABLE_SIZE bounds what
+    /// the other side's encoder may use: it applies to the opposite direction's header blocks.
+    fn apply_settings(&mut self, direction: Direction, payload: &[u8]) {
+        let other = &mut self.readers[1 - direction as usize].hpack;
+        for setting in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            if id == SETTINGS_HEADER_TABLE_SIZE {
+                other.allow_table_size(value as usize);
+            }
         }
     }
 
@@ -750,6 +1143,7 @@ impl Http2Connection {
             reader.block = Some(block);
             return;
         }
+        reader.blocks += 1;
         let decoded = if block.damaged {
             // Whatever it added to the dynamic table is unknown from here on.
             reader.hpack.lose();
@@ -757,21 +1151,43 @@ impl Http2Connection {
         } else {
             Some(reader.hpack.decode(&block.fragment))
         };
+        if self.joined && self.is_server_side(direction, &block, decoded.as_ref()) {
+            debug!(
+                "HTTP/2 on {:?}: the traced process is the server",
+                self.conn
+            );
+            self.server_side = true;
+            self.streams.clear();
+            return;
+        }
         if block.promise {
             return;
         }
-        let Some(stream) = self.stream(block.stream, direction) else {
+        let id = block.stream;
+        let opens = direction == Direction::Egress
+            && !self.streams.contains_key(&id)
+            && !self.finished_old.contains(&id);
+        if opens && self.joined && self.first_new_stream.is_none() && id % 2 == 1 {
+            self.first_new_stream = Some(id);
+        }
+        let Some(stream) = self.stream(id, direction) else {
             return;
         };
         let half = stream.half(direction);
         half.touch(block.start_ns, timestamp_ns);
         match decoded {
             Some((fields, incomplete)) => {
+                // Heads carry pseudo-header fields, trailers never do. A block of a joined
+                // stream whose head was before the join may be its trailers: one without any
+                // decoded pseudo-header is only taken for a head whose pseudo-headers could not
+                // be decoded when it does not end the stream (trailers always do).
+                let pseudo = fields.iter().any(|(name, _)| name.starts_with(':'));
+                let trailers = !pseudo && (!incomplete || block.end_stream);
                 let head = head_of(fields);
                 let interim = direction == Direction::Ingress && (100..200).contains(&head.status);
                 // The first block is the head; a later one holds trailers, which are not kept.
                 // Interim responses (100 Continue, 103 Early Hints) precede the real one.
-                if half.head.is_none() && half.body_len == 0 && !interim {
+                if half.head.is_none() && half.body_len == 0 && !interim && !trailers {
                     half.incomplete |= incomplete;
                     half.head = Some(head);
                     half.start_ns = Some(block.start_ns);
@@ -781,8 +1197,33 @@ impl Http2Connection {
         }
         if block.end_stream {
             half.ended = true;
-            self.finish_if_done(block.stream, peer, out);
         }
+        if direction == Direction::Egress {
+            // Request heads of streams below this one will not be seen any more.
+            self.settle_unseen_requests(peer, out);
+        }
+        self.finish_if_done(id, peer, out);
+    }
+
+    /// Whether a header block shows the traced process answering requests: it sends responses
+    /// or promises, or receives requests. Only asked of joined connections, whose client is
+    /// not known from a preface.
+    fn is_server_side(
+        &self,
+        direction: Direction,
+        block: &PendingBlock,
+        decoded: Option<&(Vec<(String, String)>, bool)>,
+    ) -> bool {
+        if block.promise {
+            return direction == Direction::Egress;
+        }
+        let Some((fields, _)) = decoded else {
+            return false;
+        };
+        fields.iter().any(|(name, _)| match direction {
+            Direction::Egress => name == ":status",
+            Direction::Ingress => matches!(name.as_str(), ":method" | ":path" | ":scheme"),
+        })
     }
 
     /// A gap fell inside a frame whose payload was needed whole.
@@ -835,8 +1276,11 @@ impl Http2Connection {
         debug!("HTTP/2 on {:?}, {direction:?}: {why}", self.conn);
         Health::add(&self.health.http_parse_errors, 1);
         let reader = &mut self.readers[direction as usize];
-        reader.framing = Framing::Lost;
+        reader.framing = Framing::Resync(FrameFinder::default());
+        reader.head_len = 0;
         reader.block = None;
+        // Header blocks may be among what is skipped until frames are found again.
+        reader.hpack.lose();
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
             if let Some(stream) = self.streams.get_mut(&id) {
@@ -848,6 +1292,8 @@ impl Http2Connection {
 
     /// The stream a frame of `direction` belongs to, opened on first sight; `None` for the
     /// connection (0), server-initiated (pushed, even) streams and streams that already ended.
+    /// On a joined connection, a stream from before the join is opened by whichever of its
+    /// frames comes first (its request may have been sent before): a partial exchange.
     fn stream(&mut self, id: u32, direction: Direction) -> Option<&mut Stream> {
         if id.is_multiple_of(2) {
             return None;
@@ -856,28 +1302,54 @@ impl Http2Connection {
             self.max_request_stream = self.max_request_stream.max(id);
         }
         if !self.streams.contains_key(&id) {
-            let ended = id < self.max_request_stream
-                || (id == self.max_request_stream && direction == Direction::Ingress);
+            let ended = if self.is_old(id) {
+                self.finished_old.contains(&id)
+            } else {
+                id < self.max_request_stream
+                    || (id == self.max_request_stream && direction == Direction::Ingress)
+            };
             if ended || self.streams.len() >= MAX_OPEN_STREAMS {
                 return None;
             }
-            let mut stream = Stream::default();
-            // A direction already lost will never say anything about this stream.
-            stream.request.cut = self.readers[Direction::Egress as usize].is_lost();
-            stream.response.cut = self.readers[Direction::Ingress as usize].is_lost();
-            self.streams.insert(id, stream);
+            self.streams.insert(id, Stream::default());
         }
         self.streams.get_mut(&id)
     }
 
+    /// Whether a stream may have been opened before the tracer joined the connection.
+    fn is_old(&self, id: u32) -> bool {
+        self.joined && self.first_new_stream.is_none_or(|first| id < first)
+    }
+
     fn finish_if_done(&mut self, id: u32, peer: &Peer, out: &mut Vec<HttpExchange>) {
-        let done = self
-            .streams
-            .get(&id)
-            .is_some_and(|s| s.request.done() && s.response.done());
+        let settled = self.max_request_stream;
+        let done = self.streams.get_mut(&id).is_some_and(|s| {
+            // A response ended whose request head was never seen, while the client has since
+            // opened a later stream: that head was written before the later one's, so it was
+            // lost or sent before the tracer joined. Nothing more of it will be seen.
+            if s.response.ended && s.request.head.is_none() && id < settled {
+                s.request.cut = true;
+            }
+            s.request.done() && s.response.done()
+        });
         if done {
             // Both sides are done without the response's END_STREAM: its end was not captured.
             self.finish(id, "capture_gap", peer, out);
+        }
+    }
+
+    /// The client opened a new stream: responses that ended while waiting for a request head
+    /// that will not come are emitted.
+    fn settle_unseen_requests(&mut self, peer: &Peer, out: &mut Vec<HttpExchange>) {
+        let settled = self.max_request_stream;
+        let waiting: Vec<u32> = self
+            .streams
+            .range(..settled)
+            .filter(|(_, s)| s.response.ended && s.request.head.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.finish_if_done(id, peer, out);
         }
     }
 
@@ -886,6 +1358,12 @@ impl Http2Connection {
         let Some(stream) = self.streams.remove(&id) else {
             return;
         };
+        if self.is_old(id) {
+            if self.finished_old.len() >= MAX_OPEN_STREAMS {
+                self.finished_old.pop_first();
+            }
+            self.finished_old.insert(id);
+        }
         if stream.request.is_empty() && stream.response.is_empty() {
             return;
         }
@@ -934,6 +1412,7 @@ impl Http2Connection {
             },
             response,
             end,
+            http2_joined_mid_connection: self.joined,
         });
     }
 }
@@ -982,9 +1461,12 @@ fn head_of(fields: Vec<(String, String)>) -> Head {
 /// The HPACK decoding context of one direction.
 struct Hpack {
     decoder: Decoder<'static>,
-    /// False once a header block was lost or failed to decode: the dynamic table may differ from
-    /// the encoder's, so entries from before that point are never used.
+    /// False once a header block was lost or failed to decode, or when the connection was
+    /// joined late: the dynamic table may differ from the encoder's, so `decoder`'s entries are
+    /// never used, and `known` takes its place.
     synced: bool,
+    /// While not synced: the entries added since the table was lost.
+    known: KnownEntries,
     allowed_table_size: usize,
 }
 
@@ -995,6 +1477,7 @@ impl Hpack {
         Hpack {
             decoder,
             synced: true,
+            known: KnownEntries::default(),
             allowed_table_size: DEFAULT_HEADER_TABLE_SIZE,
         }
     }
@@ -1010,8 +1493,10 @@ impl Hpack {
             .set_max_allowed_table_size(self.allowed_table_size);
     }
 
+    /// Some header block was not seen: from here on only what is added next is known.
     fn lose(&mut self) {
         self.synced = false;
+        self.known = KnownEntries::default();
     }
 
     /// Decodes a whole header block: its fields (names in lower case), and whether some could
@@ -1033,11 +1518,13 @@ impl Hpack {
                 Ok(()) => return (fields, false),
                 Err(e) => {
                     debug!("HPACK decoding failed, dynamic table lost: {e}");
-                    self.synced = false;
+                    // Entries this block added before the error are added again below, in
+                    // their places.
+                    self.lose();
                 }
             }
         }
-        decode_without_table(block)
+        decode_partially(block, &mut self.known)
     }
 }
 
@@ -1048,46 +1535,148 @@ fn field(name: &[u8], value: &[u8]) -> (String, String) {
     )
 }
 
-/// Decodes what a header block says without the dynamic table it was encoded against: static
-/// table references and literals, and references to entries this very block added, as long as
-/// every addition before them was decoded (their indices would shift otherwise). The rest is
-/// skipped, never guessed.
-fn decode_without_table(block: &[u8]) -> (Vec<(String, String)>, bool) {
-    // A table of this block's own additions, large enough never to evict one the encoder's
-    // table still holds.
-    let mut own = Decoder::new();
-    own.set_max_table_size(MAX_HEADER_TABLE_SIZE);
+/// The dynamic-table entries an encoder added since its decoder's table was lost, newest first.
+/// They sit at the same indices in the encoder's table: index 62 is always the newest entry
+/// (RFC 7541 §2.3.3), and evictions only ever remove the oldest ones, so as long as every
+/// addition since is seen, index 62 + i is the i-th entry here, or one the encoder has evicted
+/// and will not refer to. Entries older than these are unknown. An entry whose name was itself
+/// an unknown reference is held as `None`, to keep the positions of the others.
+#[derive(Default)]
+struct KnownEntries {
+    entries: VecDeque<Option<(String, String)>>,
+    /// Sizes as RFC 7541 §4.1 counts them, unknown names counting as empty: a lower bound of
+    /// the encoder's, so this never keeps fewer entries than the encoder's table holds.
+    size: usize,
+}
+
+impl KnownEntries {
+    fn add(&mut self, name: Option<String>, value: String) {
+        self.size += 32 + name.as_ref().map_or(0, String::len) + value.len();
+        self.entries.push_front(name.map(|name| (name, value)));
+        while self.size > MAX_HEADER_TABLE_SIZE {
+            let Some(oldest) = self.entries.pop_back() else {
+                break;
+            };
+            self.size -= 32 + oldest.map_or(0, |(n, v)| n.len() + v.len());
+        }
+    }
+
+    /// The field at a table index, if it is known.
+    fn get(&self, index: usize) -> Option<(String, String)> {
+        match index {
+            0 => None,
+            1..=HPACK_STATIC_ENTRIES => static_table().get(index - 1).cloned(),
+            _ => self
+                .entries
+                .get(index - HPACK_STATIC_ENTRIES - 1)
+                .cloned()
+                .flatten(),
+        }
+    }
+}
+
+/// The HPACK static table (RFC 7541 Appendix A), taken from the decoder that holds it.
+fn static_table() -> &'static [(String, String)] {
+    static TABLE: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (1..=HPACK_STATIC_ENTRIES as u8)
+            .map(|index| {
+                let mut entry = None;
+                // A one-byte indexed field representation of each static index.
+                let _ = Decoder::new().decode_with_cb(&[0x80 | index], |name, value| {
+                    entry = Some(field(&name, &value));
+                });
+                entry.unwrap_or_default()
+            })
+            .collect()
+    })
+}
+
+/// Decodes a header block against a table of which only `known` is known: static entries,
+/// literals, and references to `known`, which it keeps up to date. The rest is skipped, never
+/// guessed; the second value says whether anything was.
+fn decode_partially(block: &[u8], known: &mut KnownEntries) -> (Vec<(String, String)>, bool) {
     let mut fields = Vec::new();
     let mut incomplete = false;
-    let mut additions_known = true;
     let mut rest = block;
     while !rest.is_empty() {
-        let Some(rep) = field_extent(rest) else {
-            return (fields, true);
-        };
-        let Some((this, next)) = rest.split_at_checked(rep.len) else {
+        let Some((rep, this, next)) = field_extent(rest)
+            .and_then(|rep| rest.split_at_checked(rep.len).map(|(a, b)| (rep, a, b)))
+        else {
+            // Malformed: whether it added an entry is unknown (the peer would have torn the
+            // connection down; the positions of what follows cannot be trusted either way).
+            *known = KnownEntries::default();
             return (fields, true);
         };
         rest = next;
-        if rep.kind == Representation::SizeUpdate {
-            // Resizes the table we do not have.
-            continue;
-        }
-        if rep.index > HPACK_STATIC_ENTRIES && !additions_known {
-            incomplete = true;
-            continue;
-        }
-        if own
-            .decode_with_cb(this, |name, value| fields.push(field(&name, &value)))
-            .is_err()
-        {
-            incomplete = true;
-            if rep.kind == Representation::Incremental {
-                additions_known = false;
+        match rep.kind {
+            // Resizes only evict entries the encoder will not refer to any more.
+            Representation::SizeUpdate => {}
+            Representation::Indexed => match known.get(rep.index) {
+                Some(field) => fields.push(field),
+                None => incomplete = true,
+            },
+            Representation::Literal | Representation::Incremental => {
+                let Some((name, value)) = literal(this, &rep, known) else {
+                    if rep.kind == Representation::Incremental {
+                        *known = KnownEntries::default();
+                    }
+                    incomplete = true;
+                    continue;
+                };
+                if rep.kind == Representation::Incremental {
+                    known.add(name.clone(), value.clone());
+                }
+                match name {
+                    Some(name) => fields.push((name, value)),
+                    None => incomplete = true,
+                }
             }
         }
     }
     (fields, incomplete)
+}
+
+/// A literal field representation's name (`None` when it refers to an unknown entry) and
+/// value; `None` when its strings do not decode.
+fn literal(
+    this: &[u8],
+    rep: &FieldExtent,
+    known: &KnownEntries,
+) -> Option<(Option<String>, String)> {
+    let prefix = if rep.kind == Representation::Incremental {
+        6
+    } else {
+        4
+    };
+    let (_, mut at) = hpack_integer(this, prefix)?;
+    let name = if rep.index == 0 {
+        let (name, used) = string_literal(this.get(at..)?)?;
+        at += used;
+        Some(String::from_utf8_lossy(&name).to_ascii_lowercase())
+    } else {
+        known.get(rep.index).map(|(name, _)| name)
+    };
+    let (value, _) = string_literal(this.get(at..)?)?;
+    Some((name, String::from_utf8_lossy(&value).into_owned()))
+}
+
+/// An HPACK string literal (RFC 7541 §5.2) at the start of `buf`, Huffman-decoded if it is
+/// encoded so, and the bytes it took.
+fn string_literal(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    thread_local! {
+        static HUFFMAN: RefCell<HuffmanDecoder> = RefCell::new(HuffmanDecoder::new());
+    }
+    let huffman = buf.first()? & 0x80 != 0;
+    let (len, used) = hpack_integer(buf, 7)?;
+    let end = used.checked_add(len)?;
+    let raw = buf.get(used..end)?;
+    let decoded = if huffman {
+        HUFFMAN.with(|h| h.borrow_mut().decode(raw).ok())?
+    } else {
+        raw.to_vec()
+    };
+    Some((decoded, end))
 }
 
 /// Whether a header block starts with dynamic table size updates one of which is to zero.
@@ -1121,7 +1710,7 @@ struct FieldExtent {
     index: usize,
 }
 
-/// Only the extent: decoding (Huffman, tables) is the crate's.
+/// Only the extent, which is all that is needed to split a block into its fields.
 fn field_extent(block: &[u8]) -> Option<FieldExtent> {
     let first = *block.first()?;
     let (kind, prefix) = if first & 0x80 != 0 {

@@ -22,35 +22,35 @@ use crate::{
 };
 
 #[derive(Clone, Copy)]
-struct Fixture {
-    request: &'static [u8],
-    response: &'static [u8],
+pub(super) struct Fixture {
+    pub(super) request: &'static [u8],
+    pub(super) response: &'static [u8],
 }
 
-const PLAIN: Fixture = Fixture {
+pub(super) const PLAIN: Fixture = Fixture {
     request: include_bytes!("../../../tests/fixtures/http2/chat_plain.request"),
     response: include_bytes!("../../../tests/fixtures/http2/chat_plain.response"),
 };
-const STREAM: Fixture = Fixture {
+pub(super) const STREAM: Fixture = Fixture {
     request: include_bytes!("../../../tests/fixtures/http2/chat_stream_tools.request"),
     response: include_bytes!("../../../tests/fixtures/http2/chat_stream_tools.response"),
 };
 /// Streams 1 (JSON), 3 (SSE with a tool call) and 5 (429) on one connection; the responses
 /// come back 1, 5, 3, and the later requests' headers refer to the HPACK dynamic table.
-const MULTIPLEXED: Fixture = Fixture {
+pub(super) const MULTIPLEXED: Fixture = Fixture {
     request: include_bytes!("../../../tests/fixtures/http2/multiplexed.request"),
     response: include_bytes!("../../../tests/fixtures/http2/multiplexed.response"),
 };
 
-const PATH: &str = "/v1/chat/completions";
+pub(super) const PATH: &str = "/v1/chat/completions";
 
-const CONN: ConnKey = ConnKey {
+pub(super) const CONN: ConnKey = ConnKey {
     pid: 1,
     source: crate::streams::Source::Tls,
     conn_id: 2,
 };
 
-fn data_at(direction: Direction, bytes: &[u8], timestamp_ns: u64) -> StreamEvent {
+pub(super) fn data_at(direction: Direction, bytes: &[u8], timestamp_ns: u64) -> StreamEvent {
     StreamEvent::Data {
         conn: CONN,
         direction,
@@ -59,11 +59,11 @@ fn data_at(direction: Direction, bytes: &[u8], timestamp_ns: u64) -> StreamEvent
     }
 }
 
-fn data(direction: Direction, bytes: &[u8]) -> StreamEvent {
+pub(super) fn data(direction: Direction, bytes: &[u8]) -> StreamEvent {
     data_at(direction, bytes, 7)
 }
 
-fn gap(direction: Direction, len: u64) -> StreamEvent {
+pub(super) fn gap(direction: Direction, len: u64) -> StreamEvent {
     StreamEvent::Gap {
         conn: CONN,
         direction,
@@ -72,7 +72,10 @@ fn gap(direction: Direction, len: u64) -> StreamEvent {
     }
 }
 
-fn run_with(max_body: usize, events: &[StreamEvent]) -> (Vec<HttpExchange>, Arc<Health>) {
+pub(super) fn run_with(
+    max_body: usize,
+    events: &[StreamEvent],
+) -> (Vec<HttpExchange>, Arc<Health>) {
     let health = Arc::new(Health::default());
     let mut tracker = HttpTracker::new(max_body, health.clone());
     let mut out = Vec::new();
@@ -84,22 +87,22 @@ fn run_with(max_body: usize, events: &[StreamEvent]) -> (Vec<HttpExchange>, Arc<
 }
 
 /// Feeds the events through the tracker, as the pipeline does, then shuts down.
-fn run(events: &[StreamEvent]) -> Vec<HttpExchange> {
+pub(super) fn run(events: &[StreamEvent]) -> Vec<HttpExchange> {
     run_with(64 << 20, events).0
 }
 
-fn whole(f: &Fixture) -> Vec<StreamEvent> {
+pub(super) fn whole(f: &Fixture) -> Vec<StreamEvent> {
     vec![
         data(Direction::Egress, f.request),
         data(Direction::Ingress, f.response),
     ]
 }
 
-fn json(body: &[u8]) -> Value {
+pub(super) fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::Null)
 }
 
-fn response(e: &HttpExchange) -> &super::http1::HttpResponse {
+pub(super) fn response(e: &HttpExchange) -> &super::http1::HttpResponse {
     e.response.as_ref().expect("a response")
 }
 
@@ -245,7 +248,7 @@ fn every_single_split_of_multiplexed_calls_gives_the_same_exchanges() {
 }
 
 /// Cuts `bytes` at the given points into Data events.
-fn pieces(direction: Direction, bytes: &[u8], cuts: &[usize]) -> Vec<StreamEvent> {
+pub(super) fn pieces(direction: Direction, bytes: &[u8], cuts: &[usize]) -> Vec<StreamEvent> {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     cuts.sort_unstable();
     let mut out = Vec::new();
@@ -258,13 +261,13 @@ fn pieces(direction: Direction, bytes: &[u8], cuts: &[usize]) -> Vec<StreamEvent
 }
 
 /// Exchanges in a stable order, to compare runs whose streams completed in different orders.
-fn sorted(mut exchanges: Vec<HttpExchange>) -> Vec<HttpExchange> {
+pub(super) fn sorted(mut exchanges: Vec<HttpExchange>) -> Vec<HttpExchange> {
     exchanges.sort_by(|a, b| a.request.body.cmp(&b.request.body));
     exchanges
 }
 
 /// Where each frame of a recorded direction starts and ends (after the preface, if any).
-fn frame_bounds(bytes: &[u8]) -> Vec<(usize, usize)> {
+pub(super) fn frame_bounds(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut at = if bytes.starts_with(PREFACE) {
         PREFACE.len()
     } else {
@@ -280,7 +283,7 @@ fn frame_bounds(bytes: &[u8]) -> Vec<(usize, usize)> {
 }
 
 /// A valid HPACK-bearing connection's frames, for the fuzzing tests.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = len.to_be_bytes()[1..].to_vec();
     f.extend([kind, flags]);
@@ -289,7 +292,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn settings(values: &[(u16, u32)]) -> Vec<u8> {
+pub(super) fn settings(values: &[(u16, u32)]) -> Vec<u8> {
     let payload: Vec<u8> = values
         .iter()
         .flat_map(|(id, v)| id.to_be_bytes().into_iter().chain(v.to_be_bytes()))
@@ -578,25 +581,15 @@ fn the_server_side_of_http2_is_not_reported() {
     assert!(health.unparsed_bytes.load(Ordering::Relaxed) > 0);
 }
 
-#[test]
-fn a_connection_joined_after_its_preface_is_left_alone() {
-    let frames = frame_bounds(PLAIN.request);
-    let events = [
-        data(Direction::Egress, &PLAIN.request[frames[0].0..]),
-        data(Direction::Ingress, PLAIN.response),
-    ];
-    assert!(run(&events).is_empty());
-}
-
 /// A client and a server speaking HTTP/2 frame by frame, with real HPACK encoders.
-struct Wire {
-    client: loona_hpack::Encoder<'static>,
-    server: loona_hpack::Encoder<'static>,
-    events: Vec<StreamEvent>,
+pub(super) struct Wire {
+    pub(super) client: loona_hpack::Encoder<'static>,
+    pub(super) server: loona_hpack::Encoder<'static>,
+    pub(super) events: Vec<StreamEvent>,
 }
 
 impl Wire {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut client = PREFACE.to_vec();
         client.extend(settings(&[(0x2, 0)]));
         Wire {
@@ -609,7 +602,7 @@ impl Wire {
         }
     }
 
-    fn block(&mut self, direction: Direction, fields: &[(&str, &str)]) -> Vec<u8> {
+    pub(super) fn block(&mut self, direction: Direction, fields: &[(&str, &str)]) -> Vec<u8> {
         let encoder = match direction {
             Direction::Egress => &mut self.client,
             Direction::Ingress => &mut self.server,
@@ -617,11 +610,11 @@ impl Wire {
         encoder.encode(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
     }
 
-    fn send(&mut self, direction: Direction, bytes: Vec<u8>) {
+    pub(super) fn send(&mut self, direction: Direction, bytes: Vec<u8>) {
         self.events.push(data(direction, &bytes));
     }
 
-    fn request(&mut self, stream: u32, path: &str, end_stream: bool) {
+    pub(super) fn request(&mut self, stream: u32, path: &str, end_stream: bool) {
         let block = self.block(
             Direction::Egress,
             &[
@@ -638,7 +631,7 @@ impl Wire {
         self.send(Direction::Egress, frame(0x1, flags, stream, &block));
     }
 
-    fn respond(&mut self, stream: u32, status: &str, body: &[u8]) {
+    pub(super) fn respond(&mut self, stream: u32, status: &str, body: &[u8]) {
         let block = self.block(
             Direction::Ingress,
             &[(":status", status), ("content-type", "application/json")],
@@ -647,7 +640,7 @@ impl Wire {
         self.send(Direction::Ingress, frame(0x0, 0x1, stream, body));
     }
 
-    fn run(&self) -> Vec<HttpExchange> {
+    pub(super) fn run(&self) -> Vec<HttpExchange> {
         run(&self.events)
     }
 }

@@ -14,6 +14,8 @@ pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
 #[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
+mod http2_joined_tests;
+#[cfg(test)]
 mod http2_tests;
 #[cfg(test)]
 mod jsonrpc_fixture_tests;

@@ -359,6 +359,7 @@ impl WebSocketConnection {
             request,
             response,
             end,
+            http2_joined_mid_connection: false,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The mock OpenAI server as a standalone program, for benchmarks and manual runs:
-//! `mock-llm [ADDR] [--h2 | --h2c]` prints `listening <base-url> cert=<pem path>` and serves
-//! until killed. `--h2` offers HTTP/2 over TLS (ALPN) on an ephemeral port, `--h2c` HTTP/2
-//! with prior knowledge on a plain one.
+//! `mock-llm [ADDR] [--h2 | --h2c | --h2c-upgrade]` prints `listening <base-url> cert=<pem
+//! path>` and serves until killed. `--h2` offers HTTP/2 over TLS (ALPN) on an ephemeral port,
+//! `--h2c` HTTP/2 with prior knowledge on a plain one, `--h2c-upgrade` HTTP/1.1 that switches
+//! to HTTP/2 when a request asks `Upgrade: h2c`.
 
 use anyhow::Result;
 
@@ -17,6 +18,8 @@ async fn main() -> Result<()> {
     let dir = tracer_testkit::target_dir().join("mock-llm");
     let server = if flag("--h2") {
         tracer_testkit::mock_openai::start_h2(&dir).await?
+    } else if flag("--h2c-upgrade") {
+        tracer_testkit::mock_openai::start_h2c_upgrade(true).await?
     } else if flag("--h2c") {
         tracer_testkit::mock_openai::start_h2c().await?
     } else {
