@@ -200,10 +200,28 @@ fn the_chart_renders_to_valid_kubernetes_objects() -> Result<()> {
         "privileged replaces them"
     );
 
-    // Selection rules are refused until the tracer supports them, rather than ignored.
-    let refused = helm_template(&tools, &["--set", "selection.include[0]=python"]);
-    let err = format!("{:#}", refused.expect_err("selection rules must fail"));
-    assert!(err.contains("selection rules need"), "{err}");
+    // Selection rules become the tracer's include/exclude settings in its config file.
+    let selected = helm_template(
+        &tools,
+        &[
+            "--set",
+            "selection.include.namespace[0]=agents",
+            "--set",
+            "selection.include.namespace[1]=ml-*",
+            "--set",
+            "selection.exclude.exe[0]=*/prometheus",
+        ],
+    )?;
+    let toml: toml::Table = config_toml(&selected)?.parse()?;
+    assert_eq!(
+        toml.get("include_namespace"),
+        Some(&toml::Value::Array(vec!["agents".into(), "ml-*".into()]))
+    );
+    assert_eq!(
+        toml.get("exclude_exe"),
+        Some(&toml::Value::Array(vec!["*/prometheus".into()]))
+    );
+    assert!(toml.get("include_exe").is_none());
     Ok(())
 }
 

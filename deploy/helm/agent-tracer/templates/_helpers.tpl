@@ -37,6 +37,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.otlp.protocol }}{{ $_ := set $cfg "otlp_protocol" .Values.otlp.protocol }}{{ end -}}
 {{- if .Values.captureContent }}{{ $_ := set $cfg "capture_content" true }}{{ end -}}
 {{- $_ := set $cfg "health_listen" (printf "0.0.0.0:%v" .Values.health.port) -}}
+{{- range $kind := list "exe" "cmdline" "container" "namespace" -}}
+{{- with (get ($.Values.selection.include | default dict) $kind) }}{{ $_ := set $cfg (printf "include_%s" $kind) . }}{{ end -}}
+{{- with (get ($.Values.selection.exclude | default dict) $kind) }}{{ $_ := set $cfg (printf "exclude_%s" $kind) . }}{{ end -}}
+{{- end -}}
 {{- $cfg = mergeOverwrite $cfg (deepCopy .Values.config) -}}
 {{- toToml $cfg -}}
 {{- end -}}
