@@ -163,3 +163,50 @@ fn check_fails_without_sys_admin_alone() -> Result<()> {
     assert!(!stderr.contains("CAP_BPF"), "{stderr}");
     Ok(())
 }
+
+/// What `check` warns about, `run` must not hide: without CAP_SYS_ADMIN the programs load but no
+/// uprobe can be placed, so the tracer says it is blind to TLS and stays not-ready.
+#[test]
+fn run_without_sys_admin_warns_and_is_not_ready() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let port = tracer_testkit::e2e::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let running = tracer_testkit::tracer::start(
+        Path::new("/usr/bin/setpriv"),
+        "run-no-sys-admin",
+        &[
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            env!("CARGO_BIN_EXE_agent-tracer"),
+            "run",
+            "--console",
+            "never",
+            "--prometheus-listen",
+            "off",
+            "--health-listen",
+            &listen,
+        ],
+        &[],
+    )?;
+    let mut stream = std::net::TcpStream::connect(&listen)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let output = running.stop()?;
+    assert!(output.status.success(), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("no TLS hook could be placed"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 503"),
+        "/readyz while blind to TLS: {response}"
+    );
+    Ok(())
+}

@@ -126,6 +126,17 @@ pub async fn run(config: Config) -> Result<()> {
     let mut attacher = Attacher::new(capture, health.clone());
     let open_connections = attacher.start_up();
     let hooked = std::mem::take(&mut attacher.hooked_paths);
+    let unhookable = std::mem::take(&mut attacher.unhookable_paths);
+    // TLS libraries were found but none could be hooked: the tracer would run blind to HTTPS.
+    // Say so loudly, and stay not-ready so a rollout shows it.
+    let blind = hooked.is_empty() && !unhookable.is_empty();
+    if blind {
+        warn!(
+            unhookable = ?unhookable,
+            "no TLS hook could be placed: attaching uprobes failed (is CAP_SYS_ADMIN held? run \
+             `agent-tracer check`); encrypted traffic will not be seen"
+        );
+    }
     let attacher = tokio::spawn(attacher.run(exec_rx));
 
     let mut spans = Vec::new();
@@ -166,7 +177,7 @@ pub async fn run(config: Config) -> Result<()> {
         "tracer ready"
     );
     probes.beat();
-    probes.set_ready(true);
+    probes.set_ready(!blind);
 
     loop {
         tokio::select! {

@@ -39,6 +39,9 @@ pub struct Attacher {
     own_pid: u32,
     /// Paths hooked, for the start-up log.
     pub hooked_paths: Vec<PathBuf>,
+    /// TLS targets found whose hooks could not be placed (e.g. uprobes refused for lack of
+    /// CAP_SYS_ADMIN): the tracer runs but cannot see their plaintext.
+    pub unhookable_paths: Vec<PathBuf>,
 }
 
 impl Attacher {
@@ -50,6 +53,7 @@ impl Attacher {
             health,
             own_pid: std::process::id(),
             hooked_paths: Vec::new(),
+            unhookable_paths: Vec::new(),
         }
     }
 
@@ -163,6 +167,8 @@ impl Attacher {
                 shown.display()
             );
             self.hooked_paths.push(shown);
+        } else {
+            self.unhookable_paths.push(path.to_path_buf());
         }
     }
 
