@@ -50,6 +50,56 @@ fn is_root_of(span: &ReceivedSpan, pid: u32) -> bool {
         && as_int(span.resource_attr("process.pid")) == Some(pid as i64)
 }
 
+/// Runs a client agent script to its end; returns its pid (its first line) and its output lines.
+fn run_agent(python: &Path, script: &str, args: &[String], ca: &Path) -> Result<(u32, Vec<Value>)> {
+    let output = Command::new(python)
+        .arg(client_script(script))
+        .args(args)
+        .env("SSL_CERT_FILE", ca)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .context("running the agent")?;
+    assert!(
+        output.status.success(),
+        "agent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = e2e::json_lines(&output);
+    let pid = lines
+        .first()
+        .and_then(|l| l["pid"].as_u64())
+        .context("agent pid")? as u32;
+    Ok((pid, lines))
+}
+
+/// The trace of `pid`'s run once it holds `spans` spans (children may come in later batches
+/// than the root).
+async fn run_trace(
+    receiver: &otlp::OtlpReceiver,
+    pid: u32,
+    spans: usize,
+) -> Result<Vec<ReceivedSpan>> {
+    let all = receiver
+        .wait_for("the agent's run", SPAN_WAIT, |s| {
+            s.iter().any(|s| is_root_of(s, pid))
+        })
+        .await?;
+    let root_trace = all
+        .iter()
+        .find(|s| is_root_of(s, pid))
+        .map(|s| s.span.trace_id.clone())
+        .context("root")?;
+    let all = receiver
+        .wait_for(&format!("the run's {spans} spans"), SPAN_WAIT, |s| {
+            of_trace(s, &root_trace).len() >= spans
+        })
+        .await?;
+    Ok(of_trace(&all, &root_trace))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_agent_tool_loop_is_one_trace_with_tool_process_and_http_beneath() -> Result<()> {
     require_root();
@@ -74,46 +124,17 @@ async fn openai_agent_tool_loop_is_one_trace_with_tool_process_and_http_beneath(
         &[],
     )?;
 
-    let output = Command::new(&python)
-        .arg(client_script("openai_agent.py"))
-        .arg(model_api.base_url())
-        .arg(format!("http://{}", tool_api.addr))
-        .env("SSL_CERT_FILE", &model_api.cert_path)
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .output()
-        .context("running the agent")?;
-    assert!(
-        output.status.success(),
-        "agent failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines = e2e::json_lines(&output);
-    let pid = lines[0]["pid"].as_u64().context("agent pid")? as u32;
+    let (pid, lines) = run_agent(
+        &python,
+        "openai_agent.py",
+        &[model_api.base_url(), format!("http://{}", tool_api.addr)],
+        &model_api.cert_path,
+    )?;
     assert_eq!(lines[1]["answer"], "The task ran.");
     assert_eq!(lines[1]["steps"][0]["sh_pid_exit"], 3);
-
-    let all = receiver
-        .wait_for("the agent's run", SPAN_WAIT, |s| {
-            s.iter().any(|s| is_root_of(s, pid))
-        })
-        .await?;
-    // Children may still be on their way in another batch: wait for the whole tree.
-    let root_trace = all
-        .iter()
-        .find(|s| is_root_of(s, pid))
-        .map(|s| s.span.trace_id.clone())
-        .context("root")?;
-    let all = receiver
-        .wait_for("the run's 6 spans", SPAN_WAIT, |s| {
-            of_trace(s, &root_trace).len() >= 6
-        })
-        .await?;
+    let trace = run_trace(&receiver, pid, 6).await?;
     let stopped = running.stop()?;
     assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
-    let trace = of_trace(&all, &root_trace);
     assert_eq!(
         trace.len(),
         6,
@@ -277,40 +298,16 @@ async fn anthropic_agent_failing_tool_is_marked_and_its_run_still_completes() ->
         ],
         &[],
     )?;
-    let output = Command::new(&python)
-        .arg(client_script("anthropic_agent.py"))
-        .arg(model_api.base_url().trim_end_matches("/v1"))
-        .env("SSL_CERT_FILE", &model_api.cert_path)
-        .env_remove("HTTPS_PROXY")
-        .env_remove("https_proxy")
-        .output()
-        .context("running the agent")?;
-    assert!(
-        output.status.success(),
-        "agent failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines = e2e::json_lines(&output);
-    let pid = lines[0]["pid"].as_u64().context("agent pid")? as u32;
+    let (pid, lines) = run_agent(
+        &python,
+        "anthropic_agent.py",
+        &[model_api.base_url().trim_end_matches("/v1").to_string()],
+        &model_api.cert_path,
+    )?;
     assert_eq!(lines[1]["answer"], "The task failed; reported.");
-    let all = receiver
-        .wait_for("the agent's run", SPAN_WAIT, |s| {
-            s.iter().any(|s| is_root_of(s, pid))
-        })
-        .await?;
-    let root_trace = all
-        .iter()
-        .find(|s| is_root_of(s, pid))
-        .map(|s| s.span.trace_id.clone())
-        .context("root")?;
-    let all = receiver
-        .wait_for("the run's 5 spans", SPAN_WAIT, |s| {
-            of_trace(s, &root_trace).len() >= 5
-        })
-        .await?;
+    let trace = run_trace(&receiver, pid, 5).await?;
     let stopped = running.stop()?;
     assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
-    let trace = of_trace(&all, &root_trace);
     assert_eq!(
         trace.len(),
         5,
@@ -389,25 +386,12 @@ async fn the_run_renders_in_arize_phoenix_as_agent_llm_and_tool_spans() -> Resul
             ("OTEL_RESOURCE_ATTRIBUTES", resource.as_str()),
         ],
     )?;
-    let output = Command::new(&python)
-        .arg(client_script("openai_agent.py"))
-        .arg(model_api.base_url())
-        .arg(format!("http://{}", tool_api.addr))
-        .env("SSL_CERT_FILE", &model_api.cert_path)
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .output()
-        .context("running the agent")?;
-    assert!(
-        output.status.success(),
-        "agent failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let pid = e2e::json_lines(&output)[0]["pid"]
-        .as_u64()
-        .context("agent pid")?;
+    let (pid, _) = run_agent(
+        &python,
+        "openai_agent.py",
+        &[model_api.base_url(), format!("http://{}", tool_api.addr)],
+        &model_api.cert_path,
+    )?;
     let root_name = "invoke_agent openai_agent";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let trace = loop {
@@ -502,44 +486,19 @@ async fn an_agent_launched_by_a_tool_nests_its_run_under_that_tool() -> Result<(
         ],
         &[],
     )?;
-    let output = Command::new(&python)
-        .arg(client_script("openai_agent.py"))
-        .arg(model_api.base_url())
-        .arg(format!("http://{}", tool_api.addr))
-        .arg(model_api.base_url().trim_end_matches("/v1"))
-        .env("SSL_CERT_FILE", &model_api.cert_path)
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .output()
-        .context("running the agent")?;
-    assert!(
-        output.status.success(),
-        "agent failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let pid = e2e::json_lines(&output)[0]["pid"]
-        .as_u64()
-        .context("agent pid")? as u32;
-    let all = receiver
-        .wait_for("the outer run", SPAN_WAIT, |s| {
-            s.iter().any(|s| is_root_of(s, pid))
-        })
-        .await?;
-    let root_trace = all
-        .iter()
-        .find(|s| is_root_of(s, pid))
-        .map(|s| s.span.trace_id.clone())
-        .context("root")?;
-    let all = receiver
-        .wait_for("both runs' 12 spans", SPAN_WAIT, |s| {
-            of_trace(s, &root_trace).len() >= 12
-        })
-        .await?;
+    let (pid, _) = run_agent(
+        &python,
+        "openai_agent.py",
+        &[
+            model_api.base_url(),
+            format!("http://{}", tool_api.addr),
+            model_api.base_url().trim_end_matches("/v1").to_string(),
+        ],
+        &model_api.cert_path,
+    )?;
+    let trace = run_trace(&receiver, pid, 12).await?;
     let stopped = running.stop()?;
     assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
-    let trace = of_trace(&all, &root_trace);
     assert_eq!(
         trace.len(),
         12,
