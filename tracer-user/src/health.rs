@@ -91,7 +91,7 @@ counters! {
     jsonrpc_messages,
     /// Stdio lines that were not JSON-RPC (the stream resynchronised at the next line).
     jsonrpc_parse_errors,
-    /// Stdio lines longer than the body cap, skipped.
+    /// Stdio lines longer than the body cap, not parsed (counted only).
     jsonrpc_oversized,
     /// JSON-RPC responses whose request was not seen (sent before the tracer looked).
     jsonrpc_unmatched_responses,
@@ -120,7 +120,7 @@ counters! {
     /// Spans handed to the sinks. With an OTLP endpoint, at exit this equals `exported_spans`
     /// plus every `export_dropped_spans{...}` (while running, plus what is still buffered).
     spans,
-    /// Spans the console sink skipped because its queue was full.
+    /// Spans the console sink dropped because its queue was full.
     console_queue_full,
     /// Spans the OTLP receiver accepted.
     exported_spans,

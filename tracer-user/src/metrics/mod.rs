@@ -274,7 +274,7 @@ fn num_attr(span: &Span, key: &str) -> Option<f64> {
     }
 }
 
-/// The span's values of `keys`, in that order, skipping absent ones.
+/// The span's values of `keys`, in that order; absent keys are left out.
 fn pick(span: &Span, keys: &[&'static str]) -> Attributes {
     keys.iter()
         .filter_map(|k| {
