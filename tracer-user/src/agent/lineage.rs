@@ -108,15 +108,7 @@ impl Lineage {
 /// The PPid line of /proc/PID/status.
 fn parent_from_proc(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_ppid(&status)
-}
-
-fn parse_ppid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|p| *p != 0)
+    crate::enrich::parent_pid(&status)
 }
 
 /// The agent's name as a user knows it: the script an interpreter runs (`python agent.py` →
@@ -185,8 +177,8 @@ mod tests {
 
     #[test]
     fn proc_fallback_reads_ppid() {
-        assert_eq!(parse_ppid("Name:\tx\nPPid:\t42\n"), Some(42));
-        assert_eq!(parse_ppid("PPid:\t0\n"), None);
+        assert_eq!(crate::enrich::parent_pid("Name:\tx\nPPid:\t42\n"), Some(42));
+        assert_eq!(crate::enrich::parent_pid("PPid:\t0\n"), None);
         let mut l = Lineage::default();
         let me = std::process::id();
         assert!(l.lineage(me).len() >= 2, "the test runner has a parent");

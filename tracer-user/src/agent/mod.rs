@@ -30,7 +30,7 @@ pub use names::AgentNames;
 use self::{cost::PriceTable, lineage::Lineage};
 use crate::{
     capture::{CaptureEvent, Clock},
-    enrich::{redact_args, ProcessInfo},
+    enrich::{read_args, redact_args, ProcessInfo},
     genai::{
         content::capped_text,
         history::{self, ToolResult},
@@ -44,6 +44,7 @@ use crate::{
 
 /// A tool call repeated (same name and arguments) this many times in a row is a loop.
 const LOOP_REPEATS: u32 = 3;
+const LOOP_EVENT: &str = "agent_tracer.loop_detected";
 /// Spans one run may hold back (sampling, undecided nesting) before the oldest are dropped.
 const MAX_HELD_SPANS: usize = 4096;
 /// Ended conversations remembered per host, so a user's next turn keeps the conversation id.
@@ -149,6 +150,18 @@ struct PendingNested {
     spans: Vec<Span>,
     root_span_id: [u8; 8],
     had_error: bool,
+}
+
+impl Run {
+    /// How a run ends that no final answer ended: failed if its last call failed, else
+    /// abandoned.
+    fn unfinished_outcome(&self) -> Outcome {
+        if self.last_call_failed {
+            Outcome::Error
+        } else {
+            Outcome::Abandoned
+        }
+    }
 }
 
 /// A process spawned inside a run: its exec span's id, and where that span hangs.
@@ -383,11 +396,7 @@ impl AgentAssembler {
                 self.end_exec(*pid, *timestamp_ns, *status, false, out);
                 self.lineage.exit(*pid);
                 while let Some(i) = self.runs.iter().position(|r| r.pid == *pid) {
-                    let outcome = if self.runs[i].last_call_failed {
-                        Outcome::Error
-                    } else {
-                        Outcome::Abandoned
-                    };
+                    let outcome = self.runs[i].unfinished_outcome();
                     self.finish(i, *timestamp_ns, outcome, out);
                 }
             }
@@ -403,11 +412,7 @@ impl AgentAssembler {
             .iter()
             .position(|r| now_ns.saturating_sub(r.last_activity_ns) > timeout)
         {
-            let outcome = if self.runs[i].last_call_failed {
-                Outcome::Error
-            } else {
-                Outcome::Abandoned
-            };
+            let outcome = self.runs[i].unfinished_outcome();
             let end = self.runs[i].last_activity_ns;
             self.finish(i, end, outcome, out);
         }
@@ -418,11 +423,7 @@ impl AgentAssembler {
         while !self.runs.is_empty() {
             let i = self.runs.len() - 1;
             let end = self.runs[i].last_activity_ns;
-            let outcome = if self.runs[i].last_call_failed {
-                Outcome::Error
-            } else {
-                Outcome::Abandoned
-            };
+            let outcome = self.runs[i].unfinished_outcome();
             self.finish(i, end, outcome, out);
         }
     }
@@ -488,7 +489,7 @@ impl AgentAssembler {
             .lineage
             .running(pid)
             .map(|r| r.args.clone())
-            .unwrap_or_else(|| proc_args(pid));
+            .unwrap_or_else(|| read_args(pid));
         let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -563,7 +564,7 @@ impl AgentAssembler {
                 ));
             }
             run.events.push(SpanEvent {
-                name: "agent_tracer.loop_detected",
+                name: LOOP_EVENT,
                 time_unix_ns: self.clock.unix_ns(start_ns),
                 attributes,
             });
@@ -783,7 +784,7 @@ impl AgentAssembler {
         if run.all_costs_known && run.llm_calls > 0 {
             a.push(("agent_tracer.cost.usd", run.cost_usd.into()));
         }
-        if run.tool_repeats >= LOOP_REPEATS || run.events.iter().any(|e| e.name.contains("loop")) {
+        if run.events.iter().any(|e| e.name == LOOP_EVENT) {
             a.push(("agent_tracer.run.loop_detected", true.into()));
         }
         if run.repeated_requests > 0 {
@@ -995,7 +996,8 @@ impl AgentAssembler {
             }
         }
         let span = Span {
-            trace_id: [0; 16],
+            // Its run's trace once attached; its own if the run is long forgotten.
+            trace_id: rand::rng().random(),
             span_id: owner.span_id,
             parent_span_id: Some(owner.parent.span),
             name: format!("exec {executable}"),
@@ -1007,34 +1009,8 @@ impl AgentAssembler {
             events: Vec::new(),
             process: Arc::new(ProcessInfo::unknown(pid)),
         };
-        // Into the window it was spawned in: exec spans are children of the tool span even when
-        // the process outlives the window.
-        match self.runs.iter().position(|r| r.key == owner.parent.run) {
-            Some(i) => {
-                let run = &mut self.runs[i];
-                let mut span = span;
-                span.trace_id = run.trace_id;
-                run.last_activity_ns = run.last_activity_ns.max(end_ns);
-                if let Some(tool) = run
-                    .open_tools
-                    .iter_mut()
-                    .find(|t| t.span_id == owner.parent.span)
-                {
-                    tool.latest_ns = tool.latest_ns.max(end_ns);
-                    // Spawned inside the window: the tool's, even if it outlives it.
-                    tool.children.push(span);
-                } else {
-                    self.emit(i, span, out);
-                }
-            }
-            None => {
-                let mut span = span;
-                if let Some(trace_id) = self.ended_runs.get(&owner.parent.run) {
-                    span.trace_id = *trace_id;
-                    out.push(self.conventions(span));
-                }
-            }
-        }
+        // Into the window it was spawned in: the tool's, even when the process outlives it.
+        self.attach(owner.parent, end_ns, span, out);
     }
 
     // ----- output -----
@@ -1222,17 +1198,6 @@ fn sampled_by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
     let mut low = [0u8; 8];
     low.copy_from_slice(&trace_id[8..]);
     (u64::from_be_bytes(low) as f64) < ratio * u64::MAX as f64
-}
-
-fn proc_args(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -112,6 +112,14 @@ pub enum DecodeError {
     Source(u32),
 }
 
+/// Strings separated by NULs (a command line, as the kernel and /proc/PID/cmdline give it).
+pub fn nul_separated(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// Decodes one ring-buffer record. Pure: fed by tests with hand-made records.
 pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
     if record.len() < RECORD_HEADER_SIZE {
@@ -156,11 +164,7 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
         k if k == RecordKind::ProcessArgs as u32 => CaptureEvent::ExecArgs {
             pid: h.pid,
             tid: h.tid,
-            args: payload
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect(),
+            args: nul_separated(payload),
         },
         k if k == RecordKind::Connect as u32 || k == RecordKind::Accept as u32 => {
             CaptureEvent::Connect {

@@ -11,6 +11,7 @@ use std::{
     sync::Arc,
 };
 
+pub use container::parent_pid;
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
@@ -57,14 +58,7 @@ impl ProcessInfo {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|raw| {
-                raw.split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let args = read_args(pid);
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim().to_string())
             .ok();
@@ -107,6 +101,13 @@ impl ProcessInfo {
             host_name: host_name.to_string(),
         }
     }
+}
+
+/// A process's command line from /proc (empty when it is gone).
+pub fn read_args(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| crate::capture::nul_separated(&raw))
+        .unwrap_or_default()
 }
 
 /// Replaces values of arguments that look like credentials (`--api-key X`, `--token=X`,
