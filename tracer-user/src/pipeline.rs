@@ -94,22 +94,19 @@ impl Pipeline {
             return;
         }
         let first_new = out.len();
-        if matches!(
-            event,
-            CaptureEvent::Fork { .. } | CaptureEvent::ExecArgs { .. } | CaptureEvent::Exec { .. }
-        ) {
-            self.agent.process_event(&event, out);
+        match &event {
+            // Lineage only: nothing for the streams.
+            CaptureEvent::Fork { .. } | CaptureEvent::ExecArgs { .. } => {
+                self.agent.process_event(&event, out);
+                return;
+            }
+            CaptureEvent::Exec { .. } => self.agent.process_event(&event, out),
+            _ => {}
         }
         let exited = match &event {
-            CaptureEvent::Data(chunk) => {
-                self.processes.observe(chunk.pid);
-                None
-            }
-            // A new program: what was read of the old one no longer describes the process.
-            // Read it now, while it surely runs: a short-lived client may be gone by the time its
-            // call completes.
+            // A new program: read it now, while it surely runs: a short-lived client may be gone
+            // by the time its call completes. (Data was observed by `left_out`.)
             CaptureEvent::Exec { pid, filename, .. } => {
-                self.processes.forget(*pid);
                 self.processes.observe_exec(*pid, filename);
                 None
             }

@@ -237,27 +237,35 @@ impl ProcessCache {
     /// Called when a process is first seen, while it is surely alive. Decides whether it is
     /// traced, and tells the kernel when it is not.
     pub fn observe(&mut self, pid: u32) {
-        if self.provisional.contains(&pid) {
+        // One more read for a process whose executable could not be read at exec.
+        if self.provisional.remove(&pid) {
             let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
             if info.executable_path.is_some() {
-                self.provisional.remove(&pid);
+                self.decide(pid, &info);
                 self.processes.insert(pid, Arc::new(info));
             }
             return;
         }
         if self.processes.len() < MAX_PROCESSES && !self.processes.contains_key(&pid) {
-            let info = Arc::new(ProcessInfo::read(
-                pid,
-                &self.host_name,
-                Some(&mut self.kube),
-            ));
-            if !self.selection.is_everything() && !self.selection.traces(&info) {
-                self.ignored.insert(pid);
-                if let Some(interest) = &mut self.interest {
-                    interest(pid, true);
-                }
+            let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
+            self.decide(pid, &info);
+            self.processes.insert(pid, Arc::new(info));
+        }
+    }
+
+    /// Applies the selection rules to `info`, telling the kernel only when the decision changes
+    /// (an exec may change it; unchanged, the process's calls keep their state).
+    fn decide(&mut self, pid: u32, info: &ProcessInfo) {
+        let left_out = !self.selection.is_everything() && !self.selection.traces(info);
+        let changed = if left_out {
+            self.ignored.insert(pid)
+        } else {
+            self.ignored.remove(&pid)
+        };
+        if changed {
+            if let Some(interest) = &mut self.interest {
+                interest(pid, left_out);
             }
-            self.processes.insert(pid, info);
         }
     }
 
@@ -266,22 +274,26 @@ impl ProcessCache {
         self.ignored.contains(&pid)
     }
 
-    /// A process that just exec'd `filename`: read now; the file name stands in for the path if
-    /// the process is already gone.
+    /// A process that just exec'd `filename`: what was read of its old program no longer
+    /// describes it. Read now; the file name stands in for the path if the executable cannot
+    /// be read yet (it is read again when the process's traffic shows it alive).
     pub fn observe_exec(&mut self, pid: u32, filename: &str) {
-        self.observe(pid);
-        if let Some(info) = self.processes.get_mut(&pid) {
-            if info.executable_path.is_none() && filename.starts_with('/') {
-                self.provisional.insert(pid);
-                let info = Arc::make_mut(info);
-                info.executable_path = Some(filename.to_string());
-                if info.executable_name == "unknown" {
-                    if let Some(name) = filename.rsplit('/').next() {
-                        info.executable_name = name.to_string();
-                    }
+        self.retire(pid);
+        if self.processes.len() >= MAX_PROCESSES {
+            return;
+        }
+        let mut info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
+        if info.executable_path.is_none() && filename.starts_with('/') {
+            self.provisional.insert(pid);
+            info.executable_path = Some(filename.to_string());
+            if info.executable_name == "unknown" {
+                if let Some(name) = filename.rsplit('/').next() {
+                    info.executable_name = name.to_string();
                 }
             }
         }
+        self.decide(pid, &info);
+        self.processes.insert(pid, Arc::new(info));
     }
 
     pub fn get(&self, pid: u32) -> Arc<ProcessInfo> {
@@ -297,14 +309,20 @@ impl ProcessCache {
             })
     }
 
+    /// The process exited.
     pub fn forget(&mut self, pid: u32) {
-        self.provisional.remove(&pid);
+        self.retire(pid);
         // The pid may be reused by a process the rules would trace.
         if self.ignored.remove(&pid) {
             if let Some(interest) = &mut self.interest {
                 interest(pid, false);
             }
         }
+    }
+
+    /// What was read of the process moves to the departed, for spans reported after it.
+    fn retire(&mut self, pid: u32) {
+        self.provisional.remove(&pid);
         if let Some(info) = self.processes.remove(&pid) {
             self.departed.retain(|d| d.pid != pid);
             self.departed.push_back(info);
