@@ -163,7 +163,7 @@ struct ExecEvent {
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid != unsafe { core::ptr::read_volatile(&crate::syscalls::TRACER_TGID) } {
+    if !crate::syscalls::is_tracer(pid_tgid) {
         forget_process_fds(tgid, true);
         mark_stdio(tgid);
     }

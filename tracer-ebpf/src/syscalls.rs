@@ -42,7 +42,7 @@ const EINPROGRESS: i64 = 115;
 /// The tracer's own process, set by userspace at load time: its exporter connections are never
 /// traced (that would feed its own output back into itself).
 #[unsafe(no_mangle)]
-pub static TRACER_TGID: u32 = 0;
+static TRACER_TGID: u32 = 0;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
@@ -60,7 +60,7 @@ fn tgid(pid_tgid: u64) -> u32 {
 }
 
 #[inline(always)]
-fn is_tracer(pid_tgid: u64) -> bool {
+pub(crate) fn is_tracer(pid_tgid: u64) -> bool {
     tgid(pid_tgid) == unsafe { core::ptr::read_volatile(&TRACER_TGID) }
 }
 
@@ -420,17 +420,10 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
     }
     if state.flags & flag::STDIO != 0 {
         // No TLS library writes its records to stdio: straight to the copy.
-        remember_io(ctx, pid_tgid, fd, function);
+        copy_unless_ignored(ctx, pid_tgid, fd, function);
         return;
     }
     if state.flags & (flag::CONNECTED | flag::ACCEPTED) == 0 {
-        return;
-    }
-    // A socket the process opened before userspace decided to leave it out.
-    if is_ignored(key.tgid) {
-        if state.flags & flag::TLS == 0 {
-            count(counter::IGNORED_CALLS, 1);
-        }
         return;
     }
     // Inside SSL_write/SSL_read on this thread: this is that call's ciphertext.
@@ -451,6 +444,18 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         return;
     }
     if state.flags & flag::TLS != 0 {
+        return;
+    }
+    copy_unless_ignored(ctx, pid_tgid, fd, function);
+}
+
+/// The one place a syscall's bytes are committed to: a process userspace left out (its fds
+/// were tracked before the decision) is counted, not copied. TLS sockets never get here, so
+/// their calls cost no lookup in the ignore map.
+#[inline(always)]
+fn copy_unless_ignored(ctx: &TracePointContext, pid_tgid: u64, fd: u32, function: SocketFunction) {
+    if is_ignored(tgid(pid_tgid)) {
+        count(counter::IGNORED_CALLS, 1);
         return;
     }
     remember_io(ctx, pid_tgid, fd, function);
