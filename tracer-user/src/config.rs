@@ -454,64 +454,21 @@ impl Config {
 
     /// `env` looks up an environment variable; a function so tests need not touch the real one.
     pub fn resolve(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let explicit_protocol = args
-            .above_env("otlp_protocol", &args.otlp_protocol)
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .or_else(|| args.in_file("otlp_protocol", &args.otlp_protocol))
-            .map(|p| p.parse::<Protocol>())
-            .transpose()?;
-        // (url, is it already the full traces URL?)
-        let endpoint = args
-            .above_env("otlp_endpoint", &args.otlp_endpoint)
-            .map(|e| (e, false))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, true)))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)))
-            .or_else(|| {
-                args.in_file("otlp_endpoint", &args.otlp_endpoint)
-                    .map(|e| (e, false))
-            });
-        let otlp = match endpoint {
+        let otlp = match otlp_target(args, &env, "TRACES", "/v1/traces")? {
             None => None,
-            Some((url, full)) => {
-                let protocol = explicit_protocol.unwrap_or_else(|| {
-                    if url.trim_end_matches('/').ends_with(":4317") {
-                        Protocol::Grpc
-                    } else {
-                        Protocol::HttpProtobuf
-                    }
-                });
-                let endpoint = match protocol {
-                    Protocol::HttpProtobuf if !full => {
-                        format!("{}/v1/traces", url.trim_end_matches('/'))
-                    }
-                    _ => url,
-                };
-                let mut headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
-                    Some(h) => parse_key_values(&h).context("OTEL_EXPORTER_OTLP_HEADERS")?,
-                    None => Vec::new(),
-                };
-                for h in &args.otlp_headers {
-                    headers.extend(parse_key_values(h).context("--otlp-header")?);
-                }
-                let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
-                    Some(r) => parse_key_values(&r).context("OTEL_RESOURCE_ATTRIBUTES")?,
-                    None => Vec::new(),
-                };
-                Some(OtlpConfig {
-                    endpoint,
-                    protocol,
-                    headers,
-                    service_name: args
-                        .above_env("service_name", &args.service_name)
-                        .or_else(|| env("OTEL_SERVICE_NAME"))
-                        .or_else(|| args.in_file("service_name", &args.service_name)),
-                    resource_attributes,
-                    timeout: Duration::from_secs(10),
-                    buffer_spans: usize::try_from(args.export_buffer_spans)
-                        .context("--export-buffer-spans is too large")?,
-                })
-            }
+            Some(target) => Some(OtlpConfig {
+                endpoint: target.endpoint,
+                protocol: target.protocol,
+                headers: target.headers,
+                service_name: args
+                    .above_env("service_name", &args.service_name)
+                    .or_else(|| env("OTEL_SERVICE_NAME"))
+                    .or_else(|| args.in_file("service_name", &args.service_name)),
+                resource_attributes: target.resource_attributes,
+                timeout: Duration::from_secs(10),
+                buffer_spans: usize::try_from(args.export_buffer_spans)
+                    .context("--export-buffer-spans is too large")?,
+            }),
         };
         let console = match args.console {
             ConsoleMode::Auto => otlp.is_none(),
@@ -533,6 +490,77 @@ impl Config {
             processes: args.processes.resolve(&env)?,
         })
     }
+}
+
+/// Where one OTLP signal goes, per the OpenTelemetry exporter variables.
+pub(crate) struct OtlpTarget {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+/// The destination of `signal` (`TRACES`, `METRICS`), shared by every exporter so they cannot
+/// disagree: a flag, then `OTEL_EXPORTER_OTLP_{signal}_*` (its endpoint used as is), then
+/// `OTEL_EXPORTER_OTLP_*`, then the config file; `path` is appended to a base URL for
+/// HTTP/protobuf. Headers add up: the generic variable, the signal's, then `--otlp-header`.
+pub(crate) fn otlp_target(
+    args: &RunArgs,
+    env: &impl Fn(&str) -> Option<String>,
+    signal: &str,
+    path: &str,
+) -> Result<Option<OtlpTarget>> {
+    let var = |name: &str| format!("OTEL_EXPORTER_OTLP_{signal}_{name}");
+    let explicit_protocol = args
+        .above_env("otlp_protocol", &args.otlp_protocol)
+        .or_else(|| env(&var("PROTOCOL")))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .or_else(|| args.in_file("otlp_protocol", &args.otlp_protocol))
+        .map(|p| p.parse::<Protocol>())
+        .transpose()?;
+    // (url, is it already the signal's full URL?)
+    let endpoint = args
+        .above_env("otlp_endpoint", &args.otlp_endpoint)
+        .map(|e| (e, false))
+        .or_else(|| env(&var("ENDPOINT")).map(|e| (e, true)))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)))
+        .or_else(|| {
+            args.in_file("otlp_endpoint", &args.otlp_endpoint)
+                .map(|e| (e, false))
+        });
+    let Some((url, full)) = endpoint else {
+        return Ok(None);
+    };
+    let protocol = explicit_protocol.unwrap_or_else(|| {
+        if url.trim_end_matches('/').ends_with(":4317") {
+            Protocol::Grpc
+        } else {
+            Protocol::HttpProtobuf
+        }
+    });
+    let endpoint = match protocol {
+        Protocol::HttpProtobuf if !full => format!("{}{path}", url.trim_end_matches('/')),
+        _ => url,
+    };
+    let mut headers = Vec::new();
+    for name in ["OTEL_EXPORTER_OTLP_HEADERS".to_string(), var("HEADERS")] {
+        if let Some(h) = env(&name) {
+            headers.extend(parse_key_values(&h).with_context(|| name.clone())?);
+        }
+    }
+    for h in &args.otlp_headers {
+        headers.extend(parse_key_values(h).context("--otlp-header")?);
+    }
+    let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
+        Some(r) => parse_key_values(&r).context("OTEL_RESOURCE_ATTRIBUTES")?,
+        None => Vec::new(),
+    };
+    Ok(Some(OtlpTarget {
+        endpoint,
+        protocol,
+        headers,
+        resource_attributes,
+    }))
 }
 
 #[cfg(test)]
@@ -731,6 +759,27 @@ mod tests {
         ];
         let o = layered_config(&[], &vars, file).otlp.unwrap();
         assert_eq!(o.endpoint, "http://mine:4317");
+    }
+
+    #[test]
+    fn metrics_follow_the_same_ranking_as_traces() {
+        let file = Some("otlp_endpoint = \"http://file:4318\"\n");
+        let otel = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "t=1"),
+        ];
+        let c = layered_config(&[], &otel, file);
+        let traces = c.otlp.unwrap();
+        let metrics = c.metrics.otlp.unwrap();
+        assert_eq!(traces.endpoint, "http://env:4318/v1/traces");
+        assert_eq!(metrics.endpoint, "http://env:4318/v1/metrics");
+        assert_eq!(traces.headers, vec![("t".to_string(), "1".to_string())]);
+        assert!(metrics.headers.is_empty(), "a traces-only header");
+        let c = layered_config(&[], &[], file);
+        assert_eq!(
+            c.metrics.otlp.unwrap().endpoint,
+            "http://file:4318/v1/metrics"
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use crate::{
-    config::RunArgs,
-    export::otlp::{parse_key_values, OtlpConfig, Protocol},
+    config::{otlp_target, RunArgs},
+    export::otlp::OtlpConfig,
 };
 
 pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
@@ -93,68 +93,27 @@ impl MetricsConfig {
     }
 }
 
-/// The same precedence as the traces' endpoint, with the metrics-specific variables.
+/// The traces' destination rules, with the metrics' own variables (`config::otlp_target`).
 fn otlp_config(run: &RunArgs, env: &impl Fn(&str) -> Option<String>) -> Result<Option<OtlpConfig>> {
-    // (url, is it already the full metrics URL?)
-    let endpoint = run
-        .otlp_endpoint
-        .clone()
-        .map(|e| (e, false))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").map(|e| (e, true)))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)));
-    let Some((url, full)) = endpoint else {
-        return Ok(None);
-    };
-    let protocol = run
-        .otlp_protocol
-        .clone()
-        .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .map(|p| p.parse::<Protocol>())
-        .transpose()?
-        .unwrap_or_else(|| {
-            if url.trim_end_matches('/').ends_with(":4317") {
-                Protocol::Grpc
-            } else {
-                Protocol::HttpProtobuf
-            }
-        });
-    let endpoint = match protocol {
-        Protocol::HttpProtobuf if !full => format!("{}/v1/metrics", url.trim_end_matches('/')),
-        _ => url,
-    };
-    let mut headers = Vec::new();
-    for var in [
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-    ] {
-        if let Some(h) = env(var) {
-            headers.extend(parse_key_values(&h).with_context(|| var.to_string())?);
-        }
-    }
-    for h in &run.otlp_headers {
-        headers.extend(parse_key_values(h).context("--otlp-header")?);
-    }
-    let resource_attributes = match env("OTEL_RESOURCE_ATTRIBUTES") {
-        Some(r) => parse_key_values(&r).context("OTEL_RESOURCE_ATTRIBUTES")?,
-        None => Vec::new(),
-    };
-    Ok(Some(OtlpConfig {
-        endpoint,
-        protocol,
-        headers,
-        // The metrics describe the tracer's view of every process: one Resource, the tracer.
-        service_name: None,
-        resource_attributes,
-        timeout: Duration::from_secs(10),
-        // Metrics are cumulative: a failed push is superseded by the next, nothing is buffered.
-        buffer_spans: crate::export::retry::DEFAULT_BUFFER_SPANS as usize,
-    }))
+    Ok(
+        otlp_target(run, env, "METRICS", "/v1/metrics")?.map(|target| OtlpConfig {
+            endpoint: target.endpoint,
+            protocol: target.protocol,
+            headers: target.headers,
+            // The metrics describe the tracer's view of every process: one Resource, the tracer.
+            service_name: None,
+            resource_attributes: target.resource_attributes,
+            timeout: Duration::from_secs(10),
+            // Unused: metrics are cumulative, a failed push is superseded by the next.
+            buffer_spans: 1,
+        }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::otlp::Protocol;
     use clap::Parser;
 
     #[derive(Parser)]
