@@ -77,6 +77,13 @@ impl Operation {
     }
 }
 
+/// InvokeModel with an Anthropic Messages body: Bedrock requires its `anthropic_version`
+/// (other families' bodies can have `messages` and `max_tokens` too).
+pub fn anthropic_body(op: Operation, req: &Value) -> bool {
+    matches!(op, Operation::Invoke | Operation::InvokeStream)
+        && req.get("anthropic_version").is_some()
+}
+
 pub fn parse(
     op: Operation,
     raw_model: &str,
@@ -88,9 +95,7 @@ pub fn parse(
     let model = percent_encoding::percent_decode_str(raw_model)
         .decode_utf8_lossy()
         .into_owned();
-    let anthropic_body = matches!(op, Operation::Invoke | Operation::InvokeStream)
-        && (req.get("anthropic_version").is_some()
-            || (req.get("messages").is_some() && req.get("max_tokens").is_some()));
+    let anthropic_body = anthropic_body(op, req);
     match op {
         Operation::Converse | Operation::ConverseStream => converse_request(req, config, call),
         _ if anthropic_body => anthropic::parse_request(req, "", config, call),

@@ -126,8 +126,7 @@ pub fn of(dialect: Dialect, request: &Value, with_content: bool) -> History {
             }
         }
         Dialect::Bedrock(op) => {
-            if request.get("anthropic_version").is_some() {
-                // InvokeModel with an Anthropic Messages body.
+            if super::bedrock::anthropic_body(op, request) {
                 return of(Dialect::Anthropic, request, with_content);
             }
             if !matches!(
@@ -269,6 +268,12 @@ mod tests {
             false,
         );
         assert_eq!(h.items.len(), 1);
+        // Other families' InvokeModel bodies may carry messages and max_tokens too.
+        let mistral = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        assert!(!super::super::bedrock::anthropic_body(
+            super::super::bedrock::Operation::Invoke,
+            &mistral
+        ));
     }
 
     #[test]
