@@ -172,7 +172,8 @@ fn blocks_to_output(blocks: &[Value]) -> (String, Vec<ToolCall>) {
     (text, calls)
 }
 
-fn finish(
+/// The response's outcome: raw stop reason, tool calls and (content only) the output message.
+pub(super) fn finish(
     call: &mut LlmCall,
     stop: Option<String>,
     (text, calls): (String, Vec<ToolCall>),
@@ -180,16 +181,8 @@ fn finish(
 ) {
     let stop = stop.unwrap_or_else(|| "error".to_string());
     if config.capture_content {
-        let normalised = match stop.as_str() {
-            "end_turn" | "stop_sequence" => "stop",
-            "max_tokens" => "length",
-            "tool_use" => "tool_call",
-            "refusal" => "content_filter",
-            other => other,
-        };
         let text = (!text.is_empty()).then_some(text.as_str());
-        let mut message = content::output_message(text, &calls, Some(normalised));
-        message["finish_reason"] = json!(normalised);
+        let message = content::output_message(text, &calls, Some(&stop));
         call.response.output_messages = Some(json!([message]));
     }
     call.response.finish_reasons = vec![stop];

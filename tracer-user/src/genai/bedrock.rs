@@ -31,8 +31,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::{
-    anthropic, content, openai::stream_interrupted, sse::SseEvent, str_field, strings, GenAiConfig,
-    LlmCall, LlmError, ResponseView, ToolCall, Usage,
+    anthropic, openai::stream_interrupted, sse::SseEvent, str_field, strings, GenAiConfig, LlmCall,
+    LlmError, ResponseView, ToolCall, Usage,
 };
 use crate::protocols::eventstream::{EventMessage, EventStreamError};
 
@@ -309,7 +309,7 @@ fn converse_response(v: &Value, config: &GenAiConfig, call: &mut LlmCall) {
     if let Some(u) = v.get("usage") {
         call.response.usage = usage(u);
     }
-    finish(call, str_field(v, "stopReason"), text, calls, config);
+    anthropic::finish(call, str_field(v, "stopReason"), (text, calls), config);
 }
 
 /// The conventions count cached tokens as input; Bedrock's `inputTokens` leaves them out
@@ -326,31 +326,6 @@ fn usage(u: &Value) -> Usage {
         cache_creation_input_tokens: cache_write,
         reasoning_output_tokens: None,
     }
-}
-
-fn finish(
-    call: &mut LlmCall,
-    stop: Option<String>,
-    text: String,
-    calls: Vec<ToolCall>,
-    config: &GenAiConfig,
-) {
-    let stop = stop.unwrap_or_else(|| "error".to_string());
-    if config.capture_content {
-        let normalised = match stop.as_str() {
-            "end_turn" | "stop_sequence" => "stop",
-            "max_tokens" | "model_context_window_exceeded" => "length",
-            "tool_use" => "tool_call",
-            "guardrail_intervened" | "content_filtered" => "content_filter",
-            other => other,
-        };
-        let text = (!text.is_empty()).then_some(text.as_str());
-        let mut message = content::output_message(text, &calls, Some(normalised));
-        message["finish_reason"] = json!(normalised);
-        call.response.output_messages = Some(json!([message]));
-    }
-    call.response.finish_reasons = vec![stop];
-    call.response.tool_calls = calls;
 }
 
 /// A streamed content block being reassembled.
@@ -434,7 +409,7 @@ fn converse_stream(
             });
         }
     }
-    finish(call, stop, text, calls, config);
+    anthropic::finish(call, stop, (text, calls), config);
     if !ended && call.error.is_none() {
         call.error = Some(stream_interrupted(
             "the event stream ended before its metadata event",

@@ -27,7 +27,11 @@ pub fn output_message(text: Option<&str>, calls: &[ToolCall], finish: Option<&st
 /// The conventions' finish reasons; the raw value stays in `gen_ai.response.finish_reasons`.
 pub fn normalise_finish_reason(raw: &str) -> &str {
     match raw {
-        "tool_calls" | "function_call" => "tool_call",
+        "tool_calls" | "function_call" | "tool_use" => "tool_call",
+        // Anthropic and Bedrock spellings.
+        "end_turn" | "stop_sequence" => "stop",
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "refusal" | "guardrail_intervened" | "content_filtered" => "content_filter",
         other => other,
     }
 }
