@@ -10,7 +10,6 @@
 //! Plain HTTP/1.1 on hyper, which reqwest and tonic already bring in.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -19,12 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use http_body_util::Full;
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{debug, info};
+use hyper::{body::Bytes, Response, StatusCode};
+use tokio::task::JoinHandle;
+use tracing::info;
 
 /// The pipeline loop not beating for this long makes the tracer unhealthy.
 pub const STALL_AFTER: Duration = Duration::from_secs(60);
@@ -81,33 +79,15 @@ impl ProbeState {
 
 /// Binds `addr` now (so a taken port fails the start-up) and serves until the runtime stops.
 pub async fn serve(addr: SocketAddr, state: Arc<ProbeState>) -> Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--health-listen: binding {addr}"))?;
-    info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let (status, body) = state.respond(request.uri().path(), Instant::now());
-                    let mut response =
-                        Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *response.status_mut() = status;
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!("health connection: {e}");
-                }
-            });
-        }
-    }))
+    let (local, task) = crate::http_server::serve(addr, "--health-listen", move |request| {
+        let (status, body) = state.respond(request.uri().path(), Instant::now());
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    })
+    .await?;
+    info!(address = %local, "serving /healthz and /readyz");
+    Ok(task)
 }
 
 #[cfg(test)]

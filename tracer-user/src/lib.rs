@@ -12,6 +12,7 @@ pub mod export;
 pub mod genai;
 pub mod health;
 pub mod health_server;
+pub mod http_server;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocols;

@@ -5,21 +5,19 @@
 //! `+Inf`, `# EOF`), fed from our own snapshot by a `Collector`: the recorder stays the one
 //! store both exporters read, so a scrape and an OTLP push can never disagree.
 
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{body::Incoming, Method, Request, Response};
 use prometheus_client::{
     collector::Collector,
     encoding::{text, DescriptorEncoder, MetricEncoder},
     metrics::{exemplar::Exemplar, MetricType},
     registry::{Registry, Unit},
 };
-use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::debug;
+use tokio::task::JoinHandle;
 
 use super::{Attributes, MetricsRecorder, PromUnit, Snapshot};
 
@@ -224,41 +222,10 @@ pub async fn serve(
     recorder: Arc<MetricsRecorder>,
     host_name: String,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the Prometheus endpoint on {addr}"))?;
-    let local = listener.local_addr()?;
-    let host_name: Arc<str> = host_name.into();
-    let task = tokio::spawn(async move {
-        loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    debug!("Prometheus endpoint accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let recorder = recorder.clone();
-            let host_name = host_name.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let response = respond(&req, &recorder, &host_name);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let served = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    // A client that never finishes its headers does not keep a task forever.
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-                if let Err(e) = served {
-                    debug!("Prometheus endpoint connection: {e}");
-                }
-            });
-        }
-    });
-    Ok((local, task))
+    crate::http_server::serve(addr, "the Prometheus endpoint", move |req| {
+        respond(req, &recorder, &host_name)
+    })
+    .await
 }
 
 fn respond(
