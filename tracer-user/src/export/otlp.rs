@@ -95,52 +95,15 @@ impl OtlpTransport {
     pub fn new(config: OtlpConfig) -> Result<Self> {
         let kind = match config.protocol {
             Protocol::Grpc => {
-                let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
-                    .with_context(|| format!("invalid OTLP endpoint {:?}", config.endpoint))?
-                    .connect_timeout(config.timeout)
-                    .timeout(config.timeout);
-                if config.endpoint.starts_with("https://") {
-                    endpoint = endpoint
-                        .tls_config(ClientTlsConfig::new().with_webpki_roots())
-                        .context("OTLP TLS configuration")?;
-                }
-                let mut metadata = MetadataMap::new();
-                for (k, v) in &config.headers {
-                    let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .with_context(|| format!("invalid OTLP header name {k:?}"))?;
-                    let value = v
-                        .parse()
-                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
-                    metadata.insert(key, value);
-                }
+                let (channel, metadata) = grpc_channel(&config)?;
                 TransportKind::Grpc {
-                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    client: TraceServiceClient::new(channel),
                     metadata,
                 }
             }
             Protocol::HttpProtobuf => {
-                reqwest::Url::parse(&config.endpoint)
-                    .with_context(|| format!("invalid OTLP endpoint {:?}", config.endpoint))?;
-                let mut headers = HeaderMap::new();
-                for (k, v) in &config.headers {
-                    let key = HeaderName::from_bytes(k.as_bytes())
-                        .with_context(|| format!("invalid OTLP header name {k:?}"))?;
-                    let value = HeaderValue::from_str(v)
-                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
-                    headers.insert(key, value);
-                }
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-protobuf"),
-                );
-                TransportKind::Http {
-                    client: reqwest::Client::builder()
-                        .timeout(config.timeout)
-                        .connect_timeout(config.timeout)
-                        .build()
-                        .context("building the OTLP HTTP client")?,
-                    headers,
-                }
+                let (client, headers) = http_client(&config)?;
+                TransportKind::Http { client, headers }
             }
         };
         Ok(OtlpTransport {
@@ -148,6 +111,55 @@ impl OtlpTransport {
             kind,
         })
     }
+}
+
+/// A lazily connected gRPC channel to the collector, and the request metadata carrying the
+/// configured headers (checked now: a typo fails the start, not every export).
+pub(crate) fn grpc_channel(config: &OtlpConfig) -> Result<(Channel, MetadataMap)> {
+    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+        .with_context(|| format!("invalid OTLP endpoint {:?}", config.endpoint))?
+        .connect_timeout(config.timeout)
+        .timeout(config.timeout);
+    if config.endpoint.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .context("OTLP TLS configuration")?;
+    }
+    let mut metadata = MetadataMap::new();
+    for (k, v) in &config.headers {
+        let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .with_context(|| format!("invalid OTLP header name {k:?}"))?;
+        let value = v
+            .parse()
+            .with_context(|| format!("invalid value for OTLP header {k}"))?;
+        metadata.insert(key, value);
+    }
+    Ok((endpoint.connect_lazy(), metadata))
+}
+
+/// An HTTP client for the collector, and the request headers: the configured ones (checked
+/// now) and the protobuf content type.
+pub(crate) fn http_client(config: &OtlpConfig) -> Result<(reqwest::Client, HeaderMap)> {
+    reqwest::Url::parse(&config.endpoint)
+        .with_context(|| format!("invalid OTLP endpoint {:?}", config.endpoint))?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &config.headers {
+        let key = HeaderName::from_bytes(k.as_bytes())
+            .with_context(|| format!("invalid OTLP header name {k:?}"))?;
+        let value = HeaderValue::from_str(v)
+            .with_context(|| format!("invalid value for OTLP header {k}"))?;
+        headers.insert(key, value);
+    }
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .build()
+        .context("building the OTLP HTTP client")?;
+    Ok((client, headers))
 }
 
 impl Transport for OtlpTransport {

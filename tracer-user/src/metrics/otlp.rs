@@ -21,20 +21,21 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 use tokio::sync::watch;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::{Attributes, Label, MetricsRecorder, Snapshot};
 use crate::{
-    export::otlp::{OtlpConfig, Protocol, SCHEMA_URL},
+    export::otlp::{grpc_channel, http_client, OtlpConfig, Protocol, SCHEMA_URL},
     health::Health,
 };
 
 const FINAL_EXPORT_TRIES: u32 = 3;
 
+/// A client and what every request carries (the configured headers).
 enum Transport {
-    Grpc(MetricsServiceClient<Channel>),
-    Http(reqwest::Client),
+    Grpc(MetricsServiceClient<Channel>, tonic::metadata::MetadataMap),
+    Http(reqwest::Client, reqwest::header::HeaderMap),
 }
 
 pub struct MetricsExporter {
@@ -54,24 +55,13 @@ impl MetricsExporter {
     ) -> Result<Self> {
         let transport = match config.protocol {
             Protocol::Grpc => {
-                let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
-                    .with_context(|| {
-                        format!("invalid OTLP metrics endpoint {:?}", config.endpoint)
-                    })?
-                    .timeout(config.timeout);
-                if config.endpoint.starts_with("https://") {
-                    endpoint = endpoint
-                        .tls_config(ClientTlsConfig::new().with_webpki_roots())
-                        .context("OTLP TLS configuration")?;
-                }
-                Transport::Grpc(MetricsServiceClient::new(endpoint.connect_lazy()))
+                let (channel, metadata) = grpc_channel(&config)?;
+                Transport::Grpc(MetricsServiceClient::new(channel), metadata)
             }
-            Protocol::HttpProtobuf => Transport::Http(
-                reqwest::Client::builder()
-                    .timeout(config.timeout)
-                    .build()
-                    .context("building the OTLP HTTP client")?,
-            ),
+            Protocol::HttpProtobuf => {
+                let (client, headers) = http_client(&config)?;
+                Transport::Http(client, headers)
+            }
         };
         Ok(MetricsExporter {
             config,
@@ -122,28 +112,19 @@ impl MetricsExporter {
     async fn export(&mut self) -> Result<()> {
         let request = export_request(&self.recorder.snapshot(), &self.config, &self.host_name);
         match &mut self.transport {
-            Transport::Grpc(client) => {
+            Transport::Grpc(client, metadata) => {
                 let mut req = tonic::Request::new(request);
-                for (k, v) in &self.config.headers {
-                    let key =
-                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                            .with_context(|| format!("invalid OTLP header name {k:?}"))?;
-                    let value = v
-                        .parse()
-                        .with_context(|| format!("invalid value for OTLP header {k}"))?;
-                    req.metadata_mut().insert(key, value);
-                }
+                *req.metadata_mut() = metadata.clone();
                 client.export(req).await.context("gRPC metrics export")?;
             }
-            Transport::Http(client) => {
-                let mut req = client
+            Transport::Http(client, headers) => {
+                let resp = client
                     .post(&self.config.endpoint)
-                    .header("content-type", "application/x-protobuf")
-                    .body(request.encode_to_vec());
-                for (k, v) in &self.config.headers {
-                    req = req.header(k, v);
-                }
-                let resp = req.send().await.context("HTTP metrics export")?;
+                    .headers(headers.clone())
+                    .body(request.encode_to_vec())
+                    .send()
+                    .await
+                    .context("HTTP metrics export")?;
                 if !resp.status().is_success() {
                     bail!("OTLP receiver answered {}", resp.status());
                 }
