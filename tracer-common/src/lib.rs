@@ -36,8 +36,8 @@ pub enum RecordKind {
     /// A thread called execve (payload: its arguments, each NUL-terminated, up to
     /// [`EXEC_ARGS_MAX`] bytes); the exec itself may still fail.
     ProcessArgs = 20,
-    /// A task was created (`pid`: the creating process; `conn_id`: the new task's id, which is
-    /// a thread of `pid` or a new process).
+    /// A process was created (`pid`: the creating process; `conn_id`: the new process's id).
+    /// New threads are not reported.
     ProcessFork = 21,
 }
 

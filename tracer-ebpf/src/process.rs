@@ -18,10 +18,13 @@ use tracer_common::{
 
 use crate::maps::{count, forget_process_fds, mark_stdio, EVENTS, EXIT_STATUS};
 
-/// Offset of `child_pid` in the `sched_process_fork` record. Its layout changed in 6.x (the
-/// comms became `__data_loc`), so userspace reads it from the tracepoint's format file.
+/// Offsets of `pid` and `clone_flags` in the `task_newtask` record, set by userspace from the
+/// tracepoint's format file (these defaults are the layout of every kernel since 3.x).
 #[unsafe(no_mangle)]
-static FORK_CHILD_PID_OFFSET: u32 = 20;
+static NEWTASK_PID_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static NEWTASK_FLAGS_OFFSET: u32 = 32;
+const CLONE_THREAD: u64 = 0x0001_0000;
 
 fn header(kind: RecordKind, pid_tgid: u64) -> RecordHeader {
     RecordHeader {
@@ -78,12 +81,20 @@ pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Process lineage: which process created which. Threads come through too; userspace tells
-/// them apart (a thread never execs as its own process).
+/// Process lineage: which process created which. `task_newtask` fires in the creating process
+/// with the clone flags, so threads (by far the most frequent new tasks) are left out here and
+/// cost userspace nothing.
 #[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let offset = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) } as usize;
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset & 0xff) }) else {
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let flags_at = unsafe { core::ptr::read_volatile(&NEWTASK_FLAGS_OFFSET) } as usize;
+    let Ok(flags) = (unsafe { ctx.read_at::<u64>(flags_at & 0xff) }) else {
+        return 0;
+    };
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let pid_at = unsafe { core::ptr::read_volatile(&NEWTASK_PID_OFFSET) } as usize;
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(pid_at & 0xff) }) else {
         return 0;
     };
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// Bounds the fork map: thread creations come through too and never exit as processes.
+/// Bounds the fork map: processes whose exit was missed (a full ring buffer) stay in it.
 const MAX_FORKS: usize = 65_536;
 /// How far up the tree ownership is looked for.
 const MAX_DEPTH: usize = 32;

@@ -28,7 +28,7 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 const TRACEPOINTS: &[(&str, &str)] = &[
     ("sched", "sched_process_exit"),
     ("sched", "sched_process_exec"),
-    ("sched", "sched_process_fork"),
+    ("task", "task_newtask"),
     ("syscalls", "sys_enter_exit_group"),
     ("syscalls", "sys_enter_execve"),
     ("syscalls", "sys_enter_execveat"),
@@ -67,16 +67,15 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_fcntl"),
 ];
 
-/// Where `sched_process_fork` keeps `child_pid`: from the tracepoint's format file, else the
-/// layout of kernels since 6.x (the comms as `__data_loc`).
-fn fork_child_pid_offset() -> u32 {
+/// Where tracepoint `category:event` keeps `field`: from its format file, else `default`.
+fn tracepoint_field_offset(category: &str, event: &str, field: &str, default: u32) -> u32 {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
         .find_map(|root| {
-            std::fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok()
+            std::fs::read_to_string(format!("{root}/events/{category}/{event}/format")).ok()
         })
-        .and_then(|format| field_offset(&format, "child_pid"))
-        .unwrap_or(20)
+        .and_then(|format| field_offset(&format, field))
+        .unwrap_or(default)
 }
 
 /// `offset:N` of field `name` in a tracepoint format description.
@@ -107,7 +106,16 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .override_global("TRACER_TGID", &tracer_tgid, true)
-            .override_global("FORK_CHILD_PID_OFFSET", &fork_child_pid_offset(), true)
+            .override_global(
+                "NEWTASK_PID_OFFSET",
+                &tracepoint_field_offset("task", "task_newtask", "pid", 8),
+                true,
+            )
+            .override_global(
+                "NEWTASK_FLAGS_OFFSET",
+                &tracepoint_field_offset("task", "task_newtask", "clone_flags", 32),
+                true,
+            )
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
 
@@ -305,5 +313,11 @@ mod tests {
             "an array is not the field name"
         );
         assert_eq!(field_offset("garbage", "child_pid"), None);
+        // task_newtask, which lineage now uses.
+        let newtask = "\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\
+                       \tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\
+                       \tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(field_offset(newtask, "pid"), Some(8));
+        assert_eq!(field_offset(newtask, "clone_flags"), Some(32));
     }
 }

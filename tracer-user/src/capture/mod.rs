@@ -84,7 +84,7 @@ pub enum CaptureEvent {
         tid: u32,
         args: Vec<String>,
     },
-    /// Process `parent` created task `child` (a thread of its own or a new process).
+    /// Process `parent` created process `child` (new threads are not reported).
     Fork {
         parent: u32,
         child: u32,
