@@ -200,7 +200,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
     let mut kinds: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
     let mut scanned = 0;
     let mut unreadable = 0;
-    for pid in pids() {
+    for pid in crate::capture::all_pids() {
         if pid == own_pid {
             continue;
         }
@@ -289,17 +289,6 @@ fn analyse(cache: &mut TargetCache, path: &Path, executable: bool) -> Option<Str
         (None, Some(stack), _) => format!("{stack}, NOT hookable (traffic not captured)"),
         (None, None, _) => return None,
     })
-}
-
-fn pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ fn runtimes_on_path() -> Vec<PathBuf> {
     found
 }
 
-fn all_pids() -> Vec<u32> {
+pub fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries

@@ -21,7 +21,7 @@ use tracer_common::{
     RECORD_HEADER_SIZE,
 };
 
-pub use attacher::Attacher;
+pub use attacher::{all_pids, Attacher};
 pub use libssl::mapped_paths;
 pub use loader::{Capture, IgnoredPids};
 pub use system::prepare_host;
