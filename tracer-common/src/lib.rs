@@ -97,6 +97,16 @@ pub enum Direction {
     Ingress = 1,
 }
 
+impl Direction {
+    /// The other way: where the answer to bytes going this way comes from.
+    pub const fn opposite(self) -> Direction {
+        match self {
+            Direction::Egress => Direction::Ingress,
+            Direction::Ingress => Direction::Egress,
+        }
+    }
+}
+
 /// Where a data record's bytes were seen.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

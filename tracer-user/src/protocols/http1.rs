@@ -756,7 +756,7 @@ impl HttpTracker {
             let held = std::mem::take(&mut conn.undecided[direction as usize]);
             // What the other direction held goes on to the protocol now known, in order: for
             // HTTP/2 the reads kept as possible frames, then those kept as possible HTTP/1.
-            let other = opposite(direction);
+            let other = direction.opposite();
             let mut other_held = Vec::new();
             if conn.role == Role::Http2 {
                 other_held = conn.frames[other as usize].take();
@@ -1086,13 +1086,6 @@ fn parse_responses(
                 }
             }
         }
-    }
-}
-
-fn opposite(direction: Direction) -> Direction {
-    match direction {
-        Direction::Egress => Direction::Ingress,
-        Direction::Ingress => Direction::Egress,
     }
 }
 

@@ -1117,7 +1117,7 @@ impl Http2Connection {
     /// A SETTINGS payload `direction` sent. Each side's SETTINGS_HEADER_TABLE_SIZE bounds what
     /// the other side's encoder may use: it applies to the opposite direction's header blocks.
     fn apply_settings(&mut self, direction: Direction, payload: &[u8]) {
-        let other = &mut self.readers[1 - direction as usize].hpack;
+        let other = &mut self.readers[direction.opposite() as usize].hpack;
         for setting in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([setting[0], setting[1]]);
             let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
@@ -1257,7 +1257,7 @@ impl Http2Connection {
                 self.header_fragment_done(direction, block, header, start_ns, peer, out);
             }
             // The table size the other side may use is unknown: allow the most we keep.
-            SETTINGS => self.readers[1 - direction as usize]
+            SETTINGS => self.readers[direction.opposite() as usize]
                 .hpack
                 .allow_table_size(MAX_HEADER_TABLE_SIZE),
             // A lost RST_STREAM or GOAWAY: the streams end at close instead.
