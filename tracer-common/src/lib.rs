@@ -39,6 +39,10 @@ pub enum RecordKind {
     /// A process was created (`pid`: the creating process; `conn_id`: the new process's id).
     /// New threads are not reported.
     ProcessFork = 21,
+    /// A TLS connection no TLS hook saw from inside ended (closed, or its process exited): its
+    /// ciphertext byte counts and timing (payload: [`TlsTotals`]; `conn_id` and `fd` are the fd,
+    /// `timestamp_ns` the end).
+    TlsSummary = 30,
 }
 
 /// `function` of a `ProcessExit` record: the process called `exit_group`, and `offset` holds
@@ -71,6 +75,29 @@ pub struct SocketRecord {
     pub addr: [u8; 16],
     /// The TLS connection object for `TlsLink`.
     pub ssl: u64,
+}
+
+/// What the kernel counted of a TLS client connection whose plaintext no hook saw: enough to
+/// report that the call happened, and how big and slow it was, without copying a byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsTotals {
+    /// Bytes written and read on the socket, TLS framing and handshake included.
+    pub sent: u64,
+    pub received: u64,
+    /// CLOCK_MONOTONIC nanoseconds: the ClientHello's write began.
+    pub start_ns: u64,
+    /// The first read that returned bytes ended; 0 when none did.
+    pub first_response_ns: u64,
+    /// The last read that returned bytes ended; 0 when none did.
+    pub last_response_ns: u64,
+    /// The last read or write that moved bytes ended.
+    pub last_ns: u64,
+    /// Times the connection turned from writing to reading: one per request/response cycle, plus
+    /// the handshake's.
+    pub turns: u32,
+    /// The [`Direction`] of the last call that moved bytes.
+    pub last_direction: u32,
 }
 
 /// The syscall whose call produced a socket record.
@@ -214,6 +241,9 @@ pub mod socket_flag {
     pub const STDIO: u32 = 256;
     /// A stdio fd whose first bytes looked like a JSON-RPC message: copied.
     pub const JSONRPC: u32 = 512;
+    /// A TLS client connection with an entry in the kernel's `TLS_CONNS`: its bytes are counted
+    /// (never copied) until a hooked TLS call is seen using it.
+    pub const COUNTED: u32 = 1024;
 }
 
 /// The id of a process's stdio pair (the stdin fd): `Source::Stdio` records carry it as their
@@ -262,4 +292,5 @@ mod user {
     unsafe impl aya::Pod for super::SocketRecord {}
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::SocketState {}
+    unsafe impl aya::Pod for super::TlsTotals {}
 }

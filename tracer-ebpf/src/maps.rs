@@ -87,6 +87,18 @@ pub fn is_ignored(tgid: u32) -> bool {
 pub static SOCKETS: LruHashMap<tracer_common::FdKey, tracer_common::SocketState> =
     LruHashMap::with_max_entries(65536, 0);
 
+/// TLS client connections no TLS hook has seen from inside (yet): their ciphertext totals, until
+/// close or process exit reports them as an encrypted-only connection. A connection whose socket
+/// is then used inside a hooked TLS call is dropped from here (its plaintext is captured).
+#[map]
+pub static TLS_CONNS: LruHashMap<tracer_common::FdKey, tracer_common::TlsTotals> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// Per process with an entry in `TLS_CONNS`: one more than the highest fd it used, so that the
+/// process's exit looks up only those fds (every exit on the host passes by; most miss here).
+#[map]
+pub static TLS_PROCS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// A socket syscall between entry and exit.
 #[repr(C)]
 #[derive(Clone, Copy)]

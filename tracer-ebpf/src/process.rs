@@ -56,6 +56,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if status.is_some() {
         let _ = EXIT_STATUS.remove(tgid);
     }
+    crate::syscalls::finish_tls_at_exit(pid_tgid);
     forget_process_fds(tgid, false);
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);

@@ -15,13 +15,15 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use tracer_common::{
     counter, socket_flag as flag, Direction, FdKey, RecordHeader, RecordKind, SocketFunction,
-    SocketRecord, SocketState, Source, CLIENT_HELLO_MAX, MAX_IOVECS,
+    SocketRecord, SocketState, Source, TlsTotals, CLIENT_HELLO_MAX, MAX_IOVECS,
 };
 
 use crate::{
@@ -29,7 +31,7 @@ use crate::{
     maps::{
         count, is_ignored, PendingDup, PendingIo, PendingSocketCall, StreamKey, EVENTS,
         PENDING_DUPS, PENDING_IO, PENDING_READS, PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS,
-        STREAM_OFFSETS,
+        STREAM_OFFSETS, TLS_CONNS, TLS_PROCS,
     },
 };
 
@@ -38,6 +40,11 @@ const AF_INET6: u16 = 10;
 const SOCK_STREAM: u64 = 1;
 const SOCK_TYPE_MASK: u64 = 0xf;
 const EINPROGRESS: i64 = 115;
+/// `PendingIo::function` bit: the call is on a counted TLS socket, its return only adds to the
+/// connection's totals.
+const COUNT_ONLY: u32 = 0x100;
+/// Highest fd a process's exit looks at for counted TLS connections it left open.
+const MAX_EXIT_FDS: u32 = 1024;
 
 /// The tracer's own process, set by userspace at load time: its exporter connections are never
 /// traced (that would feed its own output back into itself).
@@ -225,6 +232,7 @@ fn start_connection(key: FdKey, flags: u32, pid_tgid: u64) {
     };
     let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
     forget_offsets(key, pid_tgid);
+    let _ = TLS_CONNS.remove(key);
 }
 
 #[inline(always)]
@@ -313,6 +321,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     forget_offsets(key, pid_tgid);
+    if state.flags & flag::COUNTED != 0 {
+        finish_tls(key, pid_tgid);
+    }
     // Every connection userspace heard of (connect/accept) hears of its end, so it can forget it.
     if state.flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
         emit_socket_record(RecordKind::Close, pid_tgid, key.fd, SocketRecord::default());
@@ -433,6 +444,11 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
     };
     if let Some(call) = in_tls {
         state.flags |= flag::TLS;
+        if state.flags & flag::COUNTED != 0 {
+            // A hook sees this connection's plaintext: it is reported from that, not counted.
+            state.flags &= !flag::COUNTED;
+            let _ = TLS_CONNS.remove(key);
+        }
         if state.flags & flag::LINKED == 0 {
             state.flags |= flag::LINKED;
             let link = SocketRecord {
@@ -444,6 +460,16 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         return;
     }
     if state.flags & flag::TLS != 0 {
+        if state.flags & flag::COUNTED != 0 {
+            let io = PendingIo {
+                buf: 0,
+                count: 0,
+                timestamp_ns: 0,
+                fd,
+                function: function as u32 | COUNT_ONLY,
+            };
+            let _ = PENDING_IO.insert(pid_tgid, io, BPF_ANY as u64);
+        }
         return;
     }
     copy_unless_ignored(ctx, pid_tgid, fd, function);
@@ -512,6 +538,10 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         return;
     };
     let state = unsafe { &mut *state };
+    if io.function & COUNT_ONLY != 0 {
+        add_tls(key, direction, len);
+        return;
+    }
     let vectored = is_vectored(io.function);
     let first_buf = if vectored {
         unsafe { bpf_probe_read_user(io.buf as *const u64) }.unwrap_or(0)
@@ -531,10 +561,18 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
     } else if state.flags & flag::HTTP == 0 {
         match sniff(first_buf) {
             Sniffed::Http => state.flags |= flag::HTTP,
-            Sniffed::Tls => {
+            Sniffed::Tls { handshake } => {
                 state.flags |= flag::TLS;
                 if direction == Direction::Egress {
                     emit_client_hello(pid_tgid, io.fd, first_buf, len, io.timestamp_ns);
+                    // A client's handshake: counted until a hook shows it is seen from inside.
+                    if handshake
+                        && state.flags & flag::CONNECTED != 0
+                        && !is_ignored(key.tgid)
+                        && start_tls(key, len, io.timestamp_ns)
+                    {
+                        state.flags |= flag::COUNTED;
+                    }
                 }
                 return;
             }
@@ -605,7 +643,10 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
 
 enum Sniffed {
     Http,
-    Tls,
+    /// `handshake`: the record is a handshake one (a ClientHello, when a client sends it first).
+    Tls {
+        handshake: bool,
+    },
     Other,
 }
 
@@ -617,7 +658,9 @@ fn sniff(buf: u64) -> Sniffed {
     };
     // A TLS record: handshake (22) or alert/data with a 3.x version.
     if (head[0] == 22 || head[0] == 21 || head[0] == 23) && head[1] == 3 && head[2] <= 4 {
-        return Sniffed::Tls;
+        return Sniffed::Tls {
+            handshake: head[0] == 22,
+        };
     }
     const STARTS: [[u8; 4]; 10] = [
         *b"GET ", *b"POST", *b"PUT ", *b"DELE", *b"PATC", *b"HEAD", *b"OPTI", *b"HTTP", *b"PRI ",
@@ -774,6 +817,9 @@ fn exit_dup(ctx: &TracePointContext) {
     if dup.replaced_flags & flag::STDIO == 0 && dup.replaced_flags != 0 {
         // A socket closed by being replaced: the same as close() for its stream.
         forget_offsets(key, pid_tgid);
+        if dup.replaced_flags & flag::COUNTED != 0 {
+            finish_tls(key, pid_tgid);
+        }
         if dup.replaced_flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
             emit_socket_record(RecordKind::Close, pid_tgid, key.fd, SocketRecord::default());
         }
@@ -808,4 +854,133 @@ fn emit_client_hello(pid_tgid: u64, fd: u32, buf: u64, len: u64, timestamp_ns: u
         fd: fd as i32,
     };
     emit_record(header, buf, len);
+}
+
+// Encrypted-only TLS connections: totals, no bytes.
+
+/// A TLS client connection starts being counted with its ClientHello. False when the map refused.
+#[inline(always)]
+fn start_tls(key: FdKey, len: u64, start_ns: u64) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let totals = TlsTotals {
+        sent: len,
+        received: 0,
+        start_ns,
+        first_response_ns: 0,
+        last_response_ns: 0,
+        last_ns: now,
+        turns: 0,
+        last_direction: Direction::Egress as u32,
+    };
+    if TLS_CONNS.insert(key, totals, BPF_ANY as u64).is_err() {
+        return false;
+    }
+    let bound = key.fd + 1;
+    let known = unsafe { TLS_PROCS.get(key.tgid) }.copied().unwrap_or(0);
+    if bound > known {
+        let _ = TLS_PROCS.insert(key.tgid, bound, BPF_ANY as u64);
+    }
+    true
+}
+
+#[inline(always)]
+fn add_tls(key: FdKey, direction: Direction, len: u64) {
+    let Some(totals) = TLS_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    let totals = unsafe { &mut *totals };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match direction {
+        Direction::Egress => totals.sent += len,
+        Direction::Ingress => {
+            totals.received += len;
+            if totals.first_response_ns == 0 {
+                totals.first_response_ns = now;
+            }
+            totals.last_response_ns = now;
+            if totals.last_direction == Direction::Egress as u32 {
+                totals.turns += 1;
+            }
+        }
+    }
+    totals.last_direction = direction as u32;
+    totals.last_ns = now;
+}
+
+#[repr(C)]
+struct TlsSummaryEvent {
+    header: RecordHeader,
+    body: TlsTotals,
+}
+
+/// Reports a counted connection's totals and forgets them.
+#[inline(always)]
+fn finish_tls(key: FdKey, pid_tgid: u64) {
+    let Some(totals) = (unsafe { TLS_CONNS.get(key) }).copied() else {
+        return;
+    };
+    let _ = TLS_CONNS.remove(key);
+    let Some(mut entry) = EVENTS.reserve::<TlsSummaryEvent>(0) else {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        return;
+    };
+    entry.write(TlsSummaryEvent {
+        header: RecordHeader {
+            kind: RecordKind::TlsSummary as u32,
+            direction: 0,
+            function: 0,
+            pid: key.tgid,
+            tid: pid_tgid as u32,
+            chunk_len: core::mem::size_of::<TlsTotals>() as u32,
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+            conn_id: key.fd as u64,
+            call_len: 0,
+            offset: 0,
+            stream_offset: 0,
+            source: Source::Socket as u32,
+            fd: key.fd as i32,
+        },
+        body: totals,
+    });
+    entry.submit(0);
+}
+
+/// A process ends with counted TLS connections still open (the kernel closes its fds without a
+/// close() call): report them before its exit record.
+#[inline(always)]
+pub(crate) fn finish_tls_at_exit(pid_tgid: u64) {
+    let tgid = tgid(pid_tgid);
+    let Some(bound) = (unsafe { TLS_PROCS.get(tgid) }).copied() else {
+        return;
+    };
+    let _ = TLS_PROCS.remove(tgid);
+    let fds = if bound > MAX_EXIT_FDS {
+        MAX_EXIT_FDS
+    } else {
+        bound
+    };
+    let mut ctx = pid_tgid;
+    // bpf_loop: the callback is verified once; a plain loop over emitting calls is not
+    // verifiable in 1M instructions.
+    unsafe {
+        bpf_loop(
+            fds,
+            finish_tls_fd as *mut core::ffi::c_void,
+            &mut ctx as *mut u64 as *mut core::ffi::c_void,
+            0,
+        );
+    }
+}
+
+/// bpf_loop callback: fd `index` of the exiting process. Returns 0 to go on.
+unsafe extern "C" fn finish_tls_fd(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let pid_tgid = unsafe { *(ctx as *const u64) };
+    finish_tls(
+        FdKey {
+            tgid: tgid(pid_tgid),
+            fd: index,
+        },
+        pid_tgid,
+    );
+    0
 }

@@ -3,7 +3,7 @@
 //! on a new host or node image, and for bug reports.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     io::Write,
     path::{Path, PathBuf},
 };
@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::capture::{
     compat, mapped_paths,
-    targets::{is_tls_library_name, FileId, TargetCache, TlsStack},
+    targets::{is_tls_library_name, Analysis, FileId, HookMethod, TargetCache},
 };
 
 /// What `check` found missing; empty when the tracer can run.
@@ -193,14 +193,17 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
     Ok(Report { missing })
 }
 
-/// The TLS stacks of running processes, by kind, with the programs that use each.
+/// The TLS stacks of running processes: per process, each stack found (in the executable or a
+/// library it maps) and how the tracer hooks it.
 fn tls_summary(out: &mut impl Write) -> Result<()> {
     let own_pid = std::process::id();
     let mut cache = TargetCache::default();
-    let mut kinds: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    let mut lines: Vec<String> = Vec::new();
     let mut scanned = 0;
     let mut unreadable = 0;
-    for pid in crate::capture::all_pids() {
+    let mut pids = crate::capture::all_pids();
+    pids.sort_unstable();
+    for pid in pids {
         if pid == own_pid {
             continue;
         }
@@ -216,10 +219,10 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
         let program = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim().to_string())
             .unwrap_or_else(|_| pid.to_string());
-        let mut found: BTreeSet<String> = BTreeSet::new();
+        let mut found: BTreeSet<Found> = BTreeSet::new();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        if let Some(kind) = analyse(&mut cache, &exe, true) {
-            found.insert(kind);
+        if let Some(f) = analyse(&mut cache, &exe, true, "executable") {
+            found.insert(f);
         }
         let libraries: BTreeSet<&str> = mapped_paths(&maps)
             .filter(|p| {
@@ -231,75 +234,128 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
             .collect();
         for lib in libraries {
             let path = PathBuf::from(format!("/proc/{pid}/root{lib}"));
-            if let Some(kind) = analyse(&mut cache, &path, false) {
-                found.insert(kind);
+            let name = Path::new(lib)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(lib);
+            if let Some(f) = analyse(&mut cache, &path, false, name) {
+                found.insert(f);
             }
         }
-        for kind in found {
-            *kinds
-                .entry(kind)
-                .or_default()
-                .entry(program.clone())
-                .or_default() += 1;
+        for f in found {
+            lines.push(format!(
+                "  {pid:>7} {program}: {} ({}): {}",
+                f.stack, f.place, f.how
+            ));
         }
     }
     writeln!(
         out,
-        "TLS in running processes ({scanned} scanned{}):",
+        "TLS in running processes ({scanned} scanned{}), pid program: stack (where): how hooked",
         if unreadable > 0 {
             format!(", {unreadable} unreadable")
         } else {
             String::new()
         }
     )?;
-    if kinds.is_empty() {
+    writeln!(
+        out,
+        "  (symbol: at its symbols; inferred: at functions located without symbols; fallback: \
+         not hooked, its connections are reported encrypted-only: SNI host, bytes, timing)"
+    )?;
+    if lines.is_empty() {
         writeln!(out, "  none found")?;
     }
-    for (kind, programs) in &kinds {
-        let processes: u32 = programs.values().sum();
-        let mut names: Vec<String> = programs
-            .iter()
-            .map(|(p, n)| {
-                if *n > 1 {
-                    format!("{p} ×{n}")
-                } else {
-                    p.clone()
-                }
-            })
-            .collect();
-        if names.len() > 8 {
-            let more = names.len() - 8;
-            names.truncate(8);
-            names.push(format!("and {more} more"));
-        }
-        writeln!(out, "  {kind}: {processes} processes: {}", names.join(", "))?;
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }
 
-/// What kind of TLS a file carries, as `check` reports it.
-fn analyse(cache: &mut TargetCache, path: &Path, executable: bool) -> Option<String> {
+/// One TLS stack found in one process.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Found {
+    stack: String,
+    /// `executable`, or the library's file name.
+    place: String,
+    how: &'static str,
+}
+
+/// The stack an analysis found and how it is hooked: `symbol`, `inferred`, or `fallback` when a
+/// TLS stack is there but no hook could be placed (its traffic is reported encrypted-only).
+fn how_hooked(analysis: &Analysis) -> Option<(String, &'static str)> {
+    let hooked = !analysis.hooks.is_empty() || analysis.go.is_some();
+    let method = match analysis.hook_method {
+        HookMethod::Symbol => "symbol",
+        HookMethod::Inferred => "inferred",
+    };
+    match (&analysis.stack, analysis.unsupported) {
+        (Some(stack), _) => Some((
+            format!("{stack:?}"),
+            if hooked { method } else { "fallback" },
+        )),
+        (None, Some(stack)) => Some((stack.to_string(), "fallback")),
+        (None, None) => None,
+    }
+}
+
+fn analyse(cache: &mut TargetCache, path: &Path, executable: bool, place: &str) -> Option<Found> {
     let id = FileId::of(path).ok()?;
     let analysis = cache.get_or_analyse(id, path, executable).ok()?;
-    Some(match (&analysis.stack, analysis.unsupported, executable) {
-        (Some(TlsStack::OpenSsl), _, false) => "libssl (shared OpenSSL/BoringSSL), hooked".into(),
-        (Some(TlsStack::OpenSsl), _, true) => "OpenSSL linked into the program, hooked".into(),
-        (Some(TlsStack::GnuTls), _, _) => "GnuTLS, hooked".into(),
-        (Some(TlsStack::Go), _, _) => "Go crypto/tls, hooked".into(),
-        (None, Some(stack), _) => format!("{stack}, NOT hookable (traffic not captured)"),
-        (None, None, _) => return None,
+    let (stack, how) = how_hooked(&analysis)?;
+    Some(Found {
+        stack,
+        place: place.to_string(),
+        how,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::targets::TlsStack;
 
     #[test]
     fn reads_the_effective_set() {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(effective_capabilities(status), Some(0x1ff_ffff_ffff));
         assert_eq!(effective_capabilities("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn hook_methods_and_fallback() {
+        let symbol = Analysis {
+            stack: Some(TlsStack::OpenSsl),
+            hooks: vec![crate::capture::targets::Hook {
+                program: "ssl_write",
+                symbol: "SSL_write",
+                offset: 1,
+            }],
+            ..Analysis::default()
+        };
+        assert_eq!(how_hooked(&symbol), Some(("OpenSsl".into(), "symbol")));
+        let inferred = Analysis {
+            hook_method: HookMethod::Inferred,
+            ..symbol.clone()
+        };
+        assert_eq!(how_hooked(&inferred), Some(("OpenSsl".into(), "inferred")));
+        let found_unhooked = Analysis {
+            stack: Some(TlsStack::OpenSsl),
+            ..Analysis::default()
+        };
+        assert_eq!(
+            how_hooked(&found_unhooked),
+            Some(("OpenSsl".into(), "fallback"))
+        );
+        let unsupported = Analysis {
+            unsupported: Some("rustls"),
+            ..Analysis::default()
+        };
+        assert_eq!(
+            how_hooked(&unsupported),
+            Some(("rustls".into(), "fallback"))
+        );
+        assert_eq!(how_hooked(&Analysis::default()), None);
     }
 
     #[test]

@@ -101,6 +101,12 @@ counters! {
     mcp_calls,
     /// Other JSON API exchanges, reported as generic HTTP spans.
     http_calls,
+    /// TLS client connections reported encrypted-only (no hook saw their plaintext): host from
+    /// the SNI, byte counts and timing.
+    encrypted_connections,
+    /// Counted TLS connections not reported because their process's plaintext is captured by a
+    /// TLS hook (a memory-BIO library such as Node's writes the ciphertext outside the hook).
+    encrypted_skipped_hooked,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
     /// Agent runs started.

@@ -7,6 +7,7 @@ pub mod app;
 pub mod capture;
 pub mod check;
 pub mod config;
+pub mod encrypted;
 pub mod enrich;
 pub mod export;
 pub mod genai;

@@ -2,13 +2,14 @@
 //! enrich. Each stage owns its state; data only flows forward. It runs on one task, fed by the
 //! capture queue, and hands finished spans to the exporters' queues.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use tracing::debug;
 
 use crate::{
     agent::{cost::PriceTable, AgentAssembler, AgentConfig, AgentNames},
     capture::{CaptureEvent, Clock},
+    encrypted::EncryptedConnection,
     enrich::{EnrichConfig, InterestSink, ProcessCache},
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
     health::Health,
@@ -51,6 +52,10 @@ pub struct Pipeline {
     stream_events: Vec<StreamEvent>,
     exchanges: Vec<HttpExchange>,
     rpc_exchanges: Vec<RpcExchange>,
+    /// Processes a TLS hook captured plaintext from: their counted TLS connections are not
+    /// reported encrypted-only (libraries writing ciphertext through a memory BIO, as Node's
+    /// OpenSSL does, never link their socket to the hooked call).
+    tls_plaintext_pids: HashSet<u32>,
 }
 
 impl Pipeline {
@@ -85,6 +90,7 @@ impl Pipeline {
             stream_events: Vec::new(),
             exchanges: Vec::new(),
             rpc_exchanges: Vec::new(),
+            tls_plaintext_pids: HashSet::new(),
         }
     }
 
@@ -113,6 +119,30 @@ impl Pipeline {
             CaptureEvent::ProcessExit { pid, .. } => Some(*pid),
             _ => None,
         };
+        match &event {
+            CaptureEvent::Data(chunk) if chunk.source == Source::Tls => {
+                self.tls_plaintext_pids.insert(chunk.pid);
+            }
+            CaptureEvent::TlsSummary {
+                pid, fd, totals, ..
+            } => {
+                // Before the close reaches the streams: they still know the peer.
+                let peer = self.streams.peer(*pid, *fd).cloned().unwrap_or_default();
+                if self.tls_plaintext_pids.contains(pid) {
+                    Health::add(&self.health.encrypted_skipped_hooked, 1);
+                } else {
+                    Health::add(&self.health.encrypted_connections, 1);
+                    let conn = EncryptedConnection {
+                        pid: *pid,
+                        fd: *fd,
+                        peer,
+                        totals: *totals,
+                    };
+                    self.agent.encrypted_call(&conn, out);
+                }
+            }
+            _ => {}
+        }
         let exit_event = matches!(event, CaptureEvent::ProcessExit { .. }).then(|| event.clone());
         self.streams.push(event, &mut self.stream_events);
         for stream_event in self.stream_events.drain(..) {
@@ -142,6 +172,7 @@ impl Pipeline {
         self.enrich(&mut out[first_new..]);
         if let Some(pid) = exited {
             self.processes.forget(pid);
+            self.tls_plaintext_pids.remove(&pid);
         }
     }
 
@@ -157,7 +188,8 @@ impl Pipeline {
             CaptureEvent::Connect { pid, .. }
             | CaptureEvent::Close { pid, .. }
             | CaptureEvent::TlsLink { pid, .. }
-            | CaptureEvent::ClientHello { pid, .. } => *pid,
+            | CaptureEvent::ClientHello { pid, .. }
+            | CaptureEvent::TlsSummary { pid, .. } => *pid,
             _ => return false,
         };
         self.processes.is_ignored(pid)

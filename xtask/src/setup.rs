@@ -250,6 +250,16 @@ const TEST_TOOLS: &[TestTool] = &[
         package: "curl",
     },
     TestTool {
+        what: "Mbed TLS static libraries (the encrypted-fallback test's unhookable client)",
+        probe: &["test", "-e", "/usr/lib/x86_64-linux-gnu/libmbedtls.a"],
+        package: "libmbedtls-dev",
+    },
+    TestTool {
+        what: "gcc (builds the encrypted-fallback test's C client)",
+        probe: &["gcc", "--version"],
+        package: "gcc",
+    },
+    TestTool {
         what: "unshare (PID namespace tests)",
         probe: &["unshare", "--version"],
         package: "util-linux",

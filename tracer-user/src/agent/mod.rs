@@ -312,6 +312,23 @@ impl AgentAssembler {
         );
     }
 
+    /// A TLS connection whose plaintext was out of reach: its encrypted-only span.
+    pub fn encrypted_call(
+        &mut self,
+        conn: &crate::encrypted::EncryptedConnection,
+        out: &mut Vec<Span>,
+    ) {
+        let span = crate::encrypted::span(conn, &self.clock);
+        self.activity(
+            conn.pid,
+            conn.start_ns(),
+            conn.end_ns(),
+            span,
+            Hint::None,
+            out,
+        );
+    }
+
     /// An MCP request: `{mcp.method.name} {target}` per the MCP conventions.
     pub fn mcp_call(&mut self, call: &McpExchange, out: &mut Vec<Span>) {
         let (mut span, pid, start_ns, end_ns) = match &call.transport {

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use thiserror::Error;
 use tracer_common::{
-    Direction, RecordHeader, RecordKind, SocketRecord, Source, EXIT_STATUS_KNOWN,
+    Direction, RecordHeader, RecordKind, SocketRecord, Source, TlsTotals, EXIT_STATUS_KNOWN,
     RECORD_HEADER_SIZE,
 };
 
@@ -72,6 +72,14 @@ pub enum CaptureEvent {
         pid: u32,
         fd: i32,
         record: Bytes,
+    },
+    /// A TLS client connection no hook saw from inside ended: what the kernel counted of it.
+    TlsSummary {
+        pid: u32,
+        fd: i32,
+        /// When the kernel reported it (close, or the process's exit).
+        timestamp_ns: u64,
+        totals: TlsTotals,
     },
     Exec {
         pid: u32,
@@ -189,6 +197,15 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             fd,
             record: Bytes::copy_from_slice(payload),
         },
+        k if k == RecordKind::TlsSummary as u32 => CaptureEvent::TlsSummary {
+            pid: h.pid,
+            fd,
+            timestamp_ns: h.timestamp_ns,
+            totals: tls_totals(payload).ok_or(DecodeError::Length {
+                declared: std::mem::size_of::<TlsTotals>(),
+                actual: payload.len(),
+            })?,
+        },
         k if k == RecordKind::ProcessExec as u32 => {
             let end = payload
                 .iter()
@@ -225,6 +242,12 @@ fn socket_record(payload: &[u8]) -> Option<SocketRecord> {
     (payload.len() >= std::mem::size_of::<SocketRecord>())
         // Safety: length checked; plain old data read unaligned.
         .then(|| unsafe { std::ptr::read_unaligned(payload.as_ptr() as *const SocketRecord) })
+}
+
+fn tls_totals(payload: &[u8]) -> Option<TlsTotals> {
+    (payload.len() >= std::mem::size_of::<TlsTotals>())
+        // Safety: length checked; plain old data read unaligned.
+        .then(|| unsafe { std::ptr::read_unaligned(payload.as_ptr() as *const TlsTotals) })
 }
 
 /// The peer of a socket record, when it is an IPv4/IPv6 address.
@@ -319,6 +342,36 @@ mod tests {
         assert_eq!(chunk.pid, 42);
         assert_eq!(chunk.direction, Direction::Ingress);
         assert_eq!(&chunk.data[..], b"hello");
+    }
+
+    #[test]
+    fn decodes_tls_totals_and_rejects_a_short_one() {
+        let totals = TlsTotals {
+            sent: 517,
+            received: 4000,
+            start_ns: 10,
+            first_response_ns: 20,
+            last_response_ns: 30,
+            last_ns: 31,
+            turns: 2,
+            last_direction: 0,
+        };
+        let size = std::mem::size_of::<TlsTotals>();
+        let mut payload = vec![0u8; size];
+        unsafe { std::ptr::write_unaligned(payload.as_mut_ptr() as *mut TlsTotals, totals) };
+        let rec = record(RecordKind::TlsSummary as u32, 0, &payload, size as u32);
+        let CaptureEvent::TlsSummary {
+            pid, totals: got, ..
+        } = decode_record(&rec).unwrap()
+        else {
+            panic!("not a TLS summary")
+        };
+        assert_eq!((pid, got), (42, totals));
+        let short = record(RecordKind::TlsSummary as u32, 0, &payload[..8], 8);
+        assert!(matches!(
+            decode_record(&short),
+            Err(DecodeError::Length { .. })
+        ));
     }
 
     #[test]

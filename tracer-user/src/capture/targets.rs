@@ -47,10 +47,22 @@ pub enum TlsStack {
     Go,
 }
 
+/// How a binary's hooks were found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookMethod {
+    /// From the symbols it carries (dynamic or static symbol table, Go's pclntab).
+    #[default]
+    Symbol,
+    /// Located without symbols, from what the library's code must contain.
+    Inferred,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Analysis {
     pub stack: Option<TlsStack>,
     pub hooks: Vec<Hook>,
+    /// How `hooks` (or `go`) were found; meaningless when there are none.
+    pub hook_method: HookMethod,
     /// Go functions, attached all or nothing by the Go module (entry and every RET).
     pub go: Option<super::gotls::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
@@ -108,6 +120,8 @@ const UNSUPPORTED_MARKERS: &[(&[u8], &str)] = &[
     (b"BoringSSL", "boringssl"),
     (b"OpenSSL 3.", "openssl-static-stripped"),
     (b"OpenSSL 1.1", "openssl-static-stripped"),
+    // Function names its debug messages embed (Debian's build keeps MBEDTLS_DEBUG_C).
+    (b"mbedtls_ssl_", "mbedtls"),
 ];
 
 /// Whether a library's file name suggests a TLS library worth analysing.
@@ -181,17 +195,20 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     if offsets.contains_key("SSL_write") && offsets.contains_key("SSL_read") {
         analysis.stack = Some(TlsStack::OpenSsl);
         analysis.hooks = hooks_for(OPENSSL_HOOKS);
+        analysis.hook_method = HookMethod::Symbol;
     } else if offsets.contains_key("gnutls_record_send")
         && offsets.contains_key("gnutls_record_recv")
     {
         analysis.stack = Some(TlsStack::GnuTls);
         analysis.hooks = hooks_for(GNUTLS_HOOKS);
+        analysis.hook_method = HookMethod::Symbol;
     }
     if analysis.stack.is_none() && executable {
         match super::gotls::locate_in(&data) {
             Ok(Some(go)) => {
                 analysis.stack = Some(TlsStack::Go);
                 analysis.go = Some(go);
+                analysis.hook_method = HookMethod::Symbol;
                 return Ok(analysis);
             }
             Ok(None) => {}

@@ -13,9 +13,12 @@ pub fn provider_name(host: Option<&str>, dialect: Dialect) -> &'static str {
         Dialect::OpenAiChat | Dialect::OpenAiResponses | Dialect::OpenAiEmbeddings => "openai",
         Dialect::Bedrock(_) => "aws.bedrock",
     };
-    let Some(host) = host else {
-        return by_dialect;
-    };
+    host.and_then(known_provider).unwrap_or(by_dialect)
+}
+
+/// The provider a host name is known to be (`api.openai.com` is `openai`), whatever it speaks:
+/// also what names an encrypted-only connection's provider from its SNI.
+pub fn known_provider(host: &str) -> Option<&'static str> {
     let host = host.to_ascii_lowercase();
     const KNOWN: &[(&str, &str)] = &[
         ("api.openai.com", "openai"),
@@ -49,7 +52,6 @@ pub fn provider_name(host: Option<&str>, dialect: Dialect) -> &'static str {
             }
         })
         .map(|(_, name)| *name)
-        .unwrap_or(by_dialect)
 }
 
 /// `server.address` and `server.port`: the Host header names the server the client meant (behind

@@ -184,10 +184,17 @@ impl StreamAssembler {
                 self.tls_on_socket.retain(|(p, _), _| *p != pid);
                 out.push(StreamEvent::ProcessExit { pid, timestamp_ns });
             }
-            CaptureEvent::Exec { .. }
+            // Totals only: the pipeline reports them with the peer (`peer`), before the close.
+            CaptureEvent::TlsSummary { .. }
+            | CaptureEvent::Exec { .. }
             | CaptureEvent::ExecArgs { .. }
             | CaptureEvent::Fork { .. } => {}
         }
+    }
+
+    /// What is known of socket `fd`'s peer (its address, the SNI it asked for).
+    pub fn peer(&self, pid: u32, fd: i32) -> Option<&Peer> {
+        self.peers.get(&(pid, fd))
     }
 
     /// Calls whose last bytes never arrived end in a gap.
