@@ -1,5 +1,6 @@
 //! `agent-tracer check`, the real binary on this host: everything the tracer needs is here, so it
-//! passes and lists what it found, including the TLS stacks of processes the test starts; run
+//! passes and lists what it found, including the TLS stack of each process the test starts and
+//! how it is hooked (symbol, or fallback for a stripped static Mbed TLS client); run
 //! again with capabilities taken away by util-linux `setpriv`, it fails naming them.
 
 use std::{
@@ -61,18 +62,29 @@ impl Drop for Sleeper {
 fn check_passes_here_and_names_what_it_found() -> Result<()> {
     require_root();
     // Python loads the shared libssl; node carries a static OpenSSL.
-    let _python = Sleeper::start(
+    let python = Sleeper::start(
         "python3",
         &[
             "-c",
             "import ssl, sys, time; print('ready', flush=True); time.sleep(120)",
         ],
     )?;
-    let _node = Sleeper::start(
+    let node = Sleeper::start(
         "node",
         &["-e", "console.log('ready'); setTimeout(() => {}, 120000)"],
     )?;
-    let out = check(&[])?;
+    // Mbed TLS, static and stripped, stuck in its handshake with a server that never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent.local_addr()?.port().to_string();
+    let mut mbedtls = Command::new(tracer_testkit::c_client::mbedtls_post()?)
+        .args([&port, "api.openai.com", "gpt-4o-mini"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let _accepted = silent.accept()?;
+    let out = check(&[]);
+    let _ = mbedtls.kill();
+    let _ = mbedtls.wait();
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -93,17 +105,26 @@ fn check_passes_here_and_names_what_it_found() -> Result<()> {
     ] {
         assert!(stdout.contains(&expected), "no {expected:?} in:\n{stdout}");
     }
-    let line = |kind: &str| -> String {
+    // One line per process and stack: `  PID program: stack (where): how`.
+    let line = |pid: u32| -> String {
         stdout
             .lines()
-            .find(|l| l.trim_start().starts_with(kind))
-            .unwrap_or_default()
-            .to_string()
+            .filter(|l| l.trim_start().starts_with(&format!("{pid} ")))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
-    let libssl = line("libssl (shared OpenSSL/BoringSSL), hooked:");
-    assert!(libssl.contains("python3"), "{stdout}");
-    let node = line("OpenSSL linked into the program, hooked:");
-    assert!(node.contains("node"), "{stdout}");
+    assert!(
+        line(python.0.id()).contains("python3: OpenSsl (libssl.so.3): symbol"),
+        "{stdout}"
+    );
+    assert!(
+        line(node.0.id()).contains("node: OpenSsl (executable): symbol"),
+        "{stdout}"
+    );
+    assert!(
+        line(mbedtls.id()).contains("mbedtls (executable): fallback"),
+        "{stdout}"
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! its static OpenSSL, which writes its ciphertext outside the hooked call) get no such span.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -23,44 +23,6 @@ const SNI: &str = "api.openai.com";
 
 fn tracer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
-}
-
-/// Builds the Mbed TLS client, statically linked against Mbed TLS and stripped: no symbol and no
-/// locator finds its TLS functions.
-fn mbedtls_client() -> Result<PathBuf> {
-    let lib = Path::new("/usr/lib/x86_64-linux-gnu/libmbedtls.a");
-    if !lib.exists() {
-        bail!(
-            "{} is missing: `apt-get install -y libmbedtls-dev` (cargo xtask setup does it)",
-            lib.display()
-        );
-    }
-    let dir = tracer_testkit::target_dir().join("e2e-c");
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join("mbedtls_post");
-    let status = Command::new("gcc")
-        .args(["-O2", "-o"])
-        .arg(&out)
-        .arg(clients_dir().join("c/mbedtls_post.c"))
-        .args([
-            "-Wl,-Bstatic",
-            "-lmbedtls",
-            "-lmbedx509",
-            "-lmbedcrypto",
-            "-Wl,-Bdynamic",
-            "-s",
-        ])
-        .status()
-        .context("running gcc")?;
-    if !status.success() {
-        bail!("gcc failed: {status}");
-    }
-    let symbols = Command::new("nm").arg(&out).output()?;
-    assert!(
-        String::from_utf8_lossy(&symbols.stderr).contains("no symbols"),
-        "the client must be stripped"
-    );
-    Ok(out)
 }
 
 fn client(bin: &Path, server: &MockOpenAi, model: &str) -> Command {
@@ -119,7 +81,7 @@ fn assert_fallback_span(span: &ReceivedSpan, server: &MockOpenAi) {
 async fn a_binary_where_location_fails_yields_the_encrypted_span() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
-    let bin = mbedtls_client()?;
+    let bin = tracer_testkit::c_client::mbedtls_post()?;
     let server = mock_openai::start(&e2e::certs_dir()).await?;
     let untraced = e2e::run(client(&bin, &server, "gpt-4o-mini")).await?;
     let stdout = String::from_utf8_lossy(&untraced.stdout);
@@ -181,7 +143,7 @@ async fn a_binary_where_location_fails_yields_the_encrypted_span() -> Result<()>
 async fn a_process_killed_mid_connection_still_reports_it() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
-    let bin = mbedtls_client()?;
+    let bin = tracer_testkit::c_client::mbedtls_post()?;
     let server = mock_openai::start(&e2e::certs_dir()).await?;
     let traced = start_traced(tracer_bin(), "encrypted_killed", &[]).await?;
     // `hang`: the server reads the request and never answers.
