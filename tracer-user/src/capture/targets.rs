@@ -45,12 +45,25 @@ pub enum TlsStack {
     OpenSsl,
     GnuTls,
     Go,
+    /// BoringSSL linked into a stripped executable (Bun), located by `locate::boringssl`.
+    BoringSsl,
+}
+
+/// How a stack's hooks were found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookMethod {
+    /// Exported or symbol-table names.
+    #[default]
+    Symbol,
+    /// Inferred from what the library's code must contain (no symbols).
+    Inferred,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Analysis {
     pub stack: Option<TlsStack>,
     pub hooks: Vec<Hook>,
+    pub method: HookMethod,
     /// Go functions, attached all or nothing by the Go module (entry and every RET).
     pub go: Option<super::gotls::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
@@ -219,6 +232,17 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             })
             .unwrap_or(false);
         if !links_tls {
+            match super::locate::boringssl::locate(&data) {
+                Ok(Some(found)) => {
+                    analysis.stack = Some(TlsStack::BoringSsl);
+                    analysis.method = HookMethod::Inferred;
+                    analysis.hooks = boringssl_hooks(&found);
+                    return Ok(analysis);
+                }
+                Ok(None) => {}
+                // BoringSSL, but not where its anchors say: reported below as unhookable.
+                Err(e) => tracing::warn!("{}: BoringSSL not located: {e}", path.display()),
+            }
             analysis.unsupported = UNSUPPORTED_MARKERS
                 .iter()
                 .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
@@ -226,6 +250,24 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
         }
     }
     Ok(analysis)
+}
+
+/// BoringSSL has no `_ex` calls; `SSL_write`/`SSL_read` return their byte counts like
+/// OpenSSL's, so the same kernel programs serve.
+fn boringssl_hooks(found: &super::locate::boringssl::BoringSslHooks) -> Vec<Hook> {
+    [
+        ("ssl_write", "SSL_write", found.ssl_write),
+        ("ssl_write_ret", "SSL_write", found.ssl_write),
+        ("ssl_read", "SSL_read", found.ssl_read),
+        ("ssl_read_ret", "SSL_read", found.ssl_read),
+    ]
+    .into_iter()
+    .map(|(program, symbol, offset)| Hook {
+        program,
+        symbol,
+        offset,
+    })
+    .collect()
 }
 
 /// The file offset of a symbol's address (uprobes attach by file offset).

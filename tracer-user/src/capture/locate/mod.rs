@@ -1,0 +1,3 @@
+//! Finding TLS functions in stripped binaries from what the libraries' code must contain.
+
+pub mod boringssl;
