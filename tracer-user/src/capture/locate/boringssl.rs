@@ -412,13 +412,23 @@ mod tests {
         assert_eq!(locate(&me), Ok(None));
     }
 
-    /// What a located function must look like in any build: a function start (decoding from
-    /// it never ends early, and it is the target of direct calls), raising BoringSSL's errors.
-    fn check_located(bun: &std::path::Path) -> BoringSslHooks {
-        let data = std::fs::read(bun).unwrap();
+    /// What a located pair must look like in any build: function starts (direct-call targets
+    /// that decode), with the meaning the anchors give them: the ssl_lib.cc reasons each body
+    /// raises, and SSL_read's call into ssl_read_impl.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Meaning {
+        write_reasons: BTreeSet<u64>,
+        read_reasons: BTreeSet<u64>,
+        /// SSL_read calls a function raising ssl_read_impl's anchors (the rest of its reasons
+        /// vary: 1.2 inlines ssl_do_post_handshake's into it).
+        calls_read_impl: bool,
+    }
+
+    fn check_located(binary: &std::path::Path) -> (BoringSslHooks, Meaning) {
+        let data = std::fs::read(binary).unwrap();
         let hooks = locate(&data)
-            .unwrap_or_else(|e| panic!("{}: {e}", bun.display()))
-            .unwrap_or_else(|| panic!("{}: no BoringSSL found", bun.display()));
+            .unwrap_or_else(|e| panic!("{}: {e}", binary.display()))
+            .unwrap_or_else(|| panic!("{}: no BoringSSL found", binary.display()));
         let elf = object::File::parse(&*data).unwrap();
         let text = Text::of(&elf).unwrap();
         let address = |offset: u64| offset - text.file_offset + text.address;
@@ -433,21 +443,92 @@ mod tests {
             let code = text.instructions(f, f + 64);
             assert!(code.len() > 5 && code[0].ip() == f, "{f:#x} decodes");
         }
-        // SSL_write's body reports SSL_R_BAD_LENGTH; SSL_read's reports only the QUIC misuse
-        // and reaches ssl_read_impl through a direct call.
-        let calls = text.direct_calls(&starts, read);
-        assert!(!calls.is_empty(), "SSL_read calls ssl_read_impl");
-        hooks
+        let mut sites: Vec<(u64, u64, u64)> = Vec::new();
+        for file in file_name_addresses(&elf, &data).unwrap() {
+            for site in text.references(file) {
+                if let Some(function) = text.containing_function(&starts, site) {
+                    sites.push((function, site, file));
+                }
+            }
+        }
+        let reasons_of = |function: u64| -> BTreeSet<u64> {
+            sites
+                .iter()
+                .filter(|(f, _, _)| *f == function)
+                .filter_map(|(_, site, file)| text.reported_reason(function, *site, *file))
+                .collect()
+        };
+        let calls_read_impl = text.direct_calls(&starts, read).into_iter().any(|callee| {
+            let r = reasons_of(callee);
+            r.contains(&SSL_R_UNINITIALIZED)
+                && r.contains(&SSL_R_SSL_HANDSHAKE_FAILURE)
+                && !r.contains(&ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED)
+        });
+        let meaning = Meaning {
+            write_reasons: reasons_of(write),
+            read_reasons: reasons_of(read),
+            calls_read_impl,
+        };
+        (hooks, meaning)
     }
 
     #[test]
     fn finds_ssl_write_and_ssl_read_in_two_bun_releases() {
         let current = tracer_testkit::bun::install(tracer_testkit::bun::CURRENT).unwrap();
         let older = tracer_testkit::bun::install(tracer_testkit::bun::OLDER).unwrap();
-        let a = check_located(&current);
-        let b = check_located(&older);
-        // The same code, different builds: the offsets differ, so no table could have served.
+        let (a, meaning_a) = check_located(&current);
+        let (b, meaning_b) = check_located(&older);
+        // Different builds (other offsets, another ERR_put_error signature, another source
+        // path), the same functions.
         assert_ne!(a, b);
+        assert_eq!(meaning_a, meaning_b);
+        assert_eq!(
+            meaning_a,
+            Meaning {
+                write_reasons: [
+                    ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED,
+                    SSL_R_BAD_LENGTH,
+                    SSL_R_SSL_HANDSHAKE_FAILURE,
+                    SSL_R_UNINITIALIZED
+                ]
+                .into(),
+                read_reasons: [ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED].into(),
+                calls_read_impl: true,
+            }
+        );
+    }
+
+    #[test]
+    fn a_bun_compiled_executable_carries_the_same_runtime() {
+        // `bun build --compile` appends the script to a copy of the runtime: the same functions
+        // must be found in it.
+        let bun = tracer_testkit::bun::install(tracer_testkit::bun::CURRENT).unwrap();
+        let dir = tracer_testkit::target_dir().join("e2e-bun/compiled");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join(format!(
+            "bun_fetch-{}-{}",
+            tracer_testkit::bun::CURRENT,
+            std::process::id()
+        ));
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/bun_fetch.mjs");
+        let status = std::process::Command::new(&bun)
+            .args(["build", "--compile"])
+            .arg(&script)
+            .arg("--outfile")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let (compiled, meaning) = check_located(&out);
+        let _ = std::fs::remove_file(&out);
+        let (runtime, runtime_meaning) = check_located(&bun);
+        assert_eq!(compiled, runtime);
+        assert_eq!(meaning, runtime_meaning);
     }
 
     #[test]
