@@ -123,6 +123,38 @@ pub fn locate(data: &[u8]) -> Result<Option<BoringSslHooks>, BoringLocateError> 
     }))
 }
 
+/// The entry in `locate::LOCATORS`, so results go through the shared on-disk cache.
+pub const LOCATOR: super::Locator = super::Locator {
+    name: "boringssl",
+    version: 1,
+    present: |data| memchr::memmem::find(data, SSL_LIB_FILE).is_some(),
+    locate: locate_image,
+};
+
+fn locate_image(image: &super::Image<'_>) -> Result<Option<super::Located>, super::LocateError> {
+    let found = locate(image.data()).map_err(|e| super::LocateError::Ambiguous {
+        stack: "boringssl",
+        reason: e.to_string(),
+    })?;
+    Ok(found.map(|h| super::Located {
+        stack: "BoringSSL (static, stripped)".to_string(),
+        kind: "boringssl".to_string(),
+        hooks: [
+            ("ssl_write", "SSL_write", h.ssl_write),
+            ("ssl_write_ret", "SSL_write", h.ssl_write),
+            ("ssl_read", "SSL_read", h.ssl_read),
+            ("ssl_read_ret", "SSL_read", h.ssl_read),
+        ]
+        .into_iter()
+        .map(|(program, function, offset)| super::LocatedHook {
+            program: program.to_string(),
+            function: function.to_string(),
+            offset,
+        })
+        .collect(),
+    }))
+}
+
 fn unique(what: &'static str, found: impl Iterator<Item = u64>) -> Result<u64, BoringLocateError> {
     let found: Vec<u64> = found.collect();
     match found.as_slice() {
