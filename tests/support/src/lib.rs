@@ -1,5 +1,6 @@
 //! Real parts for agent-tracer's end-to-end tests and benchmarks.
 
+pub mod bun;
 pub mod c_client;
 pub mod deploy_tools;
 pub mod e2e;

@@ -45,6 +45,8 @@ pub enum TlsStack {
     OpenSsl,
     GnuTls,
     Go,
+    /// BoringSSL linked into a stripped executable (Bun), located by `locate::boringssl`.
+    BoringSsl,
 }
 
 /// How a binary's hooks were found.
@@ -236,6 +238,17 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             })
             .unwrap_or(false);
         if !links_tls {
+            match super::locate::boringssl::locate(&data) {
+                Ok(Some(found)) => {
+                    analysis.stack = Some(TlsStack::BoringSsl);
+                    analysis.hook_method = HookMethod::Inferred;
+                    analysis.hooks = boringssl_hooks(&found);
+                    return Ok(analysis);
+                }
+                Ok(None) => {}
+                // BoringSSL, but not where its anchors say: reported below as unhookable.
+                Err(e) => tracing::warn!("{}: BoringSSL not located: {e}", path.display()),
+            }
             analysis.unsupported = UNSUPPORTED_MARKERS
                 .iter()
                 .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
@@ -243,6 +256,24 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
         }
     }
     Ok(analysis)
+}
+
+/// BoringSSL has no `_ex` calls; `SSL_write`/`SSL_read` return their byte counts like
+/// OpenSSL's, so the same kernel programs serve.
+fn boringssl_hooks(found: &super::locate::boringssl::BoringSslHooks) -> Vec<Hook> {
+    [
+        ("ssl_write", "SSL_write", found.ssl_write),
+        ("ssl_write_ret", "SSL_write", found.ssl_write),
+        ("ssl_read", "SSL_read", found.ssl_read),
+        ("ssl_read_ret", "SSL_read", found.ssl_read),
+    ]
+    .into_iter()
+    .map(|(program, symbol, offset)| Hook {
+        program,
+        symbol,
+        offset,
+    })
+    .collect()
 }
 
 /// The file offset of a symbol's address (uprobes attach by file offset).
