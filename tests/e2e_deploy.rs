@@ -167,6 +167,7 @@ fn the_chart_renders_to_valid_kubernetes_objects() -> Result<()> {
     }
     for absent in [
         "kind: ClusterRole",
+        "kube_api",
         "OTEL_EXPORTER_OTLP_HEADERS",
         "/sys/kernel/debug",
     ] {
@@ -177,6 +178,10 @@ fn the_chart_renders_to_valid_kubernetes_objects() -> Result<()> {
         "kind: ClusterRole",
         "kind: ClusterRoleBinding",
         "verbs: [\"get\", \"list\", \"watch\"]",
+        // Least privilege: the owners of pods are read with cached gets, never listed.
+        "apiGroups: [\"apps\"]\n    resources: [\"replicasets\"]\n    verbs: [\"get\"]",
+        "apiGroups: [\"batch\"]\n    resources: [\"jobs\"]\n    verbs: [\"get\"]",
+        "kube_api = true",
         "automountServiceAccountToken: true",
         "privileged: true",
         "path: /sys/kernel/debug",
@@ -222,6 +227,21 @@ fn the_chart_renders_to_valid_kubernetes_objects() -> Result<()> {
         Some(&toml::Value::Array(vec!["*/prometheus".into()]))
     );
     assert!(toml.get("include_exe").is_none());
+
+    // Pod label rules go the same way, and need the API.
+    let label_rule = ["--set", "selection.exclude.pod_label[0]=team=batch"];
+    let labelled = helm_template(
+        &tools,
+        &[&label_rule[..], &["--set", "kubeApi.enabled=true"]].concat(),
+    )?;
+    let toml: toml::Table = config_toml(&labelled)?.parse()?;
+    assert_eq!(
+        toml.get("exclude_pod_label"),
+        Some(&toml::Value::Array(vec!["team=batch".into()]))
+    );
+    assert_eq!(toml.get("kube_api"), Some(&toml::Value::Boolean(true)));
+    let err = helm_template(&tools, &label_rule).unwrap_err().to_string();
+    assert!(err.contains("need kubeApi.enabled"), "{err}");
     Ok(())
 }
 
@@ -244,7 +264,11 @@ def objects(paths):
             if doc["kind"] == "ConfigMap":
                 doc["data"] = {k: chr(10).join(l for l in v.splitlines() if l.strip() and not l.lstrip().startswith("#"))
                                for k, v in doc["data"].items()}
-            # Plain manifests leave the token on only with rbac.yaml; the chart ties both to kubeApi.
+            # Plain manifests leave the token on, and the tracer's kube_api, only with rbac.yaml (a
+            # comment says so); the chart ties all three to kubeApi.
+            if doc["kind"] == "ConfigMap":
+                doc["data"] = {k: chr(10).join(l for l in v.splitlines() if l.strip() != "kube_api = true")
+                               for k, v in doc["data"].items()}
             if doc["kind"] == "ServiceAccount":
                 doc.pop("automountServiceAccountToken", None)
             if doc["kind"] == "DaemonSet":
@@ -341,6 +365,7 @@ fn the_dockerfile_passes_hadolint() -> Result<()> {
 const PROBE_VALUES: &str = r#"
 captureContent: true
 otlp: {endpoint: "http://127.0.0.1:4317"}
+kubeApi: {enabled: true}
 config:
   sample_ratio: 0.5
   content_max_bytes: 4096
@@ -400,6 +425,7 @@ fn the_tracer_starts_from_the_charts_config_and_answers_the_probes() -> Result<(
         "capture_content = true",
         "content_max_bytes = 4096.0",
         "agent_name = [\"crew.py=research-crew\"]",
+        "kube_api = true",
     ] {
         assert!(toml.contains(expected), "{toml}");
     }
@@ -447,7 +473,12 @@ fn the_tracer_starts_from_the_charts_config_and_answers_the_probes() -> Result<(
             "--health-listen",
             &listen,
         ],
-        &[("NODE_NAME", "node-1")],
+        // No cluster here: the API watch (on, from the file) has no configuration and is
+        // warned about, which shows the setting reached the tracer.
+        &[
+            ("NODE_NAME", "node-1"),
+            ("KUBECONFIG", "/nonexistent/agent-tracer-kubeconfig"),
+        ],
     )?;
     let (saw_not_ready, ready_was_logged) = poller.join().expect("poller panicked")?;
     assert!(saw_not_ready, "/readyz never said 503 while starting");
@@ -466,6 +497,16 @@ fn the_tracer_starts_from_the_charts_config_and_answers_the_probes() -> Result<(
     );
     assert!(
         stopped.stderr.contains("127.0.0.1:4317"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(
+        stopped
+            .stderr
+            .contains("watching this node's pods in the Kubernetes API")
+            && stopped
+                .stderr
+                .contains("--kube-api: no usable Kubernetes API configuration"),
         "{}",
         stopped.stderr
     );

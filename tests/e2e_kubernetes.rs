@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tracer_testkit::{
-    e2e::{self, clients_dir, of_pid, recorded, require_root, start_traced, SERIAL},
+    e2e::{
+        self, clients_dir, of_pid, recorded, require_root, start_traced, start_traced_with_env,
+        SERIAL,
+    },
+    kube_api,
     mock_openai::{self, MockOpenAi},
     otlp::{as_int, as_str},
 };
@@ -244,5 +248,274 @@ async fn an_excluded_process_is_not_copied_by_the_kernel_and_the_other_is_traced
     );
     assert_eq!(counter(summary, "ignored_records"), 0, "{summary}");
     assert!(counter(summary, "kernel_tls_calls") >= 2, "{summary}");
+    Ok(())
+}
+
+/// [`http_post`] that stays alive a second after its call (it waits for a second request that
+/// never comes): the tracer reads a process's cgroup from /proc when it handles its exec, which
+/// on a loaded machine may be after a short-lived client has already exited.
+fn lingering_http_post(server: &MockOpenAi, model: &str) -> String {
+    format!(
+        "sleep 1 | {} --repeat 2 --wait-stdin",
+        http_post(server, model)
+    )
+}
+
+/// The cgroups containerd's systemd driver makes for a burstable pod's container.
+fn pod_container_cgroup(uid: &str, container_id: &str) -> Result<(Cgroups, PathBuf)> {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let kubepods = unified.join("kubepods.slice");
+    let pod_slice = kubepods.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    ));
+    let scope = pod_slice.join(format!("cri-containerd-{container_id}.scope"));
+    let mut cgroups = Cgroups(Vec::new());
+    for dir in [&kubepods, &pod_slice, &scope] {
+        if !dir.exists() {
+            std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+            cgroups.0.push(dir.clone());
+        }
+    }
+    Ok((cgroups, scope))
+}
+
+/// The node the recorded pods run on (tests/fixtures/kube/pods-list.json).
+const RECORDED_NODE: &str = "ip-10-0-1-17.ec2.internal";
+
+/// `--kube-api` against recorded API server responses: no cluster can run here, so the
+/// tracer's real `kube` client reads a kubeconfig (KUBECONFIG) naming a local HTTPS server
+/// (tracer_testkit::kube_api) that serves the recorded pod list, watch events, ReplicaSets and
+/// Jobs. The agent is a real HTTPS client in the cgroup the recorded pod's UID names; the pod
+/// log tree is empty, so its name and namespace can only come from the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_api_labels_and_workload_reach_the_span_and_pod_labels_select() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let script = kube_api::recorded()?;
+    let uid = script.pod_list["items"][0]["metadata"]["uid"]
+        .as_str()
+        .context("recorded pod uid")?
+        .to_string();
+    let api = kube_api::start(script, &e2e::certs_dir()).await?;
+    let nonce = std::process::id();
+    let container_id = format!("{:064x}", 0xa91_u128 << 64 | nonce as u128);
+    let (cgroups, scope) = pod_container_cgroup(&uid, &container_id)?;
+    let logs = TempTree(std::env::temp_dir().join(format!("e2e-kube-api-logs-{nonce}")));
+    std::fs::create_dir_all(logs.0.join("pods"))?;
+    let pods_arg = logs.0.join("pods").display().to_string();
+    let kubeconfig = api.kubeconfig.display().to_string();
+
+    let traced = start_traced_with_env(
+        tracer_bin(),
+        "kubernetes-api",
+        &[
+            "--kube-api",
+            "--node-name",
+            RECORDED_NODE,
+            "--pod-logs-dir",
+            &pods_arg,
+            "--include-pod-label",
+            "app.kubernetes.io/name=research-*",
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
+    // The tracer lists the node's pods, then watches; once the watch is open the pod (and its
+    // recorded MODIFIED labels) is known, and the client below is let in by its label.
+    let deadline = std::time::Instant::now() + WAIT;
+    while api.watches() == 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the tracer never watched pods: {:?}",
+            api.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let run = |script: String| {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .env("SSL_CERT_FILE", &server.cert_path);
+        c
+    };
+    // Outside any pod: no label, not included.
+    let outside = e2e::json_lines(
+        &e2e::run(run(format!(
+            "exec {}",
+            http_post(&server, "outside-the-pod")
+        )))
+        .await?,
+    );
+    let inside = e2e::json_lines(
+        &e2e::run(run(format!(
+            "echo $$ > {}/cgroup.procs && {}",
+            scope.display(),
+            lingering_http_post(&server, "inside-the-pod")
+        )))
+        .await?,
+    );
+    assert_eq!(outside[0]["status"].as_i64(), Some(200));
+    assert_eq!(inside[0]["status"].as_i64(), Some(200));
+    let outside_pid = outside[0]["pid"].as_u64().context("pid")? as u32;
+
+    let spans = traced
+        .receiver
+        .wait_for("the pod's call", WAIT, |s| {
+            s.iter()
+                .any(|s| as_str(s.resource_attr("k8s.pod.uid")) == Some(uid.as_str()))
+        })
+        .await;
+    let spans = match spans {
+        Ok(spans) => spans,
+        Err(e) => {
+            let stopped = traced.tracer.stop()?;
+            anyhow::bail!("{e:#}\ntracer stderr:\n{}", stopped.stderr);
+        }
+    };
+    let stopped = traced.tracer.stop()?;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(cgroups);
+
+    let span = spans
+        .iter()
+        .find(|s| as_str(s.resource_attr("k8s.pod.uid")) == Some(uid.as_str()))
+        .context("span")?;
+    let r = |k: &str| as_str(span.resource_attr(k)).map(str::to_string);
+    assert_eq!(r("container.id").as_deref(), Some(container_id.as_str()));
+    assert_eq!(
+        r("k8s.pod.name").as_deref(),
+        Some("research-agent-5d78c9869d-x7k2p"),
+        "from the API: the log tree is empty"
+    );
+    assert_eq!(r("k8s.namespace.name").as_deref(), Some("agents"));
+    assert_eq!(r("k8s.node.name").as_deref(), Some(RECORDED_NODE));
+    assert_eq!(
+        r("k8s.pod.label.app.kubernetes.io/name").as_deref(),
+        Some("research-agent")
+    );
+    assert_eq!(r("k8s.pod.label.team").as_deref(), Some("ml"));
+    assert_eq!(
+        r("k8s.pod.label.tier").as_deref(),
+        Some("gold"),
+        "the recorded MODIFIED event's label"
+    );
+    assert_eq!(
+        r("k8s.replicaset.name").as_deref(),
+        Some("research-agent-5d78c9869d")
+    );
+    assert_eq!(
+        r("k8s.deployment.name").as_deref(),
+        Some("research-agent"),
+        "through the ReplicaSet's owner reference"
+    );
+    assert_eq!(r("k8s.statefulset.name"), None);
+
+    let leaked: Vec<_> = spans
+        .iter()
+        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(outside_pid as i64))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "a process outside the pod was exported: {leaked:#?}"
+    );
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.starts_with("/api/v1/pods?"))
+            .all(|r| r.contains(&format!("fieldSelector=spec.nodeName%3D{RECORDED_NODE}"))),
+        "only this node's pods: {requests:?}"
+    );
+    assert!(requests.iter().any(
+        |r| r.starts_with("/apis/apps/v1/namespaces/agents/replicasets/research-agent-5d78c9869d?")
+    ));
+    Ok(())
+}
+
+/// With `--kube-api` and no API server answering, the tracer warns once and traces as before:
+/// the span carries what the cgroup gives (pod UID), without labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_kube_api_is_warned_about_once_and_capture_goes_on() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    // A kubeconfig naming a port nothing listens on.
+    let api = kube_api::start(kube_api::recorded()?, &e2e::certs_dir()).await?;
+    let port = e2e::free_port()?;
+    let text = std::fs::read_to_string(&api.kubeconfig)?.replace(
+        &format!("127.0.0.1:{}", api.addr.port()),
+        &format!("127.0.0.1:{port}"),
+    );
+    let kubeconfig = e2e::certs_dir().join(format!("kubeconfig-unreachable-{port}"));
+    std::fs::write(&kubeconfig, text)?;
+    let kubeconfig_path = kubeconfig.clone();
+    let kubeconfig = kubeconfig.display().to_string();
+    let nonce = std::process::id();
+    let uid = format!("5e1d2c3b-4a59-4687-9a1b-{nonce:012x}");
+    let container_id = format!("{:064x}", 0xdead_u128 << 64 | nonce as u128);
+    let (cgroups, scope) = pod_container_cgroup(&uid, &container_id)?;
+
+    let traced = start_traced_with_env(
+        tracer_bin(),
+        "kubernetes-api-unreachable",
+        &["--kube-api", "--node-name", "node-e2e-1"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
+    // Long enough for several retries with backoff.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = e2e::run({
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && {}",
+                scope.display(),
+                lingering_http_post(&server, "no-api")
+            ),
+        ])
+        .env("SSL_CERT_FILE", &server.cert_path);
+        c
+    })
+    .await?;
+    assert_eq!(e2e::json_lines(&out)[0]["status"].as_i64(), Some(200));
+    let spans = traced
+        .receiver
+        .wait_for("the pod's call", WAIT, |s| {
+            s.iter()
+                .any(|s| as_str(s.resource_attr("k8s.pod.uid")) == Some(uid.as_str()))
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = traced.tracer.stop()?;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(cgroups);
+    let _ = std::fs::remove_file(&kubeconfig_path);
+    let span = spans
+        .iter()
+        .find(|s| as_str(s.resource_attr("k8s.pod.uid")) == Some(uid.as_str()))
+        .context("span")?;
+    assert!(span.resource_attr("k8s.pod.label.team").is_none());
+    let warnings = stopped
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("watching pods on node"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "warned once, not per retry:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        !stopped.stderr.contains("ERROR")
+            && !stopped
+                .stderr
+                .contains("watching pods on node node-e2e-1 again"),
+        "retries are quiet, and no recovery is claimed:\n{}",
+        stopped.stderr
+    );
     Ok(())
 }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::{
     capture::{self, reader::read_ring_buffer, Attacher, Capture, Clock},
     config::Config,
+    enrich::{kube_api, PodStore},
     export::{console, otlp::OtlpExporter},
     health::Health,
     health_server::{self, ProbeState},
@@ -109,6 +110,19 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
+    let mut processes = config.processes.clone();
+    // Started before capture so the node's pods are usually listed by the time the first
+    // processes are described; nothing waits for it (an unreachable API only costs labels).
+    let kube_watch = match (&processes.node_name, processes.kube_api) {
+        (Some(node), true) => {
+            let store = Arc::new(PodStore::default());
+            processes.pod_store = Some(store.clone());
+            info!(node = %node, "watching this node's pods in the Kubernetes API");
+            Some(tokio::spawn(kube_api::watch(node.clone(), store)))
+        }
+        _ => None,
+    };
+
     let mut capture = Capture::load(config.ring_buffer_bytes)?;
     let ring = capture.take_ring_buffer()?;
     let mut ignored_pids = capture.take_ignored_pids()?;
@@ -158,7 +172,7 @@ pub async fn run(config: Config) -> Result<()> {
             genai_attributes: config.agent.genai_attributes,
             openinference_attributes: config.agent.openinference_attributes,
             agent_names: config.agent.names.clone(),
-            processes: config.processes.clone(),
+            processes,
             interest: Some(Box::new(move |pid, ignored| ignored_pids.set(pid, ignored))),
         },
         clock,
@@ -217,6 +231,9 @@ pub async fn run(config: Config) -> Result<()> {
     counters?;
     if let Some(server) = probe_server {
         server.abort();
+    }
+    if let Some(watch) = kube_watch {
+        watch.abort();
     }
     info!("tracer stopped: {}", health.summary());
     Ok(())

@@ -328,6 +328,20 @@ pub struct ProcessArgs {
     pub include_namespace: Vec<String>,
     #[arg(long, value_name = "PATTERN")]
     pub exclude_namespace: Vec<String>,
+    /// Trace only processes in pods labelled KEY=VALUE (VALUE exact, or a glob); repeatable.
+    /// Needs --kube-api.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub include_pod_label: Vec<String>,
+    /// Never trace processes in pods labelled KEY=VALUE; repeatable. Needs --kube-api.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub exclude_pod_label: Vec<String>,
+    /// Read pod labels (k8s.pod.label.<key>) and owning workloads (k8s.deployment.name,
+    /// k8s.statefulset.name, k8s.daemonset.name, k8s.job.name, k8s.cronjob.name, …) from the
+    /// Kubernetes API, watching only this node's pods. Needs the node name and RBAC to
+    /// get/list/watch pods and get replicasets and jobs; in a pod the service account is used,
+    /// elsewhere KUBECONFIG.
+    #[arg(long)]
+    pub kube_api: bool,
     /// The kubelet's pod log directory, where pod names, namespaces and container names are
     /// read from (no Kubernetes API access needed).
     #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
@@ -340,7 +354,7 @@ pub struct ProcessArgs {
 
 impl ProcessArgs {
     fn resolve(&self, env: &impl Fn(&str) -> Option<String>) -> Result<EnrichConfig> {
-        let selection = Selection::new(&SelectionRules {
+        let rules = SelectionRules {
             include_exe: self.include_exe.clone(),
             exclude_exe: self.exclude_exe.clone(),
             include_cmdline: self.include_cmdline.clone(),
@@ -349,15 +363,33 @@ impl ProcessArgs {
             exclude_container: self.exclude_container.clone(),
             include_namespace: self.include_namespace.clone(),
             exclude_namespace: self.exclude_namespace.clone(),
-        })?;
+            include_pod_label: self.include_pod_label.clone(),
+            exclude_pod_label: self.exclude_pod_label.clone(),
+        };
+        if rules.uses_pod_labels() && !self.kube_api {
+            bail!(
+                "--include-pod-label and --exclude-pod-label need --kube-api: pod labels come \
+                 from the Kubernetes API"
+            );
+        }
+        let selection = Selection::new(&rules)?;
+        let node_name = self
+            .node_name
+            .clone()
+            .or_else(|| env("NODE_NAME"))
+            .or_else(|| env("K8S_NODE_NAME"));
+        if self.kube_api && node_name.is_none() {
+            bail!(
+                "--kube-api watches this node's pods only and needs the node's name: set \
+                 --node-name, or NODE_NAME from the downward API (spec.nodeName)"
+            );
+        }
         Ok(EnrichConfig {
             pod_logs_dir: self.pod_logs_dir.clone(),
-            node_name: self
-                .node_name
-                .clone()
-                .or_else(|| env("NODE_NAME"))
-                .or_else(|| env("K8S_NODE_NAME")),
+            node_name,
             selection,
+            kube_api: self.kube_api,
+            pod_store: None,
         })
     }
 }
@@ -870,6 +902,44 @@ mod tests {
             resolve(&[], &[]).processes.pod_logs_dir,
             std::path::Path::new("/var/log/pods")
         );
+    }
+
+    #[test]
+    fn kube_api_from_flag_variable_or_file_and_its_requirements() {
+        let node = [("NODE_NAME", "n")];
+        assert!(!resolve(&[], &node).processes.kube_api);
+        assert!(resolve(&["--kube-api"], &node).processes.kube_api);
+        let vars = [("AGENT_TRACER_KUBE_API", "true"), ("NODE_NAME", "n")];
+        assert!(layered_config(&[], &vars, None).processes.kube_api);
+        assert!(
+            layered_config(&[], &node, Some("kube_api = true"))
+                .processes
+                .kube_api
+        );
+        let c = layered_config(
+            &[],
+            &node,
+            Some("kube-api = true\ninclude_pod_label = [\"team=ml\"]"),
+        );
+        assert!(c.processes.kube_api && !c.processes.selection.is_everything());
+
+        let err = |argv: &[&str], vars: &[(&str, &str)]| {
+            let cli = Cli::parse_from(std::iter::once("x").chain(argv.iter().copied()));
+            let lookup = |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            format!("{:#}", Config::resolve(&cli.run, lookup).unwrap_err())
+        };
+        let e = err(&["--include-pod-label", "team=ml"], &node);
+        assert!(e.contains("need --kube-api"), "{e}");
+        let e = err(&["--exclude-pod-label", "team=ml"], &node);
+        assert!(e.contains("need --kube-api"), "{e}");
+        let e = err(&["--kube-api"], &[]);
+        assert!(e.contains("--node-name"), "{e}");
+        let e = err(&["--kube-api", "--include-pod-label", "team"], &node);
+        assert!(e.contains("KEY=VALUE"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            EnvFilter::try_from_env("AGENT_TRACER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // The kube client logs every failed request at ERROR: an unreachable API would
+            // print one per watch retry. The tracer's watcher reports outages itself, once.
+            EnvFilter::try_from_env("AGENT_TRACER_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off")),
         )
         .init();
     // Help, version and malformed command lines end here.

@@ -201,8 +201,11 @@ impl Pipeline {
         }
     }
 
-    /// Periodic work: closes connections idle past the timeout.
+    /// Periodic work: closes connections idle past the timeout, catches up with the pod store.
     pub fn tick(&mut self, now_monotonic_ns: u64, out: &mut Vec<Span>) {
+        // Also when no span is made: a process left out for want of its pod's labels is let
+        // in here once they arrive.
+        self.processes.refresh_pods();
         let first_new = out.len();
         self.http
             .sweep_idle(now_monotonic_ns, self.idle_timeout_ns, &mut self.exchanges);

@@ -42,6 +42,16 @@ pub struct Traced {
 }
 
 pub async fn start_traced(bin: &Path, name: &str, extra_args: &[&str]) -> Result<Traced> {
+    start_traced_with_env(bin, name, extra_args, &[]).await
+}
+
+/// [`start_traced`] with extra environment variables for the tracer.
+pub async fn start_traced_with_env(
+    bin: &Path,
+    name: &str,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<Traced> {
     let receiver = otlp::start_grpc().await?;
     let record_dir = crate::target_dir().join("e2e-streams").join(name);
     let _ = std::fs::remove_dir_all(&record_dir);
@@ -59,7 +69,7 @@ pub async fn start_traced(bin: &Path, name: &str, extra_args: &[&str]) -> Result
         &record,
     ];
     args.extend_from_slice(extra_args);
-    let tracer = tracer::start(bin, name, &args, &[])?;
+    let tracer = tracer::start(bin, name, &args, envs)?;
     Ok(Traced {
         receiver,
         tracer,

@@ -6,6 +6,7 @@ pub mod deploy_tools;
 pub mod e2e;
 pub mod go;
 mod h2c_upgrade;
+pub mod kube_api;
 pub mod mock_openai;
 pub mod mock_providers;
 pub mod otlp;

@@ -2,6 +2,7 @@
 //! first seen (it may be gone by the time its last span is built) and forgotten when it exits.
 
 mod container;
+pub mod kube_api;
 pub mod pods;
 pub mod select;
 
@@ -12,6 +13,7 @@ use std::{
 };
 
 pub use container::parent_pid;
+pub use kube_api::{PodMeta, PodStore};
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
@@ -33,6 +35,8 @@ pub struct ProcessInfo {
     pub container_runtime: Option<&'static str>,
     /// The Kubernetes pod the process runs in, from its cgroup and the node's pod log tree.
     pub pod: Option<Arc<PodInfo>>,
+    /// The pod's labels and workload, from the Kubernetes API (`--kube-api`).
+    pub pod_api: Option<Arc<PodMeta>>,
     /// The Kubernetes node (configured: the node this tracer runs on).
     pub node_name: Option<String>,
 }
@@ -50,6 +54,7 @@ impl ProcessInfo {
             container_id: None,
             container_runtime: None,
             pod: None,
+            pod_api: None,
             node_name: None,
         }
     }
@@ -77,29 +82,49 @@ impl ProcessInfo {
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map(|c| container::identity_of(&c))
             .unwrap_or_default();
-        let (pod, node_name) = match kube {
-            Some(kube) => (
-                cgroup
+        let (pod, node_name, pod_api) = match kube {
+            Some(kube) => {
+                let pod = cgroup
                     .pod_uid
                     .as_deref()
-                    .map(|uid| kube.pods.lookup(uid, cgroup.container_id.as_deref())),
-                kube.node_name.clone(),
-            ),
-            None => (None, None),
+                    .map(|uid| kube.pods.lookup(uid, cgroup.container_id.as_deref()));
+                let api = kube.api_pod(pod.as_deref());
+                (pod, kube.node_name.clone(), api)
+            }
+            None => (None, None, None),
         };
-        ProcessInfo {
+        let mut info = ProcessInfo {
             pid,
             namespace_pid,
             parent_pid,
             container_runtime: cgroup.runtime,
             container_id: cgroup.container_id,
             pod,
+            pod_api: None,
             node_name,
             executable_path: exe,
             executable_name,
             command_line: (!args.is_empty()).then(|| redact_args(&args).join(" ")),
             host_name: host_name.to_string(),
+        };
+        info.set_pod_api(pod_api);
+        info
+    }
+
+    /// Attaches what the API says about the process's pod; the API's pod name and namespace
+    /// stand in for the ones the pod log tree could not give (it may not be mounted).
+    fn set_pod_api(&mut self, meta: Option<Arc<PodMeta>>) {
+        if let (Some(pod), Some(meta)) = (&mut self.pod, &meta) {
+            if pod.name.is_none() || pod.namespace.is_none() {
+                let mut filled = PodInfo::clone(pod);
+                filled.name.get_or_insert_with(|| meta.name.clone());
+                filled
+                    .namespace
+                    .get_or_insert_with(|| meta.namespace.clone());
+                *pod = Arc::new(filled);
+            }
         }
+        self.pod_api = meta;
     }
 }
 
@@ -175,6 +200,10 @@ pub struct EnrichConfig {
     pub pod_logs_dir: PathBuf,
     pub node_name: Option<String>,
     pub selection: Selection,
+    /// Read pod labels and workloads from the Kubernetes API (`--kube-api`).
+    pub kube_api: bool,
+    /// Where the API watcher puts this node's pods; set by whoever starts the watcher.
+    pub pod_store: Option<Arc<PodStore>>,
 }
 
 impl Default for EnrichConfig {
@@ -183,6 +212,8 @@ impl Default for EnrichConfig {
             pod_logs_dir: PathBuf::from("/var/log/pods"),
             node_name: None,
             selection: Selection::default(),
+            kube_api: false,
+            pod_store: None,
         }
     }
 }
@@ -193,6 +224,16 @@ pub type InterestSink = Box<dyn FnMut(u32, bool) + Send>;
 struct Kubernetes {
     pods: pods::PodDirectory,
     node_name: Option<String>,
+    /// This node's pods as the API describes them (`--kube-api`), filled by its watcher.
+    api: Option<Arc<PodStore>>,
+    /// The store's generation when the processes' pods were last read from it.
+    api_generation: u64,
+}
+
+impl Kubernetes {
+    fn api_pod(&self, pod: Option<&PodInfo>) -> Option<Arc<PodMeta>> {
+        self.api.as_ref()?.get(&pod?.uid)
+    }
 }
 
 pub struct ProcessCache {
@@ -224,6 +265,8 @@ impl ProcessCache {
             kube: Kubernetes {
                 pods: pods::PodDirectory::new(config.pod_logs_dir),
                 node_name: config.node_name,
+                api_generation: config.pod_store.as_ref().map_or(0, |s| s.generation()),
+                api: config.pod_store,
             },
             processes: HashMap::new(),
             departed: std::collections::VecDeque::new(),
@@ -305,6 +348,7 @@ impl ProcessCache {
                 // Over the cache's bound: described without the (cached) pod lookup.
                 let mut info = ProcessInfo::read(pid, &self.host_name, None);
                 info.node_name = self.kube.node_name.clone();
+                info.pod_api = None;
                 Arc::new(info)
             })
     }
@@ -332,7 +376,46 @@ impl ProcessCache {
         }
     }
 
-    pub fn enrich(&self, span: &mut Span) {
+    /// Re-reads the processes' pods from the API store when it changed since last time: a
+    /// pod's metadata may arrive after its first process was seen (the tracer just started,
+    /// or the watch lags), and labels change. The selection is decided again with them, so a
+    /// process left out for want of labels is let in (and the kernel told) once they arrive.
+    pub fn refresh_pods(&mut self) {
+        let Some(store) = &self.kube.api else {
+            return;
+        };
+        let generation = store.generation();
+        if generation == self.kube.api_generation {
+            return;
+        }
+        self.kube.api_generation = generation;
+        let changed: Vec<(u32, Arc<ProcessInfo>)> = self
+            .processes
+            .iter()
+            .filter_map(|(pid, info)| {
+                let pod = info.pod.as_deref()?;
+                let now = store.get(&pod.uid);
+                let same = match (&now, &info.pod_api) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if same {
+                    return None;
+                }
+                let mut updated = ProcessInfo::clone(info);
+                updated.set_pod_api(now);
+                Some((*pid, Arc::new(updated)))
+            })
+            .collect();
+        for (pid, info) in changed {
+            self.decide(pid, &info);
+            self.processes.insert(pid, info);
+        }
+    }
+
+    pub fn enrich(&mut self, span: &mut Span) {
+        self.refresh_pods();
         span.process = self.get(span.process.pid);
     }
 }

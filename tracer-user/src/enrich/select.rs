@@ -8,7 +8,10 @@
 //! contain `*`, `?` or `[`. The executable is its full path or its file name; the command line is
 //! the one exported (secrets redacted). Container patterns match the container id by prefix (the
 //! 12-digit short id works), or the Kubernetes container name exactly, or either as a glob.
-//! Namespace patterns match the Kubernetes namespace exactly or as a glob.
+//! Namespace patterns match the Kubernetes namespace exactly or as a glob. Pod label rules are
+//! `KEY=VALUE`: the pod (as the Kubernetes API describes it, `--kube-api`) has label KEY with
+//! value VALUE, exactly or as a glob; a process whose pod's labels are not (yet) known matches
+//! no label rule, and is decided again when they arrive.
 
 use globset::{Glob, GlobMatcher};
 use thiserror::Error;
@@ -16,10 +19,14 @@ use thiserror::Error;
 use super::ProcessInfo;
 
 #[derive(Debug, Error)]
-#[error("bad selection pattern {pattern:?}: {source}")]
-pub struct PatternError {
-    pattern: String,
-    source: globset::Error,
+pub enum PatternError {
+    #[error("bad selection pattern {pattern:?}: {source}")]
+    Glob {
+        pattern: String,
+        source: globset::Error,
+    },
+    #[error("bad pod label rule {0:?}: expected KEY=VALUE, e.g. app.kubernetes.io/name=my-agent")]
+    Label(String),
 }
 
 #[derive(Clone, Debug)]
@@ -31,7 +38,7 @@ enum Pattern {
 impl Pattern {
     fn parse(pattern: &str) -> Result<Self, PatternError> {
         if pattern.contains(['*', '?', '[']) {
-            let glob = Glob::new(pattern).map_err(|source| PatternError {
+            let glob = Glob::new(pattern).map_err(|source| PatternError::Glob {
                 pattern: pattern.to_string(),
                 source,
             })?;
@@ -74,6 +81,16 @@ pub struct SelectionRules {
     pub exclude_container: Vec<String>,
     pub include_namespace: Vec<String>,
     pub exclude_namespace: Vec<String>,
+    /// `KEY=VALUE`.
+    pub include_pod_label: Vec<String>,
+    pub exclude_pod_label: Vec<String>,
+}
+
+impl SelectionRules {
+    /// Rules that need the pod's labels, hence the Kubernetes API.
+    pub fn uses_pod_labels(&self) -> bool {
+        !self.include_pod_label.is_empty() || !self.exclude_pod_label.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -82,6 +99,7 @@ struct Rules {
     cmdline: Vec<Pattern>,
     container: Vec<Pattern>,
     namespace: Vec<Pattern>,
+    pod_label: Vec<(String, Pattern)>,
 }
 
 impl Rules {
@@ -90,17 +108,29 @@ impl Rules {
         cmdline: &[String],
         container: &[String],
         namespace: &[String],
+        pod_label: &[String],
     ) -> Result<Self, PatternError> {
         let all = |v: &[String]| {
             v.iter()
                 .map(|p| Pattern::parse(p))
                 .collect::<Result<Vec<_>, _>>()
         };
+        let labels = pod_label
+            .iter()
+            .map(|rule| {
+                let (key, value) = rule
+                    .split_once('=')
+                    .filter(|(k, _)| !k.trim().is_empty())
+                    .ok_or_else(|| PatternError::Label(rule.clone()))?;
+                Ok((key.trim().to_string(), Pattern::parse(value.trim())?))
+            })
+            .collect::<Result<Vec<_>, PatternError>>()?;
         Ok(Rules {
             exe: all(exe)?,
             cmdline: all(cmdline)?,
             container: all(container)?,
             namespace: all(namespace)?,
+            pod_label: labels,
         })
     }
 
@@ -109,6 +139,7 @@ impl Rules {
             && self.cmdline.is_empty()
             && self.container.is_empty()
             && self.namespace.is_empty()
+            && self.pod_label.is_empty()
     }
 
     fn matches(&self, p: &ProcessInfo) -> bool {
@@ -138,7 +169,15 @@ impl Rules {
                     .is_some_and(|n| r.exact(n))
             })
         };
-        exe || cmdline() || container() || namespace()
+        let pod_label = || {
+            self.pod_label.iter().any(|(key, value)| {
+                p.pod_api
+                    .as_ref()
+                    .and_then(|pod| pod.labels.get(key))
+                    .is_some_and(|v| value.exact(v))
+            })
+        };
+        exe || cmdline() || container() || namespace() || pod_label()
     }
 }
 
@@ -156,12 +195,14 @@ impl Selection {
                 &rules.include_cmdline,
                 &rules.include_container,
                 &rules.include_namespace,
+                &rules.include_pod_label,
             )?,
             exclude: Rules::parse(
                 &rules.exclude_exe,
                 &rules.exclude_cmdline,
                 &rules.exclude_container,
                 &rules.exclude_namespace,
+                &rules.exclude_pod_label,
             )?,
         })
     }
@@ -181,7 +222,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::enrich::pods::PodInfo;
+    use crate::enrich::{pods::PodInfo, PodMeta};
 
     fn process(exe: &str, cmd: &str, container: Option<&str>, ns: Option<&str>) -> ProcessInfo {
         let mut p = ProcessInfo::unknown(7);
@@ -318,6 +359,68 @@ mod tests {
             let s = select(rules);
             let got = [s.traces(&py), s.traces(&node), s.traces(&curl)];
             assert_eq!(&got, expected, "case {i}: {s:?}");
+        }
+    }
+
+    #[test]
+    fn pod_label_rules_match_the_labels_the_api_gave() {
+        let labels = |pairs: &[(&str, &str)]| {
+            Some(Arc::new(PodMeta {
+                labels: pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }))
+        };
+        let mut agent = process("/usr/bin/python3", "python3 a.py", None, Some("ai"));
+        agent.pod_api = labels(&[("app.kubernetes.io/name", "research-agent"), ("team", "ml")]);
+        let mut batch = process("/usr/bin/python3", "python3 b.py", None, Some("ai"));
+        batch.pod_api = labels(&[("app.kubernetes.io/name", "nightly-eval")]);
+        // In a pod whose labels the API has not given (yet), and outside any pod.
+        let unknown = process("/usr/bin/python3", "python3 c.py", None, Some("ai"));
+        let host = process("/usr/bin/python3", "python3 d.py", None, None);
+        type Case = (fn(&mut SelectionRules), [bool; 4]);
+        let cases: &[Case] = &[
+            (
+                |r| r.include_pod_label = vec!["team=ml".into()],
+                [true, false, false, false],
+            ),
+            (
+                |r| r.include_pod_label = vec!["app.kubernetes.io/name=*-agent".into()],
+                [true, false, false, false],
+            ),
+            (
+                |r| r.include_pod_label = vec!["team=m".into()],
+                [false, false, false, false],
+            ),
+            (
+                |r| r.exclude_pod_label = vec!["app.kubernetes.io/name=nightly-eval".into()],
+                [true, false, true, true],
+            ),
+            // A key with an empty value is a rule on the empty value, not on the key alone.
+            (
+                |r| r.include_pod_label = vec!["team=".into()],
+                [false, false, false, false],
+            ),
+        ];
+        for (i, (rules, expected)) in cases.iter().enumerate() {
+            let s = select(rules);
+            let got = [
+                s.traces(&agent),
+                s.traces(&batch),
+                s.traces(&unknown),
+                s.traces(&host),
+            ];
+            assert_eq!(&got, expected, "case {i}: {s:?}");
+        }
+        for bad in ["team", "=ml", ""] {
+            let rules = SelectionRules {
+                exclude_pod_label: vec![bad.into()],
+                ..Default::default()
+            };
+            let err = Selection::new(&rules).unwrap_err().to_string();
+            assert!(err.contains("KEY=VALUE"), "{bad:?}: {err}");
         }
     }
 

@@ -100,12 +100,18 @@ fn process_header(span: &Span, style: &Style) -> String {
     )
 }
 
-/// The process as a user finds it: host pid, the pid its namespace shows, its container.
+/// The process as a user finds it: host pid, the pid its namespace shows, its pod
+/// (namespace/name, when known), its container.
 fn who(span: &Span) -> String {
     let p = &span.process;
     let mut who = format!("pid {}", p.pid);
     if let Some(ns) = p.namespace_pid {
         who.push_str(&format!(" (ns pid {ns})"));
+    }
+    if let Some(pod) = p.pod.as_deref() {
+        if let (Some(ns), Some(name)) = (&pod.namespace, &pod.name) {
+            who.push_str(&format!(" pod {ns}/{name}"));
+        }
     }
     if let Some(id) = &p.container_id {
         who.push_str(&format!(" container {}", &id[..12.min(id.len())]));
@@ -346,6 +352,45 @@ mod tests {
              \x20  ├─ execute_tool t  2ms\n\
              \x20     ├─ exec sh  sh -c  ✗ exit 3  2ms\n\
              ■ run completed  bot  1 calls  $0.001500  2ms\n"
+        );
+    }
+
+    #[test]
+    fn headers_name_the_pod_when_known() {
+        let style = Style { color: false };
+        let mut process = ProcessInfo::unknown(4242);
+        process.executable_name = "python3".into();
+        process.namespace_pid = Some(1);
+        process.container_id = Some("c0de".repeat(16));
+        process.pod = Some(Arc::new(crate::enrich::PodInfo {
+            uid: "u-1".into(),
+            name: Some("research-agent-5d78c9869d-x7k2p".into()),
+            namespace: Some("agents".into()),
+            container_name: Some("agent".into()),
+        }));
+        let mut call = span("chat m", 2, None, Vec::new());
+        call.process = Arc::new(process.clone());
+        assert_eq!(
+            process_header(&call, &style),
+            "● python3 pid 4242 (ns pid 1) pod agents/research-agent-5d78c9869d-x7k2p \
+             container c0dec0dec0de "
+        );
+        let mut step = span("chat m", 3, Some(1), Vec::new());
+        step.process = Arc::new(process.clone());
+        assert!(run_header(&step, &style)
+            .contains("pid 4242 (ns pid 1) pod agents/research-agent-5d78c9869d-x7k2p container"));
+
+        // A pod whose name is not known (no log tree, no API) is not shown half-named.
+        process.pod = Some(Arc::new(crate::enrich::PodInfo {
+            uid: "u-1".into(),
+            name: None,
+            namespace: None,
+            container_name: None,
+        }));
+        call.process = Arc::new(process);
+        assert_eq!(
+            process_header(&call, &style),
+            "● python3 pid 4242 (ns pid 1) container c0dec0dec0de "
         );
     }
 }

@@ -410,6 +410,17 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
             }
         }
     }
+    if let Some(api) = &process.pod_api {
+        for (key, value) in api.workload.attributes() {
+            attributes.push(kv(key, &AttrValue::Str(value.to_string())));
+        }
+        for (key, value) in &api.labels {
+            attributes.push(kv(
+                &format!("k8s.pod.label.{key}"),
+                &AttrValue::Str(value.clone()),
+            ));
+        }
+    }
     if let Some(node) = &process.node_name {
         attributes.push(kv("k8s.node.name", &AttrValue::Str(node.clone())));
     }
@@ -794,6 +805,16 @@ mod tests {
             namespace: Some("ai".into()),
             container_name: None,
         }));
+        p.pod_api = Some(std::sync::Arc::new(crate::enrich::PodMeta {
+            uid: "u-1".into(),
+            labels: [("app.kubernetes.io/name".to_string(), "agent".to_string())].into(),
+            workload: crate::enrich::kube_api::Workload {
+                replicaset: Some("agent-5d78c9869d".into()),
+                deployment: Some("agent".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
         let config = OtlpConfig {
             endpoint: String::new(),
             protocol: Protocol::Grpc,
@@ -827,5 +848,18 @@ mod tests {
         assert_eq!(get("k8s.namespace.name"), Some(V::StringValue("ai".into())));
         assert_eq!(get("k8s.node.name"), Some(V::StringValue("node-a".into())));
         assert_eq!(get("k8s.container.name"), None, "unknown, not guessed");
+        assert_eq!(
+            get("k8s.pod.label.app.kubernetes.io/name"),
+            Some(V::StringValue("agent".into()))
+        );
+        assert_eq!(
+            get("k8s.replicaset.name"),
+            Some(V::StringValue("agent-5d78c9869d".into()))
+        );
+        assert_eq!(
+            get("k8s.deployment.name"),
+            Some(V::StringValue("agent".into()))
+        );
+        assert_eq!(get("k8s.statefulset.name"), None);
     }
 }

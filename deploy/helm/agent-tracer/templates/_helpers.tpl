@@ -33,11 +33,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* The tracer's config file: the chart's named values, then `config` (which wins). */}}
 {{- define "agent-tracer.config" -}}
 {{- $cfg := dict -}}
+{{- $labelRules := or (get (.Values.selection.include | default dict) "pod_label") (get (.Values.selection.exclude | default dict) "pod_label") -}}
+{{- if and $labelRules (not .Values.kubeApi.enabled) -}}
+{{- fail "selection pod_label rules need kubeApi.enabled: pod labels come from the Kubernetes API" -}}
+{{- end -}}
 {{- if .Values.otlp.endpoint }}{{ $_ := set $cfg "otlp_endpoint" .Values.otlp.endpoint }}{{ end -}}
 {{- if .Values.otlp.protocol }}{{ $_ := set $cfg "otlp_protocol" .Values.otlp.protocol }}{{ end -}}
 {{- if .Values.captureContent }}{{ $_ := set $cfg "capture_content" true }}{{ end -}}
 {{- $_ := set $cfg "health_listen" (printf "0.0.0.0:%v" .Values.health.port) -}}
-{{- range $kind := list "exe" "cmdline" "container" "namespace" -}}
+{{- if .Values.kubeApi.enabled }}{{ $_ := set $cfg "kube_api" true }}{{ end -}}
+{{- range $kind := list "exe" "cmdline" "container" "namespace" "pod_label" -}}
 {{- with (get ($.Values.selection.include | default dict) $kind) }}{{ $_ := set $cfg (printf "include_%s" $kind) . }}{{ end -}}
 {{- with (get ($.Values.selection.exclude | default dict) $kind) }}{{ $_ := set $cfg (printf "exclude_%s" $kind) . }}{{ end -}}
 {{- end -}}
