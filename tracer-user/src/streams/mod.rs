@@ -269,6 +269,7 @@ mod tests {
             call_len,
             offset,
             stream_offset,
+            cookie: 0,
             data: Bytes::from_static(data),
         })
     }
