@@ -104,8 +104,12 @@ fn locate(image: &Image<'_>) -> Result<Option<Located>, LocateError> {
         f.dedup();
         f
     };
-    let write = pick(image, WRITE_WORKER, naming(0), naming(2))?;
-    let read = pick(image, READ_WORKER, naming(1), naming(3))?;
+    let (writers, readers) = (naming(0), naming(1));
+    // One more decoding pass, for the calls into every candidate of both workers.
+    let starts: Vec<u64> = writers.iter().chain(&readers).map(|c| c.start).collect();
+    let entries = image.references_to(&starts);
+    let write = pick(image, WRITE_WORKER, writers, naming(2), &entries)?;
+    let read = pick(image, READ_WORKER, readers, naming(3), &entries)?;
     // 3.2 added the `flags` argument before `written`.
     let write_program = if with_flags {
         "ssl_write_ex2"
@@ -148,9 +152,8 @@ fn pick(
     worker: &str,
     candidates: Vec<Range<u64>>,
     wrappers: Vec<Range<u64>>,
+    entries: &[super::Xref],
 ) -> Result<u64, LocateError> {
-    let starts: Vec<u64> = candidates.iter().map(|c| c.start).collect();
-    let entries = image.references_to(&starts);
     let called: Vec<&Range<u64>> = candidates
         .iter()
         .filter(|c| {
