@@ -426,12 +426,7 @@ async fn a_wrongly_inferred_hook_is_detached_and_reported() -> Result<()> {
     let attached = link_ids(running.pid());
     let ex = release_client(child).await?;
     for function in ["BIO_write", "BIO_read"] {
-        let line = wait_for_log(
-            name,
-            &["inferred TLS hook rejected and detached", function],
-            SPAN_WAIT,
-        )
-        .await?;
+        let line = wait_for_log(name, &["inferred TLS hook rejected", function], SPAN_WAIT).await?;
         // The report shows what was judged: BIO_write's first bytes are the ClientHello record;
         // BIO_read's first are whatever the program read through a BIO first (the CA file's
         // DER, then the server's records).
@@ -442,8 +437,9 @@ async fn a_wrongly_inferred_hook_is_detached_and_reported() -> Result<()> {
         };
         assert!(line.contains(expected), "{line}");
     }
-    // Both functions' entry and return probes are gone from the kernel.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Both functions' entry and return probes are gone from the kernel (the attacher detaches
+    // between analyses, which take seconds for a large debug build of another program).
+    let deadline = Instant::now() + Duration::from_secs(60);
     let gone = loop {
         let now = link_ids(running.pid());
         let gone = attached.difference(&now).count();

@@ -223,39 +223,25 @@ impl Attacher {
         placed
     }
 
-    /// Detaches inferred hooks whose first bytes did not parse, and reports both verdicts.
+    /// Detaches inferred hooks whose first bytes did not parse (the reader reported them).
     fn settle_inferred(&mut self) {
-        let (rejected, trusted) = {
+        let rejected = {
             let mut v = self.validator.lock().unwrap_or_else(|e| e.into_inner());
-            (v.take_rejected(), v.take_trusted())
+            v.take_rejected()
         };
-        for (_, hook, protocol) in trusted {
-            Health::add(&self.health.inferred_hooks_trusted, 1);
-            info!(
-                binary = hook.binary,
-                function = hook.function,
-                "inferred TLS hook trusted: its first bytes parsed as {protocol}"
-            );
-        }
         for r in rejected {
-            Health::add(&self.health.inferred_hooks_rejected, 1);
-            let preview: String = r
-                .first
-                .iter()
-                .take(16)
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            warn!(
-                binary = r.hook.binary,
-                function = r.hook.function,
-                first_bytes = preview,
-                "inferred TLS hook rejected and detached: its first bytes are not HTTP or WebSocket"
-            );
-            for (program, link) in self.inferred_links.remove(&r.cookie).unwrap_or_default() {
+            let links = self.inferred_links.remove(&r.cookie).unwrap_or_default();
+            let n = links.len();
+            for (program, link) in links {
                 if let Err(e) = self.capture.detach(&program, link) {
-                    debug!("detaching {program}: {e:#}");
+                    warn!("detaching {program} from {}: {e:#}", r.hook.binary);
                 }
             }
+            info!(
+                binary = r.hook.binary,
+                function = r.hook.function,
+                "detached {n} probes of a rejected inferred TLS hook"
+            );
         }
     }
 

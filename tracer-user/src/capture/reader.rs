@@ -45,6 +45,34 @@ pub async fn read_ring_buffer(
     }
 }
 
+/// Logs and counts inferred hooks' verdicts when they are made (the attacher, which may be busy
+/// analysing a large binary, detaches rejected hooks later; their records are dropped already).
+fn report_verdicts(validator: &mut Validator, health: &Health) {
+    for (_, hook, protocol) in validator.take_trusted() {
+        Health::add(&health.inferred_hooks_trusted, 1);
+        tracing::info!(
+            binary = hook.binary,
+            function = hook.function,
+            "inferred TLS hook trusted: its first bytes parsed as {protocol}"
+        );
+    }
+    for r in validator.peek_rejected_new() {
+        Health::add(&health.inferred_hooks_rejected, 1);
+        let preview: String = r
+            .first
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        tracing::warn!(
+            binary = r.hook.binary,
+            function = r.hook.function,
+            first_bytes = preview,
+            "inferred TLS hook rejected: its first bytes are not HTTP or WebSocket; detaching it"
+        );
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     events: &mpsc::Sender<CaptureEvent>,
@@ -70,7 +98,11 @@ fn drain(
                 let events_now = match event {
                     // An inferred hook's records wait for its first bytes' verdict.
                     CaptureEvent::Data(chunk) if chunk.cookie != 0 => match validator.lock() {
-                        Ok(mut v) => v.check(chunk).into_iter().map(CaptureEvent::Data).collect(),
+                        Ok(mut v) => {
+                            let out = v.check(chunk);
+                            report_verdicts(&mut v, health);
+                            out.into_iter().map(CaptureEvent::Data).collect()
+                        }
                         Err(_) => Vec::new(),
                     },
                     event => vec![event],

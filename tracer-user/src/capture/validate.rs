@@ -161,6 +161,8 @@ pub struct Validator {
     hooks: HashMap<u32, (InferredHook, State)>,
     next: u32,
     rejected: Vec<Rejection>,
+    /// How many of `rejected` were already reported by [`Validator::peek_rejected_new`].
+    reported: usize,
     /// Cookies newly trusted, for the attacher's log.
     trusted: Vec<(u32, InferredHook, &'static str)>,
     /// Records dropped: from rejected hooks, or held beyond `MAX_HELD`.
@@ -245,9 +247,20 @@ impl Validator {
         }
     }
 
-    /// Hooks rejected since the last call, for the attacher to detach and report.
+    /// Hooks rejected since the last call, for the attacher to detach.
     pub fn take_rejected(&mut self) -> Vec<Rejection> {
+        self.reported = 0;
         std::mem::take(&mut self.rejected)
+    }
+
+    /// Hooks rejected and not yet reported (they stay queued for [`take_rejected`]), for the
+    /// reader to report at once.
+    ///
+    /// [`take_rejected`]: Self::take_rejected
+    pub fn peek_rejected_new(&mut self) -> Vec<Rejection> {
+        let new = self.rejected[self.reported.min(self.rejected.len())..].to_vec();
+        self.reported = self.rejected.len();
+        new
     }
 
     /// Hooks trusted since the last call, with the protocol their first bytes parsed as.
@@ -367,6 +380,9 @@ mod tests {
         assert!(v
             .check(chunk(c, 0, b"\x17\x03\x03\x00\x45\x00\x00\x00\x00\x00"))
             .is_empty());
+        // Reported once at once, still queued for the attacher to detach.
+        assert_eq!(v.peek_rejected_new().len(), 1);
+        assert!(v.peek_rejected_new().is_empty());
         let rejected = v.take_rejected();
         assert_eq!(rejected.len(), 1);
         assert_eq!((rejected[0].cookie, &rejected[0].hook), (c, &hook()));
