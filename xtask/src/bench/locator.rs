@@ -135,8 +135,8 @@ fn render(measured: &[Measured]) -> String {
     let mut s = format!(
         "{SECTION}\n\nMeasured {} on {} with `cargo xtask bench --only locator`.\n\n\
          `agent-tracer locate BINARY` runs what the attacher runs on an executable without TLS \
-         symbols: the static-OpenSSL locator (strings, one decoding pass over all code for the \
-         references to them, function bounds from `.eh_frame`), through the on-disk cache keyed \
+         symbols: the static-OpenSSL locator (strings, two decoding passes over all code for the \
+         references to them and the calls into the candidates, function bounds from `.eh_frame`), through the on-disk cache keyed \
          by build id. *First* is with an empty cache, *cached* the same command again (open, map, \
          read the build id, read the cached answer). Times are the command's own, from opening \
          the file to the answer; each is the median of {RUNS} runs (each with a fresh cache). \
@@ -156,6 +156,11 @@ fn render(measured: &[Measured]) -> String {
             m.outcome
         ));
     }
+    s.push_str(
+        "\nnode exports its OpenSSL's symbols, so the tracer never runs the locator on it; it is \
+         here as the largest binary at hand. Its build inlines `ssl_write_internal` into \
+         `SSL_write` and `SSL_write_ex`, and the locator refuses to guess between them.\n",
+    );
     s.push('\n');
     for m in measured {
         s.push_str(&format!(
