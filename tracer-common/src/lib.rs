@@ -163,6 +163,9 @@ pub enum TlsFunction {
     GoTlsRead = 5,
     GnutlsRecordSend = 6,
     GnutlsRecordRecv = 7,
+    /// `(ssl, buf, num, flags, size_t *written)`: `SSL_write_ex2`, and OpenSSL 3.2+'s internal
+    /// `ssl_write_internal`, hooked where static OpenSSL has no symbols.
+    SslWriteEx2 = 8,
 }
 
 /// Header of every ring-buffer record; `chunk_len` payload bytes follow it directly.
@@ -196,6 +199,10 @@ pub struct RecordHeader {
     pub source: u32,
     /// The socket's file descriptor when known, else -1.
     pub fd: i32,
+    /// The attach cookie of the uprobe that produced a TLS record: userspace gives each hook
+    /// placed by inference (no symbol) its own, to validate its first bytes; 0 otherwise.
+    pub cookie: u32,
+    pub _pad: u32,
 }
 
 /// A socket, per process.

@@ -297,6 +297,8 @@ fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body: SocketReco
             stream_offset: 0,
             source: Source::Socket as u32,
             fd: fd as i32,
+            cookie: 0,
+            _pad: 0,
         },
         body,
     });
@@ -852,6 +854,8 @@ fn emit_client_hello(pid_tgid: u64, fd: u32, buf: u64, len: u64, timestamp_ns: u
         stream_offset: 0,
         source: Source::Socket as u32,
         fd: fd as i32,
+        cookie: 0,
+        _pad: 0,
     };
     emit_record(header, buf, len);
 }
@@ -939,6 +943,8 @@ fn finish_tls(key: FdKey, pid_tgid: u64) {
             stream_offset: 0,
             source: Source::Socket as u32,
             fd: key.fd as i32,
+            cookie: 0,
+            _pad: 0,
         },
         body: totals,
     });

@@ -285,7 +285,7 @@ struct Found {
 /// TLS stack is there but no hook could be placed (its traffic is reported encrypted-only).
 fn how_hooked(analysis: &Analysis) -> Option<(String, &'static str)> {
     let hooked = !analysis.hooks.is_empty() || analysis.go.is_some();
-    let method = match analysis.hook_method {
+    let method = match analysis.method {
         HookMethod::Symbol => "symbol",
         HookMethod::Inferred => "inferred",
     };
@@ -327,15 +327,15 @@ mod tests {
         let symbol = Analysis {
             stack: Some(TlsStack::OpenSsl),
             hooks: vec![crate::capture::targets::Hook {
-                program: "ssl_write",
-                symbol: "SSL_write",
+                program: "ssl_write".into(),
+                symbol: "SSL_write".into(),
                 offset: 1,
             }],
             ..Analysis::default()
         };
         assert_eq!(how_hooked(&symbol), Some(("OpenSsl".into(), "symbol")));
         let inferred = Analysis {
-            hook_method: HookMethod::Inferred,
+            method: HookMethod::Inferred,
             ..symbol.clone()
         };
         assert_eq!(how_hooked(&inferred), Some(("OpenSsl".into(), "inferred")));

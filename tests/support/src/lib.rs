@@ -13,6 +13,7 @@ pub mod otlp;
 pub mod phoenix;
 pub mod prometheus;
 pub mod python;
+pub mod stripped;
 pub mod tls;
 pub mod tracer;
 

@@ -5,7 +5,7 @@
 //! Results are cached per file identity (device, inode, size, mtime): a 100 MB executable is
 //! analysed once, however many processes run it.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, os::unix::fs::MetadataExt, path::Path, sync::Arc};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
@@ -31,12 +31,24 @@ impl FileId {
     }
 }
 
-/// A probe to place: program name and file offset.
+/// A probe to place: program name and file offset. `symbol` names the function (its symbol,
+/// or for an inferred hook the library's own name for it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hook {
-    pub program: &'static str,
-    pub symbol: &'static str,
+    pub program: Cow<'static, str>,
+    pub symbol: Cow<'static, str>,
     pub offset: u64,
+}
+
+/// How a binary's hooks were found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookMethod {
+    /// From the symbol table (or Go's function table): exact.
+    #[default]
+    Symbol,
+    /// Inferred by a locator (`locate/`) in a binary without symbols: attached with cookies and
+    /// trusted only once the first captured bytes parse (`validate.rs`).
+    Inferred,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,26 +61,18 @@ pub enum TlsStack {
     BoringSsl,
 }
 
-/// How a binary's hooks were found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum HookMethod {
-    /// From the symbols it carries (dynamic or static symbol table, Go's pclntab).
-    #[default]
-    Symbol,
-    /// Located without symbols, from what the library's code must contain.
-    Inferred,
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct Analysis {
     pub stack: Option<TlsStack>,
     pub hooks: Vec<Hook>,
-    /// How `hooks` (or `go`) were found; meaningless when there are none.
-    pub hook_method: HookMethod,
     /// Go functions, attached all or nothing by the Go module (entry and every RET).
     pub go: Option<super::gotls::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
     pub unsupported: Option<&'static str>,
+    /// How `hooks` (or `go`) were found; meaningless when there are none.
+    pub method: HookMethod,
+    /// For inferred hooks: what the locator says the stack is ("OpenSSL 3.6.3 (static, ...)").
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -106,6 +110,7 @@ const GNUTLS_HOOKS: &[(&str, &str)] = &[
 pub const TLS_PROGRAMS: &[&str] = &[
     "ssl_write",
     "ssl_write_ex",
+    "ssl_write_ex2",
     "ssl_read",
     "ssl_read_ex",
     "ssl_write_ret",
@@ -135,6 +140,15 @@ pub fn is_tls_library_name(name: &str) -> bool {
 /// Analyses a file. `executable` enables the unsupported-stack scan (libraries only matter
 /// when they export hooks).
 pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
+    analyse_cached(path, executable, &super::locate::DiskCache::none())
+}
+
+/// [`analyse`], with the symbol-less locators' results kept in `cache` across restarts.
+pub fn analyse_cached(
+    path: &Path,
+    executable: bool,
+    cache: &super::locate::DiskCache,
+) -> Result<Analysis, TargetError> {
     let display = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| TargetError::Io {
         path: display.clone(),
@@ -187,8 +201,8 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             .iter()
             .filter_map(|(program, symbol)| {
                 offsets.get(symbol).map(|offset| Hook {
-                    program,
-                    symbol,
+                    program: Cow::Borrowed(*program),
+                    symbol: Cow::Borrowed(*symbol),
                     offset: *offset,
                 })
             })
@@ -197,20 +211,20 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     if offsets.contains_key("SSL_write") && offsets.contains_key("SSL_read") {
         analysis.stack = Some(TlsStack::OpenSsl);
         analysis.hooks = hooks_for(OPENSSL_HOOKS);
-        analysis.hook_method = HookMethod::Symbol;
+        analysis.method = HookMethod::Symbol;
     } else if offsets.contains_key("gnutls_record_send")
         && offsets.contains_key("gnutls_record_recv")
     {
         analysis.stack = Some(TlsStack::GnuTls);
         analysis.hooks = hooks_for(GNUTLS_HOOKS);
-        analysis.hook_method = HookMethod::Symbol;
+        analysis.method = HookMethod::Symbol;
     }
     if analysis.stack.is_none() && executable {
         match super::gotls::locate_in(&data) {
             Ok(Some(go)) => {
                 analysis.stack = Some(TlsStack::Go);
                 analysis.go = Some(go);
-                analysis.hook_method = HookMethod::Symbol;
+                analysis.method = HookMethod::Symbol;
                 return Ok(analysis);
             }
             Ok(None) => {}
@@ -238,16 +252,8 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             })
             .unwrap_or(false);
         if !links_tls {
-            match super::locate::boringssl::locate(&data) {
-                Ok(Some(found)) => {
-                    analysis.stack = Some(TlsStack::BoringSsl);
-                    analysis.hook_method = HookMethod::Inferred;
-                    analysis.hooks = boringssl_hooks(&found);
-                    return Ok(analysis);
-                }
-                Ok(None) => {}
-                // BoringSSL, but not where its anchors say: reported below as unhookable.
-                Err(e) => tracing::warn!("{}: BoringSSL not located: {e}", path.display()),
+            if let Some(found) = inferred(path, &data, cache) {
+                return Ok(found);
             }
             analysis.unsupported = UNSUPPORTED_MARKERS
                 .iter()
@@ -258,22 +264,44 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     Ok(analysis)
 }
 
-/// BoringSSL has no `_ex` calls; `SSL_write`/`SSL_read` return their byte counts like
-/// OpenSSL's, so the same kernel programs serve.
-fn boringssl_hooks(found: &super::locate::boringssl::BoringSslHooks) -> Vec<Hook> {
-    [
-        ("ssl_write", "SSL_write", found.ssl_write),
-        ("ssl_write_ret", "SSL_write", found.ssl_write),
-        ("ssl_read", "SSL_read", found.ssl_read),
-        ("ssl_read_ret", "SSL_read", found.ssl_read),
-    ]
-    .into_iter()
-    .map(|(program, symbol, offset)| Hook {
-        program,
-        symbol,
-        offset,
+/// Hooks the locators infer for a binary without TLS symbols; `None` when none applies.
+fn inferred(path: &Path, data: &[u8], cache: &super::locate::DiskCache) -> Option<Analysis> {
+    use super::locate::{locate, Outcome};
+    let id = FileId::of(path).ok()?;
+    let found = match locate(data, &id, cache) {
+        Outcome::Found(found) => found,
+        Outcome::Failed { locator, reason } => {
+            tracing::info!(
+                "{}: {locator} present but not located: {reason}",
+                path.display()
+            );
+            return None;
+        }
+        Outcome::NotPresent => return None,
+    };
+    let stack = match found.kind.as_str() {
+        "openssl" => TlsStack::OpenSsl,
+        "boringssl" => TlsStack::BoringSsl,
+        other => {
+            tracing::debug!("{}: no TlsStack for {other}", path.display());
+            return None;
+        }
+    };
+    Some(Analysis {
+        stack: Some(stack),
+        hooks: found
+            .hooks
+            .into_iter()
+            .map(|h| Hook {
+                program: Cow::Owned(h.program),
+                symbol: Cow::Owned(h.function),
+                offset: h.offset,
+            })
+            .collect(),
+        method: HookMethod::Inferred,
+        description: Some(found.stack),
+        ..Analysis::default()
     })
-    .collect()
 }
 
 /// The file offset of a symbol's address (uprobes attach by file offset).
@@ -286,9 +314,18 @@ fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u
 }
 
 /// Analyses, once per file identity.
-#[derive(Default)]
 pub struct TargetCache {
     analyses: HashMap<FileId, Arc<Analysis>>,
+    disk: super::locate::DiskCache,
+}
+
+impl Default for TargetCache {
+    fn default() -> Self {
+        TargetCache {
+            analyses: HashMap::new(),
+            disk: super::locate::DiskCache::from_env(),
+        }
+    }
 }
 
 impl TargetCache {
@@ -301,7 +338,7 @@ impl TargetCache {
         if let Some(a) = self.analyses.get(&id) {
             return Ok(a.clone());
         }
-        let analysis = Arc::new(analyse(path, executable)?);
+        let analysis = Arc::new(analyse_cached(path, executable, &self.disk)?);
         self.analyses.insert(id, analysis.clone());
         Ok(analysis)
     }
@@ -316,7 +353,7 @@ mod tests {
         let lib = Path::new("/lib/x86_64-linux-gnu/libssl.so.3");
         let a = analyse(lib, false).unwrap();
         assert_eq!(a.stack, Some(TlsStack::OpenSsl));
-        let symbols: Vec<&str> = a.hooks.iter().map(|h| h.symbol).collect();
+        let symbols: Vec<&str> = a.hooks.iter().map(|h| &*h.symbol).collect();
         assert_eq!(symbols.len(), 8, "{symbols:?}");
         assert!(a.hooks.iter().all(|h| h.offset > 0));
     }

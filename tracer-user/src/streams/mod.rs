@@ -276,6 +276,7 @@ mod tests {
             call_len,
             offset,
             stream_offset,
+            cookie: 0,
             data: Bytes::from_static(data),
         })
     }
