@@ -39,6 +39,9 @@ pub enum RecordKind {
     /// A process was created (`pid`: the creating process; `conn_id`: the new process's id).
     /// New threads are not reported.
     ProcessFork = 21,
+    /// A thread that sealed TLS records with an AEAD key (payload's `ssl`: the key object) is
+    /// now writing to socket `fd`: the records were for that socket (see `tracer-ebpf/src/aead.rs`).
+    AeadLink = 22,
 }
 
 /// `function` of a `ProcessExit` record: the process called `exit_group`, and `offset` holds
@@ -136,6 +139,13 @@ pub enum TlsFunction {
     GoTlsRead = 5,
     GnutlsRecordSend = 6,
     GnutlsRecordRecv = 7,
+    /// One TLS 1.3 record's inner plaintext (data, content type, zero padding) as an AEAD seal
+    /// or open saw it (aws-lc's `EVP_AEAD_CTX_seal_scatter` / `EVP_AEAD_CTX_open`, under rustls);
+    /// `conn_id` is the AEAD key object, `call_len` the record's length.
+    AeadTls13 = 8,
+    /// One TLS 1.2 application-data record's plaintext (the content type is in the AEAD's
+    /// additional data, and only application data is sent up).
+    AeadTls12 = 9,
 }
 
 /// Header of every ring-buffer record; `chunk_len` payload bytes follow it directly.
