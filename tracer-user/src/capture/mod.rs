@@ -7,6 +7,7 @@ pub mod compat;
 pub mod gotls;
 mod libssl;
 mod loader;
+pub mod locate;
 pub mod reader;
 mod stdio;
 mod system;

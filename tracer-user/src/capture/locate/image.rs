@@ -1,0 +1,438 @@
+//! An ELF image seen the way the loader maps it, with just what a symbol-less locator needs:
+//! virtual address <-> file offset, the NUL-terminated strings a library's code must reference
+//! (error strings, `__func__` names, source-file names), the x86-64 instructions that reference
+//! an address RIP-relatively or call it, and function bounds.
+//!
+//! Everything works from the program headers, not the section headers: `strip` keeps section
+//! headers, but `sstrip`-style tools and some packers drop them, while the loader itself only ever
+//! reads program headers. Function bounds come from the unwind tables (`.eh_frame`, found through
+//! `PT_GNU_EH_FRAME`), which x86-64 binaries keep even when stripped because C++ exceptions, Rust
+//! panics and every profiler need them.
+//!
+//! Instructions are only ever found by decoding (iced-x86), never by matching bytes of compiled
+//! code: byte patterns change with every compiler release, decoded operands do not.
+
+use std::{ops::Range, sync::OnceLock};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+use object::{Architecture, Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
+use thiserror::Error;
+
+/// No function in a TLS library comes near this; a larger unwind range means the table is
+/// damaged and is ignored.
+const MAX_FUNCTION_BYTES: u64 = 1 << 22;
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("not a readable ELF file: {0}")]
+    Elf(#[from] object::read::Error),
+    #[error("{0:?} code is not supported: the locator decodes x86-64 instructions")]
+    Architecture(Architecture),
+}
+
+/// A loaded segment (`PT_LOAD`).
+#[derive(Clone, Debug)]
+struct Segment {
+    vaddr: u64,
+    /// File-backed bytes (`p_filesz`); the rest of `p_memsz` is zero-filled and has no offset.
+    file_size: u64,
+    offset: u64,
+    executable: bool,
+    writable: bool,
+}
+
+impl Segment {
+    fn file_vaddrs(&self) -> Range<u64> {
+        self.vaddr..self.vaddr.saturating_add(self.file_size)
+    }
+}
+
+/// How an instruction refers to an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XrefKind {
+    /// A RIP-relative memory operand (`lea rdx, [rip+x]`, `mov rax, [rip+x]`): how x86-64
+    /// position-independent code takes the address of a string or a global; or, in code that
+    /// is not position-independent (e.g. node), an immediate operand (`mov edx, 0x2d4fb98`).
+    Address,
+    /// A direct `call`.
+    Call,
+    /// A direct `jmp` or conditional jump (tail calls compile to `jmp`).
+    Jump,
+}
+
+/// One instruction referring to an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Xref {
+    /// Virtual address of the referring instruction.
+    pub from: u64,
+    /// The address referred to.
+    pub to: u64,
+    pub kind: XrefKind,
+}
+
+/// A mapped (or read) ELF file. Cheap to create: only the headers are read until a question
+/// needs more.
+pub struct Image<'a> {
+    data: &'a [u8],
+    segments: Vec<Segment>,
+    build_id: Option<&'a [u8]>,
+    /// `.eh_frame` as a virtual address range, when the section headers name it (the fallback
+    /// when there is no `PT_GNU_EH_FRAME`).
+    eh_frame_section: Option<Range<u64>>,
+    eh_frame_hdr: Option<u64>,
+    functions: OnceLock<Vec<Range<u64>>>,
+}
+
+impl<'a> Image<'a> {
+    /// Reads the headers of an x86-64 ELF file held in `data` (normally a read-only mmap).
+    pub fn parse(data: &'a [u8]) -> Result<Self, ImageError> {
+        let elf = object::File::parse(data)?;
+        if elf.architecture() != Architecture::X86_64 {
+            return Err(ImageError::Architecture(elf.architecture()));
+        }
+        let segments = elf
+            .segments()
+            .filter_map(|s| {
+                let SegmentFlags::Elf { p_flags } = s.flags() else {
+                    return None;
+                };
+                let (offset, file_size) = s.file_range();
+                Some(Segment {
+                    vaddr: s.address(),
+                    file_size,
+                    offset,
+                    executable: p_flags & object::elf::PF_X != 0,
+                    writable: p_flags & object::elf::PF_W != 0,
+                })
+            })
+            .collect();
+        let eh_frame_section = elf
+            .section_by_name(".eh_frame")
+            .map(|s| s.address()..s.address() + s.size());
+        Ok(Image {
+            data,
+            segments,
+            build_id: elf.build_id().ok().flatten(),
+            eh_frame_section,
+            eh_frame_hdr: eh_frame_hdr_address(data),
+            functions: OnceLock::new(),
+        })
+    }
+
+    /// The whole file.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The linker's build id (`.note.gnu.build-id`): the same bytes mean the same build, whatever
+    /// the file is called or wherever it lives, so it is the best cache key there is.
+    pub fn build_id(&self) -> Option<&'a [u8]> {
+        self.build_id
+    }
+
+    /// The file offset of a virtual address: what a uprobe attaches to.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        let s = self.segment_of(vaddr)?;
+        Some(s.offset + (vaddr - s.vaddr))
+    }
+
+    /// The virtual address of a file offset (the first loaded segment holding it).
+    pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| (s.offset..s.offset + s.file_size).contains(&offset))
+            .map(|s| s.vaddr + (offset - s.offset))
+    }
+
+    /// Whether `vaddr` lies in file-backed executable code.
+    pub fn is_code(&self, vaddr: u64) -> bool {
+        self.segment_of(vaddr).is_some_and(|s| s.executable)
+    }
+
+    /// `len` bytes at `vaddr`, when they are all file-backed in one segment.
+    pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&'a [u8]> {
+        let s = self.segment_of(vaddr)?;
+        if vaddr.checked_add(len)? > s.vaddr + s.file_size {
+            return None;
+        }
+        let start = usize::try_from(s.offset + (vaddr - s.vaddr)).ok()?;
+        self.data
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    }
+
+    fn segment_of(&self, vaddr: u64) -> Option<&Segment> {
+        self.segments
+            .iter()
+            .find(|s| s.file_vaddrs().contains(&vaddr))
+    }
+
+    /// The addresses of every occurrence of `text` followed by a NUL in read-only loaded data:
+    /// the C string `text`, or a tail of a longer one (linkers merge "SSL_write" into
+    /// "ossl_SSL_write"; code taking the address of either points at these bytes).
+    pub fn strings(&self, text: &[u8]) -> Vec<u64> {
+        let mut needle = Vec::with_capacity(text.len() + 1);
+        needle.extend_from_slice(text);
+        needle.push(0);
+        let finder = memchr::memmem::Finder::new(&needle);
+        let mut found = Vec::new();
+        for s in self.segments.iter().filter(|s| !s.writable) {
+            let Some(bytes) = self.file_bytes(s) else {
+                continue;
+            };
+            found.extend(finder.find_iter(bytes).map(|at| s.vaddr + at as u64));
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    /// Like [`strings`](Self::strings), but only strings that start where `text` starts (the
+    /// byte before is a NUL): for short names that are tails of unrelated longer strings.
+    pub fn whole_strings(&self, text: &[u8]) -> Vec<u64> {
+        self.strings(text)
+            .into_iter()
+            .filter(|at| {
+                at.checked_sub(1)
+                    .and_then(|before| self.bytes_at(before, 1))
+                    .is_none_or(|b| b[0] == 0)
+            })
+            .collect()
+    }
+
+    /// Whether the bytes occur anywhere in the file (e.g. a version banner).
+    pub fn contains(&self, bytes: &[u8]) -> bool {
+        memchr::memmem::find(self.data, bytes).is_some()
+    }
+
+    fn file_bytes(&self, s: &Segment) -> Option<&'a [u8]> {
+        let start = usize::try_from(s.offset).ok()?;
+        let end = start.checked_add(usize::try_from(s.file_size).ok()?)?;
+        self.data.get(start..end.min(self.data.len()))
+    }
+
+    /// Every instruction in executable segments that refers to one of `targets`: RIP-relative
+    /// operands, direct calls and jumps. One linear decoding pass over all code, so ask for all
+    /// targets of an analysis at once. Sorted by `from`.
+    ///
+    /// Linear decoding can start off an instruction boundary only inside data embedded in code,
+    /// which x86-64 compilers do not emit; it resynchronises on the next instruction. Callers
+    /// that place probes still check [`is_instruction_boundary`](Self::is_instruction_boundary).
+    pub fn references_to(&self, targets: &[u64]) -> Vec<Xref> {
+        let mut wanted = targets.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found = Vec::new();
+        if wanted.is_empty() {
+            return found;
+        }
+        self.sweep(|instr| {
+            if let Some((to, kind)) = reference_of(instr) {
+                if wanted.binary_search(&to).is_ok() {
+                    found.push(Xref {
+                        from: instr.ip(),
+                        to,
+                        kind,
+                    });
+                }
+            }
+        });
+        found
+    }
+
+    /// Decodes every executable segment from its start, calling `f` on each instruction.
+    fn sweep(&self, mut f: impl FnMut(&Instruction)) {
+        for s in self.segments.iter().filter(|s| s.executable) {
+            let Some(bytes) = self.file_bytes(s) else {
+                continue;
+            };
+            let mut decoder = Decoder::with_ip(64, bytes, s.vaddr, DecoderOptions::NONE);
+            let mut instr = Instruction::default();
+            while decoder.can_decode() {
+                decoder.decode_out(&mut instr);
+                f(&instr);
+            }
+        }
+    }
+
+    /// The instructions of `range`, decoded from its first byte. Stops early at bytes that do
+    /// not decode or leave the file.
+    pub fn decode(&self, range: Range<u64>) -> Vec<Instruction> {
+        let Some(bytes) = self.bytes_at(range.start, range.end.saturating_sub(range.start)) else {
+            return Vec::new();
+        };
+        let mut decoder = Decoder::with_ip(64, bytes, range.start, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        let mut instr = Instruction::default();
+        while decoder.can_decode() {
+            decoder.decode_out(&mut instr);
+            if instr.is_invalid() {
+                break;
+            }
+            out.push(instr);
+        }
+        out
+    }
+
+    /// Direct calls made by the code in `range`: (call instruction, callee).
+    pub fn calls_in(&self, range: Range<u64>) -> Vec<(u64, u64)> {
+        self.decode(range)
+            .iter()
+            .filter_map(|i| match reference_of(i) {
+                Some((to, XrefKind::Call)) => Some((i.ip(), to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The bounds of the function holding `vaddr`, from the unwind tables; without them, from
+    /// the direct call targets around it (the nearest callee at or below, up to the next one),
+    /// which is coarser but still starts at a real entry point.
+    pub fn function_containing(&self, vaddr: u64) -> Option<Range<u64>> {
+        let functions = self.functions();
+        let i = functions.partition_point(|f| f.start <= vaddr);
+        let f = functions.get(i.checked_sub(1)?)?;
+        f.contains(&vaddr).then(|| f.clone())
+    }
+
+    /// The function starting exactly at `vaddr`.
+    pub fn function_at(&self, vaddr: u64) -> Option<Range<u64>> {
+        self.function_containing(vaddr).filter(|f| f.start == vaddr)
+    }
+
+    /// Every known function, sorted by start.
+    pub fn functions(&self) -> &[Range<u64>] {
+        self.functions.get_or_init(|| {
+            let mut f = self.unwind_functions();
+            if f.is_empty() {
+                f = self.call_target_functions();
+            }
+            f
+        })
+    }
+
+    /// Whether a probe may go at `vaddr`: it must be where an instruction starts when its
+    /// function is decoded from the entry. A probe in the middle of an instruction rewrites the
+    /// wrong bytes and crashes the traced program, so anything unproven is `false`.
+    pub fn is_instruction_boundary(&self, vaddr: u64) -> bool {
+        let Some(f) = self.function_containing(vaddr) else {
+            return false;
+        };
+        self.decode(f.start..f.end)
+            .iter()
+            .take_while(|i| i.ip() <= vaddr)
+            .any(|i| i.ip() == vaddr)
+    }
+
+    fn unwind_functions(&self) -> Vec<Range<u64>> {
+        let Some((eh_vaddr, bytes)) = self.eh_frame_bytes() else {
+            return Vec::new();
+        };
+        use gimli::UnwindSection as _;
+        let eh = gimli::EhFrame::new(bytes, gimli::LittleEndian);
+        let mut bases = gimli::BaseAddresses::default().set_eh_frame(eh_vaddr);
+        if let Some(hdr) = self.eh_frame_hdr {
+            bases = bases.set_eh_frame_hdr(hdr);
+        }
+        let mut out = Vec::new();
+        let mut entries = eh.entries(&bases);
+        // A malformed entry ends the walk: the entries before it are still good.
+        while let Ok(Some(entry)) = entries.next() {
+            let gimli::CieOrFde::Fde(partial) = entry else {
+                continue;
+            };
+            let Ok(fde) = partial.parse(gimli::EhFrame::cie_from_offset) else {
+                continue;
+            };
+            let (start, len) = (fde.initial_address(), fde.len());
+            if len > 0 && len <= MAX_FUNCTION_BYTES && self.is_code(start) {
+                out.push(start..start + len);
+            }
+        }
+        out.sort_unstable_by_key(|r| (r.start, r.end));
+        out.dedup_by_key(|r| r.start);
+        out
+    }
+
+    /// `.eh_frame` from `PT_GNU_EH_FRAME` (what the unwinder itself uses), else from the
+    /// section headers. Its end is the end of its segment: the table ends with a zero entry.
+    fn eh_frame_bytes(&self) -> Option<(u64, &'a [u8])> {
+        let from_hdr = self.eh_frame_hdr.and_then(|hdr| {
+            let s = self.segment_of(hdr)?;
+            let bytes = self.bytes_at(hdr, s.vaddr + s.file_size - hdr)?;
+            let parsed = gimli::EhFrameHdr::new(bytes, gimli::LittleEndian)
+                .parse(&gimli::BaseAddresses::default().set_eh_frame_hdr(hdr), 8)
+                .ok()?;
+            match parsed.eh_frame_ptr() {
+                gimli::Pointer::Direct(a) => Some(a),
+                gimli::Pointer::Indirect(_) => None,
+            }
+        });
+        let start = from_hdr.or(self.eh_frame_section.as_ref().map(|r| r.start))?;
+        let s = self.segment_of(start)?;
+        let end = match &self.eh_frame_section {
+            Some(r) if r.start == start => r.end.min(s.vaddr + s.file_size),
+            _ => s.vaddr + s.file_size,
+        };
+        Some((start, self.bytes_at(start, end - start)?))
+    }
+
+    /// Function starts from direct call targets, each running to the next one.
+    fn call_target_functions(&self) -> Vec<Range<u64>> {
+        let mut starts = Vec::new();
+        self.sweep(|i| {
+            if let Some((to, XrefKind::Call)) = reference_of(i) {
+                starts.push(to);
+            }
+        });
+        starts.retain(|a| self.is_code(*a));
+        starts.sort_unstable();
+        starts.dedup();
+        starts
+            .windows(2)
+            .filter(|w| w[1] - w[0] <= MAX_FUNCTION_BYTES)
+            .map(|w| w[0]..w[1])
+            .collect()
+    }
+}
+
+/// The address an instruction refers to, and how.
+fn reference_of(i: &Instruction) -> Option<(u64, XrefKind)> {
+    if i.is_ip_rel_memory_operand() {
+        return Some((i.ip_rel_memory_address(), XrefKind::Address));
+    }
+    for n in 0..i.op_count() {
+        if matches!(
+            i.op_kind(n),
+            OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
+        ) {
+            // Absolute addresses only fit in 32 bits below 4 GiB (non-PIE code).
+            let value = i.immediate(n);
+            if value >= 0x1000 {
+                return Some((value, XrefKind::Address));
+            }
+        }
+    }
+    if i.op_count() == 1 && i.op0_kind() == OpKind::NearBranch64 {
+        // A near-branch operand: call, jmp, jcc (and loop/jrcxz, which compilers do not emit).
+        let kind = if i.mnemonic() == Mnemonic::Call {
+            XrefKind::Call
+        } else {
+            XrefKind::Jump
+        };
+        return Some((i.near_branch_target(), kind));
+    }
+    None
+}
+
+/// `PT_GNU_EH_FRAME`'s address (object does not name this segment type).
+fn eh_frame_hdr_address(data: &[u8]) -> Option<u64> {
+    use object::read::elf::{FileHeader as _, ProgramHeader as _};
+    let header = object::elf::FileHeader64::<object::LittleEndian>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    header
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .find(|p| p.p_type(endian) == object::elf::PT_GNU_EH_FRAME)
+        .map(|p| p.p_vaddr(endian))
+}

@@ -1,0 +1,247 @@
+//! Finding TLS functions in binaries without symbols (issue 7): Bun's BoringSSL, static OpenSSL
+//! in Rust and C programs, rustls. Each stack's locator derives addresses from what that
+//! library's code must contain in every build — the error strings, `__func__` names and
+//! source-file names its error macros reference, the calls between its functions — never from a
+//! table of offsets per release, so the next release is found by the same code.
+//!
+//! Shared pieces:
+//! - [`Image`]: an ELF file as the loader maps it (strings, RIP-relative references, calls,
+//!   function bounds from the unwind tables, instruction boundaries).
+//! - [`Locator`] / [`LOCATORS`]: one entry per stack; [`locate`] runs them through the
+//!   [`DiskCache`], so a 300 MB executable is analysed once per build and later starts read the
+//!   answer back in milliseconds.
+//!
+//! Analysis runs in the attacher, off the capture path: the ring-buffer reader never waits on it.
+
+pub mod image;
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use image::{Image, ImageError, Xref, XrefKind};
+
+use super::targets::FileId;
+
+/// A hook a locator inferred: where to attach which kernel program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocatedHook {
+    /// The kernel program (a name in `targets::TLS_PROGRAMS` or one the stack adds).
+    pub program: String,
+    /// The library's own name for the function, for people ("ssl_write_internal").
+    pub function: String,
+    /// File offset of the probe (what a uprobe attaches to).
+    pub offset: u64,
+}
+
+/// What one locator found in one binary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Located {
+    /// The stack as `agent-tracer check` shows it, e.g. "OpenSSL 3.0.13 (static)".
+    pub stack: String,
+    /// Which `targets::TlsStack` this is, as its locator names it ("openssl", "boringssl").
+    pub kind: String,
+    pub hooks: Vec<LocatedHook>,
+}
+
+/// One TLS stack's locator.
+pub struct Locator {
+    /// Stable name, part of the cache file name.
+    pub name: &'static str,
+    /// Bump whenever the locator's answers change, so results cached by older code are
+    /// recomputed instead of trusted.
+    pub version: u32,
+    /// Cheap test (a `memmem` over the file) whether the stack may be present at all; a full
+    /// analysis only runs when it says yes.
+    pub present: fn(&[u8]) -> bool,
+    /// The analysis. `Ok(None)`: the stack is not there after all.
+    pub locate: fn(&Image<'_>) -> Result<Option<Located>, LocateError>,
+}
+
+/// The stacks tried, in order; the first that locates something wins.
+pub const LOCATORS: &[Locator] = &[];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The stack is there but its functions could not be pinned down unambiguously: better no
+    /// hook than a wrong one.
+    #[error("{stack}: {reason}")]
+    Ambiguous { stack: &'static str, reason: String },
+}
+
+/// The result of running every locator on a binary: a hit, or why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Found(Located),
+    /// A stack's strings are present but its functions were not found (the reason, for
+    /// `check` and the logs).
+    Failed {
+        locator: String,
+        reason: String,
+    },
+    NotPresent,
+}
+
+/// Runs the locators on a mapped file, each through the cache. `id` keys the cache when the file
+/// has no build id.
+pub fn locate(data: &[u8], id: &FileId, cache: &DiskCache) -> Outcome {
+    let mut outcome = Outcome::NotPresent;
+    let mut image = None;
+    for locator in LOCATORS {
+        if !(locator.present)(data) {
+            continue;
+        }
+        let image = match image.get_or_insert_with(|| Image::parse(data)) {
+            Ok(image) => image,
+            Err(e) => {
+                return Outcome::Failed {
+                    locator: locator.name.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let key = CacheKey::new(image.build_id(), id);
+        let result = cache.get_or_compute(&key, locator.name, locator.version, || match (locator
+            .locate)(
+            image
+        ) {
+            Ok(Some(found)) => Outcome::Found(found),
+            Ok(None) => Outcome::NotPresent,
+            Err(e) => Outcome::Failed {
+                locator: locator.name.to_string(),
+                reason: e.to_string(),
+            },
+        });
+        match result {
+            Outcome::Found(_) => return result,
+            Outcome::Failed { .. } => outcome = result,
+            Outcome::NotPresent => {}
+        }
+    }
+    outcome
+}
+
+/// Identifies one build of a binary across restarts: its build id, else its inode, size and
+/// modification time (a rebuilt or replaced file changes at least one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    pub fn new(build_id: Option<&[u8]>, id: &FileId) -> Self {
+        match build_id {
+            Some(b) if !b.is_empty() => CacheKey(format!(
+                "build-{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )),
+            _ => CacheKey(format!(
+                "file-{}-{}-{}-{}",
+                id.dev, id.ino, id.size, id.mtime
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Locator results on disk, one small JSON file per (binary, locator, version). Without a
+/// writable directory it still works, it just analyses every time.
+#[derive(Clone, Debug)]
+pub struct DiskCache {
+    dir: Option<PathBuf>,
+}
+
+/// Where the cache lives unless `AGENT_TRACER_CACHE_DIR` says otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/agent-tracer/locate";
+
+impl DiskCache {
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        DiskCache {
+            dir: Some(dir.into()),
+        }
+    }
+
+    /// No disk: every lookup misses (tests, read-only file systems).
+    pub fn none() -> Self {
+        DiskCache { dir: None }
+    }
+
+    /// `AGENT_TRACER_CACHE_DIR`, else [`DEFAULT_CACHE_DIR`].
+    pub fn from_env() -> Self {
+        match std::env::var_os("AGENT_TRACER_CACHE_DIR") {
+            Some(dir) if !dir.is_empty() => DiskCache::at(dir),
+            _ => DiskCache::at(DEFAULT_CACHE_DIR),
+        }
+    }
+
+    fn path(&self, key: &CacheKey, locator: &str, version: u32) -> Option<PathBuf> {
+        Some(
+            self.dir
+                .as_ref()?
+                .join(format!("{}.{locator}-v{version}.json", key.as_str())),
+        )
+    }
+
+    /// A stored result; `None` when absent or unreadable (then it is computed again).
+    pub fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &CacheKey,
+        locator: &str,
+        version: u32,
+    ) -> Option<T> {
+        let bytes = std::fs::read(self.path(key, locator, version)?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Stores a result atomically (write then rename: a reader never sees half a file).
+    pub fn put<T: Serialize>(
+        &self,
+        key: &CacheKey,
+        locator: &str,
+        version: u32,
+        value: &T,
+    ) -> std::io::Result<()> {
+        let Some(path) = self.path(key, locator, version) else {
+            return Ok(());
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
+            std::process::id()
+        ));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
+        drop(file);
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// The stored result, else `compute`'s, stored for next time (a failed store only costs the
+    /// next start another analysis).
+    pub fn get_or_compute<T: Serialize + for<'de> Deserialize<'de>>(
+        &self,
+        key: &CacheKey,
+        locator: &str,
+        version: u32,
+        compute: impl FnOnce() -> T,
+    ) -> T {
+        if let Some(hit) = self.get(key, locator, version) {
+            return hit;
+        }
+        let value = compute();
+        if let Err(e) = self.put(key, locator, version, &value) {
+            tracing::debug!("caching the {locator} analysis: {e}");
+        }
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests;
