@@ -1,7 +1,7 @@
 //! Uprobes on an AEAD's seal and open calls, for TLS stacks whose own API has no stable hook
 //! (rustls: generic Rust, inlined differently in every build). Every TLS record passes through
-//! its cipher's seal (egress) or open (ingress), and aws-lc's `EVP_AEAD_CTX_seal_scatter` /
-//! `EVP_AEAD_CTX_open` / `EVP_AEAD_CTX_open_gather` are C functions with the C ABI: stable
+//! its cipher's seal (egress) or open (ingress), and aws-lc's `EVP_AEAD_CTX_seal` /
+//! `EVP_AEAD_CTX_seal_scatter` / `EVP_AEAD_CTX_open` / `EVP_AEAD_CTX_open_gather` are C functions with the C ABI: stable
 //! arguments in every build, located by userspace from the error sites aws-lc's own code must
 //! contain (`capture/locate/rustls.rs`).
 //!
@@ -96,21 +96,37 @@ fn classify(ad: u64, ad_len: u64) -> Option<TlsFunction> {
 /// entry (and overwritten in place by the return).
 #[uprobe]
 pub fn aead_seal(ctx: ProbeContext) -> u32 {
+    seal(&ctx, 8, 12);
+    0
+}
+
+/// `int EVP_AEAD_CTX_seal(ctx, out, out_len, max_out_len, nonce, nonce_len, in, in_len, ad,
+/// ad_len)` (aws-lc-rs's `seal_in_place_append_tag`, which rustls uses).
+#[uprobe]
+pub fn aead_seal_combined(ctx: ProbeContext) -> u32 {
+    seal(&ctx, 7, 9);
+    0
+}
+
+/// A seal's plaintext: `in, in_len` are arguments `input` and `input + 1`, `ad, ad_len`
+/// arguments `ad` and `ad + 1` (1-based, all on the stack).
+#[inline(always)]
+fn seal(ctx: &ProbeContext, input: u64, ad: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_ignored((pid_tgid >> 32) as u32) {
         count(counter::IGNORED_CALLS, 1);
-        return 0;
+        return;
     }
     let Some(key) = ctx.arg::<u64>(0) else {
-        return 0;
+        return;
     };
-    let Some(function) = classify(stack_arg(&ctx, 12), stack_arg(&ctx, 13)) else {
-        return 0;
+    let Some(function) = classify(stack_arg(ctx, ad), stack_arg(ctx, ad + 1)) else {
+        return;
     };
-    let (buf, len) = (stack_arg(&ctx, 8), stack_arg(&ctx, 9));
+    let (buf, len) = (stack_arg(ctx, input), stack_arg(ctx, input + 1));
     let _ = AEAD_SEALED.insert(pid_tgid, key, BPF_ANY as u64);
     if len == 0 {
-        return 0;
+        return;
     }
     count(counter::CALLS, 1);
     let mut transfer = Transfer::tls(
@@ -123,7 +139,6 @@ pub fn aead_seal(ctx: ProbeContext) -> u32 {
         Direction::Egress,
     );
     emit_buffer(&mut transfer);
-    0
 }
 
 /// `int EVP_AEAD_CTX_open(ctx, out, size_t *out_len, max_out_len, nonce, nonce_len, in, in_len,
@@ -166,7 +181,8 @@ fn remember_open(ctx: &ProbeContext, entry: u32) {
     } else {
         (0, ctx.arg::<u64>(5).unwrap_or(0))
     };
-    let function = classify(stack_arg(ctx, 8), stack_arg(ctx, 9)).map_or(0, |f| f as u32);
+    // Both opens take `ad, ad_len` as their 9th and 10th arguments.
+    let function = classify(stack_arg(ctx, 9), stack_arg(ctx, 10)).map_or(0, |f| f as u32);
     let open = PendingOpen {
         key,
         out,

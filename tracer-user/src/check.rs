@@ -286,6 +286,7 @@ fn analyse(cache: &mut TargetCache, path: &Path, executable: bool) -> Option<Str
         (Some(TlsStack::OpenSsl), _, true) => "OpenSSL linked into the program, hooked".into(),
         (Some(TlsStack::GnuTls), _, _) => "GnuTLS, hooked".into(),
         (Some(TlsStack::Go), _, _) => "Go crypto/tls, hooked".into(),
+        (Some(TlsStack::Rustls), _, _) => "rustls (aws-lc-rs), inferred AEAD hooks".into(),
         (None, Some(stack), _) => format!("{stack}, NOT hookable (traffic not captured)"),
         (None, None, _) => return None,
     })

@@ -45,6 +45,8 @@ pub enum TlsStack {
     OpenSsl,
     GnuTls,
     Go,
+    /// rustls, hooked below its API at aws-lc's AEAD seal/open (located without symbols).
+    Rustls,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -98,6 +100,20 @@ pub const TLS_PROGRAMS: &[&str] = &[
     "ssl_read_ret",
     "gnutls_record_send",
     "gnutls_record_recv",
+    "aead_seal",
+    "aead_seal_combined",
+    "aead_open",
+    "aead_open_ret",
+    "aead_open_gather",
+    "aead_open_gather_ret",
+];
+
+/// The functions the rustls locator names (`Hook::symbol` is static).
+const AEAD_FUNCTIONS: &[&str] = &[
+    "EVP_AEAD_CTX_seal",
+    "EVP_AEAD_CTX_seal_scatter",
+    "EVP_AEAD_CTX_open",
+    "EVP_AEAD_CTX_open_gather",
 ];
 
 /// Strings TLS stacks embed, to tell a user what we saw but could not hook.
@@ -219,6 +235,9 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             })
             .unwrap_or(false);
         if !links_tls {
+            if let Some(found) = located_rustls(path, &data) {
+                return Ok(found);
+            }
             analysis.unsupported = UNSUPPORTED_MARKERS
                 .iter()
                 .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
@@ -226,6 +245,40 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
         }
     }
     Ok(analysis)
+}
+
+/// rustls's AEAD hooks, inferred without symbols (`locate/rustls.rs`); results are cached on
+/// disk, so a large binary is analysed once.
+fn located_rustls(path: &Path, data: &[u8]) -> Option<Analysis> {
+    use super::locate::{locate, DiskCache, Outcome};
+    let id = FileId::of(path).ok()?;
+    let found = match locate(data, &id, &DiskCache::from_env()) {
+        Outcome::Found(found) if found.kind == "rustls" => found,
+        Outcome::Failed { locator, reason } => {
+            tracing::info!(
+                "{}: {locator} present but not located: {reason}",
+                path.display()
+            );
+            return None;
+        }
+        _ => return None,
+    };
+    let hooks = found
+        .hooks
+        .iter()
+        .map(|h| {
+            Some(Hook {
+                program: TLS_PROGRAMS.iter().find(|p| **p == h.program)?,
+                symbol: AEAD_FUNCTIONS.iter().find(|f| **f == h.function)?,
+                offset: h.offset,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Analysis {
+        stack: Some(TlsStack::Rustls),
+        hooks,
+        ..Analysis::default()
+    })
 }
 
 /// The file offset of a symbol's address (uprobes attach by file offset).

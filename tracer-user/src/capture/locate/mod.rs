@@ -14,6 +14,7 @@
 //! Analysis runs in the attacher, off the capture path: the ring-buffer reader never waits on it.
 
 pub mod image;
+pub mod rustls;
 
 use std::{
     io::Write as _,
@@ -62,7 +63,7 @@ pub struct Locator {
 }
 
 /// The stacks tried, in order; the first that locates something wins.
-pub const LOCATORS: &[Locator] = &[];
+pub const LOCATORS: &[Locator] = &[rustls::LOCATOR];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
