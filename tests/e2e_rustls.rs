@@ -287,3 +287,192 @@ async fn rustls_with_aws_lc_rs_in_stripped_binaries() -> Result<()> {
     ];
     traced_calls_are_captured_exactly(&binaries).await
 }
+
+/// Deno `version` from the npm registry (the package Deno's own npm installer uses), unpacked
+/// under the test's work directory once.
+fn install_deno(version: &str) -> Result<PathBuf> {
+    let dir = work_dir().join(format!("deno-{version}"));
+    let binary = dir.join("node_modules/@deno/linux-x64-glibc/deno");
+    if !binary.exists() {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("package.json"), "{}")?;
+        let output = Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+            ])
+            .arg(format!("@deno/linux-x64-glibc@{version}"))
+            .current_dir(&dir)
+            .output()
+            .context("running npm (install Node.js and npm)")?;
+        if !output.status.success() {
+            bail!(
+                "npm install of deno {version} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    let binary = std::fs::canonicalize(binary)?;
+    let data = std::fs::read(&binary)?;
+    use object::Object as _;
+    ensure!(
+        object::File::parse(&*data)?.symbols().next().is_none(),
+        "deno {version} has a symbol table"
+    );
+    Ok(binary)
+}
+
+/// What tests/clients/deno_fetch.ts printed.
+#[derive(Debug)]
+struct DenoOutcome {
+    status: i64,
+    request_body: String,
+    body: String,
+}
+
+fn spawn_deno(deno: &Path, server: &MockOpenAi) -> Result<Child> {
+    Command::new(deno)
+        .args(["run", "--allow-net", "--cert"])
+        .arg(&server.cert_path)
+        .arg(tracer_testkit::e2e::clients_dir().join("deno_fetch.ts"))
+        .arg(server.base_url())
+        .env("DENO_DIR", work_dir().join("deno-dir"))
+        .env("DENO_NO_UPDATE_CHECK", "1")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", deno.display()))
+}
+
+async fn release_deno(mut child: Child) -> Result<(u32, DenoOutcome)> {
+    let pid = child.id();
+    tokio::task::spawn_blocking(move || {
+        let mut stdin = child.stdin.take().context("deno stdin")?;
+        stdin.write_all(b"go\n")?;
+        drop(stdin);
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .context("deno stdout")?
+            .read_to_string(&mut stdout)?;
+        let status = child.wait()?;
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("deno failed ({status}): {err}");
+        }
+        let line: Value = serde_json::from_str(stdout.trim())
+            .with_context(|| format!("deno's output {stdout:?}"))?;
+        assert_eq!(line["pid"].as_u64(), Some(pid as u64));
+        let text = |f: &str| -> Result<String> {
+            Ok(line[f]
+                .as_str()
+                .with_context(|| format!("{f} in {line}"))?
+                .to_string())
+        };
+        Ok((
+            pid,
+            DenoOutcome {
+                status: line["status"].as_i64().context("status")?,
+                request_body: text("request_body")?,
+                body: text("body")?,
+            },
+        ))
+    })
+    .await?
+}
+
+/// An HTTP/1.1 message's head and body (everything after the blank line).
+fn split_message(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((&bytes[..at + 4], &bytes[at + 4..]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deno_fetch_over_rustls_in_two_releases() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    // 2.9.6: no unwind tables at all (functions bounded by call targets); 2.5.6: an older
+    // rustls (0.23.28) and aws-lc-rs (1.12.4), with unwind tables. The same locator finds both.
+    let denos = [install_deno("2.9.6")?, install_deno("2.5.6")?];
+    let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
+    let receiver = otlp::start_grpc().await?;
+    let streams_dir = work_dir().join("deno-streams");
+    let _ = std::fs::remove_dir_all(&streams_dir);
+    let streams_arg = streams_dir.display().to_string();
+    let running = tracer::start(
+        tracer_bin(),
+        TRACER_NAME,
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--record-streams",
+            &streams_arg,
+        ],
+        &[],
+    )?;
+    let mut traced = Vec::new();
+    for deno in &denos {
+        let child = spawn_deno(deno, &server)?;
+        wait_until_hooked(deno).await?;
+        let (pid, outcome) = release_deno(child).await?;
+        receiver
+            .wait_for(
+                &format!("the span of {} (pid {pid})", deno.display()),
+                SPAN_WAIT,
+                |s| !of_pid(s, pid).is_empty(),
+            )
+            .await?;
+        traced.push((deno, pid, outcome));
+    }
+    let output = running.stop()?;
+    assert!(output.status.success(), "tracer exit: {}", output.stderr);
+
+    let spans = receiver.spans();
+    for (deno, pid, outcome) in &traced {
+        let what = deno.display();
+        assert_eq!(outcome.status, 200, "{what}");
+        let egress = recorded_streams(&streams_dir, *pid, "egress")?;
+        assert_eq!(egress.len(), 1, "{what}: one connection");
+        let (head, body) = split_message(&egress[0]).context("a whole request")?;
+        assert!(
+            head.starts_with(b"POST /v1/chat/completions HTTP/1.1\r\n"),
+            "{what}: {}",
+            String::from_utf8_lossy(head)
+        );
+        assert_eq!(
+            body,
+            outcome.request_body.as_bytes(),
+            "{what}: the request body, exactly"
+        );
+        let ingress = recorded_streams(&streams_dir, *pid, "ingress")?;
+        assert_eq!(ingress.len(), 1, "{what}: one connection");
+        let (head, body) = split_message(&ingress[0]).context("a whole response")?;
+        assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{what}");
+        assert_eq!(
+            body,
+            outcome.body.as_bytes(),
+            "{what}: the response body, exactly"
+        );
+        let mine = of_pid(&spans, *pid);
+        assert_eq!(mine.len(), 1, "{what}: one span per call: {mine:#?}");
+        assert_eq!(mine[0].span.name, "chat gpt-4o-mini", "{what}");
+        assert_eq!(as_int(mine[0].attr("http.response.status_code")), Some(200));
+    }
+    assert!(
+        !contains(&receiver.raw_bytes(), API_KEY.as_bytes()),
+        "the API key was exported"
+    );
+    Ok(())
+}
