@@ -139,13 +139,16 @@ pub enum TlsFunction {
     GoTlsRead = 5,
     GnutlsRecordSend = 6,
     GnutlsRecordRecv = 7,
+    /// `(ssl, buf, num, flags, size_t *written)`: `SSL_write_ex2`, and OpenSSL 3.2+'s internal
+    /// `ssl_write_internal`, hooked where static OpenSSL has no symbols.
+    SslWriteEx2 = 8,
     /// One TLS 1.3 record's inner plaintext (data, content type, zero padding) as an AEAD seal
     /// or open saw it (aws-lc's `EVP_AEAD_CTX_seal_scatter` / `EVP_AEAD_CTX_open`, under rustls);
     /// `conn_id` is the AEAD key object, `call_len` the record's length.
-    AeadTls13 = 8,
+    AeadTls13 = 9,
     /// One TLS 1.2 application-data record's plaintext (the content type is in the AEAD's
     /// additional data, and only application data is sent up).
-    AeadTls12 = 9,
+    AeadTls12 = 10,
 }
 
 /// Header of every ring-buffer record; `chunk_len` payload bytes follow it directly.
@@ -179,6 +182,10 @@ pub struct RecordHeader {
     pub source: u32,
     /// The socket's file descriptor when known, else -1.
     pub fd: i32,
+    /// The attach cookie of the uprobe that produced a TLS record: userspace gives each hook
+    /// placed by inference (no symbol) its own, to validate its first bytes; 0 otherwise.
+    pub cookie: u32,
+    pub _pad: u32,
 }
 
 /// A socket, per process.

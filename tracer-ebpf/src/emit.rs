@@ -25,6 +25,8 @@ pub struct Transfer {
     pub direction: u32,
     pub source: u32,
     pub fd: i32,
+    /// See `RecordHeader::cookie`.
+    pub cookie: u32,
 }
 
 impl Transfer {
@@ -50,6 +52,7 @@ impl Transfer {
             direction: direction as u32,
             source: Source::Socket as u32,
             fd: fd as i32,
+            cookie: 0,
         }
     }
 
@@ -84,6 +87,7 @@ impl Transfer {
             direction: direction as u32,
             source: Source::Tls as u32,
             fd: -1,
+            cookie: 0,
         }
     }
 }
@@ -190,6 +194,8 @@ unsafe extern "C" fn emit_chunk(index: u32, ctx: *mut c_void) -> i64 {
         stream_offset: transfer.stream_offset,
         source: transfer.source,
         fd: transfer.fd,
+        cookie: transfer.cookie,
+        _pad: 0,
     };
     emit_record(header, transfer.buf + offset, len);
     0

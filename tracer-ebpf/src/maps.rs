@@ -50,7 +50,8 @@ pub struct PendingCall {
     pub len_out: u64,
     pub timestamp_ns: u64,
     pub function: u32,
-    pub _pad: u32,
+    /// The entry probe's attach cookie, carried to the records the return probe writes.
+    pub cookie: u32,
 }
 
 /// Keyed by pid_tgid. LRU so that threads dying inside a call cannot fill the map.

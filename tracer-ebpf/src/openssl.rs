@@ -6,10 +6,14 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext as _,
 };
 use tracer_common::{Direction, TlsFunction};
 
@@ -28,6 +32,14 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
     remember_call(&ctx, TlsFunction::SslWriteEx, &PENDING_WRITES);
+    0
+}
+
+/// `SSL_write_ex2` and OpenSSL 3.2+'s `ssl_write_internal`: the written count is the fifth
+/// argument (a `flags` word comes before it).
+#[uprobe]
+pub fn ssl_write_ex2(ctx: ProbeContext) -> u32 {
+    remember_call(&ctx, TlsFunction::SslWriteEx2, &PENDING_WRITES);
     0
 }
 
@@ -84,15 +96,18 @@ fn remember_call(
     };
     let len_out = match function {
         TlsFunction::SslWriteEx | TlsFunction::SslReadEx => ctx.arg::<u64>(3).unwrap_or(0),
+        TlsFunction::SslWriteEx2 => ctx.arg::<u64>(4).unwrap_or(0),
         _ => 0,
     };
+    // Userspace gives hooks placed by inference a cookie, to validate what they capture.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let call = PendingCall {
         ssl,
         buf,
         len_out,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         function: function as u32,
-        _pad: 0,
+        cookie,
     };
     let _ = pending.insert(pid_tgid, call, BPF_ANY as u64);
 }
@@ -124,8 +139,9 @@ fn finish_call(
         i64::from(ctx.ret::<i32>())
     };
     let len = if call.len_out != 0 {
-        // SSL_{read,write}_ex: 1 on success, the count in the out-parameter.
-        if ret != 1 {
+        // SSL_{read,write}_ex: 1 on success, the count in the out-parameter; OpenSSL's internal
+        // workers return a positive value on success too.
+        if ret <= 0 {
             return;
         }
         match unsafe { bpf_probe_read_user(call.len_out as *const u64) } {
@@ -157,5 +173,6 @@ fn finish_call(
         direction,
     );
     transfer.function = call.function;
+    transfer.cookie = call.cookie;
     emit_buffer(&mut transfer);
 }

@@ -41,6 +41,8 @@ fn header(kind: RecordKind, pid_tgid: u64) -> RecordHeader {
         stream_offset: 0,
         source: 0,
         fd: -1,
+        cookie: 0,
+        _pad: 0,
     }
 }
 
@@ -198,6 +200,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             stream_offset: 0,
             source: 0,
             fd: -1,
+            cookie: 0,
+            _pad: 0,
         };
         (*event).filename[0] = 0;
         // __data_loc filename: offset in the low 16 bits, at offset 8 of the record.

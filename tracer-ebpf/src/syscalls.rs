@@ -289,6 +289,8 @@ pub(crate) fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body:
             stream_offset: 0,
             source: Source::Socket as u32,
             fd: fd as i32,
+            cookie: 0,
+            _pad: 0,
         },
         body,
     });
@@ -807,6 +809,8 @@ fn emit_client_hello(pid_tgid: u64, fd: u32, buf: u64, len: u64, timestamp_ns: u
         stream_offset: 0,
         source: Source::Socket as u32,
         fd: fd as i32,
+        cookie: 0,
+        _pad: 0,
     };
     emit_record(header, buf, len);
 }

@@ -116,14 +116,19 @@ pub async fn run(config: Config) -> Result<()> {
     let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Read before hooking so nothing the hooks produce waits in a full ring.
+    // Judges the first bytes of inferred hooks: the reader asks it, the attacher detaches.
+    let validator = Arc::new(std::sync::Mutex::new(
+        capture::validate::Validator::default(),
+    ));
     let reader = tokio::spawn(read_ring_buffer(
         ring,
         event_tx,
         exec_tx,
         health.clone(),
+        validator.clone(),
         stop_rx,
     ));
-    let mut attacher = Attacher::new(capture, health.clone());
+    let mut attacher = Attacher::new(capture, health.clone(), validator);
     let open_connections = attacher.start_up();
     let hooked = std::mem::take(&mut attacher.hooked_paths);
     let unhookable = std::mem::take(&mut attacher.unhookable_paths);

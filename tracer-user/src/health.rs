@@ -73,6 +73,11 @@ counters! {
     attached_late_bytes,
     /// Binaries whose TLS hooks were placed.
     tls_targets_attached,
+    /// Hooks placed by inference (no symbols) whose first captured bytes parsed: trusted.
+    inferred_hooks_trusted,
+    /// Hooks placed by inference whose first captured bytes did not parse as HTTP or
+    /// WebSocket: detached, their records dropped.
+    inferred_hooks_rejected,
     /// Records malformed or of an unknown kind.
     malformed_records,
     /// Records dropped because the pipeline queue was full.

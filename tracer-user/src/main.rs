@@ -20,6 +20,17 @@ enum Command {
     /// Say whether this host can run the tracer: kernel features, capabilities, mounts, and the
     /// TLS libraries running processes use. Exits non-zero naming what is missing.
     Check,
+    /// Find the TLS functions of executables without symbols (static OpenSSL, ...) the way the
+    /// tracer does, and print what was found as JSON lines, with the time it took. Results are
+    /// cached like the tracer's ($AGENT_TRACER_CACHE_DIR, else /var/cache/agent-tracer/locate).
+    Locate {
+        /// Executables to analyse.
+        #[arg(required = true)]
+        binaries: Vec<std::path::PathBuf>,
+        /// Cache directory (overrides $AGENT_TRACER_CACHE_DIR).
+        #[arg(long)]
+        cache_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +57,18 @@ fn main() -> ExitCode {
                 .build()?
                 .block_on(app::run(config))
         }),
+        Command::Locate {
+            binaries,
+            cache_dir,
+        } => {
+            use tracer_user::capture::locate::{locate_file, DiskCache};
+            let cache = cache_dir.map_or_else(DiskCache::from_env, DiskCache::at);
+            binaries.iter().try_for_each(|binary| {
+                let report = locate_file(binary, &cache)?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            })
+        }
         Command::Check => {
             return match check::run(&mut std::io::stdout()) {
                 Ok(report) if report.missing.is_empty() => ExitCode::SUCCESS,

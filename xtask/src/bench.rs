@@ -11,6 +11,7 @@
 //! Every child process is guarded ([`Guarded`]): an error anywhere interrupts, then kills, what
 //! this command started, and nothing else is ever signalled.
 
+mod locator;
 mod syscalls;
 mod tls_calls;
 
@@ -71,6 +72,8 @@ enum Section {
     TlsCalls,
     /// Socket tracepoints: cost on an unrelated process.
     Syscalls,
+    /// Locator: TLS functions found without symbols (first analysis and cached).
+    Locator,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -140,6 +143,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted(Section::Syscalls) {
         let section = syscalls::measure(&env)?;
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
+    }
+    if wanted(Section::Locator) {
+        let section = locator::measure(&env)?;
         header(&format!("writing {}", out.display()));
         println!("{section}");
         write_section(&out, &section)?;

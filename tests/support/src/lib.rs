@@ -10,6 +10,7 @@ pub mod otlp;
 pub mod phoenix;
 pub mod prometheus;
 pub mod python;
+pub mod stripped;
 pub mod tls;
 pub mod tracer;
 

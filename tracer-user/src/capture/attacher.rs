@@ -5,9 +5,9 @@
 //! later. Files are reached through /proc/PID/root so a container's own libraries resolve.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,7 +17,8 @@ use tracing::{debug, info, warn};
 use super::{
     libssl::{find_libssl, mapped_paths},
     loader::Capture,
-    targets::{is_tls_library_name, FileId, TargetCache},
+    targets::{is_tls_library_name, FileId, Hook, HookMethod, TargetCache},
+    validate::{InferredHook, Validator},
     CaptureEvent,
 };
 use crate::health::Health;
@@ -42,11 +43,16 @@ pub struct Attacher {
     /// TLS targets found whose hooks could not be placed (e.g. uprobes refused for lack of
     /// CAP_SYS_ADMIN): the tracer runs but cannot see their plaintext.
     pub unhookable_paths: Vec<PathBuf>,
+    validator: Arc<Mutex<Validator>>,
+    /// The probes of each inferred hook's cookie, to detach when its first bytes fail.
+    inferred_links: HashMap<u32, Vec<(String, aya::programs::uprobe::UProbeLinkId)>>,
 }
 
 impl Attacher {
-    pub fn new(capture: Capture, health: Arc<Health>) -> Self {
+    pub fn new(capture: Capture, health: Arc<Health>, validator: Arc<Mutex<Validator>>) -> Self {
         Attacher {
+            validator,
+            inferred_links: HashMap::new(),
             capture,
             cache: TargetCache::default(),
             hooked: HashSet::new(),
@@ -153,6 +159,10 @@ impl Attacher {
                 }
             },
             None if analysis.hooks.is_empty() => return,
+            None if analysis.method == HookMethod::Inferred => {
+                let shown = reported_as.map_or(path, |(_, b)| b).display().to_string();
+                self.attach_inferred(path, &shown, &analysis.hooks)
+            }
             None => self.capture.attach_hooks(path, &analysis.hooks),
         };
         if placed > 0 {
@@ -169,6 +179,83 @@ impl Attacher {
             self.hooked_paths.push(shown);
         } else {
             self.unhookable_paths.push(path.to_path_buf());
+        }
+    }
+
+    /// Attaches hooks a locator inferred, one cookie per function (its entry and return probes),
+    /// so that the validator can judge and the attacher detach each function on its own.
+    fn attach_inferred(&mut self, path: &Path, shown: &str, hooks: &[Hook]) -> usize {
+        let mut placed = 0;
+        let mut cookies: HashMap<u64, u32> = HashMap::new();
+        for hook in hooks {
+            let cookie = *cookies.entry(hook.offset).or_insert_with(|| {
+                let mut v = self.validator.lock().unwrap_or_else(|e| e.into_inner());
+                v.register(InferredHook {
+                    binary: shown.to_string(),
+                    function: hook.symbol.to_string(),
+                })
+            });
+            match self
+                .capture
+                .attach_with_cookie(path, hook, u64::from(cookie))
+            {
+                Ok(link) => {
+                    placed += 1;
+                    self.inferred_links
+                        .entry(cookie)
+                        .or_default()
+                        .push((hook.program.to_string(), link));
+                }
+                Err(e) => debug!(
+                    "{} on inferred {} in {}: {e:#}",
+                    hook.program,
+                    hook.symbol,
+                    path.display()
+                ),
+            }
+        }
+        for cookie in cookies.into_values() {
+            if !self.inferred_links.contains_key(&cookie) {
+                let mut v = self.validator.lock().unwrap_or_else(|e| e.into_inner());
+                v.unregister(cookie);
+            }
+        }
+        placed
+    }
+
+    /// Detaches inferred hooks whose first bytes did not parse, and reports both verdicts.
+    fn settle_inferred(&mut self) {
+        let (rejected, trusted) = {
+            let mut v = self.validator.lock().unwrap_or_else(|e| e.into_inner());
+            (v.take_rejected(), v.take_trusted())
+        };
+        for (_, hook, protocol) in trusted {
+            Health::add(&self.health.inferred_hooks_trusted, 1);
+            info!(
+                binary = hook.binary,
+                function = hook.function,
+                "inferred TLS hook trusted: its first bytes parsed as {protocol}"
+            );
+        }
+        for r in rejected {
+            Health::add(&self.health.inferred_hooks_rejected, 1);
+            let preview: String = r
+                .first
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            warn!(
+                binary = r.hook.binary,
+                function = r.hook.function,
+                first_bytes = preview,
+                "inferred TLS hook rejected and detached: its first bytes are not HTTP or WebSocket"
+            );
+            for (program, link) in self.inferred_links.remove(&r.cookie).unwrap_or_default() {
+                if let Err(e) = self.capture.detach(&program, link) {
+                    debug!("detaching {program}: {e:#}");
+                }
+            }
         }
     }
 
@@ -260,12 +347,14 @@ impl Attacher {
                     }
                 }
                 _ = counters.tick() => {
+                    self.settle_inferred();
                     if let Err(e) = self.capture.read_kernel_counters(&self.health) {
                         debug!("reading kernel counters: {e:#}");
                     }
                 }
             }
         }
+        self.settle_inferred();
         self
     }
 }

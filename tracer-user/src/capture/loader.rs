@@ -148,7 +148,7 @@ impl Capture {
     pub fn attach_hooks(&mut self, path: &Path, hooks: &[Hook]) -> usize {
         let mut attached = 0;
         for hook in hooks {
-            let result = uprobe(&mut self.ebpf, hook.program).and_then(|p| {
+            let result = uprobe(&mut self.ebpf, &hook.program).and_then(|p| {
                 p.attach(
                     UProbeAttachLocation::AbsoluteOffset(hook.offset),
                     path,
@@ -167,6 +167,35 @@ impl Capture {
             }
         }
         attached
+    }
+
+    /// Attaches one hook with an attach cookie (copied into its records, see `validate.rs`);
+    /// returns the link, for [`detach`](Self::detach).
+    pub fn attach_with_cookie(
+        &mut self,
+        path: &Path,
+        hook: &Hook,
+        cookie: u64,
+    ) -> Result<aya::programs::uprobe::UProbeLinkId> {
+        let program = uprobe(&mut self.ebpf, &hook.program)?;
+        Ok(program.attach(
+            aya::programs::uprobe::UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(hook.offset),
+                cookie: Some(cookie),
+            },
+            path,
+            UProbeScope::AllProcesses,
+        )?)
+    }
+
+    /// Removes one probe placed by [`attach_with_cookie`](Self::attach_with_cookie).
+    pub fn detach(
+        &mut self,
+        program: &str,
+        link: aya::programs::uprobe::UProbeLinkId,
+    ) -> Result<()> {
+        uprobe(&mut self.ebpf, program)?.detach(link)?;
+        Ok(())
     }
 
     /// Marks a socket that was open before the tracer started as worth watching.

@@ -12,6 +12,7 @@ pub mod reader;
 mod stdio;
 mod system;
 pub mod targets;
+pub mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -44,6 +45,9 @@ pub struct DataChunk {
     pub offset: u64,
     /// Bytes the connection carried in this direction before the call.
     pub stream_offset: u64,
+    /// The attach cookie of an inferred hook (see `validate.rs`); 0 for hooks on symbols and
+    /// socket records.
+    pub cookie: u32,
     pub data: Bytes,
 }
 
@@ -207,6 +211,7 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             call_len: h.call_len,
             offset: h.offset,
             stream_offset: h.stream_offset,
+            cookie: h.cookie,
             data: Bytes::copy_from_slice(payload),
         }),
         k if k == RecordKind::ProcessExit as u32 => CaptureEvent::ProcessExit {
@@ -360,6 +365,8 @@ mod tests {
             stream_offset: 0,
             source: 0,
             fd: -1,
+            cookie: 0,
+            _pad: 0,
         };
         let mut out = vec![0u8; RECORD_HEADER_SIZE];
         unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut RecordHeader, header) };

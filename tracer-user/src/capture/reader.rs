@@ -1,14 +1,14 @@
 //! The ring-buffer reader: decodes records and hands them on without ever waiting for the next
 //! stage (pulsar's BpfSender rule: when the queue is full, drop and count).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
-use super::{decode_record, CaptureEvent};
+use super::{decode_record, validate::Validator, CaptureEvent};
 use crate::health::Health;
 
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
@@ -19,6 +19,7 @@ pub async fn read_ring_buffer(
     events: mpsc::Sender<CaptureEvent>,
     execs: mpsc::Sender<u32>,
     health: Arc<Health>,
+    validator: Arc<Mutex<Validator>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     // Safety: the ring buffer owns its map fd, which stays open and the same until it is dropped
@@ -29,7 +30,7 @@ pub async fn read_ring_buffer(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &events, &execs, &health);
+                drain(guard.get_inner_mut(), &events, &execs, &health, &validator);
                 guard.clear_ready();
                 // Let records accumulate before the next wake-up: one wake-up per record costs
                 // far more CPU than the records themselves under load. The ring absorbs the
@@ -37,7 +38,7 @@ pub async fn read_ring_buffer(
                 tokio::time::sleep(BATCH_WINDOW).await;
             }
             _ = stop.changed() => {
-                drain(fd.get_mut(), &events, &execs, &health);
+                drain(fd.get_mut(), &events, &execs, &health, &validator);
                 return Ok(());
             }
         }
@@ -49,6 +50,7 @@ fn drain(
     events: &mpsc::Sender<CaptureEvent>,
     execs: &mpsc::Sender<u32>,
     health: &Health,
+    validator: &Mutex<Validator>,
 ) {
     while let Some(record) = ring.next() {
         Health::add(&health.records, 1);
@@ -65,8 +67,18 @@ fn drain(
                     }
                     _ => {}
                 }
-                if events.try_send(event).is_err() {
-                    Health::add(&health.pipeline_queue_full, 1);
+                let events_now = match event {
+                    // An inferred hook's records wait for its first bytes' verdict.
+                    CaptureEvent::Data(chunk) if chunk.cookie != 0 => match validator.lock() {
+                        Ok(mut v) => v.check(chunk).into_iter().map(CaptureEvent::Data).collect(),
+                        Err(_) => Vec::new(),
+                    },
+                    event => vec![event],
+                };
+                for event in events_now {
+                    if events.try_send(event).is_err() {
+                        Health::add(&health.pipeline_queue_full, 1);
+                    }
                 }
             }
             Err(e) => {

@@ -5,7 +5,7 @@
 //! Results are cached per file identity (device, inode, size, mtime): a 100 MB executable is
 //! analysed once, however many processes run it.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, os::unix::fs::MetadataExt, path::Path, sync::Arc};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
@@ -31,12 +31,24 @@ impl FileId {
     }
 }
 
-/// A probe to place: program name and file offset.
+/// A probe to place: program name and file offset. `symbol` names the function (its symbol,
+/// or for an inferred hook the library's own name for it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hook {
-    pub program: &'static str,
-    pub symbol: &'static str,
+    pub program: Cow<'static, str>,
+    pub symbol: Cow<'static, str>,
     pub offset: u64,
+}
+
+/// How a binary's hooks were found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookMethod {
+    /// From the symbol table (or Go's function table): exact.
+    #[default]
+    Symbol,
+    /// Inferred by a locator (`locate/`) in a binary without symbols: attached with cookies and
+    /// trusted only once the first captured bytes parse (`validate.rs`).
+    Inferred,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +69,9 @@ pub struct Analysis {
     pub go: Option<super::gotls::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
     pub unsupported: Option<&'static str>,
+    pub method: HookMethod,
+    /// For inferred hooks: what the locator says the stack is ("OpenSSL 3.6.3 (static, ...)").
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -94,6 +109,7 @@ const GNUTLS_HOOKS: &[(&str, &str)] = &[
 pub const TLS_PROGRAMS: &[&str] = &[
     "ssl_write",
     "ssl_write_ex",
+    "ssl_write_ex2",
     "ssl_read",
     "ssl_read_ex",
     "ssl_write_ret",
@@ -106,14 +122,6 @@ pub const TLS_PROGRAMS: &[&str] = &[
     "aead_open_ret",
     "aead_open_gather",
     "aead_open_gather_ret",
-];
-
-/// The functions the rustls locator names (`Hook::symbol` is static).
-const AEAD_FUNCTIONS: &[&str] = &[
-    "EVP_AEAD_CTX_seal",
-    "EVP_AEAD_CTX_seal_scatter",
-    "EVP_AEAD_CTX_open",
-    "EVP_AEAD_CTX_open_gather",
 ];
 
 /// Strings TLS stacks embed, to tell a user what we saw but could not hook.
@@ -135,6 +143,15 @@ pub fn is_tls_library_name(name: &str) -> bool {
 /// Analyses a file. `executable` enables the unsupported-stack scan (libraries only matter
 /// when they export hooks).
 pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
+    analyse_cached(path, executable, &super::locate::DiskCache::none())
+}
+
+/// [`analyse`], with the symbol-less locators' results kept in `cache` across restarts.
+pub fn analyse_cached(
+    path: &Path,
+    executable: bool,
+    cache: &super::locate::DiskCache,
+) -> Result<Analysis, TargetError> {
     let display = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| TargetError::Io {
         path: display.clone(),
@@ -187,8 +204,8 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             .iter()
             .filter_map(|(program, symbol)| {
                 offsets.get(symbol).map(|offset| Hook {
-                    program,
-                    symbol,
+                    program: Cow::Borrowed(*program),
+                    symbol: Cow::Borrowed(*symbol),
                     offset: *offset,
                 })
             })
@@ -235,7 +252,7 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
             })
             .unwrap_or(false);
         if !links_tls {
-            if let Some(found) = located_rustls(path, &data) {
+            if let Some(found) = inferred(path, &data, cache) {
                 return Ok(found);
             }
             analysis.unsupported = UNSUPPORTED_MARKERS
@@ -247,13 +264,12 @@ pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
     Ok(analysis)
 }
 
-/// rustls's AEAD hooks, inferred without symbols (`locate/rustls.rs`); results are cached on
-/// disk, so a large binary is analysed once.
-fn located_rustls(path: &Path, data: &[u8]) -> Option<Analysis> {
-    use super::locate::{locate, DiskCache, Outcome};
+/// Hooks the locators infer for a binary without TLS symbols; `None` when none applies.
+fn inferred(path: &Path, data: &[u8], cache: &super::locate::DiskCache) -> Option<Analysis> {
+    use super::locate::{locate, Outcome};
     let id = FileId::of(path).ok()?;
-    let found = match locate(data, &id, &DiskCache::from_env()) {
-        Outcome::Found(found) if found.kind == "rustls" => found,
+    let found = match locate(data, &id, cache) {
+        Outcome::Found(found) => found,
         Outcome::Failed { locator, reason } => {
             tracing::info!(
                 "{}: {locator} present but not located: {reason}",
@@ -261,22 +277,29 @@ fn located_rustls(path: &Path, data: &[u8]) -> Option<Analysis> {
             );
             return None;
         }
-        _ => return None,
+        Outcome::NotPresent => return None,
     };
-    let hooks = found
-        .hooks
-        .iter()
-        .map(|h| {
-            Some(Hook {
-                program: TLS_PROGRAMS.iter().find(|p| **p == h.program)?,
-                symbol: AEAD_FUNCTIONS.iter().find(|f| **f == h.function)?,
+    let stack = match found.kind.as_str() {
+        "openssl" => TlsStack::OpenSsl,
+        "rustls" => TlsStack::Rustls,
+        other => {
+            tracing::debug!("{}: no TlsStack for {other}", path.display());
+            return None;
+        }
+    };
+    Some(Analysis {
+        stack: Some(stack),
+        hooks: found
+            .hooks
+            .into_iter()
+            .map(|h| Hook {
+                program: Cow::Owned(h.program),
+                symbol: Cow::Owned(h.function),
                 offset: h.offset,
             })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(Analysis {
-        stack: Some(TlsStack::Rustls),
-        hooks,
+            .collect(),
+        method: HookMethod::Inferred,
+        description: Some(found.stack),
         ..Analysis::default()
     })
 }
@@ -291,9 +314,18 @@ fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u
 }
 
 /// Analyses, once per file identity.
-#[derive(Default)]
 pub struct TargetCache {
     analyses: HashMap<FileId, Arc<Analysis>>,
+    disk: super::locate::DiskCache,
+}
+
+impl Default for TargetCache {
+    fn default() -> Self {
+        TargetCache {
+            analyses: HashMap::new(),
+            disk: super::locate::DiskCache::from_env(),
+        }
+    }
 }
 
 impl TargetCache {
@@ -306,7 +338,7 @@ impl TargetCache {
         if let Some(a) = self.analyses.get(&id) {
             return Ok(a.clone());
         }
-        let analysis = Arc::new(analyse(path, executable)?);
+        let analysis = Arc::new(analyse_cached(path, executable, &self.disk)?);
         self.analyses.insert(id, analysis.clone());
         Ok(analysis)
     }
@@ -321,7 +353,7 @@ mod tests {
         let lib = Path::new("/lib/x86_64-linux-gnu/libssl.so.3");
         let a = analyse(lib, false).unwrap();
         assert_eq!(a.stack, Some(TlsStack::OpenSsl));
-        let symbols: Vec<&str> = a.hooks.iter().map(|h| h.symbol).collect();
+        let symbols: Vec<&str> = a.hooks.iter().map(|h| &*h.symbol).collect();
         assert_eq!(symbols.len(), 8, "{symbols:?}");
         assert!(a.hooks.iter().all(|h| h.offset > 0));
     }

@@ -272,6 +272,7 @@ mod tests {
             call_len,
             offset,
             stream_offset,
+            cookie: 0,
             data: Bytes::from_static(data),
         })
     }

@@ -14,6 +14,7 @@
 //! Analysis runs in the attacher, off the capture path: the ring-buffer reader never waits on it.
 
 pub mod image;
+pub mod openssl;
 pub mod rustls;
 
 use std::{
@@ -63,7 +64,7 @@ pub struct Locator {
 }
 
 /// The stacks tried, in order; the first that locates something wins.
-pub const LOCATORS: &[Locator] = &[rustls::LOCATOR];
+pub const LOCATORS: &[Locator] = &[openssl::LOCATOR, rustls::LOCATOR];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
@@ -125,6 +126,42 @@ pub fn locate(data: &[u8], id: &FileId, cache: &DiskCache) -> Outcome {
         }
     }
     outcome
+}
+
+/// What `agent-tracer locate` reports for one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileReport {
+    pub binary: String,
+    pub outcome: Outcome,
+    /// Wall-clock seconds from opening the file to the answer.
+    pub seconds: f64,
+    /// Every applicable locator's answer came from the disk cache.
+    pub cached: bool,
+}
+
+/// Runs the locators on one file (what the attacher does for an executable without TLS
+/// symbols), timing it: `agent-tracer locate` and the benchmark use it.
+pub fn locate_file(path: &Path, cache: &DiskCache) -> anyhow::Result<FileReport> {
+    use anyhow::Context as _;
+    let started = std::time::Instant::now();
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Safety: read-only mapping of a file we never write (see targets::analyse).
+    let data = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    let id = FileId::of(path).with_context(|| format!("reading {}", path.display()))?;
+    let image = Image::parse(&data).with_context(|| path.display().to_string())?;
+    let key = CacheKey::new(image.build_id(), &id);
+    let cached = LOCATORS
+        .iter()
+        .filter(|l| (l.present)(&data))
+        .all(|l| cache.get::<Outcome>(&key, l.name, l.version).is_some());
+    let outcome = locate(&data, &id, cache);
+    Ok(FileReport {
+        binary: path.display().to_string(),
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+        cached,
+    })
 }
 
 /// Identifies one build of a binary across restarts: its build id, else its inode, size and

@@ -1,0 +1,170 @@
+//! "Locator: TLS functions found without symbols": how long `agent-tracer locate` (the same code
+//! the attacher runs on an executable without TLS symbols) takes on large real binaries, the
+//! first time (empty cache) and from its on-disk cache.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{json_number, list, machine, median, today, Env};
+use crate::util::{header, target_dir};
+
+pub(super) const SECTION: &str = "## Locator: TLS functions found without symbols";
+
+const RUNS: usize = 5;
+
+struct Measured {
+    label: String,
+    path: PathBuf,
+    size: u64,
+    first: Vec<f64>,
+    cached: Vec<f64>,
+    outcome: String,
+}
+
+/// The binaries measured: node (98 MB, the largest at hand), the Rust toolchain's own `cargo`
+/// (stripped, with a vendored static OpenSSL: a third-party build), and the stripped clients
+/// tests/e2e_stripped.rs builds, when it has built them.
+fn binaries() -> Vec<(String, PathBuf)> {
+    let mut out = vec![(
+        "node (/usr/bin/node)".to_string(),
+        PathBuf::from("/usr/bin/node"),
+    )];
+    if let Ok(o) = Command::new("rustup").args(["which", "cargo"]).output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if p.is_file() {
+            out.push(("rustup's cargo (stripped, static OpenSSL)".to_string(), p));
+        }
+    }
+    let built = target_dir().join("e2e-stripped");
+    for (label, rel) in [
+        (
+            "rust-openssl-client, OpenSSL 3.6 (e2e_stripped)",
+            "openssl-3.6/target/release/rust-openssl-client",
+        ),
+        (
+            "rust-openssl-client, OpenSSL 3.3 (e2e_stripped)",
+            "openssl-3.3/target/release/rust-openssl-client",
+        ),
+        (
+            "c-libssl-client, libssl.a (e2e_stripped)",
+            "c-libssl/c-libssl-client",
+        ),
+    ] {
+        let p = built.join(rel);
+        if p.is_file() {
+            out.push((label.to_string(), p));
+        }
+    }
+    out
+}
+
+fn locate(tracer: &Path, binary: &Path, cache: &Path) -> Result<(f64, bool, String)> {
+    let out = Command::new(tracer)
+        .arg("locate")
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(binary)
+        .output()
+        .with_context(|| format!("running {} locate", tracer.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "agent-tracer locate {} failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let seconds = json_number(&line, "seconds")?;
+    let cached = line.contains("\"cached\":true");
+    let outcome = if line.contains("\"Found\"") {
+        let stack = line
+            .split("\"stack\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("?");
+        format!("found: {stack}")
+    } else if line.contains("\"Failed\"") {
+        let reason = line
+            .split("\"reason\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("?");
+        format!("not located: {reason}")
+    } else {
+        "no static OpenSSL".to_string()
+    };
+    Ok((seconds, cached, outcome))
+}
+
+pub(super) fn measure(env: &Env) -> Result<String> {
+    let mut measured = Vec::new();
+    for (label, path) in binaries() {
+        header(&format!("locator: {label}"));
+        let size = fs::metadata(&path)?.len();
+        let mut m = Measured {
+            label,
+            path: path.clone(),
+            size,
+            first: Vec::new(),
+            cached: Vec::new(),
+            outcome: String::new(),
+        };
+        for run in 0..RUNS {
+            let cache = env.dir.join(format!("locate-cache-{run}"));
+            let _ = fs::remove_dir_all(&cache);
+            let (first, was_cached, outcome) = locate(&env.tracer, &path, &cache)?;
+            anyhow::ensure!(!was_cached, "a fresh cache answered");
+            let (again, was_cached, _) = locate(&env.tracer, &path, &cache)?;
+            anyhow::ensure!(was_cached, "the second analysis was not cached");
+            let _ = fs::remove_dir_all(&cache);
+            println!("first {first:.3} s, cached {again:.4} s: {outcome}");
+            m.first.push(first);
+            m.cached.push(again);
+            m.outcome = outcome;
+        }
+        measured.push(m);
+    }
+    Ok(render(&measured))
+}
+
+fn render(measured: &[Measured]) -> String {
+    let mut s = format!(
+        "{SECTION}\n\nMeasured {} on {} with `cargo xtask bench --only locator`.\n\n\
+         `agent-tracer locate BINARY` runs what the attacher runs on an executable without TLS \
+         symbols: the static-OpenSSL locator (strings, one decoding pass over all code for the \
+         references to them, function bounds from `.eh_frame`), through the on-disk cache keyed \
+         by build id. *First* is with an empty cache, *cached* the same command again (open, map, \
+         read the build id, read the cached answer). Times are the command's own, from opening \
+         the file to the answer; each is the median of {RUNS} runs (each with a fresh cache). \
+         The binary's pages are in the page cache after the first run, as they are for a \
+         program that is running.\n\n\
+         | binary | size | first analysis | cached | outcome |\n| --- | ---: | ---: | ---: | --- |\n",
+        today(),
+        machine(),
+    );
+    for m in measured {
+        s.push_str(&format!(
+            "| {} | {:.1} MB | {:.3} s | {:.1} ms | {} |\n",
+            m.label,
+            m.size as f64 / 1e6,
+            median(m.first.clone()),
+            median(m.cached.clone()) * 1e3,
+            m.outcome
+        ));
+    }
+    s.push('\n');
+    for m in measured {
+        s.push_str(&format!(
+            "{} (`{}`): first {} s; cached {} s.\n",
+            m.label,
+            m.path.display(),
+            list(m.first.iter().copied(), 3),
+            list(m.cached.iter().copied(), 4)
+        ));
+    }
+    s
+}
