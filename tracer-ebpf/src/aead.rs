@@ -25,10 +25,14 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext as _,
 };
 use tracer_common::{counter, Direction, RecordKind, SocketRecord, TlsFunction};
 
@@ -138,6 +142,8 @@ fn seal(ctx: &ProbeContext, input: u64, ad: u64) {
         function,
         Direction::Egress,
     );
+    // The hook's attach cookie: its first records validate it (`capture/validate.rs`).
+    transfer.cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     emit_buffer(&mut transfer);
 }
 
@@ -246,6 +252,8 @@ fn finish_open(ctx: &RetProbeContext, entry: u32) {
         function,
         Direction::Ingress,
     );
+    // Entry and return probes of one function share its cookie.
+    transfer.cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     if let Some(fd) = unsafe { TLS_LAST_READ.get(pid_tgid) } {
         transfer.fd = *fd as i32;
     }

@@ -17,7 +17,7 @@ use crate::{
         HttpExchange, HttpTracker,
     },
     span::Span,
-    streams::{tls_records::TlsRecords, Source, StreamAssembler, StreamEvent, StreamRecorder},
+    streams::{Source, StreamAssembler, StreamEvent, StreamRecorder},
 };
 
 pub struct PipelineConfig {
@@ -39,8 +39,6 @@ pub struct PipelineConfig {
 
 pub struct Pipeline {
     streams: StreamAssembler,
-    tls_records: TlsRecords,
-    tls_events: Vec<CaptureEvent>,
     http: HttpTracker,
     /// JSON-RPC over processes' stdio (MCP stdio servers).
     jsonrpc: JsonRpcTracker,
@@ -59,8 +57,6 @@ impl Pipeline {
     pub fn new(config: PipelineConfig, clock: Clock, health: Arc<Health>) -> Self {
         Pipeline {
             streams: StreamAssembler::new(),
-            tls_records: TlsRecords::new(),
-            tls_events: Vec::new(),
             http: HttpTracker::new(config.max_body_bytes, health.clone()),
             jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()),
             genai: GenAiConfig {
@@ -93,16 +89,6 @@ impl Pipeline {
     }
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
-        // AEAD-level TLS records (rustls) become the Data a TLS library call would have given.
-        let mut events = std::mem::take(&mut self.tls_events);
-        self.tls_records.push(event, &mut events);
-        for event in events.drain(..) {
-            self.handle_one(event, out);
-        }
-        self.tls_events = events;
-    }
-
-    fn handle_one(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
         if self.left_out(&event) {
             Health::add(&self.health.ignored_records, 1);
             return;

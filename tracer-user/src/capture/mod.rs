@@ -70,6 +70,8 @@ pub struct TlsRecordChunk {
     pub offset: u64,
     /// Bytes sealed/opened with this key before this record, as far as the kernel saw.
     pub key_offset: u64,
+    /// The probe's attach cookie (see `validate.rs`), carried to the Data it becomes.
+    pub cookie: u32,
     pub data: Bytes,
 }
 
@@ -193,6 +195,7 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
                 record_len: h.call_len,
                 offset: h.offset,
                 key_offset: h.stream_offset,
+                cookie: h.cookie,
                 data: Bytes::copy_from_slice(payload),
             })
         }

@@ -39,6 +39,8 @@ struct Record {
     timestamp_ns: u64,
     /// Bytes of the key's records lost before this one (kernel drops).
     lost_before: u64,
+    /// The attach cookie of the probe that saw it.
+    cookie: u32,
     data: Bytes,
 }
 
@@ -143,6 +145,7 @@ impl TlsRecords {
             fd: first.fd,
             timestamp_ns: first.timestamp_ns,
             lost_before,
+            cookie: first.cookie,
             data,
         };
         let key = (first.pid, first.key);
@@ -194,9 +197,8 @@ impl TlsRecords {
             call_len: len,
             offset: 0,
             stream_offset: *position,
-            // Not validated per hook yet: the AEAD probes carry no attach cookie (see the
-            // module doc of `capture/validate.rs`).
-            cookie: 0,
+            // Judged by the validator, which sees the records as the byte stream they make.
+            cookie: record.cookie,
             data: record.data,
         }));
         *position += len;
@@ -249,6 +251,7 @@ mod tests {
                     record_len: plaintext.len() as u64,
                     offset: (i * cut) as u64,
                     key_offset,
+                    cookie: 0,
                     data: Bytes::copy_from_slice(piece),
                 })
             })
