@@ -39,6 +39,9 @@ pub enum RecordKind {
     /// A process was created (`pid`: the creating process; `conn_id`: the new process's id).
     /// New threads are not reported.
     ProcessFork = 21,
+    /// A thread that sealed TLS records with an AEAD key (payload's `ssl`: the key object) is
+    /// now writing to socket `fd`: the records were for that socket (see `tracer-ebpf/src/aead.rs`).
+    AeadLink = 22,
     /// A TLS connection no TLS hook saw from inside ended (closed, or its process exited): its
     /// ciphertext byte counts and timing (payload: [`TlsTotals`]; `conn_id` and `fd` are the fd,
     /// `timestamp_ns` the end).
@@ -166,6 +169,13 @@ pub enum TlsFunction {
     /// `(ssl, buf, num, flags, size_t *written)`: `SSL_write_ex2`, and OpenSSL 3.2+'s internal
     /// `ssl_write_internal`, hooked where static OpenSSL has no symbols.
     SslWriteEx2 = 8,
+    /// One TLS 1.3 record's inner plaintext (data, content type, zero padding) as an AEAD seal
+    /// or open saw it (aws-lc's `EVP_AEAD_CTX_seal_scatter` / `EVP_AEAD_CTX_open`, under rustls);
+    /// `conn_id` is the AEAD key object, `call_len` the record's length.
+    AeadTls13 = 9,
+    /// One TLS 1.2 application-data record's plaintext (the content type is in the AEAD's
+    /// additional data, and only application data is sent up).
+    AeadTls12 = 10,
 }
 
 /// Header of every ring-buffer record; `chunk_len` payload bytes follow it directly.

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod aead;
 mod emit;
 mod gotls;
 mod maps;

@@ -277,7 +277,7 @@ struct SocketEvent {
 }
 
 #[inline(always)]
-fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body: SocketRecord) {
+pub(crate) fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body: SocketRecord) {
     let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         return;
@@ -462,6 +462,7 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         return;
     }
     if state.flags & flag::TLS != 0 {
+        crate::aead::on_tls_socket_call(pid_tgid, fd, direction);
         if state.flags & flag::COUNTED != 0 {
             let io = PendingIo {
                 buf: 0,

@@ -19,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use thiserror::Error;
 use tracer_common::{
-    Direction, RecordHeader, RecordKind, SocketRecord, Source, TlsTotals, EXIT_STATUS_KNOWN,
-    RECORD_HEADER_SIZE,
+    Direction, RecordHeader, RecordKind, SocketRecord, Source, TlsFunction, TlsTotals,
+    EXIT_STATUS_KNOWN, RECORD_HEADER_SIZE,
 };
 
 pub use attacher::{all_pids, Attacher};
@@ -51,6 +51,30 @@ pub struct DataChunk {
     pub data: Bytes,
 }
 
+/// A piece of one TLS record's plaintext, from an AEAD probe.
+#[derive(Clone, Debug)]
+pub struct TlsRecordChunk {
+    pub pid: u32,
+    pub tid: u32,
+    /// The AEAD key object: one direction of one connection, until the keys change.
+    pub key: u64,
+    pub direction: Direction,
+    /// TLS 1.3 inner plaintext (content type and padding at the end) or TLS 1.2 data.
+    pub tls13: bool,
+    /// The socket, when the kernel knew it (ingress: the thread's last TLS read), else -1.
+    pub fd: i32,
+    pub timestamp_ns: u64,
+    /// The record's plaintext length.
+    pub record_len: u64,
+    /// Offset of `data` within the record.
+    pub offset: u64,
+    /// Bytes sealed/opened with this key before this record, as far as the kernel saw.
+    pub key_offset: u64,
+    /// The probe's attach cookie (see `validate.rs`), carried to the Data it becomes.
+    pub cookie: u32,
+    pub data: Bytes,
+}
+
 #[derive(Clone, Debug)]
 pub enum CaptureEvent {
     Data(DataChunk),
@@ -71,6 +95,17 @@ pub enum CaptureEvent {
         pid: u32,
         fd: i32,
         conn_id: u64,
+    },
+    /// One TLS record's plaintext (or a `CHUNK_SIZE` piece of it) as an AEAD seal/open saw it
+    /// (rustls; see `tracer-ebpf/src/aead.rs`): not yet a byte stream, `streams::tls_records`
+    /// makes it one.
+    TlsRecord(TlsRecordChunk),
+    /// Thread `tid` of `pid` wrote to socket `fd` after sealing records with AEAD key `key`.
+    AeadLink {
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        key: u64,
     },
     /// The first TLS record the socket sent.
     ClientHello {
@@ -153,6 +188,31 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
     let payload = &payload[..declared];
     let fd = h.fd;
     Ok(match h.kind {
+        k if k == RecordKind::Data as u32
+            && (h.function == TlsFunction::AeadTls13 as u32
+                || h.function == TlsFunction::AeadTls12 as u32) =>
+        {
+            CaptureEvent::TlsRecord(TlsRecordChunk {
+                pid: h.pid,
+                tid: h.tid,
+                key: h.conn_id,
+                direction: direction(h.direction)?,
+                tls13: h.function == TlsFunction::AeadTls13 as u32,
+                fd,
+                timestamp_ns: h.timestamp_ns,
+                record_len: h.call_len,
+                offset: h.offset,
+                key_offset: h.stream_offset,
+                cookie: h.cookie,
+                data: Bytes::copy_from_slice(payload),
+            })
+        }
+        k if k == RecordKind::AeadLink as u32 => CaptureEvent::AeadLink {
+            pid: h.pid,
+            tid: h.tid,
+            fd,
+            key: socket_record(payload).map(|r| r.ssl).unwrap_or(0),
+        },
         k if k == RecordKind::Data as u32 => CaptureEvent::Data(DataChunk {
             pid: h.pid,
             source: source(h.source)?,

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::{decode_record, validate::Validator, CaptureEvent};
 use crate::health::Health;
+use crate::streams::tls_records::TlsRecords;
 
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -26,11 +27,14 @@ pub async fn read_ring_buffer(
     // together with the AsyncFd.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
+    // AEAD-level TLS records (rustls) become Data here, before validation: an inferred AEAD
+    // hook is judged on the byte stream its records make, not on a record's inner plaintext.
+    let mut records = TlsRecords::new();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &events, &execs, &health, &validator);
+                drain(guard.get_inner_mut(), &events, &execs, &health, &validator, &mut records);
                 guard.clear_ready();
                 // Let records accumulate before the next wake-up: one wake-up per record costs
                 // far more CPU than the records themselves under load. The ring absorbs the
@@ -38,7 +42,7 @@ pub async fn read_ring_buffer(
                 tokio::time::sleep(BATCH_WINDOW).await;
             }
             _ = stop.changed() => {
-                drain(fd.get_mut(), &events, &execs, &health, &validator);
+                drain(fd.get_mut(), &events, &execs, &health, &validator, &mut records);
                 return Ok(());
             }
         }
@@ -79,7 +83,9 @@ fn drain(
     execs: &mpsc::Sender<u32>,
     health: &Health,
     validator: &Mutex<Validator>,
+    records: &mut TlsRecords,
 ) {
+    let mut assembled = Vec::new();
     while let Some(record) = ring.next() {
         Health::add(&health.records, 1);
         match decode_record(&record) {
@@ -95,7 +101,8 @@ fn drain(
                     }
                     _ => {}
                 }
-                let events_now = match event {
+                records.push(event, &mut assembled);
+                let events_now = assembled.drain(..).flat_map(|event| match event {
                     // An inferred hook's records wait for its first bytes' verdict.
                     CaptureEvent::Data(chunk) if chunk.cookie != 0 => match validator.lock() {
                         Ok(mut v) => {
@@ -106,7 +113,7 @@ fn drain(
                         Err(_) => Vec::new(),
                     },
                     event => vec![event],
-                };
+                });
                 for event in events_now {
                     if events.try_send(event).is_err() {
                         Health::add(&health.pipeline_queue_full, 1);

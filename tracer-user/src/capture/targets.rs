@@ -59,6 +59,8 @@ pub enum TlsStack {
     Go,
     /// BoringSSL linked into a stripped executable (Bun), located by `locate::boringssl`.
     BoringSsl,
+    /// rustls, hooked below its API at aws-lc's AEAD seal/open (located without symbols).
+    Rustls,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -117,6 +119,12 @@ pub const TLS_PROGRAMS: &[&str] = &[
     "ssl_read_ret",
     "gnutls_record_send",
     "gnutls_record_recv",
+    "aead_seal",
+    "aead_seal_combined",
+    "aead_open",
+    "aead_open_ret",
+    "aead_open_gather",
+    "aead_open_gather_ret",
 ];
 
 /// Strings TLS stacks embed, to tell a user what we saw but could not hook.
@@ -282,6 +290,7 @@ fn inferred(path: &Path, data: &[u8], cache: &super::locate::DiskCache) -> Optio
     let stack = match found.kind.as_str() {
         "openssl" => TlsStack::OpenSsl,
         "boringssl" => TlsStack::BoringSsl,
+        "rustls" => TlsStack::Rustls,
         other => {
             tracing::debug!("{}: no TlsStack for {other}", path.display());
             return None;

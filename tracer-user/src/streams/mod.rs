@@ -7,6 +7,7 @@
 
 mod recorder;
 pub mod sni;
+pub mod tls_records;
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -184,6 +185,8 @@ impl StreamAssembler {
                 self.tls_on_socket.retain(|(p, _), _| *p != pid);
                 out.push(StreamEvent::ProcessExit { pid, timestamp_ns });
             }
+            // Made into Data and TlsLink events by `tls_records` first.
+            CaptureEvent::TlsRecord(_) | CaptureEvent::AeadLink { .. } => {}
             // Totals only: the pipeline reports them with the peer (`peer`), before the close.
             CaptureEvent::TlsSummary { .. }
             | CaptureEvent::Exec { .. }

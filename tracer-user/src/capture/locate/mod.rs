@@ -16,6 +16,7 @@
 pub mod boringssl;
 pub mod image;
 pub mod openssl;
+pub mod rustls;
 
 use std::{
     io::Write as _,
@@ -64,7 +65,7 @@ pub struct Locator {
 }
 
 /// The stacks tried, in order; the first that locates something wins.
-pub const LOCATORS: &[Locator] = &[openssl::LOCATOR, boringssl::LOCATOR];
+pub const LOCATORS: &[Locator] = &[openssl::LOCATOR, boringssl::LOCATOR, rustls::LOCATOR];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
