@@ -78,6 +78,9 @@ counters! {
     /// Hooks placed by inference whose first captured bytes did not parse as HTTP or
     /// WebSocket: detached, their records dropped.
     inferred_hooks_rejected,
+    /// AEAD-level TLS records (rustls) dropped because no socket could be tied to their key
+    /// (e.g. a connection already open when the tracer started).
+    tls_records_unassigned,
     /// Records malformed or of an unknown kind.
     malformed_records,
     /// Records dropped because the pipeline queue was full.

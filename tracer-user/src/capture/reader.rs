@@ -102,6 +102,7 @@ fn drain(
                     _ => {}
                 }
                 records.push(event, &mut assembled);
+                Health::add(&health.tls_records_unassigned, records.take_unassigned());
                 let events_now = assembled.drain(..).flat_map(|event| match event {
                     // An inferred hook's records wait for its first bytes' verdict.
                     CaptureEvent::Data(chunk) if chunk.cookie != 0 => match validator.lock() {

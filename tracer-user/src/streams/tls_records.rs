@@ -65,13 +65,19 @@ pub struct TlsRecords {
     announced: HashMap<(u32, u64), ()>,
     /// Stream position per (pid, conn id, direction).
     positions: HashMap<(u32, u64, Direction), u64>,
-    /// Records dropped: held too long, or with no socket to give them.
-    pub unassigned_records: u64,
+    /// Records dropped (held too long, or with no socket to give them) since the last
+    /// [`TlsRecords::take_unassigned`].
+    unassigned_records: u64,
 }
 
 impl TlsRecords {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records dropped since the last call, for the health counter.
+    pub fn take_unassigned(&mut self) -> u64 {
+        std::mem::take(&mut self.unassigned_records)
     }
 
     /// Takes one capture event; puts what the next stages should see into `out` (every event
