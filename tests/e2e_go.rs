@@ -15,15 +15,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{contains, of_pid},
+    e2e::{contains, of_pid, require_root, SERIAL},
     go,
     mock_openai::{self, MockOpenAi},
     otlp::{self, as_int, as_str},
     tracer,
 };
-
-/// The tracer sees every process on the host, so the tests in this binary run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What tests/clients/go/https_client.go sends, byte for byte.
 const REQUEST_BODY: &str =
@@ -35,15 +32,6 @@ const TRACER_NAME: &str = "go";
 
 fn tracer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
-}
-
-fn require_root() {
-    // Safety: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
-    );
 }
 
 fn work_dir() -> PathBuf {

@@ -15,14 +15,11 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{contains, of_pid},
+    e2e::{contains, of_pid, require_root, SERIAL},
     mock_openai::{self, MockOpenAi},
     otlp::{self, as_int},
     tracer,
 };
-
-/// The tracer sees every process on the host, so the tests in this binary run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const API_KEY: &str = "sk-rustls-secret";
 const SPAN_WAIT: Duration = Duration::from_secs(30);
@@ -31,15 +28,6 @@ const TRACER_NAME: &str = "rustls";
 
 fn tracer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
-}
-
-fn require_root() {
-    // Safety: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
-    );
 }
 
 fn work_dir() -> PathBuf {

@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use object::{Object as _, ObjectSymbol as _};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{contains, of_pid, recorded},
+    e2e::{contains, of_pid, recorded, require_root, SERIAL},
     mock_openai::{self, MockOpenAi},
     otlp::{self, as_int, as_str},
     stripped::{self, RUST_VARIANTS},
@@ -38,9 +38,6 @@ use tracer_user::capture::{
     targets::FileId,
 };
 
-/// The tracer sees every process on the host, so the tests in this binary run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 const PLAIN_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from a stripped binary"}]}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"stream to a stripped binary"}]}"#;
 const SPAN_WAIT: Duration = Duration::from_secs(30);
@@ -48,15 +45,6 @@ const ATTACH_WAIT: Duration = Duration::from_secs(60);
 
 fn tracer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
-}
-
-fn require_root() {
-    // Safety: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
-    );
 }
 
 fn work_dir() -> PathBuf {
