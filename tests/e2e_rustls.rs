@@ -1,9 +1,10 @@
 //! End-to-end for rustls in stripped Rust binaries: a client on rustls (tests/clients/rustls,
-//! built here from crates.io, in release, stripped, in two optimisation levels) POSTs JSON over
-//! HTTPS to the local OpenAI-compatible server while the real agent-tracer binary runs. The
-//! tracer must locate aws-lc's AEAD seal/open without symbols (the same code for both builds),
-//! reassemble the TLS records it sees there into the byte streams, and export the call as a
-//! GenAI span; the recorded plaintext must be exactly what the client wrote and read.
+//! built here from crates.io, in release, stripped, in two optimisation levels, once with the
+//! aws-lc-rs provider and once with ring) POSTs JSON over HTTPS to the local OpenAI-compatible
+//! server while the real agent-tracer binary runs. The tracer must locate the provider's AEAD
+//! seal/open without symbols (the same code for both builds), reassemble the TLS records it sees
+//! there into the byte streams, and export the call as a GenAI span; the recorded plaintext must
+//! be exactly what the client wrote and read.
 
 use std::{
     io::{Read as _, Write as _},
@@ -37,6 +38,19 @@ fn work_dir() -> PathBuf {
 /// Builds tests/clients/rustls/`provider` with `profile` (its own workspace and Cargo.lock, so
 /// `--locked` pins every crate) and checks the result has no symbol table left.
 fn build_client(provider: &str, profile: &str) -> Result<PathBuf> {
+    let binary = build(provider, profile)?;
+    let data = std::fs::read(&binary)?;
+    use object::Object as _;
+    let elf = object::File::parse(&*data)?;
+    ensure!(
+        elf.symbols().next().is_none(),
+        "{} still has a symbol table",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+fn build(provider: &str, profile: &str) -> Result<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/clients/rustls")
         .join(provider)
@@ -60,30 +74,30 @@ fn build_client(provider: &str, profile: &str) -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let binary = std::fs::canonicalize(target.join(profile).join("https_client"))?;
-    let data = std::fs::read(&binary)?;
-    use object::Object as _;
-    let elf = object::File::parse(&*data)?;
-    ensure!(
-        elf.symbols().next().is_none(),
-        "{} still has a symbol table",
-        binary.display()
-    );
-    Ok(binary)
+    Ok(std::fs::canonicalize(
+        target.join(profile).join("https_client"),
+    )?)
 }
 
 /// What the client wrote and read through rustls.
 #[derive(Debug)]
 struct ClientOutcome {
+    /// The negotiated cipher suite, as rustls names it ("TLS13_AES_256_GCM_SHA384").
+    suite: String,
     request: Vec<u8>,
     response: Vec<u8>,
 }
 
+/// One call to trace: a client binary and the TLS settings it runs with (`TLS_VERSION`,
+/// `TLS_CIPHER_SUITE`, see the client).
+type Run<'a> = (&'a Path, &'a [(&'a str, &'a str)]);
+
 /// Starts the client held before its request (`--wait-stdin`).
-fn spawn_client(binary: &Path, server: &MockOpenAi) -> Result<Child> {
+fn spawn_client((binary, tls): Run<'_>, server: &MockOpenAi) -> Result<Child> {
     Command::new(binary)
         .arg(server.base_url())
         .arg("--wait-stdin")
+        .envs(tls.iter().copied())
         .env("SSL_CERT_FILE", &server.cert_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -128,6 +142,7 @@ async fn release_client(mut child: Child) -> Result<(u32, ClientOutcome)> {
         Ok((
             pid,
             ClientOutcome {
+                suite: String::from_utf8(bytes("suite")?)?,
                 request: bytes("request")?,
                 response: bytes("response")?,
             },
@@ -173,15 +188,15 @@ fn recorded_streams(dir: &Path, pid: u32, direction: &str) -> Result<Vec<Vec<u8>
     Ok(streams)
 }
 
-/// Runs each binary under one tracer and checks the capture of each, byte for byte.
-async fn traced_calls_are_captured_exactly(binaries: &[PathBuf]) -> Result<()> {
+/// Runs each client under one tracer and checks the capture of each, byte for byte.
+async fn traced_calls_are_captured_exactly(runs: &[Run<'_>]) -> Result<()> {
     let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
     // What the clients do untraced: the tracer must not change it.
-    for binary in binaries {
-        let (_, outcome) = release_client(spawn_client(binary, &server)?).await?;
+    for &(binary, tls) in runs {
+        let (_, outcome) = release_client(spawn_client((binary, tls), &server)?).await?;
         ensure!(
             outcome.response.starts_with(b"HTTP/1.1 200 OK\r\n"),
-            "{}: {:?}",
+            "{} {tls:?}: {:?}",
             binary.display(),
             String::from_utf8_lossy(&outcome.response)
         );
@@ -206,18 +221,18 @@ async fn traced_calls_are_captured_exactly(binaries: &[PathBuf]) -> Result<()> {
         &[],
     )?;
     let mut traced = Vec::new();
-    for binary in binaries {
-        let child = spawn_client(binary, &server)?;
+    for &(binary, tls) in runs {
+        let child = spawn_client((binary, tls), &server)?;
         wait_until_hooked(binary).await?;
         let (pid, outcome) = release_client(child).await?;
         receiver
             .wait_for(
-                &format!("the span of {} (pid {pid})", binary.display()),
+                &format!("the span of {} {tls:?} (pid {pid})", binary.display()),
                 SPAN_WAIT,
                 |s| !of_pid(s, pid).is_empty(),
             )
             .await?;
-        traced.push((binary, pid, outcome));
+        traced.push(((binary, tls), pid, outcome));
     }
     let output = running.stop()?;
     assert!(
@@ -228,8 +243,17 @@ async fn traced_calls_are_captured_exactly(binaries: &[PathBuf]) -> Result<()> {
     );
 
     let spans = receiver.spans();
-    for (binary, pid, outcome) in &traced {
-        let what = binary.display();
+    for ((binary, tls), pid, outcome) in &traced {
+        let what = format!("{} {tls:?}", binary.display());
+        // The settings took effect: the call went over the cipher and TLS version asked for.
+        for (setting, value) in tls.iter() {
+            let ok = match *setting {
+                "TLS_CIPHER_SUITE" => outcome.suite.contains(value),
+                "TLS_VERSION" => outcome.suite.starts_with("TLS13_") == (*value == "1.3"),
+                _ => false,
+            };
+            assert!(ok, "{what}: negotiated {}", outcome.suite);
+        }
         assert!(
             outcome.response.starts_with(b"HTTP/1.1 200 OK\r\n"),
             "{what}"
@@ -269,11 +293,33 @@ async fn rustls_with_aws_lc_rs_in_stripped_binaries() -> Result<()> {
     let _serial = SERIAL.lock().await;
     // Two builds of the same program (opt-level 3 and "s"): laid out and inlined differently,
     // found by the same locator.
-    let binaries = [
-        build_client("aws-lc", "release")?,
-        build_client("aws-lc", "release-small")?,
-    ];
-    traced_calls_are_captured_exactly(&binaries).await
+    let fast = build_client("aws-lc", "release")?;
+    let small = build_client("aws-lc", "release-small")?;
+    traced_calls_are_captured_exactly(&[(&fast, &[]), (&small, &[])]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rustls_with_ring_in_stripped_binaries() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    // ring's AES-GCM never hands a whole record to one C function: these are found from ring's
+    // AEAD descriptors, in both builds, and every cipher and record format rustls offers with
+    // ring carries a call: AES-256-GCM (its default), AES-128-GCM and ChaCha20-Poly1305, TLS 1.3
+    // and 1.2 (whose additional data and explicit nonce differ).
+    let fast = build_client("ring", "release")?;
+    let small = build_client("ring", "release-small")?;
+    traced_calls_are_captured_exactly(&[
+        (&fast, &[]),
+        (&small, &[]),
+        (&fast, &[("TLS_CIPHER_SUITE", "CHACHA20")]),
+        (&small, &[("TLS_CIPHER_SUITE", "AES_128_GCM")]),
+        (&fast, &[("TLS_VERSION", "1.2")]),
+        (
+            &small,
+            &[("TLS_VERSION", "1.2"), ("TLS_CIPHER_SUITE", "CHACHA20")],
+        ),
+    ])
+    .await
 }
 
 /// Deno `version` from the npm registry (the package Deno's own npm installer uses), unpacked
@@ -462,5 +508,94 @@ async fn deno_fetch_over_rustls_in_two_releases() -> Result<()> {
         !contains(&receiver.raw_bytes(), API_KEY.as_bytes()),
         "the API key was exported"
     );
+    Ok(())
+}
+
+/// `agent-tracer locate` on a build that keeps its symbol table: ring's seal and open must be
+/// found exactly where the symbols say (`ring::aead::algorithm::{aes_gcm,chacha20_poly1305}_
+/// {seal,open}`), from the AEAD descriptors alone; the stripped copy gives the same answers.
+#[test]
+fn ring_seal_and_open_are_found_where_the_symbols_say() -> Result<()> {
+    use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+    let binary = build("ring", "release-symbols")?;
+    let data = std::fs::read(&binary)?;
+    let elf = object::File::parse(&*data)?;
+    let file_offset = |vaddr: u64| {
+        elf.segments().find_map(|s| {
+            let (offset, size) = s.file_range();
+            (s.address()..s.address() + size)
+                .contains(&vaddr)
+                .then(|| offset + (vaddr - s.address()))
+        })
+    };
+    // `ring::aead::algorithm::<name>`: Rust's manglings (legacy and v0) both spell each path
+    // segment with its length before it.
+    let symbol = |name: &str| -> Result<u64> {
+        let segment = format!("{}{name}", name.len());
+        let mut found = elf.symbols().filter(|s| {
+            s.name()
+                .is_ok_and(|n| n.contains("9algorithm") && n.contains(&segment))
+        });
+        let s = found.next().with_context(|| format!("no symbol {name}"))?;
+        ensure!(found.next().is_none(), "two symbols {name}");
+        file_offset(s.address()).with_context(|| format!("{name} is not in the file"))
+    };
+    let expected = [
+        ("ring AES_GCM.seal", symbol("aes_gcm_seal")?),
+        ("ring AES_GCM.open", symbol("aes_gcm_open")?),
+        (
+            "ring CHACHA20_POLY1305.seal",
+            symbol("chacha20_poly1305_seal")?,
+        ),
+        (
+            "ring CHACHA20_POLY1305.open",
+            symbol("chacha20_poly1305_open")?,
+        ),
+    ];
+    let stripped = work_dir().join("ring-symbols-stripped");
+    let status = Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(&binary)
+        .arg(&stripped)
+        .status()?;
+    ensure!(status.success(), "objcopy --strip-all failed");
+    let cache = work_dir().join("ring-locate-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    for file in [&binary, &stripped] {
+        let output = Command::new(tracer_bin())
+            .arg("locate")
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg(file)
+            .output()?;
+        ensure!(output.status.success(), "locate: {output:?}");
+        let report: Value = serde_json::from_slice(&output.stdout)?;
+        let found = &report["outcome"]["Found"];
+        assert_eq!(
+            found["stack"],
+            "rustls (ring)",
+            "{}: {report}",
+            file.display()
+        );
+        let hooks = found["hooks"].as_array().context("hooks")?;
+        for (function, offset) in expected {
+            let at: Vec<(&str, u64)> = hooks
+                .iter()
+                .filter(|h| h["function"] == function)
+                .filter_map(|h| Some((h["program"].as_str()?, h["offset"].as_u64()?)))
+                .collect();
+            let programs: &[&str] = if function.ends_with("seal") {
+                &["ring_seal"]
+            } else {
+                &["ring_open", "ring_open_ret"]
+            };
+            assert_eq!(
+                at,
+                programs.iter().map(|p| (*p, offset)).collect::<Vec<_>>(),
+                "{}: {function}",
+                file.display()
+            );
+        }
+    }
     Ok(())
 }

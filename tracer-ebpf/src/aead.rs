@@ -1,9 +1,15 @@
 //! Uprobes on an AEAD's seal and open calls, for TLS stacks whose own API has no stable hook
 //! (rustls: generic Rust, inlined differently in every build). Every TLS record passes through
-//! its cipher's seal (egress) or open (ingress), and aws-lc's `EVP_AEAD_CTX_seal` /
-//! `EVP_AEAD_CTX_seal_scatter` / `EVP_AEAD_CTX_open` / `EVP_AEAD_CTX_open_gather` are C functions with the C ABI: stable
-//! arguments in every build, located by userspace from the error sites aws-lc's own code must
-//! contain (`capture/locate/rustls.rs`).
+//! its cipher's seal (egress) or open (ingress):
+//! - aws-lc's `EVP_AEAD_CTX_seal` / `EVP_AEAD_CTX_seal_scatter` / `EVP_AEAD_CTX_open` /
+//!   `EVP_AEAD_CTX_open_gather` are C functions with the C ABI: stable arguments in every build,
+//!   located by userspace from the error sites aws-lc's own code must contain
+//!   (`capture/locate/rustls.rs`).
+//! - ring's AES-GCM hands each record to its assembly in pieces (whole blocks to the vector
+//!   code, the last partial block XORed in Rust), so no C function ever sees a record whole. Its
+//!   `Algorithm` descriptors' `seal` and `open` function pointers do, once per record, and are
+//!   found from the descriptors themselves (`capture/locate/ring.rs`). They are Rust functions:
+//!   see [`ring_seal`] for where their arguments are.
 //!
 //! Each record's plaintext is sent up whole, tagged with the AEAD key object (`conn_id`) and the
 //! TLS version its additional data shows (TLS 1.3: 5-byte record header, the content type is
@@ -52,12 +58,16 @@ pub struct PendingOpen {
     pub len: u64,
     /// A `TlsFunction` value (which TLS version), 0 for an open that is not a TLS record.
     pub function: u32,
-    /// 1: `EVP_AEAD_CTX_open` (which may call `open_gather` inside), 2: `open_gather`.
+    /// 1: `EVP_AEAD_CTX_open` (which may call `open_gather` inside), 2: `open_gather`, 3:
+    /// ring's `open`.
     pub entry: u32,
+    /// ring's `open` only: where it writes its `Result<Tag, Unspecified>` (byte 0 is 0 for Ok).
+    pub result: u64,
 }
 
 const OPEN: u32 = 1;
 const OPEN_GATHER: u32 = 2;
+const RING_OPEN: u32 = 3;
 
 /// By pid_tgid.
 #[map]
@@ -116,18 +126,48 @@ pub fn aead_seal_combined(ctx: ProbeContext) -> u32 {
 /// arguments `ad` and `ad + 1` (1-based, all on the stack).
 #[inline(always)]
 fn seal(ctx: &ProbeContext, input: u64, ad: u64) {
+    let Some(key) = ctx.arg::<u64>(0) else {
+        return;
+    };
+    let plaintext = (stack_arg(ctx, input), stack_arg(ctx, input + 1));
+    let ad = (stack_arg(ctx, ad), stack_arg(ctx, ad + 1));
+    seal_record(ctx, key, plaintext, ad);
+}
+
+/// ring 0.17's `Algorithm::seal`, `fn(key: &KeyInner, nonce: Nonce, aad: Aad<&[u8]>, in_out:
+/// &mut [u8], cpu: cpu::Features) -> Result<Tag, Unspecified>`: the plaintext is `in_out` on
+/// entry. Rust's own calling convention is not a stable ABI, but rustc has laid this signature
+/// out the same way for years (the `e2e_rustls` test proves it against the current compiler,
+/// and a wrong guess is caught by validation, which detaches the hook): the 17-byte result is
+/// returned through a pointer in `rdi`, `key` is in `rsi`, the 12-byte nonce is passed by
+/// pointer in `rdx`, `aad` is `rcx, r8`, `in_out` is `r9` and the first stack argument, and the
+/// zero-sized `cpu` takes no place.
+#[uprobe]
+pub fn ring_seal(ctx: ProbeContext) -> u32 {
+    let (Some(key), Some(ad), Some(ad_len), Some(buf)) = (
+        ctx.arg::<u64>(1),
+        ctx.arg::<u64>(3),
+        ctx.arg::<u64>(4),
+        ctx.arg::<u64>(5),
+    ) else {
+        return 0;
+    };
+    seal_record(&ctx, key, (buf, stack_arg(&ctx, 7)), (ad, ad_len));
+    0
+}
+
+/// Sends one sealed record's plaintext `(buf, len)` up, if its additional data `(ad, ad_len)`
+/// says it is a TLS record, and remembers `key` as the thread's sealing key.
+#[inline(always)]
+fn seal_record(ctx: &ProbeContext, key: u64, (buf, len): (u64, u64), (ad, ad_len): (u64, u64)) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_ignored((pid_tgid >> 32) as u32) {
         count(counter::IGNORED_CALLS, 1);
         return;
     }
-    let Some(key) = ctx.arg::<u64>(0) else {
+    let Some(function) = classify(ad, ad_len) else {
         return;
     };
-    let Some(function) = classify(stack_arg(ctx, ad), stack_arg(ctx, ad + 1)) else {
-        return;
-    };
-    let (buf, len) = (stack_arg(ctx, input), stack_arg(ctx, input + 1));
     let _ = AEAD_SEALED.insert(pid_tgid, key, BPF_ANY as u64);
     if len == 0 {
         return;
@@ -160,6 +200,48 @@ pub fn aead_open(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn aead_open_gather(ctx: ProbeContext) -> u32 {
     remember_open(&ctx, OPEN_GATHER);
+    0
+}
+
+/// ring 0.17's `Algorithm::open`, `fn(key: &KeyInner, nonce: Nonce, aad: Aad<&[u8]>, in_out:
+/// &mut [u8], src: RangeFrom<usize>, cpu: cpu::Features) -> Result<Tag, Unspecified>`: laid out
+/// as [`ring_seal`]'s arguments, with `src.start` as the second stack argument. The ciphertext
+/// is `in_out[src]`; on return its plaintext is at the start of `in_out`. The returned tag is
+/// checked by the caller, after the return: a forged record's plaintext is reported, and the
+/// connection then fails in rustls.
+#[uprobe]
+pub fn ring_open(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_ignored((pid_tgid >> 32) as u32) {
+        count(counter::IGNORED_CALLS, 1);
+        return 0;
+    }
+    let (Some(result), Some(key), Some(ad), Some(ad_len), Some(out)) = (
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<u64>(3),
+        ctx.arg::<u64>(4),
+        ctx.arg::<u64>(5),
+    ) else {
+        return 0;
+    };
+    let (len, start) = (stack_arg(&ctx, 7), stack_arg(&ctx, 8));
+    let open = PendingOpen {
+        key,
+        out,
+        out_len: 0,
+        len: len.saturating_sub(start),
+        function: classify(ad, ad_len).map_or(0, |f| f as u32),
+        entry: RING_OPEN,
+        result,
+    };
+    let _ = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64);
+    0
+}
+
+#[uretprobe]
+pub fn ring_open_ret(ctx: RetProbeContext) -> u32 {
+    finish_open(&ctx, RING_OPEN);
     0
 }
 
@@ -196,6 +278,7 @@ fn remember_open(ctx: &ProbeContext, entry: u32) {
         len,
         function,
         entry,
+        result: 0,
     };
     let _ = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64);
 }
@@ -223,7 +306,13 @@ fn finish_open(ctx: &RetProbeContext, entry: u32) {
         return;
     }
     let _ = AEAD_OPENS.remove(pid_tgid);
-    if open.function == 0 || ctx.ret::<i32>() != 1 {
+    let opened = if entry == RING_OPEN {
+        let status = unsafe { bpf_probe_read_user(open.result as *const u8) };
+        status == Ok(0)
+    } else {
+        ctx.ret::<i32>() == 1
+    };
+    if open.function == 0 || !opened {
         return;
     }
     let len = if open.out_len != 0 {

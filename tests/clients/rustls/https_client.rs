@@ -5,9 +5,13 @@
 //!
 //! Usage: https_client BASE_URL [--wait-stdin]   (BASE_URL e.g. https://127.0.0.1:PORT/v1)
 //!
+//! TLS_VERSION=1.2|1.3 and TLS_CIPHER_SUITE=<part of a suite's name, e.g. CHACHA20> narrow what
+//! it offers, so a test can make every cipher and record format of the provider carry the call.
+//!
 //! It trusts exactly the PEM certificate named by SSL_CERT_FILE and prints one JSON line:
-//! {"pid":..., "request":"<bytes written>", "response":"<bytes read>"}, so the test can compare
-//! the tracer's capture with what really crossed the TLS layer, byte for byte. With --wait-stdin
+//! {"pid":..., "suite":"<cipher suite>", "request":"<bytes written>", "response":"<bytes read>"},
+//! so the test can compare the tracer's capture with what really crossed the TLS layer, byte
+//! for byte. With --wait-stdin
 //! it sends nothing before a line (or EOF) arrives on stdin: the test holds it there until the
 //! tracer has hooked this executable.
 
@@ -45,7 +49,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for cert in CertificateDer::pem_file_iter(&ca)? {
         roots.add(cert?)?;
     }
-    let config = rustls::ClientConfig::builder()
+    // Whichever provider this build of rustls has, narrowed as asked.
+    let mut provider = (**rustls::ClientConfig::builder().crypto_provider()).clone();
+    if let Ok(want) = std::env::var("TLS_CIPHER_SUITE") {
+        provider
+            .cipher_suites
+            .retain(|s| format!("{:?}", s.suite()).contains(&want));
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        match std::env::var("TLS_VERSION").as_deref() {
+            Ok("1.2") => &[&rustls::version::TLS12],
+            Ok("1.3") => &[&rustls::version::TLS13],
+            Ok(other) => return Err(format!("TLS_VERSION {other}: 1.2 or 1.3").into()),
+            Err(_) => rustls::DEFAULT_VERSIONS,
+        };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     if wait {
@@ -71,9 +90,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
         Err(e) => return Err(e.into()),
     }
+    let suite = tls
+        .conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
     println!(
-        "{{\"pid\":{},\"request\":{},\"response\":{}}}",
+        "{{\"pid\":{},\"suite\":{},\"request\":{},\"response\":{}}}",
         std::process::id(),
+        json_string(suite.as_bytes()),
         json_string(request.as_bytes()),
         json_string(&response)
     );

@@ -125,6 +125,9 @@ pub const TLS_PROGRAMS: &[&str] = &[
     "aead_open_ret",
     "aead_open_gather",
     "aead_open_gather_ret",
+    "ring_seal",
+    "ring_open",
+    "ring_open_ret",
 ];
 
 /// Strings TLS stacks embed, to tell a user what we saw but could not hook.
@@ -396,11 +399,16 @@ mod tests {
     }
 
     #[test]
-    fn a_static_rustls_binary_is_reported_unsupported() {
-        // This test binary links rustls statically (through reqwest and tonic): a real example.
+    fn a_static_rustls_binary_is_located() {
+        // This test binary links rustls statically (through reqwest, tonic and kube) with the
+        // ring provider: a real example, with symbols, located the way a stripped one is.
         let me = std::fs::canonicalize("/proc/self/exe").unwrap();
         let a = analyse(&me, true).unwrap();
-        assert_eq!((a.stack, a.unsupported), (None, Some("rustls")));
+        assert_eq!((&a.stack, a.unsupported), (&Some(TlsStack::Rustls), None));
+        assert_eq!(a.method, HookMethod::Inferred);
+        for program in ["ring_seal", "ring_open", "ring_open_ret"] {
+            assert!(a.hooks.iter().any(|h| h.program == program), "{a:?}");
+        }
     }
 
     #[test]

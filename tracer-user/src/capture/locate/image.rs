@@ -204,6 +204,55 @@ impl<'a> Image<'a> {
         memchr::memmem::find(self.data, bytes).is_some()
     }
 
+    /// Every pointer to code stored in loaded data, as (slot, target): function-pointer tables,
+    /// vtables, descriptor structs. In a position-independent file a slot holds nothing until
+    /// the loader applies its `R_X86_64_RELATIVE` relocation, whose addend is the target; in a
+    /// position-dependent one the slot holds the address itself. Sorted by slot.
+    pub fn code_pointers(&self) -> Vec<(u64, u64)> {
+        let mut found = Vec::new();
+        let relocations = object::File::parse(self.data)
+            .ok()
+            .and_then(|elf| {
+                let relocations: Vec<_> = elf.dynamic_relocations()?.collect();
+                Some(relocations)
+            })
+            .unwrap_or_default();
+        for (slot, r) in relocations {
+            let relative = matches!(
+                r.flags(),
+                object::RelocationFlags::Elf { r_type } if r_type == object::elf::R_X86_64_RELATIVE
+            );
+            let target = r.addend() as u64;
+            if relative && self.is_code(target) && !self.is_code(slot) {
+                found.push((slot, target));
+            }
+        }
+        if found.is_empty() {
+            for s in self.segments.iter().filter(|s| !s.executable) {
+                let Some(bytes) = self.file_bytes(s) else {
+                    continue;
+                };
+                // Aligned slots only: a compiler never misaligns a pointer in static data.
+                let skip = (s.vaddr.wrapping_neg() % 8) as usize;
+                let words = bytes.get(skip..).unwrap_or_default().chunks_exact(8);
+                for (i, word) in words.enumerate() {
+                    let value = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                    if value != 0 && self.is_code(value) {
+                        found.push((s.vaddr + skip as u64 + 8 * i as u64, value));
+                    }
+                }
+            }
+        }
+        found.sort_unstable();
+        found
+    }
+
+    /// The little-endian 64-bit word stored at `vaddr` in the file (before relocation).
+    pub fn word_at(&self, vaddr: u64) -> Option<u64> {
+        let bytes = self.bytes_at(vaddr, 8)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
     fn file_bytes(&self, s: &Segment) -> Option<&'a [u8]> {
         let start = usize::try_from(s.offset).ok()?;
         let end = start.checked_add(usize::try_from(s.file_size).ok()?)?;

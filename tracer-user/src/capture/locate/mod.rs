@@ -16,6 +16,7 @@
 pub mod boringssl;
 pub mod image;
 pub mod openssl;
+pub mod ring;
 pub mod rustls;
 
 use std::{

@@ -1,4 +1,5 @@
-//! rustls with the aws-lc-rs crypto provider (static Rust programs, Deno), without symbols.
+//! rustls with the aws-lc-rs crypto provider (static Rust programs, Deno) or the ring one
+//! (`ring.rs`), without symbols. A program may link both providers; every one found is hooked.
 //!
 //! rustls itself offers no stable hook: its plaintext API is generic Rust, inlined and laid out
 //! differently by every build, called through trait objects whose layout Rust does not fix. What
@@ -37,8 +38,8 @@ use super::{Image, LocateError, Located, LocatedHook, Locator, XrefKind};
 
 /// Bump when the answers change (see [`Locator::version`]).
 pub const LOCATOR: Locator = Locator {
-    name: "rustls-aws-lc",
-    version: 2,
+    name: "rustls",
+    version: 3,
     present,
     locate,
 };
@@ -61,8 +62,12 @@ const OUTPUT_ALIASES_INPUT: u64 = 115;
 const SITE_WINDOW: usize = 8;
 
 fn present(data: &[u8]) -> bool {
+    memchr::memmem::find(data, RUSTLS_MARKER).is_some()
+        && (has_aws_lc(data) || super::ring::present(data))
+}
+
+fn has_aws_lc(data: &[u8]) -> bool {
     memchr::memmem::find(data, AEAD_SOURCE).is_some()
-        && memchr::memmem::find(data, RUSTLS_MARKER).is_some()
 }
 
 /// The aws-lc AEAD functions of a binary, by entry address.
@@ -76,48 +81,148 @@ pub struct AeadFunctions {
 }
 
 fn locate(image: &Image<'_>) -> Result<Option<Located>, LocateError> {
-    let Some(found) = aead_functions(image)? else {
-        return Ok(None);
+    let aws_lc = if has_aws_lc(image.data()) {
+        aead_functions(image)
+    } else {
+        Ok(None)
+    };
+    let ring = if super::ring::present(image.data()) {
+        super::ring::aead_functions(image)
+    } else {
+        Ok(None)
     };
     let mut hooks = Vec::new();
-    let mut hook = |program: &str, function: &str, vaddr: u64| -> Result<(), LocateError> {
-        if !image.is_instruction_boundary(vaddr) {
-            return Err(ambiguous(format!(
-                "{function} at {vaddr:#x} is not an instruction"
-            )));
+    let mut providers = Vec::new();
+    // One provider's failure does not hide the other: a program uses one at a time, and the
+    // one found may be the one in use. Only when none is found is the failure the answer.
+    let mut failure = None;
+    match aws_lc {
+        Ok(Some(found)) => {
+            aws_lc_hooks(image, &found, &mut hooks)?;
+            providers.push("aws-lc-rs");
         }
-        let offset = image
-            .file_offset(vaddr)
-            .ok_or_else(|| ambiguous(format!("{function} at {vaddr:#x} is not in the file")))?;
-        hooks.push(LocatedHook {
-            program: program.to_string(),
-            function: function.to_string(),
-            offset,
-        });
-        Ok(())
-    };
-    if let Some(seal) = found.seal {
-        hook("aead_seal_combined", "EVP_AEAD_CTX_seal", seal)?;
+        Ok(None) => {}
+        Err(e) => failure = Some(e),
     }
-    if let Some(scatter) = found.seal_scatter {
-        hook("aead_seal", "EVP_AEAD_CTX_seal_scatter", scatter)?;
+    match ring {
+        Ok(Some(found)) => {
+            ring_hooks(image, &found, &mut hooks)?;
+            providers.push("ring");
+        }
+        Ok(None) => {}
+        Err(e) => failure = failure.or(Some(e)),
     }
-    hook("aead_open", "EVP_AEAD_CTX_open", found.open)?;
-    hook("aead_open_ret", "EVP_AEAD_CTX_open", found.open)?;
-    if let Some(gather) = found.open_gather {
-        hook("aead_open_gather", "EVP_AEAD_CTX_open_gather", gather)?;
-        hook("aead_open_gather_ret", "EVP_AEAD_CTX_open_gather", gather)?;
+    if providers.is_empty() {
+        return failure.map_or(Ok(None), Err);
     }
     Ok(Some(Located {
-        stack: "rustls (aws-lc-rs)".to_string(),
+        stack: format!("rustls ({})", providers.join(", ")),
         kind: "rustls".to_string(),
         hooks,
     }))
 }
 
+/// A hook at `vaddr`, which must be a proved instruction boundary in the file.
+fn hook(
+    image: &Image<'_>,
+    hooks: &mut Vec<LocatedHook>,
+    program: &str,
+    function: &str,
+    vaddr: u64,
+) -> Result<(), LocateError> {
+    if !image.is_instruction_boundary(vaddr) {
+        return Err(ambiguous(format!(
+            "{function} at {vaddr:#x} is not an instruction"
+        )));
+    }
+    let offset = image
+        .file_offset(vaddr)
+        .ok_or_else(|| ambiguous(format!("{function} at {vaddr:#x} is not in the file")))?;
+    hooks.push(LocatedHook {
+        program: program.to_string(),
+        function: function.to_string(),
+        offset,
+    });
+    Ok(())
+}
+
+fn aws_lc_hooks(
+    image: &Image<'_>,
+    found: &AeadFunctions,
+    hooks: &mut Vec<LocatedHook>,
+) -> Result<(), LocateError> {
+    if let Some(seal) = found.seal {
+        hook(
+            image,
+            hooks,
+            "aead_seal_combined",
+            "EVP_AEAD_CTX_seal",
+            seal,
+        )?;
+    }
+    if let Some(scatter) = found.seal_scatter {
+        hook(
+            image,
+            hooks,
+            "aead_seal",
+            "EVP_AEAD_CTX_seal_scatter",
+            scatter,
+        )?;
+    }
+    hook(image, hooks, "aead_open", "EVP_AEAD_CTX_open", found.open)?;
+    hook(
+        image,
+        hooks,
+        "aead_open_ret",
+        "EVP_AEAD_CTX_open",
+        found.open,
+    )?;
+    if let Some(gather) = found.open_gather {
+        let name = "EVP_AEAD_CTX_open_gather";
+        hook(image, hooks, "aead_open_gather", name, gather)?;
+        hook(image, hooks, "aead_open_gather_ret", name, gather)?;
+    }
+    Ok(())
+}
+
+fn ring_hooks(
+    image: &Image<'_>,
+    found: &super::ring::RingAeads,
+    hooks: &mut Vec<LocatedHook>,
+) -> Result<(), LocateError> {
+    let aeads = [
+        Some(("AES_GCM", found.aes_gcm)),
+        found.chacha20_poly1305.map(|f| ("CHACHA20_POLY1305", f)),
+    ];
+    for (name, f) in aeads.into_iter().flatten() {
+        hook(
+            image,
+            hooks,
+            "ring_seal",
+            &format!("ring {name}.seal"),
+            f.seal,
+        )?;
+        hook(
+            image,
+            hooks,
+            "ring_open",
+            &format!("ring {name}.open"),
+            f.open,
+        )?;
+        hook(
+            image,
+            hooks,
+            "ring_open_ret",
+            &format!("ring {name}.open"),
+            f.open,
+        )?;
+    }
+    Ok(())
+}
+
 fn ambiguous(reason: String) -> LocateError {
     LocateError::Ambiguous {
-        stack: "rustls-aws-lc",
+        stack: "rustls",
         reason,
     }
 }
