@@ -38,7 +38,11 @@ fn work_dir() -> PathBuf {
 /// Builds tests/clients/rustls/`provider` with `profile` (its own workspace and Cargo.lock, so
 /// `--locked` pins every crate) and checks the result has no symbol table left.
 fn build_client(provider: &str, profile: &str) -> Result<PathBuf> {
-    let binary = build(provider, profile)?;
+    build_stripped(provider, profile, "https_client")
+}
+
+fn build_stripped(provider: &str, profile: &str, bin: &str) -> Result<PathBuf> {
+    let binary = build(provider, profile, bin)?;
     let data = std::fs::read(&binary)?;
     use object::Object as _;
     let elf = object::File::parse(&*data)?;
@@ -50,7 +54,7 @@ fn build_client(provider: &str, profile: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
-fn build(provider: &str, profile: &str) -> Result<PathBuf> {
+fn build(provider: &str, profile: &str, bin: &str) -> Result<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/clients/rustls")
         .join(provider)
@@ -74,9 +78,7 @@ fn build(provider: &str, profile: &str) -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(std::fs::canonicalize(
-        target.join(profile).join("https_client"),
-    )?)
+    Ok(std::fs::canonicalize(target.join(profile).join(bin))?)
 }
 
 /// What the client wrote and read through rustls.
@@ -517,7 +519,7 @@ async fn deno_fetch_over_rustls_in_two_releases() -> Result<()> {
 #[test]
 fn ring_seal_and_open_are_found_where_the_symbols_say() -> Result<()> {
     use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
-    let binary = build("ring", "release-symbols")?;
+    let binary = build("ring", "release-symbols", "https_client")?;
     let data = std::fs::read(&binary)?;
     let elf = object::File::parse(&*data)?;
     let file_offset = |vaddr: u64| {
@@ -597,5 +599,137 @@ fn ring_seal_and_open_are_found_where_the_symbols_say() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The request bodies of tests/clients/rustls/reqwest: a JSON answer, then a streamed one.
+const REQWEST_BODIES: [&str; 2] = [
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from reqwest"}]}"#,
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"weather?"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+];
+
+/// Lets a held reqwest client go and returns its pid and report (see the client).
+async fn release_reqwest(mut child: Child) -> Result<(u32, Value)> {
+    let pid = child.id();
+    tokio::task::spawn_blocking(move || {
+        child.stdin.take().context("stdin")?.write_all(b"go\n")?;
+        let output = child.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "reqwest client: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((pid, serde_json::from_slice(&output.stdout)?))
+    })
+    .await?
+}
+
+/// reqwest on tokio with rustls and ring, the stack of most Rust agent CLIs: two calls on one
+/// connection (JSON, then SSE read as it streams), over HTTP/2 chosen by ALPN and over
+/// HTTP/1.1. Async I/O on a thread pool must still tie each record to its socket, and the
+/// reassembled records must parse as HTTP/2 frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_on_ring_over_http2_and_http1() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let client = build_stripped("reqwest", "release", "reqwest_client")?;
+    let certs = tracer_testkit::target_dir().join("e2e-certs");
+    let h2 = mock_openai::start_h2(&certs).await?;
+    let h1 = mock_openai::start(&certs).await?;
+    let spawn = |server: &MockOpenAi| {
+        Command::new(&client)
+            .arg(server.base_url())
+            .arg("--wait-stdin")
+            .env("SSL_CERT_FILE", &server.cert_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the reqwest client")
+    };
+    let receiver = otlp::start_grpc().await?;
+    let streams_dir = work_dir().join("streams-reqwest");
+    let _ = std::fs::remove_dir_all(&streams_dir);
+    let streams_arg = streams_dir.display().to_string();
+    let running = tracer::start(
+        tracer_bin(),
+        TRACER_NAME,
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--record-streams",
+            &streams_arg,
+        ],
+        &[],
+    )?;
+    let mut traced = Vec::new();
+    for (server, version) in [(&h2, "HTTP/2.0"), (&h1, "HTTP/1.1")] {
+        let child = spawn(server)?;
+        wait_until_hooked(&client).await?;
+        let (pid, report) = release_reqwest(child).await?;
+        assert_eq!(report["version"], version, "{report}");
+        assert_eq!(
+            report["statuses"],
+            serde_json::json!([200, 200]),
+            "{report}"
+        );
+        receiver
+            .wait_for(&format!("{version}: two spans"), SPAN_WAIT, |s| {
+                of_pid(s, pid).len() >= 2
+            })
+            .await?;
+        traced.push((version, pid, report));
+    }
+    let output = running.stop()?;
+    assert!(output.status.success(), "{}", output.stderr);
+
+    let spans = receiver.spans();
+    for (version, pid, report) in &traced {
+        let mine = of_pid(&spans, *pid);
+        assert_eq!(mine.len(), 2, "{version}: one span per call: {mine:#?}");
+        let by_id = |id: &str| {
+            mine.iter()
+                .find(|s| otlp::as_str(s.attr("gen_ai.response.id")) == Some(id))
+                .unwrap_or_else(|| panic!("{version}: no span answered {id}: {mine:#?}"))
+        };
+        let plain = by_id("chatcmpl-mock-nonstream");
+        let stream = by_id("chatcmpl-mock-stream");
+        for span in [plain, stream] {
+            assert_eq!(span.span.name, "chat gpt-4o-mini", "{version}");
+            assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
+            assert_eq!(
+                span.attr("agent_tracer.capture.bytes_lost"),
+                None,
+                "{version}"
+            );
+        }
+        assert_eq!(
+            otlp::as_strs(stream.attr("agent_tracer.response.tool_call.ids")),
+            Some(vec!["call_mock_weather".to_string()]),
+            "{version}"
+        );
+        assert_eq!(as_int(stream.attr("gen_ai.usage.output_tokens")), Some(17));
+        // The plaintext itself: both request bodies went out, the JSON answer came back.
+        let egress = tracer_testkit::e2e::recorded(&streams_dir, *pid, "egress");
+        if *version == "HTTP/2.0" {
+            assert!(
+                egress.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+                "{version}"
+            );
+        }
+        for body in REQWEST_BODIES {
+            assert!(contains(&egress, body.as_bytes()), "{version}: {body}");
+        }
+        let ingress = tracer_testkit::e2e::recorded(&streams_dir, *pid, "ingress");
+        let answer = report["bodies"][0].as_str().context("bodies")?;
+        assert!(contains(&ingress, answer.as_bytes()), "{version}");
+    }
+    assert!(
+        !contains(&receiver.raw_bytes(), b"sk-reqwest-secret"),
+        "the API key was exported"
+    );
     Ok(())
 }
