@@ -442,6 +442,29 @@ async fn a_wrongly_inferred_hook_is_detached_and_reported() -> Result<()> {
     );
     // A second run is not hooked at all now, and still works.
     let again = release_client(spawn_client(&binary, &server, PLAIN_BODY)?).await?;
+    // Both runs are still reported, as encrypted-only connections: the one whose hook was
+    // rejected as well as the one that ran unhooked.
+    let spans = receiver
+        .wait_for("both runs' encrypted-only spans", SPAN_WAIT, |s| {
+            [ex.pid, again.pid]
+                .iter()
+                .all(|pid| !of_pid(s, *pid).is_empty())
+        })
+        .await?;
+    for run in [&ex, &again] {
+        let mine = of_pid(&spans, run.pid);
+        assert_eq!(mine.len(), 1, "pid {}: {mine:#?}", run.pid);
+        assert_eq!(
+            otlp::as_bool(mine[0].attr("agent_tracer.capture.encrypted")),
+            Some(true),
+            "{:#?}",
+            mine[0]
+        );
+        assert_eq!(
+            as_int(mine[0].attr("server.port")),
+            Some(server.addr.port() as i64)
+        );
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let output = running.stop()?;
     assert!(output.status.success(), "{}", output.stderr);

@@ -445,12 +445,6 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         Direction::Ingress => unsafe { PENDING_READS.get(pid_tgid) },
     };
     if let Some(call) = in_tls {
-        state.flags |= flag::TLS;
-        if state.flags & flag::COUNTED != 0 {
-            // A hook sees this connection's plaintext: it is reported from that, not counted.
-            state.flags &= !flag::COUNTED;
-            let _ = TLS_CONNS.remove(key);
-        }
         if state.flags & flag::LINKED == 0 {
             state.flags |= flag::LINKED;
             let link = SocketRecord {
@@ -459,7 +453,19 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
             };
             emit_socket_record(RecordKind::TlsLink, pid_tgid, fd, link);
         }
-        return;
+        // A hook placed by inference (it has an attach cookie) may yet be rejected by
+        // validation and detached, its plaintext dropped: its connection is classified and
+        // counted as if unhooked, so it still gets the encrypted fallback, which userspace
+        // leaves out once the hook's plaintext is trusted.
+        if call.cookie == 0 {
+            state.flags |= flag::TLS;
+            if state.flags & flag::COUNTED != 0 {
+                // A hook sees this connection's plaintext: it is reported from that, not counted.
+                state.flags &= !flag::COUNTED;
+                let _ = TLS_CONNS.remove(key);
+            }
+            return;
+        }
     }
     if state.flags & flag::TLS != 0 {
         crate::aead::on_tls_socket_call(pid_tgid, fd, direction);
