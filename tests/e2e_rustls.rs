@@ -6,19 +6,19 @@
 //! GenAI span; the recorded plaintext must be exactly what the client wrote and read.
 
 use std::{
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::Value;
 use tracer_testkit::{
-    e2e::{contains, of_pid, require_root, SERIAL},
+    e2e::{
+        self, contains, of_pid, require_root, start_traced_with, HeldClient, TraceOptions, Traced,
+        SERIAL,
+    },
     mock_openai::{self, MockOpenAi},
-    otlp::{self, as_int},
-    tracer,
+    otlp::as_int,
 };
 
 const API_KEY: &str = "sk-rustls-secret";
@@ -80,82 +80,39 @@ struct ClientOutcome {
 }
 
 /// Starts the client held before its request (`--wait-stdin`).
-fn spawn_client(binary: &Path, server: &MockOpenAi) -> Result<Child> {
-    Command::new(binary)
+fn spawn_client(binary: &Path, server: &MockOpenAi) -> Result<HeldClient> {
+    let mut command = Command::new(binary);
+    command
         .arg(server.base_url())
         .arg("--wait-stdin")
-        .env("SSL_CERT_FILE", &server.cert_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))
+        .env("SSL_CERT_FILE", &server.cert_path);
+    HeldClient::spawn(command)
 }
 
 /// Lets the held client send its request and collects its one line of output.
-async fn release_client(mut child: Child) -> Result<(u32, ClientOutcome)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        let mut stdin = child.stdin.take().context("client stdin")?;
-        stdin.write_all(b"go\n")?;
-        drop(stdin);
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("client stdout")?
-            .read_to_string(&mut stdout)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("rustls client failed ({status}): {err}");
-        }
-        let line: Value = serde_json::from_str(stdout.trim())
-            .with_context(|| format!("the client's output {stdout:?}"))?;
-        assert_eq!(line["pid"].as_u64(), Some(pid as u64));
-        // The client escapes every byte outside printable ASCII as \u00XX: back to bytes.
-        let bytes = |field: &str| -> Result<Vec<u8>> {
-            Ok(line[field]
-                .as_str()
-                .with_context(|| format!("{field} in {line}"))?
-                .chars()
-                .map(|c| c as u32 as u8)
-                .collect())
-        };
-        Ok((
-            pid,
-            ClientOutcome {
-                request: bytes("request")?,
-                response: bytes("response")?,
-            },
-        ))
-    })
-    .await?
+async fn release_client(client: HeldClient) -> Result<(u32, ClientOutcome)> {
+    let (pid, line) = client.release_line().await?;
+    // The client escapes every byte outside printable ASCII as \u00XX: back to bytes.
+    let bytes = |field: &str| -> Result<Vec<u8>> {
+        Ok(line[field]
+            .as_str()
+            .with_context(|| format!("{field} in {line}"))?
+            .chars()
+            .map(|c| c as u32 as u8)
+            .collect())
+    };
+    Ok((
+        pid,
+        ClientOutcome {
+            request: bytes("request")?,
+            response: bytes("response")?,
+        },
+    ))
 }
 
 /// Waits until the tracer's log says it hooked `binary` (it can only once a process runs it).
 async fn wait_until_hooked(binary: &Path) -> Result<()> {
-    let log = tracer_testkit::target_dir()
-        .join("e2e-logs")
-        .join(format!("{TRACER_NAME}.err"));
-    let path = binary.display().to_string();
-    let deadline = Instant::now() + ATTACH_WAIT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.contains("attached") && l.contains(&path))
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the tracer did not hook {path} within {ATTACH_WAIT:?}; its log:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::wait_until_hooked(TRACER_NAME, binary, ATTACH_WAIT).await
 }
 
 /// The bytes recorded for `pid` in `direction` ("egress"/"ingress"), one entry per connection.
@@ -187,24 +144,11 @@ async fn traced_calls_are_captured_exactly(binaries: &[PathBuf]) -> Result<()> {
         );
     }
 
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = work_dir().join("streams");
-    let _ = std::fs::remove_dir_all(&streams_dir);
-    let streams_arg = streams_dir.display().to_string();
-    let running = tracer::start(
-        tracer_bin(),
-        TRACER_NAME,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[],
-    )?;
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
     let mut traced = Vec::new();
     for binary in binaries {
         let child = spawn_client(binary, &server)?;
@@ -321,61 +265,35 @@ struct DenoOutcome {
     body: String,
 }
 
-fn spawn_deno(deno: &Path, server: &MockOpenAi) -> Result<Child> {
-    Command::new(deno)
+fn spawn_deno(deno: &Path, server: &MockOpenAi) -> Result<HeldClient> {
+    let mut command = Command::new(deno);
+    command
         .args(["run", "--allow-net", "--cert"])
         .arg(&server.cert_path)
         .arg(tracer_testkit::e2e::clients_dir().join("deno_fetch.ts"))
         .arg(server.base_url())
         .env("DENO_DIR", work_dir().join("deno-dir"))
         .env("DENO_NO_UPDATE_CHECK", "1")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", deno.display()))
+        .env("NO_COLOR", "1");
+    HeldClient::spawn(command)
 }
 
-async fn release_deno(mut child: Child) -> Result<(u32, DenoOutcome)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        let mut stdin = child.stdin.take().context("deno stdin")?;
-        stdin.write_all(b"go\n")?;
-        drop(stdin);
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("deno stdout")?
-            .read_to_string(&mut stdout)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("deno failed ({status}): {err}");
-        }
-        let line: Value = serde_json::from_str(stdout.trim())
-            .with_context(|| format!("deno's output {stdout:?}"))?;
-        assert_eq!(line["pid"].as_u64(), Some(pid as u64));
-        let text = |f: &str| -> Result<String> {
-            Ok(line[f]
-                .as_str()
-                .with_context(|| format!("{f} in {line}"))?
-                .to_string())
-        };
-        Ok((
-            pid,
-            DenoOutcome {
-                status: line["status"].as_i64().context("status")?,
-                request_body: text("request_body")?,
-                body: text("body")?,
-            },
-        ))
-    })
-    .await?
+async fn release_deno(client: HeldClient) -> Result<(u32, DenoOutcome)> {
+    let (pid, line) = client.release_line().await?;
+    let text = |f: &str| -> Result<String> {
+        Ok(line[f]
+            .as_str()
+            .with_context(|| format!("{f} in {line}"))?
+            .to_string())
+    };
+    Ok((
+        pid,
+        DenoOutcome {
+            status: line["status"].as_i64().context("status")?,
+            request_body: text("request_body")?,
+            body: text("body")?,
+        },
+    ))
 }
 
 /// An HTTP/1.1 message's head and body (everything after the blank line).
@@ -392,24 +310,11 @@ async fn deno_fetch_over_rustls_in_two_releases() -> Result<()> {
     // rustls (0.23.28) and aws-lc-rs (1.12.4), with unwind tables. The same locator finds both.
     let denos = [install_deno("2.9.6")?, install_deno("2.5.6")?];
     let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = work_dir().join("deno-streams");
-    let _ = std::fs::remove_dir_all(&streams_dir);
-    let streams_arg = streams_dir.display().to_string();
-    let running = tracer::start(
-        tracer_bin(),
-        TRACER_NAME,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[],
-    )?;
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
     let mut traced = Vec::new();
     for deno in &denos {
         let child = spawn_deno(deno, &server)?;
