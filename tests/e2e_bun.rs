@@ -13,10 +13,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use tracer_testkit::{
     bun,
-    e2e::{self, clients_dir, of_pid, recorded, require_root, without_pid, Traced, SERIAL},
+    e2e::{
+        self, clients_dir, of_pid, recorded, require_root, start_traced_with_env, without_pid,
+        Traced, SERIAL,
+    },
     mock_openai::{self, RESPONSE_MODEL},
-    otlp::{self, as_bool, as_int, as_str, as_strs},
-    tracer,
+    otlp::{as_bool, as_int, as_str, as_strs},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,38 +30,13 @@ fn tracer_bin() -> &'static Path {
 /// A tracer whose PATH has `bun` on it, as on a machine where Bun is installed: the attacher
 /// analyses the runtimes on PATH at start-up, before any of them runs.
 async fn start_traced_with_bun(bun: &Path, name: &str) -> Result<Traced> {
-    let receiver = otlp::start_grpc().await?;
-    let record_dir = tracer_testkit::target_dir().join("e2e-streams").join(name);
-    let _ = std::fs::remove_dir_all(&record_dir);
-    let endpoint = receiver.endpoint();
-    let record = record_dir.display().to_string();
     let dir = bun.parent().context("bun's directory")?;
     let path = format!(
         "{}:{}",
         dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let tracer = tracer::start(
-        tracer_bin(),
-        name,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--console",
-            "always",
-            "--record-streams",
-            &record,
-        ],
-        &[("PATH", &path)],
-    )?;
-    Ok(Traced {
-        receiver,
-        tracer,
-        record_dir,
-    })
+    start_traced_with_env(tracer_bin(), name, &[], &[("PATH", &path)]).await
 }
 
 /// An HTTP/1.1 message split into its head and its body, de-chunked when it was sent chunked.

@@ -6,20 +6,20 @@
 //! the client does.
 
 use std::{
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
-use serde_json::Value;
+use anyhow::{Context as _, Result};
 use tracer_testkit::{
-    e2e::{contains, of_pid, require_root, SERIAL},
+    e2e::{
+        contains, of_pid, require_root, start_traced_with, wait_until_hooked, HeldClient,
+        TraceOptions, Traced, SERIAL,
+    },
     go,
     mock_openai::{self, MockOpenAi},
-    otlp::{self, as_int, as_str},
-    tracer,
+    otlp::{as_int, as_str},
 };
 
 /// What tests/clients/go/https_client.go sends, byte for byte.
@@ -46,81 +46,28 @@ struct ClientOutcome {
 }
 
 /// Starts the client held before its request (`--wait-stdin`).
-fn spawn_client(binary: &Path, server: &MockOpenAi) -> Result<Child> {
-    Command::new(binary)
+fn spawn_client(binary: &Path, server: &MockOpenAi) -> Result<HeldClient> {
+    let mut command = Command::new(binary);
+    command
         .arg(server.base_url())
         .arg("--wait-stdin")
         .env("SSL_CERT_FILE", &server.cert_path)
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")
-        .env_remove("ALL_PROXY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))
+        .env_remove("ALL_PROXY");
+    HeldClient::spawn(command)
 }
 
 /// Lets the held client send its request and collects its one line of output.
-async fn release_client(mut child: Child) -> Result<(u32, ClientOutcome)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        let mut stdin = child.stdin.take().context("client stdin")?;
-        stdin.write_all(b"go\n")?;
-        drop(stdin);
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("client stdout")?
-            .read_to_string(&mut stdout)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("Go client failed ({status}): {err}");
-        }
-        let line: Value = serde_json::from_str(stdout.trim())
-            .with_context(|| format!("the client's output {stdout:?}"))?;
-        assert_eq!(
-            line["pid"].as_u64(),
-            Some(pid as u64),
-            "the client reports its own pid"
-        );
-        Ok((
-            pid,
-            ClientOutcome {
-                status: line["status"].as_i64().context("status")?,
-                body: line["body"].as_str().context("body")?.to_string(),
-            },
-        ))
-    })
-    .await?
-}
-
-/// Waits until the tracer's log says it hooked `binary` (it can only do that once a process
-/// runs it: the exec is what makes the tracer look at the file).
-async fn wait_until_hooked(binary: &Path) -> Result<()> {
-    let log = tracer_testkit::target_dir()
-        .join("e2e-logs")
-        .join(format!("{TRACER_NAME}.err"));
-    let path = binary.display().to_string();
-    let deadline = Instant::now() + ATTACH_WAIT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.contains("attached") && l.contains(&path))
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the tracer did not hook {path} within {ATTACH_WAIT:?}; its log:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn release_client(client: HeldClient) -> Result<(u32, ClientOutcome)> {
+    let (pid, line) = client.release_line().await?;
+    Ok((
+        pid,
+        ClientOutcome {
+            status: line["status"].as_i64().context("status")?,
+            body: line["body"].as_str().context("body")?.to_string(),
+        },
+    ))
 }
 
 /// The bytes recorded for `pid` in `direction` ("egress"/"ingress"), one entry per connection.
@@ -162,29 +109,16 @@ async fn go_crypto_tls_calls_become_genai_spans() -> Result<()> {
         untraced.push(outcome);
     }
 
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = dir.join("streams");
-    let _ = std::fs::remove_dir_all(&streams_dir);
-    let streams_arg = streams_dir.display().to_string();
-    let running = tracer::start(
-        tracer_bin(),
-        TRACER_NAME,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[],
-    )?;
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
 
     let mut traced = Vec::new();
     for (binary, before) in binaries.iter().zip(&untraced) {
         let child = spawn_client(binary, &server)?;
-        wait_until_hooked(binary).await?;
+        wait_until_hooked(TRACER_NAME, binary, ATTACH_WAIT).await?;
         let (pid, outcome) = release_client(child).await?;
         assert_eq!(
             &outcome,

@@ -8,16 +8,19 @@
 //! be decoded and the mark that says the rest was not.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
-    e2e::{self, clients_dir, contains, of_pid, recorded, require_root, start_traced, SERIAL},
+    e2e::{
+        self, clients_dir, contains, of_pid, recorded, require_root, start_traced,
+        wait_until_hooked, HeldClient, SERIAL,
+    },
     go,
     mock_openai::{self, MockOpenAi},
     otlp::{as_bool, as_f64, as_int, as_str, as_strs, ReceivedSpan},
@@ -253,72 +256,28 @@ const GO_BODIES: [&str; 2] = [
     STREAM_BODY,
 ];
 
-fn go_client(binary: &Path, server: &MockOpenAi) -> Result<Child> {
-    Command::new(binary)
+fn go_client(binary: &Path, server: &MockOpenAi) -> Result<HeldClient> {
+    let mut command = Command::new(binary);
+    command
         .arg(server.base_url())
         .arg("--wait-stdin")
         .env("SSL_CERT_FILE", &server.cert_path)
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")
         .env_remove("ALL_PROXY")
-        .env_remove("GODEBUG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))
+        .env_remove("GODEBUG");
+    HeldClient::spawn(command)
 }
 
 /// Lets the held client make its calls; returns its pid and the JSON lines it printed.
-async fn release(mut child: Child) -> Result<(u32, Vec<Value>)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        child.stdin.take().context("stdin")?.write_all(b"go\n")?;
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("stdout")?
-            .read_to_string(&mut stdout)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("Go client failed ({status}): {err}");
-        }
-        let lines = stdout
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<Vec<Value>, _>>()
-            .with_context(|| format!("the client's output {stdout:?}"))?;
-        Ok((pid, lines))
-    })
-    .await?
-}
-
-/// Waits until the log of the tracer started as `tracer` says it hooked `binary`: it can only
-/// do that once a process runs it, and the client must not write before.
-async fn wait_until_hooked(tracer: &str, binary: &Path) -> Result<()> {
-    let log = tracer_testkit::target_dir()
-        .join("e2e-logs")
-        .join(format!("{tracer}.err"));
-    let path = binary.display().to_string();
-    let deadline = Instant::now() + ATTACH_WAIT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.contains("attached") && l.contains(&path))
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the tracer did not hook {path} within {ATTACH_WAIT:?}; its log:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn release(client: HeldClient) -> Result<(u32, Vec<Value>)> {
+    let (pid, stdout) = client.release().await?;
+    let lines = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()
+        .with_context(|| format!("the client's output {stdout:?}"))?;
+    Ok((pid, lines))
 }
 
 /// The client's lines without its pid, to compare runs with and without the tracer.
@@ -360,7 +319,7 @@ async fn go_net_http_over_http2_becomes_genai_spans() -> Result<()> {
 
     let traced = start_traced(tracer_bin(), GO_TRACER_NAME, &[]).await?;
     let child = go_client(&binary, &server)?;
-    wait_until_hooked(GO_TRACER_NAME, &binary).await?;
+    wait_until_hooked(GO_TRACER_NAME, &binary, ATTACH_WAIT).await?;
     let (pid, lines) = release(child).await?;
     assert_eq!(
         outcomes(&lines),
@@ -604,7 +563,7 @@ async fn go_http2_joined_mid_connection_gives_what_could_be_decoded_and_says_so(
     let pid = client.child.id();
     let (client, first) = client.call().await?;
     let traced = start_traced(tracer_bin(), JOINED_TRACER_NAME, &[]).await?;
-    wait_until_hooked(JOINED_TRACER_NAME, &binary).await?;
+    wait_until_hooked(JOINED_TRACER_NAME, &binary, ATTACH_WAIT).await?;
     let (client, second) = client.call().await?;
     let (mut client, third) = client.call().await?;
     let status = tokio::task::spawn_blocking(move || client.child.wait()).await??;

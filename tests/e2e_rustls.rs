@@ -7,19 +7,19 @@
 //! be exactly what the client wrote and read.
 
 use std::{
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::Value;
 use tracer_testkit::{
-    e2e::{contains, of_pid, require_root, SERIAL},
+    e2e::{
+        self, contains, of_pid, require_root, start_traced_with, HeldClient, TraceOptions, Traced,
+        SERIAL,
+    },
     mock_openai::{self, MockOpenAi},
-    otlp::{self, as_int},
-    tracer,
+    otlp::{as_int, as_str, as_strs},
 };
 
 const API_KEY: &str = "sk-rustls-secret";
@@ -95,84 +95,41 @@ struct ClientOutcome {
 type Run<'a> = (&'a Path, &'a [(&'a str, &'a str)]);
 
 /// Starts the client held before its request (`--wait-stdin`).
-fn spawn_client((binary, tls): Run<'_>, server: &MockOpenAi) -> Result<Child> {
-    Command::new(binary)
+fn spawn_client((binary, tls): Run<'_>, server: &MockOpenAi) -> Result<HeldClient> {
+    let mut command = Command::new(binary);
+    command
         .arg(server.base_url())
         .arg("--wait-stdin")
         .envs(tls.iter().copied())
-        .env("SSL_CERT_FILE", &server.cert_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))
+        .env("SSL_CERT_FILE", &server.cert_path);
+    HeldClient::spawn(command)
 }
 
 /// Lets the held client send its request and collects its one line of output.
-async fn release_client(mut child: Child) -> Result<(u32, ClientOutcome)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        let mut stdin = child.stdin.take().context("client stdin")?;
-        stdin.write_all(b"go\n")?;
-        drop(stdin);
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("client stdout")?
-            .read_to_string(&mut stdout)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("rustls client failed ({status}): {err}");
-        }
-        let line: Value = serde_json::from_str(stdout.trim())
-            .with_context(|| format!("the client's output {stdout:?}"))?;
-        assert_eq!(line["pid"].as_u64(), Some(pid as u64));
-        // The client escapes every byte outside printable ASCII as \u00XX: back to bytes.
-        let bytes = |field: &str| -> Result<Vec<u8>> {
-            Ok(line[field]
-                .as_str()
-                .with_context(|| format!("{field} in {line}"))?
-                .chars()
-                .map(|c| c as u32 as u8)
-                .collect())
-        };
-        Ok((
-            pid,
-            ClientOutcome {
-                suite: String::from_utf8(bytes("suite")?)?,
-                request: bytes("request")?,
-                response: bytes("response")?,
-            },
-        ))
-    })
-    .await?
+async fn release_client(client: HeldClient) -> Result<(u32, ClientOutcome)> {
+    let (pid, line) = client.release_line().await?;
+    // The client escapes every byte outside printable ASCII as \u00XX: back to bytes.
+    let bytes = |field: &str| -> Result<Vec<u8>> {
+        Ok(line[field]
+            .as_str()
+            .with_context(|| format!("{field} in {line}"))?
+            .chars()
+            .map(|c| c as u32 as u8)
+            .collect())
+    };
+    Ok((
+        pid,
+        ClientOutcome {
+            suite: String::from_utf8(bytes("suite")?)?,
+            request: bytes("request")?,
+            response: bytes("response")?,
+        },
+    ))
 }
 
 /// Waits until the tracer's log says it hooked `binary` (it can only once a process runs it).
 async fn wait_until_hooked(binary: &Path) -> Result<()> {
-    let log = tracer_testkit::target_dir()
-        .join("e2e-logs")
-        .join(format!("{TRACER_NAME}.err"));
-    let path = binary.display().to_string();
-    let deadline = Instant::now() + ATTACH_WAIT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.contains("attached") && l.contains(&path))
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the tracer did not hook {path} within {ATTACH_WAIT:?}; its log:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::wait_until_hooked(TRACER_NAME, binary, ATTACH_WAIT).await
 }
 
 /// The bytes recorded for `pid` in `direction` ("egress"/"ingress"), one entry per connection.
@@ -204,24 +161,11 @@ async fn traced_calls_are_captured_exactly(runs: &[Run<'_>]) -> Result<()> {
         );
     }
 
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = work_dir().join("streams");
-    let _ = std::fs::remove_dir_all(&streams_dir);
-    let streams_arg = streams_dir.display().to_string();
-    let running = tracer::start(
-        tracer_bin(),
-        TRACER_NAME,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[],
-    )?;
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
     let mut traced = Vec::new();
     for &(binary, tls) in runs {
         let child = spawn_client((binary, tls), &server)?;
@@ -369,61 +313,35 @@ struct DenoOutcome {
     body: String,
 }
 
-fn spawn_deno(deno: &Path, server: &MockOpenAi) -> Result<Child> {
-    Command::new(deno)
+fn spawn_deno(deno: &Path, server: &MockOpenAi) -> Result<HeldClient> {
+    let mut command = Command::new(deno);
+    command
         .args(["run", "--allow-net", "--cert"])
         .arg(&server.cert_path)
         .arg(tracer_testkit::e2e::clients_dir().join("deno_fetch.ts"))
         .arg(server.base_url())
         .env("DENO_DIR", work_dir().join("deno-dir"))
         .env("DENO_NO_UPDATE_CHECK", "1")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", deno.display()))
+        .env("NO_COLOR", "1");
+    HeldClient::spawn(command)
 }
 
-async fn release_deno(mut child: Child) -> Result<(u32, DenoOutcome)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        let mut stdin = child.stdin.take().context("deno stdin")?;
-        stdin.write_all(b"go\n")?;
-        drop(stdin);
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .context("deno stdout")?
-            .read_to_string(&mut stdout)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("deno failed ({status}): {err}");
-        }
-        let line: Value = serde_json::from_str(stdout.trim())
-            .with_context(|| format!("deno's output {stdout:?}"))?;
-        assert_eq!(line["pid"].as_u64(), Some(pid as u64));
-        let text = |f: &str| -> Result<String> {
-            Ok(line[f]
-                .as_str()
-                .with_context(|| format!("{f} in {line}"))?
-                .to_string())
-        };
-        Ok((
-            pid,
-            DenoOutcome {
-                status: line["status"].as_i64().context("status")?,
-                request_body: text("request_body")?,
-                body: text("body")?,
-            },
-        ))
-    })
-    .await?
+async fn release_deno(client: HeldClient) -> Result<(u32, DenoOutcome)> {
+    let (pid, line) = client.release_line().await?;
+    let text = |f: &str| -> Result<String> {
+        Ok(line[f]
+            .as_str()
+            .with_context(|| format!("{f} in {line}"))?
+            .to_string())
+    };
+    Ok((
+        pid,
+        DenoOutcome {
+            status: line["status"].as_i64().context("status")?,
+            request_body: text("request_body")?,
+            body: text("body")?,
+        },
+    ))
 }
 
 /// An HTTP/1.1 message's head and body (everything after the blank line).
@@ -440,24 +358,11 @@ async fn deno_fetch_over_rustls_in_two_releases() -> Result<()> {
     // rustls (0.23.28) and aws-lc-rs (1.12.4), with unwind tables. The same locator finds both.
     let denos = [install_deno("2.9.6")?, install_deno("2.5.6")?];
     let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = work_dir().join("deno-streams");
-    let _ = std::fs::remove_dir_all(&streams_dir);
-    let streams_arg = streams_dir.display().to_string();
-    let running = tracer::start(
-        tracer_bin(),
-        TRACER_NAME,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[],
-    )?;
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
     let mut traced = Vec::new();
     for deno in &denos {
         let child = spawn_deno(deno, &server)?;
@@ -571,7 +476,7 @@ fn ring_seal_and_open_are_found_where_the_symbols_say() -> Result<()> {
             .arg(file)
             .output()?;
         ensure!(output.status.success(), "locate: {output:?}");
-        let report: Value = serde_json::from_slice(&output.stdout)?;
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let found = &report["outcome"]["Found"];
         assert_eq!(
             found["stack"],
@@ -608,22 +513,6 @@ const REQWEST_BODIES: [&str; 2] = [
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"weather?"}],"stream":true,"stream_options":{"include_usage":true}}"#,
 ];
 
-/// Lets a held reqwest client go and returns its pid and report (see the client).
-async fn release_reqwest(mut child: Child) -> Result<(u32, Value)> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        child.stdin.take().context("stdin")?.write_all(b"go\n")?;
-        let output = child.wait_with_output()?;
-        ensure!(
-            output.status.success(),
-            "reqwest client: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok((pid, serde_json::from_slice(&output.stdout)?))
-    })
-    .await?
-}
-
 /// reqwest on tokio with rustls and ring, the stack of most Rust agent CLIs: two calls on one
 /// connection (JSON, then SSE read as it streams), over HTTP/2 chosen by ALPN and over
 /// HTTP/1.1. Async I/O on a thread pool must still tie each record to its socket, and the
@@ -637,39 +526,23 @@ async fn reqwest_on_ring_over_http2_and_http1() -> Result<()> {
     let h2 = mock_openai::start_h2(&certs).await?;
     let h1 = mock_openai::start(&certs).await?;
     let spawn = |server: &MockOpenAi| {
-        Command::new(&client)
+        let mut command = Command::new(&client);
+        command
             .arg(server.base_url())
             .arg("--wait-stdin")
-            .env("SSL_CERT_FILE", &server.cert_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the reqwest client")
+            .env("SSL_CERT_FILE", &server.cert_path);
+        HeldClient::spawn(command)
     };
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = work_dir().join("streams-reqwest");
-    let _ = std::fs::remove_dir_all(&streams_dir);
-    let streams_arg = streams_dir.display().to_string();
-    let running = tracer::start(
-        tracer_bin(),
-        TRACER_NAME,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[],
-    )?;
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
     let mut traced = Vec::new();
     for (server, version) in [(&h2, "HTTP/2.0"), (&h1, "HTTP/1.1")] {
         let child = spawn(server)?;
         wait_until_hooked(&client).await?;
-        let (pid, report) = release_reqwest(child).await?;
+        let (pid, report) = child.release_line().await?;
         assert_eq!(report["version"], version, "{report}");
         assert_eq!(
             report["statuses"],
@@ -692,7 +565,7 @@ async fn reqwest_on_ring_over_http2_and_http1() -> Result<()> {
         assert_eq!(mine.len(), 2, "{version}: one span per call: {mine:#?}");
         let by_id = |id: &str| {
             mine.iter()
-                .find(|s| otlp::as_str(s.attr("gen_ai.response.id")) == Some(id))
+                .find(|s| as_str(s.attr("gen_ai.response.id")) == Some(id))
                 .unwrap_or_else(|| panic!("{version}: no span answered {id}: {mine:#?}"))
         };
         let plain = by_id("chatcmpl-mock-nonstream");
@@ -707,13 +580,13 @@ async fn reqwest_on_ring_over_http2_and_http1() -> Result<()> {
             );
         }
         assert_eq!(
-            otlp::as_strs(stream.attr("agent_tracer.response.tool_call.ids")),
+            as_strs(stream.attr("agent_tracer.response.tool_call.ids")),
             Some(vec!["call_mock_weather".to_string()]),
             "{version}"
         );
         assert_eq!(as_int(stream.attr("gen_ai.usage.output_tokens")), Some(17));
         // The plaintext itself: both request bodies went out, the JSON answer came back.
-        let egress = tracer_testkit::e2e::recorded(&streams_dir, *pid, "egress");
+        let egress = e2e::recorded(&streams_dir, *pid, "egress");
         if *version == "HTTP/2.0" {
             assert!(
                 egress.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
@@ -723,7 +596,7 @@ async fn reqwest_on_ring_over_http2_and_http1() -> Result<()> {
         for body in REQWEST_BODIES {
             assert!(contains(&egress, body.as_bytes()), "{version}: {body}");
         }
-        let ingress = tracer_testkit::e2e::recorded(&streams_dir, *pid, "ingress");
+        let ingress = e2e::recorded(&streams_dir, *pid, "ingress");
         let answer = report["bodies"][0].as_str().context("bodies")?;
         assert!(contains(&ingress, answer.as_bytes()), "{version}");
     }

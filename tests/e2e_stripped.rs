@@ -17,21 +17,21 @@
 //! their first bytes, report them, and leave the program's behaviour unchanged.
 
 use std::{
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use object::{Object as _, ObjectSymbol as _};
-use serde_json::Value;
 use tracer_testkit::{
-    e2e::{contains, of_pid, recorded, require_root, SERIAL},
+    e2e::{
+        contains, of_pid, recorded, require_root, start_traced_with, wait_for_log, HeldClient,
+        TraceOptions, Traced, SERIAL,
+    },
     mock_openai::{self, MockOpenAi},
-    otlp::{self, as_int, as_str},
+    otlp::{as_bool, as_int, as_str},
     stripped::{self, RUST_VARIANTS},
-    tracer,
 };
 use tracer_user::capture::{
     locate::{CacheKey, DiskCache, Image, Located, LocatedHook, Outcome},
@@ -67,66 +67,22 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
 }
 
 /// Starts a client held before it connects (it waits for a line on stdin).
-fn spawn_client(binary: &Path, server: &MockOpenAi, body: &str) -> Result<Child> {
-    Command::new(binary)
+fn spawn_client(binary: &Path, server: &MockOpenAi, body: &str) -> Result<HeldClient> {
+    let mut command = Command::new(binary);
+    command
         .arg(server.addr.port().to_string())
         .arg(&server.cert_path)
-        .arg(body)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))
+        .arg(body);
+    HeldClient::spawn(command)
 }
 
-async fn release_client(mut child: Child) -> Result<Exchange> {
-    let pid = child.id();
-    tokio::task::spawn_blocking(move || {
-        child.stdin.take().context("stdin")?.write_all(b"go\n")?;
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .context("stdout")?
-            .read_to_string(&mut out)?;
-        let status = child.wait()?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("client failed ({status}): {err}");
-        }
-        let line: Value = serde_json::from_str(out.trim()).with_context(|| format!("{out:?}"))?;
-        assert_eq!(line["pid"].as_u64(), Some(pid as u64));
-        Ok(Exchange {
-            pid,
-            sent: unhex(line["sent"].as_str().context("sent")?)?,
-            received: unhex(line["received"].as_str().context("received")?)?,
-        })
+async fn release_client(client: HeldClient) -> Result<Exchange> {
+    let (pid, line) = client.release_line().await?;
+    Ok(Exchange {
+        pid,
+        sent: unhex(line["sent"].as_str().context("sent")?)?,
+        received: unhex(line["received"].as_str().context("received")?)?,
     })
-    .await?
-}
-
-fn log_of(name: &str) -> PathBuf {
-    tracer_testkit::target_dir()
-        .join("e2e-logs")
-        .join(format!("{name}.err"))
-}
-
-/// Waits until the tracer's log has a line containing all of `words`.
-async fn wait_for_log(name: &str, words: &[&str], wait: Duration) -> Result<String> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let text = std::fs::read_to_string(log_of(name)).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| words.iter().all(|w| l.contains(w))) {
-            return Ok(line.to_string());
-        }
-        if Instant::now() > deadline {
-            bail!("no log line with {words:?} within {wait:?}; the log:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The status code and the body after the headers (the Date header differs between runs).
@@ -175,29 +131,24 @@ async fn stripped_static_openssl_is_captured_exactly() -> Result<()> {
         }
     }
 
-    let receiver = otlp::start_grpc().await?;
     let dir = work_dir();
-    let streams_dir = dir.join("streams");
     let cache_dir = dir.join("locate-cache");
-    let _ = std::fs::remove_dir_all(&streams_dir);
     let _ = std::fs::remove_dir_all(&cache_dir);
-    let streams_arg = streams_dir.display().to_string();
     let cache_arg = cache_dir.display().to_string();
     let name = "stripped";
-    let running = tracer::start(
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(
         tracer_bin(),
         name,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_arg,
-        ],
-        &[("AGENT_TRACER_CACHE_DIR", &cache_arg)],
-    )?;
+        &TraceOptions {
+            envs: &[("AGENT_TRACER_CACHE_DIR", &cache_arg)],
+            ..TraceOptions::default()
+        },
+    )
+    .await?;
 
     let mut traced = Vec::new();
     for (label, binary) in &binaries {
@@ -386,24 +337,20 @@ async fn a_wrongly_inferred_hook_is_detached_and_reported() -> Result<()> {
     let locator = &tracer_user::capture::locate::LOCATORS[0];
     DiskCache::at(&cache_dir).put(&key, locator.name, locator.version, &wrong)?;
 
-    let receiver = otlp::start_grpc().await?;
-    let streams_dir = work_dir().join("wrong-streams");
-    let _ = std::fs::remove_dir_all(&streams_dir);
     let name = "stripped-wrong";
-    let running = tracer::start(
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(
         tracer_bin(),
         name,
-        &[
-            "run",
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--otlp-protocol",
-            "grpc",
-            "--record-streams",
-            &streams_dir.display().to_string(),
-        ],
-        &[("AGENT_TRACER_CACHE_DIR", &cache_dir.display().to_string())],
-    )?;
+        &TraceOptions {
+            envs: &[("AGENT_TRACER_CACHE_DIR", &cache_dir.display().to_string())],
+            ..TraceOptions::default()
+        },
+    )
+    .await?;
     let child = spawn_client(&binary, &server, PLAIN_BODY)?;
     wait_for_log(
         name,
@@ -455,7 +402,7 @@ async fn a_wrongly_inferred_hook_is_detached_and_reported() -> Result<()> {
         let mine = of_pid(&spans, run.pid);
         assert_eq!(mine.len(), 1, "pid {}: {mine:#?}", run.pid);
         assert_eq!(
-            otlp::as_bool(mine[0].attr("agent_tracer.capture.encrypted")),
+            as_bool(mine[0].attr("agent_tracer.capture.encrypted")),
             Some(true),
             "{:#?}",
             mine[0]

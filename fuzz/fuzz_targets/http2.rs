@@ -8,16 +8,9 @@
 //! 3. an HTTP/1.1 request asking `Upgrade: h2c`, its 101, then the client's preface.
 #![no_main]
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tracer_user::{
-    genai::{recognise, GenAiConfig},
-    health::Health,
-    protocols::HttpTracker,
-    streams::{ConnKey, Direction, Source, StreamEvent},
-};
+use tracer_fuzz::{script_and_bytes, Connection};
+use tracer_user::streams::Direction;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const UPGRADE_REQUEST: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nhost: h\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
@@ -30,58 +23,23 @@ const TWO_FRAMES: &[u8] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else { return };
-    let count = (first & 0x0f) as usize;
+    let Some((first, script, bytes)) = script_and_bytes(data) else { return };
     let mode = (first >> 4) & 3;
-    if rest.len() < count * 2 {
-        return;
-    }
-    let (script, mut bytes) = rest.split_at(count * 2);
-    let conn = ConnKey { pid: 1, source: Source::Tls, conn_id: 1 };
-    let mut tracker = HttpTracker::new(1 << 20, Arc::new(Health::default()));
-    let mut out = Vec::new();
-    let mut send = |tracker: &mut HttpTracker, out: &mut Vec<_>, direction, piece: &[u8]| {
-        let event = StreamEvent::Data {
-            conn,
-            direction,
-            timestamp_ns: 0,
-            bytes: Bytes::copy_from_slice(piece),
-        };
-        tracker.push(&event, out);
-    };
+    let mut connection = Connection::default();
     match mode {
-        0 => send(&mut tracker, &mut out, Direction::Egress, PREFACE),
+        0 => connection.send(Direction::Egress, 0, PREFACE),
         1 => {}
         2 => {
-            send(&mut tracker, &mut out, Direction::Egress, TWO_FRAMES);
-            send(&mut tracker, &mut out, Direction::Ingress, TWO_FRAMES);
+            connection.send(Direction::Egress, 0, TWO_FRAMES);
+            connection.send(Direction::Ingress, 0, TWO_FRAMES);
         }
         _ => {
-            send(&mut tracker, &mut out, Direction::Egress, UPGRADE_REQUEST);
-            send(&mut tracker, &mut out, Direction::Ingress, UPGRADE_RESPONSE);
-            send(&mut tracker, &mut out, Direction::Egress, PREFACE);
+            connection.send(Direction::Egress, 0, UPGRADE_REQUEST);
+            connection.send(Direction::Ingress, 0, UPGRADE_RESPONSE);
+            connection.send(Direction::Egress, 0, PREFACE);
         }
     }
-    for (i, step) in script.chunks(2).enumerate() {
-        let direction = if step[0] & 1 == 0 { Direction::Egress } else { Direction::Ingress };
-        let len = (step[1] as usize).min(bytes.len());
-        let (piece, tail) = bytes.split_at(len);
-        bytes = tail;
-        let event = if step[0] & 0x80 != 0 {
-            StreamEvent::Gap { conn, direction, timestamp_ns: i as u64, len: step[1] as u64 }
-        } else {
-            StreamEvent::Data {
-                conn,
-                direction,
-                timestamp_ns: i as u64,
-                bytes: Bytes::copy_from_slice(piece),
-            }
-        };
-        tracker.push(&event, &mut out);
-    }
-    send(&mut tracker, &mut out, Direction::Ingress, bytes);
-    tracker.close_all(&mut out);
-    for exchange in &out {
-        let _ = recognise(exchange, &GenAiConfig { capture_content: true });
-    }
+    let rest = connection.play(script, bytes);
+    connection.send(Direction::Ingress, 0, rest);
+    connection.finish();
 });

@@ -13,16 +13,11 @@ package main
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"strings"
-	"time"
+
+	"testclient"
 )
 
 var requestBodies = []string{
@@ -38,76 +33,31 @@ func main() {
 }
 
 func run() error {
-	wait := len(os.Args) == 3 && os.Args[2] == "--wait-stdin"
-	if len(os.Args) != 2 && !wait {
-		return fmt.Errorf("usage: %s BASE_URL [--wait-stdin]", os.Args[0])
+	url, wait, err := testclient.HeldArgs()
+	if err != nil {
+		return err
 	}
-	client, err := newClient(os.Getenv("SSL_CERT_FILE"))
+	// HTTP/2 by ALPN h2, as net/http chooses by itself.
+	client, err := testclient.NewClient(&http.Transport{ForceAttemptHTTP2: true})
 	if err != nil {
 		return err
 	}
 	if wait {
-		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil && err != io.EOF {
+		if err := testclient.WaitForLine(bufio.NewReader(os.Stdin)); err != nil {
 			return err
 		}
 	}
-	url := strings.TrimSuffix(os.Args[1], "/") + "/chat/completions"
 	for _, body := range requestBodies {
-		if err := call(client, url, body); err != nil {
+		req, err := testclient.NewRequest(url, body, "sk-go-h2-secret")
+		if err != nil {
+			return err
+		}
+		withProto := func(resp *http.Response) map[string]interface{} {
+			return map[string]interface{}{"proto": resp.Proto}
+		}
+		if err := testclient.Send(client, req, withProto); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func call(client *http.Client, url, body string) error {
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewBufferString(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer sk-go-h2-secret")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	read, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	out, err := json.Marshal(map[string]interface{}{
-		"pid":    os.Getpid(),
-		"proto":  resp.Proto,
-		"status": resp.StatusCode,
-		"body":   string(read),
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Println(string(out))
-	return nil
-}
-
-// newClient trusts only the certificate in caFile and asks for HTTP/2 (ALPN h2), with plain
-// bodies so the bytes on the wire are exactly what the test expects to see captured.
-func newClient(caFile string) (*http.Client, error) {
-	if caFile == "" {
-		return nil, fmt.Errorf("SSL_CERT_FILE is not set")
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no certificate in %s", caFile)
-	}
-	transport := &http.Transport{
-		TLSClientConfig:    &tls.Config{RootCAs: pool},
-		ForceAttemptHTTP2:  true,
-		DisableCompression: true,
-		Proxy:              nil,
-	}
-	return &http.Client{Transport: transport, Timeout: 60 * time.Second}, nil
 }

@@ -15,17 +15,13 @@ package main
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptrace"
 	"os"
-	"strings"
 	"time"
+
+	"testclient"
 )
 
 var requestBodies = []string{
@@ -45,14 +41,20 @@ func run() error {
 	if len(os.Args) != 2 {
 		return fmt.Errorf("usage: %s BASE_URL", os.Args[0])
 	}
-	client, err := newClient(os.Getenv("SSL_CERT_FILE"))
+	client, err := testclient.NewClient(&http.Transport{
+		// HTTP/2 by ALPN h2, as net/http chooses by itself.
+		ForceAttemptHTTP2: true,
+		// The connection must stay open between the two calls, however long the test takes to
+		// start the tracer.
+		IdleConnTimeout: 10 * time.Minute,
+	})
 	if err != nil {
 		return err
 	}
 	stdin := bufio.NewReader(os.Stdin)
-	url := strings.TrimSuffix(os.Args[1], "/") + "/chat/completions"
+	url := testclient.ChatURL(os.Args[1])
 	for _, body := range requestBodies {
-		if _, err := stdin.ReadString('\n'); err != nil && err != io.EOF {
+		if err := testclient.WaitForLine(stdin); err != nil {
 			return err
 		}
 		if err := call(client, url, body); err != nil {
@@ -62,8 +64,10 @@ func run() error {
 	return nil
 }
 
+// call sends one request and reports, besides what every client does, whether it went on a
+// connection an earlier request opened.
 func call(client *http.Client, url, body string) error {
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewBufferString(body))
+	req, err := testclient.NewRequest(url, body, "sk-go-h2-reuse-secret")
 	if err != nil {
 		return err
 	}
@@ -72,53 +76,7 @@ func call(client *http.Client, url, body string) error {
 		GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
 	}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer sk-go-h2-reuse-secret")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	read, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	out, err := json.Marshal(map[string]interface{}{
-		"pid":    os.Getpid(),
-		"proto":  resp.Proto,
-		"status": resp.StatusCode,
-		"reused": reused,
-		"body":   string(read),
+	return testclient.Send(client, req, func(resp *http.Response) map[string]interface{} {
+		return map[string]interface{}{"proto": resp.Proto, "reused": reused}
 	})
-	if err != nil {
-		return err
-	}
-	fmt.Println(string(out))
-	return nil
-}
-
-// newClient trusts only the certificate in caFile and asks for HTTP/2 (ALPN h2), with plain
-// bodies so the bytes on the wire are exactly what the test expects to see captured.
-func newClient(caFile string) (*http.Client, error) {
-	if caFile == "" {
-		return nil, fmt.Errorf("SSL_CERT_FILE is not set")
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no certificate in %s", caFile)
-	}
-	transport := &http.Transport{
-		TLSClientConfig:    &tls.Config{RootCAs: pool},
-		ForceAttemptHTTP2:  true,
-		DisableCompression: true,
-		Proxy:              nil,
-		// The connection must stay open between the two calls, however long the test takes to
-		// start the tracer.
-		IdleConnTimeout: 10 * time.Minute,
-	}
-	return &http.Client{Transport: transport, Timeout: 60 * time.Second}, nil
 }

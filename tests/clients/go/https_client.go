@@ -11,16 +11,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"strings"
-	"time"
+
+	"testclient"
 )
 
 const requestBody = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from go"}]}`
@@ -33,68 +29,26 @@ func main() {
 }
 
 func run() error {
-	wait := len(os.Args) == 3 && os.Args[2] == "--wait-stdin"
-	if len(os.Args) != 2 && !wait {
-		return fmt.Errorf("usage: %s BASE_URL [--wait-stdin]", os.Args[0])
-	}
-	client, err := newClient(os.Getenv("SSL_CERT_FILE"))
+	url, wait, err := testclient.HeldArgs()
 	if err != nil {
 		return err
 	}
-	if wait {
-		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil && err != io.EOF {
-			return err
-		}
-	}
-	url := strings.TrimSuffix(os.Args[1], "/") + "/chat/completions"
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewBufferString(requestBody))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer sk-go-secret")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	out, err := json.Marshal(map[string]interface{}{
-		"pid":    os.Getpid(),
-		"status": resp.StatusCode,
-		"body":   string(body),
+	// HTTP/1.1 only: a non-nil, empty TLSNextProto turns HTTP/2 off entirely.
+	client, err := testclient.NewClient(&http.Transport{
+		ForceAttemptHTTP2: false,
+		TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{},
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Println(string(out))
-	return nil
-}
-
-// newClient trusts only the certificate in caFile and speaks HTTP/1.1 with plain bodies, so the
-// bytes on the wire are exactly what the test expects to see captured.
-func newClient(caFile string) (*http.Client, error) {
-	if caFile == "" {
-		return nil, fmt.Errorf("SSL_CERT_FILE is not set")
+	if wait {
+		if err := testclient.WaitForLine(bufio.NewReader(os.Stdin)); err != nil {
+			return err
+		}
 	}
-	pem, err := os.ReadFile(caFile)
+	req, err := testclient.NewRequest(url, requestBody, "sk-go-secret")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no certificate in %s", caFile)
-	}
-	transport := &http.Transport{
-		TLSClientConfig:    &tls.Config{RootCAs: pool},
-		ForceAttemptHTTP2:  false,
-		DisableCompression: true,
-		// A non-nil, empty map turns HTTP/2 off entirely.
-		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
-		Proxy:        nil,
-	}
-	return &http.Client{Transport: transport, Timeout: 60 * time.Second}, nil
+	return testclient.Send(client, req, nil)
 }

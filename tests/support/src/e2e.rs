@@ -2,11 +2,13 @@
 //! a real OTLP receiver and records the streams it reassembled, and read the results back.
 
 use std::{
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{
     otlp::{self, as_int, OtlpReceiver, ReceivedSpan},
@@ -52,6 +54,38 @@ pub async fn start_traced_with_env(
     extra_args: &[&str],
     envs: &[(&str, &str)],
 ) -> Result<Traced> {
+    start_traced_with(
+        bin,
+        name,
+        &TraceOptions {
+            args: extra_args,
+            envs,
+            console: true,
+        },
+    )
+    .await
+}
+
+/// How [`start_traced_with`] runs the tracer, beyond what every run has (`run`, the export to
+/// its own gRPC receiver, `--record-streams`).
+#[derive(Default)]
+pub struct TraceOptions<'a> {
+    /// Arguments after those.
+    pub args: &'a [&'a str],
+    /// Extra environment variables for the tracer.
+    pub envs: &'a [(&'a str, &'a str)],
+    /// `--console always`: spans printed as well as exported, so a test can check the console
+    /// too. Off (the default), the tracer keeps its own default: none printed while it exports.
+    pub console: bool,
+}
+
+/// Starts the tracer as `name` (its logs in target/e2e-logs/`name`.{out,err}, its streams in
+/// target/e2e-streams/`name`, emptied first).
+pub async fn start_traced_with(
+    bin: &Path,
+    name: &str,
+    options: &TraceOptions<'_>,
+) -> Result<Traced> {
     let receiver = otlp::start_grpc().await?;
     let record_dir = crate::target_dir().join("e2e-streams").join(name);
     let _ = std::fs::remove_dir_all(&record_dir);
@@ -63,18 +97,111 @@ pub async fn start_traced_with_env(
         &endpoint,
         "--otlp-protocol",
         "grpc",
-        "--console",
-        "always",
-        "--record-streams",
-        &record,
     ];
-    args.extend_from_slice(extra_args);
-    let tracer = tracer::start(bin, name, &args, envs)?;
+    if options.console {
+        args.extend_from_slice(&["--console", "always"]);
+    }
+    args.extend_from_slice(&["--record-streams", &record]);
+    args.extend_from_slice(options.args);
+    let tracer = tracer::start(bin, name, &args, options.envs)?;
     Ok(Traced {
         receiver,
         tracer,
         record_dir,
     })
+}
+
+/// The log (stderr) of the tracer started as `name`.
+pub fn tracer_log(name: &str) -> PathBuf {
+    crate::target_dir()
+        .join("e2e-logs")
+        .join(format!("{name}.err"))
+}
+
+/// Waits until the log of the tracer started as `name` has a line containing all of `words`;
+/// returns that line.
+pub async fn wait_for_log(name: &str, words: &[&str], wait: Duration) -> Result<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let text = std::fs::read_to_string(tracer_log(name)).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| words.iter().all(|w| l.contains(w))) {
+            return Ok(line.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("no log line with {words:?} within {wait:?}; the log:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the tracer started as `name` says it hooked `binary`. It can only do that once a
+/// process runs it (the exec is what makes the tracer look at the file), so a client that must
+/// be seen from its first byte is started held ([`HeldClient`]) and let go after this.
+pub async fn wait_until_hooked(name: &str, binary: &Path, wait: Duration) -> Result<()> {
+    let path = binary.display().to_string();
+    wait_for_log(name, &["attached", &path], wait)
+        .await
+        .with_context(|| format!("the tracer did not hook {path}"))?;
+    Ok(())
+}
+
+/// A client started held before it connects: it waits for a line on stdin (`--wait-stdin` or
+/// the like), so the test can let it go once the tracer has hooked its executable.
+pub struct HeldClient {
+    child: Child,
+    what: String,
+}
+
+impl HeldClient {
+    /// Starts `command` with its stdin, stdout and stderr piped to the test.
+    pub fn spawn(mut command: Command) -> Result<Self> {
+        let what = command.get_program().to_string_lossy().into_owned();
+        let child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Self { child, what })
+    }
+
+    /// Lets the client go (a line on its stdin, then EOF); returns its pid and all it printed,
+    /// once it exited 0.
+    pub async fn release(self) -> Result<(u32, String)> {
+        let Self { mut child, what } = self;
+        let pid = child.id();
+        tokio::task::spawn_blocking(move || {
+            child.stdin.take().context("stdin")?.write_all(b"go\n")?;
+            let mut stdout = String::new();
+            child
+                .stdout
+                .take()
+                .context("stdout")?
+                .read_to_string(&mut stdout)?;
+            let status = child.wait()?;
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("{what} failed ({status}): {err}");
+            }
+            Ok((pid, stdout))
+        })
+        .await?
+    }
+
+    /// [`release`](Self::release) for a client that prints one JSON line with its own `pid`.
+    pub async fn release_line(self) -> Result<(u32, serde_json::Value)> {
+        let (pid, stdout) = self.release().await?;
+        let line: serde_json::Value = serde_json::from_str(stdout.trim())
+            .with_context(|| format!("the client's output {stdout:?}"))?;
+        ensure!(
+            line["pid"].as_u64() == Some(pid as u64),
+            "the client reports its own pid ({pid}): {line}"
+        );
+        Ok((pid, line))
+    }
 }
 
 /// The spans of one process, in start order.

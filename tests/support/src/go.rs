@@ -8,7 +8,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// Builds the single-file, standard-library-only program `source` into `out`; `stripped`
+/// Builds the single-file program `source` into `out`: it uses the standard library and the
+/// clients' shared package (tests/clients/go/src/testclient) only; `stripped`
 /// builds it the way release binaries often are (`-ldflags="-s -w"`: no symbol table, no
 /// DWARF), so only Go's own function table is left to find functions by.
 pub fn build(source: &Path, out: &Path, stripped: bool) -> Result<PathBuf> {
@@ -51,7 +52,9 @@ pub fn build_with_flags(source: &Path, out: &Path, flags: &[&str]) -> Result<Pat
         .env_remove("GOFLAGS")
         // Go's defaults ($HOME/.cache, $HOME/go) may not exist or be writable for root in CI.
         .env("GOCACHE", go_dir.join("cache"))
-        .env("GOPATH", go_dir.join("path"))
+        // The clients' shared package is found on the second entry, where GOPATH mode looks
+        // for imports that are not the standard library's.
+        .env("GOPATH", gopath(&go_dir.join("path"))?)
         // A static binary, without a C toolchain: the same build on every machine.
         .env("CGO_ENABLED", "0");
     let output = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -66,6 +69,14 @@ pub fn build_with_flags(source: &Path, out: &Path, flags: &[&str]) -> Result<Pat
     std::fs::rename(&partial, out)
         .with_context(|| format!("moving {} to {}", partial.display(), out.display()))?;
     Ok(out.to_path_buf())
+}
+
+/// `own` (where `go` may write), then the tests' Go clients' directory, as a GOPATH list.
+fn gopath(own: &Path) -> Result<std::ffi::OsString> {
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/go");
+    let clients = std::fs::canonicalize(&clients)
+        .with_context(|| format!("the Go clients' directory {}", clients.display()))?;
+    Ok(std::env::join_paths([own, &clients])?)
 }
 
 /// The Go HTTPS client of the end-to-end tests (tests/clients/go/https_client.go).
