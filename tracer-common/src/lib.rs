@@ -31,7 +31,8 @@ pub enum RecordKind {
     TlsLink = 6,
     /// The first TLS record a socket sent (ClientHello: SNI), up to `CLIENT_HELLO_MAX` bytes.
     TlsClientHello = 7,
-    /// A process called exec (payload: the file name, NUL-terminated).
+    /// A process called exec (payload: the file name, NUL-terminated; `conn_id`: the process's
+    /// cgroup v2 id, the inode number of its cgroup directory, 0 when there is no cgroup v2).
     ProcessExec = 8,
     /// A thread called execve (payload: its arguments, each NUL-terminated, up to
     /// [`EXEC_ARGS_MAX`] bytes); the exec itself may still fail.
