@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tracer_testkit::{
+    cgroup::pod_container_cgroup,
     e2e::{
         self, clients_dir, of_pid, recorded, require_root, start_traced, start_traced_with_env,
         SERIAL,
@@ -27,17 +28,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn tracer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_agent-tracer"))
-}
-
-/// cgroup directories the test made, removed (innermost first) when dropped.
-struct Cgroups(Vec<PathBuf>);
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }
 
 /// A directory tree removed when dropped.
@@ -60,20 +50,7 @@ async fn a_pod_container_in_its_pid_namespace_is_named_from_cgroup_and_pod_logs(
     let (namespace, pod, container) = ("agents", "research-agent-5d78c9869d-x7k2p", "agent");
 
     // The cgroups containerd's systemd driver would make for a burstable pod's container.
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    let kubepods = unified.join("kubepods.slice");
-    let pod_slice = kubepods.join(format!(
-        "kubepods-burstable-pod{}.slice",
-        uid.replace('-', "_")
-    ));
-    let scope = pod_slice.join(format!("cri-containerd-{container_id}.scope"));
-    let mut cgroups = Cgroups(Vec::new());
-    for dir in [&kubepods, &pod_slice, &scope] {
-        if !dir.exists() {
-            std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-            cgroups.0.push(dir.clone());
-        }
-    }
+    let (cgroups, scope) = pod_container_cgroup(&uid, &container_id)?;
 
     // The kubelet's log tree: a directory per container, and the `containers` symlinks that
     // name the container id. A second container (a sidecar) makes the single-container
@@ -154,6 +131,69 @@ async fn a_pod_container_in_its_pid_namespace_is_named_from_cgroup_and_pod_logs(
         as_int(span.resource_attr("agent_tracer.process.namespace_pid")),
         Some(1)
     );
+    assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
+    Ok(())
+}
+
+/// A client that is gone before the tracer handles its exec still names its container and
+/// pod: the kernel reads the process's cgroup id at exec and the tracer turns the id into the
+/// cgroup's path, where /proc/PID/cgroup no longer exists. The tracer is paused (SIGSTOP) while
+/// a real curl, in a pod container's cgroup, makes its HTTPS call and exits; the pause is a
+/// loaded machine made certain (the records wait in the ring buffer), not a mock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_client_gone_before_its_exec_is_handled_keeps_its_container_and_pod(
+) -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let nonce = std::process::id();
+    let uid = format!("5c1e9a77-0b3d-4e2f-8a6b-{nonce:012x}");
+    let container_id = format!("{:064x}", 0x5407_u128 << 64 | nonce as u128);
+    let (cgroups, scope) = pod_container_cgroup(&uid, &container_id)?;
+
+    let traced = start_traced(tracer_bin(), "kubernetes-short-lived", &[]).await?;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"quick"}]}"#;
+    // sh joins the container's cgroup and execs curl, which keeps sh's pid.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec curl -sS --http1.1 --cacert {} -H 'content-type: application/json' -d '{body}' {}/chat/completions",
+        scope.display(),
+        server.cert_path.display(),
+        server.base_url()
+    );
+    let (pid, out) = {
+        let _paused = traced.tracer.pause();
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        // Reaped before the tracer resumes: its /proc entry is gone.
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+        (pid, out)
+    };
+    assert!(out.status.success(), "curl failed: {out:?}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the client is gone before the tracer resumes"
+    );
+    let spans = traced
+        .receiver
+        .wait_for("the short-lived client's call", WAIT, |s| {
+            !of_pid(s, pid).is_empty()
+        })
+        .await?;
+    let stopped = traced.tracer.stop()?;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    drop(cgroups);
+
+    let mine = of_pid(&spans, pid);
+    assert_eq!(mine.len(), 1, "one call, one span: {mine:#?}");
+    let span = &mine[0];
+    let r = |k: &str| as_str(span.resource_attr(k)).map(str::to_string);
+    assert_eq!(r("container.id").as_deref(), Some(container_id.as_str()));
+    assert_eq!(r("container.runtime").as_deref(), Some("containerd"));
+    assert_eq!(r("k8s.pod.uid").as_deref(), Some(uid.as_str()));
+    assert_eq!(r("process.executable.name").as_deref(), Some("curl"));
     assert_eq!(as_int(span.attr("http.response.status_code")), Some(200));
     Ok(())
 }
@@ -259,25 +299,6 @@ fn lingering_http_post(server: &MockOpenAi, model: &str) -> String {
         "sleep 1 | {} --repeat 2 --wait-stdin",
         http_post(server, model)
     )
-}
-
-/// The cgroups containerd's systemd driver makes for a burstable pod's container.
-fn pod_container_cgroup(uid: &str, container_id: &str) -> Result<(Cgroups, PathBuf)> {
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    let kubepods = unified.join("kubepods.slice");
-    let pod_slice = kubepods.join(format!(
-        "kubepods-burstable-pod{}.slice",
-        uid.replace('-', "_")
-    ));
-    let scope = pod_slice.join(format!("cri-containerd-{container_id}.scope"));
-    let mut cgroups = Cgroups(Vec::new());
-    for dir in [&kubepods, &pod_slice, &scope] {
-        if !dir.exists() {
-            std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-            cgroups.0.push(dir.clone());
-        }
-    }
-    Ok((cgroups, scope))
 }
 
 /// The node the recorded pods run on (tests/fixtures/kube/pods-list.json).

@@ -31,7 +31,8 @@ pub enum RecordKind {
     TlsLink = 6,
     /// The first TLS record a socket sent (ClientHello: SNI), up to `CLIENT_HELLO_MAX` bytes.
     TlsClientHello = 7,
-    /// A process called exec (payload: the file name, NUL-terminated).
+    /// A process called exec (payload: the file name, NUL-terminated; `conn_id`: the process's
+    /// cgroup v2 id, the inode number of its cgroup directory, 0 when there is no cgroup v2).
     ProcessExec = 8,
     /// A thread called execve (payload: its arguments, each NUL-terminated, up to
     /// [`EXEC_ARGS_MAX`] bytes); the exec itself may still fail.
@@ -147,7 +148,7 @@ pub enum Source {
     /// Plaintext at a socket syscall; `conn_id` is the file descriptor.
     Socket = 1,
     /// A process's standard input and output (pipes, a socketpair as libuv makes them, or
-    /// anything else) seen at the read/write syscalls; `conn_id` is the pair's id ([`SocketState::pair`]), shared by
+    /// anything else) seen at the read/write syscalls; `conn_id` is [`STDIO_CONN_ID`], shared by
     /// both directions and every duplicate of the two fds. Reads are `Ingress`, writes `Egress`.
     Stdio = 2,
 }
@@ -263,9 +264,11 @@ pub mod socket_flag {
     pub const COUNTED: u32 = 1024;
 }
 
-/// The id of a process's stdio pair (the stdin fd): `Source::Stdio` records carry it as their
-/// `conn_id`, and the kernel forgets the pair's byte counts under it when a process execs or exits.
-pub const STDIO_PAIR: u32 = 0;
+/// The `conn_id` of a process's stdio connection: every `Source::Stdio` record carries it, and
+/// every stdio fd's [`SocketState::pair`] holds it. A process has one such connection (stdin,
+/// stdout and their duplicates), so a fixed id (0, stdin's fd) is enough; the kernel forgets its
+/// byte counts under it when the process execs or exits.
+pub const STDIO_CONN_ID: u32 = 0;
 
 /// Lowest fds the kernel forgets for a process that execs or exits: stdio and the duplicates a
 /// stdio server makes of it, so that a reused pid never inherits a dead process's state.

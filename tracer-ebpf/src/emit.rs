@@ -56,8 +56,8 @@ impl Transfer {
         }
     }
 
-    /// The same bytes, seen on a stdio fd: the pair's id names the connection, so stdin and
-    /// stdout (and their duplicates) make one.
+    /// The same bytes, seen on a stdio fd: `pair` ([`tracer_common::STDIO_CONN_ID`]) names the
+    /// connection, so stdin and stdout (and their duplicates) make one.
     #[inline(always)]
     pub fn on_stdio(mut self, pair: u32) -> Self {
         self.conn_id = pair as u64;

@@ -144,12 +144,27 @@ pub struct PendingDup {
 #[map]
 pub static PENDING_DUPS: LruHashMap<u64, PendingDup> = LruHashMap::with_max_entries(16384, 0);
 
-/// Forgets a process's fds in `0..FORGET_FDS` and its stdio pair's byte counts: at exit all of
-/// them (a reused pid must not inherit them), at exec the stdio ones (the old program's
+/// Forgets the byte counts of both directions of a connection: the next bytes on it start a new
+/// stream at offset 0.
+#[inline(always)]
+pub fn forget_offsets(tgid: u32, conn_id: u64, source: tracer_common::Source) {
+    use tracer_common::Direction;
+    for direction in [Direction::Egress, Direction::Ingress] {
+        let stream = StreamKey {
+            conn_id,
+            tgid,
+            direction: direction as u32 | ((source as u32) << 8),
+        };
+        let _ = STREAM_OFFSETS.remove(stream);
+    }
+}
+
+/// Forgets a process's fds in `0..FORGET_FDS` and its stdio connection's byte counts: at exit
+/// all of them (a reused pid must not inherit them), at exec the stdio ones (the old program's
 /// duplicates are gone with it, or are no longer its wire). A socket stays across an exec.
 #[inline(always)]
 pub fn forget_process_fds(tgid: u32, stdio_only: bool) {
-    use tracer_common::{socket_flag, Direction, FdKey, Source, FORGET_FDS, STDIO_PAIR};
+    use tracer_common::{socket_flag, FdKey, Source, FORGET_FDS, STDIO_CONN_ID};
     for fd in 0..FORGET_FDS {
         let key = FdKey { tgid, fd };
         if stdio_only {
@@ -160,14 +175,7 @@ pub fn forget_process_fds(tgid: u32, stdio_only: bool) {
         }
         let _ = SOCKETS.remove(key);
     }
-    for direction in [Direction::Egress, Direction::Ingress] {
-        let stream = StreamKey {
-            conn_id: STDIO_PAIR as u64,
-            tgid,
-            direction: direction as u32 | ((Source::Stdio as u32) << 8),
-        };
-        let _ = STREAM_OFFSETS.remove(stream);
-    }
+    forget_offsets(tgid, STDIO_CONN_ID as u64, Source::Stdio);
 }
 
 /// A program starts: its stdin and stdout become JSON-RPC candidates, unless they are sockets
@@ -175,13 +183,13 @@ pub fn forget_process_fds(tgid: u32, stdio_only: bool) {
 /// read exists: an MCP server may read its first request within a millisecond of its exec.
 #[inline(always)]
 pub fn mark_stdio(tgid: u32) {
-    use tracer_common::{socket_flag, FdKey, SocketState, STDIO_PAIR};
+    use tracer_common::{socket_flag, FdKey, SocketState, STDIO_CONN_ID};
     for fd in [0, 1] {
         let key = FdKey { tgid, fd };
         if unsafe { SOCKETS.get(key) }.is_none() {
             let state = SocketState {
                 flags: socket_flag::STDIO,
-                pair: STDIO_PAIR,
+                pair: STDIO_CONN_ID,
             };
             let _ = SOCKETS.insert(key, state, aya_ebpf::bindings::BPF_ANY as u64);
         }

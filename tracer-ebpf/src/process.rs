@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -172,7 +172,9 @@ struct ExecEvent {
 }
 
 /// A process replaced its program: its stdin and stdout become JSON-RPC candidates, and
-/// userspace looks at the new executable (static TLS, Go) and its libraries.
+/// userspace looks at the new executable (static TLS, Go) and its libraries. The record carries
+/// the process's cgroup v2 id, read here because a short-lived client may be gone (and its
+/// /proc/PID/cgroup with it) before userspace handles the record.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -195,7 +197,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             tid: pid_tgid as u32,
             chunk_len: EXEC_FILENAME_MAX as u32,
             timestamp_ns: bpf_ktime_get_ns(),
-            conn_id: 0,
+            conn_id: bpf_get_current_cgroup_id(),
             call_len: 0,
             offset: 0,
             stream_offset: 0,

@@ -29,9 +29,9 @@ use tracer_common::{
 use crate::{
     emit::{emit_buffer, emit_record, Transfer},
     maps::{
-        count, is_ignored, PendingDup, PendingIo, PendingSocketCall, StreamKey, EVENTS,
+        count, forget_offsets, is_ignored, PendingDup, PendingIo, PendingSocketCall, EVENTS,
         PENDING_DUPS, PENDING_IO, PENDING_READS, PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS,
-        STREAM_OFFSETS, TLS_CONNS, TLS_PROCS,
+        TLS_CONNS, TLS_PROCS,
     },
 };
 
@@ -137,7 +137,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         tgid: tgid(pid_tgid),
         fd: call.fd,
     };
-    start_connection(key, flag::CONNECTED, pid_tgid);
+    start_connection(key, flag::CONNECTED);
     emit_socket_record(
         RecordKind::Connect,
         pid_tgid,
@@ -214,7 +214,7 @@ fn finish_accept(ctx: &TracePointContext) {
         tgid: tgid(pid_tgid),
         fd: fd as u32,
     };
-    start_connection(key, flag::STREAM | flag::ACCEPTED, pid_tgid);
+    start_connection(key, flag::STREAM | flag::ACCEPTED);
     emit_socket_record(
         RecordKind::Accept,
         pid_tgid,
@@ -225,26 +225,19 @@ fn finish_accept(ctx: &TracePointContext) {
 
 /// A new connection on `key`: fresh flags, and its byte counts restart at zero.
 #[inline(always)]
-fn start_connection(key: FdKey, flags: u32, pid_tgid: u64) {
+fn start_connection(key: FdKey, flags: u32) {
     let state = SocketState {
         flags: flags | flag::STREAM,
         pair: 0,
     };
     let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
-    forget_offsets(key, pid_tgid);
+    forget_socket_offsets(key);
     let _ = TLS_CONNS.remove(key);
 }
 
 #[inline(always)]
-fn forget_offsets(key: FdKey, _pid_tgid: u64) {
-    for direction in [Direction::Egress, Direction::Ingress] {
-        let stream = StreamKey {
-            conn_id: key.fd as u64,
-            tgid: key.tgid,
-            direction: direction as u32 | ((Source::Socket as u32) << 8),
-        };
-        let _ = STREAM_OFFSETS.remove(stream);
-    }
+fn forget_socket_offsets(key: FdKey) {
+    forget_offsets(key.tgid, key.fd as u64, Source::Socket);
 }
 
 #[inline(always)]
@@ -318,19 +311,27 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SOCKETS.remove(key);
-    // A stdio fd's byte counts belong to its pair, which other fds may still carry.
+    // A stdio fd's byte counts belong to the process's stdio connection, which other fds may
+    // still carry.
     if state.flags & flag::STDIO != 0 {
         return 0;
     }
-    forget_offsets(key, pid_tgid);
-    if state.flags & flag::COUNTED != 0 {
+    end_socket(key, state.flags, pid_tgid);
+    0
+}
+
+/// A traced socket (not stdio) with `flags` is gone from `key`, closed or replaced by dup2/dup3:
+/// its stream ends.
+#[inline(always)]
+fn end_socket(key: FdKey, flags: u32, pid_tgid: u64) {
+    forget_socket_offsets(key);
+    if flags & flag::COUNTED != 0 {
         finish_tls(key, pid_tgid);
     }
     // Every connection userspace heard of (connect/accept) hears of its end, so it can forget it.
-    if state.flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
+    if flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
         emit_socket_record(RecordKind::Close, pid_tgid, key.fd, SocketRecord::default());
     }
-    0
 }
 
 // Data.
@@ -825,13 +826,7 @@ fn exit_dup(ctx: &TracePointContext) {
     };
     if dup.replaced_flags & flag::STDIO == 0 && dup.replaced_flags != 0 {
         // A socket closed by being replaced: the same as close() for its stream.
-        forget_offsets(key, pid_tgid);
-        if dup.replaced_flags & flag::COUNTED != 0 {
-            finish_tls(key, pid_tgid);
-        }
-        if dup.replaced_flags & (flag::CONNECTED | flag::ACCEPTED) != 0 {
-            emit_socket_record(RecordKind::Close, pid_tgid, key.fd, SocketRecord::default());
-        }
+        end_socket(key, dup.replaced_flags, pid_tgid);
     }
     if dup.state.flags & flag::STDIO != 0 {
         let _ = SOCKETS.insert(key, dup.state, BPF_ANY as u64);

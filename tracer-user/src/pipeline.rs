@@ -112,8 +112,13 @@ impl Pipeline {
         let exited = match &event {
             // A new program: read it now, while it surely runs: a short-lived client may be gone
             // by the time its call completes. (Data was observed by `left_out`.)
-            CaptureEvent::Exec { pid, filename, .. } => {
-                self.processes.observe_exec(*pid, filename);
+            CaptureEvent::Exec {
+                pid,
+                filename,
+                cgroup_id,
+                ..
+            } => {
+                self.processes.observe_exec(*pid, filename, *cgroup_id);
                 None
             }
             CaptureEvent::ProcessExit { pid, .. } => Some(*pid),

@@ -103,6 +103,15 @@ impl RunningTracer {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Stops the tracer (SIGSTOP) until the returned guard is dropped (SIGCONT): what a tracer
+    /// far behind on a loaded machine looks like, made certain. The kernel side keeps running
+    /// and the ring buffer keeps its records for when the tracer resumes.
+    pub fn pause(&self) -> Paused<'_> {
+        // Safety: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        Paused(self)
+    }
+
     /// SIGINT, then waits (up to 30 s) for a clean exit.
     pub fn stop(mut self) -> Result<TracerOutput> {
         // Safety: plain kill(2) on our own child.
@@ -123,6 +132,16 @@ impl RunningTracer {
             stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
             stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
         })
+    }
+}
+
+/// A paused tracer, resumed when dropped.
+pub struct Paused<'a>(&'a RunningTracer);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // Safety: plain kill(2) on our own child.
+        unsafe { libc::kill(self.0.child.id() as i32, libc::SIGCONT) };
     }
 }
 

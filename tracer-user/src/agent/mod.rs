@@ -383,6 +383,7 @@ impl AgentAssembler {
                 pid,
                 filename,
                 timestamp_ns,
+                ..
             } => {
                 // A process that execs again (sh → the command) ends its previous program.
                 self.end_exec(*pid, *timestamp_ns, None, true, out);

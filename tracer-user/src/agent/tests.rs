@@ -139,6 +139,7 @@ fn exec(pid: u32, parent: u32, at: u64, args: &[&str]) -> Vec<CaptureEvent> {
             pid,
             filename: format!("/bin/{}", args[0]),
             timestamp_ns: at * MS,
+            cgroup_id: 0,
         },
     ]
 }

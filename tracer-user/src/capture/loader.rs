@@ -225,7 +225,7 @@ impl Capture {
         let mut sockets = self.sockets()?;
         let state = SocketState {
             flags: socket_flag::STDIO,
-            pair: tracer_common::STDIO_PAIR,
+            pair: tracer_common::STDIO_CONN_ID,
         };
         for fd in fds {
             sockets.insert(FdKey { tgid, fd: *fd }, state, 0)?;

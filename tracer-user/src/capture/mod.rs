@@ -125,6 +125,9 @@ pub enum CaptureEvent {
         pid: u32,
         filename: String,
         timestamp_ns: u64,
+        /// The process's cgroup v2 id as the kernel read it at exec (0: no cgroup v2): names
+        /// its container even when the process is gone before its /proc entry is read.
+        cgroup_id: u64,
     },
     /// The arguments of an execve the thread `tid` of `pid` made (the exec may still fail).
     ExecArgs {
@@ -281,6 +284,7 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
                 pid: h.pid,
                 filename: String::from_utf8_lossy(&payload[..end]).into_owned(),
                 timestamp_ns: h.timestamp_ns,
+                cgroup_id: h.conn_id,
             }
         }
         k => return Err(DecodeError::Kind(k)),
@@ -484,6 +488,29 @@ mod tests {
         r6.addr = Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped().octets();
         assert_eq!(peer_address(&r6), Some("10.0.0.7:443".parse().unwrap()));
         assert_eq!(peer_address(&SocketRecord::default()), None);
+    }
+
+    #[test]
+    fn decodes_exec_with_its_cgroup_id() {
+        let rec = record(
+            RecordKind::ProcessExec as u32,
+            0,
+            b"/usr/bin/curl\0\0\0",
+            16,
+        );
+        let CaptureEvent::Exec {
+            pid,
+            filename,
+            cgroup_id,
+            ..
+        } = decode_record(&rec).unwrap()
+        else {
+            panic!("not an exec")
+        };
+        assert_eq!(
+            (pid, filename.as_str(), cgroup_id),
+            (42, "/usr/bin/curl", 0xdead)
+        );
     }
 
     #[test]

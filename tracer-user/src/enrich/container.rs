@@ -36,7 +36,8 @@ pub fn identity_of(cgroup: &str) -> CgroupIdentity {
         .unwrap_or_default()
 }
 
-fn identity_of_path(path: &str) -> CgroupIdentity {
+/// What one cgroup path (`/kubepods.slice/…/cri-containerd-<id>.scope`) says.
+pub fn identity_of_path(path: &str) -> CgroupIdentity {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let mut identity = CgroupIdentity::default();
     // Innermost container: search from the leaf up.

@@ -1,6 +1,7 @@
 //! Stage 6, enrich: who made the call. Process metadata is read from /proc when a process is
 //! first seen (it may be gone by the time its last span is built) and forgotten when it exits.
 
+mod cgroups;
 mod container;
 pub mod kube_api;
 pub mod pods;
@@ -59,7 +60,15 @@ impl ProcessInfo {
         }
     }
 
-    fn read(pid: u32, host_name: &str, kube: Option<&mut Kubernetes>) -> Self {
+    /// `cgroup` is the process's cgroup v2 path as the kernel gave it at exec; when it names no
+    /// container or pod (none given, or the process sits in a v1 hierarchy's container on a
+    /// hybrid host), /proc/PID/cgroup is read instead.
+    fn read(
+        pid: u32,
+        host_name: &str,
+        kube: Option<&mut Kubernetes>,
+        cgroup: Option<&str>,
+    ) -> Self {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
@@ -79,9 +88,14 @@ impl ProcessInfo {
             .and_then(container::namespace_pid)
             .filter(|ns| *ns != pid);
         let parent_pid = status.as_deref().and_then(container::parent_pid);
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|c| container::identity_of(&c))
-            .unwrap_or_default();
+        let cgroup = cgroup
+            .map(container::identity_of_path)
+            .filter(|id| id.container_id.is_some() || id.pod_uid.is_some())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .map(|c| container::identity_of(&c))
+                    .unwrap_or_default()
+            });
         let (pod, node_name, pod_api) = match kube {
             Some(kube) => {
                 let pod = cgroup
@@ -249,6 +263,7 @@ pub struct ProcessCache {
     /// Processes whose executable could not be read at exec (the file name stands in): read
     /// again when their traffic shows they are alive.
     provisional: HashSet<u32>,
+    cgroups: cgroups::CgroupPaths,
 }
 
 impl ProcessCache {
@@ -273,6 +288,7 @@ impl ProcessCache {
             selection: config.selection,
             ignored: HashSet::new(),
             provisional: HashSet::new(),
+            cgroups: cgroups::CgroupPaths::from_mounts(),
             interest,
         }
     }
@@ -282,7 +298,7 @@ impl ProcessCache {
     pub fn observe(&mut self, pid: u32) {
         // One more read for a process whose executable could not be read at exec.
         if self.provisional.remove(&pid) {
-            let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
+            let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube), None);
             if info.executable_path.is_some() {
                 self.decide(pid, &info);
                 self.processes.insert(pid, Arc::new(info));
@@ -290,7 +306,7 @@ impl ProcessCache {
             return;
         }
         if self.processes.len() < MAX_PROCESSES && !self.processes.contains_key(&pid) {
-            let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
+            let info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube), None);
             self.decide(pid, &info);
             self.processes.insert(pid, Arc::new(info));
         }
@@ -317,15 +333,22 @@ impl ProcessCache {
         self.ignored.contains(&pid)
     }
 
-    /// A process that just exec'd `filename`: what was read of its old program no longer
-    /// describes it. Read now; the file name stands in for the path if the executable cannot
-    /// be read yet (it is read again when the process's traffic shows it alive).
-    pub fn observe_exec(&mut self, pid: u32, filename: &str) {
+    /// A process that just exec'd `filename` in cgroup `cgroup_id` (v2; 0 when unknown): what
+    /// was read of its old program no longer describes it. Read now; the file name stands in
+    /// for the path if the executable cannot be read yet (it is read again when the process's
+    /// traffic shows it alive), and the cgroup id names its container even if it is gone.
+    pub fn observe_exec(&mut self, pid: u32, filename: &str, cgroup_id: u64) {
         self.retire(pid);
         if self.processes.len() >= MAX_PROCESSES {
             return;
         }
-        let mut info = ProcessInfo::read(pid, &self.host_name, Some(&mut self.kube));
+        let cgroup = self.cgroups.path_of(cgroup_id);
+        let mut info = ProcessInfo::read(
+            pid,
+            &self.host_name,
+            Some(&mut self.kube),
+            cgroup.as_deref(),
+        );
         if info.executable_path.is_none() && filename.starts_with('/') {
             self.provisional.insert(pid);
             info.executable_path = Some(filename.to_string());
@@ -346,7 +369,7 @@ impl ProcessCache {
             .cloned()
             .unwrap_or_else(|| {
                 // Over the cache's bound: described without the (cached) pod lookup.
-                let mut info = ProcessInfo::read(pid, &self.host_name, None);
+                let mut info = ProcessInfo::read(pid, &self.host_name, None, None);
                 info.node_name = self.kube.node_name.clone();
                 info.pod_api = None;
                 Arc::new(info)
@@ -520,7 +543,7 @@ mod tests {
 
     #[test]
     fn reads_own_process() {
-        let me = ProcessInfo::read(std::process::id(), "h", None);
+        let me = ProcessInfo::read(std::process::id(), "h", None, None);
         assert!(me.executable_path.is_some());
         assert_eq!(me.parent_pid, Some(std::os::unix::process::parent_id()));
         assert!(me.command_line.is_some());
