@@ -606,3 +606,96 @@ async fn reqwest_on_ring_over_http2_and_http1() -> Result<()> {
     );
     Ok(())
 }
+
+/// A rustls connection opened, and used, before the tracer starts: rustls's records are tied to
+/// their socket by the socket calls around them, which the tracer did not see for this one until
+/// now. Its next call must still be captured whole, both ways, with no record left unassigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rustls_connection_open_before_the_tracer_starts_is_captured_from_its_next_call(
+) -> Result<()> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let client = build_stripped("reqwest", "release", "reqwest_client")?;
+    let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
+    let mut child = Command::new(&client)
+        .arg(server.base_url())
+        .arg("--wait-between")
+        .env("SSL_CERT_FILE", &server.cert_path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let first = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        Ok((line, stdout))
+    });
+    let (line, mut stdout) = first.await??;
+    ensure!(line.contains("first"), "the first call: {line:?}");
+
+    let Traced {
+        receiver,
+        tracer: running,
+        record_dir: streams_dir,
+    } = start_traced_with(tracer_bin(), TRACER_NAME, &TraceOptions::default()).await?;
+    wait_until_hooked(&client).await?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let report = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+        stdin.write_all(b"go\n")?;
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest)?;
+        let status = child.wait()?;
+        ensure!(status.success(), "reqwest client: {status}");
+        Ok(serde_json::from_str(rest.trim())?)
+    })
+    .await??;
+    assert_eq!(report["version"], "HTTP/1.1", "{report}");
+    assert_eq!(
+        report["statuses"],
+        serde_json::json!([200, 200]),
+        "{report}"
+    );
+    let spans = receiver
+        .wait_for("the second call's span", SPAN_WAIT, |s| {
+            !of_pid(s, pid).is_empty()
+        })
+        .await?;
+    // Nothing more may come for it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let output = running.stop()?;
+    assert!(output.status.success(), "{}", output.stderr);
+    let counters = output.counters()?;
+    assert_eq!(counters.get("tls_records_unassigned"), None, "{counters:?}");
+
+    let spans = of_pid(&spans, pid);
+    assert_eq!(
+        spans.len(),
+        1,
+        "only the call made while traced: {spans:#?}"
+    );
+    let span = &spans[0];
+    assert_eq!(span.span.name, "chat gpt-4o-mini");
+    assert_eq!(
+        as_str(span.attr("gen_ai.response.id")),
+        Some("chatcmpl-mock-stream")
+    );
+    assert_eq!(
+        as_strs(span.attr("agent_tracer.response.tool_call.ids")),
+        Some(vec!["call_mock_weather".to_string()])
+    );
+    assert_eq!(as_int(span.attr("gen_ai.usage.output_tokens")), Some(17));
+    assert_eq!(span.attr("agent_tracer.capture.bytes_lost"), None);
+    let egress = e2e::recorded(&streams_dir, pid, "egress");
+    assert!(egress.starts_with(b"POST /v1/chat/completions HTTP/1.1\r\n"));
+    assert!(contains(&egress, REQWEST_BODIES[1].as_bytes()));
+    let ingress = e2e::recorded(&streams_dir, pid, "ingress");
+    assert!(ingress.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // The stream's events (chunked on the wire, so compared by a piece every event carries).
+    let events = report["bodies"][1].as_str().context("body")?;
+    assert!(events.contains("chatcmpl-mock-stream"), "{events}");
+    assert!(contains(&ingress, b"\"id\":\"chatcmpl-mock-stream\""));
+    Ok(())
+}

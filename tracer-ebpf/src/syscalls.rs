@@ -584,6 +584,12 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
                         state.flags |= flag::COUNTED;
                     }
                 }
+                // A record that is no handshake is a connection found open at start-up: the
+                // call that showed it is TLS may carry a record sealed just before, or precede
+                // an open on this thread (rustls), as every later call does.
+                if !handshake {
+                    crate::aead::on_tls_socket_call(pid_tgid, io.fd, direction);
+                }
                 return;
             }
             Sniffed::Other => {

@@ -3,12 +3,15 @@
 //! second streamed (SSE), each body read as it arrives. Over HTTP/2 when the server offers it
 //! by ALPN, else HTTP/1.1.
 //!
-//! Usage: reqwest_client BASE_URL [--wait-stdin]   (BASE_URL e.g. https://127.0.0.1:PORT/v1)
+//! Usage: reqwest_client BASE_URL [--wait-stdin | --wait-between]
+//! (BASE_URL e.g. https://127.0.0.1:PORT/v1)
 //!
 //! It trusts exactly the PEM certificate named by SSL_CERT_FILE and prints one JSON line:
 //! {"pid":..., "version":"HTTP/2.0", "statuses":[..], "bodies":["...", "..."]}. With
 //! --wait-stdin it sends nothing before a line (or EOF) arrives on stdin: the test holds it
-//! there until the tracer has hooked this executable.
+//! there until the tracer has hooked this executable. With --wait-between it makes the first
+//! call at once, prints {"first":"done"} and waits for the line before the second: a connection
+//! already open, and in use, when the tracer starts.
 
 use tokio::io::AsyncBufReadExt as _;
 
@@ -26,9 +29,17 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let wait = args.len() == 3 && args[2] == "--wait-stdin";
-    if args.len() != 2 && !wait {
-        return Err(format!("usage: {} BASE_URL [--wait-stdin]", args[0]).into());
+    let option = args.get(2).map(String::as_str);
+    let (wait, wait_between) = (
+        option == Some("--wait-stdin"),
+        option == Some("--wait-between"),
+    );
+    if args.len() > 3 || (args.len() == 3 && !wait && !wait_between) || args.len() < 2 {
+        return Err(format!(
+            "usage: {} BASE_URL [--wait-stdin | --wait-between]",
+            args[0]
+        )
+        .into());
     }
     let url = format!("{}/chat/completions", args[1].trim_end_matches('/'));
     let ca = std::env::var("SSL_CERT_FILE").map_err(|_| "SSL_CERT_FILE is not set")?;
@@ -37,14 +48,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?)
         .no_proxy()
         .build()?;
-    if wait {
+    let wait_for_stdin = || async {
         let mut line = String::new();
         tokio::io::BufReader::new(tokio::io::stdin())
             .read_line(&mut line)
-            .await?;
+            .await
+    };
+    if wait {
+        wait_for_stdin().await?;
     }
     let (mut version, mut statuses, mut bodies) = (String::new(), Vec::new(), Vec::new());
-    for body in [PLAIN_BODY, STREAM_BODY] {
+    for (i, body) in [PLAIN_BODY, STREAM_BODY].into_iter().enumerate() {
+        if i == 1 && wait_between {
+            println!("{}", serde_json::json!({"first": "done"}));
+            wait_for_stdin().await?;
+        }
         let mut response = client
             .post(&url)
             .bearer_auth("sk-reqwest-secret")
