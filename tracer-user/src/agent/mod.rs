@@ -347,7 +347,7 @@ impl AgentAssembler {
         };
         span.name = mcp::span_name(&call.mcp);
         let c = &self.config.content;
-        let mut attributes = mcp::attributes(&call.mcp, c.capture, c.max_bytes);
+        let mut attributes = mcp::attributes(&call.mcp, &call.transport, c.capture, c.max_bytes);
         // Once the response with the request's id arrived the call is over: a client closing the
         // SSE stream afterwards is not a failure. Only an unanswered request keeps the
         // transport's error; an MCP error replaces it.

@@ -628,7 +628,6 @@ fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
             http2_incomplete_headers: false,
         }),
         mcp: mcp::McpCall {
-            transport: mcp::Transport::Http,
             method: "tools/call".into(),
             request_id: "3".into(),
             target: Some(tool.into()),

@@ -6,25 +6,15 @@
 
 use serde_json::Value;
 
-use super::{content::capped_json, ResponseView};
+use super::{content::capped_json, McpTransport, ResponseView};
 use crate::{
     protocols::{http1::header, HttpExchange},
     span::AttrValue,
 };
 
-/// How the messages travelled (`network.transport`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// Streamable HTTP (or the older HTTP+SSE) over TCP.
-    Http,
-    /// A server process's stdin and stdout.
-    Stdio,
-}
-
-/// One JSON-RPC request and its outcome.
+/// One JSON-RPC request and its outcome. What carried it is [`super::McpExchange::transport`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct McpCall {
-    pub transport: Transport,
     pub method: String,
     /// `jsonrpc.request.id`, as a string.
     pub request_id: String,
@@ -83,7 +73,7 @@ pub fn parse(
             _ => false,
         }) && (m.get("result").is_some() || m.get("error").is_some())
     });
-    from_messages(json, response, protocol_version, Transport::Http)
+    from_messages(json, response, protocol_version)
 }
 
 /// The call a JSON-RPC request and its response (when one came) make. `protocol_version` is what
@@ -93,7 +83,6 @@ pub fn from_messages(
     json: &Value,
     response: Option<&Value>,
     protocol_version: Option<String>,
-    transport: Transport,
 ) -> Option<McpCall> {
     let (method, request_id) = request(json)?;
     let params = json.get("params").unwrap_or(&Value::Null);
@@ -102,7 +91,6 @@ pub fn from_messages(
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut call = McpCall {
-        transport,
         target: matches!(method.as_str(), "tools/call" | "prompts/get")
             .then_some(name)
             .flatten(),
@@ -172,6 +160,7 @@ pub fn error_type(call: &McpCall) -> Option<String> {
 
 pub fn attributes(
     call: &McpCall,
+    transport: &McpTransport,
     capture_content: bool,
     max_bytes: usize,
 ) -> Vec<(&'static str, AttrValue)> {
@@ -179,12 +168,12 @@ pub fn attributes(
         ("mcp.method.name", call.method.clone().into()),
         ("jsonrpc.request.id", call.request_id.clone().into()),
     ];
-    match call.transport {
-        Transport::Http => {
+    match transport {
+        McpTransport::Http(_) => {
             a.push(("network.transport", "tcp".into()));
             a.push(("network.protocol.name", "http".into()));
         }
-        Transport::Stdio => a.push(("network.transport", "pipe".into())),
+        McpTransport::Stdio(_) => a.push(("network.transport", "pipe".into())),
     }
     if let Some(v) = &call.protocol_version {
         a.push(("mcp.protocol.version", v.clone().into()));
@@ -254,7 +243,6 @@ mod tests {
     #[test]
     fn error_types() {
         let base = McpCall {
-            transport: Transport::Stdio,
             method: "tools/call".into(),
             request_id: "1".into(),
             target: Some("add".into()),

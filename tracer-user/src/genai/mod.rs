@@ -445,7 +445,6 @@ pub fn recognise_rpc(exchange: &RpcExchange) -> Option<Call> {
         &exchange.request,
         exchange.response.as_ref(),
         exchange.protocol_version.clone(),
-        mcp::Transport::Stdio,
     )?;
     Some(Call::Mcp(Box::new(McpExchange {
         transport: McpTransport::Stdio(StdioCall {
