@@ -8,7 +8,11 @@ use serde_json::Value;
 
 use super::{content::capped_json, McpTransport, ResponseView};
 use crate::{
-    protocols::{http1::header, HttpExchange},
+    protocols::{
+        http1::header,
+        jsonrpc::{self, Message},
+        HttpExchange,
+    },
     span::AttrValue,
 };
 
@@ -33,19 +37,14 @@ pub struct McpCall {
     pub unanswered: bool,
 }
 
-/// The JSON-RPC request in a POST body, if it is one (notifications and responses have no
-/// outcome to wait for and are not reported).
+/// The method and id of a JSON-RPC request, if the message is one (notifications and responses
+/// have no outcome to wait for and are not reported). The stdio tracker's classifier decides, so
+/// both transports agree on what a request is.
 pub fn request(json: &Value) -> Option<(String, String)> {
-    if json.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return None;
+    match jsonrpc::classify(json)? {
+        Message::Request { id, method } => Some((method, id.as_str().to_string())),
+        Message::Notification { .. } | Message::Response { .. } => None,
     }
-    let method = json.get("method")?.as_str()?.to_string();
-    let id = match json.get("id")? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    Some((method, id))
 }
 
 pub fn parse(
@@ -238,6 +237,11 @@ mod tests {
             None
         );
         assert_eq!(request(&json!({"model": "gpt"})), None);
+        // An id that is neither a number nor a string makes no request.
+        assert_eq!(
+            request(&json!({"jsonrpc": "2.0", "id": null, "method": "tools/list"})),
+            None
+        );
     }
 
     #[test]
