@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::{
     protocols::{
-        body::decode_content,
+        body::{decode_content, BodyError},
         eventstream::{self, EventMessage, EventStreamError},
         http1::{header, HttpResponse},
         jsonrpc::RpcExchange,
@@ -344,19 +344,23 @@ pub fn recognise(
             Err(_) => Value::Null,
         }
     };
+    // The response is decoded at most once: here when only the bodies can say which API this
+    // is, else below when a parser needs it.
+    let mut decoded_response: Option<Option<DecodedResponse<'_>>> = None;
     let dialect = Dialect::detect(method, path, &json).or_else(|| {
         // No path decoded: the bodies may still say which API this is.
-        let by_bodies = headers_unknown && path.is_empty();
-        by_bodies
-            .then(|| {
-                Dialect::from_bodies(&json, exchange.response.as_ref().and_then(decoded).as_ref())
-            })
-            .flatten()
+        if !(headers_unknown && path.is_empty()) {
+            return None;
+        }
+        let decoded = decoded_response.insert(exchange.response.as_ref().map(decode_response));
+        Dialect::from_bodies(&json, decoded.as_ref().and_then(|r| r.as_ref().ok()))
     });
+    let decoded_response =
+        decoded_response.unwrap_or_else(|| exchange.response.as_ref().map(decode_response));
     let Some(dialect) = dialect else {
         let http = generic_http(exchange, path)?;
         if method == "POST" {
-            let view = exchange.response.as_ref().and_then(decoded);
+            let view = decoded_response.and_then(Result::ok);
             if let Some(mcp) = mcp::parse(&json, exchange, view.as_ref()) {
                 return Some(Ok(Call::Mcp(Box::new(McpExchange {
                     transport: McpTransport::Http(http),
@@ -407,7 +411,7 @@ pub fn recognise(
         http2_joined_mid_connection: exchange.http2_joined_mid_connection,
         http2_incomplete_headers: headers_unknown,
     };
-    let view = response_view(exchange, &mut call);
+    let view = response_view(exchange, decoded_response, &mut call);
     match dialect {
         Dialect::OpenAiChat => openai::parse_chat(&json, view.as_ref(), config, &mut call),
         Dialect::OpenAiResponses => {
@@ -625,10 +629,12 @@ fn content_type(response: &HttpResponse, body: &[u8]) -> String {
     }
 }
 
-/// The decoded response, when its content encoding decodes.
-fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
-    let body = decode_content(content_encoding(response), &response.body).ok()?;
-    Some(ResponseView {
+/// A response with its content encoding undone, or why it could not be.
+type DecodedResponse<'a> = Result<ResponseView<'a>, BodyError>;
+
+fn decode_response(response: &HttpResponse) -> DecodedResponse<'_> {
+    let body = decode_content(content_encoding(response), &response.body)?;
+    Ok(ResponseView {
         status: response.status,
         content_type: content_type(response, &body),
         body,
@@ -636,13 +642,17 @@ fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
     })
 }
 
-/// The decoded response, or None when there is none; a body that cannot be decoded records an
-/// error on the call (unless capture lost bytes of it, which the span reports instead).
-fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<ResponseView<'a>> {
-    let response = exchange.response.as_ref()?;
-    let body = match decode_content(content_encoding(response), &response.body) {
-        Ok(b) => b,
-        Err(_) if response.bytes_lost > 0 => return None,
+/// The decoded response (`decoded`, None when there is none) for a dialect parser; a body that
+/// cannot be decoded records an error on the call (unless capture lost bytes of it, which the
+/// span reports instead).
+fn response_view<'a>(
+    exchange: &HttpExchange,
+    decoded: Option<DecodedResponse<'a>>,
+    call: &mut LlmCall,
+) -> Option<ResponseView<'a>> {
+    let view = match decoded? {
+        Ok(view) => view,
+        Err(_) if exchange.response.as_ref().is_some_and(|r| r.bytes_lost > 0) => return None,
         Err(e) => {
             call.error = Some(LlmError {
                 error_type: "body_decode".to_string(),
@@ -650,12 +660,6 @@ fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<R
             });
             return None;
         }
-    };
-    let view = ResponseView {
-        status: response.status,
-        content_type: content_type(response, &body),
-        body,
-        response,
     };
     if view.status >= 400 {
         call.error = Some(api_error(view.status, &view.body));
