@@ -94,54 +94,47 @@ pub struct LlmError {
 /// One call to a model API, with everything the spans and metrics need.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmCall {
-    pub conn: ConnKey,
+    /// The HTTP exchange that carried it: connection, method, path, status, sizes, times. Its
+    /// `interrupted` is also in `error` (as the call's failure, unless the API said why first).
+    pub http: HttpCall,
     pub provider: String,
     /// `gen_ai.operation.name`.
     pub operation: &'static str,
     /// `openai.api.type` for OpenAI dialects.
     pub api_type: Option<&'static str>,
-    pub server_address: Option<String>,
-    pub server_port: Option<u16>,
-    pub http_method: String,
-    pub url_path: String,
-    pub http_status: Option<u16>,
     pub request: LlmRequest,
     pub response: LlmResponse,
     pub error: Option<LlmError>,
-    /// CLOCK_MONOTONIC nanoseconds: first request byte, first response chunk, end.
-    pub start_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds: the first response chunk (the call's start and end are
+    /// `http`'s).
     pub first_chunk_ns: Option<u64>,
+}
+
+/// The HTTP facts of an exchange: a generic client span of its own for any other JSON API, and
+/// the transport part of a model or MCP call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpCall {
+    pub conn: ConnKey,
+    /// Empty when HPACK could not decode it.
+    pub method: String,
+    pub url_path: String,
+    /// None when no response came, or its `:status` could not be decoded.
+    pub status: Option<u16>,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    /// CLOCK_MONOTONIC nanoseconds: first request byte, end of the response (or the request).
+    pub start_ns: u64,
     pub end_ns: u64,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
     /// Bytes of this exchange the capture lost.
     pub bytes_lost: u64,
+    /// Why the exchange ended early, if it did.
+    pub interrupted: Option<&'static str>,
     /// HTTP/2 connection the tracer joined after it started (see [`HttpExchange`]).
     pub http2_joined_mid_connection: bool,
     /// HTTP/2 header fields that could not be decoded: the method, path, status or headers
     /// left out were unknown, not absent.
-    pub http2_incomplete_headers: bool,
-}
-
-/// Any other HTTP call to a JSON API: a generic client span.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpCall {
-    pub conn: ConnKey,
-    pub method: String,
-    pub url_path: String,
-    pub status: Option<u16>,
-    pub server_address: Option<String>,
-    pub server_port: Option<u16>,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
-    pub bytes_lost: u64,
-    /// Why the exchange ended early, if it did.
-    pub interrupted: Option<&'static str>,
-    /// As [`LlmCall::http2_joined_mid_connection`].
-    pub http2_joined_mid_connection: bool,
-    /// As [`LlmCall::http2_incomplete_headers`].
     pub http2_incomplete_headers: bool,
 }
 
@@ -370,46 +363,16 @@ pub fn recognise(
         }
         return Some(Ok(Call::Http(http)));
     };
-    let (server_address, server_port) = provider::server_of(
-        header(&req.headers, "host"),
-        &exchange.peer,
-        exchange.conn.source == Source::Tls,
-    );
+    let http = http_call(exchange, path);
     let mut call = LlmCall {
-        conn: exchange.conn,
-        provider: provider::provider_name(server_address.as_deref(), dialect).to_string(),
+        provider: provider::provider_name(http.server_address.as_deref(), dialect).to_string(),
+        http,
         operation: "chat",
         api_type: None,
-        server_address,
-        server_port,
-        http_method: req.method.clone(),
-        url_path: path.to_string(),
-        // 0: an HTTP/2 `:status` that could not be decoded.
-        http_status: exchange
-            .response
-            .as_ref()
-            .map(|r| r.status)
-            .filter(|s| *s != 0),
         request: LlmRequest::default(),
         response: LlmResponse::default(),
         error: None,
-        start_ns: req.start_ns,
         first_chunk_ns: None,
-        end_ns: exchange
-            .response
-            .as_ref()
-            .map(|r| r.end_ns)
-            .unwrap_or(req.end_ns),
-        request_body_bytes: req.body_len,
-        response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
-        bytes_lost: req.bytes_lost
-            + exchange
-                .response
-                .as_ref()
-                .map(|r| r.bytes_lost)
-                .unwrap_or(0),
-        http2_joined_mid_connection: exchange.http2_joined_mid_connection,
-        http2_incomplete_headers: headers_unknown,
     };
     let view = response_view(exchange, decoded_response, &mut call);
     match dialect {
@@ -481,18 +444,27 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
         // Content types HPACK could not decode: the bodies tell.
         || (headers_unknown
             && (looks_json(&req.body) || response.is_some_and(|r| looks_json(&r.body))));
-    if !json_api {
-        return None;
-    }
+    json_api.then(|| http_call(exchange, path))
+}
+
+/// What the exchange says about itself over HTTP.
+fn http_call(exchange: &HttpExchange, path: &str) -> HttpCall {
+    let req = &exchange.request;
+    let headers_unknown = req.http2_incomplete_headers
+        || exchange
+            .response
+            .as_ref()
+            .is_some_and(|r| r.http2_incomplete_headers);
     let (server_address, server_port) = provider::server_of(
         header(&req.headers, "host"),
         &exchange.peer,
         exchange.conn.source == Source::Tls,
     );
-    Some(HttpCall {
+    HttpCall {
         conn: exchange.conn,
         method: req.method.clone(),
         url_path: path.to_string(),
+        // 0: an HTTP/2 `:status` that could not be decoded.
         status: exchange
             .response
             .as_ref()
@@ -520,7 +492,7 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
         },
         http2_joined_mid_connection: exchange.http2_joined_mid_connection,
         http2_incomplete_headers: headers_unknown,
-    })
+    }
 }
 
 /// A JSON document, or server-sent events (whose data is JSON in every API we know).
@@ -816,30 +788,33 @@ pub(crate) mod tests_support {
 
     pub fn empty_call() -> LlmCall {
         LlmCall {
-            conn: ConnKey {
-                pid: 1,
-                source: Source::Tls,
-                conn_id: 1,
+            http: HttpCall {
+                conn: ConnKey {
+                    pid: 1,
+                    source: Source::Tls,
+                    conn_id: 1,
+                },
+                method: "POST".into(),
+                url_path: "/".into(),
+                status: Some(200),
+                server_address: None,
+                server_port: None,
+                start_ns: 0,
+                end_ns: 0,
+                request_body_bytes: 0,
+                response_body_bytes: 0,
+                bytes_lost: 0,
+                interrupted: None,
+                http2_joined_mid_connection: false,
+                http2_incomplete_headers: false,
             },
             provider: "openai".into(),
             operation: "chat",
             api_type: None,
-            server_address: None,
-            server_port: None,
-            http_method: "POST".into(),
-            url_path: "/".into(),
-            http_status: Some(200),
             request: LlmRequest::default(),
             response: LlmResponse::default(),
             error: None,
-            start_ns: 0,
             first_chunk_ns: None,
-            end_ns: 0,
-            request_body_bytes: 0,
-            response_body_bytes: 0,
-            bytes_lost: 0,
-            http2_joined_mid_connection: false,
-            http2_incomplete_headers: false,
         }
     }
 }
