@@ -221,11 +221,11 @@ impl AgentAssembler {
             && (!call.request.history.items.is_empty()
                 || call.request.history.previous_response_id.is_some());
         if !conversational {
-            let path = call.url_path.clone();
+            let path = call.http.url_path.clone();
             self.activity(
-                call.conn.pid,
-                call.start_ns,
-                call.end_ns,
+                call.http.conn.pid,
+                call.http.start_ns,
+                call.http.end_ns,
                 span,
                 Hint::Text(&path),
                 out,
@@ -238,7 +238,7 @@ impl AgentAssembler {
         };
         self.close_tools(
             index,
-            call.start_ns,
+            call.http.start_ns,
             &call.request.history.tool_results,
             out,
         );
@@ -251,7 +251,7 @@ impl AgentAssembler {
             Health::add(&self.health.agent_repeated_requests, 1);
             run.events.push(SpanEvent {
                 name: "agent_tracer.request_repeated",
-                time_unix_ns: self.clock.unix_ns(call.start_ns),
+                time_unix_ns: self.clock.unix_ns(call.http.start_ns),
                 attributes: vec![("agent_tracer.request.items", (items.len() as u64).into())],
             });
         }
@@ -267,7 +267,7 @@ impl AgentAssembler {
         span.attributes
             .push(("gen_ai.agent.name", run.agent_name.clone().into()));
         run.llm_calls += 1;
-        run.last_activity_ns = run.last_activity_ns.max(call.end_ns);
+        run.last_activity_ns = run.last_activity_ns.max(call.http.end_ns);
         add_usage(&mut run.usage, &call.response.usage);
         match span.attr("agent_tracer.cost.usd") {
             Some(AttrValue::F64(usd)) => run.cost_usd += usd,
@@ -287,7 +287,7 @@ impl AgentAssembler {
         if let Some(e) = &call.error {
             run.error_type = Some(e.error_type.clone());
         }
-        let end_ns = call.end_ns;
+        let end_ns = call.http.end_ns;
         let tool_calls = call.response.tool_calls.clone();
         let failed = call.error.is_some();
         self.emit(index, span, out);
@@ -347,7 +347,7 @@ impl AgentAssembler {
         };
         span.name = mcp::span_name(&call.mcp);
         let c = &self.config.content;
-        let mut attributes = mcp::attributes(&call.mcp, c.capture, c.max_bytes);
+        let mut attributes = mcp::attributes(&call.mcp, &call.transport, c.capture, c.max_bytes);
         // Once the response with the request's id arrived the call is over: a client closing the
         // SSE stream afterwards is not a failure. Only an unanswered request keeps the
         // transport's error; an MCP error replaces it.
@@ -452,7 +452,7 @@ impl AgentAssembler {
         let h = &call.request.history;
         let mut best: Option<(usize, usize)> = None;
         for (i, run) in self.runs.iter().enumerate() {
-            if run.pid != call.conn.pid {
+            if run.pid != call.http.conn.pid {
                 continue;
             }
             let answers_tools = h.tool_results.iter().any(|r| {
@@ -481,8 +481,8 @@ impl AgentAssembler {
     }
 
     fn start_run(&mut self, call: &LlmCall) -> usize {
-        let pid = call.conn.pid;
-        let nested_under = self.owner_at(pid, call.start_ns, Hint::None, false);
+        let pid = call.http.conn.pid;
+        let nested_under = self.owner_at(pid, call.http.start_ns, Hint::None, false);
         let mut rng = rand::rng();
         let (trace_id, sampled) = match nested_under.and_then(|p| self.run(p.run)) {
             Some(parent) => (parent.trace_id, parent.sampled),
@@ -529,8 +529,8 @@ impl AgentAssembler {
             held: VecDeque::new(),
             agent_name,
             conversation_id,
-            start_ns: call.start_ns,
-            last_activity_ns: call.end_ns,
+            start_ns: call.http.start_ns,
+            last_activity_ns: call.http.end_ns,
             last_items: Vec::new(),
             last_response_id: None,
             open_tools: Vec::new(),
@@ -1158,7 +1158,7 @@ impl AgentAssembler {
             attributes,
             status,
             events: Vec::new(),
-            process: Arc::new(ProcessInfo::unknown(call.conn.pid)),
+            process: Arc::new(ProcessInfo::unknown(call.http.conn.pid)),
         }
     }
 }

@@ -55,19 +55,29 @@ fn call(
 ) -> LlmCall {
     let body = json!({"model": "gpt-4o-mini", "messages": messages});
     LlmCall {
-        conn: ConnKey {
-            pid,
-            source: Source::Tls,
-            conn_id: 1,
+        http: HttpCall {
+            conn: ConnKey {
+                pid,
+                source: Source::Tls,
+                conn_id: 1,
+            },
+            method: "POST".into(),
+            url_path: "/v1/chat/completions".into(),
+            status: Some(200),
+            server_address: Some("127.0.0.1".into()),
+            server_port: Some(443),
+            start_ns: start * MS,
+            end_ns: end * MS,
+            request_body_bytes: 10,
+            response_body_bytes: 10,
+            bytes_lost: 0,
+            interrupted: None,
+            http2_joined_mid_connection: false,
+            http2_incomplete_headers: false,
         },
         provider: "openai".into(),
         operation: "chat",
         api_type: None,
-        server_address: Some("127.0.0.1".into()),
-        server_port: Some(443),
-        http_method: "POST".into(),
-        url_path: "/v1/chat/completions".into(),
-        http_status: Some(200),
         request: LlmRequest {
             model: Some("gpt-4o-mini".into()),
             history: history::of(Dialect::OpenAiChat, &body, true),
@@ -96,14 +106,7 @@ fn call(
             ..Default::default()
         },
         error: None,
-        start_ns: start * MS,
         first_chunk_ns: None,
-        end_ns: end * MS,
-        request_body_bytes: 10,
-        response_body_bytes: 10,
-        bytes_lost: 0,
-        http2_joined_mid_connection: false,
-        http2_incomplete_headers: false,
     }
 }
 
@@ -419,13 +422,13 @@ fn a_run_whose_process_exits_after_an_error_fails() {
         error_type: "rate_limit_exceeded".into(),
         message: Some("slow down".into()),
     });
-    failed.http_status = Some(429);
+    failed.http.status = Some(429);
     a.llm_call(&failed, &mut out);
     assert!(named(&out, "invoke_agent").is_empty());
     // The identical retry belongs to the same run and is flagged.
     let mut retry = failed.clone();
-    retry.start_ns = 20 * MS;
-    retry.end_ns = 30 * MS;
+    retry.http.start_ns = 20 * MS;
+    retry.http.end_ns = 30 * MS;
     a.llm_call(&retry, &mut out);
     a.process_event(&exit(AGENT, 40, Some(1)), &mut out);
     let root = named(&out, "invoke_agent")[0];
@@ -629,7 +632,6 @@ fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
             http2_incomplete_headers: false,
         }),
         mcp: mcp::McpCall {
-            transport: mcp::Transport::Http,
             method: "tools/call".into(),
             request_id: "3".into(),
             target: Some(tool.into()),

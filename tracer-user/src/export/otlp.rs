@@ -350,13 +350,9 @@ pub fn export_request(spans: &[Arc<Span>], config: &OtlpConfig) -> ExportTraceSe
         resource_spans: by_process
             .into_values()
             .map(|(process, spans)| ResourceSpans {
-                resource: Some(resource(&process, config)),
+                resource: Some(process_resource(&process, config)),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "agent-tracer".to_string(),
-                        version: env!("CARGO_PKG_VERSION").to_string(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope()),
                     spans,
                     schema_url: SCHEMA_URL.to_string(),
                 }],
@@ -366,12 +362,50 @@ pub fn export_request(spans: &[Arc<Span>], config: &OtlpConfig) -> ExportTraceSe
     }
 }
 
-fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
+/// A Resource: `identity` first, then the SDK's own attributes, then `details`, then the
+/// configured `OTEL_RESOURCE_ATTRIBUTES`, which replace any attribute of the same key. Traces and
+/// metrics both build theirs here so they describe the tracer the same way.
+pub(crate) fn resource(
+    identity: Vec<KeyValue>,
+    details: Vec<KeyValue>,
+    config: &OtlpConfig,
+) -> Resource {
+    let mut attributes = identity;
+    attributes.extend([
+        kv("telemetry.sdk.name", &AttrValue::Str("agent-tracer".into())),
+        kv("telemetry.sdk.language", &AttrValue::Str("rust".into())),
+        kv(
+            "telemetry.sdk.version",
+            &AttrValue::Str(env!("CARGO_PKG_VERSION").into()),
+        ),
+    ]);
+    attributes.extend(details);
+    for (k, v) in &config.resource_attributes {
+        attributes.retain(|a| &a.key != k);
+        attributes.push(kv(k, &AttrValue::Str(v.clone())));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// The instrumentation scope of everything the tracer exports.
+pub(crate) fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "agent-tracer".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Default::default()
+    }
+}
+
+/// The Resource of one traced process.
+fn process_resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
     let service = config
         .service_name
         .clone()
         .unwrap_or_else(|| process.executable_name.clone());
-    let mut attributes = vec![
+    let identity = vec![
         kv("service.name", &AttrValue::Str(service)),
         kv("process.pid", &AttrValue::Int(process.pid.into())),
         kv(
@@ -379,13 +413,8 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
             &AttrValue::Str(process.executable_name.clone()),
         ),
         kv("host.name", &AttrValue::Str(process.host_name.clone())),
-        kv("telemetry.sdk.name", &AttrValue::Str("agent-tracer".into())),
-        kv("telemetry.sdk.language", &AttrValue::Str("rust".into())),
-        kv(
-            "telemetry.sdk.version",
-            &AttrValue::Str(env!("CARGO_PKG_VERSION").into()),
-        ),
     ];
+    let mut attributes = Vec::new();
     if let Some(path) = &process.executable_path {
         attributes.push(kv("process.executable.path", &AttrValue::Str(path.clone())));
     }
@@ -439,17 +468,7 @@ fn resource(process: &ProcessInfo, config: &OtlpConfig) -> Resource {
     if let Some(cmd) = &process.command_line {
         attributes.push(kv("process.command_line", &AttrValue::Str(cmd.clone())));
     }
-    for (k, v) in &config.resource_attributes {
-        attributes.retain(|a| &a.key != k);
-        attributes.push(KeyValue {
-            key: k.clone(),
-            value: Some(any(&AttrValue::Str(v.clone()))),
-        });
-    }
-    Resource {
-        attributes,
-        ..Default::default()
-    }
+    resource(identity, attributes, config)
 }
 
 fn proto_span(span: &Span) -> ProtoSpan {
@@ -824,7 +843,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             buffer_spans: 1,
         };
-        let r = resource(&p, &config);
+        let r = process_resource(&p, &config);
         let get = |k: &str| {
             r.attributes
                 .iter()

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::{
-    recognise, Call, GenAiConfig, LlmCall, LlmError, LlmRequest, LlmResponse, ToolCall, Usage,
+    recognise, Call, GenAiConfig, HttpCall, LlmCall, LlmError, LlmRequest, LlmResponse, ToolCall,
+    Usage,
 };
 use crate::{
     health::Health,
@@ -161,7 +162,7 @@ fn anthropic_stream_golden() {
 #[test]
 fn anthropic_error_golden() {
     let c = whole(&ANTHROPIC_529);
-    assert_eq!(c.http_status, Some(529));
+    assert_eq!(c.http.status, Some(529));
     assert_eq!(
         c.error.map(|e| e.error_type),
         Some("overloaded_error".to_string())
@@ -237,26 +238,29 @@ const INVOKE_MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 /// The call record every Bedrock fixture shares: who, where, when.
 fn bedrock_call(path: &str, status: u16, request_body: u64, response_body: u64) -> LlmCall {
     LlmCall {
-        conn: CONN,
+        http: HttpCall {
+            conn: CONN,
+            method: "POST".into(),
+            url_path: path.into(),
+            status: Some(status),
+            server_address: Some("127.0.0.1".into()),
+            server_port: Some(36713),
+            start_ns: 7,
+            end_ns: 7,
+            request_body_bytes: request_body,
+            response_body_bytes: response_body,
+            bytes_lost: 0,
+            interrupted: None,
+            http2_joined_mid_connection: false,
+            http2_incomplete_headers: false,
+        },
         provider: "aws.bedrock".into(),
         operation: "chat",
         api_type: None,
-        server_address: Some("127.0.0.1".into()),
-        server_port: Some(36713),
-        http_method: "POST".into(),
-        url_path: path.into(),
-        http_status: Some(status),
         request: LlmRequest::default(),
         response: LlmResponse::default(),
         error: None,
-        start_ns: 7,
         first_chunk_ns: None,
-        end_ns: 7,
-        request_body_bytes: request_body,
-        response_body_bytes: response_body,
-        bytes_lost: 0,
-        http2_joined_mid_connection: false,
-        http2_incomplete_headers: false,
     }
 }
 
@@ -436,7 +440,18 @@ fn bedrock_invoke_stream_anthropic_golden() {
 
 #[test]
 fn bedrock_stream_exception_golden() {
+    let mut http = bedrock_call(
+        "/model/us.anthropic.stream-exception-v1%3A0/converse-stream",
+        200,
+        437,
+        479,
+    )
+    .http;
+    // The server closed the connection after the exception: the exchange's own fact; the
+    // call's error is the API's, which said why first.
+    http.interrupted = Some("connection_closed");
     let expected = LlmCall {
+        http,
         request: converse_request("us.anthropic.stream-exception-v1:0", true),
         response: LlmResponse {
             id: Some(BEDROCK_REQUEST_ID.into()),
@@ -449,12 +464,9 @@ fn bedrock_stream_exception_golden() {
             message: Some("Too many tokens, please wait before trying again.".into()),
         }),
         first_chunk_ns: Some(7),
-        ..bedrock_call(
-            "/model/us.anthropic.stream-exception-v1%3A0/converse-stream",
-            200,
-            437,
-            479,
-        )
+        provider: "aws.bedrock".into(),
+        operation: "chat",
+        api_type: None,
     };
     assert_eq!(golden(&BEDROCK_STREAM_EXCEPTION), expected);
 }

@@ -6,25 +6,19 @@
 
 use serde_json::Value;
 
-use super::{content::capped_json, ResponseView};
+use super::{content::capped_json, McpTransport, ResponseView};
 use crate::{
-    protocols::{http1::header, HttpExchange},
+    protocols::{
+        http1::header,
+        jsonrpc::{self, Message},
+        HttpExchange,
+    },
     span::AttrValue,
 };
 
-/// How the messages travelled (`network.transport`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// Streamable HTTP (or the older HTTP+SSE) over TCP.
-    Http,
-    /// A server process's stdin and stdout.
-    Stdio,
-}
-
-/// One JSON-RPC request and its outcome.
+/// One JSON-RPC request and its outcome. What carried it is [`super::McpExchange::transport`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct McpCall {
-    pub transport: Transport,
     pub method: String,
     /// `jsonrpc.request.id`, as a string.
     pub request_id: String,
@@ -43,19 +37,14 @@ pub struct McpCall {
     pub unanswered: bool,
 }
 
-/// The JSON-RPC request in a POST body, if it is one (notifications and responses have no
-/// outcome to wait for and are not reported).
+/// The method and id of a JSON-RPC request, if the message is one (notifications and responses
+/// have no outcome to wait for and are not reported). The stdio tracker's classifier decides, so
+/// both transports agree on what a request is.
 pub fn request(json: &Value) -> Option<(String, String)> {
-    if json.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return None;
+    match jsonrpc::classify(json)? {
+        Message::Request { id, method } => Some((method, id.as_str().to_string())),
+        Message::Notification { .. } | Message::Response { .. } => None,
     }
-    let method = json.get("method")?.as_str()?.to_string();
-    let id = match json.get("id")? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    Some((method, id))
 }
 
 pub fn parse(
@@ -83,7 +72,7 @@ pub fn parse(
             _ => false,
         }) && (m.get("result").is_some() || m.get("error").is_some())
     });
-    from_messages(json, response, protocol_version, Transport::Http)
+    from_messages(json, response, protocol_version)
 }
 
 /// The call a JSON-RPC request and its response (when one came) make. `protocol_version` is what
@@ -93,7 +82,6 @@ pub fn from_messages(
     json: &Value,
     response: Option<&Value>,
     protocol_version: Option<String>,
-    transport: Transport,
 ) -> Option<McpCall> {
     let (method, request_id) = request(json)?;
     let params = json.get("params").unwrap_or(&Value::Null);
@@ -102,7 +90,6 @@ pub fn from_messages(
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut call = McpCall {
-        transport,
         target: matches!(method.as_str(), "tools/call" | "prompts/get")
             .then_some(name)
             .flatten(),
@@ -172,6 +159,7 @@ pub fn error_type(call: &McpCall) -> Option<String> {
 
 pub fn attributes(
     call: &McpCall,
+    transport: &McpTransport,
     capture_content: bool,
     max_bytes: usize,
 ) -> Vec<(&'static str, AttrValue)> {
@@ -179,12 +167,12 @@ pub fn attributes(
         ("mcp.method.name", call.method.clone().into()),
         ("jsonrpc.request.id", call.request_id.clone().into()),
     ];
-    match call.transport {
-        Transport::Http => {
+    match transport {
+        McpTransport::Http(_) => {
             a.push(("network.transport", "tcp".into()));
             a.push(("network.protocol.name", "http".into()));
         }
-        Transport::Stdio => a.push(("network.transport", "pipe".into())),
+        McpTransport::Stdio(_) => a.push(("network.transport", "pipe".into())),
     }
     if let Some(v) = &call.protocol_version {
         a.push(("mcp.protocol.version", v.clone().into()));
@@ -249,12 +237,16 @@ mod tests {
             None
         );
         assert_eq!(request(&json!({"model": "gpt"})), None);
+        // An id that is neither a number nor a string makes no request.
+        assert_eq!(
+            request(&json!({"jsonrpc": "2.0", "id": null, "method": "tools/list"})),
+            None
+        );
     }
 
     #[test]
     fn error_types() {
         let base = McpCall {
-            transport: Transport::Stdio,
             method: "tools/call".into(),
             request_id: "1".into(),
             target: Some("add".into()),

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::{
     protocols::{
-        body::decode_content,
+        body::{decode_content, BodyError},
         eventstream::{self, EventMessage, EventStreamError},
         http1::{header, HttpResponse},
         jsonrpc::RpcExchange,
@@ -94,54 +94,47 @@ pub struct LlmError {
 /// One call to a model API, with everything the spans and metrics need.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmCall {
-    pub conn: ConnKey,
+    /// The HTTP exchange that carried it: connection, method, path, status, sizes, times. Its
+    /// `interrupted` is also in `error` (as the call's failure, unless the API said why first).
+    pub http: HttpCall,
     pub provider: String,
     /// `gen_ai.operation.name`.
     pub operation: &'static str,
     /// `openai.api.type` for OpenAI dialects.
     pub api_type: Option<&'static str>,
-    pub server_address: Option<String>,
-    pub server_port: Option<u16>,
-    pub http_method: String,
-    pub url_path: String,
-    pub http_status: Option<u16>,
     pub request: LlmRequest,
     pub response: LlmResponse,
     pub error: Option<LlmError>,
-    /// CLOCK_MONOTONIC nanoseconds: first request byte, first response chunk, end.
-    pub start_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds: the first response chunk (the call's start and end are
+    /// `http`'s).
     pub first_chunk_ns: Option<u64>,
+}
+
+/// The HTTP facts of an exchange: a generic client span of its own for any other JSON API, and
+/// the transport part of a model or MCP call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpCall {
+    pub conn: ConnKey,
+    /// Empty when HPACK could not decode it.
+    pub method: String,
+    pub url_path: String,
+    /// None when no response came, or its `:status` could not be decoded.
+    pub status: Option<u16>,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    /// CLOCK_MONOTONIC nanoseconds: first request byte, end of the response (or the request).
+    pub start_ns: u64,
     pub end_ns: u64,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
     /// Bytes of this exchange the capture lost.
     pub bytes_lost: u64,
+    /// Why the exchange ended early, if it did.
+    pub interrupted: Option<&'static str>,
     /// HTTP/2 connection the tracer joined after it started (see [`HttpExchange`]).
     pub http2_joined_mid_connection: bool,
     /// HTTP/2 header fields that could not be decoded: the method, path, status or headers
     /// left out were unknown, not absent.
-    pub http2_incomplete_headers: bool,
-}
-
-/// Any other HTTP call to a JSON API: a generic client span.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpCall {
-    pub conn: ConnKey,
-    pub method: String,
-    pub url_path: String,
-    pub status: Option<u16>,
-    pub server_address: Option<String>,
-    pub server_port: Option<u16>,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
-    pub bytes_lost: u64,
-    /// Why the exchange ended early, if it did.
-    pub interrupted: Option<&'static str>,
-    /// As [`LlmCall::http2_joined_mid_connection`].
-    pub http2_joined_mid_connection: bool,
-    /// As [`LlmCall::http2_incomplete_headers`].
     pub http2_incomplete_headers: bool,
 }
 
@@ -344,19 +337,23 @@ pub fn recognise(
             Err(_) => Value::Null,
         }
     };
+    // The response is decoded at most once: here when only the bodies can say which API this
+    // is, else below when a parser needs it.
+    let mut decoded_response: Option<Option<DecodedResponse<'_>>> = None;
     let dialect = Dialect::detect(method, path, &json).or_else(|| {
         // No path decoded: the bodies may still say which API this is.
-        let by_bodies = headers_unknown && path.is_empty();
-        by_bodies
-            .then(|| {
-                Dialect::from_bodies(&json, exchange.response.as_ref().and_then(decoded).as_ref())
-            })
-            .flatten()
+        if !(headers_unknown && path.is_empty()) {
+            return None;
+        }
+        let decoded = decoded_response.insert(exchange.response.as_ref().map(decode_response));
+        Dialect::from_bodies(&json, decoded.as_ref().and_then(|r| r.as_ref().ok()))
     });
+    let decoded_response =
+        decoded_response.unwrap_or_else(|| exchange.response.as_ref().map(decode_response));
     let Some(dialect) = dialect else {
         let http = generic_http(exchange, path)?;
         if method == "POST" {
-            let view = exchange.response.as_ref().and_then(decoded);
+            let view = decoded_response.and_then(Result::ok);
             if let Some(mcp) = mcp::parse(&json, exchange, view.as_ref()) {
                 return Some(Ok(Call::Mcp(Box::new(McpExchange {
                     transport: McpTransport::Http(http),
@@ -366,48 +363,18 @@ pub fn recognise(
         }
         return Some(Ok(Call::Http(http)));
     };
-    let (server_address, server_port) = provider::server_of(
-        header(&req.headers, "host"),
-        &exchange.peer,
-        exchange.conn.source == Source::Tls,
-    );
+    let http = http_call(exchange, path);
     let mut call = LlmCall {
-        conn: exchange.conn,
-        provider: provider::provider_name(server_address.as_deref(), dialect).to_string(),
+        provider: provider::provider_name(http.server_address.as_deref(), dialect).to_string(),
+        http,
         operation: "chat",
         api_type: None,
-        server_address,
-        server_port,
-        http_method: req.method.clone(),
-        url_path: path.to_string(),
-        // 0: an HTTP/2 `:status` that could not be decoded.
-        http_status: exchange
-            .response
-            .as_ref()
-            .map(|r| r.status)
-            .filter(|s| *s != 0),
         request: LlmRequest::default(),
         response: LlmResponse::default(),
         error: None,
-        start_ns: req.start_ns,
         first_chunk_ns: None,
-        end_ns: exchange
-            .response
-            .as_ref()
-            .map(|r| r.end_ns)
-            .unwrap_or(req.end_ns),
-        request_body_bytes: req.body_len,
-        response_body_bytes: exchange.response.as_ref().map(|r| r.body_len).unwrap_or(0),
-        bytes_lost: req.bytes_lost
-            + exchange
-                .response
-                .as_ref()
-                .map(|r| r.bytes_lost)
-                .unwrap_or(0),
-        http2_joined_mid_connection: exchange.http2_joined_mid_connection,
-        http2_incomplete_headers: headers_unknown,
     };
-    let view = response_view(exchange, &mut call);
+    let view = response_view(exchange, decoded_response, &mut call);
     match dialect {
         Dialect::OpenAiChat => openai::parse_chat(&json, view.as_ref(), config, &mut call),
         Dialect::OpenAiResponses => {
@@ -445,7 +412,6 @@ pub fn recognise_rpc(exchange: &RpcExchange) -> Option<Call> {
         &exchange.request,
         exchange.response.as_ref(),
         exchange.protocol_version.clone(),
-        mcp::Transport::Stdio,
     )?;
     Some(Call::Mcp(Box::new(McpExchange {
         transport: McpTransport::Stdio(StdioCall {
@@ -478,18 +444,27 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
         // Content types HPACK could not decode: the bodies tell.
         || (headers_unknown
             && (looks_json(&req.body) || response.is_some_and(|r| looks_json(&r.body))));
-    if !json_api {
-        return None;
-    }
+    json_api.then(|| http_call(exchange, path))
+}
+
+/// What the exchange says about itself over HTTP.
+fn http_call(exchange: &HttpExchange, path: &str) -> HttpCall {
+    let req = &exchange.request;
+    let headers_unknown = req.http2_incomplete_headers
+        || exchange
+            .response
+            .as_ref()
+            .is_some_and(|r| r.http2_incomplete_headers);
     let (server_address, server_port) = provider::server_of(
         header(&req.headers, "host"),
         &exchange.peer,
         exchange.conn.source == Source::Tls,
     );
-    Some(HttpCall {
+    HttpCall {
         conn: exchange.conn,
         method: req.method.clone(),
         url_path: path.to_string(),
+        // 0: an HTTP/2 `:status` that could not be decoded.
         status: exchange
             .response
             .as_ref()
@@ -517,7 +492,7 @@ fn generic_http(exchange: &HttpExchange, path: &str) -> Option<HttpCall> {
         },
         http2_joined_mid_connection: exchange.http2_joined_mid_connection,
         http2_incomplete_headers: headers_unknown,
-    })
+    }
 }
 
 /// A JSON document, or server-sent events (whose data is JSON in every API we know).
@@ -626,10 +601,12 @@ fn content_type(response: &HttpResponse, body: &[u8]) -> String {
     }
 }
 
-/// The decoded response, when its content encoding decodes.
-fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
-    let body = decode_content(content_encoding(response), &response.body).ok()?;
-    Some(ResponseView {
+/// A response with its content encoding undone, or why it could not be.
+type DecodedResponse<'a> = Result<ResponseView<'a>, BodyError>;
+
+fn decode_response(response: &HttpResponse) -> DecodedResponse<'_> {
+    let body = decode_content(content_encoding(response), &response.body)?;
+    Ok(ResponseView {
         status: response.status,
         content_type: content_type(response, &body),
         body,
@@ -637,13 +614,17 @@ fn decoded(response: &HttpResponse) -> Option<ResponseView<'_>> {
     })
 }
 
-/// The decoded response, or None when there is none; a body that cannot be decoded records an
-/// error on the call (unless capture lost bytes of it, which the span reports instead).
-fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<ResponseView<'a>> {
-    let response = exchange.response.as_ref()?;
-    let body = match decode_content(content_encoding(response), &response.body) {
-        Ok(b) => b,
-        Err(_) if response.bytes_lost > 0 => return None,
+/// The decoded response (`decoded`, None when there is none) for a dialect parser; a body that
+/// cannot be decoded records an error on the call (unless capture lost bytes of it, which the
+/// span reports instead).
+fn response_view<'a>(
+    exchange: &HttpExchange,
+    decoded: Option<DecodedResponse<'a>>,
+    call: &mut LlmCall,
+) -> Option<ResponseView<'a>> {
+    let view = match decoded? {
+        Ok(view) => view,
+        Err(_) if exchange.response.as_ref().is_some_and(|r| r.bytes_lost > 0) => return None,
         Err(e) => {
             call.error = Some(LlmError {
                 error_type: "body_decode".to_string(),
@@ -651,12 +632,6 @@ fn response_view<'a>(exchange: &'a HttpExchange, call: &mut LlmCall) -> Option<R
             });
             return None;
         }
-    };
-    let view = ResponseView {
-        status: response.status,
-        content_type: content_type(response, &body),
-        body,
-        response,
     };
     if view.status >= 400 {
         call.error = Some(api_error(view.status, &view.body));
@@ -813,30 +788,33 @@ pub(crate) mod tests_support {
 
     pub fn empty_call() -> LlmCall {
         LlmCall {
-            conn: ConnKey {
-                pid: 1,
-                source: Source::Tls,
-                conn_id: 1,
+            http: HttpCall {
+                conn: ConnKey {
+                    pid: 1,
+                    source: Source::Tls,
+                    conn_id: 1,
+                },
+                method: "POST".into(),
+                url_path: "/".into(),
+                status: Some(200),
+                server_address: None,
+                server_port: None,
+                start_ns: 0,
+                end_ns: 0,
+                request_body_bytes: 0,
+                response_body_bytes: 0,
+                bytes_lost: 0,
+                interrupted: None,
+                http2_joined_mid_connection: false,
+                http2_incomplete_headers: false,
             },
             provider: "openai".into(),
             operation: "chat",
             api_type: None,
-            server_address: None,
-            server_port: None,
-            http_method: "POST".into(),
-            url_path: "/".into(),
-            http_status: Some(200),
             request: LlmRequest::default(),
             response: LlmResponse::default(),
             error: None,
-            start_ns: 0,
             first_chunk_ns: None,
-            end_ns: 0,
-            request_body_bytes: 0,
-            response_body_bytes: 0,
-            bytes_lost: 0,
-            http2_joined_mid_connection: false,
-            http2_incomplete_headers: false,
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn parse(
             }
             resp.finish_reasons = vec![reason];
         }
-        None if call.bytes_lost == 0 => {
+        None if call.http.bytes_lost == 0 => {
             call.response.finish_reasons = vec!["error".to_string()];
             call.error = Some(stream_interrupted(
                 "the stream ended before the object with done: true",

@@ -69,7 +69,7 @@ pub fn parse_chat(
         parse_chat_stream(&events, config, call);
     } else if let Some(v) = view.json() {
         parse_chat_completion(&v, config, call);
-    } else if call.bytes_lost == 0 {
+    } else if call.http.bytes_lost == 0 {
         call.error = Some(LlmError {
             error_type: "invalid_response".to_string(),
             message: Some("the response is not JSON".to_string()),

@@ -95,12 +95,12 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
         ));
     }
     if let Some(first) = call.first_chunk_ns {
-        let secs = first.saturating_sub(call.start_ns) as f64 / 1e9;
+        let secs = first.saturating_sub(call.http.start_ns) as f64 / 1e9;
         a.push(("gen_ai.response.time_to_first_chunk", secs.into()));
         // As the conventions define it for servers: the time after the first token over the
         // tokens that followed it.
         if let Some(out) = resp.usage.output_tokens.filter(|o| *o > 1) {
-            let rest = call.end_ns.saturating_sub(first) as f64 / 1e9;
+            let rest = call.http.end_ns.saturating_sub(first) as f64 / 1e9;
             a.push((
                 "agent_tracer.time_per_output_token",
                 (rest / (out - 1) as f64).into(),
@@ -130,31 +130,32 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
         a.push(("agent_tracer.response.tool_call.names", names.into()));
         a.push(("agent_tracer.response.tool_call.ids", ids.into()));
     }
-    if let Some(addr) = &call.server_address {
+    let http = &call.http;
+    if let Some(addr) = &http.server_address {
         a.push(("server.address", addr.clone().into()));
     }
-    if let Some(port) = call.server_port {
+    if let Some(port) = http.server_port {
         a.push(("server.port", port.into()));
     }
     // Empty when HPACK could not decode them: left out rather than guessed.
-    if !call.http_method.is_empty() {
-        a.push(("http.request.method", call.http_method.clone().into()));
+    if !http.method.is_empty() {
+        a.push(("http.request.method", http.method.clone().into()));
     }
-    if !call.url_path.is_empty() {
-        a.push(("url.path", call.url_path.clone().into()));
+    if !http.url_path.is_empty() {
+        a.push(("url.path", http.url_path.clone().into()));
     }
-    if let Some(status) = call.http_status {
+    if let Some(status) = http.status {
         a.push(("http.response.status_code", status.into()));
     }
-    a.push(("http.request.body.size", call.request_body_bytes.into()));
-    a.push(("http.response.body.size", call.response_body_bytes.into()));
-    if call.bytes_lost > 0 {
-        a.push(("agent_tracer.capture.bytes_lost", call.bytes_lost.into()));
+    a.push(("http.request.body.size", http.request_body_bytes.into()));
+    a.push(("http.response.body.size", http.response_body_bytes.into()));
+    if http.bytes_lost > 0 {
+        a.push(("agent_tracer.capture.bytes_lost", http.bytes_lost.into()));
     }
     http2_marks(
         &mut a,
-        call.http2_joined_mid_connection,
-        call.http2_incomplete_headers,
+        http.http2_joined_mid_connection,
+        http.http2_incomplete_headers,
     );
     if let Some(err) = &call.error {
         a.push(("error.type", err.error_type.clone().into()));
@@ -411,8 +412,8 @@ pub fn span_name(call: &LlmCall) -> String {
 
 pub fn unix_times(call: &LlmCall, clock: &Clock) -> (u64, u64) {
     (
-        clock.unix_ns(call.start_ns),
-        clock.unix_ns(call.end_ns.max(call.start_ns)),
+        clock.unix_ns(call.http.start_ns),
+        clock.unix_ns(call.http.end_ns.max(call.http.start_ns)),
     )
 }
 

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::{
     collector::metrics::v1::{
         metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
     },
-    common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
+    common::v1::{any_value, AnyValue, KeyValue},
     metrics::v1::{
         metric::Data, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint,
         Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::{Attributes, Label, MetricsRecorder, Snapshot};
 use crate::{
-    export::otlp::{grpc_channel, http_client, OtlpConfig, Protocol, SCHEMA_URL},
+    export::otlp::{grpc_channel, http_client, resource, scope, OtlpConfig, Protocol, SCHEMA_URL},
     health::Health,
 };
 
@@ -157,9 +157,10 @@ fn attributes(attrs: &Attributes) -> Vec<KeyValue> {
         .collect()
 }
 
-fn resource(config: &OtlpConfig, host_name: &str) -> Resource {
+/// The tracer's own Resource: the tracer process on this host.
+fn tracer_resource(config: &OtlpConfig, host_name: &str) -> Resource {
     let s = |v: &str| any_value::Value::StringValue(v.to_string());
-    let mut attributes = vec![
+    let identity = vec![
         kv("service.name", s("agent-tracer")),
         kv("service.version", s(env!("CARGO_PKG_VERSION"))),
         kv("host.name", s(host_name)),
@@ -167,18 +168,8 @@ fn resource(config: &OtlpConfig, host_name: &str) -> Resource {
             "process.pid",
             any_value::Value::IntValue(std::process::id().into()),
         ),
-        kv("telemetry.sdk.name", s("agent-tracer")),
-        kv("telemetry.sdk.language", s("rust")),
-        kv("telemetry.sdk.version", s(env!("CARGO_PKG_VERSION"))),
     ];
-    for (k, v) in &config.resource_attributes {
-        attributes.retain(|a| &a.key != k);
-        attributes.push(kv(k, s(v)));
-    }
-    Resource {
-        attributes,
-        ..Default::default()
-    }
+    resource(identity, Vec::new(), config)
 }
 
 /// The snapshot as one OTLP request; metrics without a series are left out.
@@ -252,13 +243,9 @@ pub fn export_request(
     );
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(resource(config, host_name)),
+            resource: Some(tracer_resource(config, host_name)),
             scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "agent-tracer".to_string(),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    ..Default::default()
-                }),
+                scope: Some(scope()),
                 metrics,
                 schema_url: SCHEMA_URL.to_string(),
             }],

@@ -184,8 +184,8 @@ fn plain_call_golden() {
     assert_eq!(c.response.id.as_deref(), Some("chatcmpl-mock-nonstream"));
     assert_eq!(c.response.finish_reasons, vec!["stop"]);
     assert_eq!(c.response.usage.output_tokens, Some(5));
-    assert_eq!(c.http_status, Some(200));
-    assert_eq!(c.server_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(c.http.status, Some(200));
+    assert_eq!(c.http.server_address.as_deref(), Some("127.0.0.1"));
     assert_eq!(c.error, None);
     assert_eq!(
         c.response.output_messages,
@@ -221,7 +221,7 @@ fn streamed_tool_call_golden() {
 fn rate_limit_golden() {
     let (exchanges, _) = run(&whole(&RATE_LIMITED));
     let c = call(&exchanges[0]);
-    assert_eq!(c.http_status, Some(429));
+    assert_eq!(c.http.status, Some(429));
     let err = c.error.expect("an error");
     assert_eq!(err.error_type, "rate_limit_exceeded");
     assert_eq!(
@@ -297,7 +297,7 @@ fn gap_inside_a_length_delimited_body_is_counted_not_invented() {
     // The damaged body cannot be parsed: the call is still reported, with the loss and with
     // what the intact response says, never with guessed request parameters.
     let call = call(&exchanges[0]);
-    assert_eq!(call.bytes_lost, 20);
+    assert_eq!(call.http.bytes_lost, 20);
     assert_eq!(call.request.model, None);
     assert_eq!(call.response.id.as_deref(), Some("chatcmpl-mock-nonstream"));
     assert_eq!(call.error, None);
@@ -418,7 +418,7 @@ fn an_answered_request_whose_tail_was_lost_is_reported_with_the_loss() {
     );
     assert_eq!(exchanges[0].response.as_ref().map(|r| r.status), Some(200));
     let call = call(&exchanges[0]);
-    assert_eq!(call.bytes_lost, 50);
+    assert_eq!(call.http.bytes_lost, 50);
     assert_eq!(call.response.id.as_deref(), Some("chatcmpl-mock-nonstream"));
 }
 

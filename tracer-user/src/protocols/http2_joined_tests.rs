@@ -243,17 +243,17 @@ fn joined_calls_are_recognised_by_their_bodies_and_carry_the_marker() {
     assert_eq!(second.request.model.as_deref(), Some("gpt-4o-mini"));
     assert!(second.request.stream);
     assert_eq!(second.request.tool_names, vec!["get_weather".to_string()]);
-    assert_eq!(second.http_method, "POST");
-    assert_eq!(second.url_path, "");
-    assert_eq!(second.http_status, None);
+    assert_eq!(second.http.method, "POST");
+    assert_eq!(second.http.url_path, "");
+    assert_eq!(second.http.status, None);
     assert_eq!(second.response.id.as_deref(), Some("chatcmpl-mock-stream"));
     assert_eq!(
         second.response.finish_reasons,
         vec!["tool_calls".to_string()]
     );
     assert_eq!(second.response.usage.output_tokens, Some(17));
-    assert_eq!(second.request_body_bytes, GO_BODIES[1].len() as u64);
-    assert!(second.http2_joined_mid_connection && second.http2_incomplete_headers);
+    assert_eq!(second.http.request_body_bytes, GO_BODIES[1].len() as u64);
+    assert!(second.http.http2_joined_mid_connection && second.http.http2_incomplete_headers);
 
     let attrs = semconv::call_attributes(
         &second,
@@ -279,7 +279,7 @@ fn joined_calls_are_recognised_by_their_bodies_and_carry_the_marker() {
     );
 
     let third = llm(&exchanges[1]);
-    assert_eq!(third.http_status, Some(200));
+    assert_eq!(third.http.status, Some(200));
     assert_eq!(
         third.response.id.as_deref(),
         Some("chatcmpl-mock-nonstream")
@@ -325,7 +325,7 @@ fn a_stream_already_open_at_the_join_is_a_partial_exchange() {
     let call = llm(old);
     assert_eq!(call.response.id.as_deref(), Some("chatcmpl-mock-stream"));
     assert_eq!(call.request.model, None);
-    assert!(call.http2_joined_mid_connection);
+    assert!(call.http.http2_joined_mid_connection);
 
     let new = &exchanges[1];
     assert_eq!(&new.request.body[..], GO_BODIES[2].as_bytes());
@@ -682,12 +682,12 @@ fn an_h2c_upgrade_gives_stream_one_the_http1_request_and_the_http2_response() {
 
     let call = llm(e);
     assert_eq!(
-        (call.http_method.as_str(), call.url_path.as_str()),
+        (call.http.method.as_str(), call.http.url_path.as_str()),
         ("POST", PATH)
     );
-    assert_eq!(call.http_status, Some(200));
+    assert_eq!(call.http.status, Some(200));
     assert_eq!(call.response.id.as_deref(), Some("chatcmpl-mock-nonstream"));
-    assert!(!call.http2_joined_mid_connection && !call.http2_incomplete_headers);
+    assert!(!call.http.http2_joined_mid_connection && !call.http.http2_incomplete_headers);
 }
 
 #[test]
@@ -699,7 +699,7 @@ fn an_h2c_upgrade_streams_its_events() {
     assert_eq!(exchanges.len(), 1);
     let call = llm(&exchanges[0]);
     assert!(call.request.stream);
-    assert_eq!(call.http_status, Some(200));
+    assert_eq!(call.http.status, Some(200));
     assert_eq!(call.response.id.as_deref(), Some("chatcmpl-mock-stream"));
     assert_eq!(call.response.finish_reasons, vec!["tool_calls".to_string()]);
     assert_eq!(call.response.usage.output_tokens, Some(17));
@@ -774,7 +774,7 @@ fn an_upgrade_the_server_ignores_stays_http1() {
         assert!(!e.http2_joined_mid_connection && !r.http2_incomplete_headers);
     }
     let call = llm(&exchanges[0]);
-    assert_eq!(call.http_status, Some(200));
+    assert_eq!(call.http.status, Some(200));
 }
 
 #[test]

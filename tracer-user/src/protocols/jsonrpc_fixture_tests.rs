@@ -117,7 +117,6 @@ fn the_sdk_session_makes_four_calls_with_their_outcomes() {
     assert_eq!(
         calls[2],
         mcp::McpCall {
-            transport: mcp::Transport::Stdio,
             method: "tools/call".into(),
             request_id: "3".into(),
             target: Some("get_weather".into()),
@@ -134,7 +133,6 @@ fn the_sdk_session_makes_four_calls_with_their_outcomes() {
     assert_eq!(
         calls[3],
         mcp::McpCall {
-            transport: mcp::Transport::Stdio,
             method: "tools/call".into(),
             request_id: "4".into(),
             target: Some("fail_always".into()),
