@@ -1436,13 +1436,16 @@ fn header_fragment(header: FrameHeader, payload: &[u8]) -> Option<&[u8]> {
 }
 
 /// Pseudo-header fields become the head's method, path and status; `:authority` becomes the
-/// `host` header HTTP/1.1 would have carried, so the server address is found the same way.
+/// `host` header HTTP/1.1 would have carried, so the server address is found the same way. A
+/// method that is not an HTTP token (RFC 9110 §9.1: visible ASCII, no separators) is malformed
+/// and left out, as HTTP/1.1's parser would refuse it, rather than exported as garbage.
 fn head_of(fields: Vec<(String, String)>) -> Head {
     let mut head = Head::default();
     let mut authority = None;
     for (name, value) in fields {
         match name.as_str() {
-            ":method" => head.method = value,
+            ":method" if is_token(&value) => head.method = value,
+            ":method" => {}
             ":path" => head.path = value,
             ":status" => head.status = value.parse().unwrap_or(0),
             ":authority" => authority = Some(value),
@@ -1456,6 +1459,13 @@ fn head_of(fields: Vec<(String, String)>) -> Head {
         }
     }
     head
+}
+
+/// RFC 9110 §5.6.2 `token`: one or more `tchar`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The HPACK decoding context of one direction.
