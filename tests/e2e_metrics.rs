@@ -258,8 +258,20 @@ async fn openai_calls_in_prometheus_and_otlp_grpc_metrics() -> Result<()> {
     let inputs = [plain_input, 57.0];
     let outputs = [5.0, 17.0];
 
-    // Prometheus, scraped live: the spans were counted before they were exported.
-    let samples = scrape(prom).await?;
+    // Prometheus, scraped live: the spans were counted before they were exported. The kernel's
+    // own counters are read on the tracer's once-a-second tick, which may not have come since
+    // the calls: scrape until it has (the assertion below still fails if it never does).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let samples = scrape(prom).await?;
+        let refreshed = matching(&samples, "agent_tracer_kernel_tls_calls_total", &[])
+            .first()
+            .is_some_and(|s| s.value > 0.0);
+        if refreshed || std::time::Instant::now() > deadline {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let ok: Vec<(&str, &str)> = vec![
         ("gen_ai_operation_name", "chat"),
         ("gen_ai_provider_name", "openai"),
