@@ -266,8 +266,16 @@ impl<'a> Image<'a> {
         if wanted.is_empty() {
             return found;
         }
+        // Without unwind tables, function bounds need a sweep for call targets too: the
+        // first sweep does both, which halves a first analysis of such a binary (Bun, Deno).
+        let mut starts = self.needs_call_targets().then(Vec::new);
         self.sweep(|instr| {
             if let Some((to, kind)) = reference_of(instr) {
+                if kind == XrefKind::Call {
+                    if let Some(starts) = starts.as_mut() {
+                        starts.push(to);
+                    }
+                }
                 if wanted.binary_search(&to).is_ok() {
                     found.push(Xref {
                         from: instr.ip(),
@@ -277,7 +285,25 @@ impl<'a> Image<'a> {
                 }
             }
         });
+        if let Some(starts) = starts {
+            // Only unset here (needs_call_targets); a concurrent set got the same answer.
+            let _ = self.functions.set(self.call_target_functions(starts));
+        }
         found
+    }
+
+    /// Whether [`functions`](Self::functions) is still to be computed and will come from call
+    /// targets (no usable unwind table). Bounds found in the unwind tables are kept.
+    fn needs_call_targets(&self) -> bool {
+        if self.functions.get().is_some() {
+            return false;
+        }
+        let unwind = self.unwind_functions();
+        if unwind.is_empty() {
+            return true;
+        }
+        let _ = self.functions.set(unwind);
+        false
     }
 
     /// Decodes every executable segment from its start, calling `f` on each instruction.
@@ -378,11 +404,17 @@ impl<'a> Image<'a> {
     /// Every known function, sorted by start.
     pub fn functions(&self) -> &[Range<u64>] {
         self.functions.get_or_init(|| {
-            let mut f = self.unwind_functions();
-            if f.is_empty() {
-                f = self.call_target_functions();
+            let f = self.unwind_functions();
+            if !f.is_empty() {
+                return f;
             }
-            f
+            let mut starts = Vec::new();
+            self.sweep(|i| {
+                if let Some((to, XrefKind::Call)) = reference_of(i) {
+                    starts.push(to);
+                }
+            });
+            self.call_target_functions(starts)
         })
     }
 
@@ -452,14 +484,8 @@ impl<'a> Image<'a> {
         Some((start, self.bytes_at(start, end - start)?))
     }
 
-    /// Function starts from direct call targets, each running to the next one.
-    fn call_target_functions(&self) -> Vec<Range<u64>> {
-        let mut starts = Vec::new();
-        self.sweep(|i| {
-            if let Some((to, XrefKind::Call)) = reference_of(i) {
-                starts.push(to);
-            }
-        });
+    /// Functions from the targets of every direct call, each running to the next one.
+    fn call_target_functions(&self, mut starts: Vec<u64>) -> Vec<Range<u64>> {
         starts.retain(|a| self.is_code(*a));
         starts.sort_unstable();
         starts.dedup();
@@ -669,6 +695,18 @@ mod tests {
         // Neither the call nor code outside any function loads an argument.
         assert_eq!(image.call_set_up(lea + 7 + 6), None);
         assert_eq!(image.call_set_up(CODE), None);
+    }
+
+    #[test]
+    fn function_bounds_are_the_same_whichever_question_comes_first() {
+        let data = elf(&error_report());
+        // references_to collects the call targets in its own sweep...
+        let swept = Image::parse(&data).unwrap();
+        assert_eq!(swept.references_to(&[G]).len(), 2);
+        // ...and they are what a sweep of their own gives.
+        let own = Image::parse(&data).unwrap();
+        assert_eq!(own.functions(), std::slice::from_ref(&(F..G)));
+        assert_eq!(swept.functions(), own.functions());
     }
 
     #[test]
