@@ -268,34 +268,10 @@ async fn rustls_with_ring_in_stripped_binaries() -> Result<()> {
     .await
 }
 
-/// Deno `version` from the npm registry (the package Deno's own npm installer uses), unpacked
-/// under the test's work directory once.
+/// Deno `version` from the npm registry (installed once by the testkit), checked to carry no
+/// symbol table: what is found must be found without one.
 fn install_deno(version: &str) -> Result<PathBuf> {
-    let dir = work_dir().join(format!("deno-{version}"));
-    let binary = dir.join("node_modules/@deno/linux-x64-glibc/deno");
-    if !binary.exists() {
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("package.json"), "{}")?;
-        let output = Command::new("npm")
-            .args([
-                "install",
-                "--no-save",
-                "--ignore-scripts",
-                "--no-audit",
-                "--no-fund",
-            ])
-            .arg(format!("@deno/linux-x64-glibc@{version}"))
-            .current_dir(&dir)
-            .output()
-            .context("running npm (install Node.js and npm)")?;
-        if !output.status.success() {
-            bail!(
-                "npm install of deno {version} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    let binary = std::fs::canonicalize(binary)?;
+    let binary = tracer_testkit::deno::install(version)?;
     let data = std::fs::read(&binary)?;
     use object::Object as _;
     ensure!(
@@ -356,7 +332,10 @@ async fn deno_fetch_over_rustls_in_two_releases() -> Result<()> {
     let _serial = SERIAL.lock().await;
     // 2.9.6: no unwind tables at all (functions bounded by call targets); 2.5.6: an older
     // rustls (0.23.28) and aws-lc-rs (1.12.4), with unwind tables. The same locator finds both.
-    let denos = [install_deno("2.9.6")?, install_deno("2.5.6")?];
+    let denos = [
+        install_deno(tracer_testkit::deno::CURRENT)?,
+        install_deno(tracer_testkit::deno::OLDER)?,
+    ];
     let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
     let Traced {
         receiver,

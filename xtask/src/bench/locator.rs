@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{json_number, list, machine, median, today, Env};
-use crate::util::{header, target_dir};
+use crate::util::header;
 
 pub(super) const SECTION: &str = "## Locator: TLS functions found without symbols";
 
@@ -26,10 +26,12 @@ struct Measured {
     outcome: String,
 }
 
-/// The binaries measured: node (98 MB, the largest at hand), the Rust toolchain's own `cargo`
-/// (stripped, with a vendored static OpenSSL: a third-party build), and the stripped clients
-/// tests/e2e_stripped.rs builds, when it has built them.
-fn binaries() -> Vec<(String, PathBuf)> {
+/// The binaries measured: node (98 MB, with symbols: the largest at hand), the Rust toolchain's
+/// own `cargo` (stripped, with a vendored static OpenSSL: a third-party build), and every
+/// stripped executable the locator's end-to-end tests run — Bun and Deno from npm, the
+/// static-OpenSSL clients — as the testkit's `locator-targets` lists them (installing or
+/// building them the tests' way first).
+fn binaries(release: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = vec![(
         "node (/usr/bin/node)".to_string(),
         PathBuf::from("/usr/bin/node"),
@@ -40,27 +42,25 @@ fn binaries() -> Vec<(String, PathBuf)> {
             out.push(("rustup's cargo (stripped, static OpenSSL)".to_string(), p));
         }
     }
-    let built = target_dir().join("e2e-stripped");
-    for (label, rel) in [
-        (
-            "rust-openssl-client, OpenSSL 3.6 (e2e_stripped)",
-            "openssl-3.6/target/release/rust-openssl-client",
-        ),
-        (
-            "rust-openssl-client, OpenSSL 3.3 (e2e_stripped)",
-            "openssl-3.3/target/release/rust-openssl-client",
-        ),
-        (
-            "c-libssl-client, libssl.a (e2e_stripped)",
-            "c-libssl/c-libssl-client",
-        ),
-    ] {
-        let p = built.join(rel);
-        if p.is_file() {
-            out.push((label.to_string(), p));
-        }
+    let lister = release.join("locator-targets");
+    header("installing and building the tests' stripped binaries (locator-targets)");
+    let listed = Command::new(&lister)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", lister.display()))?;
+    anyhow::ensure!(
+        listed.status.success(),
+        "{} failed ({})",
+        lister.display(),
+        listed.status
+    );
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let (label, path) = line
+            .split_once('\t')
+            .with_context(|| format!("unexpected locator-targets line {line:?}"))?;
+        out.push((label.to_string(), PathBuf::from(path)));
     }
-    out
+    Ok(out)
 }
 
 fn locate(tracer: &Path, binary: &Path, cache: &Path) -> Result<(f64, bool, String)> {
@@ -95,14 +95,15 @@ fn locate(tracer: &Path, binary: &Path, cache: &Path) -> Result<(f64, bool, Stri
             .unwrap_or("?");
         format!("not located: {reason}")
     } else {
-        "no static OpenSSL".to_string()
+        "no TLS library found".to_string()
     };
     Ok((seconds, cached, outcome))
 }
 
 pub(super) fn measure(env: &Env) -> Result<String> {
     let mut measured = Vec::new();
-    for (label, path) in binaries() {
+    let release = env.tracer.parent().context("the tracer's directory")?;
+    for (label, path) in binaries(release)? {
         header(&format!("locator: {label}"));
         let size = fs::metadata(&path)?.len();
         let mut m = Measured {
@@ -135,13 +136,16 @@ fn render(measured: &[Measured]) -> String {
     let mut s = format!(
         "{SECTION}\n\nMeasured {} on {} with `cargo xtask bench --only locator`.\n\n\
          `agent-tracer locate BINARY` runs what the attacher runs on an executable without TLS \
-         symbols: the static-OpenSSL locator (strings, two decoding passes over all code for the \
-         references to them and the calls into the candidates, function bounds from `.eh_frame`), through the on-disk cache keyed \
-         by build id. *First* is with an empty cache, *cached* the same command again (open, map, \
-         read the build id, read the cached answer). Times are the command's own, from opening \
-         the file to the answer; each is the median of {RUNS} runs (each with a fresh cache). \
-         The binary's pages are in the page cache after the first run, as they are for a \
-         program that is running.\n\n\
+         symbols: every locator whose library's strings are in the file (static OpenSSL 3, \
+         BoringSSL, rustls with aws-lc), through the on-disk cache keyed by build id. Most of a \
+         first analysis is decoding all the code once or twice (iced-x86): to find the \
+         instructions referring to the library's strings and, for rustls, the calls into the \
+         candidates; function bounds come from `.eh_frame`, or, in Bun and Deno, which have \
+         none, from the targets of the direct calls seen in the same pass. *First* is with an \
+         empty cache, *cached* the same command again (open, map, read the build id, read the \
+         cached answer). Times are the command's own, from opening the file to the answer; each \
+         is the median of {RUNS} runs (each with a fresh cache). The binary's pages are in the \
+         page cache after the first run, as they are for a program that is running.\n\n\
          | binary | size | first analysis | cached | outcome |\n| --- | ---: | ---: | ---: | --- |\n",
         today(),
         machine(),

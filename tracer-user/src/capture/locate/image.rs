@@ -7,20 +7,47 @@
 //! headers, but `sstrip`-style tools and some packers drop them, while the loader itself only ever
 //! reads program headers. Function bounds come from the unwind tables (`.eh_frame`, found through
 //! `PT_GNU_EH_FRAME`), which x86-64 binaries keep even when stripped because C++ exceptions, Rust
-//! panics and every profiler need them.
+//! panics and every profiler need them; a binary built without them (Bun) still shows its
+//! function entries as the targets of direct calls.
 //!
 //! Instructions are only ever found by decoding (iced-x86), never by matching bytes of compiled
 //! code: byte patterns change with every compiler release, decoded operands do not.
 
 use std::{ops::Range, sync::OnceLock};
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use object::{Architecture, Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
 use thiserror::Error;
 
 /// No function in a TLS library comes near this; a larger unwind range means the table is
 /// damaged and is ignored.
 const MAX_FUNCTION_BYTES: u64 = 1 << 22;
+/// C strings the locators anchor on (error strings, source paths) are far shorter.
+const MAX_STRING_BYTES: u64 = 4096;
+/// How many instructions before an argument load [`Image::call_set_up`] looks for the rest of
+/// the call's set-up, and how far past it (bytes) for the call.
+const SET_UP_BEFORE: usize = 10;
+const SET_UP_AFTER: u64 = 64;
+
+/// The System V x86-64 integer argument registers, in order.
+pub const ARGUMENT_REGISTERS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+/// What the straight-line code around one argument load shows of the call it prepares
+/// (see [`Image::call_set_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallSetUp {
+    /// Which argument (0 = the first, `rdi`) the instruction at the site loads.
+    pub argument: usize,
+    /// The constant each argument register is loaded with there, if any.
+    pub constants: [Option<u64>; 6],
+}
 
 #[derive(Debug, Error)]
 pub enum ImageError {
@@ -199,6 +226,20 @@ impl<'a> Image<'a> {
             .collect()
     }
 
+    /// Where the C string holding the byte at `vaddr` starts: after the NUL before it, or at
+    /// the start of its segment. Code takes the address of a whole string (a `__FILE__` path),
+    /// while [`strings`](Self::strings) finds its tail.
+    pub fn string_start(&self, vaddr: u64) -> Option<u64> {
+        let s = self.segment_of(vaddr)?;
+        let from = vaddr.saturating_sub(MAX_STRING_BYTES).max(s.vaddr);
+        let before = self.bytes_at(from, vaddr - from)?;
+        match before.iter().rposition(|b| *b == 0) {
+            Some(nul) => Some(from + nul as u64 + 1),
+            None if from == s.vaddr => Some(from),
+            None => None,
+        }
+    }
+
     /// Whether the bytes occur anywhere in the file (e.g. a version banner).
     pub fn contains(&self, bytes: &[u8]) -> bool {
         memchr::memmem::find(self.data, bytes).is_some()
@@ -274,8 +315,16 @@ impl<'a> Image<'a> {
         if wanted.is_empty() {
             return found;
         }
+        // Without unwind tables, function bounds need a sweep for call targets too: the
+        // first sweep does both, which halves a first analysis of such a binary (Bun, Deno).
+        let mut starts = self.needs_call_targets().then(Vec::new);
         self.sweep(|instr| {
             if let Some((to, kind)) = reference_of(instr) {
+                if kind == XrefKind::Call {
+                    if let Some(starts) = starts.as_mut() {
+                        starts.push(to);
+                    }
+                }
                 if wanted.binary_search(&to).is_ok() {
                     found.push(Xref {
                         from: instr.ip(),
@@ -285,7 +334,25 @@ impl<'a> Image<'a> {
                 }
             }
         });
+        if let Some(starts) = starts {
+            // Only unset here (needs_call_targets); a concurrent set got the same answer.
+            let _ = self.functions.set(self.call_target_functions(starts));
+        }
         found
+    }
+
+    /// Whether [`functions`](Self::functions) is still to be computed and will come from call
+    /// targets (no usable unwind table). Bounds found in the unwind tables are kept.
+    fn needs_call_targets(&self) -> bool {
+        if self.functions.get().is_some() {
+            return false;
+        }
+        let unwind = self.unwind_functions();
+        if unwind.is_empty() {
+            return true;
+        }
+        let _ = self.functions.set(unwind);
+        false
     }
 
     /// Decodes every executable segment from its start, calling `f` on each instruction.
@@ -306,7 +373,11 @@ impl<'a> Image<'a> {
     /// The instructions of `range`, decoded from its first byte. Stops early at bytes that do
     /// not decode or leave the file.
     pub fn decode(&self, range: Range<u64>) -> Vec<Instruction> {
-        let Some(bytes) = self.bytes_at(range.start, range.end.saturating_sub(range.start)) else {
+        let Some(s) = self.segment_of(range.start) else {
+            return Vec::new();
+        };
+        let end = range.end.min(s.vaddr + s.file_size);
+        let Some(bytes) = self.bytes_at(range.start, end.saturating_sub(range.start)) else {
             return Vec::new();
         };
         let mut decoder = Decoder::with_ip(64, bytes, range.start, DecoderOptions::NONE);
@@ -333,6 +404,37 @@ impl<'a> Image<'a> {
             .collect()
     }
 
+    /// The constant arguments of the call that the instruction at `site` helps set up, when
+    /// `site` loads an argument register: read from the straight-line block around it (back to
+    /// the previous branch, at most [`SET_UP_BEFORE`] instructions, and forward to the call or
+    /// the jump to a call several sites share). Constants are `mov reg, imm`, a RIP-relative
+    /// `lea` (position-independent code) and `xor reg, reg` (zero). How a library's error macro
+    /// passes, say, a reason code just before its `__FILE__` argument is then read off
+    /// `constants[argument - 1]`, whichever registers a given build's signature puts them in.
+    pub fn call_set_up(&self, site: u64) -> Option<CallSetUp> {
+        let function = self.function_containing(site)?;
+        let code = self.decode(function.start..site.saturating_add(SET_UP_AFTER + 192));
+        let at = code.iter().position(|i| i.ip() == site)?;
+        let argument = argument_index(code[at].op0_register())?;
+        let mut first = at;
+        while first > 0 && at - first < SET_UP_BEFORE && !ends_block(&code[first - 1]) {
+            first -= 1;
+        }
+        let mut constants = [None; 6];
+        for i in &code[first..] {
+            if i.ip() > site && (ends_block(i) || i.ip() - site > SET_UP_AFTER) {
+                break;
+            }
+            if let (Some(value), Some(n)) = (loads_constant(i), argument_index(i.op0_register())) {
+                constants[n] = Some(value);
+            }
+        }
+        Some(CallSetUp {
+            argument,
+            constants,
+        })
+    }
+
     /// The bounds of the function holding `vaddr`, from the unwind tables; without them, from
     /// the direct call targets around it (the nearest callee at or below, up to the next one),
     /// which is coarser but still starts at a real entry point.
@@ -351,11 +453,17 @@ impl<'a> Image<'a> {
     /// Every known function, sorted by start.
     pub fn functions(&self) -> &[Range<u64>] {
         self.functions.get_or_init(|| {
-            let mut f = self.unwind_functions();
-            if f.is_empty() {
-                f = self.call_target_functions();
+            let f = self.unwind_functions();
+            if !f.is_empty() {
+                return f;
             }
-            f
+            let mut starts = Vec::new();
+            self.sweep(|i| {
+                if let Some((to, XrefKind::Call)) = reference_of(i) {
+                    starts.push(to);
+                }
+            });
+            self.call_target_functions(starts)
         })
     }
 
@@ -425,14 +533,8 @@ impl<'a> Image<'a> {
         Some((start, self.bytes_at(start, end - start)?))
     }
 
-    /// Function starts from direct call targets, each running to the next one.
-    fn call_target_functions(&self) -> Vec<Range<u64>> {
-        let mut starts = Vec::new();
-        self.sweep(|i| {
-            if let Some((to, XrefKind::Call)) = reference_of(i) {
-                starts.push(to);
-            }
-        });
+    /// Functions from the targets of every direct call, each running to the next one.
+    fn call_target_functions(&self, mut starts: Vec<u64>) -> Vec<Range<u64>> {
         starts.retain(|a| self.is_code(*a));
         starts.sort_unstable();
         starts.dedup();
@@ -473,6 +575,49 @@ fn reference_of(i: &Instruction) -> Option<(u64, XrefKind)> {
     None
 }
 
+/// Which argument a register (or its low 32 bits) carries.
+fn argument_index(register: Register) -> Option<usize> {
+    let full = match register {
+        Register::EDI => Register::RDI,
+        Register::ESI => Register::RSI,
+        Register::EDX => Register::RDX,
+        Register::ECX => Register::RCX,
+        Register::R8D => Register::R8,
+        Register::R9D => Register::R9,
+        other => other,
+    };
+    ARGUMENT_REGISTERS.iter().position(|a| *a == full)
+}
+
+/// The constant an instruction puts in its destination register, if that is all it does.
+fn loads_constant(i: &Instruction) -> Option<u64> {
+    match i.code() {
+        Code::Mov_r32_imm32 => Some(u64::from(i.immediate32())),
+        Code::Mov_r64_imm64 => Some(i.immediate64()),
+        Code::Mov_rm64_imm32 if i.op0_kind() == OpKind::Register => {
+            Some(i.immediate32to64() as u64)
+        }
+        Code::Lea_r64_m if i.is_ip_rel_memory_operand() => Some(i.ip_rel_memory_address()),
+        // Compilers zero a register with xor (e.g. an unused argument).
+        Code::Xor_rm32_r32 | Code::Xor_r32_rm32 | Code::Xor_rm64_r64 | Code::Xor_r64_rm64
+            if i.op1_kind() == OpKind::Register && i.op0_register() == i.op1_register() =>
+        {
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+/// Branches, calls, returns and traps: where a straight line of argument set-up ends.
+fn ends_block(i: &Instruction) -> bool {
+    // Every direct branch (jmp, jcc, call, loop) has a near-branch operand.
+    i.op0_kind() == OpKind::NearBranch64
+        || matches!(
+            i.mnemonic(),
+            Mnemonic::Jmp | Mnemonic::Call | Mnemonic::Ret | Mnemonic::Int3 | Mnemonic::Ud2
+        )
+}
+
 /// `PT_GNU_EH_FRAME`'s address (object does not name this segment type).
 fn eh_frame_hdr_address(data: &[u8]) -> Option<u64> {
     use object::read::elf::{FileHeader as _, ProgramHeader as _};
@@ -484,4 +629,145 @@ fn eh_frame_hdr_address(data: &[u8]) -> Option<u64> {
         .iter()
         .find(|p| p.p_type(endian) == object::elf::PT_GNU_EH_FRAME)
         .map(|p| p.p_vaddr(endian))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0x40_0000;
+    const CODE: u64 = 0x40_1000;
+    const HEADERS: u64 = 64 + 2 * 56;
+    /// Layout of the code segment: an entry calling F and G, F (an error report), G, a string.
+    const F: u64 = CODE + 0x20;
+    const G: u64 = CODE + 0x60;
+    const S: u64 = CODE + 0x80;
+
+    /// A minimal x86-64 executable: the headers in a read-only segment, `code` in a
+    /// read+execute one at [`CODE`].
+    fn elf(code: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        f.extend_from_slice(&1u32.to_le_bytes());
+        for v in [CODE, 64, 0] {
+            f.extend_from_slice(&v.to_le_bytes()); // entry, program headers, no sections
+        }
+        f.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, 2, 64, 0, 0] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let len = code.len() as u64;
+        for (flags, offset, vaddr, size) in [(4u32, 0, BASE, HEADERS), (5, HEADERS, CODE, len)] {
+            f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+            f.extend_from_slice(&flags.to_le_bytes());
+            for v in [offset, vaddr, vaddr, size, size, 0x1000] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        assert_eq!(f.len() as u64, HEADERS);
+        f.extend_from_slice(code);
+        f
+    }
+
+    /// `bytes` at `at` in `code`, then a rel32 to `target` when asked (calls, RIP-relative).
+    fn put(code: &mut [u8], at: &mut u64, bytes: &[u8], target: Option<u64>) {
+        let o = (*at - CODE) as usize;
+        code[o..o + bytes.len()].copy_from_slice(bytes);
+        *at += bytes.len() as u64;
+        if let Some(t) = target {
+            let rel = (t as i64 - (*at + 4) as i64) as i32;
+            code[o + bytes.len()..o + bytes.len() + 4].copy_from_slice(&rel.to_le_bytes());
+            *at += 4;
+        }
+    }
+
+    /// F reports an error the way BoringSSL's 2025 `ERR_put_error(lib, 0, reason, file,
+    /// line)` call does, after a branch that ends the previous block.
+    fn error_report() -> Vec<u8> {
+        let mut code = vec![0xcc; 0xa0];
+        let mut at = CODE;
+        put(&mut code, &mut at, &[0xe8], Some(F));
+        put(&mut code, &mut at, &[0xe8], Some(G));
+        put(&mut code, &mut at, &[0xc3], None);
+        at = F;
+        put(&mut code, &mut at, &[0x41, 0xb9, 7, 0, 0, 0], None); // mov r9d, 7
+        put(&mut code, &mut at, &[0x75, 0x00], None); // jne (the next instruction)
+        put(&mut code, &mut at, &[0xbf, 0x10, 0, 0, 0], None); // mov edi, 16
+        put(&mut code, &mut at, &[0x31, 0xf6], None); // xor esi, esi
+        put(&mut code, &mut at, &[0xba, 0xe2, 0, 0, 0], None); // mov edx, 0xe2
+        put(&mut code, &mut at, &[0x48, 0x8d, 0x0d], Some(S)); // lea rcx, [rip + S]
+        put(&mut code, &mut at, &[0x41, 0xb8, 0x23, 0x01, 0, 0], None); // mov r8d, 0x123
+        put(&mut code, &mut at, &[0xe8], Some(G));
+        put(&mut code, &mut at, &[0xc3], None);
+        at = G;
+        put(&mut code, &mut at, &[0xc3], None);
+        at = S - 1;
+        put(&mut code, &mut at, b"\0src/ssl/ssl_lib.cc\0", None);
+        code
+    }
+
+    #[test]
+    fn call_set_up_reads_the_constant_arguments_around_one_of_them() {
+        let data = elf(&error_report());
+        let image = Image::parse(&data).unwrap();
+        assert_eq!(image.function_containing(F + 8), Some(F..G));
+        let lea = F + 6 + 2 + 5 + 2 + 5;
+        let file = image.references_to(&[S]);
+        assert_eq!(
+            file,
+            vec![Xref {
+                from: lea,
+                to: S,
+                kind: XrefKind::Address
+            }]
+        );
+        let expected = [Some(16), Some(0), Some(0xe2), Some(S), Some(0x123), None];
+        assert_eq!(
+            image.call_set_up(lea),
+            Some(CallSetUp {
+                argument: 3,
+                constants: expected
+            })
+        );
+        // From any argument load of the block the same call is seen; r9 is set before the
+        // branch, so not for this call.
+        let mov_edi = F + 6 + 2;
+        assert_eq!(
+            image.call_set_up(mov_edi),
+            Some(CallSetUp {
+                argument: 0,
+                constants: expected
+            })
+        );
+        // Neither the call nor code outside any function loads an argument.
+        assert_eq!(image.call_set_up(lea + 7 + 6), None);
+        assert_eq!(image.call_set_up(CODE), None);
+    }
+
+    #[test]
+    fn function_bounds_are_the_same_whichever_question_comes_first() {
+        let data = elf(&error_report());
+        // references_to collects the call targets in its own sweep...
+        let swept = Image::parse(&data).unwrap();
+        assert_eq!(swept.references_to(&[G]).len(), 2);
+        // ...and they are what a sweep of their own gives.
+        let own = Image::parse(&data).unwrap();
+        assert_eq!(own.functions(), std::slice::from_ref(&(F..G)));
+        assert_eq!(swept.functions(), own.functions());
+    }
+
+    #[test]
+    fn string_start_finds_where_a_found_tail_begins() {
+        let data = elf(&error_report());
+        let image = Image::parse(&data).unwrap();
+        let tails = image.strings(b"ssl/ssl_lib.cc");
+        assert_eq!(tails, vec![S + 4]);
+        assert_eq!(image.string_start(S + 4), Some(S));
+        assert_eq!(image.string_start(S), Some(S));
+        // No NUL before it in its segment: the string starts with the segment.
+        assert_eq!(image.string_start(BASE + 1), Some(BASE));
+        assert_eq!(image.string_start(0x10), None);
+    }
 }

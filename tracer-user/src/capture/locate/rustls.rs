@@ -233,7 +233,7 @@ pub fn aead_functions(image: &Image<'_>) -> Result<Option<AeadFunctions>, Locate
     let files: Vec<u64> = image
         .strings(AEAD_SOURCE)
         .into_iter()
-        .filter_map(|tail| string_start(image, tail))
+        .filter_map(|tail| image.string_start(tail))
         .collect();
     if files.is_empty() {
         return Ok(None);
@@ -353,17 +353,6 @@ fn address_taken(data: &[u8], entries: &[u64]) -> Vec<u64> {
         }
     }
     found
-}
-
-/// Where the C string holding the byte at `at` starts (after the NUL before it).
-fn string_start(image: &Image<'_>, at: u64) -> Option<u64> {
-    const MAX_PATH: u64 = 4096;
-    let from = at.saturating_sub(MAX_PATH);
-    let before = image.bytes_at(from, at - from)?;
-    Some(match before.iter().rposition(|b| *b == 0) {
-        Some(nul) => from + nul as u64 + 1,
-        None => return None,
-    })
 }
 
 /// The reason code of the `OPENSSL_PUT_ERROR` whose file name `lea rcx, [rip+…]` is at `at`:
