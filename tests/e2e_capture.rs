@@ -374,8 +374,16 @@ async fn ring_buffer_overflow_is_reported_and_survived() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
     let server = mock_openai::start(&e2e::certs_dir()).await?;
-    // 256 KiB of ring for a 16 MiB body: most of it cannot fit.
-    let traced = start_traced(tracer_bin(), "overflow", &["--ring-buffer-bytes", "262144"]).await?;
+    // 256 KiB of ring for a 16 MiB body: most of it cannot fit. The mock server runs in this
+    // test's own process, on rustls, whose plaintext the tracer captures too; it is left out so
+    // that the flood is the client's alone, as the assertions below assume.
+    let me = std::env::current_exe()?.display().to_string();
+    let traced = start_traced(
+        tracer_bin(),
+        "overflow",
+        &["--ring-buffer-bytes", "262144", "--exclude-exe", &me],
+    )
+    .await?;
     let flood = e2e::run(http_post(&server, &["--size", &SIXTEEN_MIB.to_string()])).await?;
     let pid = e2e::json_lines(&flood)[0]["pid"].as_u64().context("pid")? as u32;
     let spans = traced

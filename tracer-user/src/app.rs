@@ -183,6 +183,10 @@ pub async fn run(config: Config) -> Result<()> {
         clock,
         health.clone(),
     );
+    let running = procfs::process::all_processes()
+        .map(|all| all.flatten().map(|p| p.pid as u32).collect::<Vec<_>>())
+        .unwrap_or_default();
+    pipeline.observe_running(running);
     for event in open_connections {
         pipeline.handle(event, &mut spans);
     }

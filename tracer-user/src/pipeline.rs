@@ -94,6 +94,12 @@ impl Pipeline {
         }
     }
 
+    /// Applies the selection rules to processes already running at start-up (see
+    /// `ProcessCache::observe_running`).
+    pub fn observe_running(&mut self, pids: impl IntoIterator<Item = u32>) {
+        self.processes.observe_running(pids);
+    }
+
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
         if self.left_out(&event) {
             Health::add(&self.health.ignored_records, 1);

@@ -293,6 +293,19 @@ impl ProcessCache {
         }
     }
 
+    /// The processes already running when the tracer starts, decided at once when selection
+    /// rules leave anything out: otherwise one left out would be decided only at its first
+    /// record, after the kernel had already copied its traffic (a busy excluded server can fill
+    /// the ring buffer before then).
+    pub fn observe_running(&mut self, pids: impl IntoIterator<Item = u32>) {
+        if self.selection.is_everything() {
+            return;
+        }
+        for pid in pids {
+            self.observe(pid);
+        }
+    }
+
     /// Called when a process is first seen, while it is surely alive. Decides whether it is
     /// traced, and tells the kernel when it is not.
     pub fn observe(&mut self, pid: u32) {
