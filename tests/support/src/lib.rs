@@ -11,6 +11,7 @@ mod h2c_upgrade;
 pub mod kube_api;
 pub mod mock_openai;
 pub mod mock_providers;
+pub mod npm;
 pub mod otlp;
 pub mod phoenix;
 pub mod prometheus;
