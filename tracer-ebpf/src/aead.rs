@@ -144,16 +144,33 @@ fn seal(ctx: &ProbeContext, input: u64, ad: u64) {
 /// zero-sized `cpu` takes no place.
 #[uprobe]
 pub fn ring_seal(ctx: ProbeContext) -> u32 {
-    let (Some(key), Some(ad), Some(ad_len), Some(buf)) = (
-        ctx.arg::<u64>(1),
-        ctx.arg::<u64>(3),
-        ctx.arg::<u64>(4),
-        ctx.arg::<u64>(5),
-    ) else {
-        return 0;
-    };
-    seal_record(&ctx, key, (buf, stack_arg(&ctx, 7)), (ad, ad_len));
+    if let Some(call) = RingCall::of(&ctx) {
+        seal_record(&ctx, call.key, (call.in_out, call.in_out_len), call.ad);
+    }
     0
+}
+
+/// The arguments of ring's `seal` and `open`, where [`ring_seal`] says they are.
+struct RingCall {
+    /// Where the `Result<Tag, Unspecified>` goes.
+    result: u64,
+    key: u64,
+    ad: (u64, u64),
+    in_out: u64,
+    in_out_len: u64,
+}
+
+impl RingCall {
+    #[inline(always)]
+    fn of(ctx: &ProbeContext) -> Option<Self> {
+        Some(RingCall {
+            result: ctx.arg::<u64>(0)?,
+            key: ctx.arg::<u64>(1)?,
+            ad: (ctx.arg::<u64>(3)?, ctx.arg::<u64>(4)?),
+            in_out: ctx.arg::<u64>(5)?,
+            in_out_len: stack_arg(ctx, 7),
+        })
+    }
 }
 
 /// Sends one sealed record's plaintext `(buf, len)` up, if its additional data `(ad, ad_len)`
@@ -216,24 +233,18 @@ pub fn ring_open(ctx: ProbeContext) -> u32 {
         count(counter::IGNORED_CALLS, 1);
         return 0;
     }
-    let (Some(result), Some(key), Some(ad), Some(ad_len), Some(out)) = (
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(1),
-        ctx.arg::<u64>(3),
-        ctx.arg::<u64>(4),
-        ctx.arg::<u64>(5),
-    ) else {
+    let Some(call) = RingCall::of(&ctx) else {
         return 0;
     };
-    let (len, start) = (stack_arg(&ctx, 7), stack_arg(&ctx, 8));
+    let start = stack_arg(&ctx, 8);
     let open = PendingOpen {
-        key,
-        out,
+        key: call.key,
+        out: call.in_out,
         out_len: 0,
-        len: len.saturating_sub(start),
-        function: classify(ad, ad_len).map_or(0, |f| f as u32),
+        len: call.in_out_len.saturating_sub(start),
+        function: classify(call.ad.0, call.ad.1).map_or(0, |f| f as u32),
         entry: RING_OPEN,
-        result,
+        result: call.result,
     };
     let _ = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64);
     0
