@@ -183,10 +183,7 @@ pub async fn run(config: Config) -> Result<()> {
         clock,
         health.clone(),
     );
-    let running = procfs::process::all_processes()
-        .map(|all| all.flatten().map(|p| p.pid as u32).collect::<Vec<_>>())
-        .unwrap_or_default();
-    pipeline.observe_running(running);
+    pipeline.observe_running(crate::capture::all_pids());
     for event in open_connections {
         pipeline.handle(event, &mut spans);
     }

@@ -108,6 +108,7 @@ pub struct Image<'a> {
     eh_frame_section: Option<Range<u64>>,
     eh_frame_hdr: Option<u64>,
     functions: OnceLock<Vec<Range<u64>>>,
+    code_pointers: OnceLock<Vec<(u64, u64)>>,
 }
 
 impl<'a> Image<'a> {
@@ -143,6 +144,7 @@ impl<'a> Image<'a> {
             eh_frame_section,
             eh_frame_hdr: eh_frame_hdr_address(data),
             functions: OnceLock::new(),
+            code_pointers: OnceLock::new(),
         })
     }
 
@@ -248,8 +250,12 @@ impl<'a> Image<'a> {
     /// Every pointer to code stored in loaded data, as (slot, target): function-pointer tables,
     /// vtables, descriptor structs. In a position-independent file a slot holds nothing until
     /// the loader applies its `R_X86_64_RELATIVE` relocation, whose addend is the target; in a
-    /// position-dependent one the slot holds the address itself. Sorted by slot.
-    pub fn code_pointers(&self) -> Vec<(u64, u64)> {
+    /// position-dependent one the slot holds the address itself. Sorted by slot; computed once.
+    pub fn code_pointers(&self) -> &[(u64, u64)] {
+        self.code_pointers.get_or_init(|| self.find_code_pointers())
+    }
+
+    fn find_code_pointers(&self) -> Vec<(u64, u64)> {
         let mut found = Vec::new();
         let relocations = object::File::parse(self.data)
             .ok()

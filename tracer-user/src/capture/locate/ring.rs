@@ -145,7 +145,7 @@ fn descriptors(image: &Image<'_>) -> Vec<Descriptor> {
             .map(|i| pointers[i].1)
     };
     let mut found = Vec::new();
-    for &(at, init) in &pointers {
+    for &(at, init) in pointers {
         let (Some(seal), Some(open)) = (target(at + 8), target(at + 16)) else {
             continue;
         };

@@ -300,7 +300,15 @@ pub fn aead_functions(image: &Image<'_>) -> Result<Option<AeadFunctions>, Locate
         .filter(|x| x.kind == XrefKind::Call)
         .map(|x| x.to)
         .collect();
-    called.extend(address_taken(image.data(), &entries));
+    // Stored in a pointer: a GOT slot or any other (a relocation's addend in a
+    // position-independent executable, the slot's content otherwise).
+    called.extend(
+        image
+            .code_pointers()
+            .iter()
+            .map(|(_, target)| *target)
+            .filter(|target| entries.contains(target)),
+    );
     if !called.contains(&open) {
         return Err(ambiguous(format!(
             "EVP_AEAD_CTX_open at {open:#x} is never called"
@@ -318,41 +326,6 @@ pub fn aead_functions(image: &Image<'_>) -> Result<Option<AeadFunctions>, Locate
         open,
         open_gather,
     }))
-}
-
-/// Which of `entries` a position-independent executable stores in a pointer: the addend of a
-/// relative relocation (what fills a GOT slot at load), or a GOT slot's link-time content.
-fn address_taken(data: &[u8], entries: &[u64]) -> Vec<u64> {
-    use object::{Object as _, ObjectSection as _};
-    let Ok(elf) = object::File::parse(data) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    if let Some(relocations) = elf.dynamic_relocations() {
-        for (_, r) in relocations {
-            let addend = r.addend() as u64;
-            let relative = matches!(
-                r.flags(),
-                object::RelocationFlags::Elf { r_type } if r_type == object::elf::R_X86_64_RELATIVE
-            );
-            if relative && entries.contains(&addend) {
-                found.push(addend);
-            }
-        }
-    }
-    for got in elf
-        .sections()
-        .filter(|s| s.name().is_ok_and(|n| n.starts_with(".got")))
-    {
-        let Ok(bytes) = got.data() else { continue };
-        for slot in bytes.chunks_exact(8) {
-            let value = u64::from_le_bytes(slot.try_into().unwrap_or_default());
-            if entries.contains(&value) {
-                found.push(value);
-            }
-        }
-    }
-    found
 }
 
 /// The reason code of the `OPENSSL_PUT_ERROR` whose file name `lea rcx, [rip+…]` is at `at`:
