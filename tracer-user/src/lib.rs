@@ -17,5 +17,6 @@ pub mod http_server;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocols;
+pub mod redact;
 pub mod span;
 pub mod streams;

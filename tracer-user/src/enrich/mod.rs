@@ -18,6 +18,7 @@ pub use kube_api::{PodMeta, PodStore};
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
+pub use crate::redact::redact_args;
 use crate::span::Span;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,56 +148,6 @@ pub fn read_args(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| crate::capture::nul_separated(&raw))
         .unwrap_or_default()
-}
-
-/// Replaces values of arguments that look like credentials (`--api-key X`, `--token=X`,
-/// `OPENAI_API_KEY=X`, a header argument `authorization: Bearer X`, a bare `Bearer X`) with
-/// `REDACTED`.
-pub fn redact_args(args: &[String]) -> Vec<String> {
-    fn secret_name(name: &str) -> bool {
-        let n = name.trim_start_matches('-').to_ascii_lowercase();
-        [
-            "key",
-            "token",
-            "secret",
-            "password",
-            "passwd",
-            "auth",
-            "credential",
-            "cookie",
-        ]
-        .iter()
-        .any(|s| n.contains(s))
-    }
-    let mut out = Vec::with_capacity(args.len());
-    let mut redact_next = false;
-    for arg in args {
-        if redact_next {
-            out.push("REDACTED".to_string());
-            redact_next = false;
-            continue;
-        }
-        let header = arg
-            .split_once(':')
-            .filter(|(name, _)| !name.contains('/') && secret_name(name));
-        if let Some((name, _)) = header {
-            out.push(format!("{name}: REDACTED"));
-            continue;
-        }
-        if arg.trim_start().to_ascii_lowercase().starts_with("bearer ") {
-            out.push("Bearer REDACTED".to_string());
-            continue;
-        }
-        match arg.split_once('=') {
-            Some((name, _)) if secret_name(name) => out.push(format!("{name}=REDACTED")),
-            None if arg.starts_with('-') && secret_name(arg) => {
-                out.push(arg.clone());
-                redact_next = true;
-            }
-            _ => out.push(arg.clone()),
-        }
-    }
-    out
 }
 
 /// Bounded: beyond this many live processes, new ones are described on demand and not cached.
@@ -465,64 +416,6 @@ impl Default for ProcessCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn redacts_secret_flags_and_assignments() {
-        assert_eq!(
-            redact_args(&s(&[
-                "agent",
-                "--api-key",
-                "sk-1",
-                "--token=abc",
-                "OPENAI_API_KEY=sk-2",
-                "--model",
-                "gpt"
-            ])),
-            s(&[
-                "agent",
-                "--api-key",
-                "REDACTED",
-                "--token=REDACTED",
-                "OPENAI_API_KEY=REDACTED",
-                "--model",
-                "gpt"
-            ])
-        );
-    }
-
-    #[test]
-    fn redacts_header_arguments_but_not_urls() {
-        assert_eq!(
-            redact_args(&s(&[
-                "curl",
-                "-H",
-                "authorization: Bearer sk-1",
-                "-H",
-                "x-api-key:abc",
-                "-H",
-                "content-type: application/json",
-                "https://h/v1"
-            ])),
-            s(&[
-                "curl",
-                "-H",
-                "authorization: REDACTED",
-                "-H",
-                "x-api-key: REDACTED",
-                "-H",
-                "content-type: application/json",
-                "https://h/v1"
-            ])
-        );
-        assert_eq!(
-            redact_args(&s(&["tool", "Bearer abc"])),
-            s(&["tool", "Bearer REDACTED"])
-        );
-    }
 
     #[test]
     fn excluded_processes_are_ignored_until_they_exit() {

@@ -96,7 +96,7 @@ pub fn from_messages(
         resource_uri: params
             .get("uri")
             .and_then(Value::as_str)
-            .map(str::to_string),
+            .map(|uri| crate::redact::redact_text(uri).into_owned()),
         protocol_version,
         arguments: params.get("arguments").cloned(),
         method,
@@ -241,6 +241,17 @@ mod tests {
         assert_eq!(
             request(&json!({"jsonrpc": "2.0", "id": null, "method": "tools/list"})),
             None
+        );
+    }
+
+    #[test]
+    fn resource_uris_lose_their_credentials() {
+        let read = json!({"jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": {
+            "uri": "https://alice:pw@files.internal/report.csv?X-Amz-Signature=abc&v=2"}});
+        let call = from_messages(&read, None, None).expect("a request");
+        assert_eq!(
+            call.resource_uri.as_deref(),
+            Some("https://REDACTED@files.internal/report.csv?X-Amz-Signature=REDACTED&v=2")
         );
     }
 

@@ -463,7 +463,7 @@ fn http_call(exchange: &HttpExchange, path: &str) -> HttpCall {
     HttpCall {
         conn: exchange.conn,
         method: req.method.clone(),
-        url_path: path.to_string(),
+        url_path: crate::redact::redact_text(path).into_owned(),
         // 0: an HTTP/2 `:status` that could not be decoded.
         status: exchange
             .response
