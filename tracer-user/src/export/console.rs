@@ -26,61 +26,163 @@ impl Style {
     }
 }
 
-/// Where each run's spans go in its tree.
+/// Where each run's spans go in its tree. Spans come as they finish, children before their
+/// parents (a `tee` inside a tool's `bash` ends before the `bash`): a span whose parent has not
+/// been drawn waits for it and is drawn beneath it, so every span stands under its parent
+/// whatever order they finish in.
 #[derive(Default)]
 struct Trees {
     depth: HashMap<[u8; 8], usize>,
+    /// Spans waiting for their parent to be drawn, by that parent, in the order they came.
+    waiting: HashMap<[u8; 8], Vec<Arc<Span>>>,
+    waiting_count: usize,
+    /// Run roots seen as parents of their steps (drawn last, as the run's summary).
+    roots: HashSet<[u8; 8]>,
     runs_shown: HashSet<[u8; 16]>,
+    /// Runs whose summary was drawn: what comes for them later is drawn at once.
+    runs_ended: HashSet<[u8; 16]>,
     last_pid: Option<u32>,
 }
 
 /// Bounds the tree state of a tracer running for weeks.
 const MAX_TREE_SPANS: usize = 100_000;
 
+/// Bounds the spans held back for a parent that may never come.
+const MAX_WAITING_SPANS: usize = 10_000;
+
+/// Longer command lines are cut, their length said.
+const MAX_COMMAND_CHARS: usize = 160;
+
 impl Trees {
-    fn render(&mut self, span: &Span, style: &Style) -> String {
-        if self.depth.len() > MAX_TREE_SPANS {
+    fn render(&mut self, span: Arc<Span>, style: &Style) -> String {
+        if self.depth.len() > MAX_TREE_SPANS || self.runs_ended.len() > MAX_TREE_SPANS {
             self.depth.clear();
+            self.roots.clear();
             self.runs_shown.clear();
+            self.runs_ended.clear();
         }
         let mut text = String::new();
         let is_root = span.parent_span_id.is_none() && span.name.starts_with("invoke_agent");
         let Some(parent) = span.parent_span_id.filter(|_| !is_root) else {
             if is_root {
-                text.push_str(&run_summary(span, style));
+                self.draw_orphans(span.trace_id, style, &mut text);
+                text.push_str(&run_summary(&span, style));
                 self.runs_shown.remove(&span.trace_id);
+                self.runs_ended.insert(span.trace_id);
+                self.roots.remove(&span.span_id);
                 self.last_pid = None;
             } else {
                 if self.last_pid != Some(span.process.pid) {
-                    text.push_str(&process_header(span, style));
+                    text.push_str(&process_header(&span, style));
                     text.push('\n');
                     self.last_pid = Some(span.process.pid);
                 }
-                text.push_str(&format!("  └─ {}", span_line(span, style)));
+                text.push_str(&format!("  └─ {}", span_line(&span, style)));
             }
             text.push('\n');
             return text;
         };
+        if let Some(depth) = self.depth.get(&parent) {
+            let depth = depth + 1;
+            self.draw(span, depth, style, &mut text);
+        } else if is_run_step(&span) || self.roots.contains(&parent) {
+            self.roots.insert(parent);
+            self.draw(span, 1, style, &mut text);
+        } else if self.runs_ended.contains(&span.trace_id)
+            || self.waiting_count >= MAX_WAITING_SPANS
+        {
+            // Its parent will not be drawn now: it hangs from the run itself.
+            self.draw(span, 1, style, &mut text);
+        } else {
+            self.waiting_count += 1;
+            self.waiting.entry(parent).or_default().push(span);
+        }
+        text
+    }
+
+    /// One step at `depth`, then whatever waited for it, beneath it.
+    fn draw(&mut self, span: Arc<Span>, depth: usize, style: &Style, text: &mut String) {
         if self.runs_shown.insert(span.trace_id) {
-            text.push_str(&run_header(span, style));
+            text.push_str(&run_header(&span, style));
             text.push('\n');
         }
         self.last_pid = None;
-        // A step whose parent was not shown hangs from the run itself.
-        let depth = self.depth.get(&parent).map_or(1, |d| d + 1);
         self.depth.insert(span.span_id, depth);
         text.push_str(&"   ".repeat(depth));
-        text.push_str(&format!("├─ {}", span_line(span, style)));
+        text.push_str(&format!("├─ {}", span_line(&span, style)));
         text.push('\n');
-        text
+        if let Some(children) = self.waiting.remove(&span.span_id) {
+            self.waiting_count -= children.len();
+            for child in children {
+                self.draw(child, depth + 1, style, text);
+            }
+        }
     }
+
+    /// At the run's end, what still waits for a parent that never came hangs from the run.
+    fn draw_orphans(&mut self, trace_id: [u8; 16], style: &Style, text: &mut String) {
+        let waiting_ids: HashSet<[u8; 8]> = self
+            .waiting
+            .values()
+            .flatten()
+            .filter(|s| s.trace_id == trace_id)
+            .map(|s| s.span_id)
+            .collect();
+        let mut tops: Vec<Arc<Span>> = Vec::new();
+        self.waiting.retain(|parent, children| {
+            let of_run = children.iter().any(|s| s.trace_id == trace_id);
+            if of_run && !waiting_ids.contains(parent) {
+                tops.append(children);
+                false
+            } else {
+                true
+            }
+        });
+        self.waiting_count -= tops.len();
+        tops.sort_by_key(|s| s.end_unix_ns);
+        for span in tops {
+            self.draw(span, 1, style, text);
+        }
+    }
+}
+
+/// A run's own step (a model call, a tool): its parent is the run's root.
+fn is_run_step(span: &Span) -> bool {
+    matches!(
+        span.attr("gen_ai.operation.name"),
+        Some(AttrValue::Str(op)) if op != "invoke_agent"
+    )
+}
+
+/// Text from a process or the wire, on one line: newlines and other control characters
+/// escaped (a shell wrapper's script must not break the tree over many lines, nor an escape
+/// sequence repaint the terminal), cut past `max_chars` with its full length said.
+fn one_line(text: &str, max_chars: usize) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_control() => escaped.extend(c.escape_unicode()),
+            c => escaped.push(c),
+        }
+    }
+    if escaped.chars().count() <= max_chars {
+        return escaped;
+    }
+    let cut: String = escaped.chars().take(max_chars).collect();
+    format!("{cut}… ({} chars)", text.chars().count())
 }
 
 pub async fn run(mut spans: mpsc::Receiver<Arc<Span>>, color: bool) {
     let style = Style { color };
     let mut trees = Trees::default();
     while let Some(span) = spans.recv().await {
-        let text = trees.render(&span, &style);
+        let text = trees.render(span, &style);
+        if text.is_empty() {
+            continue;
+        }
         let mut out = std::io::stdout().lock();
         // A closed stdout (piped into `head`) must not stop the tracer.
         let _ = out.write_all(text.as_bytes());
@@ -90,13 +192,13 @@ pub async fn run(mut spans: mpsc::Receiver<Arc<Span>>, color: bool) {
 
 fn process_header(span: &Span, style: &Style) -> String {
     let p = &span.process;
-    let cmd = p.command_line.as_deref().unwrap_or("");
+    let cmd = one_line(p.command_line.as_deref().unwrap_or(""), MAX_COMMAND_CHARS);
     format!(
         "{} {} {} {}",
         style.paint("1;36", "●"),
-        style.paint("1", &p.executable_name),
+        style.paint("1", &one_line(&p.executable_name, MAX_COMMAND_CHARS)),
         style.paint("2", &who(span)),
-        style.paint("2", cmd)
+        style.paint("2", &cmd)
     )
 }
 
@@ -120,8 +222,8 @@ fn who(span: &Span) -> String {
 }
 
 fn run_header(span: &Span, style: &Style) -> String {
-    let agent =
-        text(span, "gen_ai.agent.name").unwrap_or_else(|| span.process.executable_name.clone());
+    let agent = text(span, "gen_ai.agent.name")
+        .unwrap_or_else(|| one_line(&span.process.executable_name, 64));
     let mut who = who(span);
     if let Some(c) = text(span, "gen_ai.conversation.id") {
         who.push_str(&format!(" conversation {c}"));
@@ -171,13 +273,24 @@ fn run_summary(span: &Span, style: &Style) -> String {
     parts.join("  ")
 }
 
+/// An attribute as shown: on one line, whatever it holds.
 fn text(span: &Span, key: &str) -> Option<String> {
-    match span.attr(key)? {
-        AttrValue::Str(s) => Some(s.clone()),
-        AttrValue::Int(i) => Some(i.to_string()),
-        AttrValue::F64(f) => Some(f.to_string()),
-        AttrValue::Bool(b) => Some(b.to_string()),
-        AttrValue::StrArray(a) => Some(a.join(",")),
+    let value = match span.attr(key)? {
+        AttrValue::Str(s) => s.clone(),
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::F64(f) => f.to_string(),
+        AttrValue::Bool(b) => b.to_string(),
+        AttrValue::StrArray(a) => a.join(","),
+    };
+    Some(one_line(&value, MAX_COMMAND_CHARS))
+}
+
+/// A process's arguments as a command line, on one line and cut when long.
+fn command_args(span: &Span) -> String {
+    match span.attr("process.command_args") {
+        Some(AttrValue::StrArray(args)) => one_line(&args.join(" "), MAX_COMMAND_CHARS),
+        Some(AttrValue::Str(args)) => one_line(args, MAX_COMMAND_CHARS),
+        _ => String::new(),
     }
 }
 
@@ -192,7 +305,7 @@ fn millis(ns: u64) -> String {
 
 /// One line per call: what, where, outcome, tokens, timing.
 fn span_line(span: &Span, style: &Style) -> String {
-    let mut parts = vec![style.paint("1", &span.name)];
+    let mut parts = vec![style.paint("1", &one_line(&span.name, MAX_COMMAND_CHARS))];
     if let Some(p) = text(span, "gen_ai.provider.name") {
         parts.push(p);
     }
@@ -200,8 +313,7 @@ fn span_line(span: &Span, style: &Style) -> String {
         parts.push(style.paint("2", &format!("{a}:{port}")));
     }
     if let Some(code) = text(span, "process.exit.code") {
-        let args = text(span, "process.command_args").unwrap_or_default();
-        parts.push(style.paint("2", &args.replace(',', " ")));
+        parts.push(style.paint("2", &command_args(span)));
         if code != "0" {
             parts.push(style.paint("1;31", &format!("✗ exit {code}")));
         } else {
@@ -308,43 +420,55 @@ mod tests {
         }
     }
 
+    fn step(name: &str, id: u8, op: &str) -> Arc<Span> {
+        Arc::new(span(
+            name,
+            id,
+            Some(1),
+            vec![
+                ("gen_ai.agent.name", "bot".into()),
+                ("gen_ai.operation.name", op.into()),
+            ],
+        ))
+    }
+
+    fn exec(id: u8, parent: u8, code: i64, args: &[&str]) -> Arc<Span> {
+        let name = format!("exec {}", args[0]);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Arc::new(span(
+            &name,
+            id,
+            Some(parent),
+            vec![
+                ("process.exit.code", code.into()),
+                ("process.command_args", args.into()),
+            ],
+        ))
+    }
+
+    fn summary() -> Arc<Span> {
+        Arc::new(span(
+            "invoke_agent bot",
+            1,
+            None,
+            vec![
+                ("gen_ai.agent.name", "bot".into()),
+                ("agent_tracer.run.outcome", "completed".into()),
+                ("agent_tracer.run.llm_calls", 1u64.into()),
+                ("agent_tracer.cost.usd", 0.0015.into()),
+            ],
+        ))
+    }
+
     #[test]
     fn a_run_renders_as_a_tree_closed_by_its_summary() {
         let style = Style { color: false };
         let mut trees = Trees::default();
-        let agent = || ("gen_ai.agent.name", AttrValue::from("bot"));
         let mut out = String::new();
-        out += &trees.render(&span("chat m", 2, Some(1), vec![agent()]), &style);
-        out += &trees.render(&span("execute_tool t", 3, Some(1), vec![agent()]), &style);
-        out += &trees.render(
-            &span(
-                "exec sh",
-                4,
-                Some(3),
-                vec![
-                    ("process.exit.code", 3i64.into()),
-                    (
-                        "process.command_args",
-                        vec!["sh".to_string(), "-c".into()].into(),
-                    ),
-                ],
-            ),
-            &style,
-        );
-        out += &trees.render(
-            &span(
-                "invoke_agent bot",
-                1,
-                None,
-                vec![
-                    agent(),
-                    ("agent_tracer.run.outcome", "completed".into()),
-                    ("agent_tracer.run.llm_calls", 1u64.into()),
-                    ("agent_tracer.cost.usd", 0.0015.into()),
-                ],
-            ),
-            &style,
-        );
+        out += &trees.render(step("chat m", 2, "chat"), &style);
+        out += &trees.render(step("execute_tool t", 3, "execute_tool"), &style);
+        out += &trees.render(exec(4, 3, 3, &["sh", "-c"]), &style);
+        out += &trees.render(summary(), &style);
         assert_eq!(
             out,
             "▶ run bot pid 9\n\
@@ -353,6 +477,84 @@ mod tests {
              \x20     ├─ exec sh  sh -c  ✗ exit 3  2ms\n\
              ■ run completed  bot  1 calls  $0.001500  2ms\n"
         );
+    }
+
+    /// The agent emits a tool's processes in the order they ended: `tee` inside the tool's
+    /// `bash` before the `bash`. Each is still drawn under its own parent.
+    #[test]
+    fn a_grandchild_that_finishes_first_is_drawn_under_its_parent() {
+        let style = Style { color: false };
+        let mut trees = Trees::default();
+        let mut out = String::new();
+        out += &trees.render(step("chat m", 2, "chat"), &style);
+        out += &trees.render(step("execute_tool Bash", 3, "execute_tool"), &style);
+        let tee = trees.render(exec(5, 4, 0, &["tee", "out.txt"]), &style);
+        assert_eq!(tee, "", "tee waits for its bash");
+        out += &trees.render(exec(4, 3, 0, &["bash", "-c", "ls | tee out.txt"]), &style);
+        out += &trees.render(step("chat m", 6, "chat"), &style);
+        out += &trees.render(summary(), &style);
+        assert_eq!(
+            out,
+            "▶ run bot pid 9\n\
+             \x20  ├─ chat m  2ms\n\
+             \x20  ├─ execute_tool Bash  2ms\n\
+             \x20     ├─ exec bash  bash -c ls | tee out.txt  exit 0  2ms\n\
+             \x20        ├─ exec tee  tee out.txt  exit 0  2ms\n\
+             \x20  ├─ chat m  2ms\n\
+             ■ run completed  bot  1 calls  $0.001500  2ms\n"
+        );
+        assert_eq!(trees.waiting_count, 0);
+    }
+
+    /// A process whose parent never shows (its parent span was not kept) is drawn under the
+    /// run before the run's summary, not lost.
+    #[test]
+    fn a_span_whose_parent_never_comes_hangs_from_the_run_at_its_end() {
+        let style = Style { color: false };
+        let mut trees = Trees::default();
+        let mut out = String::new();
+        out += &trees.render(step("chat m", 2, "chat"), &style);
+        out += &trees.render(exec(5, 4, 0, &["tee", "x"]), &style);
+        out += &trees.render(summary(), &style);
+        assert_eq!(
+            out,
+            "▶ run bot pid 9\n\
+             \x20  ├─ chat m  2ms\n\
+             \x20  ├─ exec tee  tee x  exit 0  2ms\n\
+             ■ run completed  bot  1 calls  $0.001500  2ms\n"
+        );
+        assert!(trees.waiting.is_empty());
+    }
+
+    /// Claude Code and Gemini CLI run tools through multi-line shell wrappers.
+    #[test]
+    fn a_command_line_with_newlines_stays_on_one_line() {
+        let style = Style { color: false };
+        let mut trees = Trees::default();
+        trees.render(step("execute_tool Bash", 3, "execute_tool"), &style);
+        let wrapper = "shopt -u extglob 2>/dev/null || true\neval 'ls | tee out.txt' < /dev/null\n\
+                       pwd -P >| /tmp/claude-1a2b-cwd\t\x1b[31m";
+        let out = trees.render(exec(4, 3, 0, &["/bin/bash", "-c", "-l", wrapper]), &style);
+        assert_eq!(
+            out,
+            "      ├─ exec /bin/bash  /bin/bash -c -l shopt -u extglob 2>/dev/null || true\\neval \
+             'ls | tee out.txt' < /dev/null\\npwd -P >| /tmp/claude-1a2b-cwd\\t\\u{1b}[31m  exit 0  \
+             2ms\n"
+        );
+        assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_long_command_line_is_cut_with_its_length() {
+        let script = format!("python3 -c \"{}\"", "x = 1; ".repeat(100));
+        let line = one_line(&script, MAX_COMMAND_CHARS);
+        assert_eq!(
+            line.chars().count(),
+            MAX_COMMAND_CHARS + "… (713 chars)".chars().count()
+        );
+        assert!(line.starts_with("python3 -c \"x = 1; x = 1;"));
+        assert!(line.ends_with("… (713 chars)"), "{line}");
+        assert_eq!(one_line("short", MAX_COMMAND_CHARS), "short");
     }
 
     #[test]
