@@ -112,13 +112,13 @@ fn parent_from_proc(pid: u32) -> Option<u32> {
 }
 
 /// The agent's name as a user knows it: the script an interpreter runs (`python agent.py` →
-/// `agent`, `python -m my_agent` → `my_agent`, `node cli.js` → `cli`), else the executable.
+/// `agent`, `python -m my_agent` → `my_agent`), else the executable (`codex`). A script named
+/// for its role rather than its program (`cli.js`, `index.js`, `main.py`) gives way to the
+/// package or project it belongs to (`node .../@anthropic-ai/claude-code/cli.js` →
+/// `claude-code`, `.../@google/gemini-cli/dist/index.js` → `gemini-cli`); the command a user
+/// typed, a bin directory's link (`node /usr/local/bin/claude`), is kept as it is.
 pub fn agent_name(args: &[String], executable: &str) -> String {
-    let base = |s: &str| {
-        let file = s.rsplit('/').next().unwrap_or(s);
-        file.split('.').next().unwrap_or(file).to_string()
-    };
-    let exe = base(args.first().map(String::as_str).unwrap_or(executable));
+    let exe = file_stem(args.first().map(String::as_str).unwrap_or(executable));
     let interpreted = ["python", "node", "bun", "deno", "ruby", "perl", "java"]
         .iter()
         .any(|i| exe.starts_with(i));
@@ -126,19 +126,79 @@ pub fn agent_name(args: &[String], executable: &str) -> String {
         let mut rest = args.iter().skip(1);
         while let Some(arg) = rest.next() {
             match arg.as_str() {
-                "-m" => return rest.next().map(|m| m.to_string()).unwrap_or(exe),
+                "-m" => return rest.next().map(|m| module_name(m)).unwrap_or(exe),
                 "-c" | "-e" | "--eval" => return exe,
                 "run" if exe == "deno" || exe == "bun" => continue,
+                // Interpreter flags whose value is the next argument, not the script.
+                "-r"
+                | "--require"
+                | "--import"
+                | "--loader"
+                | "--experimental-loader"
+                | "-W"
+                | "-X"
+                | "-C"
+                | "--conditions"
+                | "--title" => {
+                    rest.next();
+                }
                 a if a.starts_with('-') => continue,
-                script => return base(script),
+                script => return script_name(script),
             }
         }
     }
     if exe.is_empty() {
-        base(executable)
+        file_stem(executable)
     } else {
         exe
     }
+}
+
+/// A file's name without its directory and extensions.
+fn file_stem(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split('.').next().unwrap_or(file).to_string()
+}
+
+/// Entry scripts named for their role, not their program.
+fn is_generic(name: &str) -> bool {
+    matches!(
+        name,
+        "cli" | "index" | "main" | "__main__" | "run" | "app" | "start" | "entry" | "bin"
+    )
+}
+
+/// The script's name, or when that is generic, its package's or project's: the nearest
+/// directory above it that is not part of a package's layout (`dist`, `lib`, `src`...).
+fn script_name(script: &str) -> String {
+    let name = file_stem(script);
+    if !is_generic(&name) {
+        return name;
+    }
+    let layout = [
+        "dist", "build", "lib", "src", "bin", "out", "esm", "cjs", "bundle", ".bin",
+    ];
+    for dir in script.rsplit('/').skip(1) {
+        match dir {
+            "" | "." | ".." | "node_modules" | "site-packages" | "dist-packages" => break,
+            d if d.starts_with('@') => break,
+            d if layout.contains(&d) => continue,
+            d => return d.to_string(),
+        }
+    }
+    name
+}
+
+/// `python -m aider.main` → `aider`: a module's generic last part gives way to its package.
+fn module_name(module: &str) -> String {
+    let mut parts = module.rsplit('.');
+    let last = parts.next().unwrap_or(module);
+    if is_generic(last) {
+        if let Some(package) = parts.next() {
+            return package.to_string();
+        }
+    }
+    module.to_string()
 }
 
 #[cfg(test)]
@@ -184,6 +244,80 @@ mod tests {
         assert!(l.lineage(me).len() >= 2, "the test runner has a parent");
     }
 
+    /// Agent CLIs as npm, npx, pnpm and pip install them, and as their users type them.
+    #[test]
+    fn agents_with_generic_entry_scripts_are_named_for_their_package() {
+        let name = |a: &[&str]| agent_name(&args(a), "/usr/bin/node");
+        assert_eq!(
+            name(&[
+                "node",
+                "/usr/local/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+                "-p",
+                "fix the failing test"
+            ]),
+            "claude-code"
+        );
+        assert_eq!(
+            name(&[
+                "node",
+                "--max-old-space-size=8192",
+                "/usr/local/lib/node_modules/@google/gemini-cli/dist/index.js",
+                "--yolo"
+            ]),
+            "gemini-cli"
+        );
+        assert_eq!(
+            name(&[
+                "node",
+                "/root/.npm/_npx/6f8a93c1d2b4e5f7/node_modules/@google/gemini-cli/dist/index.js"
+            ]),
+            "gemini-cli"
+        );
+        assert_eq!(
+            name(&[
+                "node",
+                "/home/me/.local/share/pnpm/global/5/.pnpm/@anthropic-ai+claude-code@1.0.98/\
+                 node_modules/@anthropic-ai/claude-code/cli.js"
+            ]),
+            "claude-code"
+        );
+        assert_eq!(
+            name(&[
+                "node",
+                "--require",
+                "/opt/otel/register.js",
+                "/home/me/code/research-bot/dist/index.js"
+            ]),
+            "research-bot"
+        );
+        // The command the user typed: the bin directory's link to cli.js.
+        assert_eq!(
+            name(&["node", "/usr/local/bin/claude", "-p", "hi"]),
+            "claude"
+        );
+        assert_eq!(
+            agent_name(
+                &args(&[
+                    "/usr/bin/python3",
+                    "/srv/venv/lib/python3.12/site-packages/aider/main.py"
+                ]),
+                "/usr/bin/python3.12"
+            ),
+            "aider"
+        );
+        assert_eq!(
+            agent_name(&args(&["python3", "-m", "aider.main"]), "python3"),
+            "aider"
+        );
+        assert_eq!(
+            agent_name(
+                &args(&["/srv/venv/bin/python", "/srv/venv/bin/aider"]),
+                "python3"
+            ),
+            "aider"
+        );
+    }
+
     #[test]
     fn agent_names() {
         assert_eq!(
@@ -194,6 +328,7 @@ mod tests {
             agent_name(&args(&["python3", "-m", "my_agent"]), "python3"),
             "my_agent"
         );
+        // Nothing better known than the script's own name.
         assert_eq!(agent_name(&args(&["node", "cli.js", "--x"]), "node"), "cli");
         assert_eq!(
             agent_name(&args(&["/usr/bin/codex", "exec"]), "codex"),
