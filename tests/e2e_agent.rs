@@ -545,3 +545,161 @@ async fn an_agent_launched_by_a_tool_nests_its_run_under_that_tool() -> Result<(
     assert!(inner.span.end_time_unix_nano <= outer_tool.span.end_time_unix_nano);
     Ok(())
 }
+
+/// Credentials an agent takes on its command line, and hands to its tool's shell, never leave
+/// the host; the console draws the tool's processes under it, one line each. A real Python agent
+/// is started with a positional key, a keyed Gemini URL and JSON settings holding a key; its tool
+/// runs a multi-line bash script that pipes through tee (which ends before its bash) and runs a
+/// real curl with a password, a bearer token and a key in its URL's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_secrets_never_leave_and_the_console_draws_each_process_under_its_parent(
+) -> Result<()> {
+    const OPENAI_KEY: &str = "sk-proj-e2eDoNotExport0123456789abcdefABCDEF";
+    const GEMINI_KEY: &str = "AIzaSyE2eDoNotExport0123456789abcdefABC";
+    const CURL_KEY: &str = "AIzaSyE2eCurlDoNotExport0123456789abcdef";
+    const SETTINGS_SECRET: &str = "e2e-settings-secret-do-not-export";
+    const PASSWORD: &str = "e2e-curl-password-do-not-export";
+    const BEARER: &str = "e2e-bearer-token-do-not-export";
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let python = python::venv_python()?;
+    let model_api = mock_openai::start(&e2e::certs_dir()).await?;
+    let tool_api = mock_openai::start_plain().await?;
+    let receiver = otlp::start_grpc().await?;
+    let running = tracer::start(
+        tracer_bin(),
+        "agent-secrets",
+        &[
+            "run",
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--console",
+            "always",
+            "--capture-content",
+        ],
+        &[],
+    )?;
+    // Never called: it only sits on the agent's command line.
+    let gemini_url = format!(
+        "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={GEMINI_KEY}"
+    );
+    let settings = serde_json::json!({"model": "agent-loop", "api_key": SETTINGS_SECRET});
+    let curl = serde_json::json!({"password": PASSWORD, "token": BEARER, "key": CURL_KEY});
+    let (pid, lines) = run_agent(
+        &python,
+        "secret_args_agent.py",
+        &[
+            model_api.base_url(),
+            format!("http://{}", tool_api.addr),
+            OPENAI_KEY.to_string(),
+            gemini_url,
+            settings.to_string(),
+            curl.to_string(),
+        ],
+        &model_api.cert_path,
+    )?;
+    assert_eq!(lines[1]["answer"], "The task ran.");
+    assert_eq!(lines[1]["steps"][0]["bash_exit"], 0);
+    assert_eq!(lines[1]["steps"][0]["stdout"][0], "agent-step");
+    let trace = run_trace(&receiver, pid, 8).await?;
+    let stopped = running.stop()?;
+    assert!(stopped.status.success(), "tracer: {}", stopped.stderr);
+
+    // Nothing secret in any byte exported or printed.
+    let exported = receiver.raw_bytes();
+    for secret in [
+        OPENAI_KEY,
+        GEMINI_KEY,
+        CURL_KEY,
+        SETTINGS_SECRET,
+        PASSWORD,
+        BEARER,
+    ] {
+        assert!(
+            !e2e::contains(&exported, secret.as_bytes()),
+            "{secret:?} was exported"
+        );
+        assert!(
+            !stopped.stdout.contains(secret),
+            "{secret:?} was printed:\n{}",
+            stopped.stdout
+        );
+    }
+
+    // What stays tells what ran.
+    let root = only(&trace, "invoke_agent secret_args_agent");
+    let command_line =
+        as_str(root.resource_attr("process.command_line")).context("the agent's command line")?;
+    assert!(
+        command_line.contains("secret_args_agent.py")
+            && command_line.contains(" REDACTED ")
+            && command_line.contains(":streamGenerateContent?alt=sse&key=REDACTED")
+            && command_line.contains(r#""api_key":"REDACTED""#)
+            && command_line.contains(r#""password":"REDACTED""#),
+        "{command_line}"
+    );
+    let tool = only(&trace, "execute_tool run_task");
+    let bash = only(&trace, "exec bash");
+    let tee = only(&trace, "exec tee");
+    let curl_exec = only(&trace, "exec curl");
+    assert_eq!(bash.span.parent_span_id, tool.span.span_id);
+    assert_eq!(tee.span.parent_span_id, bash.span.span_id);
+    assert_eq!(curl_exec.span.parent_span_id, bash.span.span_id);
+    assert!(tee.span.end_time_unix_nano <= bash.span.end_time_unix_nano);
+    let curl_args = as_strs(curl_exec.attr("process.command_args")).context("curl's args")?;
+    assert_eq!(
+        curl_args,
+        [
+            "curl".to_string(),
+            "-s".into(),
+            "-u".into(),
+            "alice:REDACTED".into(),
+            "-H".into(),
+            "Authorization: REDACTED".into(),
+            format!("http://{}/tool/lookup?alt=sse&key=REDACTED", tool_api.addr),
+        ]
+    );
+    let lookup = trace
+        .iter()
+        .find(|s| s.span.name == "GET" && s.span.parent_span_id == curl_exec.span.span_id)
+        .context("curl's call")?;
+    // The query, key and all, is not part of url.path.
+    assert_eq!(as_str(lookup.attr("url.path")), Some("/tool/lookup"));
+
+    // The console: the run's tree, every process under its parent, each on one line.
+    let out = &stopped.stdout;
+    let console: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains(&format!("▶ run secret_args_agent pid {pid}")))
+        .take_while(|l| !l.contains("■ run completed  secret_args_agent"))
+        .collect();
+    let line_of = |needle: &str| {
+        console
+            .iter()
+            .position(|l| l.contains(needle))
+            .with_context(|| format!("{needle:?} in the console:\n{out}"))
+    };
+    let indent = |i: usize| console[i].len() - console[i].trim_start().len();
+    let tool_at = line_of("├─ execute_tool run_task")?;
+    let bash_at = line_of("├─ exec bash")?;
+    let tee_at = line_of("├─ exec tee")?;
+    let curl_at = line_of("├─ exec curl")?;
+    assert!(
+        tool_at < bash_at && bash_at < tee_at && bash_at < curl_at,
+        "{out}"
+    );
+    assert_eq!(indent(bash_at), indent(tool_at) + 3, "{out}");
+    assert_eq!(indent(tee_at), indent(bash_at) + 3, "{out}");
+    assert_eq!(indent(curl_at), indent(bash_at) + 3, "{out}");
+    // The bash script's newlines are escaped on its one line, which is cut with its length.
+    let bash_line = console[bash_at];
+    assert!(
+        bash_line.contains(" | tee ")
+            && bash_line.contains("\\ncurl -s -u 'alice:REDACTED' -H 'Authorization: REDACTED'")
+            && bash_line.contains(" chars)"),
+        "{bash_line}"
+    );
+    Ok(())
+}

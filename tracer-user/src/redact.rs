@@ -103,6 +103,11 @@ static FLAG_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     regex(r#"(^|\s)(--?[A-Za-z][A-Za-z0-9_.-]*)\s+('[^']*'|"[^"]*"|[^\s'"-][^\s'"]*)"#)
 });
 
+/// `curl -u user:pass` inside one argument (a `bash -c` line).
+static USER_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
+    regex(r#"(^|\s)(-u|-U|--user|--proxy-user)(\s*|=)('[^']*'|"[^"]*"|[^\s'"]+)"#)
+});
+
 /// `Name:` as an HTTP header is given on a command line (`-H 'Authorization: ...'`); its value
 /// runs to the end of the argument or its quote.
 static HEADER_NAME: LazyLock<Regex> =
@@ -174,6 +179,21 @@ pub fn redact_text(text: &str) -> Cow<'_, str> {
         })
     });
     out = apply(out, redact_headers);
+    out = apply(out, |t| {
+        USER_PASSWORD.replace_all(t, |c: &Captures| {
+            let value = &c[4];
+            let quote = ["'", "\""]
+                .into_iter()
+                .find(|q| value.len() >= 2 && value.starts_with(q) && value.ends_with(q))
+                .unwrap_or("");
+            let inner = &value[quote.len()..value.len() - quote.len()];
+            if !inner.contains(':') {
+                return c[0].to_string();
+            }
+            let redacted = redact_user_password(inner);
+            format!("{}{}{}{quote}{redacted}{quote}", &c[1], &c[2], &c[3])
+        })
+    });
     out = apply(out, |t| replace_named(&ASSIGNMENT, t, 3, |c| !named(c, 2)));
     out = apply(out, |t| replace_named(&FLAG_VALUE, t, 3, |c| !named(c, 2)));
     out = apply(out, |t| BEARER.replace_all(t, format!("Bearer {REDACTED}")));
@@ -420,13 +440,13 @@ mod tests {
                     "bash",
                     "-c",
                     "-l",
-                    "OPENAI_API_KEY=k1 python a.py --api-key k2 && curl -H 'x-api-key: k3' -d '{\"password\": \"k4\"}' 'http://h/p?token=k5' | tee out",
+                    "OPENAI_API_KEY=k1 python a.py --api-key k2 && curl -u 'al:pw' -H 'x-api-key: k3' -d '{\"password\": \"k4\"}' 'http://h/p?token=k5' | tee out",
                 ]),
                 s(&[
                     "bash",
                     "-c",
                     "-l",
-                    "OPENAI_API_KEY=REDACTED python a.py --api-key REDACTED && curl -H 'x-api-key: REDACTED' -d '{\"password\": \"REDACTED\"}' 'http://h/p?token=REDACTED' | tee out",
+                    "OPENAI_API_KEY=REDACTED python a.py --api-key REDACTED && curl -u 'al:REDACTED' -H 'x-api-key: REDACTED' -d '{\"password\": \"REDACTED\"}' 'http://h/p?token=REDACTED' | tee out",
                 ]),
             ),
             (
