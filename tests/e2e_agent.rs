@@ -683,9 +683,10 @@ async fn command_line_secrets_never_leave_and_the_console_draws_each_process_und
     };
     let indent = |i: usize| console[i].len() - console[i].trim_start().len();
     let tool_at = line_of("├─ execute_tool run_task")?;
-    let bash_at = line_of("├─ exec bash")?;
-    let tee_at = line_of("├─ exec tee")?;
-    let curl_at = line_of("├─ exec curl")?;
+    // Needles only this run's processes match: other tracers' agents may share the console.
+    let bash_at = line_of("├─ exec bash  bash -c (echo agent-step; exit 3) | tee ")?;
+    let tee_at = line_of("/task.log  exit 0")?;
+    let curl_at = line_of("├─ exec curl  curl -s -u alice:REDACTED -H Authorization: REDACTED")?;
     assert!(
         tool_at < bash_at && bash_at < tee_at && bash_at < curl_at,
         "{out}"
