@@ -266,7 +266,8 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
     let mut next_is_user_password = false;
     let mut next_is_script = false;
     for arg in args {
-        if std::mem::take(&mut next_is_secret) {
+        // A secret flag's value, unless the flag was a switch followed by another flag.
+        if std::mem::take(&mut next_is_secret) && !arg.starts_with('-') {
             out.push(REDACTED.to_string());
             continue;
         }
@@ -484,6 +485,7 @@ mod tests {
             ]),
             s(&["git", "log", "--author", "alice", "--format=%H %s"]),
             s(&["sh", "-c", "echo agent-step; exit 3"]),
+            s(&["server", "--no-auth", "--port", "8080"]),
             s(&["curl", "-s", "http://127.0.0.1:8080/tool/lookup?q=1&page=2"]),
         ] {
             assert_eq!(redact_args(&args), args);
