@@ -36,8 +36,10 @@ struct Trees {
     /// Spans waiting for their parent to be drawn, by that parent, in the order they came.
     waiting: HashMap<[u8; 8], Vec<Arc<Span>>>,
     waiting_count: usize,
-    /// Run roots seen as parents of their steps (drawn last, as the run's summary).
-    roots: HashSet<[u8; 8]>,
+    /// Each trace's run root, learnt from its first model call or tool (the root itself comes
+    /// last, as the run's summary). Steps of a sub-agent's run in the same trace hang from
+    /// their own root, which waits like any span.
+    run_roots: HashMap<[u8; 16], [u8; 8]>,
     runs_shown: HashSet<[u8; 16]>,
     /// Runs whose summary was drawn: what comes for them later is drawn at once.
     runs_ended: HashSet<[u8; 16]>,
@@ -57,7 +59,7 @@ impl Trees {
     fn render(&mut self, span: Arc<Span>, style: &Style) -> String {
         if self.depth.len() > MAX_TREE_SPANS || self.runs_ended.len() > MAX_TREE_SPANS {
             self.depth.clear();
-            self.roots.clear();
+            self.run_roots.clear();
             self.runs_shown.clear();
             self.runs_ended.clear();
         }
@@ -69,7 +71,7 @@ impl Trees {
                 text.push_str(&run_summary(&span, style));
                 self.runs_shown.remove(&span.trace_id);
                 self.runs_ended.insert(span.trace_id);
-                self.roots.remove(&span.span_id);
+                self.run_roots.remove(&span.trace_id);
                 self.last_pid = None;
             } else {
                 if self.last_pid != Some(span.process.pid) {
@@ -85,9 +87,18 @@ impl Trees {
         if let Some(depth) = self.depth.get(&parent) {
             let depth = depth + 1;
             self.draw(span, depth, style, &mut text);
-        } else if is_run_step(&span) || self.roots.contains(&parent) {
-            self.roots.insert(parent);
+        } else if self.run_roots.get(&span.trace_id) == Some(&parent) {
             self.draw(span, 1, style, &mut text);
+        } else if is_run_step(&span) && !self.run_roots.contains_key(&span.trace_id) {
+            self.run_roots.insert(span.trace_id, parent);
+            self.draw(span, 1, style, &mut text);
+            // What came before the run's first step and hangs from its root.
+            if let Some(children) = self.waiting.remove(&parent) {
+                self.waiting_count -= children.len();
+                for child in children {
+                    self.draw(child, 1, style, &mut text);
+                }
+            }
         } else if self.runs_ended.contains(&span.trace_id)
             || self.waiting_count >= MAX_WAITING_SPANS
         {
@@ -320,7 +331,10 @@ fn span_line(span: &Span, style: &Style) -> String {
             parts.push(style.paint("32", "exit 0"));
         }
     }
+    let exited = span.attr("process.exit.code").is_some();
     match (&span.status, text(span, "http.response.status_code")) {
+        // A process's failure is its exit status, shown already.
+        (SpanStatus::Error(_), None) if exited => {}
         (SpanStatus::Error(_), status) => {
             let what = text(span, "error.type").unwrap_or_default();
             let status = status.map(|s| format!("{s} ")).unwrap_or_default();
@@ -435,15 +449,18 @@ mod tests {
     fn exec(id: u8, parent: u8, code: i64, args: &[&str]) -> Arc<Span> {
         let name = format!("exec {}", args[0]);
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Arc::new(span(
-            &name,
-            id,
-            Some(parent),
-            vec![
-                ("process.exit.code", code.into()),
-                ("process.command_args", args.into()),
-            ],
-        ))
+        let mut attributes: Vec<(&'static str, AttrValue)> = vec![
+            ("process.exit.code", code.into()),
+            ("process.command_args", args.into()),
+        ];
+        let mut exec = span(&name, id, Some(parent), Vec::new());
+        if code != 0 {
+            // As the agent reports a failed process.
+            attributes.push(("error.type", code.to_string().into()));
+            exec.status = SpanStatus::Error(format!("exit status {code}"));
+        }
+        exec.attributes = attributes;
+        Arc::new(exec)
     }
 
     fn summary() -> Arc<Span> {
@@ -524,6 +541,63 @@ mod tests {
              ■ run completed  bot  1 calls  $0.001500  2ms\n"
         );
         assert!(trees.waiting.is_empty());
+    }
+
+    /// A sub-agent launched by a tool runs in the same trace; its steps come before its root,
+    /// which hangs from the process the tool spawned. They are drawn under that root.
+    #[test]
+    fn a_sub_agents_steps_are_drawn_under_its_own_root() {
+        let style = Style { color: false };
+        let mut trees = Trees::default();
+        let inner = |name: &str, id: u8, op: &str| {
+            Arc::new(span(
+                name,
+                id,
+                Some(5),
+                vec![("gen_ai.operation.name", op.into())],
+            ))
+        };
+        let mut out = String::new();
+        out += &trees.render(step("chat m", 2, "chat"), &style);
+        out += &trees.render(step("execute_tool t", 3, "execute_tool"), &style);
+        out += &trees.render(exec(4, 3, 0, &["python", "sub.py"]), &style);
+        for span in [
+            inner("chat s", 6, "chat"),
+            inner("execute_tool u", 7, "execute_tool"),
+            exec(8, 7, 0, &["sh", "-c", "x"]),
+            inner("chat s", 9, "chat"),
+        ] {
+            assert_eq!(
+                trees.render(span, &style),
+                "",
+                "waits for the sub-agent's root"
+            );
+        }
+        out += &trees.render(
+            Arc::new(span(
+                "invoke_agent sub",
+                5,
+                Some(4),
+                vec![("gen_ai.operation.name", "invoke_agent".into())],
+            )),
+            &style,
+        );
+        out += &trees.render(step("chat m", 10, "chat"), &style);
+        out += &trees.render(summary(), &style);
+        assert_eq!(
+            out,
+            "▶ run bot pid 9\n\
+             \x20  ├─ chat m  2ms\n\
+             \x20  ├─ execute_tool t  2ms\n\
+             \x20     ├─ exec python  python sub.py  exit 0  2ms\n\
+             \x20        ├─ invoke_agent sub  2ms\n\
+             \x20           ├─ chat s  2ms\n\
+             \x20           ├─ execute_tool u  2ms\n\
+             \x20              ├─ exec sh  sh -c x  exit 0  2ms\n\
+             \x20           ├─ chat s  2ms\n\
+             \x20  ├─ chat m  2ms\n\
+             ■ run completed  bot  1 calls  $0.001500  2ms\n"
+        );
     }
 
     /// Claude Code and Gemini CLI run tools through multi-line shell wrappers.
