@@ -5,8 +5,9 @@
 //! whole tree: root → chat → execute_tool (exec of the shell, HTTP call beneath) → chat.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -587,19 +588,46 @@ async fn command_line_secrets_never_leave_and_the_console_draws_each_process_und
     );
     let settings = serde_json::json!({"model": "agent-loop", "api_key": SETTINGS_SECRET});
     let curl = serde_json::json!({"password": PASSWORD, "token": BEARER, "key": CURL_KEY});
-    let (pid, lines) = run_agent(
-        &python,
-        "secret_args_agent.py",
-        &[
+    // The agent stays until its stdin closes: the tracer reads its command line from /proc
+    // when its first call is processed, which a loaded host may do after a quick agent exited.
+    let mut agent = Command::new(&python)
+        .arg(client_script("secret_args_agent.py"))
+        .args([
             model_api.base_url(),
             format!("http://{}", tool_api.addr),
             OPENAI_KEY.to_string(),
             gemini_url,
             settings.to_string(),
             curl.to_string(),
-        ],
-        &model_api.cert_path,
-    )?;
+        ])
+        .env("SSL_CERT_FILE", &model_api.cert_path)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the agent")?;
+    let mut agent_out = BufReader::new(agent.stdout.take().context("the agent's stdout")?);
+    let mut lines: Vec<Value> = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        agent_out.read_line(&mut line)?;
+        lines
+            .push(serde_json::from_str(&line).with_context(|| format!("the agent said {line:?}"))?);
+    }
+    let pid = lines[0]["pid"].as_u64().context("the agent's pid")? as u32;
+    receiver
+        .wait_for("the agent's first model call", SPAN_WAIT, |s| {
+            s.iter().any(|s| {
+                as_int(s.resource_attr("process.pid")) == Some(pid as i64)
+                    && s.span.name.starts_with("chat")
+            })
+        })
+        .await?;
+    drop(agent.stdin.take());
+    assert!(agent.wait()?.success(), "the agent failed");
     assert_eq!(lines[1]["answer"], "The task ran.");
     assert_eq!(lines[1]["steps"][0]["bash_exit"], 0);
     assert_eq!(lines[1]["steps"][0]["stdout"][0], "agent-step");

@@ -47,3 +47,5 @@ while True:
         steps.append({"tool_call_id": call.id, "bash_exit": done.returncode, "stdout": lines})
         messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
 print(json.dumps({"answer": message.content, "steps": steps}), flush=True)
+# Stays until the test closes stdin: a quick agent may be gone before a loaded tracer reads it.
+sys.stdin.read()
