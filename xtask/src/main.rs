@@ -6,6 +6,7 @@ mod bench;
 mod fuzz;
 mod setup;
 mod util;
+mod vmtest;
 
 use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
@@ -51,6 +52,9 @@ enum Command {
     /// Measure the tracer's overhead (HTTPS client loops from Python, node and Go; syscalls of
     /// unrelated processes) and record it in BENCHMARKS.md.
     Bench(bench::Args),
+    /// Boot Debian's kernel packages (5.10, 6.1, 6.12) under QEMU and run the kernel smoke suite
+    /// inside each: `cargo xtask vmtest --kernel 6.1`.
+    Vmtest(vmtest::Args),
     /// Run the cargo fuzz targets in fuzz/ (nightly): `cargo xtask fuzz --seconds 600 http1`.
     Fuzz {
         /// Seconds per target.
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run(&args),
         Command::Test { args } => test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Vmtest(args) => vmtest::run(&args),
         Command::Fuzz { seconds, targets } => {
             setup::run(setup::Needs::Everything).and_then(|()| fuzz::run(seconds, &targets))
         }

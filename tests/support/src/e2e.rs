@@ -318,7 +318,7 @@ pub fn free_port() -> Result<u16> {
 /// connections.
 pub async fn start_listening(mut command: Command, port: u16) -> Result<ChildServer> {
     let server = ChildServer(command.spawn().context("starting the server")?);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + crate::patience(std::time::Duration::from_secs(30));
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if std::time::Instant::now() > deadline {
             bail!("the server did not listen on port {port} within 30 s");

@@ -21,6 +21,18 @@ pub mod tls;
 pub mod tracer;
 
 /// The workspace's target directory (where venvs and generated certificates live).
+/// `d` stretched by `AGENT_TRACER_TEST_SLOWDOWN` (a whole factor, default 1): the kernel smoke
+/// suite runs these tests in guests under software emulation (`cargo xtask vmtest`), several
+/// times slower than here, where the same waits would time out before anything went wrong.
+pub fn patience(d: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var("AGENT_TRACER_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|f| f.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d.saturating_mul(factor)
+}
+
 pub fn target_dir() -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return dir.into();

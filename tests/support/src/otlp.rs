@@ -184,6 +184,7 @@ impl OtlpReceiver {
         timeout: Duration,
         pred: impl Fn(&Self) -> bool,
     ) -> Result<()> {
+        let timeout = crate::patience(timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         while !pred(self) {
             if tokio::time::Instant::now() > deadline {
@@ -237,6 +238,7 @@ impl OtlpReceiver {
         timeout: Duration,
         pred: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Result<Vec<ReceivedSpan>> {
+        let timeout = crate::patience(timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let spans = self.spans();

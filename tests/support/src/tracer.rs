@@ -77,7 +77,8 @@ pub fn start(
         stdout,
         stderr,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let patience = crate::patience(Duration::from_secs(60));
+    let deadline = Instant::now() + patience;
     loop {
         let err = std::fs::read_to_string(&tracer.stderr).unwrap_or_default();
         if err.contains("tracer ready") {
@@ -88,7 +89,7 @@ pub fn start(
         }
         if Instant::now() > deadline {
             let _ = tracer.child.kill();
-            bail!("agent-tracer not ready after 60 s:\n{err}");
+            bail!("agent-tracer not ready after {patience:?}:\n{err}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -116,7 +117,7 @@ impl RunningTracer {
     pub fn stop(mut self) -> Result<TracerOutput> {
         // Safety: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(30));
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
