@@ -131,14 +131,15 @@ fn span_with_response_id<'a>(spans: &'a [ReceivedSpan], id: &str) -> Vec<&'a Rec
         .collect()
 }
 
-/// Waits until every call the mock served has its span and the run's root is exported; returns
-/// everything received by then.
+/// Waits until every call the mock served has its span and the runs' roots are exported (the
+/// loop's and one for each side request); returns everything received by then.
 async fn wait_for_run(
     receiver: &OtlpReceiver,
     served: &[ServedCall],
     pids: &BTreeSet<i64>,
 ) -> Result<Vec<ReceivedSpan>> {
     let wanted: Vec<String> = served.iter().map(|c| c.response_id.clone()).collect();
+    let roots = 1 + served.iter().filter(|c| c.step == "side").count();
     receiver
         .wait_for(
             "a span for each call and the run's root",
@@ -147,7 +148,7 @@ async fn wait_for_run(
                 wanted
                     .iter()
                     .all(|id| !span_with_response_id(spans, id).is_empty())
-                    && spans.iter().any(|s| is_root(s, pids))
+                    && spans.iter().filter(|s| is_root(s, pids)).count() >= roots
             },
         )
         .await
@@ -213,7 +214,7 @@ fn gemini_expected(call: &ServedCall) -> Expected {
 fn check_calls(
     spans: &[ReceivedSpan],
     served: &[ServedCall],
-    root: &ReceivedSpan,
+    runs: &Runs,
     expected: fn(&ServedCall) -> Expected,
 ) {
     for call in served {
@@ -226,10 +227,19 @@ fn check_calls(
         );
         let span = found[0];
         let what = format!("{} ({})", call.response_id, call.step);
-        assert_eq!(
-            span.span.trace_id, root.span.trace_id,
-            "{what} is in the run"
-        );
+        if call.step == "side" {
+            assert!(
+                runs.side
+                    .iter()
+                    .any(|r| r.span.trace_id == span.span.trace_id),
+                "{what} is a run of its own"
+            );
+        } else {
+            assert_eq!(
+                span.span.trace_id, runs.agent_loop.span.trace_id,
+                "{what} is in the loop's run"
+            );
+        }
         assert_eq!(
             as_str(span.attr("gen_ai.request.model")),
             Some(call.request_model.as_str()),
@@ -281,21 +291,50 @@ fn check_calls(
     }
 }
 
-/// The run's one root, completed.
-fn check_root<'a>(spans: &'a [ReceivedSpan], pids: &BTreeSet<i64>) -> &'a ReceivedSpan {
+/// The roots of what the agent did: its tool loop's run, and a run for each side request.
+struct Runs<'a> {
+    agent_loop: &'a ReceivedSpan,
+    side: Vec<&'a ReceivedSpan>,
+}
+
+/// One `invoke_agent` root for the agent's tool loop, completed. A side request outside the
+/// loop (Gemini CLI's model-routing classifier: another system prompt, no tools) is by the
+/// tracer's definition a conversation, so a run, of its own: one more completed root each,
+/// and no other.
+fn check_roots<'a>(
+    spans: &'a [ReceivedSpan],
+    pids: &BTreeSet<i64>,
+    served: &[ServedCall],
+) -> Runs<'a> {
     let roots: Vec<&ReceivedSpan> = spans.iter().filter(|s| is_root(s, pids)).collect();
+    let side_calls = served.iter().filter(|c| c.step == "side").count();
     assert_eq!(
         roots.len(),
-        1,
-        "one invoke_agent root for the run (pids {pids:?}): {roots:#?}"
+        1 + side_calls,
+        "one invoke_agent root for the tool loop and one for each of {side_calls} side \
+         requests (pids {pids:?}): {roots:#?}"
     );
-    let root = roots[0];
-    assert_eq!(
-        as_str(root.attr("agent_tracer.run.outcome")),
-        Some("completed"),
-        "{root:#?}"
-    );
-    root
+    for root in &roots {
+        assert_eq!(
+            as_str(root.attr("agent_tracer.run.outcome")),
+            Some("completed"),
+            "{root:#?}"
+        );
+    }
+    let in_loop = |root: &&ReceivedSpan| {
+        served.iter().filter(|c| c.step != "side").all(|c| {
+            span_with_response_id(spans, &c.response_id)
+                .iter()
+                .all(|s| s.span.trace_id == root.span.trace_id)
+        })
+    };
+    let (loops, side): (Vec<&ReceivedSpan>, Vec<&ReceivedSpan>) =
+        roots.into_iter().partition(in_loop);
+    assert_eq!(loops.len(), 1, "one run holds the whole loop: {loops:#?}");
+    Runs {
+        agent_loop: loops[0],
+        side,
+    }
 }
 
 /// The tool's span (a child of the root, for the call the model asked for) and, beneath it,
@@ -423,10 +462,11 @@ async fn claude_code_tool_loop_is_traced_call_by_call() -> Result<()> {
     let spans = spans.with_context(|| format!("tracer log:\n{}", stopped.stderr))?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
-    let root = check_root(&spans, &pids);
+    let runs = check_roots(&spans, &pids, &served);
+    let root = runs.agent_loop;
     assert_eq!(as_str(root.attr("gen_ai.provider.name")), Some("anthropic"));
+    check_calls(&spans, &served, &runs, anthropic_expected);
     let trace = of_trace(&spans, &root.span.trace_id);
-    check_calls(&trace, &served, root, anthropic_expected);
     check_tool(
         &trace,
         root,
@@ -520,13 +560,14 @@ async fn gemini_cli_tool_loop_is_traced_call_by_call() -> Result<()> {
     let spans = spans.with_context(|| format!("tracer log:\n{}", stopped.stderr))?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
-    let root = check_root(&spans, &pids);
+    let runs = check_roots(&spans, &pids, &served);
+    let root = runs.agent_loop;
     assert_eq!(
         as_str(root.attr("gen_ai.provider.name")),
         Some("gcp.gemini")
     );
+    check_calls(&spans, &served, &runs, gemini_expected);
     let trace = of_trace(&spans, &root.span.trace_id);
-    check_calls(&trace, &served, root, gemini_expected);
     check_tool(&trace, root, GEMINI_CLI_TOOL, None);
     check_no_key(
         &traced.receiver,
