@@ -1,7 +1,7 @@
 //! The real coding agents, unmodified, from the npm registry at the versions pinned in
 //! tests/support/real-agents.txt (installed once into the user's cache by `cargo xtask setup`
-//! or by the first test that needs them): Claude Code (a stripped Bun executable with BoringSSL
-//! linked in, Anthropic Messages streamed over SSE) and Gemini CLI (node relaunching itself as
+//! or by the first test that needs them): Claude Code (a Bun executable with BoringSSL linked in
+//! and no TLS symbols, Anthropic Messages streamed over SSE) and Gemini CLI (node relaunching itself as
 //! a child node, `streamGenerateContent` over SSE). Each runs one complete tool loop against
 //! the project's mock model API over HTTPS (tests/support/src/mock_agents.rs): the model asks
 //! for a shell command, the agent really runs it, the model's final text quotes its output and
@@ -11,8 +11,9 @@
 //!
 //! For every model call the mock served the trace must hold one span with that call's response
 //! id, request and response model, exact token counts and no error; the tool's `execute_tool`
-//! span with the `exec` of the command beneath it; one `invoke_agent` root for the run, its
-//! outcome `completed`; and the fake API key nowhere in the exported bytes or the console.
+//! span with the `exec` of the command beneath it; one `invoke_agent` root for the tool loop
+//! (and one for each side request outside it), every outcome `completed`; and the fake API key
+//! nowhere in the exported bytes, the console or the tracer's log.
 //!
 //! `cargo xtask test --latest-agents` runs these against each agent's newest release.
 
