@@ -696,7 +696,8 @@ mod tests {
                 0x500..0x600
             ]
         );
-        assert_eq!(merge_bounds(Vec::new(), vec![1..2]), vec![1..2]);
+        let only_calls = vec![1..2, 2..5];
+        assert_eq!(merge_bounds(Vec::new(), only_calls.clone()), only_calls);
     }
 
     const BASE: u64 = 0x40_0000;
