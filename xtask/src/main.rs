@@ -45,6 +45,10 @@ enum Command {
     },
     /// Set up, then check formatting, run clippy and run every test (what CI runs).
     Test {
+        /// Only the real-agent tests (tests/e2e_real_agents.rs, tests/e2e_codex.rs), against
+        /// each agent's newest release on npm instead of the pinned one.
+        #[arg(long)]
+        latest_agents: bool,
         /// Extra arguments for `cargo test`, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -71,7 +75,11 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(setup::Needs::Everything),
         Command::Build { release } => build(release),
         Command::Run { args } => run(&args),
-        Command::Test { args } => test(&args),
+        Command::Test {
+            latest_agents: true,
+            args,
+        } => test_latest_agents(&args),
+        Command::Test { args, .. } => test(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Vmtest(args) => vmtest::run(&args),
         Command::Fuzz { seconds, targets } => {
@@ -160,6 +168,42 @@ fn run_counting_tests(cmd: &mut std::process::Command, totals: &mut TestTotals) 
         bail!("`{}` failed ({status})", util::describe(cmd));
     }
     Ok(())
+}
+
+/// The test files that run real agents from npm; `--latest-agents` runs only these.
+const REAL_AGENT_TESTS: &[&str] = &["e2e_real_agents", "e2e_codex"];
+
+/// The real-agent tests against each agent's newest release: the installers (setup's and the
+/// testkit's) read `AGENT_TRACER_LATEST_AGENTS` and install `@latest` instead of the pinned
+/// version, into its own `<package>@<version>` directory.
+fn test_latest_agents(extra: &[String]) -> Result<()> {
+    // Read by setup (this process) and by the tests (its children).
+    std::env::set_var(setup::LATEST_AGENTS_ENV, "1");
+    setup::run(setup::Needs::Everything)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "tracer-user", "--no-fail-fast"]);
+    // A file another branch adds may not be here yet: name only the ones that exist.
+    for test in REAL_AGENT_TESTS {
+        if util::root()
+            .join("tests")
+            .join(format!("{test}.rs"))
+            .exists()
+        {
+            cmd.args(["--test", test]);
+        }
+    }
+    cmd.args(extra);
+    util::header(&format!(
+        "tests against the newest agents: {}",
+        util::describe(&cmd)
+    ));
+    let mut totals = TestTotals::default();
+    let result = run_counting_tests(&mut cmd, &mut totals);
+    println!(
+        "\ntests: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    result
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -32,6 +32,83 @@ pub fn run(needs: Needs) -> Result<()> {
     test_tools(needs == Needs::Everything)?;
     if needs == Needs::Everything {
         cargo_fuzz()?;
+        real_agents()?;
+    }
+    Ok(())
+}
+
+/// The real agents the end-to-end tests run, pinned in this list (the testkit's installer
+/// reads the same file and installs whatever is missing itself, so a test run alone works).
+const REAL_AGENTS: &str = include_str!("../../tests/support/real-agents.txt");
+/// Set (to anything but `0`): install each agent's newest release instead of the pinned one.
+pub const LATEST_AGENTS_ENV: &str = "AGENT_TRACER_LATEST_AGENTS";
+
+/// Where the testkit keeps them: outside target/, so `cargo clean` does not throw away
+/// hundreds of MB of downloads.
+fn real_agents_dir() -> Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(cache.join("agent-tracer-tests").join("agents"))
+}
+
+/// Installs each agent of `real-agents.txt` into `<cache>/<package>@<version>` with npm unless
+/// its executable is already there.
+fn real_agents() -> Result<()> {
+    let latest = std::env::var(LATEST_AGENTS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+    let root = real_agents_dir()?;
+    for line in REAL_AGENTS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [name, package, pinned, executable] = fields[..] else {
+            bail!("real-agents.txt: expected `name package version executable`, got {line:?}");
+        };
+        if which("npm").is_none() {
+            println!(
+                "warning: npm is missing: the real-agent tests will fail (install Node.js and npm)"
+            );
+            return Ok(());
+        }
+        let version = if latest {
+            output_of(Command::new("npm").args(["view", package, "version"]))?
+                .trim()
+                .to_string()
+        } else {
+            pinned.to_string()
+        };
+        let dir = root.join(format!("{package}@{version}"));
+        if dir.join("node_modules").join(executable).exists() {
+            println!("{name} {version}: present");
+            continue;
+        }
+        fs::create_dir_all(&dir)?;
+        // The same install as the testkit's (tests/support/src/npm.rs): no lifecycle scripts,
+        // run from the install directory so npm finds no other project.
+        let mut npm = Command::new("npm");
+        npm.current_dir(&dir)
+            .args([
+                "install",
+                "--no-save",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+            ])
+            .arg("--prefix")
+            .arg(&dir)
+            .arg(format!("{package}@{version}"));
+        println!(
+            "{name} {version}: installing ({})",
+            crate::util::describe(&npm)
+        );
+        run_checked(&mut npm)?;
+        ensure!(
+            dir.join("node_modules").join(executable).exists(),
+            "npm installed {package}@{version} without {executable}"
+        );
     }
     Ok(())
 }

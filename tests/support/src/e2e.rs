@@ -168,10 +168,16 @@ impl HeldClient {
     /// Lets the client go (a line on its stdin, then EOF); returns its pid and all it printed,
     /// once it exited 0.
     pub async fn release(self) -> Result<(u32, String)> {
+        self.release_with(b"go\n").await
+    }
+
+    /// [`release`](Self::release) with `input` as what the client reads (a prompt, a request).
+    pub async fn release_with(self, input: &[u8]) -> Result<(u32, String)> {
         let Self { mut child, what } = self;
         let pid = child.id();
+        let input = input.to_vec();
         tokio::task::spawn_blocking(move || {
-            child.stdin.take().context("stdin")?.write_all(b"go\n")?;
+            child.stdin.take().context("stdin")?.write_all(&input)?;
             let mut stdout = String::new();
             child
                 .stdout

@@ -43,6 +43,9 @@ pub struct ReceivedRequest {
     pub model: Option<String>,
     pub stream: bool,
     pub authorization: Option<String>,
+    pub user_agent: Option<String>,
+    /// What a scripted agent loop (mock_agents.rs) answered, when this was one of its calls.
+    pub served: Option<crate::mock_agents::ServedCall>,
 }
 
 pub struct MockOpenAi {
@@ -306,6 +309,11 @@ pub(crate) async fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let user_agent = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -323,6 +331,8 @@ pub(crate) async fn handle(
         .and_then(Value::as_str)
         .map(str::to_string);
     let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    // Real agents' tool loops (mock_agents.rs), recognised by their User-Agent.
+    let scripted = crate::mock_agents::respond(&path, user_agent.as_deref(), &json);
     if let Ok(mut r) = requests.lock() {
         r.push(ReceivedRequest {
             path: path.clone(),
@@ -330,7 +340,12 @@ pub(crate) async fn handle(
             model: model.clone(),
             stream,
             authorization,
+            user_agent,
+            served: scripted.as_ref().and_then(|s| s.served.clone()),
         });
+    }
+    if let Some(scripted) = scripted {
+        return Ok(scripted.response);
     }
     // Other providers' APIs on the same server (mock_providers.rs).
     if let Some(response) = crate::mock_providers::respond(&path, &json) {

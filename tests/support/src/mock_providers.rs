@@ -103,7 +103,7 @@ pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
     None
 }
 
-fn json_response(v: Value) -> Response<Body> {
+pub(crate) fn json_response(v: Value) -> Response<Body> {
     full(
         StatusCode::OK,
         "application/json",
@@ -113,7 +113,7 @@ fn json_response(v: Value) -> Response<Body> {
 }
 
 /// A body sent as these frames, `STREAM_EVENT_GAP` apart.
-fn streamed(content_type: &str, frames: Vec<String>) -> Response<Body> {
+pub(crate) fn streamed(content_type: &str, frames: Vec<String>) -> Response<Body> {
     streamed_with(
         content_type,
         &[],

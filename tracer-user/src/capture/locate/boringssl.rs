@@ -114,7 +114,8 @@ pub fn locate(image: &Image<'_>) -> Result<Option<BoringSslHooks>, BoringLocateE
 /// The entry in `locate::LOCATORS`, so results go through the shared on-disk cache.
 pub const LOCATOR: super::Locator = super::Locator {
     name: "boringssl",
-    version: 1,
+    // 2: function bounds where `.eh_frame` covers only part of the code (Claude Code).
+    version: 2,
     present: |data| memchr::memmem::find(data, SSL_LIB_FILE).is_some(),
     locate: locate_image,
 };
@@ -286,6 +287,17 @@ mod tests {
                 calls_read_impl: true,
             }
         );
+    }
+
+    #[test]
+    fn finds_them_in_claude_code_whose_unwind_table_covers_little_of_its_code() {
+        // Claude Code's native build is a Bun executable with a small `.eh_frame` (none of it
+        // for BoringSSL): function bounds there must still come from call targets.
+        let claude = tracer_testkit::real_agents::claude_code().unwrap();
+        let bun = tracer_testkit::bun::install(tracer_testkit::bun::CURRENT).unwrap();
+        let (_, meaning) = check_located(&claude.executable);
+        let (_, bun_meaning) = check_located(&bun);
+        assert_eq!(meaning, bun_meaning, "Claude Code {}", claude.version);
     }
 
     #[test]

@@ -342,7 +342,7 @@ impl<'a> Image<'a> {
         });
         if let Some(starts) = starts {
             // Only unset here (needs_call_targets); a concurrent set got the same answer.
-            let _ = self.functions.set(self.call_target_functions(starts));
+            let _ = self.functions.set(self.with_call_targets(starts));
         }
         found
     }
@@ -354,11 +354,25 @@ impl<'a> Image<'a> {
             return false;
         }
         let unwind = self.unwind_functions();
-        if unwind.is_empty() {
+        if !self.covers_most_code(&unwind) {
             return true;
         }
         let _ = self.functions.set(unwind);
         false
+    }
+
+    /// Whether unwind-table bounds cover most of the executable bytes. Some executables carry
+    /// `.eh_frame` for a small part of their code only (Claude Code's Bun build: 170 kB of
+    /// entries for 130 MB of code, none for BoringSSL); there the rest needs call targets.
+    fn covers_most_code(&self, functions: &[Range<u64>]) -> bool {
+        let code: u64 = self
+            .segments
+            .iter()
+            .filter(|s| s.executable)
+            .map(|s| s.file_size)
+            .sum();
+        let covered: u64 = functions.iter().map(|f| f.end - f.start).sum();
+        covered.saturating_mul(2) >= code
     }
 
     /// Decodes every executable segment from its start, calling `f` on each instruction.
@@ -460,7 +474,7 @@ impl<'a> Image<'a> {
     pub fn functions(&self) -> &[Range<u64>] {
         self.functions.get_or_init(|| {
             let f = self.unwind_functions();
-            if !f.is_empty() {
+            if self.covers_most_code(&f) {
                 return f;
             }
             let mut starts = Vec::new();
@@ -469,7 +483,7 @@ impl<'a> Image<'a> {
                     starts.push(to);
                 }
             });
-            self.call_target_functions(starts)
+            self.with_call_targets(starts)
         })
     }
 
@@ -540,6 +554,11 @@ impl<'a> Image<'a> {
     }
 
     /// Functions from the targets of every direct call, each running to the next one.
+    /// The unwind tables' bounds where they have entries, and call-target bounds elsewhere.
+    fn with_call_targets(&self, starts: Vec<u64>) -> Vec<Range<u64>> {
+        merge_bounds(self.unwind_functions(), self.call_target_functions(starts))
+    }
+
     fn call_target_functions(&self, mut starts: Vec<u64>) -> Vec<Range<u64>> {
         starts.retain(|a| self.is_code(*a));
         starts.sort_unstable();
@@ -550,6 +569,28 @@ impl<'a> Image<'a> {
             .map(|w| w[0]..w[1])
             .collect()
     }
+}
+
+/// `exact` bounds (sorted, from unwind tables) completed by `coarse` ones (sorted, from call
+/// targets) where `exact` has none: a coarse range starting inside an exact one is dropped, and
+/// one running into an exact one is cut where that starts.
+fn merge_bounds(exact: Vec<Range<u64>>, coarse: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    if exact.is_empty() {
+        return coarse;
+    }
+    let mut out = exact.clone();
+    for c in coarse {
+        let next = exact.partition_point(|e| e.start <= c.start);
+        if next > 0 && exact[next - 1].contains(&c.start) {
+            continue;
+        }
+        let end = exact.get(next).map_or(c.end, |e| e.start.min(c.end));
+        if c.start < end {
+            out.push(c.start..end);
+        }
+    }
+    out.sort_unstable_by_key(|r| (r.start, r.end));
+    out
 }
 
 /// The address an instruction refers to, and how.
@@ -640,6 +681,24 @@ fn eh_frame_hdr_address(data: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_target_bounds_fill_only_what_unwind_tables_leave_out() {
+        let exact = vec![0x100..0x180, 0x400..0x500];
+        let coarse = vec![0x80..0x120, 0x120..0x300, 0x300..0x450, 0x500..0x600];
+        assert_eq!(
+            merge_bounds(exact, coarse),
+            vec![
+                0x80..0x100,
+                0x100..0x180,
+                0x300..0x400,
+                0x400..0x500,
+                0x500..0x600
+            ]
+        );
+        let only_calls = vec![1..2, 2..5];
+        assert_eq!(merge_bounds(Vec::new(), only_calls.clone()), only_calls);
+    }
 
     const BASE: u64 = 0x40_0000;
     const CODE: u64 = 0x40_1000;
