@@ -3,6 +3,7 @@
 pub mod bun;
 pub mod c_client;
 pub mod cgroup;
+pub mod codex;
 pub mod deno;
 pub mod deploy_tools;
 pub mod e2e;

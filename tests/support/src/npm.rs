@@ -1,5 +1,6 @@
-//! Single-executable releases from the npm registry (Bun's and Deno's own packages), installed
-//! once under target/ and reused, guarded by a file lock: test binaries may run concurrently.
+//! Single-executable releases from the npm registry (Bun's, Deno's and Codex CLI's own
+//! packages), installed once under a root the caller chooses (target/, or a cache directory that
+//! outlives it) and reused, guarded by a file lock: test binaries may run concurrently.
 
 use std::{
     fs::File,
