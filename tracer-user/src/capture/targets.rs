@@ -307,7 +307,10 @@ pub fn analyse_cached(
         .unwrap_or(false);
     let mut skip = Vec::new();
     if imports_openssl_api || !analysis.stacks.is_empty() {
-        skip.extend(["openssl", "boringssl"]);
+        skip.extend([
+            super::locate::openssl::LOCATOR.name,
+            super::locate::boringssl::LOCATOR.name,
+        ]);
     }
     analysis.stacks.extend(inferred(path, &data, cache, &skip));
     if analysis.stacks.is_empty() && !imports_openssl_api {
