@@ -17,6 +17,7 @@ pub mod otlp;
 pub mod phoenix;
 pub mod prometheus;
 pub mod python;
+pub mod responses_loop;
 pub mod stripped;
 pub mod tls;
 pub mod tracer;
