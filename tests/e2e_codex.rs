@@ -242,6 +242,23 @@ async fn codex_tool_loop(transport: Transport) -> Result<()> {
         )
     })?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    // Which of Codex's two stacks carried the calls: the hooks whose first bytes were judged.
+    let codex_path = codex.display().to_string();
+    let trusted: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|l| l.contains("inferred TLS hook trusted") && l.contains(&codex_path))
+        .collect();
+    let through_openssl = trusted.iter().any(|l| l.contains("ssl_write_internal"));
+    assert_eq!(
+        through_openssl,
+        transport == Transport::SseOpenSsl,
+        "the transport's own stack carried it: {trusted:#?}"
+    );
+    assert!(
+        through_openssl || trusted.iter().any(|l| l.contains("seal")),
+        "rustls's record sealing was trusted: {trusted:#?}"
+    );
 
     // One run, completed.
     let roots: Vec<&ReceivedSpan> = all.iter().filter(|s| is_root_of(s, pid)).collect();
