@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::capture::{
     compat, mapped_paths,
-    targets::{is_tls_library_name, Analysis, FileId, HookMethod, TargetCache},
+    targets::{is_tls_library_name, Analysis, FileId, HookMethod, TargetCache, TlsStack},
 };
 
 /// What `check` found missing; empty when the tracer can run.
@@ -221,9 +221,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
             .unwrap_or_else(|_| pid.to_string());
         let mut found: BTreeSet<Found> = BTreeSet::new();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        if let Some(f) = analyse(&mut cache, &exe, true, "executable") {
-            found.insert(f);
-        }
+        found.extend(analyse(&mut cache, &exe, true, "executable"));
         let libraries: BTreeSet<&str> = mapped_paths(&maps)
             .filter(|p| {
                 Path::new(p)
@@ -238,9 +236,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or(lib);
-            if let Some(f) = analyse(&mut cache, &path, false, name) {
-                found.insert(f);
-            }
+            found.extend(analyse(&mut cache, &path, false, name));
         }
         for f in found {
             lines.push(format!(
@@ -281,39 +277,50 @@ struct Found {
     how: &'static str,
 }
 
-/// The stack an analysis found and how it is hooked: `symbol`, `inferred`, or `fallback` when a
-/// TLS stack is there but no hook could be placed (its traffic is reported encrypted-only).
-fn how_hooked(analysis: &Analysis) -> Option<(String, &'static str)> {
-    let hooked = !analysis.hooks.is_empty() || analysis.go.is_some();
-    let method = match analysis.method {
-        HookMethod::Symbol => "symbol",
-        HookMethod::Inferred => "inferred",
-    };
-    match (&analysis.stack, analysis.unsupported) {
-        (Some(stack), _) => Some((
-            format!("{stack:?}"),
-            if hooked { method } else { "fallback" },
-        )),
-        (None, Some(stack)) => Some((stack.to_string(), "fallback")),
-        (None, None) => None,
+/// Each stack an analysis found and how it is hooked: `symbol`, `inferred`, or `fallback` when a
+/// TLS stack is there but no hook could be placed (its traffic is reported encrypted-only). A
+/// binary carrying several stacks gets one entry per stack.
+fn how_hooked(analysis: &Analysis) -> Vec<(String, &'static str)> {
+    let mut found: Vec<(String, &'static str)> = analysis
+        .stacks
+        .iter()
+        .map(|s| {
+            let hooked = !s.hooks.is_empty() || (s.stack == TlsStack::Go && analysis.go.is_some());
+            let how = match (hooked, s.method) {
+                (false, _) => "fallback",
+                (true, HookMethod::Symbol) => "symbol",
+                (true, HookMethod::Inferred) => "inferred",
+            };
+            (format!("{:?}", s.stack), how)
+        })
+        .collect();
+    if let Some(stack) = analysis.unsupported {
+        found.push((stack.to_string(), "fallback"));
     }
+    found
 }
 
-fn analyse(cache: &mut TargetCache, path: &Path, executable: bool, place: &str) -> Option<Found> {
-    let id = FileId::of(path).ok()?;
-    let analysis = cache.get_or_analyse(id, path, executable).ok()?;
-    let (stack, how) = how_hooked(&analysis)?;
-    Some(Found {
-        stack,
-        place: place.to_string(),
-        how,
-    })
+fn analyse(cache: &mut TargetCache, path: &Path, executable: bool, place: &str) -> Vec<Found> {
+    let Ok(id) = FileId::of(path) else {
+        return Vec::new();
+    };
+    let Ok(analysis) = cache.get_or_analyse(id, path, executable) else {
+        return Vec::new();
+    };
+    how_hooked(&analysis)
+        .into_iter()
+        .map(|(stack, how)| Found {
+            stack,
+            place: place.to_string(),
+            how,
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::targets::TlsStack;
+    use crate::capture::targets::StackHooks;
 
     #[test]
     fn reads_the_effective_set() {
@@ -324,38 +331,51 @@ mod tests {
 
     #[test]
     fn hook_methods_and_fallback() {
-        let symbol = Analysis {
-            stack: Some(TlsStack::OpenSsl),
-            hooks: vec![crate::capture::targets::Hook {
-                program: "ssl_write".into(),
-                symbol: "SSL_write".into(),
-                offset: 1,
-            }],
+        let hook = crate::capture::targets::Hook {
+            program: "ssl_write".into(),
+            symbol: "SSL_write".into(),
+            offset: 1,
+        };
+        let symbol = StackHooks {
+            stack: TlsStack::OpenSsl,
+            hooks: vec![hook],
+            method: HookMethod::Symbol,
+            description: None,
+        };
+        let one = |s: &StackHooks| Analysis {
+            stacks: vec![s.clone()],
             ..Analysis::default()
         };
-        assert_eq!(how_hooked(&symbol), Some(("OpenSsl".into(), "symbol")));
-        let inferred = Analysis {
+        assert_eq!(how_hooked(&one(&symbol)), [("OpenSsl".into(), "symbol")]);
+        let inferred = StackHooks {
+            stack: TlsStack::Rustls,
             method: HookMethod::Inferred,
+            description: Some("rustls (aws-lc)".into()),
             ..symbol.clone()
         };
-        assert_eq!(how_hooked(&inferred), Some(("OpenSsl".into(), "inferred")));
-        let found_unhooked = Analysis {
-            stack: Some(TlsStack::OpenSsl),
+        let found_unhooked = StackHooks {
+            hooks: Vec::new(),
+            ..symbol.clone()
+        };
+        assert_eq!(
+            how_hooked(&one(&found_unhooked)),
+            [("OpenSsl".into(), "fallback")]
+        );
+        // Two stacks in one binary: both listed, each with its own method.
+        let both = Analysis {
+            stacks: vec![symbol.clone(), inferred],
             ..Analysis::default()
         };
         assert_eq!(
-            how_hooked(&found_unhooked),
-            Some(("OpenSsl".into(), "fallback"))
+            how_hooked(&both),
+            [("OpenSsl".into(), "symbol"), ("Rustls".into(), "inferred")]
         );
         let unsupported = Analysis {
             unsupported: Some("rustls"),
             ..Analysis::default()
         };
-        assert_eq!(
-            how_hooked(&unsupported),
-            Some(("rustls".into(), "fallback"))
-        );
-        assert_eq!(how_hooked(&Analysis::default()), None);
+        assert_eq!(how_hooked(&unsupported), [("rustls".into(), "fallback")]);
+        assert_eq!(how_hooked(&Analysis::default()), []);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod bun;
 pub mod c_client;
 pub mod cgroup;
+pub mod codex;
 pub mod deno;
 pub mod deploy_tools;
 pub mod e2e;
@@ -18,6 +19,7 @@ pub mod phoenix;
 pub mod prometheus;
 pub mod python;
 pub mod real_agents;
+pub mod responses_loop;
 pub mod stripped;
 pub mod tls;
 pub mod tracer;

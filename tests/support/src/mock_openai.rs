@@ -139,6 +139,7 @@ pub async fn start_on(addr: &str, cert_dir: &std::path::Path) -> Result<MockOpen
                 let _ = http1::Builder::new()
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -298,6 +299,10 @@ pub(crate) async fn handle(
     req: Request<hyper::body::Incoming>,
     requests: Arc<Mutex<Vec<ReceivedRequest>>>,
 ) -> Result<Response<Body>, Infallible> {
+    // The Responses API over a WebSocket (Codex CLI's default transport).
+    if crate::responses_loop::is_websocket_upgrade(&req) {
+        return Ok(crate::responses_loop::accept_websocket(req, requests));
+    }
     let path = req.uri().path().to_string();
     let accepts_gzip = req
         .headers()
@@ -346,6 +351,10 @@ pub(crate) async fn handle(
     }
     if let Some(scripted) = scripted {
         return Ok(scripted.response);
+    }
+    // Codex CLI's scripted tool loop over SSE (responses_loop.rs).
+    if path.ends_with("/responses") && model.as_deref() == Some(crate::responses_loop::LOOP_MODEL) {
+        return Ok(crate::responses_loop::sse(&json, body.len()));
     }
     // Other providers' APIs on the same server (mock_providers.rs).
     if let Some(response) = crate::mock_providers::respond(&path, &json) {

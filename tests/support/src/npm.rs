@@ -1,5 +1,6 @@
-//! Releases from the npm registry (Bun's and Deno's single executables, real agents' CLIs),
-//! installed once and reused, guarded by a file lock: test binaries may run concurrently.
+//! Releases from the npm registry (Bun's, Deno's and Codex CLI's single executables, real
+//! agents' CLIs), installed once under a root the caller chooses (target/, or a cache directory
+//! that outlives it) and reused, guarded by a file lock: test binaries may run concurrently.
 
 use std::{
     fs::File,

@@ -295,7 +295,7 @@ impl AgentAssembler {
             for tool in tool_calls {
                 self.open_tool(index, tool, end_ns, content, max_bytes);
             }
-        } else if !failed {
+        } else if !failed && !call.request.history.warmup {
             self.finish(index, end_ns, Outcome::Completed, out);
         }
     }

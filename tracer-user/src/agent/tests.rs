@@ -690,3 +690,44 @@ fn mcp_tool_calls_hang_under_the_tool_of_the_same_name() {
     assert_eq!(mcp_read.parent_span_id, Some(read.span_id));
     assert!(out.iter().all(|s| s.trace_id == search.trace_id));
 }
+
+/// A Responses call of the agent (Codex's shape: later requests continue the previous response
+/// by id and send only new items), answered by `response_id` with `tool_calls`.
+fn responses_call(
+    start: u64,
+    end: u64,
+    body: Value,
+    response_id: &str,
+    tool_calls: &[(&str, &str, &str)],
+) -> LlmCall {
+    let mut c = call(AGENT, start, end, &[], tool_calls);
+    c.http.url_path = "/v1/responses".into();
+    c.request.history = history::of(Dialect::OpenAiResponses, &body, true);
+    c.response.id = Some(response_id.into());
+    c
+}
+
+#[test]
+fn a_prewarm_does_not_end_the_run_it_opens() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    let first = json!({"generate": false, "input": [user("run it")]});
+    a.llm_call(&responses_call(0, 10, first, "resp_1", &[]), &mut out);
+    assert!(named(&out, "invoke_agent").is_empty(), "still running");
+    let turn = json!({"previous_response_id": "resp_1", "input": [user("run it")]});
+    a.llm_call(
+        &responses_call(20, 40, turn, "resp_2", &[("call_1", "exec_command", "{}")]),
+        &mut out,
+    );
+    let answer = json!({"previous_response_id": "resp_2", "input": [
+        {"type": "function_call_output", "call_id": "call_1", "output": "ok"}]});
+    a.llm_call(&responses_call(60, 80, answer, "resp_3", &[]), &mut out);
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 1, "{out:#?}");
+    assert_eq!(
+        str_attr(roots[0], "agent_tracer.run.llm_calls").as_deref(),
+        Some("3")
+    );
+    assert_eq!(named(&out, "execute_tool exec_command").len(), 1);
+    assert!(out.iter().all(|s| s.trace_id == roots[0].trace_id));
+}

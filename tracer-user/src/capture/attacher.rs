@@ -146,25 +146,33 @@ impl Attacher {
                 warn!(pid, binary, stack, "this program's TLS stack cannot be hooked yet: its HTTPS traffic is not captured");
             }
         }
-        let placed = match &analysis.go {
-            // All or nothing: a Go function hooked at its entry but not at every RET loses data.
-            Some(go) => match super::gotls::attach(self.capture.ebpf_mut(), path, go) {
+        let mut placed = 0;
+        // All or nothing: a Go function hooked at its entry but not at every RET loses data.
+        if let Some(go) = &analysis.go {
+            match super::gotls::attach(self.capture.ebpf_mut(), path, go) {
                 Ok(n) => {
                     debug!("Go crypto/tls: {}", super::gotls::describe(path, go));
-                    n
+                    placed += n;
                 }
-                Err(e) => {
-                    warn!("could not hook Go crypto/tls in {}: {e:#}", path.display());
-                    0
-                }
-            },
-            None if analysis.hooks.is_empty() => return,
-            None if analysis.method == HookMethod::Inferred => {
-                let shown = reported_as.map_or(path, |(_, b)| b).display().to_string();
-                self.attach_inferred(path, &shown, &analysis.hooks)
+                Err(e) => warn!("could not hook Go crypto/tls in {}: {e:#}", path.display()),
             }
-            None => self.capture.attach_hooks(path, &analysis.hooks),
-        };
+        }
+        // Every stack the file carries, each the way its hooks were found.
+        for stack in &analysis.stacks {
+            if stack.hooks.is_empty() {
+                continue;
+            }
+            placed += match stack.method {
+                HookMethod::Inferred => {
+                    let shown = reported_as.map_or(path, |(_, b)| b).display().to_string();
+                    self.attach_inferred(path, &shown, &stack.hooks)
+                }
+                HookMethod::Symbol => self.capture.attach_hooks(path, &stack.hooks),
+            };
+        }
+        if analysis.go.is_none() && analysis.hooks().next().is_none() {
+            return;
+        }
         if placed > 0 {
             self.hooked.insert(id);
             Health::add(&self.health.tls_targets_attached, 1);
@@ -172,8 +180,8 @@ impl Attacher {
                 .map(|(_, b)| b.to_path_buf())
                 .unwrap_or_else(|| path.to_path_buf());
             info!(
-                "attached {placed} TLS hooks ({:?}) to {}",
-                analysis.stack,
+                "attached {placed} TLS hooks ({}) to {}",
+                analysis.stack_names(),
                 shown.display()
             );
             self.hooked_paths.push(shown);

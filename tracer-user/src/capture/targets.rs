@@ -63,18 +63,46 @@ pub enum TlsStack {
     Rustls,
 }
 
+/// One TLS stack found in a binary and the hooks that capture it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackHooks {
+    pub stack: TlsStack,
+    /// Empty when the stack is there but nothing could be hooked; for Go the functions are in
+    /// [`Analysis::go`].
+    pub hooks: Vec<Hook>,
+    /// How `hooks` were found.
+    pub method: HookMethod,
+    /// For inferred hooks: what the locator says the stack is ("OpenSSL 3.6.3 (static, ...)").
+    pub description: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Analysis {
-    pub stack: Option<TlsStack>,
-    pub hooks: Vec<Hook>,
+    /// Every TLS stack the file carries that we can hook, each with its hooks. Usually one; a
+    /// binary can carry more (Codex CLI: a static OpenSSL and rustls on aws-lc), and each
+    /// stack's traffic is only captured through its own hooks.
+    pub stacks: Vec<StackHooks>,
     /// Go functions, attached all or nothing by the Go module (entry and every RET).
     pub go: Option<super::gotls::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
     pub unsupported: Option<&'static str>,
-    /// How `hooks` (or `go`) were found; meaningless when there are none.
-    pub method: HookMethod,
-    /// For inferred hooks: what the locator says the stack is ("OpenSSL 3.6.3 (static, ...)").
-    pub description: Option<String>,
+}
+
+impl Analysis {
+    /// Every hook of every stack.
+    pub fn hooks(&self) -> impl Iterator<Item = &Hook> {
+        self.stacks.iter().flat_map(|s| &s.hooks)
+    }
+
+    /// The stacks, for people: "OpenSsl, Rustls".
+    pub fn stack_names(&self) -> String {
+        let names: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|s| format!("{:?}", s.stack))
+            .collect();
+        names.join(", ")
+    }
 }
 
 #[derive(Debug, Error)]
@@ -219,23 +247,36 @@ pub fn analyse_cached(
             })
             .collect()
     };
+    let symbol_stack = |stack, table| StackHooks {
+        stack,
+        hooks: hooks_for(table),
+        method: HookMethod::Symbol,
+        description: None,
+    };
     if offsets.contains_key("SSL_write") && offsets.contains_key("SSL_read") {
-        analysis.stack = Some(TlsStack::OpenSsl);
-        analysis.hooks = hooks_for(OPENSSL_HOOKS);
-        analysis.method = HookMethod::Symbol;
+        analysis
+            .stacks
+            .push(symbol_stack(TlsStack::OpenSsl, OPENSSL_HOOKS));
     } else if offsets.contains_key("gnutls_record_send")
         && offsets.contains_key("gnutls_record_recv")
     {
-        analysis.stack = Some(TlsStack::GnuTls);
-        analysis.hooks = hooks_for(GNUTLS_HOOKS);
-        analysis.method = HookMethod::Symbol;
+        analysis
+            .stacks
+            .push(symbol_stack(TlsStack::GnuTls, GNUTLS_HOOKS));
     }
-    if analysis.stack.is_none() && executable {
+    if !executable {
+        return Ok(analysis);
+    }
+    if analysis.stacks.is_empty() {
         match super::gotls::locate_in(&data) {
             Ok(Some(go)) => {
-                analysis.stack = Some(TlsStack::Go);
+                analysis.stacks.push(StackHooks {
+                    stack: TlsStack::Go,
+                    hooks: Vec::new(),
+                    method: HookMethod::Symbol,
+                    description: None,
+                });
                 analysis.go = Some(go);
-                analysis.method = HookMethod::Symbol;
                 return Ok(analysis);
             }
             Ok(None) => {}
@@ -251,69 +292,85 @@ pub fn analyse_cached(
                 return Ok(analysis);
             }
         }
-        // A TLS library linked in without hookable symbols; skip programs that load a shared
-        // TLS library (that library is hooked on its own).
-        let links_tls = elf
-            .imports()
-            .map(|imports| {
-                imports.iter().any(|i| {
-                    std::str::from_utf8(i.name())
-                        .is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))
-                })
+    }
+    // TLS libraries linked in without hookable symbols, beside or instead of one that has them.
+    // An OpenSSL-API stack found by its symbols, or in a shared library the program imports
+    // (that library is hooked on its own), needs no locator; any other stack still does.
+    let imports_openssl_api = elf
+        .imports()
+        .map(|imports| {
+            imports.iter().any(|i| {
+                std::str::from_utf8(i.name())
+                    .is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))
             })
-            .unwrap_or(false);
-        if !links_tls {
-            if let Some(found) = inferred(path, &data, cache) {
-                return Ok(found);
-            }
-            analysis.unsupported = UNSUPPORTED_MARKERS
-                .iter()
-                .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
-                .map(|(_, name)| *name);
-        }
+        })
+        .unwrap_or(false);
+    let mut skip = Vec::new();
+    if imports_openssl_api || !analysis.stacks.is_empty() {
+        skip.extend([
+            super::locate::openssl::LOCATOR.name,
+            super::locate::boringssl::LOCATOR.name,
+        ]);
+    }
+    analysis.stacks.extend(inferred(path, &data, cache, &skip));
+    if analysis.stacks.is_empty() && !imports_openssl_api {
+        analysis.unsupported = UNSUPPORTED_MARKERS
+            .iter()
+            .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
+            .map(|(_, name)| *name);
     }
     Ok(analysis)
 }
 
-/// Hooks the locators infer for a binary without TLS symbols; `None` when none applies.
-fn inferred(path: &Path, data: &[u8], cache: &super::locate::DiskCache) -> Option<Analysis> {
-    use super::locate::{locate, Outcome};
-    let id = FileId::of(path).ok()?;
-    let found = match locate(data, &id, cache) {
-        Outcome::Found(found) => found,
-        Outcome::Failed { locator, reason } => {
-            tracing::info!(
-                "{}: {locator} present but not located: {reason}",
-                path.display()
-            );
-            return None;
-        }
-        Outcome::NotPresent => return None,
+/// The stacks the locators infer in a binary without (those stacks') TLS symbols, skipping the
+/// locators in `skip`.
+fn inferred(
+    path: &Path,
+    data: &[u8],
+    cache: &super::locate::DiskCache,
+    skip: &[&str],
+) -> Vec<StackHooks> {
+    let Ok(id) = FileId::of(path) else {
+        return Vec::new();
     };
-    let stack = match found.kind.as_str() {
-        "openssl" => TlsStack::OpenSsl,
-        "boringssl" => TlsStack::BoringSsl,
-        "rustls" => TlsStack::Rustls,
-        other => {
-            tracing::debug!("{}: no TlsStack for {other}", path.display());
-            return None;
-        }
-    };
-    Some(Analysis {
-        stack: Some(stack),
-        hooks: found
-            .hooks
-            .into_iter()
-            .map(|h| Hook {
-                program: Cow::Owned(h.program),
-                symbol: Cow::Owned(h.function),
-                offset: h.offset,
+    let stacks = super::locate::locate_except(data, &id, cache, skip);
+    for failure in &stacks.failed {
+        tracing::info!(
+            "{}: {} present but not located: {}",
+            path.display(),
+            failure.locator,
+            failure.reason
+        );
+    }
+    stacks
+        .found
+        .into_iter()
+        .filter_map(|found| {
+            let stack = match found.kind.as_str() {
+                "openssl" => TlsStack::OpenSsl,
+                "boringssl" => TlsStack::BoringSsl,
+                "rustls" => TlsStack::Rustls,
+                other => {
+                    tracing::debug!("{}: no TlsStack for {other}", path.display());
+                    return None;
+                }
+            };
+            Some(StackHooks {
+                stack,
+                hooks: found
+                    .hooks
+                    .into_iter()
+                    .map(|h| Hook {
+                        program: Cow::Owned(h.program),
+                        symbol: Cow::Owned(h.function),
+                        offset: h.offset,
+                    })
+                    .collect(),
+                method: HookMethod::Inferred,
+                description: Some(found.stack),
             })
-            .collect(),
-        method: HookMethod::Inferred,
-        description: Some(found.stack),
-        ..Analysis::default()
-    })
+        })
+        .collect()
 }
 
 /// The file offset of a symbol's address (uprobes attach by file offset).
@@ -360,29 +417,34 @@ impl TargetCache {
 mod tests {
     use super::*;
 
+    fn kinds(a: &Analysis) -> Vec<TlsStack> {
+        a.stacks.iter().map(|s| s.stack.clone()).collect()
+    }
+
     #[test]
     fn system_libssl_exports_all_openssl_hooks() {
         let lib = Path::new("/lib/x86_64-linux-gnu/libssl.so.3");
         let a = analyse(lib, false).unwrap();
-        assert_eq!(a.stack, Some(TlsStack::OpenSsl));
-        let symbols: Vec<&str> = a.hooks.iter().map(|h| &*h.symbol).collect();
+        assert_eq!(kinds(&a), [TlsStack::OpenSsl]);
+        let symbols: Vec<&str> = a.hooks().map(|h| &*h.symbol).collect();
         assert_eq!(symbols.len(), 8, "{symbols:?}");
-        assert!(a.hooks.iter().all(|h| h.offset > 0));
+        assert!(a.hooks().all(|h| h.offset > 0));
     }
 
     #[test]
     fn node_carries_a_static_openssl() {
         let a = analyse(Path::new("/usr/bin/node"), true).unwrap();
-        assert_eq!(a.stack, Some(TlsStack::OpenSsl));
-        assert!(a.hooks.iter().any(|h| h.symbol == "SSL_write_ex"));
+        assert_eq!(kinds(&a), [TlsStack::OpenSsl]);
+        assert_eq!(a.stacks[0].method, HookMethod::Symbol);
+        assert!(a.hooks().any(|h| h.symbol == "SSL_write_ex"));
     }
 
     #[test]
     fn a_program_without_tls_is_nothing() {
         let a = analyse(Path::new("/bin/true"), true).unwrap();
-        assert_eq!(a.stack, None);
+        assert_eq!(kinds(&a), []);
         assert_eq!(a.unsupported, None);
-        assert!(a.hooks.is_empty());
+        assert_eq!(a.hooks().count(), 0);
     }
 
     #[test]
@@ -395,7 +457,7 @@ mod tests {
             .unwrap();
         let python = std::fs::canonicalize(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
         let a = analyse(&python, true).unwrap();
-        assert_eq!((a.stack, a.unsupported), (None, None));
+        assert_eq!((kinds(&a), a.unsupported), (vec![], None));
     }
 
     #[test]
@@ -404,10 +466,10 @@ mod tests {
         // ring provider: a real example, with symbols, located the way a stripped one is.
         let me = std::fs::canonicalize("/proc/self/exe").unwrap();
         let a = analyse(&me, true).unwrap();
-        assert_eq!((&a.stack, a.unsupported), (&Some(TlsStack::Rustls), None));
-        assert_eq!(a.method, HookMethod::Inferred);
+        assert_eq!((kinds(&a), a.unsupported), (vec![TlsStack::Rustls], None));
+        assert_eq!(a.stacks[0].method, HookMethod::Inferred);
         for program in ["ring_seal", "ring_open", "ring_open_ret"] {
-            assert!(a.hooks.iter().any(|h| h.program == program), "{a:?}");
+            assert!(a.hooks().any(|h| h.program == program), "{a:?}");
         }
     }
 

@@ -28,6 +28,10 @@ pub struct History {
     pub tool_results: Vec<ToolResult>,
     /// OpenAI Responses: the response this request continues (its items are not re-sent).
     pub previous_response_id: Option<String>,
+    /// OpenAI Responses `"generate": false` (Codex CLI's prewarm at the start of a session): the
+    /// server takes the context and returns a response id the next request continues, but
+    /// generates nothing, so its empty answer is no final answer and does not end the run.
+    pub warmup: bool,
 }
 
 pub fn fingerprint(value: &Value) -> u64 {
@@ -73,6 +77,7 @@ pub fn of(dialect: Dialect, request: &Value, with_content: bool) -> History {
             push_all(&mut history, request.get("instructions"));
             push_all(&mut history, request.get("input"));
             history.previous_response_id = text(request.get("previous_response_id"));
+            history.warmup = request.get("generate") == Some(&Value::Bool(false));
             for item in array(request.get("input")) {
                 if item.get("type").and_then(Value::as_str) == Some("function_call_output") {
                     history.tool_results.push(ToolResult {
@@ -238,6 +243,9 @@ mod tests {
         let h = of(Dialect::OpenAiResponses, &req, false);
         assert_eq!(h.previous_response_id.as_deref(), Some("resp_1"));
         assert_eq!(h.tool_results[0].call_id.as_deref(), Some("call_9"));
+        assert!(!h.warmup);
+        let prewarm = json!({"generate": false, "input": [{"role": "user", "content": "hi"}]});
+        assert!(of(Dialect::OpenAiResponses, &prewarm, false).warmup);
         let req = json!({"contents": [{"role": "user", "parts": [{"functionResponse":
             {"name": "lookup", "response": {"error": "nope"}}}]}]});
         let h = of(Dialect::Gemini { stream: false }, &req, false);

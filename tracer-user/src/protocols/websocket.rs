@@ -128,7 +128,7 @@ impl Reader {
             if output.capacity() - output.len() < 4096 {
                 output.reserve(output.len().max(4096));
             }
-            let before_in = inflater.total_in();
+            let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
             let status = inflater
                 .decompress_vec(&input[consumed..], &mut output, FlushDecompress::Sync)
                 .ok()?;
@@ -136,10 +136,17 @@ impl Reader {
             if output.len() > MAX_MESSAGE {
                 return None;
             }
-            if consumed >= input.len() || status == Status::StreamEnd {
+            if status == Status::StreamEnd {
                 break;
             }
-            if inflater.total_in() == before_in && output.len() < output.capacity() {
+            // All input taken is not the end: a highly compressed message (Codex's follow-up
+            // requests inflate 13-fold) can still hold output that did not fit the buffer, and
+            // leaving it in the inflater corrupts this message and every later one.
+            let room_left = output.len() < output.capacity();
+            if consumed >= input.len() && room_left {
+                break;
+            }
+            if inflater.total_in() == before_in && inflater.total_out() == before_out && room_left {
                 break;
             }
         }
@@ -497,6 +504,34 @@ mod tests {
                 assert!(call.first_chunk_ns.is_some());
             }
         }
+    }
+
+    /// Codex's requests on one socket: each later one repeats most of the one before, so with
+    /// context takeover it deflates to a small fraction of its size; every one must come out
+    /// whole, and so must the messages after it.
+    #[test]
+    fn consecutive_highly_compressed_messages_inflate_whole() {
+        let tools = "{\"type\":\"function\",\"name\":\"exec_command\"},".repeat(400);
+        let creates: Vec<String> = (1..=3)
+            .map(|n| {
+                format!(
+                    r#"{{"type":"response.create","model":"m{n}","input":[{tools}{{"n":{n}}}]}}"#
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = creates.iter().map(String::as_str).collect();
+        let wire = deflate_messages(&refs);
+        assert!(wire[1].len() * 8 < creates[1].len(), "a high ratio");
+        let mut r = Reader::new(true, false);
+        let mut out = Vec::new();
+        for w in &wire {
+            r.push(&frame(true, true, 1, w, Some([9, 8, 7, 6])), &mut out);
+        }
+        let got: Vec<String> = out
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect();
+        assert_eq!(got, creates);
     }
 
     #[test]

@@ -80,20 +80,21 @@ fn locate(tracer: &Path, binary: &Path, cache: &Path) -> Result<(f64, bool, Stri
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let seconds = json_number(&line, "seconds")?;
     let cached = line.contains("\"cached\":true");
-    let outcome = if line.contains("\"Found\"") {
-        let stack = line
-            .split("\"stack\":\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or("?");
-        format!("found: {stack}")
-    } else if line.contains("\"Failed\"") {
-        let reason = line
-            .split("\"reason\":\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or("?");
-        format!("not located: {reason}")
+    // Every stack found ("found":[{"stack":"...",...},...]), else why one was not located.
+    let field = |text: &str, name: &str| -> Vec<String> {
+        text.split(&format!("\"{name}\":\""))
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .map(str::to_string)
+            .collect()
+    };
+    let (found, failed) = line.split_once("\"failed\":").unwrap_or((&line, ""));
+    let stacks = field(found, "stack");
+    let reasons = field(failed, "reason");
+    let outcome = if !stacks.is_empty() {
+        format!("found: {}", stacks.join("; "))
+    } else if !reasons.is_empty() {
+        format!("not located: {}", reasons.join("; "))
     } else {
         "no TLS library found".to_string()
     };

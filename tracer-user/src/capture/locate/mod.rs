@@ -7,8 +7,8 @@
 //! Shared pieces:
 //! - [`Image`]: an ELF file as the loader maps it (strings, RIP-relative references, calls,
 //!   function bounds from the unwind tables, instruction boundaries).
-//! - [`Locator`] / [`LOCATORS`]: one entry per stack; [`locate`] runs them through the
-//!   [`DiskCache`], so a 300 MB executable is analysed once per build and later starts read the
+//! - [`Locator`] / [`LOCATORS`]: one entry per stack; [`locate`] runs all of them (a binary may
+//!   carry several stacks) through the [`DiskCache`], so a 300 MB executable is analysed once per build and later starts read the
 //!   answer back in milliseconds.
 //!
 //! Analysis runs in the attacher, off the capture path: the ring-buffer reader never waits on it.
@@ -65,7 +65,9 @@ pub struct Locator {
     pub locate: fn(&Image<'_>) -> Result<Option<Located>, LocateError>,
 }
 
-/// The stacks tried, in order; the first that locates something wins.
+/// Every stack's locator. A binary may carry several stacks (Codex CLI links a static OpenSSL
+/// for one transport and rustls on aws-lc for the others), so all of them run and every stack
+/// found is hooked: stopping at the first would leave the other stack's traffic uncaptured.
 pub const LOCATORS: &[Locator] = &[openssl::LOCATOR, boringssl::LOCATOR, rustls::LOCATOR];
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +80,7 @@ pub enum LocateError {
     Ambiguous { stack: &'static str, reason: String },
 }
 
-/// The result of running every locator on a binary: a hit, or why not.
+/// One locator's answer for one binary (what the disk cache stores): a hit, or why not.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Found(Located),
@@ -91,22 +93,44 @@ pub enum Outcome {
     NotPresent,
 }
 
-/// Runs the locators on a mapped file, each through the cache. `id` keys the cache when the file
-/// has no build id.
-pub fn locate(data: &[u8], id: &FileId, cache: &DiskCache) -> Outcome {
-    let mut outcome = Outcome::NotPresent;
+/// A stack whose strings are present but whose functions were not found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub locator: String,
+    pub reason: String,
+}
+
+/// Every locator's answer for one binary: each stack found, and each one present but not
+/// located (for `check` and the logs). Both empty: no TLS stack a locator knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stacks {
+    pub found: Vec<Located>,
+    pub failed: Vec<Failure>,
+}
+
+/// Runs every locator on a mapped file, each through the cache. `id` keys the cache when the
+/// file has no build id.
+pub fn locate(data: &[u8], id: &FileId, cache: &DiskCache) -> Stacks {
+    locate_except(data, id, cache, &[])
+}
+
+/// [`locate`], skipping the locators named in `skip` (stacks already hooked through symbols or a
+/// shared library).
+pub fn locate_except(data: &[u8], id: &FileId, cache: &DiskCache, skip: &[&str]) -> Stacks {
+    let mut stacks = Stacks::default();
     let mut image = None;
     for locator in LOCATORS {
-        if !(locator.present)(data) {
+        if skip.contains(&locator.name) || !(locator.present)(data) {
             continue;
         }
         let image = match image.get_or_insert_with(|| Image::parse(data)) {
             Ok(image) => image,
             Err(e) => {
-                return Outcome::Failed {
+                stacks.failed.push(Failure {
                     locator: locator.name.to_string(),
                     reason: e.to_string(),
-                }
+                });
+                return stacks;
             }
         };
         let key = CacheKey::new(image.build_id(), id);
@@ -122,19 +146,22 @@ pub fn locate(data: &[u8], id: &FileId, cache: &DiskCache) -> Outcome {
             },
         });
         match result {
-            Outcome::Found(_) => return result,
-            Outcome::Failed { .. } => outcome = result,
+            Outcome::Found(found) => stacks.found.push(found),
+            Outcome::Failed { locator, reason } => stacks.failed.push(Failure { locator, reason }),
             Outcome::NotPresent => {}
         }
     }
-    outcome
+    stacks
 }
 
 /// What `agent-tracer locate` reports for one file.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileReport {
     pub binary: String,
-    pub outcome: Outcome,
+    /// Every stack located, in [`LOCATORS`] order.
+    pub found: Vec<Located>,
+    /// Stacks present but not located, with the reason.
+    pub failed: Vec<Failure>,
     /// Wall-clock seconds from opening the file to the answer.
     pub seconds: f64,
     /// Every applicable locator's answer came from the disk cache.
@@ -157,10 +184,11 @@ pub fn locate_file(path: &Path, cache: &DiskCache) -> anyhow::Result<FileReport>
         .iter()
         .filter(|l| (l.present)(&data))
         .all(|l| cache.get::<Outcome>(&key, l.name, l.version).is_some());
-    let outcome = locate(&data, &id, cache);
+    let Stacks { found, failed } = locate(&data, &id, cache);
     Ok(FileReport {
         binary: path.display().to_string(),
-        outcome,
+        found,
+        failed,
         seconds: started.elapsed().as_secs_f64(),
         cached,
     })

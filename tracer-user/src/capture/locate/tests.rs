@@ -232,3 +232,43 @@ proptest::proptest! {
         }
     }
 }
+
+/// Codex CLI links a static OpenSSL 3 (its custom-provider path) and rustls on aws-lc (its
+/// default WebSocket and HTTPS paths): a binary with two stacks, both of which must be located.
+#[test]
+fn every_stack_of_a_binary_carrying_two_is_located() {
+    let codex = tracer_testkit::codex::install().unwrap();
+    let report = locate_file(&codex, &DiskCache::none()).unwrap();
+    let kinds: Vec<&str> = report.found.iter().map(|f| f.kind.as_str()).collect();
+    assert_eq!(kinds, ["openssl", "rustls"], "{report:#?}");
+    assert!(report.failed.is_empty(), "{report:#?}");
+    for found in &report.found {
+        let programs: Vec<&str> = found.hooks.iter().map(|h| h.program.as_str()).collect();
+        assert!(programs.len() >= 4, "{}: {programs:?}", found.stack);
+    }
+    // The two stacks' hooks are different functions.
+    let offsets = |i: usize| -> std::collections::HashSet<u64> {
+        report.found[i].hooks.iter().map(|h| h.offset).collect()
+    };
+    assert!(offsets(0).is_disjoint(&offsets(1)));
+
+    // The attacher's view: one analysis, both stacks, every hook inferred.
+    let analysis = crate::capture::targets::analyse(&codex, true).unwrap();
+    let stacks: Vec<_> = analysis.stacks.iter().map(|s| s.stack.clone()).collect();
+    use crate::capture::targets::{HookMethod, TlsStack};
+    assert_eq!(stacks, [TlsStack::OpenSsl, TlsStack::Rustls]);
+    assert!(analysis
+        .stacks
+        .iter()
+        .all(|s| s.method == HookMethod::Inferred && !s.hooks.is_empty()));
+    assert_eq!(analysis.unsupported, None);
+}
+
+#[test]
+fn a_binary_with_one_stack_reports_that_one() {
+    // This test binary links rustls (ring provider) and no OpenSSL or BoringSSL.
+    let me = std::fs::canonicalize("/proc/self/exe").unwrap();
+    let report = locate_file(&me, &DiskCache::none()).unwrap();
+    let kinds: Vec<&str> = report.found.iter().map(|f| f.kind.as_str()).collect();
+    assert_eq!(kinds, ["rustls"], "{report:#?}");
+}
