@@ -235,7 +235,7 @@ fn find(haystack: &[u8], needle: &[u8], last: bool) -> usize {
         .windows(needle.len())
         .enumerate()
         .filter(|(_, w)| *w == needle);
-    let hit = if last { at.last() } else { at.next() };
+    let hit = if last { at.next_back() } else { at.next() };
     hit.map(|(i, _)| i).expect("marker in the fixture")
 }
 
