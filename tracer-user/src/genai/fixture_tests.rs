@@ -301,6 +301,24 @@ fn an_http2_stream_ended_by_done_is_complete_without_its_end_stream() {
     );
 }
 
+/// A Gemini stream for a blocked prompt has no candidates: its one chunk says why, and ends it.
+#[test]
+fn a_gemini_stream_for_a_blocked_prompt_ends_at_its_prompt_feedback() {
+    let chunk = r#"data: {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}, "modelVersion": "gemini-2.5-flash"}"#;
+    let body = format!("{chunk}\r\n\r\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:X}\r\n{body}\r\n",
+        body.len()
+    );
+    let c = call_of(&[
+        data(Direction::Egress, GEMINI_STREAM.request),
+        data(Direction::Ingress, response.as_bytes()),
+    ]);
+    assert!(c.response.reached_end);
+    assert_eq!((c.error, c.http.interrupted), (None, None));
+    assert_eq!(c.response.usage.input_tokens, Some(8));
+}
+
 /// A stream cut anywhere before its terminal event stays a failed call, `stream_interrupted`,
 /// whatever the transport then says.
 #[test]

@@ -148,9 +148,13 @@ pub fn parse(
     }
     if sse {
         // Gemini has no end-of-stream event: its last chunk is the one whose candidates all
-        // carry a finishReason.
-        call.response.reached_end =
-            !candidates.is_empty() && candidates.values().all(|(_, _, reason)| reason.is_some());
+        // carry a finishReason, or, for a blocked prompt, the one that says why (no candidates).
+        let blocked = chunks
+            .iter()
+            .any(|(c, _)| c.pointer("/promptFeedback/blockReason").is_some());
+        call.response.reached_end = blocked
+            || (!candidates.is_empty()
+                && candidates.values().all(|(_, _, reason)| reason.is_some()));
         if !call.response.reached_end && call.error.is_none() {
             call.error = Some(stream_interrupted(
                 "the event stream ended before a chunk with finishReason",
