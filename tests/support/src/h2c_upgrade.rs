@@ -58,8 +58,8 @@ pub(crate) async fn handle(
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "Upgrade")
         .header("upgrade", "h2c")
-        .body(Empty::new().boxed())
-        .unwrap_or_else(|_| Response::new(Empty::new().boxed())))
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap_or_else(|_| Response::new(Empty::new().map_err(|never| match never {}).boxed())))
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -127,7 +127,10 @@ where
         .encode(fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
     send(&writer, &frame(HEADERS, END_HEADERS, 1, &block)).await?;
     while let Some(next) = body.frame().await {
-        let Ok(data) = next.map(|f| f.into_data().unwrap_or_else(|_| Bytes::new()));
+        // A body cut short ends the connection without END_STREAM.
+        let Ok(data) = next.map(|f| f.into_data().unwrap_or_else(|_| Bytes::new())) else {
+            return Ok(());
+        };
         for piece in data.chunks(MAX_FRAME) {
             send(&writer, &frame(DATA, 0, 1, piece)).await?;
         }

@@ -99,7 +99,7 @@ fn next_sequence() -> u64 {
 fn claude_code(path: &str, req: &Value) -> Option<Scripted> {
     if path.ends_with("/v1/messages/count_tokens") {
         return Some(Scripted {
-            response: json_response(json!({"input_tokens": 2048})),
+            response: json_response(json!({"input_tokens": 2048}), false),
             served: None,
         });
     }
@@ -168,11 +168,14 @@ fn claude_code(path: &str, req: &Value) -> Option<Scripted> {
             anthropic_events(&served, &blocks),
         )
     } else {
-        json_response(json!({
+        json_response(
+            json!({
             "id": served.response_id, "type": "message", "role": "assistant",
             "model": served.response_model, "content": blocks,
             "stop_reason": finish_reason, "stop_sequence": null,
-            "usage": anthropic_usage(&usage, usage.output)}))
+            "usage": anthropic_usage(&usage, usage.output)}),
+            false,
+        )
     };
     Some(Scripted {
         response,
@@ -256,7 +259,7 @@ fn anthropic_events(served: &ServedCall, blocks: &[Value]) -> Vec<String> {
 fn gemini_cli(path: &str, req: &Value) -> Option<Scripted> {
     if path.ends_with(":countTokens") {
         return Some(Scripted {
-            response: json_response(json!({"totalTokens": 2048})),
+            response: json_response(json!({"totalTokens": 2048}), false),
             served: None,
         });
     }
@@ -354,7 +357,7 @@ fn gemini_cli(path: &str, req: &Value) -> Option<Scripted> {
             .collect();
         streamed("text/event-stream", frames)
     } else {
-        json_response(chunk(Value::Array(parts), true))
+        json_response(chunk(Value::Array(parts), true), false)
     };
     Some(Scripted {
         response,

@@ -4,8 +4,16 @@
 //! Behaviour is chosen by the request's `model`:
 //! - `rate-limited`: 429 with OpenAI's error body;
 //! - `hang`: never answers (for processes that die mid-request);
+//! - `cut-stream` with `"stream": true`: the stream's first events, then the connection is
+//!   closed before the usage chunk and `[DONE]` (a server or proxy failing mid-answer);
 //! - anything else with `"stream": true`: an SSE stream with a tool call and, when asked, usage;
 //! - anything else: a JSON completion, gzip-compressed when the client accepts gzip.
+//!
+//! Streams behave as real servers' do in the ways that matter to a tracer: each event is
+//! flushed on its own (its own TLS record, `STREAM_EVENT_GAP` after the previous one), and the
+//! body's end (the last chunk `0\r\n\r\n`, or HTTP/2's END_STREAM) follows the terminal event
+//! after another gap, in a record of its own. Clients that stop reading at the terminal event
+//! (the openai SDK does) never read that end.
 //!
 //! Every response carries a `set-cookie` whose value must never reach exported telemetry.
 
@@ -34,6 +42,8 @@ pub const COOKIE_SECRET: &str = "mock-session-cookie-value-7f3a";
 pub const RESPONSE_MODEL: &str = "gpt-4o-mini-2024-07-18";
 /// Gap between streamed events, so time to first chunk differs measurably from the duration.
 pub const STREAM_EVENT_GAP: Duration = Duration::from_millis(30);
+/// The `model` whose stream the mock cuts before its terminal event.
+pub const CUT_STREAM_MODEL: &str = "cut-stream";
 
 #[derive(Clone, Debug)]
 pub struct ReceivedRequest {
@@ -265,7 +275,44 @@ fn serve_auto(
     }
 }
 
-pub(crate) type Body = BoxBody<Bytes, Infallible>;
+/// A response body. Its error ends a streamed body early: hyper then closes the connection
+/// without the body's end, as a server failing mid-answer does.
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A body frame of a stream, or the failure that cuts the stream there.
+pub(crate) type StreamFrame = Result<Frame<Bytes>, std::io::Error>;
+
+/// The error that cuts a mock stream.
+pub(crate) fn cut() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the mock cut the stream",
+    )
+}
+
+/// A whole body.
+pub(crate) fn whole(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body streamed from `frames`: each sent (and flushed: hyper flushes while the next one is
+/// pending) `STREAM_EVENT_GAP` after the previous, and the body's end one gap after the last,
+/// so it comes in a write of its own, as from real servers.
+pub(crate) fn streamed_body(frames: Vec<StreamFrame>) -> Body {
+    let (tx, rx) = mpsc::channel::<StreamFrame>(16);
+    tokio::spawn(async move {
+        for frame in frames {
+            let failed = frame.is_err();
+            if tx.send(frame).await.is_err() || failed {
+                return;
+            }
+            tokio::time::sleep(STREAM_EVENT_GAP).await;
+        }
+    });
+    StreamBody::new(ReceiverStream::new(rx)).boxed()
+}
 
 pub(crate) fn full(
     status: StatusCode,
@@ -291,8 +338,8 @@ pub(crate) fn full(
         body
     };
     builder
-        .body(Full::new(Bytes::from(body)).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        .body(whole(body))
+        .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
 }
 
 pub(crate) async fn handle(
@@ -357,7 +404,7 @@ pub(crate) async fn handle(
         return Ok(crate::responses_loop::sse(&json, body.len()));
     }
     // Other providers' APIs on the same server (mock_providers.rs).
-    if let Some(response) = crate::mock_providers::respond(&path, &json) {
+    if let Some(response) = crate::mock_providers::respond(&path, &json, accepts_gzip) {
         return Ok(response);
     }
     // A plain JSON API an agent's tool calls (not a model).
@@ -501,23 +548,22 @@ fn stream_response(request: &Value) -> Response<Body> {
         events.push(chunk(json!([]), json!({"prompt_tokens": 57, "completion_tokens": 17, "total_tokens": 74,
             "prompt_tokens_details": {"cached_tokens": 32}, "completion_tokens_details": {"reasoning_tokens": 0}})));
     }
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-    tokio::spawn(async move {
-        for event in events {
-            let frame = Frame::data(Bytes::from(format!("data: {event}\n\n")));
-            if tx.send(Ok(frame)).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(STREAM_EVENT_GAP).await;
-        }
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
-            .await;
-    });
+    let cut_early = request.get("model").and_then(Value::as_str) == Some(CUT_STREAM_MODEL);
+    let mut frames: Vec<StreamFrame> = events
+        .iter()
+        .map(|event| Ok(Frame::data(Bytes::from(format!("data: {event}\n\n")))))
+        .collect();
+    if cut_early {
+        // The tool call's first fragments, then the connection drops.
+        frames.truncate(2);
+        frames.push(Err(cut()));
+    } else {
+        frames.push(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))));
+    }
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/event-stream; charset=utf-8")
         .header("set-cookie", format!("session={COOKIE_SECRET}; Path=/"))
-        .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        .body(streamed_body(frames))
+        .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
 }

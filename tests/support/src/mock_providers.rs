@@ -2,18 +2,17 @@
 //! Gemini generateContent/streamGenerateContent, Ollama /api/chat, and AWS Bedrock Runtime's
 //! Converse/ConverseStream/InvokeModel/InvokeModelWithResponseStream (the streams in AWS
 //! event-stream frames with valid CRCs: botocore checks them). Streams send their events
-//! `STREAM_EVENT_GAP` apart so time to first chunk is measurable.
-
-use std::convert::Infallible;
+//! `STREAM_EVENT_GAP` apart so time to first chunk is measurable, and their body's end one gap
+//! after the terminal event (see mock_openai.rs). JSON answers are gzip-compressed when the
+//! client accepts it, as the hosted APIs do (not Ollama's, not Bedrock's).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{body::Frame, Response, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use crate::mock_openai::{full, Body, COOKIE_SECRET, STREAM_EVENT_GAP};
+use crate::mock_openai::{
+    cut, full, streamed_body, whole, Body, StreamFrame, COOKIE_SECRET, CUT_STREAM_MODEL,
+};
 
 pub const ANTHROPIC_MODEL: &str = "claude-sonnet-4-20250514";
 pub const GEMINI_MODEL_VERSION: &str = "gemini-2.5-flash-001";
@@ -55,7 +54,8 @@ fn anthropic_agent_step(req: &Value) -> Value {
                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100}})
 }
 
-pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
+/// `accepts_gzip`: the request's `Accept-Encoding` names gzip.
+pub fn respond(path: &str, req: &Value, accepts_gzip: bool) -> Option<Response<Body>> {
     if let Some(response) = bedrock(path, req) {
         return Some(response);
     }
@@ -71,31 +71,33 @@ pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
             ));
         }
         if req.get("model").and_then(Value::as_str) == Some("agent-loop") {
-            return Some(json_response(anthropic_agent_step(req)));
+            return Some(json_response(anthropic_agent_step(req), accepts_gzip));
         }
         return Some(if stream == Some(true) {
             anthropic_stream()
         } else {
-            json_response(anthropic_message())
+            json_response(anthropic_message(), accepts_gzip)
         });
     }
     if path.ends_with("/v1/responses") {
+        let cut_early = req.get("model").and_then(Value::as_str) == Some(CUT_STREAM_MODEL);
         return Some(if stream == Some(true) {
-            responses_stream()
+            responses_stream(cut_early)
         } else {
-            json_response(responses_object())
+            json_response(responses_object(), accepts_gzip)
         });
     }
     if path.ends_with(":streamGenerateContent") {
         return Some(gemini_stream());
     }
     if path.ends_with(":generateContent") {
-        return Some(json_response(gemini_final_chunk(true)));
+        return Some(json_response(gemini_final_chunk(true), accepts_gzip));
     }
     if path.ends_with("/api/chat") {
         // Ollama streams unless told not to.
         return Some(if stream == Some(false) {
-            json_response(ollama_done("The weather is sunny."))
+            // Ollama's server never compresses.
+            json_response(ollama_done("The weather is sunny."), false)
         } else {
             ollama_stream()
         });
@@ -103,12 +105,12 @@ pub fn respond(path: &str, req: &Value) -> Option<Response<Body>> {
     None
 }
 
-pub(crate) fn json_response(v: Value) -> Response<Body> {
+pub(crate) fn json_response(v: Value, gzip: bool) -> Response<Body> {
     full(
         StatusCode::OK,
         "application/json",
         v.to_string().into_bytes(),
-        false,
+        gzip,
     )
 }
 
@@ -126,15 +128,18 @@ fn streamed_with(
     headers: &[(&str, &str)],
     frames: Vec<Bytes>,
 ) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-    tokio::spawn(async move {
-        for frame in frames {
-            if tx.send(Ok(Frame::data(frame))).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(STREAM_EVENT_GAP).await;
-        }
-    });
+    streamed_frames(
+        content_type,
+        headers,
+        frames.into_iter().map(|f| Ok(Frame::data(f))).collect(),
+    )
+}
+
+fn streamed_frames(
+    content_type: &str,
+    headers: &[(&str, &str)],
+    frames: Vec<StreamFrame>,
+) -> Response<Body> {
     let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", content_type)
@@ -143,8 +148,8 @@ fn streamed_with(
         builder = builder.header(*k, *v);
     }
     builder
-        .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        .body(streamed_body(frames))
+        .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
 }
 
 fn sse(events: &[(&str, Value)]) -> Vec<String> {
@@ -230,7 +235,9 @@ fn responses_object() -> Value {
                   "output_tokens_details": {"reasoning_tokens": 4}, "total_tokens": 48}})
 }
 
-fn responses_stream() -> Response<Body> {
+/// `cut_early`: the connection drops after the arguments' first delta, before
+/// `response.completed`.
+fn responses_stream(cut_early: bool) -> Response<Body> {
     let mut seq = 0;
     let mut ev = |kind: &str, mut data: Value| {
         data["type"] = json!(kind);
@@ -268,11 +275,19 @@ fn responses_stream() -> Response<Body> {
             json!({"response": responses_object()}),
         ),
     ];
-    let frames = events
+    let mut frames: Vec<StreamFrame> = events
         .iter()
-        .map(|(k, d)| format!("event: {k}\ndata: {d}\n\n"))
+        .map(|(k, d)| {
+            Ok(Frame::data(Bytes::from(format!(
+                "event: {k}\ndata: {d}\n\n"
+            ))))
+        })
         .collect();
-    streamed("text/event-stream; charset=utf-8", frames)
+    if cut_early {
+        frames.truncate(3);
+        frames.push(Err(cut()));
+    }
+    streamed_frames("text/event-stream; charset=utf-8", &[], frames)
 }
 
 // Gemini.
@@ -410,8 +425,8 @@ fn bedrock_json(status: StatusCode, headers: &[(&str, &str)], body: Value) -> Re
         builder = builder.header(*k, *v);
     }
     builder
-        .body(Full::new(Bytes::from(body.to_string())).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        .body(whole(body.to_string()))
+        .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
 }
 
 fn converse_answer() -> Value {

@@ -15,27 +15,21 @@
 //! [`STREAM_EVENT_GAP`]. Every call served is recorded with the numbers it reported
 //! ([`served`]), so a test can compare each span with exactly what the model API said.
 
-use std::{
-    convert::Infallible,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
 };
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{body::Frame, header, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::mpsc,
-};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::mock_openai::{Body, ReceivedRequest, STREAM_EVENT_GAP};
+use crate::mock_openai::{
+    streamed_body, whole, Body, ReceivedRequest, StreamFrame, STREAM_EVENT_GAP,
+};
 
 /// The model name that selects this script.
 pub const LOOP_MODEL: &str = "codex-loop";
@@ -158,33 +152,25 @@ fn answer(request: &Value, body_len: usize, transport: &'static str) -> Vec<Valu
 }
 
 /// The SSE answer to a `POST .../responses` for [`LOOP_MODEL`]: each event its own chunk,
-/// [`STREAM_EVENT_GAP`] after the one before, and the body's end right after the last, as the
-/// real server ends it (Codex closes the connection once it read `response.completed`).
+/// [`STREAM_EVENT_GAP`] after the one before, and the body's end a gap after the last, in a TLS
+/// record of its own, as from the real server: Codex closes the connection once it has read
+/// `response.completed`, before that end arrives.
 pub fn sse(request: &Value, body_len: usize) -> Response<Body> {
-    let frames: Vec<Bytes> = answer(request, body_len, "sse")
+    let frames: Vec<StreamFrame> = answer(request, body_len, "sse")
         .iter()
         .map(|e| {
             let kind = e["type"].as_str().unwrap_or_default();
-            Bytes::from(format!("event: {kind}\ndata: {e}\n\n"))
+            Ok(Frame::data(Bytes::from(format!(
+                "event: {kind}\ndata: {e}\n\n"
+            ))))
         })
         .collect();
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-    tokio::spawn(async move {
-        for (i, frame) in frames.into_iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(STREAM_EVENT_GAP).await;
-            }
-            if tx.send(Ok(Frame::data(frame))).await.is_err() {
-                return;
-            }
-        }
-    });
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/event-stream; charset=utf-8")
         .header("x-request-id", "req_mock_sse")
-        .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        .body(streamed_body(frames))
+        .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
 }
 
 /// Whether the request asks to become a WebSocket.
@@ -204,8 +190,8 @@ pub fn accept_websocket(
     let text = |status: StatusCode, body: &'static str| {
         Response::builder()
             .status(status)
-            .body(Full::new(Bytes::from_static(body.as_bytes())).boxed())
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+            .body(whole(Bytes::from_static(body.as_bytes())))
+            .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
     };
     let Some(key) = req
         .headers()
@@ -277,8 +263,8 @@ pub fn accept_websocket(
         response = response.header("sec-websocket-extensions", "permessage-deflate");
     }
     response
-        .body(Full::new(Bytes::new()).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        .body(whole(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(whole(Bytes::new())))
 }
 
 /// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).

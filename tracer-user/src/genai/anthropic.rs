@@ -27,6 +27,7 @@ pub fn parse(
         call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
         parse_stream(&events, config, call);
     } else if let Some(v) = view.json() {
+        call.response.reached_end = true;
         parse_message(&v, config, call);
     }
 }
@@ -291,6 +292,7 @@ pub(super) fn parse_stream(
         }
     }
     finish(call, stop, (text, calls), config);
+    call.response.reached_end = stopped;
     if !stopped && call.error.is_none() {
         call.error = Some(stream_interrupted(
             "the event stream ended before message_stop",

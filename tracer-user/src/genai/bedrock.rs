@@ -130,6 +130,7 @@ pub fn parse(
             }
         }
     } else if let Some(v) = view.json() {
+        call.response.reached_end = true;
         match op {
             Operation::Converse => converse_response(&v, config, call),
             _ if anthropic_body => anthropic::parse_message(&v, config, call),
@@ -410,6 +411,7 @@ fn converse_stream(
         }
     }
     anthropic::finish(call, stop, (text, calls), config);
+    call.response.reached_end = ended;
     if !ended && call.error.is_none() {
         call.error = Some(stream_interrupted(
             "the event stream ended before its metadata event",
@@ -498,6 +500,7 @@ fn invoke_stream(
                 continue;
             };
             if let Some(m) = v.get("amazon-bedrock-invocationMetrics") {
+                call.response.reached_end = true;
                 let int = |k: &str| m.get(k).and_then(Value::as_i64);
                 call.response.usage.input_tokens = int("inputTokenCount");
                 call.response.usage.output_tokens = int("outputTokenCount");

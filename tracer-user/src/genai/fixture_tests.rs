@@ -35,6 +35,8 @@ macro_rules! fixture {
 }
 
 const ANTHROPIC_STREAM: Fixture = fixture!("anthropic/messages_stream_tool_use");
+const CHAT_STREAM: Fixture = fixture!("openai/chat_stream_tools");
+const H2_CHAT_STREAM: Fixture = fixture!("http2/chat_stream_tools");
 const ANTHROPIC_529: Fixture = fixture!("anthropic/messages_529");
 const RESPONSES_STREAM: Fixture = fixture!("openai/responses_stream_function_call");
 const GEMINI_STREAM: Fixture = fixture!("gemini/stream_generate_content");
@@ -46,9 +48,10 @@ const BEDROCK_INVOKE_STREAM: Fixture = fixture!("bedrock/invoke_stream_anthropic
 const BEDROCK_STREAM_EXCEPTION: Fixture = fixture!("bedrock/converse_stream_exception");
 const BEDROCK_THROTTLED: Fixture = fixture!("bedrock/converse_throttled");
 
-fn all() -> [Fixture; 11] {
+fn all() -> [Fixture; 12] {
     [
         ANTHROPIC_STREAM,
+        CHAT_STREAM,
         ANTHROPIC_529,
         RESPONSES_STREAM,
         GEMINI_STREAM,
@@ -211,21 +214,133 @@ fn ollama_ndjson_golden() {
     );
 }
 
+/// Every streamed fixture, with where its terminal event starts: the first occurrence of
+/// `marker` in the response bytes, or the last when `last` (Bedrock InvokeModel's chunks are
+/// base64: its last event-stream message is the one with `message_stop`).
+fn terminal_events() -> [(Fixture, &'static [u8], bool); 7] {
+    [
+        // With `include_usage` the usage chunk ends the stream even before `[DONE]`.
+        (CHAT_STREAM, br#"{"choices":[],"#, false),
+        (RESPONSES_STREAM, b"event: response.completed", false),
+        (ANTHROPIC_STREAM, b"event: message_stop", false),
+        (GEMINI_STREAM, br#""finishReason""#, false),
+        (OLLAMA_NDJSON, br#""done":true"#, false),
+        (BEDROCK_CONVERSE_STREAM, b"metadata", false),
+        (BEDROCK_INVOKE_STREAM, b":event-type", true),
+    ]
+}
+
+fn find(haystack: &[u8], needle: &[u8], last: bool) -> usize {
+    let mut at = haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle);
+    let hit = if last { at.next_back() } else { at.next() };
+    hit.map(|(i, _)| i).expect("marker in the fixture")
+}
+
+/// The openai SDK, Codex and others stop reading at the protocol's own end of stream and close
+/// the connection; the chunked body's last chunk (`0\r\n\r\n`), which real servers send in a
+/// later TLS record, is never read. That call is whole: the same record as with the last chunk,
+/// no error.
 #[test]
-fn a_stream_cut_short_is_interrupted_for_every_streaming_dialect() {
-    for f in [
-        ANTHROPIC_STREAM,
-        RESPONSES_STREAM,
-        OLLAMA_NDJSON,
-        BEDROCK_CONVERSE_STREAM,
-        BEDROCK_INVOKE_STREAM,
-    ] {
-        let cut = f.response.len() * 2 / 3;
-        let c = call_of(&[
+fn a_close_after_the_terminal_event_is_a_complete_call() {
+    for (f, _, _) in terminal_events() {
+        let unterminated = f
+            .response
+            .strip_suffix(b"0\r\n\r\n")
+            .expect("a chunked fixture ends with the last chunk");
+        let expected = whole(&f);
+        assert!(expected.response.reached_end, "{}", f.name);
+        assert_eq!(expected.error, None, "{}", f.name);
+        let got = call_of(&[
             data(Direction::Egress, f.request),
-            data(Direction::Ingress, &f.response[..cut]),
+            data(Direction::Ingress, unterminated),
         ]);
-        assert!(c.error.is_some(), "{}: a cut stream is an error", f.name);
+        assert_eq!(got, expected, "{}: closed before the last chunk", f.name);
+        assert_eq!(got.http.interrupted, None, "{}", f.name);
+    }
+}
+
+/// Over HTTP/2 the transport's end is END_STREAM, in a DATA frame of its own after the last
+/// event; a client that stops at `[DONE]` closes the connection or resets the stream (CANCEL)
+/// instead of reading it. Either way the call is whole.
+#[test]
+fn an_http2_stream_ended_by_done_is_complete_without_its_end_stream() {
+    const END_STREAM_DATA: &[u8] = &[0, 0, 0, 0, 1, 0, 0, 0, 1];
+    let f = H2_CHAT_STREAM;
+    let unterminated = f
+        .response
+        .strip_suffix(END_STREAM_DATA)
+        .expect("the fixture ends with an empty DATA frame ending stream 1");
+    let expected = whole(&f);
+    assert_eq!(expected.error, None);
+    assert_eq!(expected.response.usage.input_tokens, Some(57));
+    let closed = call_of(&[
+        data(Direction::Egress, f.request),
+        data(Direction::Ingress, unterminated),
+    ]);
+    assert_eq!(closed, expected, "connection closed before END_STREAM");
+    // RST_STREAM(CANCEL) on stream 1.
+    let cancel = [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 8];
+    let reset = call_of(&[
+        data(Direction::Egress, f.request),
+        data(Direction::Ingress, unterminated),
+        data(Direction::Egress, &cancel),
+    ]);
+    assert_eq!(reset, expected, "stream reset before END_STREAM");
+    // Cut before `[DONE]` and the usage chunk: interrupted.
+    let usage_chunk = find(f.response, br#"{"choices":[],"#, false);
+    let cut = call_of(&[
+        data(Direction::Egress, f.request),
+        data(Direction::Ingress, &f.response[..usage_chunk]),
+    ]);
+    assert_eq!(
+        cut.error.map(|e| e.error_type).as_deref(),
+        Some("stream_interrupted")
+    );
+}
+
+/// A Gemini stream for a blocked prompt has no candidates: its one chunk says why, and ends it.
+#[test]
+fn a_gemini_stream_for_a_blocked_prompt_ends_at_its_prompt_feedback() {
+    let chunk = r#"data: {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}, "modelVersion": "gemini-2.5-flash"}"#;
+    let body = format!("{chunk}\r\n\r\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:X}\r\n{body}\r\n",
+        body.len()
+    );
+    let c = call_of(&[
+        data(Direction::Egress, GEMINI_STREAM.request),
+        data(Direction::Ingress, response.as_bytes()),
+    ]);
+    assert!(c.response.reached_end);
+    assert_eq!((c.error, c.http.interrupted), (None, None));
+    assert_eq!(c.response.usage.input_tokens, Some(8));
+}
+
+/// A stream cut anywhere before its terminal event stays a failed call, `stream_interrupted`,
+/// whatever the transport then says.
+#[test]
+fn a_stream_cut_before_its_terminal_event_is_interrupted() {
+    for (f, marker, last) in terminal_events() {
+        let terminal = find(f.response, marker, last);
+        // Just before the terminal event, inside it, and well before it.
+        let cuts = [terminal, terminal + marker.len() / 2, terminal / 2];
+        for cut in cuts {
+            let c = call_of(&[
+                data(Direction::Egress, f.request),
+                data(Direction::Ingress, &f.response[..cut]),
+            ]);
+            assert!(!c.response.reached_end, "{}: cut at {cut}", f.name);
+            assert_eq!(
+                c.error.map(|e| e.error_type).as_deref(),
+                Some("stream_interrupted"),
+                "{}: cut at {cut}",
+                f.name
+            );
+            assert_eq!(c.http.interrupted, Some("connection_closed"), "{}", f.name);
+        }
     }
 }
 
@@ -329,6 +444,7 @@ fn bedrock_converse_golden() {
                 "tool_call",
                 Some("tooluse_mock_1"),
             )),
+            reached_end: true,
             ..LlmResponse::default()
         },
         ..bedrock_call(
@@ -365,6 +481,7 @@ fn bedrock_converse_stream_golden() {
                 "tool_call",
                 Some("tooluse_mock_stream"),
             )),
+            reached_end: true,
             ..LlmResponse::default()
         },
         first_chunk_ns: Some(7),
@@ -392,6 +509,7 @@ fn bedrock_invoke_anthropic_golden() {
                 ..Usage::default()
             },
             output_messages: Some(answer("Hello from Bedrock.", "stop", None)),
+            reached_end: true,
             ..LlmResponse::default()
         },
         ..bedrock_call(
@@ -425,6 +543,7 @@ fn bedrock_invoke_stream_anthropic_golden() {
                 "tool_call",
                 Some("toolu_mock_1"),
             )),
+            reached_end: true,
             ..LlmResponse::default()
         },
         first_chunk_ns: Some(7),

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{
-    content, error_from_object, str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall,
-    Usage,
+    content, error_from_object, openai::stream_interrupted, str_field, strings, GenAiConfig,
+    LlmCall, ResponseView, ToolCall, Usage,
 };
 
 pub fn parse(
@@ -72,13 +72,17 @@ pub fn parse(
     }
     // With alt=sse each event is a whole GenerateContentResponse; without it the stream is one
     // JSON array sent incrementally.
-    let chunks: Vec<(Value, Option<u64>)> = if view.is_sse() {
+    let sse = view.is_sse();
+    let chunks: Vec<(Value, Option<u64>)> = if sse {
         view.sse()
             .into_iter()
             .filter_map(|(e, t)| serde_json::from_str(&e.data).ok().map(|v| (v, t)))
             .collect()
     } else {
-        match view.json() {
+        // A whole JSON document (one answer, or the whole streamed array) is the whole answer.
+        let whole = view.json();
+        call.response.reached_end = whole.is_some();
+        match whole {
             Some(Value::Array(items)) => items.into_iter().map(|v| (v, None)).collect(),
             Some(v) => vec![(v, None)],
             None => Vec::new(),
@@ -140,6 +144,21 @@ pub fn parse(
             if let Some(reason) = str_field(cand, "finishReason") {
                 acc.2 = Some(reason);
             }
+        }
+    }
+    if sse {
+        // Gemini has no end-of-stream event: its last chunk is the one whose candidates all
+        // carry a finishReason, or, for a blocked prompt, the one that says why (no candidates).
+        let blocked = chunks
+            .iter()
+            .any(|(c, _)| c.pointer("/promptFeedback/blockReason").is_some());
+        call.response.reached_end = blocked
+            || (!candidates.is_empty()
+                && candidates.values().all(|(_, _, reason)| reason.is_some()));
+        if !call.response.reached_end && call.error.is_none() {
+            call.error = Some(stream_interrupted(
+                "the event stream ended before a chunk with finishReason",
+            ));
         }
     }
     let mut outputs = Vec::new();

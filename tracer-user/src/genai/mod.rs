@@ -82,6 +82,11 @@ pub struct LlmResponse {
     pub service_tier: Option<String>,
     /// `gen_ai.output.messages`, only built when content capture is on.
     pub output_messages: Option<Value>,
+    /// The answer reached its API's own end: a stream's terminal event (`[DONE]`,
+    /// `response.completed`, `message_stop`, ...) or a whole JSON document. What the transport
+    /// still owed after it (a chunked body's last chunk, HTTP/2's END_STREAM) carries nothing
+    /// more, and clients close without reading it: a close after this end cut nothing off.
+    pub reached_end: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -395,13 +400,18 @@ pub fn recognise(
     }
     call.request.history = history::of(dialect, &json, config.capture_content);
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
-        call.error.get_or_insert(LlmError {
-            error_type: reason.to_string(),
-            message: Some(match &exchange.response {
-                Some(_) => "the response was cut short".to_string(),
-                None => "no response was received".to_string(),
-            }),
-        });
+        if call.response.reached_end {
+            // The answer is whole; only the transport's own end was never read.
+            call.http.interrupted = None;
+        } else {
+            call.error.get_or_insert(LlmError {
+                error_type: reason.to_string(),
+                message: Some(match &exchange.response {
+                    Some(_) => "the response was cut short".to_string(),
+                    None => "no response was received".to_string(),
+                }),
+            });
+        }
     }
     Some(Ok(Call::Llm(Box::new(call))))
 }

@@ -104,6 +104,7 @@ pub fn parse(
             done = Some(o.clone());
         }
     }
+    call.response.reached_end = done.is_some();
     match done {
         Some(last) => {
             let reason = str_field(&last, "done_reason").unwrap_or_else(|| "stop".to_string());

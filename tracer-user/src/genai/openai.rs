@@ -68,6 +68,7 @@ pub fn parse_chat(
         call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
         parse_chat_stream(&events, config, call);
     } else if let Some(v) = view.json() {
+        call.response.reached_end = true;
         parse_chat_completion(&v, config, call);
     } else if call.http.bytes_lost == 0 {
         call.error = Some(LlmError {
@@ -193,6 +194,7 @@ fn parse_chat_stream(
 ) {
     let mut choices: BTreeMap<i64, ChoiceAcc> = BTreeMap::new();
     let mut done = false;
+    let mut usage_seen = false;
     for (event, _) in events {
         let data = event.data.trim();
         if data == "[DONE]" {
@@ -217,6 +219,7 @@ fn parse_chat_stream(
         }
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
             resp.usage = chat_usage(u);
+            usage_seen = true;
         }
         for choice in chunk
             .get("choices")
@@ -259,6 +262,11 @@ fn parse_chat_stream(
             }
         }
     }
+    // `[DONE]` ends the stream; so does the usage chunk once every choice has finished (it is
+    // the last before `[DONE]` when `stream_options.include_usage` asks for it).
+    let every_choice_finished = !choices.is_empty() && choices.values().all(|c| c.finish.is_some());
+    let ended = done || (every_choice_finished && usage_seen);
+    call.response.reached_end = ended;
     let mut outputs = Vec::new();
     for acc in choices.into_values() {
         // A stream that ended before its choice finished reports `error` in that position.
@@ -274,7 +282,7 @@ fn parse_chat_stream(
     if config.capture_content {
         call.response.output_messages = Some(Value::Array(outputs));
     }
-    if !done && call.error.is_none() {
+    if !ended && call.error.is_none() {
         call.error = Some(stream_interrupted("the event stream ended before [DONE]"));
     }
 }
@@ -352,6 +360,7 @@ pub fn parse_responses(
                 _ => {}
             }
         }
+        call.response.reached_end = terminal.is_some();
         match terminal {
             Some(response) => parse_response_object(&response, config, call),
             None if call.error.is_none() => {
@@ -363,6 +372,7 @@ pub fn parse_responses(
             None => {}
         }
     } else if let Some(v) = view.json() {
+        call.response.reached_end = true;
         parse_response_object(&v, config, call);
     }
 }
@@ -483,6 +493,7 @@ pub fn parse_embeddings(req: &Value, view: Option<&ResponseView<'_>>, call: &mut
         return;
     }
     if let Some(v) = view.json() {
+        call.response.reached_end = true;
         call.response.model = str_field(&v, "model");
         call.response.usage.input_tokens =
             v.pointer("/usage/prompt_tokens").and_then(Value::as_i64);
