@@ -121,6 +121,10 @@ struct Run {
     tentative: bool,
     sampled: bool,
     held: VecDeque<Span>,
+    /// Programs the agent ran outside any tool window, each with when it was exec'd and its
+    /// command line, kept until the run's next model call is in: the pipeline can deliver a
+    /// process's end before the answer that asked for it as a tool (see `place_early_execs`).
+    early_execs: Vec<(u64, String, Span)>,
     agent_name: String,
     conversation_id: Option<String>,
     start_ns: u64,
@@ -169,6 +173,8 @@ impl Run {
 struct ExecOwner {
     span_id: [u8; 8],
     parent: Parent,
+    /// When the program was exec'd.
+    start_ns: u64,
 }
 
 pub struct AgentAssembler {
@@ -288,15 +294,24 @@ impl AgentAssembler {
             run.error_type = Some(e.error_type.clone());
         }
         let end_ns = call.http.end_ns;
+        let tools_start_ns = call
+            .response
+            .tools_requested_ns
+            .map_or(end_ns, |requested| requested.min(end_ns));
         let tool_calls = call.response.tool_calls.clone();
         let failed = call.error.is_some();
         self.emit(index, span, out);
         if !tool_calls.is_empty() {
             for tool in tool_calls {
-                self.open_tool(index, tool, end_ns, content, max_bytes);
+                self.open_tool(index, tool, tools_start_ns, content, max_bytes);
             }
-        } else if !failed && !call.request.history.warmup {
-            self.finish(index, end_ns, Outcome::Completed, out);
+            self.rehome_early_execs(index, tools_start_ns);
+            self.place_early_execs(index, Some(tools_start_ns), out);
+        } else {
+            self.place_early_execs(index, None, out);
+            if !failed && !call.request.history.warmup {
+                self.finish(index, end_ns, Outcome::Completed, out);
+            }
         }
     }
 
@@ -399,6 +414,7 @@ impl AgentAssembler {
                         ExecOwner {
                             span_id: rand::rng().random(),
                             parent,
+                            start_ns: *timestamp_ns,
                         },
                     );
                     if let Some(run) = self.run_mut(parent.run) {
@@ -527,6 +543,7 @@ impl AgentAssembler {
                 .is_some_and(|p| !self.execs.values().any(|e| e.span_id == p.span)),
             sampled,
             held: VecDeque::new(),
+            early_execs: Vec::new(),
             agent_name,
             conversation_id,
             start_ns: call.http.start_ns,
@@ -750,6 +767,7 @@ impl AgentAssembler {
     }
 
     fn finish(&mut self, index: usize, end_ns: u64, outcome: Outcome, out: &mut Vec<Span>) {
+        self.place_early_execs(index, None, out);
         let tools = std::mem::take(&mut self.runs[index].open_tools);
         for tool in tools {
             let end = tool.latest_ns.max(tool.start_ns);
@@ -920,6 +938,38 @@ impl AgentAssembler {
         None
     }
 
+    /// Programs the agent started after the model had asked for a tool but before the answer's
+    /// end was read (Codex runs a tool as soon as its call is complete in the stream) were owned
+    /// by the run when they were exec'd, no window being open yet: they belong to the tool. Their
+    /// spans leave when they end, so the tool is their parent, and their children's.
+    fn rehome_early_execs(&mut self, index: usize, since_ns: u64) {
+        let run = &self.runs[index];
+        let (key, root) = (run.key, run.root_span_id);
+        let early: Vec<u32> = self
+            .execs
+            .iter()
+            .filter(|(_, o)| o.parent.run == key && o.parent.span == root && o.start_ns >= since_ns)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in early {
+            let hint = self
+                .lineage
+                .running(pid)
+                .map(|r| r.args.join(" "))
+                .unwrap_or_default();
+            let Some(owner) = self.execs.get(&pid) else {
+                continue;
+            };
+            let tools = &self.runs[index].open_tools;
+            if let Some(tool) = pick_tool(tools, owner.start_ns, &Hint::Text(&hint)) {
+                let span = tools[tool].span_id;
+                if let Some(owner) = self.execs.get_mut(&pid) {
+                    owner.parent.span = span;
+                }
+            }
+        }
+    }
+
     /// Non-model work (HTTP, MCP, embeddings): a child of the tool or run it belongs to, else a
     /// trace of its own.
     fn activity(
@@ -1027,8 +1077,45 @@ impl AgentAssembler {
             events: Vec::new(),
             process: Arc::new(ProcessInfo::unknown(pid)),
         };
+        // A program of the run's own, outside any window so far: it may yet turn out to be a
+        // tool's, once the answer that asked for that tool is in.
+        if let Some(i) = self.runs.iter().position(|r| r.key == owner.parent.run) {
+            let run = &mut self.runs[i];
+            if owner.parent.span == run.root_span_id {
+                run.last_activity_ns = run.last_activity_ns.max(end_ns);
+                if run.early_execs.len() >= MAX_HELD_SPANS {
+                    let (_, _, oldest) = run.early_execs.remove(0);
+                    self.emit(i, oldest, out);
+                }
+                let run = &mut self.runs[i];
+                run.early_execs
+                    .push((record.start_ns, record.args.join(" "), span));
+                return;
+            }
+        }
         // Into the window it was spawned in: the tool's, even when the process outlives it.
         self.attach(owner.parent, end_ns, span, out);
+    }
+
+    /// The run's held programs: those exec'd once its tools had been asked for go under the
+    /// tool they belong to, the rest under the run. With `tools_since` None, all under the run.
+    fn place_early_execs(&mut self, index: usize, tools_since: Option<u64>, out: &mut Vec<Span>) {
+        let held = std::mem::take(&mut self.runs[index].early_execs);
+        for (start_ns, hint, mut span) in held {
+            let run = &mut self.runs[index];
+            span.trace_id = run.trace_id;
+            let tool = tools_since
+                .filter(|since| start_ns >= *since)
+                .and_then(|_| pick_tool(&run.open_tools, start_ns, &Hint::Text(&hint)));
+            match tool {
+                Some(t) => {
+                    let tool = &mut run.open_tools[t];
+                    span.parent_span_id = Some(tool.span_id);
+                    tool.children.push(span);
+                }
+                None => self.emit(index, span, out),
+            }
+        }
     }
 
     // ----- output -----

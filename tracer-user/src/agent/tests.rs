@@ -731,3 +731,55 @@ fn a_prewarm_does_not_end_the_run_it_opens() {
     assert_eq!(named(&out, "execute_tool exec_command").len(), 1);
     assert!(out.iter().all(|s| s.trace_id == roots[0].trace_id));
 }
+
+/// Codex runs a tool as soon as the call's item is complete in the stream, and the pipeline can
+/// deliver that program's whole life before the answer that asked for it: the program still
+/// belongs to the tool, whose window opens when the call was complete. A program of the agent's
+/// own before that stays under the run.
+#[test]
+fn a_tool_program_seen_before_the_answer_that_asked_for_it_is_the_tools() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    let first = json!({"generate": false, "input": [user("run it")]});
+    a.llm_call(&responses_call(0, 10, first, "resp_1", &[]), &mut out);
+    // The agent's own helper, before any tool was asked for.
+    for e in exec(AGENT + 1, AGENT, 15, &["pyenv", "init"]) {
+        a.process_event(&e, &mut out);
+    }
+    a.process_event(&exit(AGENT + 1, 18, Some(0)), &mut out);
+    // The tool's program, exec'd at 32 ms: after the call was complete (30 ms), before the
+    // answer ended (40 ms), and delivered before that answer.
+    for e in exec(AGENT + 2, AGENT, 32, &["bash", "-lc", "uname -s"]) {
+        a.process_event(&e, &mut out);
+    }
+    a.process_event(&exit(AGENT + 2, 36, Some(0)), &mut out);
+    assert!(
+        named(&out, "exec").is_empty(),
+        "held until the answer is in"
+    );
+    let turn = json!({"previous_response_id": "resp_1", "input": [user("run it")]});
+    let mut asking = responses_call(
+        20,
+        40,
+        turn,
+        "resp_2",
+        &[("call_1", "exec_command", r#"{"cmd":"uname -s"}"#)],
+    );
+    asking.response.tools_requested_ns = Some(30 * MS);
+    a.llm_call(&asking, &mut out);
+    let answer = json!({"previous_response_id": "resp_2", "input": [
+        {"type": "function_call_output", "call_id": "call_1", "output": "Linux"}]});
+    a.llm_call(&responses_call(60, 80, answer, "resp_3", &[]), &mut out);
+
+    let root = named(&out, "invoke_agent")[0];
+    let tool = named(&out, "execute_tool exec_command")[0];
+    assert_eq!(
+        tool.start_unix_ns,
+        named(&out, "chat")[1].end_unix_ns - 10 * MS
+    );
+    let bash = named(&out, "exec bash")[0];
+    assert_eq!(bash.parent_span_id, Some(tool.span_id), "{out:#?}");
+    let pyenv = named(&out, "exec pyenv")[0];
+    assert_eq!(pyenv.parent_span_id, Some(root.span_id));
+    assert!(out.iter().all(|s| s.trace_id == root.trace_id));
+}

@@ -685,3 +685,20 @@ mod chunking {
         }
     }
 }
+
+/// A Responses stream's tool call is complete at its `response.output_item.done`: the time the
+/// record carrying that event arrived, not the end of the stream (agents start the tool then).
+#[test]
+fn a_responses_tool_call_is_requested_when_its_item_is_done() {
+    let f = RESPONSES_STREAM;
+    let done = find(f.response, b"response.output_item.done", false);
+    let item_end = done + find(&f.response[done..], b"\n\n", false) + 2;
+    let c = call_of(&[
+        timed(Direction::Egress, f.request, 1),
+        timed(Direction::Ingress, &f.response[..item_end], 5),
+        timed(Direction::Ingress, &f.response[item_end..], 9),
+    ]);
+    assert_eq!(c.response.tool_calls.len(), 1);
+    assert_eq!(c.response.tools_requested_ns, Some(5));
+    assert_eq!(c.http.end_ns, 9);
+}

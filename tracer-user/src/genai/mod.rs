@@ -87,6 +87,10 @@ pub struct LlmResponse {
     /// still owed after it (a chunked body's last chunk, HTTP/2's END_STREAM) carries nothing
     /// more, and clients close without reading it: a close after this end cut nothing off.
     pub reached_end: bool,
+    /// When a streamed answer's first tool call was complete (the time of the event that closed
+    /// it), if before the answer's end: agents such as Codex start the tool right then, while
+    /// the rest of the stream is still arriving, so the tool's window opens there.
+    pub tools_requested_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

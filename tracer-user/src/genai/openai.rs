@@ -342,13 +342,19 @@ pub fn parse_responses(
         call.first_chunk_ns = events.first().and_then(|(_, t)| *t);
         // The terminal event carries the whole Response: read it exactly like a JSON body.
         let mut terminal = None;
-        for (event, _) in &events {
+        for (event, at) in &events {
             let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
                 continue;
             };
             match data.get("type").and_then(Value::as_str) {
                 Some("response.completed" | "response.incomplete" | "response.failed") => {
                     terminal = data.get("response").cloned();
+                }
+                Some("response.output_item.done") if call.response.tools_requested_ns.is_none() => {
+                    let item_type = data.pointer("/item/type").and_then(Value::as_str);
+                    if item_type.is_some_and(|t| t.ends_with("_call") && t != "web_search_call") {
+                        call.response.tools_requested_ns = *at;
+                    }
                 }
                 Some("response.created") => {
                     if let Some(r) = data.get("response") {
