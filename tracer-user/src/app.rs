@@ -143,6 +143,16 @@ pub async fn run(config: Config) -> Result<()> {
         stop_rx,
     ));
     let mut attacher = Attacher::new(capture, health.clone(), validator);
+    // Pre-attach (see capture/preattach.rs) starts first: its threads list and analyse the
+    // directories agents run from while the running processes are scanned here.
+    let preattached = capture::preattach::enabled().then(|| {
+        capture::preattach::start(
+            attacher.target_cache(),
+            capture::preattach::agent_roots(),
+            capture::preattach::Limits::default(),
+        )
+        .found
+    });
     let open_connections = attacher.start_up();
     let hooked = std::mem::take(&mut attacher.hooked_paths);
     let unhookable = std::mem::take(&mut attacher.unhookable_paths);
@@ -156,7 +166,8 @@ pub async fn run(config: Config) -> Result<()> {
              `agent-tracer check`); encrypted traffic will not be seen"
         );
     }
-    let attacher = tokio::spawn(attacher.run(exec_rx));
+    let hook_coverage = attacher.coverage();
+    let attacher = tokio::spawn(attacher.run(exec_rx, preattached));
 
     let mut spans = Vec::new();
     let mut pipeline = Pipeline::new(
@@ -183,6 +194,7 @@ pub async fn run(config: Config) -> Result<()> {
         clock,
         health.clone(),
     );
+    pipeline.set_hook_coverage(hook_coverage);
     pipeline.observe_running(crate::capture::all_pids());
     for event in open_connections {
         pipeline.handle(event, &mut spans);

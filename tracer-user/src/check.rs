@@ -197,7 +197,7 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
 /// library it maps) and how the tracer hooks it.
 fn tls_summary(out: &mut impl Write) -> Result<()> {
     let own_pid = std::process::id();
-    let mut cache = TargetCache::default();
+    let cache = TargetCache::default();
     let mut lines: Vec<String> = Vec::new();
     let mut scanned = 0;
     let mut unreadable = 0;
@@ -221,7 +221,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
             .unwrap_or_else(|_| pid.to_string());
         let mut found: BTreeSet<Found> = BTreeSet::new();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        if let Some(f) = analyse(&mut cache, &exe, true, "executable") {
+        if let Some(f) = analyse(&cache, &exe, true, "executable") {
             found.insert(f);
         }
         let libraries: BTreeSet<&str> = mapped_paths(&maps)
@@ -238,7 +238,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or(lib);
-            if let Some(f) = analyse(&mut cache, &path, false, name) {
+            if let Some(f) = analyse(&cache, &path, false, name) {
                 found.insert(f);
             }
         }
@@ -299,7 +299,7 @@ fn how_hooked(analysis: &Analysis) -> Option<(String, &'static str)> {
     }
 }
 
-fn analyse(cache: &mut TargetCache, path: &Path, executable: bool, place: &str) -> Option<Found> {
+fn analyse(cache: &TargetCache, path: &Path, executable: bool, place: &str) -> Option<Found> {
     let id = FileId::of(path).ok()?;
     let analysis = cache.get_or_analyse(id, path, executable).ok()?;
     let (stack, how) = how_hooked(&analysis)?;

@@ -56,6 +56,8 @@ pub struct Pipeline {
     /// reported encrypted-only (libraries writing ciphertext through a memory BIO, as Node's
     /// OpenSSL does, never link their socket to the hooked call).
     tls_plaintext_pids: HashSet<u32>,
+    /// When each process's TLS hooks were in place (the attacher writes it).
+    hook_coverage: crate::capture::HookCoverage,
 }
 
 impl Pipeline {
@@ -91,6 +93,7 @@ impl Pipeline {
             exchanges: Vec::new(),
             rpc_exchanges: Vec::new(),
             tls_plaintext_pids: HashSet::new(),
+            hook_coverage: crate::capture::HookCoverage::default(),
         }
     }
 
@@ -98,6 +101,11 @@ impl Pipeline {
     /// `ProcessCache::observe_running`).
     pub fn observe_running(&mut self, pids: impl IntoIterator<Item = u32>) {
         self.processes.observe_running(pids);
+    }
+
+    /// Shares the attacher's record of when each process was hooked.
+    pub fn set_hook_coverage(&mut self, coverage: crate::capture::HookCoverage) {
+        self.hook_coverage = coverage;
     }
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
@@ -139,7 +147,14 @@ impl Pipeline {
             } => {
                 // Before the close reaches the streams: they still know the peer.
                 let peer = self.streams.peer(*pid, *fd).cloned().unwrap_or_default();
-                if self.tls_plaintext_pids.contains(pid) {
+                // A process whose plaintext was captured is reported from it, unless this
+                // connection started before its hooks were in place: then its first bytes (or all
+                // of them) went by unseen, and the encrypted-only span is all there is of them.
+                let hooked_before = self
+                    .hook_coverage
+                    .hooked_at(*pid)
+                    .is_none_or(|at| at <= totals.start_ns);
+                if self.tls_plaintext_pids.contains(pid) && hooked_before {
                     Health::add(&self.health.encrypted_skipped_hooked, 1);
                 } else {
                     Health::add(&self.health.encrypted_connections, 1);
@@ -184,6 +199,7 @@ impl Pipeline {
         if let Some(pid) = exited {
             self.processes.forget(pid);
             self.tls_plaintext_pids.remove(&pid);
+            self.hook_coverage.forget(pid);
         }
     }
 

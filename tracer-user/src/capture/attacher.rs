@@ -5,7 +5,7 @@
 //! later. Files are reached through /proc/PID/root so a container's own libraries resolve.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -34,8 +34,10 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Attacher {
     capture: Capture,
-    cache: TargetCache,
-    hooked: HashSet<FileId>,
+    cache: Arc<TargetCache>,
+    /// Files hooked, and when their hooks were in place (CLOCK_MONOTONIC ns).
+    hooked: HashMap<FileId, u64>,
+    coverage: HookCoverage,
     health: Arc<Health>,
     own_pid: u32,
     /// Paths hooked, for the start-up log.
@@ -54,8 +56,9 @@ impl Attacher {
             validator,
             inferred_links: HashMap::new(),
             capture,
-            cache: TargetCache::default(),
-            hooked: HashSet::new(),
+            cache: Arc::new(TargetCache::default()),
+            hooked: HashMap::new(),
+            coverage: HookCoverage::default(),
             health,
             own_pid: std::process::id(),
             hooked_paths: Vec::new(),
@@ -65,6 +68,16 @@ impl Attacher {
 
     pub fn capture(&self) -> &Capture {
         &self.capture
+    }
+
+    /// The analyses, for pre-attach to share.
+    pub fn target_cache(&self) -> Arc<TargetCache> {
+        self.cache.clone()
+    }
+
+    /// When each process's hooks were in place, for the encrypted-only fallback.
+    pub fn coverage(&self) -> HookCoverage {
+        self.coverage.clone()
     }
 
     /// Hooks what exists now; returns the connections already open (as Connect events) so the
@@ -93,16 +106,18 @@ impl Attacher {
         connects
     }
 
-    /// The executable and TLS libraries of one process.
-    pub fn scan_process(&mut self, pid: u32) {
+    /// The executable and TLS libraries of one process. Returns when the last of its hooks was
+    /// placed (CLOCK_MONOTONIC ns), `None` when it has none (and records it in the coverage).
+    pub fn scan_process(&mut self, pid: u32) -> Option<u64> {
         if pid == self.own_pid {
-            return;
+            return None;
         }
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let label = std::fs::read_link(&exe).ok();
-        self.consider(&exe, true, label.as_deref().map(|l| (pid, l)));
+        let mut hooked_at = self.consider(&exe, true, label.as_deref().map(|l| (pid, l)));
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
+            self.record_coverage(pid, hooked_at);
+            return hooked_at;
         };
         let libraries: Vec<String> = mapped_paths(&maps)
             .filter(|p| {
@@ -116,28 +131,40 @@ impl Attacher {
             .into_iter()
             .collect();
         for lib in libraries {
-            self.consider(
+            let at = self.consider(
                 &PathBuf::from(format!("/proc/{pid}/root{lib}")),
                 false,
                 None,
             );
+            hooked_at = hooked_at.max(at);
+        }
+        self.record_coverage(pid, hooked_at);
+        hooked_at
+    }
+
+    fn record_coverage(&self, pid: u32, hooked_at: Option<u64>) {
+        if let Some(at) = hooked_at {
+            self.coverage.record(pid, at);
         }
     }
 
     /// Analyses a file (once) and hooks it (once). `reported_as` names the process for the
-    /// unsupported-TLS report.
-    fn consider(&mut self, path: &Path, executable: bool, reported_as: Option<(u32, &Path)>) {
-        let Ok(id) = FileId::of(path) else {
-            return;
-        };
-        if self.hooked.contains(&id) {
-            return;
+    /// unsupported-TLS report. Returns when the file's hooks were placed, if it has any.
+    fn consider(
+        &mut self,
+        path: &Path,
+        executable: bool,
+        reported_as: Option<(u32, &Path)>,
+    ) -> Option<u64> {
+        let id = FileId::of(path).ok()?;
+        if let Some(at) = self.hooked.get(&id) {
+            return Some(*at);
         }
         let analysis = match self.cache.get_or_analyse(id, path, executable) {
             Ok(a) => a,
             Err(e) => {
                 debug!("{e}");
-                return;
+                return None;
             }
         };
         if let (Some(stack), Some((pid, binary))) = (analysis.unsupported, reported_as) {
@@ -158,7 +185,7 @@ impl Attacher {
                     0
                 }
             },
-            None if analysis.hooks.is_empty() => return,
+            None if analysis.hooks.is_empty() => return None,
             None if analysis.method == HookMethod::Inferred => {
                 let shown = reported_as.map_or(path, |(_, b)| b).display().to_string();
                 self.attach_inferred(path, &shown, &analysis.hooks)
@@ -166,7 +193,9 @@ impl Attacher {
             None => self.capture.attach_hooks(path, &analysis.hooks),
         };
         if placed > 0 {
-            self.hooked.insert(id);
+            let at = super::Clock::monotonic_now_ns();
+            self.hooked.insert(id, at);
+            self.coverage.placed(at);
             Health::add(&self.health.tls_targets_attached, 1);
             let shown = reported_as
                 .map(|(_, b)| b.to_path_buf())
@@ -177,8 +206,10 @@ impl Attacher {
                 shown.display()
             );
             self.hooked_paths.push(shown);
+            Some(at)
         } else {
             self.unhookable_paths.push(path.to_path_buf());
+            None
         }
     }
 
@@ -301,7 +332,12 @@ impl Attacher {
 
     /// Reacts to execs until the queue closes; returns itself so the caller can read final
     /// counters and then detach by dropping it.
-    pub async fn run(mut self, mut execs: mpsc::Receiver<u32>) -> Self {
+    /// `preattached`: files pre-attach found worth hooking (see `preattach.rs`), already analysed.
+    pub async fn run(
+        mut self,
+        mut execs: mpsc::Receiver<ExecSeen>,
+        mut preattached: Option<mpsc::Receiver<PathBuf>>,
+    ) -> Self {
         let mut rescans: BTreeMap<Instant, Vec<u32>> = BTreeMap::new();
         let mut sweep = tokio::time::interval(FULL_SWEEP);
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
@@ -310,8 +346,16 @@ impl Attacher {
             let next_rescan = rescans.keys().next().copied();
             tokio::select! {
                 exec = execs.recv() => match exec {
-                    Some(pid) => {
-                        self.scan_process(pid);
+                    Some(ExecSeen { pid, timestamp_ns }) => {
+                        if let Some(hooked_at) = self.scan_process(pid) {
+                            // The program ran before its hooks were in place: how long it ran
+                            // blind (its first calls there get only the encrypted-only span).
+                            if hooked_at > timestamp_ns {
+                                let ms = (hooked_at - timestamp_ns) as f64 / 1e6;
+                                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                                info!(pid, exe = %exe.display(), exec_to_hooked_ms = ms, "hooks in place after the exec");
+                            }
+                        }
                         let now = Instant::now();
                         for delay in RESCAN_AFTER_EXEC {
                             rescans.entry(now + *delay).or_default().push(pid);
@@ -327,6 +371,12 @@ impl Attacher {
                         }
                     }
                 }
+                found = async { preattached.as_mut()?.recv().await }, if preattached.is_some() => match found {
+                    Some(path) => {
+                        self.consider(&path, true, None);
+                    }
+                    None => preattached = None,
+                },
                 _ = sweep.tick() => {
                     for pid in all_pids() {
                         self.scan_process(pid);
@@ -342,6 +392,76 @@ impl Attacher {
         }
         self.settle_inferred();
         self
+    }
+}
+
+/// An exec the ring buffer reported: the process and the kernel's CLOCK_MONOTONIC time of it.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecSeen {
+    pub pid: u32,
+    pub timestamp_ns: u64,
+}
+
+/// When each process's TLS hooks were last completed (CLOCK_MONOTONIC ns): a TLS connection the
+/// process opened before that may have carried bytes no hook saw, so its encrypted-only span is
+/// kept even if the process produced plaintext afterwards. Shared by the attacher (writer) and
+/// the pipeline (reader, which forgets a process at its exit).
+#[derive(Clone, Debug, Default)]
+pub struct HookCoverage(Arc<CoverageInner>);
+
+#[derive(Debug, Default)]
+struct CoverageInner {
+    processes: Mutex<HashMap<u32, u64>>,
+    /// When hooks were last placed on any file: stands for a process gone before its exec was
+    /// looked at (it has no entry, and may have been hooked during its short life).
+    last_placed: std::sync::atomic::AtomicU64,
+}
+
+/// Processes remembered at most (a pid is forgotten at its exit; this bounds a missed exit).
+const COVERAGE_MAX: usize = 65_536;
+
+impl HookCoverage {
+    pub fn record(&self, pid: u32, hooked_at: u64) {
+        let mut map = self.0.processes.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= COVERAGE_MAX && !map.contains_key(&pid) {
+            return;
+        }
+        let at = map.entry(pid).or_insert(hooked_at);
+        *at = (*at).max(hooked_at);
+    }
+
+    pub fn placed(&self, at: u64) {
+        self.0
+            .last_placed
+            .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When the process's hooks were in place, as far as is known: its own record, else the
+    /// last placement on any file (`None`: nothing was ever hooked after start-up).
+    pub fn hooked_at(&self, pid: u32) -> Option<u64> {
+        let own = self
+            .0
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .copied();
+        own.or_else(|| {
+            Some(
+                self.0
+                    .last_placed
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .filter(|t| *t > 0)
+        })
+    }
+
+    pub fn forget(&self, pid: u32) {
+        self.0
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
     }
 }
 
