@@ -151,7 +151,6 @@ pub async fn run(config: Config) -> Result<()> {
             capture::preattach::agent_roots(),
             capture::preattach::Limits::default(),
         )
-        .found
     });
     let open_connections = attacher.start_up();
     let hooked = std::mem::take(&mut attacher.hooked_paths);
@@ -244,7 +243,7 @@ pub async fn run(config: Config) -> Result<()> {
     // The reader has gone, and with it the exec queue: the attacher returns.
     let attacher = attacher.await.context("attacher task")?;
     let counters = attacher.capture().read_kernel_counters(&health);
-    drop(attacher);
+    attacher.release_at_exit();
     metrics.shutdown().await;
     counters?;
     if let Some(server) = probe_server {

@@ -213,8 +213,11 @@ pub fn walk(roots: &[Root], limits: &Limits) -> Walk {
 
 /// Pre-attach's threads; they end with the process (they hold no resource but an inotify fd).
 pub struct PreAttach {
-    /// Paths worth hooking (a TLS stack was found in them), for the attacher.
-    pub found: mpsc::Receiver<PathBuf>,
+    /// Paths worth hooking (a TLS stack was found in them) that just appeared: about to run,
+    /// so the attacher takes them before anything else but execs.
+    pub appeared: mpsc::Receiver<PathBuf>,
+    /// Paths worth hooking the start-up scan found.
+    pub scanned: mpsc::Receiver<PathBuf>,
 }
 
 /// Analyses `path` (once per file identity) and says whether the attacher should hook it.
@@ -233,18 +236,25 @@ fn worth_hooking(cache: &TargetCache, path: &Path) -> bool {
 
 /// Starts the scan and the watcher over `roots`, on their own threads: the caller never waits.
 pub fn start(cache: Arc<TargetCache>, roots: Vec<Root>, limits: Limits) -> PreAttach {
-    let (tx, found) = mpsc::channel(1024);
+    let (scan_tx, scanned) = mpsc::channel(1024);
+    let (watch_tx, appeared) = mpsc::channel(1024);
     let spawned = std::thread::Builder::new()
         .name("preattach-scan".into())
-        .spawn(move || scan(cache, roots, limits, tx));
+        .spawn(move || scan(cache, roots, limits, scan_tx, watch_tx));
     if let Err(e) = spawned {
         warn!("pre-attach: cannot start the scan: {e}");
     }
-    PreAttach { found }
+    PreAttach { appeared, scanned }
 }
 
 /// Lists the roots, starts the watcher on them, then analyses what they hold.
-fn scan(cache: Arc<TargetCache>, roots: Vec<Root>, limits: Limits, tx: mpsc::Sender<PathBuf>) {
+fn scan(
+    cache: Arc<TargetCache>,
+    roots: Vec<Root>,
+    limits: Limits,
+    tx: mpsc::Sender<PathBuf>,
+    watch_tx: mpsc::Sender<PathBuf>,
+) {
     lower_priority();
     let started = Instant::now();
     let walked = walk(&roots, &limits);
@@ -261,7 +271,7 @@ fn scan(cache: Arc<TargetCache>, roots: Vec<Root>, limits: Limits, tx: mpsc::Sen
     match Inotify::init() {
         Ok(inotify) => {
             let cache = cache.clone();
-            let tx = tx.clone();
+            let tx = watch_tx;
             let dirs = walked.dirs.clone();
             let max_dirs = limits.max_watched_dirs;
             let spawned = std::thread::Builder::new()
@@ -400,10 +410,10 @@ fn look_at(cache: &TargetCache, tx: &mpsc::Sender<PathBuf>, path: &Path) {
     }
     let started = Instant::now();
     if worth_hooking(cache, &path) {
-        debug!(
-            "pre-attach: {} analysed in {:?}",
-            path.display(),
-            started.elapsed()
+        info!(
+            path = %path.display(),
+            analysis_ms = started.elapsed().as_secs_f64() * 1e3,
+            "pre-attach: a new executable with TLS appeared"
         );
         let _ = tx.blocking_send(path);
     }

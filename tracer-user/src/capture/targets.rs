@@ -372,6 +372,12 @@ impl TargetCache {
         .clone()
     }
 
+    /// Whether `id`'s analysis is done (its answer is at hand without waiting).
+    pub fn analysed(&self, id: &FileId) -> bool {
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        analyses.get(id).is_some_and(|cell| cell.get().is_some())
+    }
+
     /// Whether `id` has been analysed (or is being analysed).
     pub fn knows(&self, id: &FileId) -> bool {
         let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
