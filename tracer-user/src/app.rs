@@ -143,6 +143,15 @@ pub async fn run(config: Config) -> Result<()> {
         stop_rx,
     ));
     let mut attacher = Attacher::new(capture, health.clone(), validator);
+    // Pre-attach (see capture/preattach.rs) starts first: its threads list and analyse the
+    // directories agents run from while the running processes are scanned here.
+    let preattached = capture::preattach::enabled().then(|| {
+        capture::preattach::start(
+            attacher.target_cache(),
+            capture::preattach::agent_roots(),
+            capture::preattach::Limits::default(),
+        )
+    });
     let open_connections = attacher.start_up();
     let hooked = std::mem::take(&mut attacher.hooked_paths);
     let unhookable = std::mem::take(&mut attacher.unhookable_paths);
@@ -156,7 +165,8 @@ pub async fn run(config: Config) -> Result<()> {
              `agent-tracer check`); encrypted traffic will not be seen"
         );
     }
-    let attacher = tokio::spawn(attacher.run(exec_rx));
+    let hook_coverage = attacher.coverage();
+    let attacher = tokio::spawn(attacher.run(exec_rx, preattached));
 
     let mut spans = Vec::new();
     let mut pipeline = Pipeline::new(
@@ -183,6 +193,7 @@ pub async fn run(config: Config) -> Result<()> {
         clock,
         health.clone(),
     );
+    pipeline.set_hook_coverage(hook_coverage);
     pipeline.observe_running(crate::capture::all_pids());
     for event in open_connections {
         pipeline.handle(event, &mut spans);
@@ -232,7 +243,7 @@ pub async fn run(config: Config) -> Result<()> {
     // The reader has gone, and with it the exec queue: the attacher returns.
     let attacher = attacher.await.context("attacher task")?;
     let counters = attacher.capture().read_kernel_counters(&health);
-    drop(attacher);
+    attacher.release_at_exit();
     metrics.shutdown().await;
     counters?;
     if let Some(server) = probe_server {

@@ -197,7 +197,7 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
 /// library it maps) and how the tracer hooks it.
 fn tls_summary(out: &mut impl Write) -> Result<()> {
     let own_pid = std::process::id();
-    let mut cache = TargetCache::default();
+    let cache = TargetCache::default();
     let mut lines: Vec<String> = Vec::new();
     let mut scanned = 0;
     let mut unreadable = 0;
@@ -221,7 +221,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
             .unwrap_or_else(|_| pid.to_string());
         let mut found: BTreeSet<Found> = BTreeSet::new();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        found.extend(analyse(&mut cache, &exe, true, "executable"));
+        found.extend(analyse(&cache, &exe, true, "executable"));
         let libraries: BTreeSet<&str> = mapped_paths(&maps)
             .filter(|p| {
                 Path::new(p)
@@ -236,7 +236,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or(lib);
-            found.extend(analyse(&mut cache, &path, false, name));
+            found.extend(analyse(&cache, &path, false, name));
         }
         for f in found {
             lines.push(format!(
@@ -300,7 +300,7 @@ fn how_hooked(analysis: &Analysis) -> Vec<(String, &'static str)> {
     found
 }
 
-fn analyse(cache: &mut TargetCache, path: &Path, executable: bool, place: &str) -> Vec<Found> {
+fn analyse(cache: &TargetCache, path: &Path, executable: bool, place: &str) -> Vec<Found> {
     let Ok(id) = FileId::of(path) else {
         return Vec::new();
     };

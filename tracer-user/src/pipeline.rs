@@ -56,6 +56,8 @@ pub struct Pipeline {
     /// reported encrypted-only (libraries writing ciphertext through a memory BIO, as Node's
     /// OpenSSL does, never link their socket to the hooked call).
     tls_plaintext_pids: HashSet<u32>,
+    /// When each process's TLS hooks were in place (the attacher writes it).
+    hook_coverage: crate::capture::HookCoverage,
 }
 
 impl Pipeline {
@@ -91,6 +93,7 @@ impl Pipeline {
             exchanges: Vec::new(),
             rpc_exchanges: Vec::new(),
             tls_plaintext_pids: HashSet::new(),
+            hook_coverage: crate::capture::HookCoverage::default(),
         }
     }
 
@@ -98,6 +101,11 @@ impl Pipeline {
     /// `ProcessCache::observe_running`).
     pub fn observe_running(&mut self, pids: impl IntoIterator<Item = u32>) {
         self.processes.observe_running(pids);
+    }
+
+    /// Shares the attacher's record of when each process was hooked.
+    pub fn set_hook_coverage(&mut self, coverage: crate::capture::HookCoverage) {
+        self.hook_coverage = coverage;
     }
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
@@ -139,7 +147,12 @@ impl Pipeline {
             } => {
                 // Before the close reaches the streams: they still know the peer.
                 let peer = self.streams.peer(*pid, *fd).cloned().unwrap_or_default();
-                if self.tls_plaintext_pids.contains(pid) {
+                let wanted = fallback_wanted(
+                    self.tls_plaintext_pids.contains(pid),
+                    self.hook_coverage.hooked_at(*pid),
+                    totals.start_ns,
+                );
+                if !wanted {
                     Health::add(&self.health.encrypted_skipped_hooked, 1);
                 } else {
                     Health::add(&self.health.encrypted_connections, 1);
@@ -184,6 +197,7 @@ impl Pipeline {
         if let Some(pid) = exited {
             self.processes.forget(pid);
             self.tls_plaintext_pids.remove(&pid);
+            self.hook_coverage.forget(pid);
         }
     }
 
@@ -281,5 +295,48 @@ fn stream_conn(event: &StreamEvent) -> Option<crate::streams::ConnKey> {
         | StreamEvent::Peer { conn, .. }
         | StreamEvent::Closed { conn, .. } => Some(*conn),
         StreamEvent::ProcessExit { .. } => None,
+    }
+}
+
+/// Whether a TLS connection no hook linked to its socket gets its encrypted-only span. A process
+/// whose plaintext was captured is reported from it, unless the connection started (its
+/// ClientHello, `conn_start_ns`) before the process's hooks were in place (`hooked_at`): then
+/// its first bytes, or all of them, went by unseen, and the span is all there is of them.
+fn fallback_wanted(had_plaintext: bool, hooked_at: Option<u64>, conn_start_ns: u64) -> bool {
+    !had_plaintext || hooked_at.is_some_and(|at| at > conn_start_ns)
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::fallback_wanted;
+    use crate::capture::HookCoverage;
+
+    #[test]
+    fn a_connection_opened_before_the_hooks_keeps_its_span() {
+        // Never hooked: always.
+        assert!(fallback_wanted(false, None, 100));
+        // Hooked before the connection, plaintext seen: the plaintext reports it.
+        assert!(!fallback_wanted(true, Some(50), 100));
+        assert!(!fallback_wanted(true, None, 100));
+        // Hooked after the ClientHello: the hooks saw part of it at most.
+        assert!(fallback_wanted(true, Some(150), 100));
+        // Hooked after, but no plaintext at all: the span, as for any unhooked process.
+        assert!(fallback_wanted(false, Some(150), 100));
+    }
+
+    #[test]
+    fn coverage_keeps_the_latest_hooks_and_stands_in_for_unscanned_processes() {
+        let coverage = HookCoverage::default();
+        assert_eq!(coverage.hooked_at(7), None);
+        coverage.record(7, 100);
+        coverage.record(7, 80);
+        assert_eq!(coverage.hooked_at(7), Some(100));
+        // A process never scanned (gone before its exec was looked at) falls back on the last
+        // placement on any file.
+        coverage.placed(300);
+        assert_eq!(coverage.hooked_at(8), Some(300));
+        assert_eq!(coverage.hooked_at(7), Some(100));
+        coverage.forget(7);
+        assert_eq!(coverage.hooked_at(7), Some(300));
     }
 }

@@ -12,6 +12,7 @@
 //! this command started, and nothing else is ever signalled.
 
 mod locator;
+mod preattach;
 mod syscalls;
 mod tls_calls;
 
@@ -74,6 +75,8 @@ enum Section {
     Syscalls,
     /// Locator: TLS functions found without symbols (first analysis and cached).
     Locator,
+    /// Pre-attach: start-up cost, and exec → hooked latency of a never-seen binary.
+    Preattach,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -149,6 +152,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted(Section::Locator) {
         let section = locator::measure(&env)?;
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
+    }
+    if wanted(Section::Preattach) {
+        let section = preattach::measure(&env)?;
         header(&format!("writing {}", out.display()));
         println!("{section}");
         write_section(&out, &section)?;
@@ -422,6 +431,11 @@ impl Tracer {
     /// Starts the tracer, logging to `dir/tracer-{label}.{stdout,stderr}`, and waits for
     /// `tracer ready`.
     fn start(bin: &Path, dir: &Path, label: &str) -> Result<Self> {
+        Self::start_with_env(bin, dir, label, &[])
+    }
+
+    /// [`start`](Self::start), with extra environment variables.
+    fn start_with_env(bin: &Path, dir: &Path, label: &str, envs: &[(&str, &str)]) -> Result<Self> {
         let stdout_path = dir.join(format!("tracer-{label}.stdout"));
         let stderr_path = dir.join(format!("tracer-{label}.stderr"));
         let mut cmd = Command::new(bin);
@@ -433,6 +447,7 @@ impl Tracer {
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path)?)
             .stderr(File::create(&stderr_path)?);
+        cmd.envs(envs.iter().copied());
         let process = Guarded::spawn(&mut cmd, "agent-tracer")?;
         let mut tracer = Self {
             pid: process.pid(),

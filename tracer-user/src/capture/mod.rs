@@ -8,6 +8,7 @@ pub mod gotls;
 mod libssl;
 mod loader;
 pub mod locate;
+pub mod preattach;
 pub mod reader;
 mod stdio;
 mod system;
@@ -23,7 +24,7 @@ use tracer_common::{
     EXIT_STATUS_KNOWN, RECORD_HEADER_SIZE,
 };
 
-pub use attacher::{all_pids, Attacher};
+pub use attacher::{all_pids, Attacher, ExecSeen, HookCoverage};
 pub use libssl::mapped_paths;
 pub use loader::{Capture, IgnoredPids};
 pub use system::prepare_host;

@@ -8,7 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
-use super::{decode_record, validate::Validator, CaptureEvent};
+use super::{decode_record, validate::Validator, CaptureEvent, ExecSeen};
 use crate::health::Health;
 use crate::streams::tls_records::TlsRecords;
 
@@ -18,7 +18,7 @@ const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 pub async fn read_ring_buffer(
     ring: RingBuf<MapData>,
     events: mpsc::Sender<CaptureEvent>,
-    execs: mpsc::Sender<u32>,
+    execs: mpsc::Sender<ExecSeen>,
     health: Arc<Health>,
     validator: Arc<Mutex<Validator>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -80,7 +80,7 @@ fn report_verdicts(validator: &mut Validator, health: &Health) {
 fn drain(
     ring: &mut RingBuf<MapData>,
     events: &mpsc::Sender<CaptureEvent>,
-    execs: &mpsc::Sender<u32>,
+    execs: &mpsc::Sender<ExecSeen>,
     health: &Health,
     validator: &Mutex<Validator>,
     records: &mut TlsRecords,
@@ -96,8 +96,13 @@ fn drain(
                     }
                     // The attacher looks at the new program; losing one to a full queue only
                     // delays its hooks to the next sweep.
-                    CaptureEvent::Exec { pid, .. } => {
-                        let _ = execs.try_send(*pid);
+                    CaptureEvent::Exec {
+                        pid, timestamp_ns, ..
+                    } => {
+                        let _ = execs.try_send(ExecSeen {
+                            pid: *pid,
+                            timestamp_ns: *timestamp_ns,
+                        });
                     }
                     _ => {}
                 }

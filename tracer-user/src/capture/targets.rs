@@ -5,7 +5,13 @@
 //! Results are cached per file identity (device, inode, size, mtime): a 100 MB executable is
 //! analysed once, however many processes run it.
 
-use std::{borrow::Cow, collections::HashMap, os::unix::fs::MetadataExt, path::Path, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::{Arc, Mutex, OnceLock},
+};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
@@ -382,34 +388,57 @@ fn file_offset(elf: &object::File<'_>, sym: &object::Symbol<'_, '_>) -> Option<u
         .checked_add(offset)
 }
 
-/// Analyses, once per file identity.
+/// One file's analysis, or why it failed (kept too: a file is not read again).
+type Analysed = Result<Arc<Analysis>, String>;
+
+/// Analyses, once per file identity, shared by the attacher and the pre-attach scanner (which
+/// runs on its own thread). A file being analysed is analysed once: a second caller (an exec of
+/// the executable the scanner is reading) waits for the first's answer instead of redoing it.
 pub struct TargetCache {
-    analyses: HashMap<FileId, Arc<Analysis>>,
+    analyses: Mutex<HashMap<FileId, Arc<OnceLock<Analysed>>>>,
     disk: super::locate::DiskCache,
 }
 
 impl Default for TargetCache {
     fn default() -> Self {
         TargetCache {
-            analyses: HashMap::new(),
+            analyses: Mutex::new(HashMap::new()),
             disk: super::locate::DiskCache::from_env(),
         }
     }
 }
 
 impl TargetCache {
+    /// The analysis of `path` (identified by `id`), made now unless made or under way already.
+    /// The error of a failed analysis is kept too: the same file is not read again.
     pub fn get_or_analyse(
-        &mut self,
+        &self,
         id: FileId,
         path: &Path,
         executable: bool,
-    ) -> Result<Arc<Analysis>, TargetError> {
-        if let Some(a) = self.analyses.get(&id) {
-            return Ok(a.clone());
-        }
-        let analysis = Arc::new(analyse_cached(path, executable, &self.disk)?);
-        self.analyses.insert(id, analysis.clone());
-        Ok(analysis)
+    ) -> Result<Arc<Analysis>, String> {
+        let cell = {
+            let mut analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+            analyses.entry(id).or_default().clone()
+        };
+        cell.get_or_init(|| {
+            analyse_cached(path, executable, &self.disk)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+    }
+
+    /// Whether `id`'s analysis is done (its answer is at hand without waiting).
+    pub fn analysed(&self, id: &FileId) -> bool {
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        analyses.get(id).is_some_and(|cell| cell.get().is_some())
+    }
+
+    /// Whether `id` has been analysed (or is being analysed).
+    pub fn knows(&self, id: &FileId) -> bool {
+        let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        analyses.contains_key(id)
     }
 }
 

@@ -97,7 +97,7 @@ pub(super) fn measure(env: &Env, python: Client) -> Result<String> {
 }
 
 /// `go build` of the standard-library-only client, in GOPATH mode with caches under target/.
-fn build_go_client(dir: &Path) -> Result<std::path::PathBuf> {
+pub(super) fn build_go_client(dir: &Path) -> Result<std::path::PathBuf> {
     let source = dir.join("tls_client.go");
     fs::write(&source, CLIENT_GO).with_context(|| format!("writing {}", source.display()))?;
     let out = dir.join(GO_BINARY);
