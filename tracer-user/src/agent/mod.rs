@@ -42,6 +42,9 @@ use crate::{
     span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
 };
 
+/// Programs exec'd outside any run kept (running, and ended) for a run that may yet claim them.
+const MAX_UNOWNED_EXECS: usize = 512;
+const UNOWNED_EXEC_WINDOW_NS: u64 = 30_000_000_000;
 /// A tool call repeated (same name and arguments) this many times in a row is a loop.
 const LOOP_REPEATS: u32 = 3;
 const LOOP_EVENT: &str = "agent_tracer.loop_detected";
@@ -190,6 +193,13 @@ pub struct AgentAssembler {
     /// (pid, items, conversation id) of ended runs.
     ended_conversations: VecDeque<(u32, Vec<u64>, Option<String>)>,
     execs: HashMap<u32, ExecOwner>,
+    /// Programs exec'd when no run of their ancestors existed yet, by pid, with their exec
+    /// time: the model call that starts the run can reach this stage after the tool it asked
+    /// for has started (the agent acts on the stream's terminal event; the exchange ends later).
+    unowned: HashMap<u32, u64>,
+    /// The same programs once ended: (exec time, ancestors, command line, span), kept a short
+    /// while for the run that may yet claim them.
+    orphan_execs: VecDeque<(u64, Vec<u32>, String, Span)>,
     pending_nested: Vec<PendingNested>,
 }
 
@@ -215,6 +225,8 @@ impl AgentAssembler {
             ended_order: VecDeque::new(),
             ended_conversations: VecDeque::new(),
             execs: HashMap::new(),
+            unowned: HashMap::new(),
+            orphan_execs: VecDeque::new(),
             pending_nested: Vec::new(),
         }
     }
@@ -305,9 +317,11 @@ impl AgentAssembler {
             for tool in tool_calls {
                 self.open_tool(index, tool, tools_start_ns, content, max_bytes);
             }
+            self.adopt_unowned(index);
             self.rehome_early_execs(index, tools_start_ns);
             self.place_early_execs(index, Some(tools_start_ns), out);
         } else {
+            self.adopt_unowned(index);
             self.place_early_execs(index, None, out);
             if !failed && !call.request.history.warmup {
                 self.finish(index, end_ns, Outcome::Completed, out);
@@ -408,6 +422,9 @@ impl AgentAssembler {
                     Some(parent) => self.owner_at(parent, *timestamp_ns, Hint::Text(&hint), true),
                     None => None,
                 };
+                if owner.is_none() && self.unowned.len() < MAX_UNOWNED_EXECS {
+                    self.unowned.insert(*pid, *timestamp_ns);
+                }
                 if let Some(parent) = owner {
                     self.execs.insert(
                         *pid,
@@ -440,6 +457,10 @@ impl AgentAssembler {
 
     /// Runs idle past the timeout end as abandoned (or failed, when their last call failed).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Span>) {
+        // A model call reaches this stage well within this of the programs it caused.
+        let recent = |start_ns: u64| now_ns.saturating_sub(start_ns) < UNOWNED_EXEC_WINDOW_NS;
+        self.unowned.retain(|_, start_ns| recent(*start_ns));
+        self.orphan_execs.retain(|(start_ns, ..)| recent(*start_ns));
         let timeout = self.config.run_idle_timeout_ns;
         while let Some(i) = self
             .runs
@@ -938,6 +959,48 @@ impl AgentAssembler {
         None
     }
 
+    /// Programs of the run's process exec'd since the run began, before the run existed here:
+    /// running ones become the run's (and `rehome_early_execs` may give them to a tool), ended
+    /// ones join the run's held programs.
+    fn adopt_unowned(&mut self, index: usize) {
+        let (pid, key, root, since) = {
+            let r = &self.runs[index];
+            (r.pid, r.key, r.root_span_id, r.start_ns)
+        };
+        let candidates: Vec<(u32, u64)> = self
+            .unowned
+            .iter()
+            .filter(|(_, start)| **start >= since)
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        for (child, start_ns) in candidates {
+            if self.lineage.lineage(child).contains(&pid) {
+                self.unowned.remove(&child);
+                self.execs.insert(
+                    child,
+                    ExecOwner {
+                        span_id: rand::rng().random(),
+                        parent: Parent {
+                            run: key,
+                            span: root,
+                        },
+                        start_ns,
+                    },
+                );
+            }
+        }
+        let orphans = std::mem::take(&mut self.orphan_execs);
+        for (start_ns, ancestors, hint, mut span) in orphans {
+            if start_ns >= since && ancestors.contains(&pid) {
+                span.parent_span_id = Some(root);
+                self.runs[index].early_execs.push((start_ns, hint, span));
+            } else {
+                self.orphan_execs
+                    .push_back((start_ns, ancestors, hint, span));
+            }
+        }
+    }
+
     /// Programs the agent started after the model had asked for a tool but before the answer's
     /// end was read (Codex runs a tool as soon as its call is complete in the stream) were owned
     /// by the run when they were exec'd, no window being open yet: they belong to the tool. Their
@@ -1027,9 +1090,11 @@ impl AgentAssembler {
         replaced: bool,
         out: &mut Vec<Span>,
     ) {
-        let Some(owner) = self.execs.remove(&pid) else {
+        let owner = self.execs.remove(&pid);
+        let unowned_since = self.unowned.remove(&pid);
+        if owner.is_none() && unowned_since.is_none() {
             return;
-        };
+        }
         let Some(record) = self.lineage.running(pid).cloned() else {
             return;
         };
@@ -1066,8 +1131,10 @@ impl AgentAssembler {
         let span = Span {
             // Its run's trace once attached; its own if the run is long forgotten.
             trace_id: rand::rng().random(),
-            span_id: owner.span_id,
-            parent_span_id: Some(owner.parent.span),
+            span_id: owner
+                .as_ref()
+                .map_or_else(|| rand::rng().random(), |o| o.span_id),
+            parent_span_id: owner.as_ref().map(|o| o.parent.span),
             name: format!("exec {executable}"),
             kind: SpanKind::Internal,
             start_unix_ns: self.clock.unix_ns(record.start_ns),
@@ -1076,6 +1143,16 @@ impl AgentAssembler {
             status: span_status,
             events: Vec::new(),
             process: Arc::new(ProcessInfo::unknown(pid)),
+        };
+        let Some(owner) = owner else {
+            // No run yet: kept for the run whose first call may still be on its way.
+            let ancestors = self.lineage.lineage(pid);
+            if self.orphan_execs.len() >= MAX_UNOWNED_EXECS {
+                self.orphan_execs.pop_front();
+            }
+            self.orphan_execs
+                .push_back((record.start_ns, ancestors, record.args.join(" "), span));
+            return;
         };
         // A program of the run's own, outside any window so far: it may yet turn out to be a
         // tool's, once the answer that asked for that tool is in.

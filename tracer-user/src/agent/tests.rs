@@ -783,3 +783,59 @@ fn a_tool_program_seen_before_the_answer_that_asked_for_it_is_the_tools() {
     assert_eq!(pyenv.parent_span_id, Some(root.span_id));
     assert!(out.iter().all(|s| s.trace_id == root.trace_id));
 }
+
+/// The agent acts on the stream's terminal event, but the exchange (and with it the run's first
+/// model call) ends here only when the transport's own end arrives: the tool's whole program can
+/// come first, before any run of the agent exists. It is still the tool's; a program the agent
+/// ran before its request was sent is not the run's.
+#[test]
+fn a_tool_program_seen_before_the_run_existed_is_the_tools() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    for e in exec(AGENT + 1, AGENT, 5, &["git", "status"]) {
+        a.process_event(&e, &mut out);
+    }
+    a.process_event(&exit(AGENT + 1, 8, Some(0)), &mut out);
+    for e in exec(AGENT + 2, AGENT, 105, &["bash", "-c", "ls -l"]) {
+        a.process_event(&e, &mut out);
+    }
+    a.process_event(&exit(AGENT + 2, 109, Some(0)), &mut out);
+    // Still running when the call comes in.
+    for e in exec(AGENT + 3, AGENT, 106, &["tee", "log"]) {
+        a.process_event(&e, &mut out);
+    }
+    let q = [user("list files")];
+    let mut asking = call(
+        AGENT,
+        10,
+        110,
+        &q,
+        &[("call_1", "shell", r#"{"cmd":"ls -l"}"#)],
+    );
+    asking.response.tools_requested_ns = Some(100 * MS);
+    a.llm_call(&asking, &mut out);
+    a.process_event(&exit(AGENT + 3, 112, Some(0)), &mut out);
+    let q2 = [
+        user("list files"),
+        asks("call_1", "shell", r#"{"cmd":"ls -l"}"#),
+        result("call_1", "a b c"),
+    ];
+    a.llm_call(&call(AGENT, 150, 200, &q2, &[]), &mut out);
+
+    let root = named(&out, "invoke_agent")[0];
+    let tool = named(&out, "execute_tool shell")[0];
+    assert_eq!(
+        named(&out, "exec bash")[0].parent_span_id,
+        Some(tool.span_id),
+        "{out:#?}"
+    );
+    assert_eq!(
+        named(&out, "exec tee")[0].parent_span_id,
+        Some(tool.span_id)
+    );
+    assert!(
+        named(&out, "exec git").is_empty(),
+        "before the run: {out:#?}"
+    );
+    assert!(out.iter().all(|s| s.trace_id == root.trace_id));
+}

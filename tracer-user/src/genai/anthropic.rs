@@ -210,11 +210,18 @@ pub(super) fn parse_stream(
     let mut blocks: BTreeMap<i64, Block> = BTreeMap::new();
     let mut stop = None;
     let mut stopped = false;
-    for (event, _) in events {
+    for (event, at) in events {
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             continue;
         };
         let index = data.get("index").and_then(Value::as_i64).unwrap_or(0);
+        // The first tool_use block closed: the agent may run that tool from here on.
+        if data.get("type").and_then(Value::as_str) == Some("content_block_stop")
+            && call.response.tools_requested_ns.is_none()
+            && blocks.get(&index).is_some_and(|b| b.kind == "tool_use")
+        {
+            call.response.tools_requested_ns = *at;
+        }
         match data.get("type").and_then(Value::as_str) {
             Some("message_start") => {
                 let m = data.get("message").unwrap_or(&Value::Null);

@@ -544,6 +544,8 @@ fn bedrock_invoke_stream_anthropic_golden() {
                 Some("toolu_mock_1"),
             )),
             reached_end: true,
+            // Its tool_use block closed in the one read the fixture arrives in.
+            tools_requested_ns: Some(7),
             ..LlmResponse::default()
         },
         first_chunk_ns: Some(7),
@@ -701,4 +703,22 @@ fn a_responses_tool_call_is_requested_when_its_item_is_done() {
     assert_eq!(c.response.tool_calls.len(), 1);
     assert_eq!(c.response.tools_requested_ns, Some(5));
     assert_eq!(c.http.end_ns, 9);
+}
+
+/// An Anthropic stream's tool call is complete at its block's `content_block_stop`, before
+/// `message_delta` and `message_stop` (Claude Code runs the tool once the message is whole, which
+/// is still before the body's end arrives).
+#[test]
+fn an_anthropic_tool_use_is_requested_when_its_block_stops() {
+    let f = ANTHROPIC_STREAM;
+    let tool_start = find(f.response, b"\"tool_use\"", false);
+    let stop = tool_start + find(&f.response[tool_start..], b"content_block_stop", false);
+    let stop_end = stop + find(&f.response[stop..], b"\n\n", false) + 2;
+    let c = call_of(&[
+        timed(Direction::Egress, f.request, 1),
+        timed(Direction::Ingress, &f.response[..stop_end], 5),
+        timed(Direction::Ingress, &f.response[stop_end..], 9),
+    ]);
+    assert_eq!(c.response.tool_calls.len(), 1);
+    assert_eq!(c.response.tools_requested_ns, Some(5));
 }
