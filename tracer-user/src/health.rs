@@ -117,7 +117,7 @@ counters! {
     encrypted_skipped_hooked,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
-    /// Agent runs started.
+    /// Agent runs, counted as they end (a side request folded into its loop is not a run).
     agent_runs,
     /// Runs that ended with a final answer.
     agent_runs_completed,

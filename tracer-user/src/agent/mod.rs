@@ -52,6 +52,9 @@ const LOOP_EVENT: &str = "agent_tracer.loop_detected";
 const MAX_HELD_SPANS: usize = 4096;
 /// Ended conversations remembered per host, so a user's next turn keeps the conversation id.
 const MAX_ENDED_CONVERSATIONS: usize = 1024;
+/// How long a one-call side request (a model router's classifier, a title, a quota probe) waits
+/// for the tool loop it precedes: agents send those right before the loop's first call.
+const SIDE_REQUEST_WINDOW_NS: u64 = 10_000_000_000;
 
 pub struct AgentConfig {
     pub content: ContentPolicy,
@@ -148,6 +151,11 @@ struct Run {
     tool_repeats: u32,
     repeated_requests: u64,
     events: Vec<SpanEvent>,
+    /// A call of this run offered the model tools: an agent's loop, not a one-off request.
+    offers_tools: bool,
+    /// A side request, answered (at this time) in one call that offered no tools: its spans
+    /// wait in `held` for the tool loop of the same process it belongs to (see `park_side`).
+    parked_at: Option<u64>,
 }
 
 /// A sub-agent run that ended inside its parent's tool window: exported once the window closes
@@ -163,7 +171,9 @@ impl Run {
     /// How a run ends that no final answer ended: failed if its last call failed, else
     /// abandoned.
     fn unfinished_outcome(&self) -> Outcome {
-        if self.last_call_failed {
+        if self.parked_at.is_some() {
+            Outcome::Completed
+        } else if self.last_call_failed {
             Outcome::Error
         } else {
             Outcome::Abandoned
@@ -252,7 +262,7 @@ impl AgentAssembler {
         }
         let index = match self.find_run(call) {
             Some(i) => i,
-            None => self.start_run(call),
+            None => self.start_run(call, out),
         };
         self.close_tools(
             index,
@@ -285,6 +295,7 @@ impl AgentAssembler {
         span.attributes
             .push(("gen_ai.agent.name", run.agent_name.clone().into()));
         run.llm_calls += 1;
+        run.offers_tools |= !call.request.tool_names.is_empty();
         run.last_activity_ns = run.last_activity_ns.max(call.http.end_ns);
         add_usage(&mut run.usage, &call.response.usage);
         match span.attr("agent_tracer.cost.usd") {
@@ -312,7 +323,23 @@ impl AgentAssembler {
             .map_or(end_ns, |requested| requested.min(end_ns));
         let tool_calls = call.response.tool_calls.clone();
         let failed = call.error.is_some();
+        let run = &self.runs[index];
+        let side_request = run.llm_calls == 1
+            && !run.offers_tools
+            && run.nested_under.is_none()
+            && tool_calls.is_empty()
+            && !failed
+            && !call.request.history.warmup;
+        if side_request {
+            self.runs[index].parked_at = Some(end_ns);
+        }
         self.emit(index, span, out);
+        if side_request {
+            self.adopt_unowned(index);
+            self.place_early_execs(index, None, out);
+            self.park_side(index, out);
+            return;
+        }
         if !tool_calls.is_empty() {
             for tool in tool_calls {
                 self.open_tool(index, tool, tools_start_ns, content, max_bytes);
@@ -448,7 +475,8 @@ impl AgentAssembler {
                 self.lineage.exit(*pid);
                 while let Some(i) = self.runs.iter().position(|r| r.pid == *pid) {
                     let outcome = self.runs[i].unfinished_outcome();
-                    self.finish(i, *timestamp_ns, outcome, out);
+                    let end = self.runs[i].parked_at.unwrap_or(*timestamp_ns);
+                    self.finish(i, end, outcome, out);
                 }
             }
             _ => {}
@@ -462,11 +490,10 @@ impl AgentAssembler {
         self.unowned.retain(|_, start_ns| recent(*start_ns));
         self.orphan_execs.retain(|(start_ns, ..)| recent(*start_ns));
         let timeout = self.config.run_idle_timeout_ns;
-        while let Some(i) = self
-            .runs
-            .iter()
-            .position(|r| now_ns.saturating_sub(r.last_activity_ns) > timeout)
-        {
+        while let Some(i) = self.runs.iter().position(|r| match r.parked_at {
+            Some(at) => now_ns.saturating_sub(at) > SIDE_REQUEST_WINDOW_NS,
+            None => now_ns.saturating_sub(r.last_activity_ns) > timeout,
+        }) {
             let outcome = self.runs[i].unfinished_outcome();
             let end = self.runs[i].last_activity_ns;
             self.finish(i, end, outcome, out);
@@ -489,7 +516,7 @@ impl AgentAssembler {
         let h = &call.request.history;
         let mut best: Option<(usize, usize)> = None;
         for (i, run) in self.runs.iter().enumerate() {
-            if run.pid != call.http.conn.pid {
+            if run.pid != call.http.conn.pid || run.parked_at.is_some() {
                 continue;
             }
             let answers_tools = h.tool_results.iter().any(|r| {
@@ -517,8 +544,14 @@ impl AgentAssembler {
         best.map(|(i, _)| i)
     }
 
-    fn start_run(&mut self, call: &LlmCall) -> usize {
+    fn start_run(&mut self, call: &LlmCall, out: &mut Vec<Span>) -> usize {
         let pid = call.http.conn.pid;
+        let loop_starts = !call.request.tool_names.is_empty();
+        if !loop_starts {
+            // Another one-off conversation: the side requests before it were runs of their own
+            // (ended first, so this one can take up their conversation).
+            self.finish_parked(pid, out);
+        }
         let nested_under = self.owner_at(pid, call.http.start_ns, Hint::None, false);
         let mut rng = rand::rng();
         let (trace_id, sampled) = match nested_under.and_then(|p| self.run(p.run)) {
@@ -549,7 +582,6 @@ impl AgentAssembler {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let agent_name = self.config.names.name_of(&args, &executable);
-        Health::add(&self.health.agent_runs, 1);
         let key = self.next_run_key;
         self.next_run_key += 1;
         self.runs.push(Run {
@@ -585,8 +617,80 @@ impl AgentAssembler {
             tool_repeats: 0,
             repeated_requests: 0,
             events: Vec::new(),
+            offers_tools: loop_starts,
+            parked_at: None,
         });
-        self.runs.len() - 1
+        if loop_starts {
+            self.fold_parked_into(key, pid, out);
+        }
+        self.runs
+            .iter()
+            .position(|r| r.key == key)
+            .unwrap_or(self.runs.len() - 1)
+    }
+
+    /// A side request that just ended: part of the tool loop already running in its process,
+    /// or parked for the loop about to start (Gemini CLI's model router classifies the prompt
+    /// before the loop's first call; Claude Code probes its quota). One user request is one
+    /// run: the loop's root holds them. Without a loop they end as runs of their own.
+    fn park_side(&mut self, index: usize, out: &mut Vec<Span>) {
+        let (pid, key) = (self.runs[index].pid, self.runs[index].key);
+        let agent_loop = self
+            .runs
+            .iter()
+            .find(|r| r.pid == pid && r.key != key && r.offers_tools && r.parked_at.is_none())
+            .map(|r| r.key);
+        if let Some(loop_key) = agent_loop {
+            self.fold(index, loop_key, out);
+        }
+    }
+
+    fn fold_parked_into(&mut self, loop_key: u64, pid: u32, out: &mut Vec<Span>) {
+        while let Some(i) = self
+            .runs
+            .iter()
+            .position(|r| r.pid == pid && r.parked_at.is_some())
+        {
+            self.fold(i, loop_key, out);
+        }
+    }
+
+    /// Moves the side run at `index` into the run `loop_key`: its spans under the loop's root,
+    /// its calls, tokens and cost into the loop's totals.
+    fn fold(&mut self, index: usize, loop_key: u64, out: &mut Vec<Span>) {
+        let side = self.runs.remove(index);
+        let Some(target) = self.runs.iter().position(|r| r.key == loop_key) else {
+            return;
+        };
+        let run = &mut self.runs[target];
+        run.start_ns = run.start_ns.min(side.start_ns);
+        run.llm_calls += side.llm_calls;
+        add_usage(&mut run.usage, &side.usage);
+        run.cost_usd += side.cost_usd;
+        run.all_costs_known &= side.all_costs_known;
+        run.events.extend(side.events);
+        let (trace_id, root) = (run.trace_id, run.root_span_id);
+        for mut span in side.held {
+            span.trace_id = trace_id;
+            if span.parent_span_id == Some(side.root_span_id) {
+                span.parent_span_id = Some(root);
+            }
+            self.emit(target, span, out);
+        }
+    }
+
+    /// Ends `pid`'s parked side requests as runs of their own.
+    fn finish_parked(&mut self, pid: u32, out: &mut Vec<Span>) {
+        while let Some(i) = self
+            .runs
+            .iter()
+            .position(|r| r.pid == pid && r.parked_at.is_some())
+        {
+            let end = self.runs[i]
+                .parked_at
+                .unwrap_or(self.runs[i].last_activity_ns);
+            self.finish(i, end, Outcome::Completed, out);
+        }
     }
 
     fn open_tool(
@@ -871,6 +975,7 @@ impl AgentAssembler {
             events: run.events.clone(),
             process: Arc::new(ProcessInfo::unknown(run.pid)),
         };
+        Health::add(&self.health.agent_runs, 1);
         Health::add(
             match outcome {
                 Outcome::Completed => &self.health.agent_runs_completed,
@@ -931,7 +1036,12 @@ impl AgentAssembler {
     fn owner_at(&mut self, pid: u32, at_ns: u64, hint: Hint, or_run: bool) -> Option<Parent> {
         for p in self.lineage.lineage(pid) {
             let mut run_parent = None;
-            for run in self.runs.iter().rev().filter(|r| r.pid == p) {
+            for run in self
+                .runs
+                .iter()
+                .rev()
+                .filter(|r| r.pid == p && r.parked_at.is_none())
+            {
                 if let Some(tool) = pick_tool(&run.open_tools, at_ns, &hint) {
                     return Some(Parent {
                         run: run.key,
@@ -1200,7 +1310,7 @@ impl AgentAssembler {
     fn emit(&mut self, index: usize, span: Span, out: &mut Vec<Span>) {
         let span = self.conventions(span);
         let run = &mut self.runs[index];
-        if run.tentative || !run.sampled {
+        if run.tentative || !run.sampled || run.parked_at.is_some() {
             if run.held.len() >= MAX_HELD_SPANS {
                 run.held.pop_front();
                 Health::add(&self.health.sampled_out_spans, 1);

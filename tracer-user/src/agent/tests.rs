@@ -839,3 +839,120 @@ fn a_tool_program_seen_before_the_run_existed_is_the_tools() {
     );
     assert!(out.iter().all(|s| s.trace_id == root.trace_id));
 }
+
+fn offering_tools(mut c: LlmCall) -> LlmCall {
+    c.request.tool_names = vec!["run_shell_command".into()];
+    c
+}
+
+/// Gemini CLI classifies the prompt with its model router (another system prompt, no tools,
+/// one JSON answer) right before the loop's first call: one user request, one run.
+#[test]
+fn a_side_request_before_the_tool_loop_is_part_of_its_run() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    let router = [
+        json!({"role": "system", "content": "You are a router; answer with JSON."}),
+        user("list the files"),
+    ];
+    a.llm_call(&call(AGENT, 0, 40, &router, &[]), &mut out);
+    assert!(
+        named(&out, "invoke_agent").is_empty(),
+        "the router's answer alone ends no run: {out:#?}"
+    );
+    let turn = [
+        json!({"role": "system", "content": "You are a coding agent."}),
+        user("list the files"),
+    ];
+    let first = offering_tools(call(AGENT, 50, 100, &turn, &[("c1", "shell", "ls")]));
+    a.llm_call(&first, &mut out);
+    let mut with_result = turn.to_vec();
+    with_result.push(asks("c1", "shell", "ls"));
+    with_result.push(result("c1", "a b"));
+    a.llm_call(
+        &offering_tools(call(AGENT, 200, 260, &with_result, &[])),
+        &mut out,
+    );
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 1, "{out:#?}");
+    let root = roots[0];
+    assert_eq!(
+        str_attr(root, "agent_tracer.run.outcome").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        root.attr("agent_tracer.run.llm_calls"),
+        Some(&AttrValue::Int(3))
+    );
+    assert_eq!(
+        root.attr("gen_ai.usage.input_tokens"),
+        Some(&AttrValue::Int(300))
+    );
+    let chats = named(&out, "chat");
+    assert_eq!(chats.len(), 3, "{out:#?}");
+    for chat in chats {
+        assert_eq!(chat.trace_id, root.trace_id);
+        assert_eq!(chat.parent_span_id, Some(root.span_id));
+    }
+    assert!(root.start_unix_ns <= out.iter().map(|s| s.start_unix_ns).min().unwrap_or(0));
+}
+
+/// A side request whose loop never comes (or a one-off question) is a completed run of its own
+/// once its process exits or the window passes.
+#[test]
+fn a_side_request_without_a_loop_is_its_own_completed_run() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    a.llm_call(&call(AGENT, 0, 40, &[user("hello")], &[]), &mut out);
+    a.tick(40 * MS + SIDE_REQUEST_WINDOW_NS / 2, &mut out);
+    assert!(named(&out, "invoke_agent").is_empty());
+    a.tick(41 * MS + SIDE_REQUEST_WINDOW_NS, &mut out);
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 1, "{out:#?}");
+    assert_eq!(
+        str_attr(roots[0], "agent_tracer.run.outcome").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        named(&out, "chat")[0].parent_span_id,
+        Some(roots[0].span_id)
+    );
+
+    let mut b = assembler(false);
+    let mut out = Vec::new();
+    b.llm_call(&call(AGENT, 0, 40, &[user("hello")], &[]), &mut out);
+    b.process_event(&exit(AGENT, 5_000, Some(0)), &mut out);
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 1, "{out:#?}");
+    assert_eq!(
+        str_attr(roots[0], "agent_tracer.run.outcome").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(roots[0].end_unix_ns - roots[0].start_unix_ns, 40 * MS);
+}
+
+/// A side request answered while the loop's first call is already in (Claude Code's quota
+/// probe runs beside it) joins the loop at once.
+#[test]
+fn a_side_request_during_the_loop_joins_it() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    let turn = [user("list the files")];
+    a.llm_call(
+        &offering_tools(call(AGENT, 0, 50, &turn, &[("c1", "shell", "ls")])),
+        &mut out,
+    );
+    a.llm_call(&call(AGENT, 10, 60, &[user("quota")], &[]), &mut out);
+    let mut with_result = turn.to_vec();
+    with_result.push(asks("c1", "shell", "ls"));
+    with_result.push(result("c1", "a b"));
+    a.llm_call(
+        &offering_tools(call(AGENT, 200, 260, &with_result, &[])),
+        &mut out,
+    );
+    let roots = named(&out, "invoke_agent");
+    assert_eq!(roots.len(), 1, "{out:#?}");
+    assert!(named(&out, "chat")
+        .iter()
+        .all(|c| c.parent_span_id == Some(roots[0].span_id)));
+}
