@@ -51,6 +51,8 @@ counters! {
     kernel_truncated_bytes,
     /// TLS call returns whose entry was not seen.
     kernel_missing_entry,
+    /// Calls whose reported byte count could not be true (see `counter::IMPLAUSIBLE_LENGTHS`).
+    kernel_implausible_lengths,
     /// TLS calls captured in the kernel.
     kernel_tls_calls,
     /// Socket syscalls captured in the kernel.
@@ -147,6 +149,9 @@ counters! {
     export_dropped_buffer_full as "export_dropped_spans{reason=buffer_full}",
     /// Spans the receiver refused for good (HTTP 400, gRPC INVALID_ARGUMENT, partial success).
     export_dropped_rejected as "export_dropped_spans{reason=rejected}",
+    /// Spans too large for any request the receiver accepts (alone past `max_request_bytes`,
+    /// or refused for size on their own: HTTP 413, gRPC RESOURCE_EXHAUSTED without RetryInfo).
+    export_dropped_too_large as "export_dropped_spans{reason=too_large}",
     /// Spans still undelivered when the final flush at shutdown ran out of time.
     export_dropped_shutdown as "export_dropped_spans{reason=shutdown}",
     /// Export requests that failed and will be retried (endpoint down, throttled, timed out).

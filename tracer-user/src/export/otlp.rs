@@ -38,6 +38,13 @@ use crate::{
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
 
+/// Longest string attribute value exported (OpenTelemetry's attribute value length limit):
+/// content capture is capped well below it, but a value from the wire (a URL, a tool's
+/// arguments) must not make a span no receiver accepts. A cut value keeps its UTF-8 whole and
+/// the span says how many were cut in `agent_tracer.export.truncated_attributes`.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024 * 1024;
+const TRUNCATED_ATTRIBUTES: &str = "agent_tracer.export.truncated_attributes";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Grpc,
@@ -163,6 +170,10 @@ pub(crate) fn http_client(config: &OtlpConfig) -> Result<(reqwest::Client, Heade
 }
 
 impl Transport for OtlpTransport {
+    fn encoded_len(&self, span: &Span) -> usize {
+        approx_encoded_len(span)
+    }
+
     fn send(&self, spans: &[Arc<Span>]) -> SendFuture {
         let request = export_request(spans, &self.config);
         match &self.kind {
@@ -215,25 +226,45 @@ fn grpc_outcome(status: &tonic::Status) -> Outcome {
     use tonic::Code;
     let error = format!("gRPC {:?}: {}", status.code(), status.message());
     let from_transport = std::error::Error::source(status).is_some();
+    let retry_delay = grpc_retry_delay(status.details());
+    let code = status.code();
+    if !from_transport
+        && matches!(code, Code::ResourceExhausted | Code::OutOfRange)
+        && about_size(status.message())
+    {
+        return Outcome::TooLarge { error };
+    }
     let retryable = from_transport
         || matches!(
-            status.code(),
+            code,
             Code::Cancelled
                 | Code::DeadlineExceeded
-                | Code::ResourceExhausted
                 | Code::Aborted
                 | Code::OutOfRange
                 | Code::Unavailable
                 | Code::DataLoss
-        );
+        )
+        // The OTLP specification: RESOURCE_EXHAUSTED is retried only when the receiver says,
+        // with RetryInfo, that it can recover; retrying it blindly would send the same batch
+        // forever and hold back every span behind it.
+        || (code == Code::ResourceExhausted && retry_delay.is_some());
     if retryable {
         Outcome::Retry {
-            after: grpc_retry_delay(status.details()),
+            after: retry_delay,
             error,
         }
+    } else if code == Code::ResourceExhausted {
+        Outcome::TooLarge { error }
     } else {
         Outcome::Reject { error }
     }
+}
+
+/// Whether a gRPC status message says the request was too big (grpc-go: "received message
+/// larger than max"; tonic: "decoded message length too large").
+fn about_size(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("larger than max") || m.contains("too large") || m.contains("message length")
 }
 
 /// `google.rpc.Status`, the payload of `grpc-status-details-bin`; declared here for the one
@@ -302,6 +333,7 @@ async fn http_outcome(resp: reqwest::Response) -> Outcome {
         .map(Duration::from_secs);
     let error = format!("OTLP receiver answered {status}");
     match status.as_u16() {
+        413 => Outcome::TooLarge { error },
         429 | 502 | 503 | 504 => Outcome::Retry {
             after: retry_after,
             error,
@@ -493,7 +525,7 @@ fn proto_span(span: &Span) -> ProtoSpan {
             .collect(),
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,
-        attributes: span.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+        attributes: attributes(span),
         status: Some(match &span.status {
             SpanStatus::Unset => Status::default(),
             SpanStatus::Error(message) => Status {
@@ -505,16 +537,93 @@ fn proto_span(span: &Span) -> ProtoSpan {
     }
 }
 
-fn kv(key: &str, value: &AttrValue) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(any(value)),
+fn attributes(span: &Span) -> Vec<KeyValue> {
+    let mut truncated = 0i64;
+    let mut out: Vec<KeyValue> = span
+        .attributes
+        .iter()
+        .map(|(k, v)| {
+            let (kv, cut) = kv_counted(k, v);
+            truncated += i64::from(cut);
+            kv
+        })
+        .collect();
+    if truncated > 0 {
+        out.push(KeyValue {
+            key: TRUNCATED_ATTRIBUTES.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(truncated)),
+            }),
+        });
     }
+    out
 }
 
-fn any(value: &AttrValue) -> AnyValue {
+fn kv(key: &str, value: &AttrValue) -> KeyValue {
+    kv_counted(key, value).0
+}
+
+/// The attribute, and whether its value was cut to `MAX_ATTRIBUTE_VALUE_BYTES`.
+fn kv_counted(key: &str, value: &AttrValue) -> (KeyValue, bool) {
+    let (value, cut) = any(value);
+    (
+        KeyValue {
+            key: key.to_string(),
+            value: Some(value),
+        },
+        cut,
+    )
+}
+
+/// `s` cut to at most `MAX_ATTRIBUTE_VALUE_BYTES` on a character boundary.
+fn capped(s: &str) -> (String, bool) {
+    if s.len() <= MAX_ATTRIBUTE_VALUE_BYTES {
+        return (s.to_string(), false);
+    }
+    let mut end = MAX_ATTRIBUTE_VALUE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (s[..end].to_string(), true)
+}
+
+/// A cheap upper estimate of the span's protobuf size (values as capped on export), to cut
+/// requests by bytes without encoding every span twice.
+pub fn approx_encoded_len(span: &Span) -> usize {
+    let value_len = |v: &AttrValue| match v {
+        AttrValue::Str(s) => s.len().min(MAX_ATTRIBUTE_VALUE_BYTES),
+        AttrValue::StrArray(a) => a
+            .iter()
+            .map(|s| s.len().min(MAX_ATTRIBUTE_VALUE_BYTES) + 8)
+            .sum(),
+        _ => 8,
+    };
+    let attrs = |a: &[(&'static str, AttrValue)]| -> usize {
+        a.iter().map(|(k, v)| k.len() + value_len(v) + 16).sum()
+    };
+    let status = match &span.status {
+        SpanStatus::Error(m) => m.len(),
+        SpanStatus::Unset => 0,
+    };
+    96 + span.name.len()
+        + status
+        + attrs(&span.attributes)
+        + span
+            .events
+            .iter()
+            .map(|e| 32 + e.name.len() + attrs(&e.attributes))
+            .sum::<usize>()
+}
+
+fn any(value: &AttrValue) -> (AnyValue, bool) {
+    let mut cut = false;
+    let mut cap = |s: &str| {
+        let (s, c) = capped(s);
+        cut |= c;
+        s
+    };
     let v = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Str(s) => any_value::Value::StringValue(cap(s)),
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
         AttrValue::F64(f) => any_value::Value::DoubleValue(*f),
         AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
@@ -522,12 +631,12 @@ fn any(value: &AttrValue) -> AnyValue {
             values: a
                 .iter()
                 .map(|s| AnyValue {
-                    value: Some(any_value::Value::StringValue(s.clone())),
+                    value: Some(any_value::Value::StringValue(cap(s))),
                 })
                 .collect(),
         }),
     };
-    AnyValue { value: Some(v) }
+    (AnyValue { value: Some(v) }, cut)
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_RESOURCE_ATTRIBUTES` syntax: `k=v,k2=v2`, values
@@ -609,6 +718,18 @@ mod tests {
         tokio::task::JoinHandle<()>,
         Arc<Health>,
     ) {
+        exporter_cutting_at(protocol, receiver, retry::DEFAULT_MAX_REQUEST_BYTES)
+    }
+
+    fn exporter_cutting_at(
+        protocol: Protocol,
+        receiver: &OtlpReceiver,
+        max_request_bytes: usize,
+    ) -> (
+        mpsc::Sender<Arc<Span>>,
+        tokio::task::JoinHandle<()>,
+        Arc<Health>,
+    ) {
         let endpoint = match protocol {
             Protocol::Grpc => receiver.endpoint(),
             Protocol::HttpProtobuf => format!("{}/v1/traces", receiver.endpoint()),
@@ -625,6 +746,7 @@ mod tests {
         .unwrap();
         let policy = Policy {
             max_batch: 4,
+            max_request_bytes,
             batch_delay: Duration::from_millis(5),
             buffer_spans: 1000,
             backoff_initial: Duration::from_millis(20),
@@ -689,6 +811,83 @@ mod tests {
     #[tokio::test]
     async fn http_outage_then_recovery() {
         outage_then_recovery(Protocol::HttpProtobuf).await;
+    }
+
+    /// A span of `attrs` attributes of `mib` MiB each.
+    fn big_span(i: usize, attrs: usize, mib: usize) -> Arc<Span> {
+        const KEYS: [&str; 6] = ["a0", "a1", "a2", "a3", "a4", "a5"];
+        let mut s = (*span(i)).clone();
+        for key in KEYS.iter().take(attrs) {
+            s.attributes
+                .push((key, AttrValue::Str("x".repeat(mib * 1024 * 1024))));
+        }
+        Arc::new(s)
+    }
+
+    /// A receiver with gRPC's default 4 MiB message limit (tonic's, as the Collector's):
+    /// a 5 MiB attribute is cut to `MAX_ATTRIBUTE_VALUE_BYTES` and says so; a span that is too
+    /// big even so is dropped and counted before it is sent; the spans after it arrive.
+    #[tokio::test]
+    async fn oversized_spans_are_cut_or_dropped_and_never_block_the_rest() {
+        let receiver = receiver(Protocol::Grpc).await;
+        let (tx, task, health) = exporter(Protocol::Grpc, &receiver);
+        tx.send(big_span(0, 1, 5)).await.unwrap();
+        tx.send(big_span(1, 6, 1)).await.unwrap();
+        for i in 2..6 {
+            tx.send(span(i)).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let got = receiver.spans();
+        let names: Vec<&str> = got.iter().map(|s| s.span.name.as_str()).collect();
+        assert_eq!(names, ["s0", "s2", "s3", "s4", "s5"]);
+        let cut = &got[0];
+        assert_eq!(
+            receiver::as_str(cut.attr("a0")).map(str::len),
+            Some(MAX_ATTRIBUTE_VALUE_BYTES)
+        );
+        assert_eq!(
+            receiver::as_int(cut.attr(TRUNCATED_ATTRIBUTES)),
+            Some(1),
+            "the cut is on the span"
+        );
+        assert_eq!(health.export_dropped_too_large.load(Relaxed), 1);
+        assert_eq!(health.exported_spans.load(Relaxed), 5);
+        assert_eq!(health.export_retries.load(Relaxed), 0);
+    }
+
+    /// Requests the receiver refuses for their size (tonic: OUT_OF_RANGE "decoded message length
+    /// too large") are halved until they pass, not retried whole forever: with no byte cut of
+    /// our own, three 3 MiB spans in one 9 MiB request all arrive, one per request.
+    #[tokio::test]
+    async fn a_request_refused_for_its_size_is_sent_in_halves() {
+        let receiver = receiver(Protocol::Grpc).await;
+        let (tx, task, health) = exporter_cutting_at(Protocol::Grpc, &receiver, usize::MAX);
+        for i in 0..3 {
+            tx.send(big_span(i, 3, 1)).await.unwrap();
+        }
+        tx.send(span(3)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let mut names = names(&receiver);
+        names.sort();
+        assert_eq!(names, ["s0", "s1", "s2", "s3"]);
+        assert_eq!(health.exported_spans.load(Relaxed), 4);
+        assert_eq!(health.export_dropped_too_large.load(Relaxed), 0);
+        assert_eq!(dropped(&health), 0);
+    }
+
+    /// RESOURCE_EXHAUSTED is retried only with RetryInfo (the OTLP specification; the case with
+    /// it is in `grpc_status_classification`); without it the request is treated as too large,
+    /// never retried as it is.
+    #[test]
+    fn resource_exhausted_is_retried_only_when_the_receiver_says_when() {
+        let plain = tonic::Status::resource_exhausted("quota");
+        assert!(matches!(grpc_outcome(&plain), Outcome::TooLarge { .. }));
+        let big = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 9437300 bytes, the limit is: 4194304",
+        );
+        assert!(matches!(grpc_outcome(&big), Outcome::TooLarge { .. }));
     }
 
     async fn refusal_is_dropped_at_once(protocol: Protocol) {

@@ -7,6 +7,10 @@
 //! keeps being drained: the pipeline never waits on the network. When the buffer holds more than
 //! its bound the oldest spans go first; every span that is not delivered is counted under the
 //! reason it was lost, so `spans == exported + dropped (+ still buffered)` holds at all times.
+//!
+//! Requests are cut by bytes as well as by count, and a request refused for its size is split
+//! in halves and sent again, down to a single span, which is then dropped and counted: one
+//! oversized span must not block every span after it.
 
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -30,6 +34,9 @@ pub enum Outcome {
     },
     /// Refused for good (malformed, unauthorised): retrying would get the same answer.
     Reject { error: String },
+    /// Refused for its size (HTTP 413, gRPC RESOURCE_EXHAUSTED without RetryInfo, a message
+    /// over the receiver's limit): smaller requests may pass.
+    TooLarge { error: String },
 }
 
 pub type SendFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -38,12 +45,18 @@ pub type SendFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// draining its input while a request is in flight.
 pub trait Transport: Send + 'static {
     fn send(&self, spans: &[Arc<Span>]) -> SendFuture;
+    /// The span's share of a request's encoded size, to cut requests by bytes.
+    fn encoded_len(&self, _span: &Span) -> usize {
+        0
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Policy {
     /// Most spans per request.
     pub max_batch: usize,
+    /// Most encoded bytes per request (gRPC receivers refuse messages over 4 MiB by default).
+    pub max_request_bytes: usize,
     /// How long a span may wait for others to fill a request.
     pub batch_delay: Duration,
     /// Spans held while the endpoint is unavailable; beyond this the oldest are dropped. (A
@@ -59,11 +72,15 @@ pub struct Policy {
 }
 
 pub const DEFAULT_BUFFER_SPANS: u64 = 100_000;
+/// Under the 4 MiB that gRPC servers (the OpenTelemetry Collector's included) accept by default,
+/// leaving room for the resource and scope around the spans.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             max_batch: 512,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             batch_delay: Duration::from_millis(500),
             buffer_spans: DEFAULT_BUFFER_SPANS as usize,
             backoff_initial: Duration::from_millis(500),
@@ -100,6 +117,8 @@ struct Delivery<T> {
     failures: u32,
     /// Whether the current outage already logged that it drops spans.
     drop_logged: bool,
+    /// Sizes (in spans) of the next requests, from halving one refused for its size.
+    cuts: VecDeque<usize>,
 }
 
 /// Delivers spans from `input` until it closes, then flushes for at most `policy.final_flush`.
@@ -119,6 +138,7 @@ pub async fn deliver<T: Transport>(
         retry_at: None,
         failures: 0,
         drop_logged: false,
+        cuts: VecDeque::new(),
     };
     'run: loop {
         // Take everything already waiting before deciding what to send, so a burst goes out in
@@ -191,10 +211,47 @@ impl<T: Transport> Delivery<T> {
         {
             return;
         }
-        let n = self.queue.len().min(self.policy.max_batch.max(1));
+        let mut n = self.queue.len().min(self.policy.max_batch.max(1));
+        if let Some(cut) = self.cuts.pop_front() {
+            n = n.min(cut.max(1));
+        }
+        let n = self.fit_bytes(n);
+        if n == 0 {
+            return;
+        }
         self.sending = self.queue.drain(..n).collect();
         let spans: Vec<Arc<Span>> = self.sending.iter().map(|(_, s)| s.clone()).collect();
         self.in_flight = Some(self.transport.send(&spans));
+    }
+
+    /// How many of the first `n` queued spans fit in one request's bytes (at least one). A span
+    /// over the limit on its own is dropped and counted here, before it is ever sent.
+    fn fit_bytes(&mut self, n: usize) -> usize {
+        let limit = self.policy.max_request_bytes;
+        loop {
+            let Some((_, first)) = self.queue.front() else {
+                return 0;
+            };
+            if self.transport.encoded_len(first) <= limit {
+                break;
+            }
+            self.queue.pop_front();
+            Health::add(&self.health.export_dropped_too_large, 1);
+            warn!(
+                "dropping a span larger than one OTLP request may be ({limit} bytes; counted in \
+                 export_dropped_spans{{reason=too_large}})"
+            );
+        }
+        let mut bytes = 0usize;
+        let mut fits = 0;
+        for (_, span) in self.queue.iter().take(n) {
+            bytes = bytes.saturating_add(self.transport.encoded_len(span));
+            if fits > 0 && bytes > limit {
+                break;
+            }
+            fits += 1;
+        }
+        fits
     }
 
     /// When the loop must wake up on its own to start a request.
@@ -265,6 +322,24 @@ impl<T: Transport> Delivery<T> {
             Outcome::Reject { error } => {
                 Health::add(&self.health.export_dropped_rejected, n);
                 warn!("OTLP receiver rejected {n} spans, not retrying: {error}");
+                self.retry_at = None;
+            }
+            Outcome::TooLarge { error } if batch.len() > 1 => {
+                let half = batch.len() / 2;
+                debug!("OTLP request of {n} spans too large, sending it in halves: {error}");
+                self.cuts.push_front(batch.len() - half);
+                self.cuts.push_front(half);
+                for item in batch.into_iter().rev() {
+                    self.queue.push_front(item);
+                }
+                self.retry_at = None;
+            }
+            Outcome::TooLarge { error } => {
+                Health::add(&self.health.export_dropped_too_large, n);
+                warn!(
+                    "OTLP receiver refused a span for its size, dropping it (counted in \
+                     export_dropped_spans{{reason=too_large}}): {error}"
+                );
                 self.retry_at = None;
             }
         }
@@ -433,6 +508,7 @@ mod tests {
 
     fn quick(buffer_spans: usize) -> Policy {
         Policy {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_batch: 4,
             batch_delay: Duration::from_millis(5),
             buffer_spans,
