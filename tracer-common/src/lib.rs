@@ -12,6 +12,11 @@ pub const CHUNK_SIZE: usize = 16 * 1024;
 /// single `SSL_write`/`SSL_read`/`write`/... are captured; the rest is counted as truncated.
 pub const MAX_CHUNKS_PER_CALL: u32 = 1024;
 
+/// The longest plaintext one TLS record can carry (RFC 8446 §5.2: 2^14 bytes, plus the inner
+/// content type and padding within the ciphertext's 2^14 + 256). Lengths read off a traced
+/// program's stack at an AEAD call are checked against it: anything longer is not a record.
+pub const MAX_TLS_RECORD_PLAINTEXT: u64 = 16 * 1024 + 256;
+
 /// What a ring-buffer record describes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,7 +307,11 @@ pub mod counter {
     pub const STDIO_CALLS: u32 = 9;
     /// Stdio fds whose first bytes were not JSON-RPC, forgotten from then on.
     pub const IGNORED_STDIO: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// Calls whose byte count, as the traced program reported it, cannot be true (an `_ex`
+    /// out-parameter past the buffer's size, an AEAD record longer than TLS allows): their
+    /// bytes are not copied, or copied only up to what the call could have carried.
+    pub const IMPLAUSIBLE_LENGTHS: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(feature = "user")]

@@ -40,7 +40,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
     EbpfContext as _,
 };
-use tracer_common::{counter, Direction, RecordKind, SocketRecord, TlsFunction};
+use tracer_common::{
+    counter, Direction, RecordKind, SocketRecord, TlsFunction, MAX_TLS_RECORD_PLAINTEXT,
+};
 
 use crate::{
     emit::{emit_buffer, Transfer},
@@ -186,7 +188,7 @@ fn seal_record(ctx: &ProbeContext, key: u64, (buf, len): (u64, u64), (ad, ad_len
         return;
     };
     let _ = AEAD_SEALED.insert(pid_tgid, key, BPF_ANY as u64);
-    if len == 0 {
+    if len == 0 || !plausible_record(len) {
         return;
     }
     count(counter::CALLS, 1);
@@ -334,7 +336,7 @@ fn finish_open(ctx: &RetProbeContext, entry: u32) {
     } else {
         open.len
     };
-    if len == 0 {
+    if len == 0 || !plausible_record(len) {
         return;
     }
     count(counter::CALLS, 1);
@@ -358,6 +360,17 @@ fn finish_open(ctx: &RetProbeContext, entry: u32) {
         transfer.fd = *fd as i32;
     }
     emit_buffer(&mut transfer);
+}
+
+/// A record length from the traced program's arguments or memory: one a TLS record can have, or
+/// counted and refused (userspace would otherwise be asked to assemble a record of any size).
+#[inline(always)]
+fn plausible_record(len: u64) -> bool {
+    if len > MAX_TLS_RECORD_PLAINTEXT {
+        count(counter::IMPLAUSIBLE_LENGTHS, 1);
+        return false;
+    }
+    true
 }
 
 /// A read or write syscall on a socket known to carry TLS (called at the syscall's entry).

@@ -48,6 +48,8 @@ pub struct PendingCall {
     pub buf: u64,
     /// `size_t *` out-parameter of the `_ex` variants; 0 for the plain ones.
     pub len_out: u64,
+    /// The byte count the `_ex` variants were asked for: the most the out-parameter can say.
+    pub requested: u64,
     pub timestamp_ns: u64,
     pub function: u32,
     /// The entry probe's attach cookie, carried to the records the return probe writes.

@@ -99,12 +99,15 @@ fn remember_call(
         TlsFunction::SslWriteEx2 => ctx.arg::<u64>(4).unwrap_or(0),
         _ => 0,
     };
+    // `SSL_read_ex(ssl, buf, num, ...)`, `SSL_write_ex(2)` and the internal workers: `num`.
+    let requested = ctx.arg::<u64>(2).unwrap_or(0);
     // Userspace gives hooks placed by inference a cookie, to validate what they capture.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let call = PendingCall {
         ssl,
         buf,
         len_out,
+        requested,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         function: function as u32,
         cookie,
@@ -145,6 +148,11 @@ fn finish_call(
             return;
         }
         match unsafe { bpf_probe_read_user(call.len_out as *const u64) } {
+            // The program's memory says what it likes: never more than the buffer it gave.
+            Ok(n) if n > call.requested => {
+                count(counter::IMPLAUSIBLE_LENGTHS, 1);
+                call.requested
+            }
             Ok(n) => n,
             Err(_) => return,
         }

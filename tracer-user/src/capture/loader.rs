@@ -289,6 +289,9 @@ impl Capture {
         health
             .kernel_ignored_stdio
             .store(read(counter::IGNORED_STDIO), Relaxed);
+        health
+            .kernel_implausible_lengths
+            .store(read(counter::IMPLAUSIBLE_LENGTHS), Relaxed);
         Ok(())
     }
 }

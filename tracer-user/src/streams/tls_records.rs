@@ -30,6 +30,10 @@ const CONN_TAG: u64 = 0xa3ad << 48;
 /// Records held per key while its socket is unknown: a key never linked (its socket opened
 /// before the tracer) must not grow without bound.
 const MAX_HELD: usize = 256;
+/// The longest plaintext one TLS record can carry (RFC 8446 §5.2: 2^14 bytes plus the inner
+/// content type and padding, within the ciphertext's 2^14 + 256). The record length comes off
+/// the traced program's stack: anything longer is not a record, whatever it claims.
+pub const MAX_RECORD_PLAINTEXT: u64 = 16 * 1024 + 256;
 
 /// One record, whole, with its type removed.
 #[derive(Clone, Debug)]
@@ -65,8 +69,8 @@ pub struct TlsRecords {
     announced: HashMap<(u32, u64), ()>,
     /// Stream position per (pid, conn id, direction).
     positions: HashMap<(u32, u64, Direction), u64>,
-    /// Records dropped (held too long, or with no socket to give them) since the last
-    /// [`TlsRecords::take_unassigned`].
+    /// Records dropped (held too long, with no socket to give them, or claiming a length no
+    /// TLS record has) since the last [`TlsRecords::take_unassigned`].
     unassigned_records: u64,
 }
 
@@ -113,6 +117,13 @@ impl TlsRecords {
 
     fn push_chunk(&mut self, chunk: TlsRecordChunk, out: &mut Vec<CaptureEvent>) {
         let slot = (chunk.pid, chunk.key, chunk.direction);
+        if chunk.record_len > MAX_RECORD_PLAINTEXT {
+            if chunk.offset == 0 {
+                self.unassigned_records += 1;
+            }
+            self.partial.remove(&slot);
+            return;
+        }
         if chunk.offset == 0 {
             // A record starts; an unfinished one before it lost pieces and is dropped (the
             // key's offsets then show the loss).
@@ -142,7 +153,7 @@ impl TlsRecords {
         };
         let next = self.key_next.entry(slot).or_insert(first.key_offset);
         let lost_before = first.key_offset.saturating_sub(*next);
-        *next = first.key_offset + first.record_len;
+        *next = first.key_offset.saturating_add(first.record_len);
         let Some(data) = application_data(buf.freeze(), first.tls13) else {
             return;
         };
@@ -227,6 +238,36 @@ fn application_data(plaintext: Bytes, tls13: bool) -> Option<Bytes> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A record length read off a hostile program's stack: no allocation of that size, no
+    /// panic, the record counted as dropped, and the key's next real record still delivered.
+    #[test]
+    fn a_record_claiming_a_huge_length_is_dropped_and_counted() {
+        for claimed in [u64::MAX, 1 << 40, MAX_RECORD_PLAINTEXT + 1] {
+            let mut records = TlsRecords::new();
+            let mut out = Vec::new();
+            records.push(link(5, KEY_OUT), &mut out);
+            let mut bogus = chunks(KEY_OUT, Direction::Egress, -1, 0, b"x", 1);
+            if let CaptureEvent::TlsRecord(c) = &mut bogus[0] {
+                c.record_len = claimed;
+            }
+            for event in bogus {
+                records.push(event, &mut out);
+            }
+            assert_eq!(records.take_unassigned(), 1, "claimed {claimed}");
+            assert!(records.partial.is_empty());
+            let real = inner(b"GET / HTTP/1.1\r\n", APPLICATION_DATA, 0);
+            for event in chunks(KEY_OUT, Direction::Egress, -1, 0, &real, 4) {
+                records.push(event, &mut out);
+            }
+            assert!(
+                out.iter().any(
+                    |e| matches!(e, CaptureEvent::Data(d) if &d.data[..] == b"GET / HTTP/1.1\r\n")
+                ),
+                "{out:#?}"
+            );
+        }
+    }
 
     const KEY_OUT: u64 = 0x5555_0000_1000;
     const KEY_IN: u64 = 0x5555_0000_2000;
