@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tracer_testkit::{
     e2e::{
-        self, clients_dir, contains, of_pid, recorded, require_root, start_traced, without_pid,
-        SERIAL,
+        self, clients_dir, contains, of_pid, recorded, require_root, start_traced,
+        start_traced_with_env, without_pid, SERIAL,
     },
     mock_openai::{self, MockOpenAi},
     otlp::{as_int, as_str, ReceivedSpan},
@@ -422,6 +422,72 @@ async fn ring_buffer_overflow_is_reported_and_survived() -> Result<()> {
     assert_eq!(
         as_str(fine.attr("gen_ai.response.id")),
         Some("chatcmpl-mock-nonstream")
+    );
+    Ok(())
+}
+
+/// The programs built for kernels without `bpf_loop` (Linux before 5.17: Amazon Linux 2,
+/// Ubuntu 22.04), forced on this kernel: they load and verify here, capture a call within their
+/// 256 KiB per-call bound byte-exact, and count what a larger call loses past it. (The kernel
+/// matrix, `cargo xtask vmtest`, runs them where the kernel itself lacks the helper.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bounded_loop_programs_capture_exactly_up_to_their_bound() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let server = mock_openai::start(&e2e::certs_dir()).await?;
+    let check = Command::new(tracer_bin())
+        .arg("check")
+        .env("AGENT_TRACER_LOOPS", "bounded")
+        .output()?;
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains("loops   bounded loops"),
+        "check names the path: {report}"
+    );
+    let traced = start_traced_with_env(
+        tracer_bin(),
+        "bounded-loops",
+        &[],
+        &[("AGENT_TRACER_LOOPS", "bounded")],
+    )
+    .await?;
+    const WITHIN: usize = 250 * 1024;
+    const BEYOND: usize = 1 << 20;
+    let mut pids = Vec::new();
+    for size in [WITHIN, BEYOND] {
+        let out = e2e::run(http_post(&server, &["--size", &size.to_string()])).await?;
+        let lines = e2e::json_lines(&out);
+        pids.push(lines[0]["pid"].as_u64().context("pid")? as u32);
+    }
+    let spans = traced
+        .receiver
+        .wait_for("both calls", WAIT, |s| {
+            pids.iter().all(|pid| !of_pid(s, *pid).is_empty())
+        })
+        .await?;
+    let stopped = traced.tracer.stop()?;
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("kernel programs: bounded loops"),
+        "{}",
+        stopped.stderr
+    );
+
+    let span = the_call(&spans, pids[0], WITHIN, 200);
+    assert_eq!(span.attr("agent_tracer.capture.bytes_lost"), None);
+    let egress = recorded(&traced.record_dir, pids[0], "egress");
+    let head_end = egress
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("request head")?
+        + 4;
+    assert_eq!(egress.len() - head_end, WITHIN, "the whole body, no more");
+
+    let counters = stopped.counters()?;
+    let truncated = counters.get("kernel_truncated_bytes").copied().unwrap_or(0);
+    assert!(
+        truncated >= (BEYOND - (256 << 10)) as u64,
+        "what the 1 MiB call carried past 256 KiB is counted: {counters:?}"
     );
     Ok(())
 }

@@ -12,6 +12,18 @@ pub const CHUNK_SIZE: usize = 16 * 1024;
 /// single `SSL_write`/`SSL_read`/`write`/... are captured; the rest is counted as truncated.
 pub const MAX_CHUNKS_PER_CALL: u32 = 1024;
 
+/// Bounds of the programs built for kernels without `bpf_loop` (`tracer-ebpf/src/bounded.rs`),
+/// where every loop is unrolled by the verifier and must fit its instruction budget.
+pub mod bounded {
+    /// Records per call: `CHUNK_SIZE * CHUNKS_PER_CALL` bytes (256 KiB) of one call are captured,
+    /// the rest counted as truncated (`counter::TRUNCATED_BYTES`).
+    pub const CHUNKS_PER_CALL: u32 = 16;
+    /// Records per iovec of a vectored call (`writev`, `sendmsg`, ...): 32 KiB each.
+    pub const CHUNKS_PER_IOVEC: u32 = 2;
+    /// Descriptors of an exiting process checked for open TLS connections.
+    pub const EXIT_FDS: u32 = 64;
+}
+
 /// The longest plaintext one TLS record can carry (RFC 8446 §5.2: 2^14 bytes, plus the inner
 /// content type and padding within the ciphertext's 2^14 + 256). Lengths read off a traced
 /// program's stack at an AEAD call are checked against it: anything longer is not a record.

@@ -5,9 +5,11 @@ use core::ffi::c_void;
 use aya_ebpf::bindings::BPF_ANY;
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_ringbuf_output};
 use tracer_common::{
-    counter, Direction, RecordHeader, RecordKind, SocketFunction, Source, TlsFunction, CHUNK_SIZE,
-    MAX_CHUNKS_PER_CALL, RECORD_HEADER_SIZE,
+    bounded, counter, Direction, RecordHeader, RecordKind, SocketFunction, Source, TlsFunction,
+    CHUNK_SIZE, MAX_CHUNKS_PER_CALL, RECORD_HEADER_SIZE,
 };
+
+use crate::Loops;
 
 use crate::maps::{count, StreamKey, EVENTS, SCRATCH, STREAM_OFFSETS};
 
@@ -95,6 +97,19 @@ impl Transfer {
 /// Copies `transfer.len` bytes at `transfer.buf` to userspace, whole, in chunk records.
 #[inline(always)]
 pub fn emit_buffer(transfer: &mut Transfer) {
+    emit_buffer_capped(transfer, bounded::CHUNKS_PER_CALL);
+}
+
+/// [`emit_buffer`] for one piece of a vectored call: in the bounded build each piece gets fewer
+/// records, so that every iovec's copy loop together stays within the verifier's budget.
+#[inline(always)]
+pub fn emit_iovec(transfer: &mut Transfer) {
+    emit_buffer_capped(transfer, bounded::CHUNKS_PER_IOVEC);
+}
+
+/// `bounded_chunks`: the bounded build's limit (a constant, so the verifier knows the range).
+#[inline(always)]
+fn emit_buffer_capped(transfer: &mut Transfer, bounded_chunks: u32) {
     let key = StreamKey {
         conn_id: transfer.conn_id,
         tgid: (transfer.pid_tgid >> 32) as u32,
@@ -113,22 +128,39 @@ pub fn emit_buffer(transfer: &mut Transfer) {
             0
         }
     };
+    let max_chunks = match crate::LOOPS {
+        Loops::Helper => MAX_CHUNKS_PER_CALL,
+        Loops::Bounded => bounded_chunks,
+    };
     let chunks = transfer.len.div_ceil(CHUNK_SIZE as u64);
-    let loops = if chunks > MAX_CHUNKS_PER_CALL as u64 {
-        let kept = MAX_CHUNKS_PER_CALL as u64 * CHUNK_SIZE as u64;
+    let loops = if chunks > max_chunks as u64 {
+        let kept = max_chunks as u64 * CHUNK_SIZE as u64;
         count(counter::TRUNCATED_BYTES, transfer.len - kept);
-        MAX_CHUNKS_PER_CALL
+        max_chunks
     } else {
         chunks as u32
     };
-    // bpf_loop (5.17+) verifies the callback once instead of unrolling up to 256 copies.
-    unsafe {
-        bpf_loop(
-            loops,
-            emit_chunk as *mut c_void,
-            transfer as *mut Transfer as *mut c_void,
-            0,
-        );
+    match crate::LOOPS {
+        // bpf_loop (5.17+) verifies the callback once instead of unrolling every copy.
+        Loops::Helper => unsafe {
+            bpf_loop(
+                loops,
+                emit_chunk as *mut c_void,
+                transfer as *mut Transfer as *mut c_void,
+                0,
+            );
+        },
+        Loops::Bounded => {
+            let ctx = transfer as *mut Transfer as *mut c_void;
+            // A constant trip count with the real bound tested inside: a loop that exits on
+            // `index == loops` (what the compiler makes of an early `break`) is one the older
+            // verifiers cannot bound, since `loops` is only known as a range.
+            for index in 0..bounded::CHUNKS_PER_CALL {
+                if core::hint::black_box(index) < loops {
+                    unsafe { emit_chunk(index, ctx) };
+                }
+            }
+        }
     }
 }
 

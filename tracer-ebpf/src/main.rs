@@ -1,23 +1,9 @@
-//! agent-tracer's kernel programs. One file per hook family; all maps in `maps.rs`.
+//! agent-tracer's kernel programs, for kernels with the `bpf_loop` helper (Linux 5.17 and
+//! later). `bounded.rs` builds the same programs for older kernels; userspace loads the one the
+//! running kernel can verify (`capture/compat.rs` probes for the helper).
 #![no_std]
 #![no_main]
 
-mod aead;
-mod emit;
-mod gotls;
-mod maps;
-mod openssl;
-mod process;
-mod syscalls;
+include!("programs.rs");
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any reachable panic path, so this is never executed.
-    loop {}
-}
-
-// bpf_probe_read_user and bpf_loop are GPL-only helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+pub const LOOPS: Loops = Loops::Helper;

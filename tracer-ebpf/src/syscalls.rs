@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{emit_buffer, emit_record, Transfer},
+    emit::{emit_buffer, emit_iovec, emit_record, Transfer},
     maps::{
         count, forget_offsets, is_ignored, PendingDup, PendingIo, PendingSocketCall, EVENTS,
         PENDING_DUPS, PENDING_IO, PENDING_READS, PENDING_SOCKET_CALLS, PENDING_WRITES, SOCKETS,
@@ -648,7 +648,7 @@ fn exit_io(ctx: &TracePointContext, direction: Direction) {
         let size = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
         let take = if size < left { size } else { left };
         if take > 0 && base != 0 {
-            emit_buffer(&mut transfer(base, take));
+            emit_iovec(&mut transfer(base, take));
         }
         left -= take;
     }
@@ -968,21 +968,27 @@ pub(crate) fn finish_tls_at_exit(pid_tgid: u64) {
         return;
     };
     let _ = TLS_PROCS.remove(tgid);
-    let fds = if bound > MAX_EXIT_FDS {
-        MAX_EXIT_FDS
-    } else {
-        bound
+    let max_fds = match crate::LOOPS {
+        crate::Loops::Helper => MAX_EXIT_FDS,
+        crate::Loops::Bounded => tracer_common::bounded::EXIT_FDS,
     };
+    let fds = if bound > max_fds { max_fds } else { bound };
     let mut ctx = pid_tgid;
-    // bpf_loop: the callback is verified once; a plain loop over emitting calls is not
-    // verifiable in 1M instructions.
-    unsafe {
-        bpf_loop(
-            fds,
-            finish_tls_fd as *mut core::ffi::c_void,
-            &mut ctx as *mut u64 as *mut core::ffi::c_void,
-            0,
-        );
+    let ctx = &mut ctx as *mut u64 as *mut core::ffi::c_void;
+    match crate::LOOPS {
+        // bpf_loop: the callback is verified once; a plain loop over emitting calls is not
+        // verifiable in 1M instructions.
+        crate::Loops::Helper => unsafe {
+            bpf_loop(fds, finish_tls_fd as *mut core::ffi::c_void, ctx, 0);
+        },
+        crate::Loops::Bounded => {
+            // A constant trip count, the real bound inside (see `emit_buffer`).
+            for index in 0..tracer_common::bounded::EXIT_FDS {
+                if core::hint::black_box(index) < fds {
+                    unsafe { finish_tls_fd(index, ctx) };
+                }
+            }
+        }
     }
 }
 

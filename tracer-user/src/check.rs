@@ -185,12 +185,39 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
         }
     }
 
+    if can_bpf && missing.is_empty() {
+        verify_programs(out, &mut missing)?;
+    }
+
     tls_summary(out)?;
 
     if missing.is_empty() {
         writeln!(out, "agent-tracer can run on this host")?;
     }
     Ok(Report { missing })
+}
+
+/// Loads every kernel program (and attaches the tracepoints, for a moment) as `run` would: a
+/// kernel whose verifier refuses one says so here, with the verifier's last words, rather than
+/// at the first `run`.
+fn verify_programs(out: &mut impl Write, missing: &mut Vec<String>) -> Result<()> {
+    writeln!(out, "kernel programs:")?;
+    writeln!(out, "  loops   {}", compat::loop_path().describe())?;
+    match crate::capture::Capture::load(4096) {
+        Ok(capture) => {
+            drop(capture);
+            writeln!(out, "  ok      every program loads and passes the verifier")?;
+        }
+        Err(e) => {
+            let full = format!("{e:#}");
+            let lines: Vec<&str> = full.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n          ");
+            let first = lines.first().copied().unwrap_or_default();
+            writeln!(out, "  MISSING {first}\n          {tail}")?;
+            missing.push(format!("kernel programs refused by this kernel: {first}"));
+        }
+    }
+    Ok(())
 }
 
 /// The TLS stacks of running processes: per process, each stack found (in the executable or a

@@ -42,12 +42,10 @@ pub const FEATURES: &[Feature] = &[
     },
     Feature {
         name: "bpf_loop helper (Linux 5.17)",
-        needed_for: "copying whole buffers in 16 KiB records",
-        required: true,
+        needed_for: "copying up to 16 MiB per call; without it bounded loops copy up to 256 KiB",
+        required: false,
         needs_bpf: true,
-        probe: || {
-            is_helper_supported(ProgramType::KProbe, BpfHelper::BPF_FUNC_loop).unwrap_or(false)
-        },
+        probe: has_bpf_loop,
     },
     Feature {
         name: "tracepoint programs",
@@ -78,6 +76,45 @@ pub const FEATURES: &[Feature] = &[
         probe: || std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
     },
 ];
+
+fn has_bpf_loop() -> bool {
+    is_helper_supported(ProgramType::KProbe, BpfHelper::BPF_FUNC_loop).unwrap_or(false)
+}
+
+/// How the kernel programs repeat per-call work (`tracer-ebpf/src/programs.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopPath {
+    /// `bpf_loop`: 16 KiB records up to 16 MiB per call.
+    Helper,
+    /// Unrolled bounded loops for kernels before 5.17: up to 256 KiB per call, the rest counted
+    /// as truncated.
+    Bounded,
+}
+
+impl LoopPath {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LoopPath::Helper => "bpf_loop (whole calls up to 16 MiB)",
+            LoopPath::Bounded => {
+                "bounded loops, for kernels without bpf_loop (calls up to 256 KiB, the rest counted \
+                 as truncated)"
+            }
+        }
+    }
+}
+
+/// Env var forcing the bounded-loop programs on a kernel that has `bpf_loop` (`bounded`), so
+/// the path older kernels take is tested on any kernel.
+pub const LOOPS_ENV: &str = "AGENT_TRACER_LOOPS";
+
+/// The loop path for this kernel: probed, unless `AGENT_TRACER_LOOPS=bounded`.
+pub fn loop_path() -> LoopPath {
+    if std::env::var(LOOPS_ENV).is_ok_and(|v| v == "bounded") || !has_bpf_loop() {
+        LoopPath::Bounded
+    } else {
+        LoopPath::Helper
+    }
+}
 
 /// Every feature with whether this kernel has it.
 pub fn probe_all() -> Vec<(&'static Feature, bool)> {

@@ -21,8 +21,19 @@ use super::{
 };
 use crate::health::Health;
 
-/// The compiled kernel programs, embedded at build time by build.rs.
+/// The compiled kernel programs, embedded at build time by build.rs: for kernels with the
+/// `bpf_loop` helper, and the same programs with bounded loops for older ones.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+static PROGRAMS_BOUNDED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf-bounded"));
+
+/// The programs this kernel gets, and the path named in `check` and the start-up log.
+pub fn programs_for_this_kernel() -> (&'static [u8], compat::LoopPath) {
+    match compat::loop_path() {
+        compat::LoopPath::Helper => (PROGRAMS, compat::LoopPath::Helper),
+        compat::LoopPath::Bounded => (PROGRAMS_BOUNDED, compat::LoopPath::Bounded),
+    }
+}
 
 /// (category, name) of every tracepoint; the program has the tracepoint's name.
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -101,6 +112,8 @@ pub struct Capture {
 impl Capture {
     pub fn load(ring_buffer_bytes: u32) -> Result<Self> {
         compat::require_supported()?;
+        let (programs, loops) = programs_for_this_kernel();
+        tracing::info!("kernel programs: {}", loops.describe());
         let ring_buffer_bytes = ring_buffer_bytes.next_power_of_two().max(4096);
         let tracer_tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
@@ -116,7 +129,7 @@ impl Capture {
                 &tracepoint_field_offset("task", "task_newtask", "clone_flags", 32),
                 true,
             )
-            .load(PROGRAMS)
+            .load(programs)
             .context("loading the eBPF programs into the kernel")?;
 
         // Uprobes are loaded up front and attached per target as targets are found.
