@@ -31,10 +31,7 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -202,7 +199,7 @@ fn seal_record(ctx: &ProbeContext, key: u64, (buf, len): (u64, u64), (ad, ad_len
         Direction::Egress,
     );
     // The hook's attach cookie: its first records validate it (`capture/validate.rs`).
-    transfer.cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    transfer.cookie = crate::attach_cookie(ctx.as_ptr());
     emit_buffer(&mut transfer);
 }
 
@@ -355,7 +352,7 @@ fn finish_open(ctx: &RetProbeContext, entry: u32) {
         Direction::Ingress,
     );
     // Entry and return probes of one function share its cookie.
-    transfer.cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    transfer.cookie = crate::attach_cookie(ctx.as_ptr());
     if let Some(fd) = unsafe { TLS_LAST_READ.get(pid_tgid) } {
         transfer.fd = *fd as i32;
     }

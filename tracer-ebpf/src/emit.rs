@@ -107,6 +107,19 @@ pub fn emit_iovec(transfer: &mut Transfer) {
     emit_buffer_capped(transfer, bounded::CHUNKS_PER_IOVEC);
 }
 
+/// `if loops > K { emit_chunk(K, ctx) }` for each constant K given.
+macro_rules! copies_while_below {
+    ($loops:expr, $ctx:expr, $($k:literal)*) => {
+        $(
+            if $loops > $k {
+                unsafe { emit_chunk($k, $ctx) };
+            }
+        )*
+    };
+}
+// The copies unrolled in `emit_buffer_capped` stop at 16.
+const _: () = assert!(bounded::CHUNKS_PER_CALL == 16);
+
 /// `bounded_chunks`: the bounded build's limit (a constant, so the verifier knows the range).
 #[inline(always)]
 fn emit_buffer_capped(transfer: &mut Transfer, bounded_chunks: u32) {
@@ -152,14 +165,12 @@ fn emit_buffer_capped(transfer: &mut Transfer, bounded_chunks: u32) {
         },
         Loops::Bounded => {
             let ctx = transfer as *mut Transfer as *mut c_void;
-            // A constant trip count with the real bound tested inside: a loop that exits on
-            // `index == loops` (what the compiler makes of an early `break`) is one the older
-            // verifiers cannot bound, since `loops` is only known as a range.
-            for index in 0..bounded::CHUNKS_PER_CALL {
-                if core::hint::black_box(index) < loops {
-                    unsafe { emit_chunk(index, ctx) };
-                }
-            }
+            // Unrolled by hand, each copy behind `loops > K` with K a constant: a test against an
+            // immediate is one every verifier uses to narrow `loops` and prune the copies that
+            // cannot run. A loop leaves the compiler free to exit on `index == loops` (a loop
+            // 5.10 cannot bound) or to compare two registers (which 5.10 does not narrow, so it
+            // walks every dead copy and runs out of instructions).
+            copies_while_below!(loops, ctx, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
         }
     }
 }
@@ -172,8 +183,11 @@ pub fn emit_record(mut header: RecordHeader, src: u64, len: usize) {
         return;
     };
     let record = unsafe { &mut *record };
-    // Bound the length in a form the verifier tracks through to both helpers.
-    let len = len & (2 * CHUNK_SIZE - 1);
+    // Bound the length in a form the verifier tracks through to both helpers. `black_box` keeps
+    // the compiler from dropping the mask and test as redundant (it can prove `len <= CHUNK_SIZE`
+    // from the caller's `min`): older verifiers (5.10) cannot follow that `min`, taken between two
+    // registers, and refuse the copy as possibly negative.
+    let len = core::hint::black_box(len) & (2 * CHUNK_SIZE - 1);
     if len > CHUNK_SIZE {
         return;
     }

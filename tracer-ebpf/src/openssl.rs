@@ -6,10 +6,7 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -102,7 +99,7 @@ fn remember_call(
     // `SSL_read_ex(ssl, buf, num, ...)`, `SSL_write_ex(2)` and the internal workers: `num`.
     let requested = ctx.arg::<u64>(2).unwrap_or(0);
     // Userspace gives hooks placed by inference a cookie, to validate what they capture.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let cookie = crate::attach_cookie(ctx.as_ptr());
     let call = PendingCall {
         ssl,
         buf,

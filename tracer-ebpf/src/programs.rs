@@ -22,6 +22,20 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
+/// The probe's attach cookie (`bpf_get_attach_cookie`, Linux 5.15), which userspace gives the
+/// hooks it placed by inference so their first records can be validated. The build for older
+/// kernels names no such helper: its records carry 0, and userspace, unable to attach with a
+/// cookie there, does not place inferred hooks (their connections are reported encrypted-only).
+#[inline(always)]
+pub fn attach_cookie(ctx: *mut core::ffi::c_void) -> u32 {
+    match LOOPS {
+        Loops::Helper => unsafe {
+            aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx) as u32
+        },
+        Loops::Bounded => 0,
+    }
+}
+
 /// How the programs repeat work whose count is only known at run time.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Loops {
