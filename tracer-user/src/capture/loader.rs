@@ -107,6 +107,7 @@ fn field_offset(format: &str, name: &str) -> Option<u32> {
 /// Loaded programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
+    loops: compat::LoopPath,
 }
 
 impl Capture {
@@ -150,7 +151,7 @@ impl Capture {
                 .attach(category, name)
                 .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
         }
-        Ok(Capture { ebpf })
+        Ok(Capture { ebpf, loops })
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -190,6 +191,14 @@ impl Capture {
         hook: &Hook,
         cookie: u64,
     ) -> Result<aya::programs::uprobe::UProbeLinkId> {
+        // The bounded programs (kernels before 5.17) read no cookie: an inferred hook's records
+        // could not be told apart for validation, so such hooks are not placed at all.
+        if self.loops == compat::LoopPath::Bounded {
+            anyhow::bail!(
+                "hooks placed by inference need attach cookies, which the programs for this \
+                 kernel (before 5.17) do not read"
+            );
+        }
         let program = uprobe(&mut self.ebpf, &hook.program)?;
         Ok(program.attach(
             aya::programs::uprobe::UProbeAttachPoint {
