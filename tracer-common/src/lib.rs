@@ -1,7 +1,7 @@
 //! The `#[repr(C)]` records the kernel programs write into the ring buffer and the indices of
 //! the counters they keep. Both sides compile this crate, so a layout change cannot be made on
 //! one side only.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Bytes of payload copied per ring-buffer record. Larger buffers are split into several
 /// records of this size; 16 KiB keeps the per-CPU scratch value under the 32 KiB per-CPU
@@ -47,6 +47,57 @@ pub enum RecordKind {
     /// ciphertext byte counts and timing (payload: [`TlsTotals`]; `conn_id` and `fd` are the fd,
     /// `timestamp_ns` the end).
     TlsSummary = 30,
+}
+
+/// A raw value of a `#[repr(u32)]` field that names none of its enum's variants: a record
+/// from a kernel program built from another version of this crate, or a corrupt one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownValue {
+    /// The enum the value was read as (`"RecordKind"`, `"Direction"`, ...).
+    pub of: &'static str,
+    pub value: u32,
+}
+
+impl core::fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "unknown {} {}", self.of, self.value)
+    }
+}
+
+/// `TryFrom<u32>` for the `#[repr(u32)]` enums of the record header, so userspace turns the
+/// raw integers into the enum once and matches on variants (a new variant then fails to compile
+/// where it is not handled, instead of falling through an `if k == X as u32` chain).
+macro_rules! try_from_u32 {
+    ($($ty:ident { $($variant:ident),* $(,)? })*) => {$(
+        impl TryFrom<u32> for $ty {
+            type Error = UnknownValue;
+            fn try_from(value: u32) -> Result<Self, UnknownValue> {
+                $(if value == $ty::$variant as u32 {
+                    return Ok($ty::$variant);
+                })*
+                Err(UnknownValue { of: stringify!($ty), value })
+            }
+        }
+
+        // Fails to compile when a variant is missing from the list above.
+        const _: fn($ty) = |v| match v {
+            $($ty::$variant => (),)*
+        };
+    )*};
+}
+
+try_from_u32! {
+    RecordKind {
+        Data, ProcessExit, Connect, Accept, Close, TlsLink, TlsClientHello, ProcessExec,
+        ProcessArgs, ProcessFork, AeadLink, TlsSummary,
+    }
+    Direction { Egress, Ingress }
+    Source { Tls, Socket, Stdio }
+    TlsFunction {
+        SslWrite, SslWriteEx, SslRead, SslReadEx, GoTlsWrite, GoTlsRead, GnutlsRecordSend,
+        GnutlsRecordRecv, SslWriteEx2, AeadTls13, AeadTls12,
+    }
+    SocketFunction { Write, Writev, Sendto, Sendmsg, Read, Readv, Recvfrom, Recvmsg }
 }
 
 /// `function` of a `ProcessExit` record: the process called `exit_group`, and `offset` holds
@@ -313,4 +364,31 @@ mod user {
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::SocketState {}
     unsafe impl aya::Pod for super::TlsTotals {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_round_trip_and_unknown_ones_are_named() {
+        for kind in [
+            RecordKind::Data,
+            RecordKind::ProcessArgs,
+            RecordKind::TlsSummary,
+        ] {
+            assert_eq!(RecordKind::try_from(kind as u32), Ok(kind));
+        }
+        assert_eq!(Direction::try_from(1), Ok(Direction::Ingress));
+        assert_eq!(TlsFunction::try_from(10), Ok(TlsFunction::AeadTls12));
+        let unknown = RecordKind::try_from(9).unwrap_err();
+        assert_eq!(
+            unknown,
+            UnknownValue {
+                of: "RecordKind",
+                value: 9
+            }
+        );
+        assert_eq!(unknown.to_string(), "unknown RecordKind 9");
+    }
 }
