@@ -328,32 +328,77 @@ pub const FORGET_FDS: u32 = 32;
 
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
 
-/// Indices into the per-CPU `COUNTERS` array map.
-pub mod counter {
+/// A counter the kernel programs keep in the per-CPU `COUNTERS` array map: its index there, the
+/// name userspace reports it by (log summary, JSON summary, `agent_tracer.<name>` metric) and
+/// the metric's description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelCounter {
+    pub index: u32,
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+/// The one table of kernel counters: each line gives the constant the kernel programs count
+/// with, its index, its user-side name and its description. Userspace reads and reports every
+/// entry of [`counter::ALL`]; nothing else lists them.
+macro_rules! kernel_counters {
+    ($($(#[doc = $doc:literal])* $konst:ident = $index:literal, $name:literal, $help:literal;)*) => {
+        /// Indices into the per-CPU `COUNTERS` array map.
+        pub mod counter {
+            use super::KernelCounter;
+            $($(#[doc = $doc])* pub const $konst: u32 = $index;)*
+            pub const COUNT: u32 = [$($index),*].len() as u32;
+            /// Every counter, in index order.
+            pub const ALL: [KernelCounter; COUNT as usize] = [
+                $(KernelCounter { index: $konst, name: $name, help: $help },)*
+            ];
+            // The indices are the positions: 0, 1, 2, ... with no gap or repeat.
+            const _: () = {
+                let mut i = 0;
+                while i < ALL.len() {
+                    assert!(ALL[i].index as usize == i, "kernel counter indices out of order");
+                    i += 1;
+                }
+            };
+        }
+    };
+}
+
+kernel_counters! {
     /// Records the ring buffer had no room for.
-    pub const RINGBUF_FULL_RECORDS: u32 = 0;
+    RINGBUF_FULL_RECORDS = 0, "kernel_ringbuf_full_records",
+        "Records the kernel could not write because the ring buffer was full.";
     /// Payload bytes lost because the ring buffer was full.
-    pub const RINGBUF_FULL_BYTES: u32 = 1;
+    RINGBUF_FULL_BYTES = 1, "kernel_ringbuf_full_bytes",
+        "Payload bytes lost to a full ring buffer.";
     /// Payload bytes that could not be read from user memory.
-    pub const READ_FAILED_BYTES: u32 = 2;
+    READ_FAILED_BYTES = 2, "kernel_read_failed_bytes",
+        "Payload bytes the kernel could not read from the traced process.";
     /// Payload bytes past `MAX_CHUNKS_PER_CALL * CHUNK_SIZE` of one call.
-    pub const TRUNCATED_BYTES: u32 = 3;
+    TRUNCATED_BYTES = 3, "kernel_truncated_bytes",
+        "Payload bytes past the per-call capture limit.";
     /// Returns whose entry was not seen (attached mid-call or the entry map was full).
-    pub const MISSING_ENTRY: u32 = 4;
+    MISSING_ENTRY = 4, "kernel_missing_entry",
+        "TLS call returns whose entry was not seen.";
     /// TLS calls captured.
-    pub const CALLS: u32 = 5;
+    CALLS = 5, "kernel_tls_calls",
+        "TLS calls captured in the kernel.";
     /// Socket syscalls whose bytes were captured.
-    pub const SOCKET_CALLS: u32 = 6;
+    SOCKET_CALLS = 6, "kernel_socket_calls",
+        "Socket syscalls captured in the kernel.";
     /// Connections whose first bytes were not HTTP or TLS, ignored from then on.
-    pub const IGNORED_CONNECTIONS: u32 = 7;
+    IGNORED_CONNECTIONS = 7, "kernel_ignored_connections",
+        "Connections whose first bytes were neither HTTP nor TLS (not copied).";
     /// TLS calls and socket syscalls of processes userspace marked as not traced (selection
     /// rules), skipped without copying.
-    pub const IGNORED_CALLS: u32 = 8;
+    IGNORED_CALLS = 8, "kernel_ignored_calls",
+        "TLS calls and socket syscalls of processes the selection rules leave out, not copied.";
     /// Stdio syscalls whose bytes were captured.
-    pub const STDIO_CALLS: u32 = 9;
+    STDIO_CALLS = 9, "kernel_stdio_calls",
+        "Stdio (pipe) syscalls captured in the kernel.";
     /// Stdio fds whose first bytes were not JSON-RPC, forgotten from then on.
-    pub const IGNORED_STDIO: u32 = 10;
-    pub const COUNT: u32 = 11;
+    IGNORED_STDIO = 10, "kernel_ignored_stdio",
+        "Stdio fds whose first bytes were not JSON-RPC (not copied).";
 }
 
 #[cfg(feature = "user")]
@@ -390,5 +435,18 @@ mod tests {
             }
         );
         assert_eq!(unknown.to_string(), "unknown RecordKind 9");
+    }
+
+    #[test]
+    fn every_kernel_counter_has_a_distinct_reported_name() {
+        assert_eq!(counter::ALL.len(), counter::COUNT as usize);
+        assert_eq!(
+            counter::ALL[counter::CALLS as usize].name,
+            "kernel_tls_calls"
+        );
+        for (i, a) in counter::ALL.iter().enumerate() {
+            assert!(a.name.starts_with("kernel_") && !a.help.is_empty(), "{a:?}");
+            assert!(counter::ALL[..i].iter().all(|b| b.name != a.name), "{a:?}");
+        }
     }
 }

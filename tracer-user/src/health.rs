@@ -9,6 +9,8 @@ use std::{
     },
 };
 
+use tracer_common::counter;
+
 macro_rules! counters {
     (@name $name:ident) => { stringify!($name) };
     (@name $name:ident $label:literal) => { $label };
@@ -16,6 +18,9 @@ macro_rules! counters {
         #[derive(Default, Debug)]
         pub struct Health {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// The kernel programs' counters ([`counter::ALL`]), by index: copied from the
+            /// kernel's map, never added to here.
+            pub kernel: [AtomicU64; counter::COUNT as usize],
             /// `tracer.unsupported_tls{binary=...}`: processes seen per binary whose TLS stack
             /// cannot be hooked yet.
             pub unsupported_tls: Mutex<BTreeMap<String, (&'static str, u64)>>,
@@ -24,13 +29,20 @@ macro_rules! counters {
         impl Health {
             /// Name (with its labels, if any) and value of every counter, for reports.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((counters!(@name $name $($label)?), self.$name.load(Relaxed)),)*]
+                self.described().into_iter().map(|(name, _, value)| (name, value)).collect()
             }
 
             /// Name (`name{label=value}` for labelled ones), description (the counter's doc
-            /// comment) and value of every counter, for metrics exporters.
+            /// comment) and value of every counter, for metrics exporters. The kernel's counters
+            /// come first, in their table's order.
             pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((counters!(@name $name $($label)?), concat!($($doc),*), self.$name.load(Relaxed)),)*]
+                let kernel = counter::ALL
+                    .iter()
+                    .zip(&self.kernel)
+                    .map(|(c, value)| (c.name, c.help, value.load(Relaxed)));
+                kernel
+                    .chain([$((counters!(@name $name $($label)?), concat!($($doc),*), self.$name.load(Relaxed)),)*])
+                    .collect()
             }
         }
     };
@@ -41,31 +53,9 @@ counters! {
     records,
     /// Payload bytes read from the ring buffer.
     bytes,
-    /// Records the kernel could not write because the ring buffer was full.
-    kernel_ringbuf_full_records,
-    /// Payload bytes lost to a full ring buffer.
-    kernel_ringbuf_full_bytes,
-    /// Payload bytes the kernel could not read from the traced process.
-    kernel_read_failed_bytes,
-    /// Payload bytes past the per-call capture limit.
-    kernel_truncated_bytes,
-    /// TLS call returns whose entry was not seen.
-    kernel_missing_entry,
-    /// TLS calls captured in the kernel.
-    kernel_tls_calls,
-    /// Socket syscalls captured in the kernel.
-    kernel_socket_calls,
-    /// Connections whose first bytes were neither HTTP nor TLS (not copied).
-    kernel_ignored_connections,
-    /// TLS calls and socket syscalls of processes the selection rules leave out, not copied.
-    kernel_ignored_calls,
     /// Records of processes the selection rules leave out, dropped in userspace (made before
     /// the kernel learnt of the decision).
     ignored_records,
-    /// Stdio (pipe) syscalls captured in the kernel.
-    kernel_stdio_calls,
-    /// Stdio fds whose first bytes were not JSON-RPC (not copied).
-    kernel_ignored_stdio,
     /// Processes running at start-up whose stdin and stdout (pipes) were seeded as JSON-RPC
     /// candidates.
     stdio_seeded,
@@ -156,6 +146,13 @@ counters! {
 impl Health {
     pub fn add(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Relaxed);
+    }
+
+    /// The kernel counter at `index` (a [`counter`] constant); a dummy for an index out of the
+    /// table, which cannot come from the constants.
+    pub fn kernel(&self, index: u32) -> &AtomicU64 {
+        static OUT_OF_TABLE: AtomicU64 = AtomicU64::new(0);
+        self.kernel.get(index as usize).unwrap_or(&OUT_OF_TABLE)
     }
 
     /// Counts a process running a binary whose TLS stack cannot be hooked yet; true the first
