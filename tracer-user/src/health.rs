@@ -185,6 +185,37 @@ impl Health {
             parts.join(" ")
         }
     }
+
+    /// Every counter, zeros included, and the unsupported-TLS tally: what `--summary-file`
+    /// holds. `{"counters": {"records": 12, "export_dropped_spans{reason=shutdown}": 0, ...},
+    /// "unsupported_tls": [{"binary": "/usr/bin/x", "stack": "rustls", "processes": 2}]}`.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let counters: serde_json::Map<String, serde_json::Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value.into()))
+            .collect();
+        let unsupported: Vec<serde_json::Value> = match self.unsupported_tls.lock() {
+            Ok(map) => map
+                .iter()
+                .map(|(binary, (stack, n))| {
+                    serde_json::json!({"binary": binary, "stack": stack, "processes": n})
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        serde_json::json!({"counters": counters, "unsupported_tls": unsupported})
+    }
+
+    /// Writes [`summary_json`](Self::summary_json) to `path`, whole or not at all (through a
+    /// temporary file renamed over it), so a reader never sees half a document.
+    pub fn write_summary(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let text = serde_json::to_string_pretty(&self.summary_json())?;
+        std::fs::write(&partial, text + "\n")?;
+        std::fs::rename(&partial, path)
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +234,33 @@ mod tests {
             "spans=10 exported_spans=7 export_dropped_spans{reason=buffer_full}=2 \
              export_dropped_spans{reason=shutdown}=1"
         );
+    }
+
+    #[test]
+    fn json_summary_lists_every_counter_zeros_included() {
+        let h = Health::default();
+        Health::add(&h.records, 12);
+        Health::add(h.kernel(counter::CALLS), 5);
+        Health::add(&h.export_dropped_shutdown, 1);
+        h.unsupported_tls("/usr/bin/app", "rustls");
+        let json = h.summary_json();
+        let counters = json["counters"].as_object().unwrap();
+        assert_eq!(counters.len(), h.snapshot().len());
+        assert_eq!(counters["records"], 12);
+        assert_eq!(counters["kernel_tls_calls"], 5);
+        assert_eq!(counters["kernel_ignored_stdio"], 0);
+        assert_eq!(counters["export_dropped_spans{reason=shutdown}"], 1);
+        assert_eq!(
+            json["unsupported_tls"],
+            serde_json::json!([{"binary": "/usr/bin/app", "stack": "rustls", "processes": 1}])
+        );
+        let dir = std::env::temp_dir().join(format!("health-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("summary.json");
+        h.write_summary(&path).unwrap();
+        let read: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(read, json);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
