@@ -16,8 +16,10 @@
 use std::{ops::Range, sync::OnceLock};
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use object::{Architecture, Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
+use object::{Architecture, Object as _, ObjectSection as _};
 use thiserror::Error;
+
+use super::segments::{Segment, Segments};
 
 /// No function in a TLS library comes near this; a larger unwind range means the table is
 /// damaged and is ignored.
@@ -57,23 +59,6 @@ pub enum ImageError {
     Architecture(Architecture),
 }
 
-/// A loaded segment (`PT_LOAD`).
-#[derive(Clone, Debug)]
-struct Segment {
-    vaddr: u64,
-    /// File-backed bytes (`p_filesz`); the rest of `p_memsz` is zero-filled and has no offset.
-    file_size: u64,
-    offset: u64,
-    executable: bool,
-    writable: bool,
-}
-
-impl Segment {
-    fn file_vaddrs(&self) -> Range<u64> {
-        self.vaddr..self.vaddr.saturating_add(self.file_size)
-    }
-}
-
 /// How an instruction refers to an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum XrefKind {
@@ -101,7 +86,7 @@ pub struct Xref {
 /// needs more.
 pub struct Image<'a> {
     data: &'a [u8],
-    segments: Vec<Segment>,
+    segments: Segments,
     build_id: Option<&'a [u8]>,
     /// `.eh_frame` as a virtual address range, when the section headers name it (the fallback
     /// when there is no `PT_GNU_EH_FRAME`).
@@ -118,22 +103,7 @@ impl<'a> Image<'a> {
         if elf.architecture() != Architecture::X86_64 {
             return Err(ImageError::Architecture(elf.architecture()));
         }
-        let segments = elf
-            .segments()
-            .filter_map(|s| {
-                let SegmentFlags::Elf { p_flags } = s.flags() else {
-                    return None;
-                };
-                let (offset, file_size) = s.file_range();
-                Some(Segment {
-                    vaddr: s.address(),
-                    file_size,
-                    offset,
-                    executable: p_flags & object::elf::PF_X != 0,
-                    writable: p_flags & object::elf::PF_W != 0,
-                })
-            })
-            .collect();
+        let segments = Segments::of(&elf);
         let eh_frame_section = elf
             .section_by_name(".eh_frame")
             .map(|s| s.address()..s.address() + s.size());
@@ -161,16 +131,12 @@ impl<'a> Image<'a> {
 
     /// The file offset of a virtual address: what a uprobe attaches to.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        let s = self.segment_of(vaddr)?;
-        Some(s.offset + (vaddr - s.vaddr))
+        self.segments.file_offset(vaddr)
     }
 
     /// The virtual address of a file offset (the first loaded segment holding it).
     pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|s| (s.offset..s.offset + s.file_size).contains(&offset))
-            .map(|s| s.vaddr + (offset - s.offset))
+        self.segments.vaddr_of(offset)
     }
 
     /// Whether `vaddr` lies in file-backed executable code.
@@ -190,9 +156,7 @@ impl<'a> Image<'a> {
     }
 
     fn segment_of(&self, vaddr: u64) -> Option<&Segment> {
-        self.segments
-            .iter()
-            .find(|s| s.file_vaddrs().contains(&vaddr))
+        self.segments.containing(vaddr)
     }
 
     /// The addresses of every occurrence of `text` followed by a NUL in read-only loaded data:
@@ -301,9 +265,7 @@ impl<'a> Image<'a> {
     }
 
     fn file_bytes(&self, s: &Segment) -> Option<&'a [u8]> {
-        let start = usize::try_from(s.offset).ok()?;
-        let end = start.checked_add(usize::try_from(s.file_size).ok()?)?;
-        self.data.get(start..end.min(self.data.len()))
+        s.file_bytes(self.data)
     }
 
     /// Every instruction in executable segments that refers to one of `targets`: RIP-relative
