@@ -301,17 +301,13 @@ async fn mcp_sdk_tools_over_stdio() -> Result<()> {
     assert!(e2e::recorded(&traced.record_dir, cat_pid, "ingress").is_empty());
     assert!(e2e::recorded(&traced.record_dir, cat_pid, "egress").is_empty());
     assert!(of_pid(&spans, cat_pid).is_empty());
-    let counter = |name: &str| -> u64 {
-        stopped
-            .stderr
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
     // At least cat's stdin and stdout were looked at and let go; of all the stdio on the host
     // (every program's is looked at when it starts), only the server's was copied.
-    assert!(counter("kernel_ignored_stdio") >= 2, "{}", stopped.stderr);
+    assert!(
+        stopped.counter("kernel_ignored_stdio")? >= 2,
+        "{}",
+        stopped.summary
+    );
     let stdio_streams: Vec<String> = std::fs::read_dir(&traced.record_dir)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -1,7 +1,7 @@
 //! The `#[repr(C)]` records the kernel programs write into the ring buffer and the indices of
 //! the counters they keep. Both sides compile this crate, so a layout change cannot be made on
 //! one side only.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Bytes of payload copied per ring-buffer record. Larger buffers are split into several
 /// records of this size; 16 KiB keeps the per-CPU scratch value under the 32 KiB per-CPU
@@ -64,6 +64,57 @@ pub enum RecordKind {
     /// ciphertext byte counts and timing (payload: [`TlsTotals`]; `conn_id` and `fd` are the fd,
     /// `timestamp_ns` the end).
     TlsSummary = 30,
+}
+
+/// A raw value of a `#[repr(u32)]` field that names none of its enum's variants: a record
+/// from a kernel program built from another version of this crate, or a corrupt one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownValue {
+    /// The enum the value was read as (`"RecordKind"`, `"Direction"`, ...).
+    pub of: &'static str,
+    pub value: u32,
+}
+
+impl core::fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "unknown {} {}", self.of, self.value)
+    }
+}
+
+/// `TryFrom<u32>` for the `#[repr(u32)]` enums of the record header, so userspace turns the
+/// raw integers into the enum once and matches on variants (a new variant then fails to compile
+/// where it is not handled, instead of falling through an `if k == X as u32` chain).
+macro_rules! try_from_u32 {
+    ($($ty:ident { $($variant:ident),* $(,)? })*) => {$(
+        impl TryFrom<u32> for $ty {
+            type Error = UnknownValue;
+            fn try_from(value: u32) -> Result<Self, UnknownValue> {
+                $(if value == $ty::$variant as u32 {
+                    return Ok($ty::$variant);
+                })*
+                Err(UnknownValue { of: stringify!($ty), value })
+            }
+        }
+
+        // Fails to compile when a variant is missing from the list above.
+        const _: fn($ty) = |v| match v {
+            $($ty::$variant => (),)*
+        };
+    )*};
+}
+
+try_from_u32! {
+    RecordKind {
+        Data, ProcessExit, Connect, Accept, Close, TlsLink, TlsClientHello, ProcessExec,
+        ProcessArgs, ProcessFork, AeadLink, TlsSummary,
+    }
+    Direction { Egress, Ingress }
+    Source { Tls, Socket, Stdio }
+    TlsFunction {
+        SslWrite, SslWriteEx, SslRead, SslReadEx, GoTlsWrite, GoTlsRead, GnutlsRecordSend,
+        GnutlsRecordRecv, SslWriteEx2, AeadTls13, AeadTls12,
+    }
+    SocketFunction { Write, Writev, Sendto, Sendmsg, Read, Readv, Recvfrom, Recvmsg }
 }
 
 /// `function` of a `ProcessExit` record: the process called `exit_group`, and `offset` holds
@@ -294,36 +345,82 @@ pub const FORGET_FDS: u32 = 32;
 
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
 
-/// Indices into the per-CPU `COUNTERS` array map.
-pub mod counter {
+/// A counter the kernel programs keep in the per-CPU `COUNTERS` array map: its index there, the
+/// name userspace reports it by (log summary, JSON summary, `agent_tracer.<name>` metric) and
+/// the metric's description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelCounter {
+    pub index: u32,
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+/// The one table of kernel counters: each line gives the constant the kernel programs count
+/// with, its index, its user-side name and its description. Userspace reads and reports every
+/// entry of [`counter::ALL`]; nothing else lists them.
+macro_rules! kernel_counters {
+    ($($(#[doc = $doc:literal])* $konst:ident = $index:literal, $name:literal, $help:literal;)*) => {
+        /// Indices into the per-CPU `COUNTERS` array map.
+        pub mod counter {
+            use super::KernelCounter;
+            $($(#[doc = $doc])* pub const $konst: u32 = $index;)*
+            pub const COUNT: u32 = [$($index),*].len() as u32;
+            /// Every counter, in index order.
+            pub const ALL: [KernelCounter; COUNT as usize] = [
+                $(KernelCounter { index: $konst, name: $name, help: $help },)*
+            ];
+            // The indices are the positions: 0, 1, 2, ... with no gap or repeat.
+            const _: () = {
+                let mut i = 0;
+                while i < ALL.len() {
+                    assert!(ALL[i].index as usize == i, "kernel counter indices out of order");
+                    i += 1;
+                }
+            };
+        }
+    };
+}
+
+kernel_counters! {
     /// Records the ring buffer had no room for.
-    pub const RINGBUF_FULL_RECORDS: u32 = 0;
+    RINGBUF_FULL_RECORDS = 0, "kernel_ringbuf_full_records",
+        "Records the kernel could not write because the ring buffer was full.";
     /// Payload bytes lost because the ring buffer was full.
-    pub const RINGBUF_FULL_BYTES: u32 = 1;
+    RINGBUF_FULL_BYTES = 1, "kernel_ringbuf_full_bytes",
+        "Payload bytes lost to a full ring buffer.";
     /// Payload bytes that could not be read from user memory.
-    pub const READ_FAILED_BYTES: u32 = 2;
+    READ_FAILED_BYTES = 2, "kernel_read_failed_bytes",
+        "Payload bytes the kernel could not read from the traced process.";
     /// Payload bytes past `MAX_CHUNKS_PER_CALL * CHUNK_SIZE` of one call.
-    pub const TRUNCATED_BYTES: u32 = 3;
+    TRUNCATED_BYTES = 3, "kernel_truncated_bytes",
+        "Payload bytes past the per-call capture limit.";
     /// Returns whose entry was not seen (attached mid-call or the entry map was full).
-    pub const MISSING_ENTRY: u32 = 4;
+    MISSING_ENTRY = 4, "kernel_missing_entry",
+        "TLS call returns whose entry was not seen.";
     /// TLS calls captured.
-    pub const CALLS: u32 = 5;
+    CALLS = 5, "kernel_tls_calls",
+        "TLS calls captured in the kernel.";
     /// Socket syscalls whose bytes were captured.
-    pub const SOCKET_CALLS: u32 = 6;
+    SOCKET_CALLS = 6, "kernel_socket_calls",
+        "Socket syscalls captured in the kernel.";
     /// Connections whose first bytes were not HTTP or TLS, ignored from then on.
-    pub const IGNORED_CONNECTIONS: u32 = 7;
+    IGNORED_CONNECTIONS = 7, "kernel_ignored_connections",
+        "Connections whose first bytes were neither HTTP nor TLS (not copied).";
     /// TLS calls and socket syscalls of processes userspace marked as not traced (selection
     /// rules), skipped without copying.
-    pub const IGNORED_CALLS: u32 = 8;
+    IGNORED_CALLS = 8, "kernel_ignored_calls",
+        "TLS calls and socket syscalls of processes the selection rules leave out, not copied.";
     /// Stdio syscalls whose bytes were captured.
-    pub const STDIO_CALLS: u32 = 9;
+    STDIO_CALLS = 9, "kernel_stdio_calls",
+        "Stdio (pipe) syscalls captured in the kernel.";
     /// Stdio fds whose first bytes were not JSON-RPC, forgotten from then on.
-    pub const IGNORED_STDIO: u32 = 10;
+    IGNORED_STDIO = 10, "kernel_ignored_stdio",
+        "Stdio fds whose first bytes were not JSON-RPC (not copied).";
     /// Calls whose byte count, as the traced program reported it, cannot be true (an `_ex`
     /// out-parameter past the buffer's size, an AEAD record longer than TLS allows): their
     /// bytes are not copied, or copied only up to what the call could have carried.
-    pub const IMPLAUSIBLE_LENGTHS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    IMPLAUSIBLE_LENGTHS = 11, "kernel_implausible_lengths",
+        "Calls whose length, as the traced program reported it, cannot be true (not copied or clamped).";
 }
 
 #[cfg(feature = "user")]
@@ -334,4 +431,44 @@ mod user {
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::SocketState {}
     unsafe impl aya::Pod for super::TlsTotals {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_round_trip_and_unknown_ones_are_named() {
+        for kind in [
+            RecordKind::Data,
+            RecordKind::ProcessArgs,
+            RecordKind::TlsSummary,
+        ] {
+            assert_eq!(RecordKind::try_from(kind as u32), Ok(kind));
+        }
+        assert_eq!(Direction::try_from(1), Ok(Direction::Ingress));
+        assert_eq!(TlsFunction::try_from(10), Ok(TlsFunction::AeadTls12));
+        let unknown = RecordKind::try_from(9).unwrap_err();
+        assert_eq!(
+            unknown,
+            UnknownValue {
+                of: "RecordKind",
+                value: 9
+            }
+        );
+        assert_eq!(unknown.to_string(), "unknown RecordKind 9");
+    }
+
+    #[test]
+    fn every_kernel_counter_has_a_distinct_reported_name() {
+        assert_eq!(counter::ALL.len(), counter::COUNT as usize);
+        assert_eq!(
+            counter::ALL[counter::CALLS as usize].name,
+            "kernel_tls_calls"
+        );
+        for (i, a) in counter::ALL.iter().enumerate() {
+            assert!(a.name.starts_with("kernel_") && !a.help.is_empty(), "{a:?}");
+            assert!(counter::ALL[..i].iter().all(|b| b.name != a.name), "{a:?}");
+        }
+    }
 }

@@ -252,6 +252,12 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(watch) = kube_watch {
         watch.abort();
     }
+    // Before the log line: whoever waits for that line finds the file complete.
+    if let Some(path) = &config.summary_file {
+        if let Err(e) = health.write_summary(path) {
+            warn!("writing the summary to {}: {e:#}", path.display());
+        }
+    }
     info!("tracer stopped: {}", health.summary());
     Ok(())
 }

@@ -115,6 +115,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub record_streams: Option<std::path::PathBuf>,
 
+    /// At stop, write every health counter (zeros included) to FILE as JSON:
+    /// `{"counters": {"records": 12, ...}, "unsupported_tls": [...]}`. The counters for programs
+    /// (tests, the bench, a supervisor); the `tracer stopped:` log line is for people.
+    #[arg(long, value_name = "FILE")]
+    pub summary_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub agent: AgentArgs,
 
@@ -471,6 +477,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub record_streams: Option<std::path::PathBuf>,
+    pub summary_file: Option<std::path::PathBuf>,
     pub health_listen: Option<SocketAddr>,
     pub agent: AgentSettings,
     pub metrics: MetricsConfig,
@@ -516,6 +523,7 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             record_streams: args.record_streams.clone(),
+            summary_file: args.summary_file.clone(),
             health_listen: args.health_listen,
             agent: args.agent.resolve()?,
             metrics: MetricsConfig::resolve(args, &env)?,

@@ -9,6 +9,8 @@ use std::{
     },
 };
 
+use tracer_common::counter;
+
 macro_rules! counters {
     (@name $name:ident) => { stringify!($name) };
     (@name $name:ident $label:literal) => { $label };
@@ -16,6 +18,9 @@ macro_rules! counters {
         #[derive(Default, Debug)]
         pub struct Health {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// The kernel programs' counters ([`counter::ALL`]), by index: copied from the
+            /// kernel's map, never added to here.
+            pub kernel: [AtomicU64; counter::COUNT as usize],
             /// `tracer.unsupported_tls{binary=...}`: processes seen per binary whose TLS stack
             /// cannot be hooked yet.
             pub unsupported_tls: Mutex<BTreeMap<String, (&'static str, u64)>>,
@@ -24,13 +29,20 @@ macro_rules! counters {
         impl Health {
             /// Name (with its labels, if any) and value of every counter, for reports.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((counters!(@name $name $($label)?), self.$name.load(Relaxed)),)*]
+                self.described().into_iter().map(|(name, _, value)| (name, value)).collect()
             }
 
             /// Name (`name{label=value}` for labelled ones), description (the counter's doc
-            /// comment) and value of every counter, for metrics exporters.
+            /// comment) and value of every counter, for metrics exporters. The kernel's counters
+            /// come first, in their table's order.
             pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((counters!(@name $name $($label)?), concat!($($doc),*), self.$name.load(Relaxed)),)*]
+                let kernel = counter::ALL
+                    .iter()
+                    .zip(&self.kernel)
+                    .map(|(c, value)| (c.name, c.help, value.load(Relaxed)));
+                kernel
+                    .chain([$((counters!(@name $name $($label)?), concat!($($doc),*), self.$name.load(Relaxed)),)*])
+                    .collect()
             }
         }
     };
@@ -41,33 +53,9 @@ counters! {
     records,
     /// Payload bytes read from the ring buffer.
     bytes,
-    /// Records the kernel could not write because the ring buffer was full.
-    kernel_ringbuf_full_records,
-    /// Payload bytes lost to a full ring buffer.
-    kernel_ringbuf_full_bytes,
-    /// Payload bytes the kernel could not read from the traced process.
-    kernel_read_failed_bytes,
-    /// Payload bytes past the per-call capture limit.
-    kernel_truncated_bytes,
-    /// TLS call returns whose entry was not seen.
-    kernel_missing_entry,
-    /// Calls whose reported byte count could not be true (see `counter::IMPLAUSIBLE_LENGTHS`).
-    kernel_implausible_lengths,
-    /// TLS calls captured in the kernel.
-    kernel_tls_calls,
-    /// Socket syscalls captured in the kernel.
-    kernel_socket_calls,
-    /// Connections whose first bytes were neither HTTP nor TLS (not copied).
-    kernel_ignored_connections,
-    /// TLS calls and socket syscalls of processes the selection rules leave out, not copied.
-    kernel_ignored_calls,
     /// Records of processes the selection rules leave out, dropped in userspace (made before
     /// the kernel learnt of the decision).
     ignored_records,
-    /// Stdio (pipe) syscalls captured in the kernel.
-    kernel_stdio_calls,
-    /// Stdio fds whose first bytes were not JSON-RPC (not copied).
-    kernel_ignored_stdio,
     /// Processes running at start-up whose stdin and stdout (pipes) were seeded as JSON-RPC
     /// candidates.
     stdio_seeded,
@@ -163,6 +151,13 @@ impl Health {
         counter.fetch_add(by, Relaxed);
     }
 
+    /// The kernel counter at `index` (a [`counter`] constant); a dummy for an index out of the
+    /// table, which cannot come from the constants.
+    pub fn kernel(&self, index: u32) -> &AtomicU64 {
+        static OUT_OF_TABLE: AtomicU64 = AtomicU64::new(0);
+        self.kernel.get(index as usize).unwrap_or(&OUT_OF_TABLE)
+    }
+
     /// Counts a process running a binary whose TLS stack cannot be hooked yet; true the first
     /// time the binary is seen (so it is logged once).
     pub fn unsupported_tls(&self, binary: &str, stack: &'static str) -> bool {
@@ -193,6 +188,37 @@ impl Health {
             parts.join(" ")
         }
     }
+
+    /// Every counter, zeros included, and the unsupported-TLS tally: what `--summary-file`
+    /// holds. `{"counters": {"records": 12, "export_dropped_spans{reason=shutdown}": 0, ...},
+    /// "unsupported_tls": [{"binary": "/usr/bin/x", "stack": "rustls", "processes": 2}]}`.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let counters: serde_json::Map<String, serde_json::Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value.into()))
+            .collect();
+        let unsupported: Vec<serde_json::Value> = match self.unsupported_tls.lock() {
+            Ok(map) => map
+                .iter()
+                .map(|(binary, (stack, n))| {
+                    serde_json::json!({"binary": binary, "stack": stack, "processes": n})
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        serde_json::json!({"counters": counters, "unsupported_tls": unsupported})
+    }
+
+    /// Writes [`summary_json`](Self::summary_json) to `path`, whole or not at all (through a
+    /// temporary file renamed over it), so a reader never sees half a document.
+    pub fn write_summary(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let text = serde_json::to_string_pretty(&self.summary_json())?;
+        std::fs::write(&partial, text + "\n")?;
+        std::fs::rename(&partial, path)
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +237,33 @@ mod tests {
             "spans=10 exported_spans=7 export_dropped_spans{reason=buffer_full}=2 \
              export_dropped_spans{reason=shutdown}=1"
         );
+    }
+
+    #[test]
+    fn json_summary_lists_every_counter_zeros_included() {
+        let h = Health::default();
+        Health::add(&h.records, 12);
+        Health::add(h.kernel(counter::CALLS), 5);
+        Health::add(&h.export_dropped_shutdown, 1);
+        h.unsupported_tls("/usr/bin/app", "rustls");
+        let json = h.summary_json();
+        let counters = json["counters"].as_object().unwrap();
+        assert_eq!(counters.len(), h.snapshot().len());
+        assert_eq!(counters["records"], 12);
+        assert_eq!(counters["kernel_tls_calls"], 5);
+        assert_eq!(counters["kernel_ignored_stdio"], 0);
+        assert_eq!(counters["export_dropped_spans{reason=shutdown}"], 1);
+        assert_eq!(
+            json["unsupported_tls"],
+            serde_json::json!([{"binary": "/usr/bin/app", "stack": "rustls", "processes": 1}])
+        );
+        let dir = std::env::temp_dir().join(format!("health-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("summary.json");
+        h.write_summary(&path).unwrap();
+        let read: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(read, json);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

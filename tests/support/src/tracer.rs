@@ -1,5 +1,9 @@
 //! Runs the real agent-tracer binary as a child process: waits for `tracer ready`, stops it with
-//! SIGINT like a user would, and returns what it printed.
+//! SIGINT like a user would, and returns what it printed and the counters it wrote.
+//!
+//! Counters come from the JSON summary the tracer writes at stop (`--summary-file`, set here
+//! through its `AGENT_TRACER_SUMMARY_FILE` variable so every caller gets it), not from the
+//! `tracer stopped:` log line, which is for people and free to change.
 
 use std::{
     collections::BTreeMap,
@@ -14,35 +18,52 @@ pub struct RunningTracer {
     child: Child,
     stdout: PathBuf,
     stderr: PathBuf,
+    summary: PathBuf,
 }
 
 pub struct TracerOutput {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+    /// The JSON summary the tracer wrote at stop; empty when it wrote none.
+    pub summary: String,
 }
 
 impl TracerOutput {
-    /// The health counters of the `tracer stopped: name=value ...` line the tracer logs last
-    /// (it lists only non-zero counters: a missing name is zero).
+    /// The tracer's non-zero health counters by name, from its JSON summary (a missing name is
+    /// zero, so `get(name) == None` asserts that nothing was counted).
     pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
-        let line = self
-            .stderr
-            .lines()
-            .rev()
-            .find_map(|l| l.split_once("tracer stopped:").map(|(_, c)| c))
-            .with_context(|| format!("no `tracer stopped:` line in:\n{}", self.stderr))?;
-        Ok(line
-            .split_whitespace()
-            .filter_map(|pair| {
-                let (name, value) = pair.rsplit_once('=')?;
-                Some((name.to_string(), value.parse().ok()?))
-            })
+        Ok(summary_counters(&self.summary)
+            .with_context(|| format!("no JSON summary; the tracer logged:\n{}", self.stderr))?
+            .into_iter()
+            .filter(|(_, value)| *value != 0)
             .collect())
+    }
+
+    /// One counter (0 when not counted).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self.counters()?.get(name).copied().unwrap_or(0))
     }
 }
 
-/// Starts `bin` with `args` and `envs`; logs go to target/e2e-logs/`name`.{out,err}.
+/// Every counter of a `--summary-file` document, zeros included.
+pub fn summary_counters(json: &str) -> Result<BTreeMap<String, u64>> {
+    let summary: serde_json::Value = serde_json::from_str(json).context("summary is not JSON")?;
+    summary["counters"]
+        .as_object()
+        .context("summary has no counters")?
+        .iter()
+        .map(|(name, value)| {
+            let value = value
+                .as_u64()
+                .with_context(|| format!("counter {name} is {value}"))?;
+            Ok((name.clone(), value))
+        })
+        .collect()
+}
+
+/// Starts `bin` with `args` and `envs`; logs go to target/e2e-logs/`name`.{out,err}, the
+/// summary to `name`.summary.json.
 pub fn start(
     bin: &Path,
     name: &str,
@@ -53,6 +74,9 @@ pub fn start(
     std::fs::create_dir_all(&logs)?;
     let stdout = logs.join(format!("{name}.out"));
     let stderr = logs.join(format!("{name}.err"));
+    let summary = logs.join(format!("{name}.summary.json"));
+    // A summary left by an earlier run must not pass for this one's.
+    let _ = std::fs::remove_file(&summary);
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -65,7 +89,8 @@ pub fn start(
         .env_remove("OTEL_METRICS_EXPORTER")
         .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
         .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env("AGENT_TRACER_SUMMARY_FILE", &summary);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -76,6 +101,7 @@ pub fn start(
         child,
         stdout,
         stderr,
+        summary,
     };
     let patience = crate::patience(Duration::from_secs(60));
     let deadline = Instant::now() + patience;
@@ -132,6 +158,7 @@ impl RunningTracer {
             status,
             stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
             stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+            summary: std::fs::read_to_string(&self.summary).unwrap_or_default(),
         })
     }
 }

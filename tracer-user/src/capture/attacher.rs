@@ -350,7 +350,7 @@ impl Attacher {
         if let Some(go) = &analysis.go {
             match super::gotls::attach(self.capture.ebpf_mut(), path, go) {
                 Ok(n) => {
-                    debug!("Go crypto/tls: {}", super::gotls::describe(path, go));
+                    debug!("Go crypto/tls: {}", super::locate::go::describe(path, go));
                     placed += n;
                 }
                 Err(e) => warn!("could not hook Go crypto/tls in {}: {e:#}", path.display()),

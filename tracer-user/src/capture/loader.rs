@@ -279,41 +279,9 @@ impl Capture {
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0)
         };
-        use std::sync::atomic::Ordering::Relaxed;
-        health
-            .kernel_ringbuf_full_records
-            .store(read(counter::RINGBUF_FULL_RECORDS), Relaxed);
-        health
-            .kernel_ringbuf_full_bytes
-            .store(read(counter::RINGBUF_FULL_BYTES), Relaxed);
-        health
-            .kernel_read_failed_bytes
-            .store(read(counter::READ_FAILED_BYTES), Relaxed);
-        health
-            .kernel_truncated_bytes
-            .store(read(counter::TRUNCATED_BYTES), Relaxed);
-        health
-            .kernel_missing_entry
-            .store(read(counter::MISSING_ENTRY), Relaxed);
-        health.kernel_tls_calls.store(read(counter::CALLS), Relaxed);
-        health
-            .kernel_socket_calls
-            .store(read(counter::SOCKET_CALLS), Relaxed);
-        health
-            .kernel_ignored_connections
-            .store(read(counter::IGNORED_CONNECTIONS), Relaxed);
-        health
-            .kernel_ignored_calls
-            .store(read(counter::IGNORED_CALLS), Relaxed);
-        health
-            .kernel_stdio_calls
-            .store(read(counter::STDIO_CALLS), Relaxed);
-        health
-            .kernel_ignored_stdio
-            .store(read(counter::IGNORED_STDIO), Relaxed);
-        health
-            .kernel_implausible_lengths
-            .store(read(counter::IMPLAUSIBLE_LENGTHS), Relaxed);
+        for (kernel, value) in counter::ALL.iter().zip(&health.kernel) {
+            value.store(read(kernel.index), std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 }

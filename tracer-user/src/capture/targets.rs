@@ -89,7 +89,7 @@ pub struct Analysis {
     /// stack's traffic is only captured through its own hooks.
     pub stacks: Vec<StackHooks>,
     /// Go functions, attached all or nothing by the Go module (entry and every RET).
-    pub go: Option<super::gotls::GoTlsHooks>,
+    pub go: Option<super::locate::go::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
     pub unsupported: Option<&'static str>,
 }
@@ -274,7 +274,7 @@ pub fn analyse_cached(
         return Ok(analysis);
     }
     if analysis.stacks.is_empty() {
-        match super::gotls::locate_in(&data) {
+        match super::locate::go::locate_in(&data) {
             Ok(Some(go)) => {
                 analysis.stacks.push(StackHooks {
                     stack: TlsStack::Go,
@@ -288,7 +288,7 @@ pub fn analyse_cached(
             Ok(None) => {}
             // Go, but not one whose calls we can read (before the register ABI, not x86-64).
             Err(e) => {
-                use super::gotls::GoLocateError as E;
+                use super::locate::go::GoLocateError as E;
                 analysis.unsupported = Some(match e {
                     E::StackAbi(_) => "go-before-1.17",
                     E::Architecture(_) => "go-not-x86-64",

@@ -784,7 +784,10 @@ pub(crate) mod tests {
     fn health_counters_and_unsupported_tls() {
         let health = Arc::new(Health::default());
         Health::add(&health.records, 12);
-        Health::add(&health.kernel_ringbuf_full_records, 3);
+        Health::add(
+            health.kernel(tracer_common::counter::RINGBUF_FULL_RECORDS),
+            3,
+        );
         health.unsupported_tls("/usr/bin/rustls-app", "rustls");
         health.unsupported_tls("/usr/bin/rustls-app", "rustls");
         let s = MetricsRecorder::new(health).snapshot();

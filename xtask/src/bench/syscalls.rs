@@ -12,9 +12,10 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
+use super::harness::{Counters, Stopped};
 use super::{
-    counter, cpu_count, cpu_seconds, grouped, header, json_number, list, load_note, machine,
-    median, today, Env, Guarded, OtherLoad, Others,
+    cpu_count, cpu_seconds, grouped, header, json_number, list, load_note, machine, median, today,
+    Env, Guarded, OtherLoad, Others,
 };
 
 pub(super) const SECTION: &str = "## Socket tracepoints: cost on an unrelated process";
@@ -43,6 +44,7 @@ struct Traced {
     pipe_tracer_cpu_s: f64,
     tcp_tracer_cpu_s: f64,
     final_line: String,
+    counters: Counters,
 }
 
 pub(super) fn measure(env: &Env) -> Result<String> {
@@ -74,7 +76,10 @@ pub(super) fn measure(env: &Env) -> Result<String> {
         let tcp = tcp_run(&script, Some(tracer.pid))?;
         let cpu2 = tracer.cpu_seconds()?;
         others.check(&[tracer.pid]);
-        let final_line = tracer.stop()?;
+        let Stopped {
+            final_line,
+            counters,
+        } = tracer.stop()?;
         println!(
             "pipe {:.3} s (CPU {:.2} s, tracer {:.3} s), tcp {:.3} s (CPU {:.2} s, tracer {:.3} s)\n{final_line}",
             pipe.seconds,
@@ -90,6 +95,7 @@ pub(super) fn measure(env: &Env) -> Result<String> {
             pipe_tracer_cpu_s: cpu1 - cpu0,
             tcp_tracer_cpu_s: cpu2 - cpu1,
             final_line,
+            counters,
         });
     }
     Ok(render(&off_pipe, &off_tcp, &on, &others))
@@ -190,7 +196,7 @@ fn render(off_pipe: &[Sample], off_tcp: &[Sample], on: &[Traced], others: &Other
     let tcp_tracer = median(on.iter().map(|t| t.tcp_tracer_cpu_s).collect());
     let ignored = median(
         on.iter()
-            .map(|t| counter(&t.final_line, "kernel_ignored_connections") as f64)
+            .map(|t| t.counters.get("kernel_ignored_connections") as f64)
             .collect(),
     );
     let cpus = cpu_count();

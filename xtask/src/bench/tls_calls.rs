@@ -8,8 +8,8 @@ use std::{fs, path::Path, process::Command};
 use anyhow::{Context as _, Result};
 
 use super::{
-    counter, cpu_count, header, list, machine, median, run_with_tracer, today, Client,
-    ClientResult, Env, Others, TracerRun, RUNS, WARMUP,
+    cpu_count, header, list, machine, median, run_with_tracer, today, Client, ClientResult, Env,
+    Others, TracerRun, RUNS, WARMUP,
 };
 use crate::util::{output_of, target_dir};
 
@@ -225,7 +225,7 @@ fn render(requests: u32, measured: &[Measured], others: &Others) -> String {
         let on_p99 = median(m.on.iter().map(|r| r.client.p99_us).collect());
         let calls: Vec<f64> =
             m.on.iter()
-                .map(|r| counter(&r.final_line, "kernel_tls_calls") as f64 / per_run)
+                .map(|r| r.counters.get("kernel_tls_calls") as f64 / per_run)
                 .collect();
         let calls_per_request = median(calls.clone());
         let cpu_per_1000 = median(
@@ -264,7 +264,7 @@ fn render(requests: u32, measured: &[Measured], others: &Others) -> String {
         ));
         for r in &m.on {
             finals.push_str(&format!("{}: {}\n", m.client.name, r.final_line));
-            if counter(&r.final_line, "llm_calls") != u64::from(requests + WARMUP) {
+            if r.counters.get("llm_calls") != u64::from(requests + WARMUP) {
                 mismatched.push(m.client.name);
             }
         }

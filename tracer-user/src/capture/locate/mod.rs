@@ -4,7 +4,9 @@
 //! source-file names its error macros reference, the calls between its functions — never from a
 //! table of offsets per release, so the next release is found by the same code.
 //!
-//! Shared pieces:
+//! Go's crypto/tls is found by name instead, through the symbol table or Go's own function table
+//! ([`go`]). Shared pieces:
+//! - [`Segments`](segments::Segments): virtual address <-> file offset, written once.
 //! - [`Image`]: an ELF file as the loader maps it (strings, RIP-relative references, calls,
 //!   function bounds from the unwind tables, instruction boundaries).
 //! - [`Locator`] / [`LOCATORS`]: one entry per stack; [`locate`] runs all of them (a binary may
@@ -14,10 +16,12 @@
 //! Analysis runs in the attacher, off the capture path: the ring-buffer reader never waits on it.
 
 pub mod boringssl;
+pub mod go;
 pub mod image;
 pub mod openssl;
 pub mod ring;
 pub mod rustls;
+mod segments;
 
 use std::{
     io::Write as _,

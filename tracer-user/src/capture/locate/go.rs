@@ -1,0 +1,372 @@
+//! Go crypto/tls: finding `crypto/tls.(*Conn).Write` and `crypto/tls.(*Conn).Read` in a Go
+//! executable, as file offsets of each function's entry and of every `RET` in its body (see
+//! `capture/gotls.rs` for why Go gets no uretprobes, and for attaching).
+//!
+//! A body's bounds come from the ELF symbol table when the binary has one, else from Go's own
+//! function table (pclntab, see [`pclntab`]), which `go build -ldflags="-s -w"` keeps because
+//! the runtime needs it for stack unwinding. The `RET`s are found by decoding the body from its
+//! first byte with an x86-64 decoder (iced-x86), never by searching for the byte `0xc3`: a probe
+//! placed in the middle of an instruction corrupts the traced program.
+
+mod pclntab;
+
+use std::{ops::Range, path::Path};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
+use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _};
+use thiserror::Error;
+
+pub use pclntab::{find_pclntab, Pclntab, PclntabVersion};
+
+use super::segments::Segments;
+
+pub const WRITE_FUNCTION: &str = "crypto/tls.(*Conn).Write";
+pub const READ_FUNCTION: &str = "crypto/tls.(*Conn).Read";
+
+/// Sections only Go's linker writes: one of them makes a file worth reading whole.
+#[cfg(test)]
+const GO_SECTIONS: &[&str] = &[
+    ".gopclntab",
+    ".data.rel.ro.gopclntab",
+    ".go.buildinfo",
+    ".note.go.buildid",
+];
+
+/// No crypto/tls method comes near this; a larger "function" means bounds read wrong.
+const MAX_FUNCTION_BYTES: u64 = 1 << 20;
+
+/// Where to probe one function, as file offsets: what
+/// `UProbe::attach(UProbeAttachLocation::AbsoluteOffset(offset), path, ..)` takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoFunction {
+    pub entry: u64,
+    pub returns: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoTlsHooks {
+    pub write: GoFunction,
+    pub read: GoFunction,
+    /// The toolchain that built the binary (`go1.19.8`), from its build information.
+    pub go_version: Option<String>,
+    /// Bounds came from the ELF symbol table (else from the pclntab).
+    pub from_symbols: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum GoLocateError {
+    #[error("reading the executable: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed ELF file: {0}")]
+    Elf(#[from] object::read::Error),
+    #[error("{0} executables are not supported: the Go probes read x86-64 registers")]
+    Architecture(String),
+    #[error("{0} passes arguments on the stack; the Go probes need the register ABI (Go 1.17+)")]
+    StackAbi(String),
+    #[error("malformed Go function table (pclntab): {0}")]
+    Pclntab(&'static str),
+    #[error("{found} is present but {missing} is not")]
+    MissingFunction {
+        found: &'static str,
+        missing: &'static str,
+    },
+    #[error("{function}: {address:#x}..{end:#x} is not in an executable segment of the file")]
+    NotInFile {
+        function: &'static str,
+        address: u64,
+        end: u64,
+    },
+    #[error("{function}: undecodable instruction at {address:#x}")]
+    Undecodable {
+        function: &'static str,
+        address: u64,
+    },
+    #[error("{function} has no RET instruction")]
+    NoReturn { function: &'static str },
+}
+
+/// Finds the probe offsets in the executable at `path`. `Ok(None)`: not a Go executable, or one
+/// without crypto/tls linked in. (The target resolver maps the file and calls [`locate_in`].)
+#[cfg(test)]
+pub fn locate(path: &Path) -> Result<Option<GoTlsHooks>, GoLocateError> {
+    if !may_be_go(path)? {
+        return Ok(None);
+    }
+    // Read whole only once the headers say Go: the loader asks about every executable it meets.
+    let data = std::fs::read(path)?;
+    locate_in(&data)
+}
+
+/// Cheap look at the headers only (through a read cache, not the whole file).
+#[cfg(test)]
+fn may_be_go(path: &Path) -> std::io::Result<bool> {
+    let cache = object::read::ReadCache::new(std::fs::File::open(path)?);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return Ok(false);
+    };
+    let has_section_headers = elf
+        .sections()
+        .any(|s| s.name().is_ok_and(|n| !n.is_empty()));
+    // Without section headers only a scan of the contents can tell.
+    Ok(!has_section_headers || GO_SECTIONS.iter().any(|n| elf.section_by_name(n).is_some()))
+}
+
+/// [`locate`] on the executable's bytes.
+pub fn locate_in(data: &[u8]) -> Result<Option<GoTlsHooks>, GoLocateError> {
+    let Ok(elf) = object::File::parse(data) else {
+        return Ok(None);
+    };
+    let segments = Segments::of(&elf);
+    let Some(pclntab) = pclntab_bytes(&elf, data, &segments)? else {
+        return Ok(None);
+    };
+    if elf.architecture() != Architecture::X86_64 {
+        return Err(GoLocateError::Architecture(format!(
+            "{:?}",
+            elf.architecture()
+        )));
+    }
+    let (bounds, from_symbols) = match symbol_bounds(&elf) {
+        Some(bounds) => (bounds, true),
+        None => {
+            let text = elf.section_by_name(".text").map(|s| s.address());
+            let table = Pclntab::parse(pclntab, text)?;
+            (
+                [table.find(WRITE_FUNCTION)?, table.find(READ_FUNCTION)?],
+                false,
+            )
+        }
+    };
+    let [write, read] = match bounds {
+        [None, None] => return Ok(None),
+        [Some(write), Some(read)] => [write, read],
+        [Some(_), None] => {
+            return Err(GoLocateError::MissingFunction {
+                found: WRITE_FUNCTION,
+                missing: READ_FUNCTION,
+            })
+        }
+        [None, Some(_)] => {
+            return Err(GoLocateError::MissingFunction {
+                found: READ_FUNCTION,
+                missing: WRITE_FUNCTION,
+            })
+        }
+    };
+    // Only now: a Go program without crypto/tls is no concern, whatever its version.
+    let go_version = build_version(&elf, data, &segments);
+    let magic = read_u32(pclntab, 0).ok_or(GoLocateError::Pclntab("no header"))?;
+    check_register_abi(go_version.as_deref(), magic)?;
+    Ok(Some(GoTlsHooks {
+        write: probe_points(WRITE_FUNCTION, write, data, &segments)?,
+        read: probe_points(READ_FUNCTION, read, data, &segments)?,
+        go_version,
+        from_symbols,
+    }))
+}
+/// Entry and `RET` file offsets of the function at `bounds` (virtual addresses).
+fn probe_points(
+    function: &'static str,
+    bounds: Range<u64>,
+    data: &[u8],
+    segments: &Segments,
+) -> Result<GoFunction, GoLocateError> {
+    let len = bounds.end.saturating_sub(bounds.start);
+    let not_in_file = GoLocateError::NotInFile {
+        function,
+        address: bounds.start,
+        end: bounds.end,
+    };
+    if len == 0 || len > MAX_FUNCTION_BYTES {
+        return Err(not_in_file);
+    }
+    let Some(entry) = segments.range_offset(bounds.start, len, true) else {
+        return Err(not_in_file);
+    };
+    let code = usize::try_from(entry)
+        .ok()
+        .and_then(|start| data.get(start..start + len as usize))
+        .ok_or(not_in_file)?;
+    let returns = find_returns(code, bounds.start)
+        .map_err(|address| GoLocateError::Undecodable { function, address })?;
+    if returns.is_empty() {
+        return Err(GoLocateError::NoReturn { function });
+    }
+    Ok(GoFunction {
+        entry,
+        // Same segment as the entry: the delta from virtual address to file offset is the same.
+        returns: returns
+            .into_iter()
+            .map(|addr| addr - bounds.start + entry)
+            .collect(),
+    })
+}
+
+/// Addresses of the near `RET` instructions in `code`, which starts at virtual address
+/// `address`, decoded one instruction after the other from the first byte. Err: the address of
+/// an undecodable instruction (then the bounds are wrong and no probe may go in).
+pub fn find_returns(code: &[u8], address: u64) -> Result<Vec<u64>, u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut returns = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.is_invalid() {
+            return Err(instruction.ip());
+        }
+        if instruction.mnemonic() == Mnemonic::Ret {
+            returns.push(instruction.ip());
+        }
+    }
+    Ok(returns)
+}
+
+/// Both functions' bounds from the ELF symbol table; None when it lacks them (stripped).
+fn symbol_bounds(elf: &object::File<'_>) -> Option<[Option<Range<u64>>; 2]> {
+    let mut found = [None, None];
+    for symbol in elf.symbols() {
+        let slot = match symbol.name() {
+            Ok(WRITE_FUNCTION) => 0,
+            Ok(READ_FUNCTION) => 1,
+            _ => continue,
+        };
+        if symbol.size() > 0 {
+            found[slot] = Some(symbol.address()..symbol.address() + symbol.size());
+        }
+    }
+    found.iter().any(Option::is_some).then_some(found)
+}
+
+/// Go builds before 1.17 pass arguments on the stack, where the probes would read garbage.
+/// Decided by the version the binary records, else by the pclntab format.
+fn check_register_abi(go_version: Option<&str>, magic: u32) -> Result<(), GoLocateError> {
+    match go_version.and_then(go_minor_version) {
+        Some(minor) if minor >= 17 => Ok(()),
+        Some(_) => Err(GoLocateError::StackAbi(
+            go_version.unwrap_or_default().to_string(),
+        )),
+        None => match PclntabVersion::from_magic(magic) {
+            Some(PclntabVersion::Go118 | PclntabVersion::Go120) => Ok(()),
+            // 1.16 and 1.17 share this format, and only 1.17 has the register ABI.
+            _ => Err(GoLocateError::StackAbi(
+                "a Go build of unknown version older than 1.18".to_string(),
+            )),
+        },
+    }
+}
+
+/// `go1.19.8` -> 19; `devel go1.22-abcdef` -> 22; `go1.21rc2` -> 21.
+pub fn go_minor_version(version: &str) -> Option<u32> {
+    let rest = &version[version.find("go1.")? + 4..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+/// The pclntab: its section when section headers remain, else found by its header's magic in
+/// the non-executable segments.
+fn pclntab_bytes<'a>(
+    elf: &object::File<'a>,
+    data: &'a [u8],
+    segments: &Segments,
+) -> Result<Option<&'a [u8]>, GoLocateError> {
+    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+        if let Some(section) = elf.section_by_name(name) {
+            return Ok(Some(section.data()?));
+        }
+    }
+    Ok(segments
+        .iter()
+        .filter(|s| !s.executable)
+        .filter_map(|s| s.whole_file_bytes(data))
+        .find_map(find_pclntab))
+}
+
+/// Go's build information: the `.go.buildinfo` section, else the blob found by its magic.
+fn build_version(elf: &object::File<'_>, data: &[u8], segments: &Segments) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    let blob = match elf.section_by_name(".go.buildinfo") {
+        Some(section) => section.data().ok()?,
+        None => {
+            // The blob is 16-byte aligned in its section, and so in the file.
+            let at = data.chunks(16).position(|chunk| chunk.starts_with(MAGIC))?;
+            &data[at * 16..]
+        }
+    };
+    parse_build_version(blob, |addr, len| {
+        let start = usize::try_from(segments.range_offset(addr, len, false)?).ok()?;
+        data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    })
+}
+
+/// The Go version in a build information blob (Go's `debug/buildinfo` format): since Go 1.18
+/// the string follows the 32-byte header, length-prefixed; before, the header points at a Go
+/// string header, read through `read_at` (virtual address, length).
+pub fn parse_build_version<'a>(
+    blob: &'a [u8],
+    read_at: impl Fn(u64, u64) -> Option<&'a [u8]>,
+) -> Option<String> {
+    if !blob.starts_with(b"\xff Go buildinf:") {
+        return None;
+    }
+    let ptr_size = *blob.get(14)?;
+    let flags = *blob.get(15)?;
+    let bytes = if flags & 2 != 0 {
+        let (len, used) = read_uvarint(blob.get(32..)?)?;
+        let start = 32 + used;
+        blob.get(start..start.checked_add(usize::try_from(len).ok()?)?)?
+    } else {
+        // Little-endian 64-bit only: the architecture check rejects everything else.
+        if ptr_size != 8 || flags & 1 != 0 {
+            return None;
+        }
+        let header_addr = read_u64(blob, 16)?;
+        let header = read_at(header_addr, 16)?;
+        let (ptr, len) = (read_u64(header, 0)?, read_u64(header, 8)?);
+        if len > 1024 {
+            return None;
+        }
+        read_at(ptr, len)?
+    };
+    let version = std::str::from_utf8(bytes).ok()?;
+    (!version.is_empty()).then(|| version.to_string())
+}
+
+fn read_uvarint(data: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in data.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+fn read_u32(data: &[u8], at: usize) -> Option<u32> {
+    let bytes = data.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+fn read_u64(data: &[u8], at: usize) -> Option<u64> {
+    let bytes = data.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// One line for logs: path, Go version, RET counts and where the bounds came from.
+pub fn describe(path: &Path, hooks: &GoTlsHooks) -> String {
+    format!(
+        "{} ({}, Write with {} RETs, Read with {} RETs, bounds from the {})",
+        path.display(),
+        hooks.go_version.as_deref().unwrap_or("unknown Go version"),
+        hooks.write.returns.len(),
+        hooks.read.returns.len(),
+        if hooks.from_symbols {
+            "symbol table"
+        } else {
+            "pclntab"
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests;

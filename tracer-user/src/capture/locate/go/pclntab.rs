@@ -1,0 +1,166 @@
+//! Go's function table (pclntab, the runtime's `pcHeader` and what follows it): enough of it to
+//! find a function's bounds by name in a binary without symbols, and to find the table itself by
+//! its header's magic where section headers are gone.
+
+use std::ops::Range;
+
+use super::{read_u32, read_u64, GoLocateError};
+
+/// Scans `region` for a pclntab header that parses and lists `runtime.main` (every Go program
+/// has it): the magic alone also occurs by chance in other data.
+pub fn find_pclntab(region: &[u8]) -> Option<&[u8]> {
+    region
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| PclntabVersion::from_header(w).is_some())
+        .map(|(at, _)| &region[at..])
+        .find(|candidate| {
+            Pclntab::parse(candidate, None)
+                .ok()
+                .and_then(|t| t.find("runtime.main").ok().flatten())
+                .is_some()
+        })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PclntabVersion {
+    /// Go 1.16 and 1.17: absolute entry addresses, no text start in the header.
+    Go116,
+    /// Go 1.18 and 1.19: 32-bit entry offsets from the text start.
+    Go118,
+    /// Go 1.20 and later: same layout as 1.18.
+    Go120,
+}
+
+impl PclntabVersion {
+    pub(super) fn from_magic(magic: u32) -> Option<Self> {
+        match magic {
+            0xffff_fffa => Some(Self::Go116),
+            0xffff_fff0 => Some(Self::Go118),
+            0xffff_fff1 => Some(Self::Go120),
+            _ => None,
+        }
+    }
+
+    /// The first 8 header bytes: magic, two zero pad bytes, instruction size quantum (1 on
+    /// x86) and pointer size (8).
+    fn from_header(header: &[u8]) -> Option<Self> {
+        let version = Self::from_magic(read_u32(header, 0)?)?;
+        (header.get(4..8)? == [0, 0, 1, 8]).then_some(version)
+    }
+}
+
+/// A parsed pclntab header (Go's `runtime.pcHeader`): enough to look functions up by name.
+pub struct Pclntab<'a> {
+    data: &'a [u8],
+    version: PclntabVersion,
+    nfunc: usize,
+    /// Added to the 1.18+ entry offsets.
+    text_start: u64,
+    funcnametab: usize,
+    functab: usize,
+}
+
+impl<'a> Pclntab<'a> {
+    /// `text_section`: the `.text` address, used when the header's text start is zero (left
+    /// for a dynamic relocation to fill in).
+    pub fn parse(data: &'a [u8], text_section: Option<u64>) -> Result<Self, GoLocateError> {
+        let version = data
+            .get(..8)
+            .and_then(PclntabVersion::from_header)
+            .ok_or(GoLocateError::Pclntab("not a 64-bit x86 pclntab header"))?;
+        let word = |index: usize| {
+            read_u64(data, 8 + 8 * index).ok_or(GoLocateError::Pclntab("truncated header"))
+        };
+        let offset = |index: usize| -> Result<usize, GoLocateError> {
+            usize::try_from(word(index)?)
+                .ok()
+                .filter(|&o| o < data.len())
+                .ok_or(GoLocateError::Pclntab("table offset out of range"))
+        };
+        let nfunc = usize::try_from(word(0)?)
+            .ok()
+            .filter(|&n| n > 0 && n < 10_000_000)
+            .ok_or(GoLocateError::Pclntab("implausible function count"))?;
+        let (text_start, funcnametab, functab) = match version {
+            PclntabVersion::Go116 => (0, offset(2)?, offset(6)?),
+            PclntabVersion::Go118 | PclntabVersion::Go120 => {
+                let from_header = word(2)?;
+                let text_start = if from_header != 0 {
+                    from_header
+                } else {
+                    text_section.ok_or(GoLocateError::Pclntab("unknown text start"))?
+                };
+                (text_start, offset(3)?, offset(7)?)
+            }
+        };
+        let table = Pclntab {
+            data,
+            version,
+            nfunc,
+            text_start,
+            funcnametab,
+            functab,
+        };
+        // nfunc (entry, func) pairs and the end-of-text entry.
+        let table_end = (2 * nfunc + 1)
+            .checked_mul(table.field_size())
+            .and_then(|size| functab.checked_add(size));
+        if table_end.is_none_or(|end| end > data.len()) {
+            return Err(GoLocateError::Pclntab("function table out of range"));
+        }
+        Ok(table)
+    }
+
+    /// Bytes per function table field: 1.16 stores addresses, 1.18+ 32-bit offsets.
+    fn field_size(&self) -> usize {
+        match self.version {
+            PclntabVersion::Go116 => 8,
+            PclntabVersion::Go118 | PclntabVersion::Go120 => 4,
+        }
+    }
+
+    fn field(&self, at: usize) -> Option<u64> {
+        match self.version {
+            PclntabVersion::Go116 => read_u64(self.data, at),
+            PclntabVersion::Go118 | PclntabVersion::Go120 => read_u32(self.data, at).map(u64::from),
+        }
+    }
+
+    /// Virtual address of the function table's entry `index` (`index == nfunc`: end of text).
+    fn entry(&self, index: usize) -> Option<u64> {
+        let raw = self.field(self.functab + 2 * index * self.field_size())?;
+        match self.version {
+            PclntabVersion::Go116 => Some(raw),
+            PclntabVersion::Go118 | PclntabVersion::Go120 => self.text_start.checked_add(raw),
+        }
+    }
+
+    fn name(&self, index: usize) -> Option<&'a [u8]> {
+        let size = self.field_size();
+        let func = self.field(self.functab + (2 * index + 1) * size)?;
+        // The `_func` record: entry (one field), then `nameOff int32` into the name table.
+        let name_off_at = self.functab.checked_add(usize::try_from(func).ok()?)? + size;
+        let name_off = usize::try_from(read_u32(self.data, name_off_at)? as i32).ok()?;
+        let names = self.data.get(self.funcnametab.checked_add(name_off)?..)?;
+        names.split(|&b| b == 0).next()
+    }
+
+    /// Bounds of the function called `name`: from its entry to the next function's, so they
+    /// include the padding after it (Go pads with INT3, which decodes).
+    pub fn find(&self, name: &str) -> Result<Option<Range<u64>>, GoLocateError> {
+        for index in 0..self.nfunc {
+            if self.name(index) != Some(name.as_bytes()) {
+                continue;
+            }
+            let (Some(start), Some(end)) = (self.entry(index), self.entry(index + 1)) else {
+                return Err(GoLocateError::Pclntab("function entry out of range"));
+            };
+            if end <= start {
+                return Err(GoLocateError::Pclntab("function table not sorted"));
+            }
+            return Ok(Some(start..end));
+        }
+        Ok(None)
+    }
+}

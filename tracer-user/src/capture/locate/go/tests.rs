@@ -1,0 +1,268 @@
+use std::{path::PathBuf, process::Command, sync::OnceLock};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Go binaries built once per test process from tests/clients/go/https_client.go.
+struct Built {
+    plain: PathBuf,
+    stripped: PathBuf,
+    pie: PathBuf,
+    no_tls: PathBuf,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        use tracer_testkit::go;
+        let dir = tracer_testkit::target_dir().join("go-unit");
+        let source = go::https_client_source();
+        let hello = dir.join("hello.go");
+        std::fs::create_dir_all(&dir).expect("creating target/go-unit");
+        std::fs::write(
+            &hello,
+            "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n",
+        )
+        .expect("writing hello.go");
+        Built {
+            plain: go::build(&source, &dir.join("client"), false).expect("go build"),
+            stripped: go::build(&source, &dir.join("client-stripped"), true)
+                .expect("go build stripped"),
+            pie: go::build_with_flags(&source, &dir.join("client-pie"), &["-buildmode=pie"])
+                .expect("go build pie"),
+            no_tls: go::build(&hello, &dir.join("hello"), false).expect("go build hello"),
+        }
+    })
+}
+
+/// What Go's own disassembler says about `function`: (address, machine code bytes, is RET)
+/// per instruction. An oracle independent of this module's ELF, pclntab and x86 decoding.
+fn go_objdump(binary: &Path, function: &str) -> Vec<(u64, Vec<u8>, bool)> {
+    let pattern = format!(
+        "^{}$",
+        function
+            .replace('.', "\\.")
+            .replace('(', "\\(")
+            .replace(')', "\\)")
+            .replace('*', "\\*")
+    );
+    let out = Command::new("go")
+        .args(["tool", "objdump", "-s", &pattern])
+        .arg(binary)
+        .output()
+        .expect("go tool objdump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("TEXT"))
+        .filter_map(|line| {
+            // "  conn.go:1133\t\t0x595f40\t\t4c8d642498\t\tLEAQ -0x68(SP), R12"
+            let fields: Vec<&str> = line.split('\t').filter(|f| !f.is_empty()).collect();
+            let address = u64::from_str_radix(fields.get(1)?.trim_start_matches("0x"), 16);
+            let hex = fields.get(2)?;
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>();
+            let is_ret = fields.get(3)?.trim() == "RET";
+            Some((address.ok()?, bytes.ok()?, is_ret))
+        })
+        .collect()
+}
+
+/// Checks `function` against objdump: the entry and every RET, at the right file offsets
+/// (the file's bytes there are the instructions objdump printed).
+fn assert_matches_objdump(binary: &Path, found: &GoFunction, function: &str) {
+    let data = std::fs::read(binary).expect("reading binary");
+    let listing = go_objdump(binary, function);
+    assert!(!listing.is_empty(), "objdump listed nothing for {function}");
+    let at = |offset: u64, len: usize| &data[offset as usize..offset as usize + len];
+    let (entry_address, entry_bytes, _) = &listing[0];
+    assert_eq!(at(found.entry, entry_bytes.len()), &entry_bytes[..]);
+    let rets: Vec<&(u64, Vec<u8>, bool)> = listing.iter().filter(|i| i.2).collect();
+    assert_eq!(found.returns.len(), rets.len(), "{function}: RET count");
+    for (offset, (address, bytes, _)) in found.returns.iter().zip(rets) {
+        // Same distance from the entry in the file as in memory, and a RET there.
+        assert_eq!(offset - found.entry, address - entry_address);
+        assert_eq!(at(*offset, bytes.len()), &bytes[..]);
+    }
+}
+
+#[test]
+fn finds_entry_and_every_ret_from_the_symbol_table() {
+    let b = built();
+    let hooks = locate(&b.plain).unwrap().expect("a Go TLS binary");
+    assert!(hooks.from_symbols);
+    let version = hooks.go_version.as_deref().expect("version");
+    assert!(
+        go_minor_version(version).is_some_and(|m| m >= 17),
+        "{version}"
+    );
+    assert_matches_objdump(&b.plain, &hooks.write, WRITE_FUNCTION);
+    assert_matches_objdump(&b.plain, &hooks.read, READ_FUNCTION);
+}
+
+#[test]
+fn stripped_binary_gives_the_same_probes_from_the_pclntab() {
+    let b = built();
+    let plain = locate(&b.plain).unwrap().expect("plain");
+    let stripped = locate(&b.stripped).unwrap().expect("stripped");
+    assert!(!stripped.from_symbols);
+    // -s -w drops symbols and DWARF only: the code and its place in the file are the same.
+    assert_eq!(stripped.write, plain.write);
+    assert_eq!(stripped.read, plain.read);
+    assert_eq!(stripped.go_version, plain.go_version);
+}
+
+#[test]
+fn pclntab_bounds_agree_with_the_symbol_table() {
+    let data = std::fs::read(&built().plain).unwrap();
+    let elf = object::File::parse(&data[..]).unwrap();
+    let segments = Segments::of(&elf);
+    let table = pclntab_bytes(&elf, &data, &segments).unwrap().unwrap();
+    let text = elf.section_by_name(".text").map(|s| s.address());
+    let table = Pclntab::parse(table, text).unwrap();
+    let [Some(write), Some(read)] = symbol_bounds(&elf).unwrap() else {
+        panic!("symbols missing");
+    };
+    for (name, symbol) in [(WRITE_FUNCTION, write), (READ_FUNCTION, read)] {
+        let found = table.find(name).unwrap().unwrap();
+        assert_eq!(found.start, symbol.start, "{name}");
+        // The pclntab's end is the next function's entry: padding included.
+        assert!(
+            found.end >= symbol.end && found.end - symbol.end < 64,
+            "{name}"
+        );
+    }
+    assert!(table.find("runtime.main").unwrap().is_some());
+    assert_eq!(table.find("no.such.function").unwrap(), None);
+}
+
+#[test]
+fn finds_the_pclntab_by_its_magic_when_section_headers_are_gone() {
+    let b = built();
+    let expected = locate(&b.stripped).unwrap().unwrap();
+    let mut data = std::fs::read(&b.stripped).unwrap();
+    // e_shoff, e_shnum, e_shstrndx: what a section-header stripper (sstrip, packers) zeroes.
+    data[0x28..0x30].fill(0);
+    data[0x3c..0x40].fill(0);
+    let elf = object::File::parse(&data[..]).unwrap();
+    assert!(elf.section_by_name(".gopclntab").is_none());
+    assert!(elf.section_by_name(".go.buildinfo").is_none());
+    let found = locate_in(&data)
+        .unwrap()
+        .expect("found without section headers");
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn position_independent_executables_map_through_their_segments() {
+    let b = built();
+    let hooks = locate(&b.pie).unwrap().expect("pie");
+    assert_matches_objdump(&b.pie, &hooks.write, WRITE_FUNCTION);
+    assert_matches_objdump(&b.pie, &hooks.read, READ_FUNCTION);
+}
+
+#[test]
+fn other_files_are_not_go_tls_binaries() {
+    let b = built();
+    assert_eq!(locate(&b.no_tls).unwrap(), None, "Go without crypto/tls");
+    let own = std::env::current_exe().unwrap();
+    assert_eq!(locate(&own).unwrap(), None, "a Rust executable");
+    let source = tracer_testkit::go::https_client_source();
+    assert_eq!(locate(&source).unwrap(), None, "a text file");
+    assert!(matches!(
+        locate(Path::new("/nonexistent/agent-tracer-test")),
+        Err(GoLocateError::Io(_))
+    ));
+}
+
+#[test]
+fn rets_are_found_by_decoding_not_by_byte_value() {
+    let code = [
+        0xb8, 0xc3, 0xc3, 0xc3, 0xc3, // mov eax, 0xc3c3c3c3
+        0xc3, // ret
+        0xc2, 0x08, 0x00, // ret 8
+        0xcb, // retf: not a near return
+        0xcc, 0xcc, // int3 padding
+    ];
+    assert_eq!(find_returns(&code, 0x1000), Ok(vec![0x1005, 0x1006]));
+    // A truncated instruction at the end is undecodable: the bounds would be wrong.
+    assert_eq!(find_returns(&[0xc3, 0xb8, 0x01], 0x2000), Err(0x2001));
+    assert_eq!(find_returns(&[], 0), Ok(vec![]));
+}
+
+#[test]
+fn go_versions() {
+    assert_eq!(go_minor_version("go1.19.8"), Some(19));
+    assert_eq!(go_minor_version("go1.21rc2"), Some(21));
+    assert_eq!(go_minor_version("devel go1.22-abcdef Tue"), Some(22));
+    assert_eq!(go_minor_version("go2"), None);
+    assert!(check_register_abi(Some("go1.17"), 0xffff_fffa).is_ok());
+    assert!(matches!(
+        check_register_abi(Some("go1.16.15"), 0xffff_fffa),
+        Err(GoLocateError::StackAbi(_))
+    ));
+    assert!(check_register_abi(None, 0xffff_fff1).is_ok());
+    assert!(check_register_abi(None, 0xffff_fffa).is_err());
+    assert!(check_register_abi(None, 0xffff_fffb).is_err());
+}
+
+fn buildinfo_header(flags: u8) -> Vec<u8> {
+    let mut blob = b"\xff Go buildinf:".to_vec();
+    blob.extend([8, flags]);
+    blob
+}
+
+#[test]
+fn build_versions_inline_and_by_pointer() {
+    // Go 1.18+: the string after the 32-byte header, uvarint length first.
+    let mut inline = buildinfo_header(2);
+    inline.resize(32, 0);
+    inline.push(8);
+    inline.extend(b"go1.20.3");
+    assert_eq!(
+        parse_build_version(&inline, |_, _| None).as_deref(),
+        Some("go1.20.3")
+    );
+    // Before: a pointer to a Go string header {ptr, len} elsewhere in memory.
+    let mut by_pointer = buildinfo_header(0);
+    by_pointer.extend(0x5000u64.to_le_bytes());
+    by_pointer.extend(0u64.to_le_bytes());
+    let mut header = 0x6000u64.to_le_bytes().to_vec();
+    header.extend(9u64.to_le_bytes());
+    let memory = |addr: u64, len: u64| -> Option<&[u8]> {
+        match (addr, len) {
+            (0x5000, 16) => Some(&header[..]),
+            (0x6000, 9) => Some(&b"go1.17.13"[..]),
+            _ => None,
+        }
+    };
+    assert_eq!(
+        parse_build_version(&by_pointer, memory).as_deref(),
+        Some("go1.17.13")
+    );
+    assert_eq!(parse_build_version(b"not build info", |_, _| None), None);
+    assert_eq!(parse_build_version(&buildinfo_header(2), |_, _| None), None);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = locate_in(&bytes);
+        let _ = find_returns(&bytes, 0x1000);
+        // Behind a valid 1.18 header, as a damaged pclntab would look.
+        let mut table = vec![0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        table.extend(&bytes);
+        if let Ok(t) = Pclntab::parse(&table, Some(0x401000)) {
+            let _ = t.find("runtime.main");
+        }
+        let _ = find_pclntab(&table);
+        let _ = parse_build_version(&bytes, |_, _| None);
+    }
+}
