@@ -18,8 +18,8 @@ pub use kube_api::{PodMeta, PodStore};
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
+use crate::model::span::Span;
 pub use crate::redact::redact_args;
-use crate::span::Span;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {

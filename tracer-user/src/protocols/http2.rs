@@ -38,10 +38,11 @@ use loona_hpack::{huffman::HuffmanDecoder, Decoder};
 use thiserror::Error;
 use tracing::debug;
 
-use super::http1::{ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, Peer},
+    model::{
+        ConnKey, Direction, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, Peer,
+    },
 };
 
 /// What a client sends first on every HTTP/2 connection (RFC 9113 §3.4).

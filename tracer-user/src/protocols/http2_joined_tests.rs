@@ -17,19 +17,17 @@ use std::sync::{atomic::Ordering, Arc};
 use proptest::prelude::*;
 
 use super::{
-    http1::header,
     http2::{frame_chain, FrameChain, PREFACE},
     http2_tests::{
         data, frame, frame_bounds, gap, json, pieces, response, run, run_with, settings, sorted,
         Fixture, Wire, MULTIPLEXED, PATH, PLAIN, STREAM,
     },
-    ExchangeEnd, HttpExchange, HttpTracker,
+    HttpTracker,
 };
 use crate::{
     genai::{self, semconv, GenAiConfig},
     health::Health,
-    span::AttrValue,
-    streams::{Direction, StreamEvent},
+    model::{header, span::AttrValue, Direction, ExchangeEnd, HttpExchange, StreamEvent},
 };
 
 const GO_JOINED: Fixture = Fixture {

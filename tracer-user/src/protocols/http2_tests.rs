@@ -12,13 +12,14 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::{
-    http1::header,
     http2::{Http2Connection, PREFACE},
-    ExchangeEnd, HttpExchange, HttpTracker,
+    HttpTracker,
 };
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, Peer, StreamEvent},
+    model::{
+        header, ConnKey, Direction, ExchangeEnd, HttpExchange, HttpResponse, Peer, StreamEvent,
+    },
 };
 
 #[derive(Clone, Copy)]
@@ -46,7 +47,7 @@ pub(super) const PATH: &str = "/v1/chat/completions";
 
 pub(super) const CONN: ConnKey = ConnKey {
     pid: 1,
-    source: crate::streams::Source::Tls,
+    source: crate::model::Source::Tls,
     conn_id: 2,
 };
 
@@ -102,7 +103,7 @@ pub(super) fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::Null)
 }
 
-pub(super) fn response(e: &HttpExchange) -> &super::http1::HttpResponse {
+pub(super) fn response(e: &HttpExchange) -> &HttpResponse {
     e.response.as_ref().expect("a response")
 }
 

@@ -9,7 +9,7 @@ pub mod jsonrpc;
 pub mod sse;
 pub mod websocket;
 
-pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
+pub use http1::HttpTracker;
 
 #[cfg(test)]
 mod fixture_tests;

@@ -10,10 +10,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
 use serde_json::Value;
 
-use super::http1::{ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, Peer},
+    model::{
+        ConnKey, Direction, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, Peer,
+    },
 };
 
 /// A frame longer than this is not something we follow (and would let a peer grow our buffers).
@@ -419,7 +420,7 @@ mod tests {
 
     const CONN: ConnKey = ConnKey {
         pid: 1,
-        source: crate::streams::Source::Socket,
+        source: crate::model::Source::Socket,
         conn_id: 3,
     };
 
