@@ -14,8 +14,4 @@ pub use http1::HttpTracker;
 #[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
-mod http2_joined_tests;
-#[cfg(test)]
-mod http2_tests;
-#[cfg(test)]
 mod jsonrpc_fixture_tests;

@@ -11,14 +11,14 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::{
-    http2::{Http2Connection, PREFACE},
-    HttpTracker,
-};
 use crate::{
     health::Health,
     model::{
         header, ConnKey, Direction, ExchangeEnd, HttpExchange, HttpResponse, Peer, StreamEvent,
+    },
+    protocols::{
+        http2::{Http2Connection, PREFACE},
+        HttpTracker,
     },
 };
 
@@ -29,18 +29,18 @@ pub(super) struct Fixture {
 }
 
 pub(super) const PLAIN: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/chat_plain.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/chat_plain.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/chat_plain.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/chat_plain.response"),
 };
 pub(super) const STREAM: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/chat_stream_tools.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/chat_stream_tools.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/chat_stream_tools.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/chat_stream_tools.response"),
 };
 /// Streams 1 (JSON), 3 (SSE with a tool call) and 5 (429) on one connection; the responses
 /// come back 1, 5, 3, and the later requests' headers refer to the HPACK dynamic table.
 pub(super) const MULTIPLEXED: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/multiplexed.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/multiplexed.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/multiplexed.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/multiplexed.response"),
 };
 
 pub(super) const PATH: &str = "/v1/chat/completions";
