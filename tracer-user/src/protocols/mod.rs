@@ -6,10 +6,12 @@ pub mod eventstream;
 pub mod http1;
 pub mod http2;
 pub mod jsonrpc;
+pub mod sniff;
 pub mod sse;
+pub mod tracker;
 pub mod websocket;
 
-pub use http1::HttpTracker;
+pub use tracker::HttpTracker;
 
 #[cfg(test)]
 mod fixture_tests;
