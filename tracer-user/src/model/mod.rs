@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod events;
 pub mod exchange;
+pub mod resource;
 pub mod span;
 
 pub use connection::{ConnKey, Direction, Peer, Source};
