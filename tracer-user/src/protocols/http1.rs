@@ -2,6 +2,10 @@
 //! Content-Length, chunked transfer coding or connection close. `tracker` pairs them in order
 //! (keep-alive and pipelining) and hands connections that switch protocols on.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
 
@@ -125,7 +129,7 @@ impl MessageParser {
                     let take = remaining.min(self.buf.len() as u64) as usize;
                     let data = self.buf.split_to(take);
                     append_body(partial, &data, timestamp_ns, self.max_body);
-                    partial.framing = Framing::Length(remaining - take as u64);
+                    partial.framing = Framing::Length(remaining.saturating_sub(take as u64));
                     remaining == take as u64
                 }
                 Framing::Chunked(_) => {
@@ -227,8 +231,8 @@ impl MessageParser {
         self.current = None;
         let first = !self.resyncing;
         self.resyncing = true;
-        let start = find_message_start(self.kind, &self.buf[1.min(self.buf.len())..])
-            .map(|i| i + 1)
+        let start = find_message_start(self.kind, self.buf.get(1..).unwrap_or_default())
+            .map(|i| i.saturating_add(1))
             .unwrap_or(self.buf.len());
         self.buf.advance(start);
         first
@@ -241,15 +245,15 @@ impl MessageParser {
             self.buf.clear();
             return Ok(());
         };
-        partial.bytes_lost += len;
+        partial.bytes_lost = partial.bytes_lost.saturating_add(len);
         match partial.framing {
             Framing::Length(remaining) if self.buf.is_empty() && len <= remaining => {
-                partial.body_len += len;
-                partial.framing = Framing::Length(remaining - len);
+                partial.body_len = partial.body_len.saturating_add(len);
+                partial.framing = Framing::Length(remaining.saturating_sub(len));
                 Ok(())
             }
             Framing::UntilClose => {
-                partial.body_len += len;
+                partial.body_len = partial.body_len.saturating_add(len);
                 Ok(())
             }
             _ => Err(ParseError::Gap),
@@ -264,7 +268,7 @@ impl MessageParser {
     /// Nothing in progress and what is buffered is (the start of) the HTTP/2 preface.
     pub(super) fn holds_preface(&self) -> bool {
         let n = self.buf.len().min(HTTP2_PREFACE.len());
-        self.current.is_none() && n > 0 && self.buf[..n] == HTTP2_PREFACE[..n]
+        self.current.is_none() && n > 0 && self.buf.get(..n) == HTTP2_PREFACE.get(..n)
     }
 
     /// No message in progress and nothing buffered.
@@ -277,8 +281,8 @@ impl MessageParser {
     pub(super) fn cut_short(&mut self) -> Option<Message> {
         let mut partial = self.current.take()?;
         if let Framing::Length(remaining) = partial.framing {
-            partial.bytes_lost += remaining;
-            partial.body_len += remaining;
+            partial.bytes_lost = partial.bytes_lost.saturating_add(remaining);
+            partial.body_len = partial.body_len.saturating_add(remaining);
         }
         self.buf.clear();
         Some(Message {
@@ -346,8 +350,8 @@ fn append_body(partial: &mut Partial, data: &[u8], timestamp_ns: u64, max_body: 
     let room = max_body.saturating_sub(partial.body.len());
     partial
         .body
-        .extend_from_slice(&data[..data.len().min(room)]);
-    partial.body_len += data.len() as u64;
+        .extend_from_slice(data.get(..room).unwrap_or(data));
+    partial.body_len = partial.body_len.saturating_add(data.len() as u64);
     match partial.timeline.last_mut() {
         Some((reached, t)) if *t == timestamp_ns => *reached = partial.body_len,
         _ => partial.timeline.push((partial.body_len, timestamp_ns)),
@@ -374,7 +378,7 @@ fn step_chunked(
                         Ok(false)
                     };
                 };
-                let line = &buf[..eol];
+                let line = buf.get(..eol).unwrap_or_default();
                 let size_text = line
                     .split(|b| *b == b';')
                     .next()
@@ -382,7 +386,7 @@ fn step_chunked(
                     .unwrap_or_default();
                 let size =
                     u64::from_str_radix(&size_text, 16).map_err(|_| ParseError::ChunkSize)?;
-                buf.advance(eol + 1);
+                buf.advance(eol.saturating_add(1));
                 partial.framing = Framing::Chunked(if size == 0 {
                     ChunkState::Trailers
                 } else {
@@ -396,7 +400,7 @@ fn step_chunked(
                 let take = remaining.min(buf.len() as u64) as usize;
                 let data = buf.split_to(take);
                 append_body(partial, &data, timestamp_ns, max_body);
-                let left = remaining - take as u64;
+                let left = remaining.saturating_sub(take as u64);
                 partial.framing = Framing::Chunked(if left == 0 {
                     ChunkState::DataEnd
                 } else {
@@ -419,8 +423,10 @@ fn step_chunked(
                 let Some(eol) = find(buf, b"\n") else {
                     return Ok(false);
                 };
-                let blank = buf[..eol].iter().all(|b| *b == b'\r');
-                buf.advance(eol + 1);
+                let blank = buf
+                    .get(..eol)
+                    .is_some_and(|line| line.iter().all(|b| *b == b'\r'));
+                buf.advance(eol.saturating_add(1));
                 if blank {
                     return Ok(true);
                 }
@@ -446,8 +452,8 @@ fn find_message_start(kind: Kind, buf: &[u8]) -> Option<usize> {
     buf.iter()
         .enumerate()
         .filter(|(_, b)| **b == b'\n')
-        .map(|(i, _)| i + 1)
-        .find(|i| starts(&buf[*i..]))
+        .map(|(i, _)| i.saturating_add(1))
+        .find(|i| buf.get(*i..).is_some_and(starts))
 }
 
 pub(super) fn into_request(msg: Message) -> HttpRequest {
