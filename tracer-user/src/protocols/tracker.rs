@@ -3,6 +3,10 @@
 //! `Upgrade: h2c`, or frames of a connection joined late) or to [`WebSocketConnection`] (an
 //! upgrade), which all emit the same [`HttpExchange`]s.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 
 use super::{
@@ -50,6 +54,15 @@ fn detect_role(direction: Direction, data: &[u8]) -> Role {
         (Direction::Egress, true, _) | (Direction::Ingress, _, true) => Role::Client,
         (Direction::Ingress, true, _) | (Direction::Egress, _, true) => Role::Server,
         _ => Role::Unknown,
+    }
+}
+
+/// The half of a per-direction pair (`[egress, ingress]`) that belongs to `direction`.
+fn side<T>(pair: &mut [T; 2], direction: Direction) -> &mut T {
+    let [egress, ingress] = pair;
+    match direction {
+        Direction::Egress => egress,
+        Direction::Ingress => ingress,
     }
 }
 
@@ -195,7 +208,7 @@ impl HttpTracker {
         });
         conn.last_activity_ns = timestamp_ns;
         if conn.role == Role::Unknown {
-            let held = &mut conn.undecided[direction as usize];
+            let held = side(&mut conn.undecided, direction);
             held.extend_from_slice(bytes);
             conn.role = detect_role(direction, held);
             let mut joined_frames = None;
@@ -207,7 +220,8 @@ impl HttpTracker {
                 // connection joined after its preface, or the middle of a message (attached
                 // mid-stream): wait for either.
                 let not_http = std::mem::take(held);
-                let (frames, dropped) = conn.frames[direction as usize].push(direction, &not_http);
+                let (frames, dropped) =
+                    side(&mut conn.frames, direction).push(direction, &not_http);
                 Health::add(&self.health.unparsed_bytes, dropped);
                 let Some(frames) = frames else {
                     return;
@@ -215,18 +229,18 @@ impl HttpTracker {
                 conn.role = Role::Http2;
                 joined_frames = Some(frames);
             }
-            let held = std::mem::take(&mut conn.undecided[direction as usize]);
+            let held = std::mem::take(side(&mut conn.undecided, direction));
             // What the other direction held goes on to the protocol now known, in order: for
             // HTTP/2 the reads kept as possible frames, then those kept as possible HTTP/1.
             let other = direction.opposite();
             let mut other_held = Vec::new();
             if conn.role == Role::Http2 {
-                other_held = conn.frames[other as usize].take();
+                other_held = side(&mut conn.frames, other).take();
             }
-            other_held.extend(std::mem::take(&mut conn.undecided[other as usize]));
+            other_held.extend(std::mem::take(side(&mut conn.undecided, other)));
             Health::add(
                 &self.health.unparsed_bytes,
-                conn.frames[other as usize].clear(),
+                side(&mut conn.frames, other).clear(),
             );
             conn.frames = Default::default();
             if let Some(frames) = joined_frames {
@@ -301,9 +315,12 @@ impl HttpTracker {
         };
         if conn.role == Role::Unknown {
             // Held bytes cannot be continued across the hole.
-            let held = std::mem::take(&mut conn.undecided[direction as usize]);
-            let finder = conn.frames[direction as usize].clear();
-            Health::add(&self.health.unparsed_bytes, held.len() as u64 + finder);
+            let held = std::mem::take(side(&mut conn.undecided, direction));
+            let finder = side(&mut conn.frames, direction).clear();
+            Health::add(
+                &self.health.unparsed_bytes,
+                (held.len() as u64).saturating_add(finder),
+            );
             return;
         }
         if let Some(ws) = &mut conn.ws {
@@ -562,5 +579,7 @@ fn asks_h2c(request: &HttpRequest) -> bool {
 
 /// `HTTP/1.x` followed by a status that is not 1xx.
 fn starts_final_response(data: &[u8]) -> bool {
-    data.len() >= 10 && data.starts_with(b"HTTP/1.") && data[8] == b' ' && data[9] != b'1'
+    data.starts_with(b"HTTP/1.")
+        && data.get(8) == Some(&b' ')
+        && data.get(9).is_some_and(|status| *status != b'1')
 }
