@@ -3,6 +3,10 @@
 //! whether an inferred hook delivers plaintext at all: one set of recognisers, so a fix to how a
 //! protocol is recognised reaches both.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 /// The HTTP/1.1 methods a request may start with.
 pub const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
@@ -17,7 +21,7 @@ pub const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 pub fn looks_like_request(data: &[u8]) -> bool {
     METHODS
         .iter()
-        .any(|m| data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' ')
+        .any(|m| data.starts_with(m.as_bytes()) && data.get(m.len()) == Some(&b' '))
 }
 
 /// Whether more bytes could still make `data` the start of an HTTP/1 message or the HTTP/2
@@ -89,7 +93,7 @@ enum StartMatch {
 
 /// How `first` compares with the start `token` followed by `then`.
 fn start_match(first: &[u8], token: &[u8], then: &[u8]) -> StartMatch {
-    let len = token.len() + then.len();
+    let len = token.len().saturating_add(then.len());
     let n = first.len().min(len);
     let same = first
         .iter()
@@ -105,12 +109,11 @@ fn start_match(first: &[u8], token: &[u8], then: &[u8]) -> StartMatch {
 
 /// An HTTP/2 frame header whose type, length and stream fit together (RFC 9113 §6).
 fn http2_frame(b: &[u8]) -> Verdict {
-    if b.len() < 9 {
+    let Some(&[l0, l1, l2, kind, _flags, s0, s1, s2, s3]) = b.first_chunk::<9>() else {
         return Verdict::NeedMore;
-    }
-    let len = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-    let kind = b[3];
-    let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]);
+    };
+    let len = u32::from_be_bytes([0, l0, l1, l2]);
+    let stream = u32::from_be_bytes([s0, s1, s2, s3]);
     if stream & 0x8000_0000 != 0 || len > 1 << 20 {
         return Verdict::Invalid;
     }
@@ -139,10 +142,10 @@ fn http2_frame(b: &[u8]) -> Verdict {
 /// (unmasked first), a close frame's code is one RFC 6455 lets an endpoint send. Random bytes
 /// pass the header checks rarely and the payload checks almost never.
 fn websocket_frame(b: &[u8]) -> Verdict {
-    if b.len() < 2 {
+    let Some(&[b0, b1]) = b.first_chunk::<2>() else {
         return Verdict::NeedMore;
-    }
-    let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
+    };
+    let (fin, rsv, opcode) = (b0 & 0x80 != 0, b0 & 0x70, b0 & 0x0f);
     let compressed = rsv == 0x40;
     if rsv & 0x30 != 0 {
         return Verdict::Invalid;
@@ -153,13 +156,13 @@ fn websocket_frame(b: &[u8]) -> Verdict {
         8..=10 if fin && !compressed => {}
         _ => return Verdict::Invalid,
     }
-    let (len, mut at) = match b[1] & 0x7f {
+    let (len, mut at): (u64, usize) = match b1 & 0x7f {
         126 | 127 if control => return Verdict::Invalid,
         126 => {
-            let Some(n) = b.get(2..4) else {
+            let Some(&[hi, lo]) = b.get(2..4) else {
                 return Verdict::NeedMore;
             };
-            let n = u64::from(u16::from_be_bytes([n[0], n[1]]));
+            let n = u64::from(u16::from_be_bytes([hi, lo]));
             if n < 126 {
                 return Verdict::Invalid;
             }
@@ -170,7 +173,8 @@ fn websocket_frame(b: &[u8]) -> Verdict {
                 return Verdict::NeedMore;
             };
             let n = u64::from_be_bytes(n.try_into().unwrap_or_default());
-            if n >> 63 != 0 || n < 1 << 16 {
+            // The most significant bit must be 0 (RFC 6455 §5.2).
+            if n.leading_zeros() == 0 || n < 1 << 16 {
                 return Verdict::Invalid;
             }
             (n, 10)
@@ -178,24 +182,24 @@ fn websocket_frame(b: &[u8]) -> Verdict {
         n => (u64::from(n), 2),
     };
     let mut mask = [0u8; 4];
-    if b[1] & 0x80 != 0 {
-        let Some(key) = b.get(at..at + 4) else {
+    if b1 & 0x80 != 0 {
+        let Some(key) = b.get(at..at.saturating_add(4)) else {
             return Verdict::NeedMore;
         };
         mask.copy_from_slice(key);
-        at += 4;
+        at = at.saturating_add(4);
     }
     // As much payload as the first bytes can hold, unmasked.
     let wanted = usize::try_from(len)
         .unwrap_or(usize::MAX)
         .min(MAX_FIRST_BYTES.saturating_sub(at));
     let payload = |n: usize| -> Option<Vec<u8>> {
-        let bytes = b.get(at..at + n)?;
+        let bytes = b.get(at..at.saturating_add(n))?;
         Some(
             bytes
                 .iter()
-                .enumerate()
-                .map(|(i, x)| x ^ mask[i % 4])
+                .zip(mask.iter().cycle())
+                .map(|(x, m)| x ^ m)
                 .collect(),
         )
     };
@@ -207,7 +211,7 @@ fn websocket_frame(b: &[u8]) -> Verdict {
             // A character cut by the end of the first bytes is not an error.
             match std::str::from_utf8(&text) {
                 Ok(_) => true,
-                Err(e) => e.error_len().is_none() && e.valid_up_to() + 4 > text.len(),
+                Err(e) => e.error_len().is_none() && e.valid_up_to().saturating_add(4) > text.len(),
             }
         }
         // permessage-deflate: what inflates from the first bytes must be UTF-8 too.
@@ -219,11 +223,11 @@ fn websocket_frame(b: &[u8]) -> Verdict {
         }
         8 if len == 1 => false,
         8 if len >= 2 => {
-            let Some(code) = payload(2) else {
+            let Some(&[hi, lo]) = payload(2).as_deref() else {
                 return Verdict::NeedMore;
             };
             matches!(
-                u16::from_be_bytes([code[0], code[1]]),
+                u16::from_be_bytes([hi, lo]),
                 1000..=1003 | 1007..=1014 | 3000..=4999
             )
         }
@@ -254,6 +258,7 @@ fn inflates_to_text(compressed: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
