@@ -1,5 +1,9 @@
 //! Finding where frames start again when it is not known from the preface on.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use super::frames::{frame_chain, FrameChain, MAX_FOUND_FRAME_LEN};
 use crate::model::Direction;
 
@@ -26,7 +30,7 @@ impl FrameFinder {
                 FrameChain::Whole => return (Some(std::mem::take(&mut self.held)), 0),
                 FrameChain::Partial if self.held.len() <= MAX_FIND_HOLD => return (None, 0),
                 // The held reads did not start a frame after all; this read may.
-                _ => dropped = self.clear() - bytes.len() as u64,
+                _ => dropped = self.clear().saturating_sub(bytes.len() as u64),
             }
         }
         match frame_chain(direction, bytes) {
@@ -35,7 +39,7 @@ impl FrameFinder {
                 self.held.extend_from_slice(bytes);
                 (None, dropped)
             }
-            _ => (None, dropped + bytes.len() as u64),
+            _ => (None, dropped.saturating_add(bytes.len() as u64)),
         }
     }
 
