@@ -2,12 +2,17 @@
 //! how to tell whether bytes read from their first one are whole frames (for a connection joined
 //! after its preface, or a direction whose framing was lost).
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use thiserror::Error;
 
 use super::hpack::field_extent;
 use crate::model::Direction;
 
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// What a client sends first on every HTTP/2 connection (RFC 9113 §3.4).
+pub use crate::protocols::sniff::HTTP2_PREFACE as PREFACE;
 pub(super) const FRAME_HEADER_LEN: usize = 9;
 pub(super) const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
@@ -138,15 +143,19 @@ pub fn frame_chain(direction: Direction, bytes: &[u8]) -> FrameChain {
     let mut frames = 0usize;
     let mut only_data = true;
     loop {
-        let rest = &bytes[at..];
+        let rest = bytes.get(at..).unwrap_or_default();
         let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
             // What there is of the next header must fit one.
             let mut padded = [0; FRAME_HEADER_LEN];
-            padded[..rest.len()].copy_from_slice(rest);
+            for (pad, byte) in padded.iter_mut().zip(rest) {
+                *pad = *byte;
+            }
             let header = FrameHeader::parse(&padded);
             let plausible = match rest.len() {
                 0 => true,
-                1..=2 => rest[0] <= (MAX_FOUND_FRAME_LEN >> 16) as u8,
+                1..=2 => rest
+                    .first()
+                    .is_some_and(|len| *len <= (MAX_FOUND_FRAME_LEN >> 16) as u8),
                 3 => header.len <= MAX_FOUND_FRAME_LEN,
                 _ => {
                     let kind_only = FrameHeader {
@@ -155,7 +164,7 @@ pub fn frame_chain(direction: Direction, bytes: &[u8]) -> FrameChain {
                     };
                     plausible_kind_and_flags(direction, kind_only)
                         && header.len <= MAX_FOUND_FRAME_LEN
-                        && (rest.len() < 6 || rest[5] & 0x80 == 0)
+                        && rest.get(5).is_none_or(|stream| stream & 0x80 == 0)
                 }
             };
             return match (rest.is_empty(), open_block) {
@@ -180,7 +189,7 @@ pub fn frame_chain(direction: Direction, bytes: &[u8]) -> FrameChain {
             }
             _ => None,
         };
-        let end = FRAME_HEADER_LEN + header.len as usize;
+        let end = FRAME_HEADER_LEN.saturating_add(header.len as usize);
         let Some(payload) = rest.get(FRAME_HEADER_LEN..end) else {
             return FrameChain::Partial;
         };
@@ -195,7 +204,7 @@ pub fn frame_chain(direction: Direction, bytes: &[u8]) -> FrameChain {
             let Some(fragment) = fragment else {
                 return FrameChain::No;
             };
-            if block.len() + fragment.len() <= MAX_HEADER_BLOCK {
+            if block.len().saturating_add(fragment.len()) <= MAX_HEADER_BLOCK {
                 block.extend_from_slice(fragment);
             }
             if header.has(FLAG_END_HEADERS) {
@@ -205,9 +214,9 @@ pub fn frame_chain(direction: Direction, bytes: &[u8]) -> FrameChain {
                 block.clear();
             }
         }
-        frames += 1;
+        frames = frames.saturating_add(1);
         only_data &= header.kind == DATA;
-        at += end;
+        at = at.saturating_add(end);
     }
 }
 
@@ -249,8 +258,9 @@ pub(super) fn plausible_kind_and_flags(direction: Direction, header: FrameHeader
 pub(super) fn plausible_payload(header: FrameHeader, payload: &[u8]) -> bool {
     let u32_at = |at: usize| {
         payload
-            .get(at..at + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .get(at..)
+            .and_then(|rest| rest.first_chunk::<4>())
+            .map(|b| u32::from_be_bytes(*b))
     };
     match header.kind {
         DATA | HEADERS | PUSH_PROMISE if header.has(FLAG_PADDED) => {
@@ -259,9 +269,9 @@ pub(super) fn plausible_payload(header: FrameHeader, payload: &[u8]) -> bool {
                 PUSH_PROMISE => 4,
                 _ => 0,
             };
-            payload
-                .first()
-                .is_some_and(|pad| usize::from(*pad) + 1 + fixed <= payload.len())
+            payload.first().is_some_and(|pad| {
+                usize::from(*pad).saturating_add(1).saturating_add(fixed) <= payload.len()
+            })
         }
         HEADERS if header.has(FLAG_PRIORITY) => payload.len() >= 5,
         PUSH_PROMISE => payload.len() >= 4,
@@ -271,8 +281,11 @@ pub(super) fn plausible_payload(header: FrameHeader, payload: &[u8]) -> bool {
         GOAWAY => u32_at(4).is_some_and(|code| code <= MAX_ERROR_CODE),
         WINDOW_UPDATE => u32_at(0).is_some_and(|inc| inc != 0 && inc & 0x8000_0000 == 0),
         SETTINGS => payload.chunks_exact(6).all(|setting| {
-            let id = u16::from_be_bytes([setting[0], setting[1]]);
-            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            let &[i0, i1, v0, v1, v2, v3] = setting else {
+                return false;
+            };
+            let id = u16::from_be_bytes([i0, i1]);
+            let value = u32::from_be_bytes([v0, v1, v2, v3]);
             match id {
                 SETTINGS_ENABLE_PUSH => value <= 1,
                 SETTINGS_INITIAL_WINDOW_SIZE => value <= 0x7fff_ffff,
