@@ -1,6 +1,10 @@
 //! HPACK (RFC 7541) per direction: whole decoding with `loona-hpack` while the dynamic table is
 //! known, and otherwise partial decoding of what does not depend on the unknown entries.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::{cell::RefCell, collections::VecDeque, sync::OnceLock};
 
 use loona_hpack::{huffman::HuffmanDecoder, Decoder};
@@ -103,13 +107,18 @@ pub(super) struct KnownEntries {
 
 impl KnownEntries {
     pub(super) fn add(&mut self, name: Option<String>, value: String) {
-        self.size += 32 + name.as_ref().map_or(0, String::len) + value.len();
+        let entry_size = name
+            .as_ref()
+            .map_or(0, String::len)
+            .saturating_add(value.len());
+        self.size = self.size.saturating_add(32).saturating_add(entry_size);
         self.entries.push_front(name.map(|name| (name, value)));
         while self.size > MAX_HEADER_TABLE_SIZE {
             let Some(oldest) = self.entries.pop_back() else {
                 break;
             };
-            self.size -= 32 + oldest.map_or(0, |(n, v)| n.len() + v.len());
+            let entry_size = oldest.map_or(0, |(n, v)| n.len().saturating_add(v.len()));
+            self.size = self.size.saturating_sub(entry_size.saturating_add(32));
         }
     }
 
@@ -117,10 +126,13 @@ impl KnownEntries {
     pub(super) fn get(&self, index: usize) -> Option<(String, String)> {
         match index {
             0 => None,
-            1..=HPACK_STATIC_ENTRIES => static_table().get(index - 1).cloned(),
-            _ => self
-                .entries
-                .get(index - HPACK_STATIC_ENTRIES - 1)
+            1..=HPACK_STATIC_ENTRIES => index
+                .checked_sub(1)
+                .and_then(|i| static_table().get(i))
+                .cloned(),
+            _ => index
+                .checked_sub(HPACK_STATIC_ENTRIES + 1)
+                .and_then(|i| self.entries.get(i))
                 .cloned()
                 .flatten(),
         }
@@ -207,7 +219,7 @@ pub(super) fn literal(
     let (_, mut at) = hpack_integer(this, prefix)?;
     let name = if rep.index == 0 {
         let (name, used) = string_literal(this.get(at..)?)?;
-        at += used;
+        at = at.saturating_add(used);
         Some(String::from_utf8_lossy(&name).to_ascii_lowercase())
     } else {
         known.get(rep.index).map(|(name, _)| name)
@@ -280,9 +292,9 @@ pub(super) fn field_extent(block: &[u8]) -> Option<FieldExtent> {
     let (index, mut len) = hpack_integer(block, prefix)?;
     if matches!(kind, Representation::Incremental | Representation::Literal) {
         if index == 0 {
-            len += string_extent(block.get(len..)?)?;
+            len = len.checked_add(string_extent(block.get(len..)?)?)?;
         }
-        len += string_extent(block.get(len..)?)?;
+        len = len.checked_add(string_extent(block.get(len..)?)?)?;
     }
     Some(FieldExtent { kind, len, index })
 }
@@ -290,15 +302,17 @@ pub(super) fn field_extent(block: &[u8]) -> Option<FieldExtent> {
 /// An HPACK integer (RFC 7541 §5.1) and the bytes it took; at most four continuation bytes, as
 /// the decoder allows.
 pub(super) fn hpack_integer(buf: &[u8], prefix_bits: u32) -> Option<(usize, usize)> {
-    let mask = (1usize << prefix_bits) - 1;
+    let mask = 1usize.checked_shl(prefix_bits)?.checked_sub(1)?;
     let mut value = usize::from(*buf.first()?) & mask;
     if value < mask {
         return Some((value, 1));
     }
-    for (i, b) in buf.iter().enumerate().skip(1).take(4) {
-        value += usize::from(b & 0x7f) << (7 * (i - 1));
+    // (bytes taken, bits the byte's seven are shifted by)
+    let continuations = [(2, 0), (3, 7), (4, 14), (5, 21)];
+    for (b, (used, shift)) in buf.iter().skip(1).zip(continuations) {
+        value = value.checked_add(usize::from(b & 0x7f).checked_shl(shift)?)?;
         if b & 0x80 == 0 {
-            return Some((value, i + 1));
+            return Some((value, used));
         }
     }
     None
