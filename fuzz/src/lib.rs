@@ -7,7 +7,8 @@ use bytes::Bytes;
 use tracer_user::{
     genai::{recognise, GenAiConfig},
     health::Health,
-    protocols::{HttpExchange, HttpTracker},
+    model::HttpExchange,
+    protocols::HttpTracker,
     streams::{ConnKey, Direction, Source, StreamEvent},
 };
 

@@ -22,8 +22,8 @@ use crate::{
     health::Health,
     health_server::{self, ProbeState},
     metrics::{self, MetricsRecorder},
+    model::span::Span,
     pipeline::{Pipeline, PipelineConfig},
-    span::Span,
     streams::StreamRecorder,
 };
 

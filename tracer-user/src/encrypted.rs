@@ -19,7 +19,7 @@ use crate::{
     capture::Clock,
     enrich::ProcessInfo,
     genai::provider::known_provider,
-    span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
+    model::span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
     streams::Peer,
 };
 

@@ -13,11 +13,11 @@ use crate::{
     enrich::{EnrichConfig, InterestSink, ProcessCache},
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
     health::Health,
+    model::{span::Span, HttpExchange},
     protocols::{
         jsonrpc::{JsonRpcTracker, RpcExchange},
-        HttpExchange, HttpTracker,
+        HttpTracker,
     },
-    span::Span,
     streams::{Source, StreamAssembler, StreamEvent, StreamRecorder},
 };
 

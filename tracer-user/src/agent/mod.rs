@@ -39,7 +39,7 @@ use crate::{
         HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
     health::Health,
-    span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
+    model::span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
 };
 
 /// Programs exec'd outside any run kept (running, and ended) for a run that may yet claim them.

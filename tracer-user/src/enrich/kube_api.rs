@@ -19,7 +19,7 @@
 //! spans go out without labels until it answers.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fmt,
     num::NonZeroUsize,
     sync::{
@@ -42,42 +42,7 @@ use kube::{
 use lru::LruCache;
 use tracing::{info, warn};
 
-/// The workload a pod belongs to, as far as its owner references lead.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Workload {
-    pub replicaset: Option<String>,
-    pub deployment: Option<String>,
-    pub statefulset: Option<String>,
-    pub daemonset: Option<String>,
-    pub job: Option<String>,
-    pub cronjob: Option<String>,
-}
-
-impl Workload {
-    /// The OpenTelemetry resource attributes (`k8s.deployment.name`, …) that are known.
-    pub fn attributes(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            ("k8s.replicaset.name", &self.replicaset),
-            ("k8s.deployment.name", &self.deployment),
-            ("k8s.statefulset.name", &self.statefulset),
-            ("k8s.daemonset.name", &self.daemonset),
-            ("k8s.job.name", &self.job),
-            ("k8s.cronjob.name", &self.cronjob),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| value.as_deref().map(|v| (key, v)))
-    }
-}
-
-/// What the API says about one pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodMeta {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-    pub workload: Workload,
-}
+pub use crate::model::resource::{PodMeta, Workload};
 
 /// More pods than any kubelet runs (its default limit is 110): a bound against a misbehaving
 /// API server, not one a real node reaches.

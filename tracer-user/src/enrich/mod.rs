@@ -18,49 +18,11 @@ pub use kube_api::{PodMeta, PodStore};
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
+pub use crate::model::resource::ProcessInfo;
+use crate::model::span::Span;
 pub use crate::redact::redact_args;
-use crate::span::Span;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub executable_path: Option<String>,
-    pub executable_name: String,
-    /// With secret-looking arguments redacted.
-    pub command_line: Option<String>,
-    pub host_name: String,
-    /// The PID inside the process's own PID namespace (a container's view), when different.
-    pub namespace_pid: Option<u32>,
-    /// The process that started it (for a stdio MCP server: its client), host PID.
-    pub parent_pid: Option<u32>,
-    pub container_id: Option<String>,
-    pub container_runtime: Option<&'static str>,
-    /// The Kubernetes pod the process runs in, from its cgroup and the node's pod log tree.
-    pub pod: Option<Arc<PodInfo>>,
-    /// The pod's labels and workload, from the Kubernetes API (`--kube-api`).
-    pub pod_api: Option<Arc<PodMeta>>,
-    /// The Kubernetes node (configured: the node this tracer runs on).
-    pub node_name: Option<String>,
-}
 
 impl ProcessInfo {
-    pub fn unknown(pid: u32) -> Self {
-        ProcessInfo {
-            pid,
-            executable_path: None,
-            executable_name: "unknown".to_string(),
-            command_line: None,
-            host_name: String::new(),
-            namespace_pid: None,
-            parent_pid: None,
-            container_id: None,
-            container_runtime: None,
-            pod: None,
-            pod_api: None,
-            node_name: None,
-        }
-    }
-
     /// `cgroup` is the process's cgroup v2 path as the kernel gave it at exec; when it names no
     /// container or pod (none given, or the process sits in a v1 hierarchy's container on a
     /// hybrid host), /proc/PID/cgroup is read instead.

@@ -11,20 +11,14 @@
 //! finds its container name there. Without a symlink, a pod with a single container directory
 //! names that one; otherwise the container name is left unknown rather than guessed.
 
+pub use crate::model::resource::PodInfo;
+
 use std::{
     collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    pub uid: String,
-    pub name: Option<String>,
-    pub namespace: Option<String>,
-    pub container_name: Option<String>,
-}
 
 /// A pod as its log directory describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::span::{AttrValue, Span, SpanStatus};
+use crate::model::span::{AttrValue, Span, SpanStatus};
 
 struct Style {
     color: bool,
@@ -379,7 +379,7 @@ fn span_line(span: &Span, style: &Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{enrich::ProcessInfo, span::SpanKind};
+    use crate::{enrich::ProcessInfo, model::span::SpanKind};
 
     #[test]
     fn line_shows_the_essentials_without_colour() {

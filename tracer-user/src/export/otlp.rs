@@ -33,7 +33,7 @@ use super::retry::{self, Outcome, Policy, SendFuture, Transport};
 use crate::{
     enrich::ProcessInfo,
     health::Health,
-    span::{AttrValue, Span, SpanKind, SpanStatus},
+    model::span::{AttrValue, Span, SpanKind, SpanStatus},
 };
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
@@ -684,7 +684,7 @@ mod tests {
     use tracer_testkit::otlp::{self as receiver, Fault, OtlpReceiver};
 
     use super::*;
-    use crate::span::SpanStatus;
+    use crate::model::span::SpanStatus;
 
     fn span(i: usize) -> Arc<Span> {
         Arc::new(Span {

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{health::Health, span::Span};
+use crate::{health::Health, model::span::Span};
 
 /// What became of one export request.
 #[derive(Debug)]
@@ -405,7 +405,7 @@ mod tests {
     use super::*;
     use crate::{
         enrich::ProcessInfo,
-        span::{SpanKind, SpanStatus},
+        model::span::{SpanKind, SpanStatus},
     };
 
     #[derive(Clone, Copy, PartialEq, Debug)]

@@ -8,12 +8,8 @@ use serde_json::Value;
 
 use super::{content::capped_json, McpTransport, ResponseView};
 use crate::{
-    protocols::{
-        http1::header,
-        jsonrpc::{self, Message},
-        HttpExchange,
-    },
-    span::AttrValue,
+    model::{header, span::AttrValue, HttpExchange},
+    protocols::jsonrpc::{self, Message},
 };
 
 /// One JSON-RPC request and its outcome. What carried it is [`super::McpExchange::transport`].

@@ -19,14 +19,13 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use crate::{
+    model::{header, ConnKey, ExchangeEnd, Headers, HttpExchange, HttpResponse, Source},
     protocols::{
         body::{decode_content, BodyError},
         eventstream::{self, EventMessage, EventStreamError},
-        http1::{header, HttpResponse},
         jsonrpc::RpcExchange,
-        sse, ExchangeEnd, HttpExchange,
+        sse,
     },
-    streams::{ConnKey, Source},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -442,7 +441,7 @@ pub fn recognise_rpc(exchange: &RpcExchange) -> Option<Call> {
     })))
 }
 
-fn is_json(headers: &crate::protocols::http1::Headers) -> bool {
+fn is_json(headers: &Headers) -> bool {
     header(headers, "content-type").is_some_and(|ct| ct.contains("json"))
 }
 

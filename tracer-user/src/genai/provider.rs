@@ -1,7 +1,7 @@
 //! Which provider a host is, and where the server is.
 
 use super::Dialect;
-use crate::streams::Peer;
+use crate::model::Peer;
 
 /// `gen_ai.provider.name`: known hosts by name; anything else by the dialect it speaks
 /// (genai-spec §1.6: the attribute names the telemetry flavour, the hosted model goes in the model).

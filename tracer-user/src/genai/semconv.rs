@@ -12,7 +12,7 @@ use super::{
     content::{capped_json, capped_text},
     HttpCall, LlmCall,
 };
-use crate::{capture::Clock, span::AttrValue};
+use crate::{capture::Clock, model::span::AttrValue};
 
 /// OpenInference flattens messages into indexed keys; this many messages and tool calls per
 /// message are flattened (the whole list is in `gen_ai.input.messages` regardless).

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     health::Health,
-    span::{AttrValue, Span},
+    model::span::{AttrValue, Span},
 };
 
 /// GenAI client duration buckets, in seconds (genai-spec §1.8).
@@ -562,7 +562,7 @@ impl MetricsTasks {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{enrich::ProcessInfo, span::SpanKind, span::SpanStatus};
+    use crate::{enrich::ProcessInfo, model::span::SpanKind, model::span::SpanStatus};
 
     pub fn span(attributes: Vec<(&'static str, AttrValue)>, duration_ms: u64) -> Span {
         let mut process = ProcessInfo::unknown(42);

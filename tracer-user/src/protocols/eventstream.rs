@@ -7,6 +7,10 @@
 //! bytes may be cut anywhere, each message keeps the body offset where it ended (to time it), and
 //! a damaged frame stops the parse with an error instead of guessing where the next one starts.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
@@ -69,21 +73,16 @@ impl EventStreamParser {
         if self.failed.is_some() {
             return;
         }
-        self.fed += bytes.len() as u64;
+        self.fed = self.fed.saturating_add(bytes.len() as u64);
         self.buffer.extend_from_slice(bytes);
         loop {
             if !self.mid_message {
-                if self.buffer.len() < 4 {
+                let Some(&length) = self.buffer.first_chunk::<4>() else {
                     return;
-                }
+                };
                 // Checked before the decoder commits to the prelude: it would otherwise wait for
                 // up to 4 GiB that a garbage length announces.
-                let total = u32::from_be_bytes([
-                    self.buffer[0],
-                    self.buffer[1],
-                    self.buffer[2],
-                    self.buffer[3],
-                ]);
+                let total = u32::from_be_bytes(length);
                 if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&total) {
                     self.fail(EventStreamError::Length(total));
                     return;
@@ -93,7 +92,7 @@ impl EventStreamParser {
             match self.decoder.decode_frame(&mut self.buffer) {
                 Ok(DecodedFrame::Complete(message)) => {
                     self.mid_message = false;
-                    let end_offset = self.fed - self.buffer.len() as u64;
+                    let end_offset = self.fed.saturating_sub(self.buffer.len() as u64);
                     out.push(to_event(&message, end_offset));
                 }
                 Ok(DecodedFrame::Incomplete) => {
@@ -112,7 +111,10 @@ impl EventStreamParser {
     /// End of the stream: bytes left inside an unfinished message are an error.
     pub fn finish(&mut self) {
         if self.failed.is_none() && (self.mid_message || self.buffer.has_remaining()) {
-            let left = self.buffer.len() + if self.mid_message { 12 } else { 0 };
+            let left = self
+                .buffer
+                .len()
+                .saturating_add(if self.mid_message { 12 } else { 0 });
             self.fail(EventStreamError::Truncated(left));
         }
     }
@@ -154,6 +156,7 @@ pub fn parse_all(body: &[u8]) -> (Vec<EventMessage>, Option<EventStreamError>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;

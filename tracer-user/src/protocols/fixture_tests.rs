@@ -7,11 +7,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::{ExchangeEnd, HttpExchange, HttpTracker};
+use super::HttpTracker;
 use crate::{
     genai::{self, GenAiConfig, LlmCall},
     health::Health,
-    streams::{ConnKey, Direction, StreamEvent},
+    model::{ConnKey, Direction, ExchangeEnd, HttpExchange, StreamEvent},
 };
 
 struct Fixture {
@@ -34,7 +34,7 @@ const RATE_LIMITED: Fixture = Fixture {
 
 const CONN: ConnKey = ConnKey {
     pid: 1,
-    source: crate::streams::Source::Tls,
+    source: crate::model::Source::Tls,
     conn_id: 2,
 };
 

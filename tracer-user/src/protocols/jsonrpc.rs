@@ -11,10 +11,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;
 
-use super::ExchangeEnd;
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, StreamEvent},
+    model::{ConnKey, Direction, ExchangeEnd, StreamEvent},
 };
 
 /// Requests waiting for an answer per connection; beyond this new ones are not tracked.
@@ -613,7 +612,7 @@ mod tests {
 
     const CONN: ConnKey = ConnKey {
         pid: 9,
-        source: crate::streams::Source::Stdio,
+        source: crate::model::Source::Stdio,
         conn_id: 0,
     };
 

@@ -9,17 +9,16 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::json;
 
-use super::{
-    jsonrpc::{JsonRpcTracker, RpcExchange},
-    ExchangeEnd,
-};
+use super::jsonrpc::{JsonRpcTracker, RpcExchange};
 use crate::{
     agent::{AgentAssembler, AgentConfig},
     capture::Clock,
     genai::{self, mcp, semconv::ContentPolicy, Call, McpTransport},
     health::Health,
-    span::{AttrValue, SpanStatus},
-    streams::{ConnKey, Direction, Source, StreamEvent},
+    model::{
+        span::{AttrValue, SpanStatus},
+        ConnKey, Direction, ExchangeEnd, Source, StreamEvent,
+    },
 };
 
 /// What the server read: the client's requests and notifications.

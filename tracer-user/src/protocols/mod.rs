@@ -6,16 +6,14 @@ pub mod eventstream;
 pub mod http1;
 pub mod http2;
 pub mod jsonrpc;
+pub mod sniff;
 pub mod sse;
+pub mod tracker;
 pub mod websocket;
 
-pub use http1::{ExchangeEnd, HttpExchange, HttpTracker};
+pub use tracker::HttpTracker;
 
 #[cfg(test)]
 mod fixture_tests;
-#[cfg(test)]
-mod http2_joined_tests;
-#[cfg(test)]
-mod http2_tests;
 #[cfg(test)]
 mod jsonrpc_fixture_tests;

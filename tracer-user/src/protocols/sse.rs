@@ -1,6 +1,10 @@
 //! Server-Sent Events (WHATWG HTML §9.2), incremental: bytes may be split anywhere, including
 //! between the `\r` and `\n` of a line end.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SseEvent {
     /// The `event:` field; `None` means the default type, `message`.
@@ -29,7 +33,7 @@ impl SseParser {
 
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
         for &b in bytes {
-            self.offset += 1;
+            self.offset = self.offset.saturating_add(1);
             match b {
                 b'\n' if self.after_cr => self.after_cr = false,
                 b'\n' | b'\r' => {
@@ -70,13 +74,14 @@ impl SseParser {
             self.has_data = false;
             return;
         }
-        if line[0] == b':' {
+        if line.first() == Some(&b':') {
             return; // comment / keep-alive
         }
         let (field, value) = match line.iter().position(|b| *b == b':') {
             Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+                let (field, colon_and_value) = line.split_at(i);
+                let v = colon_and_value.get(1..).unwrap_or_default();
+                (field, v.strip_prefix(b" ").unwrap_or(v))
             }
             None => (line, &b""[..]),
         };
@@ -106,6 +111,7 @@ pub fn parse_all(body: &[u8]) -> Vec<SseEvent> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

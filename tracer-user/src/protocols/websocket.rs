@@ -6,14 +6,19 @@
 //! is those events in SSE form, with each event's arrival time on the body timeline, so the
 //! Responses parser reads it exactly as it reads the HTTP transport.
 
+// Fed by bytes from the wire: a slice index or an overflow here would be a panic on bad input,
+// so the lint refuses them rather than a comment promising there are none.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use bytes::{Buf, Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
 use serde_json::Value;
 
-use super::http1::{ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, Peer},
+    model::{
+        ConnKey, Direction, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, Peer,
+    },
 };
 
 /// A frame longer than this is not something we follow (and would let a peer grow our buffers).
@@ -89,7 +94,7 @@ impl Reader {
                     return;
                 }
             }
-            if self.message.len() + payload.len() > MAX_MESSAGE {
+            if self.message.len().saturating_add(payload.len()) > MAX_MESSAGE {
                 self.lose();
                 return;
             }
@@ -122,17 +127,22 @@ impl Reader {
         // RFC 7692 §7.2.2: the sender removed the final empty block's tail; put it back.
         let mut input = raw;
         input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
-        let mut output = Vec::with_capacity(input.len() * 4);
+        let mut output = Vec::with_capacity(input.len().saturating_mul(4));
         let mut consumed = 0usize;
         loop {
-            if output.capacity() - output.len() < 4096 {
+            if output.capacity().saturating_sub(output.len()) < 4096 {
                 output.reserve(output.len().max(4096));
             }
             let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
             let status = inflater
-                .decompress_vec(&input[consumed..], &mut output, FlushDecompress::Sync)
+                .decompress_vec(
+                    input.get(consumed..).unwrap_or_default(),
+                    &mut output,
+                    FlushDecompress::Sync,
+                )
                 .ok()?;
-            consumed += (inflater.total_in() - before_in) as usize;
+            let taken = inflater.total_in().saturating_sub(before_in);
+            consumed = consumed.saturating_add(usize::try_from(taken).unwrap_or(usize::MAX));
             if output.len() > MAX_MESSAGE {
                 return None;
             }
@@ -160,44 +170,34 @@ impl Reader {
     #[allow(clippy::type_complexity)]
     fn next_frame(&mut self) -> Option<Option<(bool, bool, u8, Vec<u8>)>> {
         let b = &self.buf;
-        if b.len() < 2 {
-            return None;
-        }
-        let fin = b[0] & 0x80 != 0;
-        let rsv1 = b[0] & 0x40 != 0;
-        let opcode = b[0] & 0x0f;
-        let masked = b[1] & 0x80 != 0;
-        let (len, mut at) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as u64, 4),
-            127 if b.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                (u64::from_be_bytes(n), 10)
-            }
-            126 | 127 => return None,
+        let &[b0, b1] = b.first_chunk::<2>()?;
+        let fin = b0 & 0x80 != 0;
+        let rsv1 = b0 & 0x40 != 0;
+        let opcode = b0 & 0x0f;
+        let masked = b1 & 0x80 != 0;
+        let (len, mut at) = match b1 & 0x7f {
+            126 => (
+                u64::from(u16::from_be_bytes(*b.get(2..)?.first_chunk::<2>()?)),
+                4,
+            ),
+            127 => (u64::from_be_bytes(*b.get(2..)?.first_chunk::<8>()?), 10),
             n => (n as u64, 2),
         };
         if len > MAX_MESSAGE as u64 {
             return Some(None);
         }
         let mask = if masked {
-            if b.len() < at + 4 {
-                return None;
-            }
-            let m = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-            at += 4;
+            let m = *b.get(at..)?.first_chunk::<4>()?;
+            at = at.saturating_add(4);
             Some(m)
         } else {
             None
         };
-        let end = at + len as usize;
-        if b.len() < end {
-            return None;
-        }
-        let mut payload = b[at..end].to_vec();
+        let end = at.saturating_add(len as usize);
+        let mut payload = b.get(at..end)?.to_vec();
         if let Some(m) = mask {
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= m[i % 4];
+            for (byte, key) in payload.iter_mut().zip(m.iter().cycle()) {
+                *byte ^= key;
             }
         }
         self.buf.advance(end);
@@ -247,7 +247,7 @@ impl WebSocketConnection {
         out: &mut Vec<HttpExchange>,
     ) {
         let mut messages = Vec::new();
-        self.readers[direction as usize].push(data, &mut messages);
+        self.reader(direction).push(data, &mut messages);
         for message in messages {
             let Ok(json) = serde_json::from_slice::<Value>(&message) else {
                 continue;
@@ -306,9 +306,17 @@ impl WebSocketConnection {
         }
     }
 
+    fn reader(&mut self, direction: Direction) -> &mut Reader {
+        let [egress, ingress] = &mut self.readers;
+        match direction {
+            Direction::Egress => egress,
+            Direction::Ingress => ingress,
+        }
+    }
+
     /// Bytes lost in one direction: its framing cannot be trusted any more.
     pub fn gap(&mut self, direction: Direction) {
-        self.readers[direction as usize].lose();
+        self.reader(direction).lose();
     }
 
     pub fn close(
@@ -347,13 +355,14 @@ impl WebSocketConnection {
             bytes_lost: 0,
             http2_incomplete_headers: false,
         };
-        let response = (!p.timeline.is_empty()).then(|| HttpResponse {
+        let first_body_ns = p.timeline.first().map(|(_, t)| *t);
+        let response = first_body_ns.map(|first_body_ns| HttpResponse {
             status: 200,
             headers: vec![("content-type".into(), "text/event-stream".into())],
             body_len: p.body.len() as u64,
             body: Bytes::from(p.body),
-            start_ns: p.timeline[0].1,
-            first_body_ns: Some(p.timeline[0].1),
+            start_ns: first_body_ns,
+            first_body_ns: Some(first_body_ns),
             end_ns,
             body_timeline: p.timeline,
             complete: end == ExchangeEnd::Complete,
@@ -372,6 +381,7 @@ impl WebSocketConnection {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use std::io::Write;
@@ -419,7 +429,7 @@ mod tests {
 
     const CONN: ConnKey = ConnKey {
         pid: 1,
-        source: crate::streams::Source::Socket,
+        source: crate::model::Source::Socket,
         conn_id: 3,
     };
 

@@ -9,71 +9,15 @@ mod recorder;
 pub mod sni;
 pub mod tls_records;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::collections::HashMap;
 
-use bytes::Bytes;
 pub use recorder::StreamRecorder;
 pub use tracer_common::{Direction, Source};
 
+// What this stage emits; defined in the model, which every later stage reads.
+pub use crate::model::{ConnKey, Peer, StreamEvent};
+
 use crate::capture::{CaptureEvent, DataChunk};
-
-/// Identifies a connection: the process, where it was seen, and the library's connection object
-/// (TLS) or the file descriptor (sockets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub pid: u32,
-    pub source: Source,
-    pub conn_id: u64,
-}
-
-impl ConnKey {
-    pub fn socket(pid: u32, fd: i32) -> Self {
-        ConnKey {
-            pid,
-            source: Source::Socket,
-            conn_id: fd as u32 as u64,
-        }
-    }
-}
-
-/// What is known of a connection's other end.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Peer {
-    pub address: Option<SocketAddr>,
-    /// The host name the TLS client asked for (SNI).
-    pub server_name: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum StreamEvent {
-    Data {
-        conn: ConnKey,
-        direction: Direction,
-        timestamp_ns: u64,
-        bytes: Bytes,
-    },
-    /// `len` bytes are missing at this point of the stream.
-    Gap {
-        conn: ConnKey,
-        direction: Direction,
-        timestamp_ns: u64,
-        len: u64,
-    },
-    /// New knowledge of a connection's peer.
-    Peer {
-        conn: ConnKey,
-        peer: Peer,
-    },
-    /// The connection ended (its socket was closed).
-    Closed {
-        conn: ConnKey,
-        timestamp_ns: u64,
-    },
-    ProcessExit {
-        pid: u32,
-        timestamp_ns: u64,
-    },
-}
 
 /// Position of one direction of one connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -267,6 +211,8 @@ impl StreamAssembler {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn chunk(stream_offset: u64, call_len: u64, offset: u64, data: &'static [u8]) -> CaptureEvent {

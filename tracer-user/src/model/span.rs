@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::enrich::ProcessInfo;
+use super::resource::ProcessInfo;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {

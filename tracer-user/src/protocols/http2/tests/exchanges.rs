@@ -11,14 +11,15 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::{
-    http1::header,
-    http2::{Http2Connection, PREFACE},
-    ExchangeEnd, HttpExchange, HttpTracker,
-};
 use crate::{
     health::Health,
-    streams::{ConnKey, Direction, Peer, StreamEvent},
+    model::{
+        header, ConnKey, Direction, ExchangeEnd, HttpExchange, HttpResponse, Peer, StreamEvent,
+    },
+    protocols::{
+        http2::{Http2Connection, PREFACE},
+        HttpTracker,
+    },
 };
 
 #[derive(Clone, Copy)]
@@ -28,25 +29,25 @@ pub(super) struct Fixture {
 }
 
 pub(super) const PLAIN: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/chat_plain.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/chat_plain.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/chat_plain.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/chat_plain.response"),
 };
 pub(super) const STREAM: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/chat_stream_tools.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/chat_stream_tools.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/chat_stream_tools.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/chat_stream_tools.response"),
 };
 /// Streams 1 (JSON), 3 (SSE with a tool call) and 5 (429) on one connection; the responses
 /// come back 1, 5, 3, and the later requests' headers refer to the HPACK dynamic table.
 pub(super) const MULTIPLEXED: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/multiplexed.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/multiplexed.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/multiplexed.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/multiplexed.response"),
 };
 
 pub(super) const PATH: &str = "/v1/chat/completions";
 
 pub(super) const CONN: ConnKey = ConnKey {
     pid: 1,
-    source: crate::streams::Source::Tls,
+    source: crate::model::Source::Tls,
     conn_id: 2,
 };
 
@@ -102,7 +103,7 @@ pub(super) fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::Null)
 }
 
-pub(super) fn response(e: &HttpExchange) -> &super::http1::HttpResponse {
+pub(super) fn response(e: &HttpExchange) -> &HttpResponse {
     e.response.as_ref().expect("a response")
 }
 

@@ -16,41 +16,39 @@ use std::sync::{atomic::Ordering, Arc};
 
 use proptest::prelude::*;
 
-use super::{
-    http1::header,
-    http2::{frame_chain, FrameChain, PREFACE},
-    http2_tests::{
-        data, frame, frame_bounds, gap, json, pieces, response, run, run_with, settings, sorted,
-        Fixture, Wire, MULTIPLEXED, PATH, PLAIN, STREAM,
-    },
-    ExchangeEnd, HttpExchange, HttpTracker,
+use super::exchanges::{
+    data, frame, frame_bounds, gap, json, pieces, response, run, run_with, settings, sorted,
+    Fixture, Wire, MULTIPLEXED, PATH, PLAIN, STREAM,
 };
 use crate::{
     genai::{self, semconv, GenAiConfig},
     health::Health,
-    span::AttrValue,
-    streams::{Direction, StreamEvent},
+    model::{header, span::AttrValue, Direction, ExchangeEnd, HttpExchange, StreamEvent},
+    protocols::{
+        http2::{frame_chain, FrameChain, PREFACE},
+        HttpTracker,
+    },
 };
 
 const GO_JOINED: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/go_joined.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/go_joined.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/go_joined.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/go_joined.response"),
 };
 const GO_REUSE: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/go_reuse.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/go_reuse.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/go_reuse.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/go_reuse.response"),
 };
 const UPGRADE: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/h2c_upgrade.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/h2c_upgrade.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/h2c_upgrade.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/h2c_upgrade.response"),
 };
 const UPGRADE_STREAM: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/h2c_upgrade_stream.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/h2c_upgrade_stream.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/h2c_upgrade_stream.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/h2c_upgrade_stream.response"),
 };
 const UPGRADE_REFUSED: Fixture = Fixture {
-    request: include_bytes!("../../../tests/fixtures/http2/h2c_upgrade_refused.request"),
-    response: include_bytes!("../../../tests/fixtures/http2/h2c_upgrade_refused.response"),
+    request: include_bytes!("../../../../../tests/fixtures/http2/h2c_upgrade_refused.request"),
+    response: include_bytes!("../../../../../tests/fixtures/http2/h2c_upgrade_refused.response"),
 };
 
 /// What tests/clients/go/h2_reuse_client.go sends, byte for byte.

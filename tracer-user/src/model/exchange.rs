@@ -1,0 +1,85 @@
+//! One request and its response, whichever protocol carried them (HTTP/1.1, HTTP/2, a
+//! WebSocket conversation turned into exchanges): what the protocol parsers produce and genai
+//! reads.
+
+use bytes::Bytes;
+
+use super::connection::{ConnKey, Peer};
+
+pub type Headers = Vec<(String, String)>;
+
+/// The value of the first header called `name` (lower case).
+pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub target: String,
+    /// Header names in lower case.
+    pub headers: Headers,
+    /// The body after transfer decoding, still content-encoded; at most the configured cap.
+    pub body: Bytes,
+    /// Body bytes seen, including any past the cap or lost in gaps.
+    pub body_len: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes_lost: u64,
+    /// HTTP/2 only: some header fields could not be decoded (HPACK state the capture missed), so
+    /// the method, target or headers may be empty. What is there is never guessed.
+    pub http2_incomplete_headers: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub body_len: u64,
+    pub start_ns: u64,
+    pub first_body_ns: Option<u64>,
+    pub end_ns: u64,
+    /// `(body offset reached, time)` per arrival, to time events inside streamed bodies.
+    pub body_timeline: Vec<(u64, u64)>,
+    /// False when the body was cut short (process exit, idle timeout, shutdown, gap).
+    pub complete: bool,
+    pub bytes_lost: u64,
+    /// HTTP/2 only: some header fields could not be decoded; the status may be 0.
+    pub http2_incomplete_headers: bool,
+}
+
+impl HttpResponse {
+    /// When the body had reached `offset` bytes.
+    pub fn time_at_offset(&self, offset: u64) -> Option<u64> {
+        self.body_timeline
+            .iter()
+            .find(|(reached, _)| *reached >= offset)
+            .map(|(_, t)| *t)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeEnd {
+    Complete,
+    /// The response never completed; the reason is low-cardinality (`process_exit`, ...).
+    Interrupted(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpExchange {
+    pub conn: ConnKey,
+    /// The other end, as far as it is known.
+    pub peer: Peer,
+    pub request: HttpRequest,
+    pub response: Option<HttpResponse>,
+    pub end: ExchangeEnd,
+    /// HTTP/2 only: the tracer joined the connection after it started (its first captured bytes
+    /// were frames, not the preface). Streams already open then are partial, and header fields
+    /// encoded against the HPACK table built before may be missing (see
+    /// `http2_incomplete_headers`); the bodies are whole from where capture began.
+    pub http2_joined_mid_connection: bool,
+}
