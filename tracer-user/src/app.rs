@@ -17,12 +17,12 @@ use tracing::{info, warn};
 use crate::{
     capture::{self, reader::read_ring_buffer, Attacher, Capture, Clock},
     config::Config,
-    enrich::{kube_api, PodStore},
     export::{console, otlp::OtlpExporter},
     health::Health,
     health_server::{self, ProbeState},
     metrics::{self, MetricsRecorder},
     pipeline::{Pipeline, PipelineConfig},
+    processes::{kube_api, PodStore},
     span::Span,
     streams::StreamRecorder,
 };

@@ -20,12 +20,12 @@ use clap::{parser::ValueSource, Args, FromArgMatches as _, ValueEnum};
 
 use crate::{
     agent::{cost::PriceTable, AgentNames},
-    enrich::{EnrichConfig, Selection, SelectionRules},
     export::{
         otlp::{parse_key_values, OtlpConfig, Protocol},
         retry::DEFAULT_BUFFER_SPANS,
     },
     metrics::config::{MetricsArgs, MetricsConfig},
+    processes::{ProcessesConfig, Selection, SelectionRules},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -353,7 +353,7 @@ pub struct ProcessArgs {
 }
 
 impl ProcessArgs {
-    fn resolve(&self, env: &impl Fn(&str) -> Option<String>) -> Result<EnrichConfig> {
+    fn resolve(&self, env: &impl Fn(&str) -> Option<String>) -> Result<ProcessesConfig> {
         let rules = SelectionRules {
             include_exe: self.include_exe.clone(),
             exclude_exe: self.exclude_exe.clone(),
@@ -384,7 +384,7 @@ impl ProcessArgs {
                  --node-name, or NODE_NAME from the downward API (spec.nodeName)"
             );
         }
-        Ok(EnrichConfig {
+        Ok(ProcessesConfig {
             pod_logs_dir: self.pod_logs_dir.clone(),
             node_name,
             selection,
@@ -474,7 +474,7 @@ pub struct Config {
     pub health_listen: Option<SocketAddr>,
     pub agent: AgentSettings,
     pub metrics: MetricsConfig,
-    pub processes: EnrichConfig,
+    pub processes: ProcessesConfig,
 }
 
 impl Config {

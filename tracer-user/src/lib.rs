@@ -1,5 +1,5 @@
 //! agent-tracer's pipeline as a library: capture → streams → protocols → genai → agent →
-//! enrich → export. The `agent-tracer` binary is a thin command line over it; the parsers are
+//! resource (from the process catalogue, `processes`) → export. The `agent-tracer` binary is a thin command line over it; the parsers are
 //! reachable from tests and fuzz targets.
 
 pub mod agent;
@@ -8,7 +8,6 @@ pub mod capture;
 pub mod check;
 pub mod config;
 pub mod encrypted;
-pub mod enrich;
 pub mod export;
 pub mod genai;
 pub mod health;
@@ -16,6 +15,7 @@ pub mod health_server;
 pub mod http_server;
 pub mod metrics;
 pub mod pipeline;
+pub mod processes;
 pub mod protocols;
 pub mod redact;
 pub mod span;

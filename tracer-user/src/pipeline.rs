@@ -10,9 +10,9 @@ use crate::{
     agent::{cost::PriceTable, AgentAssembler, AgentConfig, AgentNames},
     capture::{CaptureEvent, Clock},
     encrypted::EncryptedConnection,
-    enrich::{EnrichConfig, InterestSink, ProcessCache},
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
     health::Health,
+    processes::{InterestSink, Processes, ProcessesConfig},
     protocols::{
         jsonrpc::{JsonRpcTracker, RpcExchange},
         HttpExchange, HttpTracker,
@@ -33,7 +33,7 @@ pub struct PipelineConfig {
     pub genai_attributes: bool,
     pub openinference_attributes: bool,
     pub agent_names: AgentNames,
-    pub processes: EnrichConfig,
+    pub processes: ProcessesConfig,
     /// Where per-process interest decisions go (the kernel's map); none in tests.
     pub interest: Option<InterestSink>,
 }
@@ -45,7 +45,7 @@ pub struct Pipeline {
     jsonrpc: JsonRpcTracker,
     genai: GenAiConfig,
     agent: AgentAssembler,
-    processes: ProcessCache,
+    processes: Processes,
     health: Arc<Health>,
     idle_timeout_ns: u64,
     recorder: Option<StreamRecorder>,
@@ -85,7 +85,7 @@ impl Pipeline {
                 clock,
                 health.clone(),
             ),
-            processes: ProcessCache::with_config(config.processes, config.interest),
+            processes: Processes::with_config(config.processes, config.interest),
             health,
             idle_timeout_ns: config.idle_timeout_ns,
             recorder: config.record_streams,
@@ -98,7 +98,7 @@ impl Pipeline {
     }
 
     /// Applies the selection rules to processes already running at start-up (see
-    /// `ProcessCache::observe_running`).
+    /// `Processes::observe_running`).
     pub fn observe_running(&mut self, pids: impl IntoIterator<Item = u32>) {
         self.processes.observe_running(pids);
     }
@@ -193,7 +193,7 @@ impl Pipeline {
         if let Some(exit) = &exit_event {
             self.agent.process_event(exit, out);
         }
-        self.enrich(&mut out[first_new..]);
+        self.describe(&mut out[first_new..]);
         if let Some(pid) = exited {
             self.processes.forget(pid);
             self.tls_plaintext_pids.remove(&pid);
@@ -220,9 +220,9 @@ impl Pipeline {
         self.processes.is_ignored(pid)
     }
 
-    fn enrich(&mut self, spans: &mut [Span]) {
+    fn describe(&mut self, spans: &mut [Span]) {
         for span in spans {
-            self.processes.enrich(span);
+            self.processes.describe(span);
         }
     }
 
@@ -241,7 +241,7 @@ impl Pipeline {
         );
         self.finish_exchanges(out);
         self.agent.tick(now_monotonic_ns, out);
-        self.enrich(&mut out[first_new..]);
+        self.describe(&mut out[first_new..]);
     }
 
     /// Shutdown: everything still open becomes a span marked interrupted.
@@ -251,7 +251,7 @@ impl Pipeline {
         self.jsonrpc.close_all(&mut self.rpc_exchanges);
         self.finish_exchanges(out);
         self.agent.close_all(out);
-        self.enrich(&mut out[first_new..]);
+        self.describe(&mut out[first_new..]);
     }
 
     fn finish_exchanges(&mut self, out: &mut Vec<Span>) {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::enrich::ProcessInfo;
+use crate::processes::ProcessInfo;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
@@ -89,7 +89,7 @@ pub struct Span {
     pub attributes: Vec<(&'static str, AttrValue)>,
     pub status: SpanStatus,
     pub events: Vec<SpanEvent>,
-    /// Who made the call. Filled by the enrich stage.
+    /// Who made the call. Filled from the process catalogue (`processes`).
     pub process: Arc<ProcessInfo>,
 }
 

@@ -30,7 +30,6 @@ pub use names::AgentNames;
 use self::{cost::PriceTable, lineage::Lineage};
 use crate::{
     capture::{CaptureEvent, Clock},
-    enrich::{read_args, redact_args, ProcessInfo},
     genai::{
         content::capped_text,
         history::{self, ToolResult},
@@ -39,6 +38,7 @@ use crate::{
         HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
     health::Health,
+    processes::{procfs, redact_args, ProcessInfo},
     span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
 };
 
@@ -544,10 +544,8 @@ impl AgentAssembler {
             .lineage
             .running(pid)
             .map(|r| r.args.clone())
-            .unwrap_or_else(|| read_args(pid));
-        let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .unwrap_or_else(|| procfs::args(pid));
+        let executable = procfs::executable(pid).unwrap_or_default();
         let agent_name = self.config.names.name_of(&args, &executable);
         Health::add(&self.health.agent_runs, 1);
         let key = self.next_run_key;

@@ -329,7 +329,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        enrich::ProcessInfo,
+        processes::ProcessInfo,
         span::{SpanKind, SpanStatus},
     };
 

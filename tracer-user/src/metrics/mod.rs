@@ -519,9 +519,7 @@ pub async fn start(
     recorder: Arc<MetricsRecorder>,
     health: Arc<Health>,
 ) -> Result<MetricsTasks> {
-    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host_name = crate::processes::procfs::host_name();
     let mut tasks = MetricsTasks {
         prometheus: None,
         otlp: None,
@@ -562,7 +560,7 @@ impl MetricsTasks {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{enrich::ProcessInfo, span::SpanKind, span::SpanStatus};
+    use crate::{processes::ProcessInfo, span::SpanKind, span::SpanStatus};
 
     pub fn span(attributes: Vec<(&'static str, AttrValue)>, duration_ms: u64) -> Span {
         let mut process = ProcessInfo::unknown(42);

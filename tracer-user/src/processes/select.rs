@@ -222,7 +222,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::enrich::{pods::PodInfo, PodMeta};
+    use crate::processes::{pods::PodInfo, PodMeta};
 
     fn process(exe: &str, cmd: &str, container: Option<&str>, ns: Option<&str>) -> ProcessInfo {
         let mut p = ProcessInfo::unknown(7);
