@@ -14,6 +14,7 @@
 //! tool's sub-agent (it ends before the window closes) or a parallel session (it outlives it).
 
 pub mod cost;
+pub mod encrypted;
 pub mod lineage;
 mod names;
 
@@ -37,9 +38,9 @@ use crate::{
         semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
         HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
-    health::Health,
     processes::{procfs, redact_args, ProcessInfo},
     span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
+    telemetry::health::Health,
 };
 
 /// Programs exec'd outside any run kept (running, and ended) for a run that may yet claim them.
@@ -342,12 +343,8 @@ impl AgentAssembler {
     }
 
     /// A TLS connection whose plaintext was out of reach: its encrypted-only span.
-    pub fn encrypted_call(
-        &mut self,
-        conn: &crate::encrypted::EncryptedConnection,
-        out: &mut Vec<Span>,
-    ) {
-        let span = crate::encrypted::span(conn, &self.clock);
+    pub fn encrypted_call(&mut self, conn: &encrypted::EncryptedConnection, out: &mut Vec<Span>) {
+        let span = encrypted::span(conn, &self.clock);
         self.activity(
             conn.pid,
             conn.start_ns(),

@@ -19,7 +19,7 @@ use super::{
     compat,
     targets::{Hook, TLS_PROGRAMS},
 };
-use crate::health::Health;
+use crate::telemetry::health::Health;
 
 /// The compiled kernel programs, embedded at build time by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));

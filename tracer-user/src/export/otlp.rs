@@ -31,9 +31,9 @@ use tonic::{
 
 use super::retry::{self, Outcome, Policy, SendFuture, Transport};
 use crate::{
-    health::Health,
     processes::ProcessInfo,
     span::{AttrValue, Span, SpanKind, SpanStatus},
+    telemetry::health::Health,
 };
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";

@@ -16,7 +16,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{health::Health, span::Span};
+use crate::{span::Span, telemetry::health::Health};
 
 /// What became of one export request.
 #[derive(Debug)]

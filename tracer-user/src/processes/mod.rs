@@ -22,7 +22,7 @@ pub use kube_api::{PodMeta, PodStore};
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
-pub use crate::redact::redact_args;
+pub use crate::model::redact::redact_args;
 use crate::span::Span;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

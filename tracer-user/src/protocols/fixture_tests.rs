@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use super::{ExchangeEnd, HttpExchange, HttpTracker};
 use crate::{
     genai::{self, GenAiConfig, LlmCall},
-    health::Health,
     streams::{ConnKey, Direction, StreamEvent},
+    telemetry::health::Health,
 };
 
 struct Fixture {

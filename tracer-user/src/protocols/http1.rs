@@ -12,8 +12,8 @@ use super::{
     websocket::{self, WebSocketConnection},
 };
 use crate::{
-    health::Health,
     streams::{ConnKey, Direction, Peer, StreamEvent},
+    telemetry::health::Health,
 };
 
 /// Larger heads are not HTTP we can use (and would let a peer grow our buffers).

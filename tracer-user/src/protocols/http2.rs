@@ -40,8 +40,8 @@ use tracing::debug;
 
 use super::http1::{ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
 use crate::{
-    health::Health,
     streams::{ConnKey, Direction, Peer},
+    telemetry::health::Health,
 };
 
 /// What a client sends first on every HTTP/2 connection (RFC 9113 §3.4).

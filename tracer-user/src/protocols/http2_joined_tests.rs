@@ -27,9 +27,9 @@ use super::{
 };
 use crate::{
     genai::{self, semconv, GenAiConfig},
-    health::Health,
     span::AttrValue,
     streams::{Direction, StreamEvent},
+    telemetry::health::Health,
 };
 
 const GO_JOINED: Fixture = Fixture {

@@ -17,8 +17,8 @@ use super::{
     ExchangeEnd, HttpExchange, HttpTracker,
 };
 use crate::{
-    health::Health,
     streams::{ConnKey, Direction, Peer, StreamEvent},
+    telemetry::health::Health,
 };
 
 #[derive(Clone, Copy)]

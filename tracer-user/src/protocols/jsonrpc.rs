@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::ExchangeEnd;
 use crate::{
-    health::Health,
     streams::{ConnKey, Direction, StreamEvent},
+    telemetry::health::Health,
 };
 
 /// Requests waiting for an answer per connection; beyond this new ones are not tracked.

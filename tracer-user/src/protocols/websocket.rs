@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::http1::{ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
 use crate::{
-    health::Health,
     streams::{ConnKey, Direction, Peer},
+    telemetry::health::Health,
 };
 
 /// A frame longer than this is not something we follow (and would let a peer grow our buffers).

@@ -7,11 +7,10 @@ use std::{collections::HashSet, sync::Arc};
 use tracing::debug;
 
 use crate::{
+    agent::encrypted::EncryptedConnection,
     agent::{cost::PriceTable, AgentAssembler, AgentConfig, AgentNames},
     capture::{CaptureEvent, Clock},
-    encrypted::EncryptedConnection,
     genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
-    health::Health,
     processes::{InterestSink, Processes, ProcessesConfig},
     protocols::{
         jsonrpc::{JsonRpcTracker, RpcExchange},
@@ -19,6 +18,7 @@ use crate::{
     },
     span::Span,
     streams::{Source, StreamAssembler, StreamEvent, StreamRecorder},
+    telemetry::health::Health,
 };
 
 pub struct PipelineConfig {

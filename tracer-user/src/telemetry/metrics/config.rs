@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use crate::{
-    config::{otlp_target, RunArgs},
+    daemon::config::{otlp_target, RunArgs},
     export::otlp::OtlpConfig,
 };
 

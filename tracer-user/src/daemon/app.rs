@@ -16,15 +16,15 @@ use tracing::{info, warn};
 
 use crate::{
     capture::{self, reader::read_ring_buffer, Attacher, Capture, Clock},
-    config::Config,
+    daemon::config::Config,
+    daemon::pipeline::{Pipeline, PipelineConfig},
     export::{console, otlp::OtlpExporter},
-    health::Health,
-    health_server::{self, ProbeState},
-    metrics::{self, MetricsRecorder},
-    pipeline::{Pipeline, PipelineConfig},
     processes::{kube_api, PodStore},
     span::Span,
     streams::StreamRecorder,
+    telemetry::health::Health,
+    telemetry::health_server::{self, ProbeState},
+    telemetry::metrics::{self, MetricsRecorder},
 };
 
 /// Capture records waiting for the pipeline. Large enough for a burst of several MiB.

@@ -20,8 +20,8 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
-    health::Health,
     span::{AttrValue, Span},
+    telemetry::health::Health,
 };
 
 /// GenAI client duration buckets, in seconds (genai-spec §1.8).

@@ -24,8 +24,8 @@ use crate::{
         otlp::{parse_key_values, OtlpConfig, Protocol},
         retry::DEFAULT_BUFFER_SPANS,
     },
-    metrics::config::{MetricsArgs, MetricsConfig},
     processes::{ProcessesConfig, Selection, SelectionRules},
+    telemetry::metrics::config::{MetricsArgs, MetricsConfig},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
