@@ -13,6 +13,7 @@
 //! starts inside another run's tool window is held back until it is clear whether it is that
 //! tool's sub-agent (it ends before the window closes) or a parallel session (it outlives it).
 
+mod config;
 pub mod cost;
 pub mod encrypted;
 pub mod lineage;
@@ -26,16 +27,19 @@ use std::{
 
 use rand::Rng;
 
+pub use config::{
+    AgentConfig, DEFAULT_CONTENT_MAX_BYTES, DEFAULT_RUN_IDLE_TIMEOUT, DEFAULT_SAMPLE_RATIO,
+};
 pub use names::AgentNames;
 
-use self::{cost::PriceTable, lineage::Lineage};
+use self::lineage::Lineage;
 use crate::{
     capture::{CaptureEvent, Clock},
     genai::{
         content::capped_text,
         history::{self, ToolResult},
         mcp,
-        semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
+        semconv::{call_attributes, http_attributes, span_name, unix_times},
         HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
     processes::{procfs, redact_args, ProcessInfo},
@@ -53,33 +57,6 @@ const LOOP_EVENT: &str = "agent_tracer.loop_detected";
 const MAX_HELD_SPANS: usize = 4096;
 /// Ended conversations remembered per host, so a user's next turn keeps the conversation id.
 const MAX_ENDED_CONVERSATIONS: usize = 1024;
-
-pub struct AgentConfig {
-    pub content: ContentPolicy,
-    /// A run with no activity for this long is closed as abandoned.
-    pub run_idle_timeout_ns: u64,
-    pub prices: PriceTable,
-    /// Share of runs kept (0..=1); runs with errors are always kept.
-    pub sample_ratio: f64,
-    pub genai_attributes: bool,
-    pub openinference_attributes: bool,
-    pub names: AgentNames,
-}
-
-impl AgentConfig {
-    /// The defaults of `agent-tracer run` with `content` as the content policy.
-    pub fn with_content(content: ContentPolicy) -> Self {
-        AgentConfig {
-            content,
-            run_idle_timeout_ns: 600_000_000_000,
-            prices: PriceTable::builtin(),
-            sample_ratio: 1.0,
-            genai_attributes: true,
-            openinference_attributes: true,
-            names: AgentNames::default(),
-        }
-    }
-}
 
 /// Where a span hangs: a run (by key, so it survives the run's trace id changing) and a span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,41 +1,67 @@
-//! The processing chain from capture events to spans: streams → protocols → genai → agent →
-//! enrich. Each stage owns its state; data only flows forward. It runs on one task, fed by the
-//! capture queue, and hands finished spans to the exporters' queues.
+//! The processing chain from capture events to spans, one stage after the other on one task,
+//! fed by the capture queue; the finished spans go to the exporters' queues (the sinks, in
+//! `app`). Each stage owns its state and data only flows forward; the process catalogue
+//! (`processes`) is not a stage but a reference every stage may ask, and the pipeline fills each
+//! finished span's resource from it. See [`Pipeline::handle`] for the order.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
+use anyhow::{Context as _, Result};
 use tracing::debug;
 
 use crate::{
-    agent::encrypted::EncryptedConnection,
-    agent::{cost::PriceTable, AgentAssembler, AgentConfig, AgentNames},
-    capture::{CaptureEvent, Clock},
-    genai::{self, semconv::ContentPolicy, Call, GenAiConfig},
+    agent::{encrypted::EncryptedConnection, AgentAssembler, AgentConfig},
+    capture::{CaptureEvent, Clock, HookCoverage},
+    genai::{self, Call, GenAiConfig},
     processes::{InterestSink, Processes, ProcessesConfig},
     protocols::{
         jsonrpc::{JsonRpcTracker, RpcExchange},
         HttpExchange, HttpTracker,
     },
     span::Span,
-    streams::{Source, StreamAssembler, StreamEvent, StreamRecorder},
+    streams::{ConnKey, Source, StreamAssembler, StreamEvent, StreamRecorder},
     telemetry::health::Health,
 };
 
+/// Largest HTTP body kept in memory per message, the default of `--max-body-bytes`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// A connection silent this long with a request unanswered is closed as interrupted.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The stages' settings: the protocols' bounds, genai's and the agent's, the catalogue's.
+#[derive(Clone, Debug)]
 pub struct PipelineConfig {
-    pub capture_content: bool,
-    pub content_max_bytes: usize,
+    /// Largest HTTP or JSON-RPC body kept per message (the protocols).
     pub max_body_bytes: usize,
-    pub idle_timeout_ns: u64,
-    pub record_streams: Option<StreamRecorder>,
-    pub run_idle_timeout_ns: u64,
-    pub prices: PriceTable,
-    pub sample_ratio: f64,
-    pub genai_attributes: bool,
-    pub openinference_attributes: bool,
-    pub agent_names: AgentNames,
+    /// Idle connections with a request unanswered are closed after this (the protocols).
+    pub idle_timeout: Duration,
+    /// Debugging: every reassembled stream is written under this directory (the streams).
+    pub record_streams: Option<PathBuf>,
+    pub genai: GenAiConfig,
+    pub agent: AgentConfig,
     pub processes: ProcessesConfig,
-    /// Where per-process interest decisions go (the kernel's map); none in tests.
-    pub interest: Option<InterestSink>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            record_streams: None,
+            genai: GenAiConfig {
+                capture_content: false,
+            },
+            agent: AgentConfig::default(),
+            processes: ProcessesConfig::default(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.agent.validate()?;
+        self.processes.validate()
+    }
 }
 
 pub struct Pipeline {
@@ -57,44 +83,39 @@ pub struct Pipeline {
     /// OpenSSL does, never link their socket to the hooked call).
     tls_plaintext_pids: HashSet<u32>,
     /// When each process's TLS hooks were in place (the attacher writes it).
-    hook_coverage: crate::capture::HookCoverage,
+    hook_coverage: HookCoverage,
 }
 
 impl Pipeline {
-    pub fn new(config: PipelineConfig, clock: Clock, health: Arc<Health>) -> Self {
-        Pipeline {
+    /// `interest` is where per-process selection decisions go (the kernel's map; none in
+    /// tests).
+    pub fn new(
+        config: PipelineConfig,
+        clock: Clock,
+        health: Arc<Health>,
+        interest: Option<InterestSink>,
+    ) -> Result<Self> {
+        let recorder = config
+            .record_streams
+            .map(StreamRecorder::new)
+            .transpose()
+            .context("--record-streams directory")?;
+        Ok(Pipeline {
             streams: StreamAssembler::new(),
             http: HttpTracker::new(config.max_body_bytes, health.clone()),
             jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()),
-            genai: GenAiConfig {
-                capture_content: config.capture_content,
-            },
-            agent: AgentAssembler::new(
-                AgentConfig {
-                    content: ContentPolicy {
-                        capture: config.capture_content,
-                        max_bytes: config.content_max_bytes,
-                    },
-                    run_idle_timeout_ns: config.run_idle_timeout_ns,
-                    prices: config.prices,
-                    sample_ratio: config.sample_ratio,
-                    genai_attributes: config.genai_attributes,
-                    openinference_attributes: config.openinference_attributes,
-                    names: config.agent_names,
-                },
-                clock,
-                health.clone(),
-            ),
-            processes: Processes::with_config(config.processes, config.interest),
+            genai: config.genai,
+            agent: AgentAssembler::new(config.agent, clock, health.clone()),
+            processes: Processes::with_config(config.processes, interest),
             health,
-            idle_timeout_ns: config.idle_timeout_ns,
-            recorder: config.record_streams,
+            idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
+            recorder,
             stream_events: Vec::new(),
             exchanges: Vec::new(),
             rpc_exchanges: Vec::new(),
             tls_plaintext_pids: HashSet::new(),
-            hook_coverage: crate::capture::HookCoverage::default(),
-        }
+            hook_coverage: HookCoverage::default(),
+        })
     }
 
     /// Applies the selection rules to processes already running at start-up (see
@@ -104,100 +125,41 @@ impl Pipeline {
     }
 
     /// Shares the attacher's record of when each process was hooked.
-    pub fn set_hook_coverage(&mut self, coverage: crate::capture::HookCoverage) {
+    pub fn set_hook_coverage(&mut self, coverage: HookCoverage) {
         self.hook_coverage = coverage;
     }
 
+    /// One capture record through the stages, in order; the spans it finishes are appended to
+    /// `out`, for the caller to hand to the sinks.
+    ///
+    /// 1. Selection gate: connection records of a process the rules leave out stop here.
+    /// 2. Streams: bytes reassembled per connection, in order, gaps counted.
+    /// 3. Protocols: HTTP/1, HTTP/2, WebSocket and JSON-RPC exchanges from the streams.
+    /// 4. GenAI: exchanges recognised as model, MCP or plain HTTP calls.
+    /// 5. Agent: calls, and connections seen only encrypted, arranged into runs and tools.
+    /// 6. Process lifecycle: exec, its arguments, fork and exit reach the agent and the
+    ///    catalogue here, and only here: after the record's own calls (a process's last calls
+    ///    land in its runs before its exit ends them; streams and protocols have no use for
+    ///    them, beyond an exit closing the process's connections in step 2).
+    /// 7. Resource: each new span's process, from the catalogue, which then forgets a process
+    ///    that exited (its description stays for spans reported after it).
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
         if self.left_out(&event) {
             Health::add(&self.health.ignored_records, 1);
             return;
         }
         let first_new = out.len();
-        match &event {
-            // Lineage only: nothing for the streams.
-            CaptureEvent::Fork { .. } | CaptureEvent::ExecArgs { .. } => {
-                self.agent.process_event(&event, out);
-                return;
-            }
-            CaptureEvent::Exec { .. } => self.agent.process_event(&event, out),
-            _ => {}
-        }
-        let exited = match &event {
-            // A new program: read it now, while it surely runs: a short-lived client may be gone
-            // by the time its call completes. (Data was observed by `left_out`.)
-            CaptureEvent::Exec {
-                pid,
-                filename,
-                cgroup_id,
-                ..
-            } => {
-                self.processes.observe_exec(*pid, filename, *cgroup_id);
-                None
-            }
-            CaptureEvent::ProcessExit { pid, .. } => Some(*pid),
-            _ => None,
-        };
-        match &event {
-            CaptureEvent::Data(chunk) if chunk.source == Source::Tls => {
-                self.tls_plaintext_pids.insert(chunk.pid);
-            }
-            CaptureEvent::TlsSummary {
-                pid, fd, totals, ..
-            } => {
-                // Before the close reaches the streams: they still know the peer.
-                let peer = self.streams.peer(*pid, *fd).cloned().unwrap_or_default();
-                let wanted = fallback_wanted(
-                    self.tls_plaintext_pids.contains(pid),
-                    self.hook_coverage.hooked_at(*pid),
-                    totals.start_ns,
-                );
-                if !wanted {
-                    Health::add(&self.health.encrypted_skipped_hooked, 1);
-                } else {
-                    Health::add(&self.health.encrypted_connections, 1);
-                    let conn = EncryptedConnection {
-                        pid: *pid,
-                        fd: *fd,
-                        peer,
-                        totals: *totals,
-                    };
-                    self.agent.encrypted_call(&conn, out);
-                }
-            }
-            _ => {}
-        }
-        let exit_event = matches!(event, CaptureEvent::ProcessExit { .. }).then(|| event.clone());
-        self.streams.push(event, &mut self.stream_events);
-        for stream_event in self.stream_events.drain(..) {
-            if let Some(recorder) = &mut self.recorder {
-                recorder.record(&stream_event);
-            }
-            match stream_conn(&stream_event) {
-                Some(conn) if conn.source == Source::Stdio => {
-                    self.jsonrpc.push(&stream_event, &mut self.rpc_exchanges)
-                }
-                Some(_) => self.http.push(&stream_event, &mut self.exchanges),
-                None => {
-                    self.jsonrpc.push(&stream_event, &mut self.rpc_exchanges);
-                    self.http.push(&stream_event, &mut self.exchanges);
-                }
-            }
-        }
-        self.health.attached_late_bytes.store(
-            self.streams.attached_late_bytes,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let lifecycle = is_lifecycle(&event).then(|| event.clone());
+        let encrypted = self.encrypted_only(&event);
+        self.streams_and_protocols(event);
         self.finish_exchanges(out);
-        // After the exchanges: a process's last calls land in its runs before they end.
-        if let Some(exit) = &exit_event {
-            self.agent.process_event(exit, out);
+        if let Some(conn) = encrypted {
+            self.agent.encrypted_call(&conn, out);
         }
+        let exited = lifecycle.and_then(|event| self.deliver_lifecycle(&event, out));
         self.describe(&mut out[first_new..]);
         if let Some(pid) = exited {
-            self.processes.forget(pid);
-            self.tls_plaintext_pids.remove(&pid);
-            self.hook_coverage.forget(pid);
+            self.forget(pid);
         }
     }
 
@@ -220,6 +182,93 @@ impl Pipeline {
         self.processes.is_ignored(pid)
     }
 
+    /// Notes the processes TLS plaintext was captured from, and takes a TLS connection's
+    /// totals aside when it gets an encrypted-only span (see `fallback_wanted`). Its peer is
+    /// read now: the totals come before the close that makes the streams forget it.
+    fn encrypted_only(&mut self, event: &CaptureEvent) -> Option<EncryptedConnection> {
+        match event {
+            CaptureEvent::Data(chunk) if chunk.source == Source::Tls => {
+                self.tls_plaintext_pids.insert(chunk.pid);
+                None
+            }
+            CaptureEvent::TlsSummary {
+                pid, fd, totals, ..
+            } => {
+                let wanted = fallback_wanted(
+                    self.tls_plaintext_pids.contains(pid),
+                    self.hook_coverage.hooked_at(*pid),
+                    totals.start_ns,
+                );
+                if !wanted {
+                    Health::add(&self.health.encrypted_skipped_hooked, 1);
+                    return None;
+                }
+                Health::add(&self.health.encrypted_connections, 1);
+                Some(EncryptedConnection {
+                    pid: *pid,
+                    fd: *fd,
+                    peer: self.streams.peer(*pid, *fd).cloned().unwrap_or_default(),
+                    totals: *totals,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Streams, then protocols: the exchanges completed wait in `exchanges` and
+    /// `rpc_exchanges` for `finish_exchanges`.
+    fn streams_and_protocols(&mut self, event: CaptureEvent) {
+        self.streams.push(event, &mut self.stream_events);
+        for stream_event in self.stream_events.drain(..) {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.record(&stream_event);
+            }
+            match stream_conn(&stream_event) {
+                Some(conn) if conn.source == Source::Stdio => {
+                    self.jsonrpc.push(&stream_event, &mut self.rpc_exchanges)
+                }
+                Some(_) => self.http.push(&stream_event, &mut self.exchanges),
+                None => {
+                    self.jsonrpc.push(&stream_event, &mut self.rpc_exchanges);
+                    self.http.push(&stream_event, &mut self.exchanges);
+                }
+            }
+        }
+        self.health.attached_late_bytes.store(
+            self.streams.attached_late_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Step 6 of `handle`: the lifecycle event to the agent (lineage, the programs a tool ran,
+    /// runs ended by their process's exit) and to the catalogue (a new program is read at its
+    /// exec, while it surely runs: a short-lived client may be gone by the time its call
+    /// completes). Returns the pid of a process that exited.
+    fn deliver_lifecycle(&mut self, event: &CaptureEvent, out: &mut Vec<Span>) -> Option<u32> {
+        self.agent.process_event(event, out);
+        match event {
+            CaptureEvent::Exec {
+                pid,
+                filename,
+                cgroup_id,
+                ..
+            } => {
+                self.processes.observe_exec(*pid, filename, *cgroup_id);
+                None
+            }
+            CaptureEvent::ProcessExit { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// An exited process, once its spans are described.
+    fn forget(&mut self, pid: u32) {
+        self.processes.forget(pid);
+        self.tls_plaintext_pids.remove(&pid);
+        self.hook_coverage.forget(pid);
+    }
+
+    /// The resource: each span's process from the catalogue.
     fn describe(&mut self, spans: &mut [Span]) {
         for span in spans {
             self.processes.describe(span);
@@ -287,8 +336,19 @@ impl Pipeline {
     }
 }
 
+/// Whether a record is about a process's life rather than its I/O (step 6 of `handle`).
+fn is_lifecycle(event: &CaptureEvent) -> bool {
+    matches!(
+        event,
+        CaptureEvent::Fork { .. }
+            | CaptureEvent::ExecArgs { .. }
+            | CaptureEvent::Exec { .. }
+            | CaptureEvent::ProcessExit { .. }
+    )
+}
+
 /// The connection a stream event is about; `None` for a whole process.
-fn stream_conn(event: &StreamEvent) -> Option<crate::streams::ConnKey> {
+fn stream_conn(event: &StreamEvent) -> Option<ConnKey> {
     match event {
         StreamEvent::Data { conn, .. }
         | StreamEvent::Gap { conn, .. }

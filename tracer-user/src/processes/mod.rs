@@ -150,6 +150,9 @@ const MAX_PROCESSES: usize = 65_536;
 /// short-lived shell is reported when the tool's window closes).
 const MAX_DEPARTED: usize = 4096;
 
+/// The kubelet's pod log root, the default of `--pod-logs-dir`.
+pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
+
 /// How processes are described and which are traced.
 #[derive(Clone, Debug)]
 pub struct ProcessesConfig {
@@ -167,12 +170,30 @@ pub struct ProcessesConfig {
 impl Default for ProcessesConfig {
     fn default() -> Self {
         ProcessesConfig {
-            pod_logs_dir: PathBuf::from("/var/log/pods"),
+            pod_logs_dir: PathBuf::from(DEFAULT_POD_LOGS_DIR),
             node_name: None,
             selection: Selection::default(),
             kube_api: false,
             pod_store: None,
         }
+    }
+}
+
+impl ProcessesConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.selection.uses_pod_labels() && !self.kube_api {
+            anyhow::bail!(
+                "--include-pod-label and --exclude-pod-label need --kube-api: pod labels come \
+                 from the Kubernetes API"
+            );
+        }
+        if self.kube_api && self.node_name.is_none() {
+            anyhow::bail!(
+                "--kube-api watches this node's pods only and needs the node's name: set \
+                 --node-name, or NODE_NAME from the downward API (spec.nodeName)"
+            );
+        }
+        Ok(())
     }
 }
 
