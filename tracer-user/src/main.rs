@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tracer_user::{app, check, config};
+use tracer_user::daemon::{app, check, config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

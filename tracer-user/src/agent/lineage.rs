@@ -105,10 +105,9 @@ impl Lineage {
     }
 }
 
-/// The PPid line of /proc/PID/status.
+/// The parent the process catalogue's /proc reader finds.
 fn parent_from_proc(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    crate::enrich::parent_pid(&status)
+    crate::processes::procfs::parent_pid(pid)
 }
 
 /// The agent's name as a user knows it: the script an interpreter runs (`python agent.py` →
@@ -237,8 +236,11 @@ mod tests {
 
     #[test]
     fn proc_fallback_reads_ppid() {
-        assert_eq!(crate::enrich::parent_pid("Name:\tx\nPPid:\t42\n"), Some(42));
-        assert_eq!(crate::enrich::parent_pid("PPid:\t0\n"), None);
+        assert_eq!(
+            crate::processes::parent_pid("Name:\tx\nPPid:\t42\n"),
+            Some(42)
+        );
+        assert_eq!(crate::processes::parent_pid("PPid:\t0\n"), None);
         let mut l = Lineage::default();
         let me = std::process::id();
         assert!(l.lineage(me).len() >= 2, "the test runner has a parent");

@@ -13,7 +13,9 @@
 //! starts inside another run's tool window is held back until it is clear whether it is that
 //! tool's sub-agent (it ends before the window closes) or a parallel session (it outlives it).
 
+mod config;
 pub mod cost;
+pub mod encrypted;
 pub mod lineage;
 mod names;
 
@@ -25,21 +27,24 @@ use std::{
 
 use rand::Rng;
 
+pub use config::{
+    AgentConfig, DEFAULT_CONTENT_MAX_BYTES, DEFAULT_RUN_IDLE_TIMEOUT, DEFAULT_SAMPLE_RATIO,
+};
 pub use names::AgentNames;
 
-use self::{cost::PriceTable, lineage::Lineage};
+use self::lineage::Lineage;
 use crate::{
     capture::{CaptureEvent, Clock},
-    enrich::{read_args, redact_args, ProcessInfo},
     genai::{
         content::capped_text,
         history::{self, ToolResult},
         mcp,
-        semconv::{call_attributes, http_attributes, span_name, unix_times, ContentPolicy},
+        semconv::{call_attributes, http_attributes, span_name, unix_times},
         HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
-    health::Health,
     model::span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
+    processes::{procfs, redact_args, ProcessInfo},
+    telemetry::health::Health,
 };
 
 /// Programs exec'd outside any run kept (running, and ended) for a run that may yet claim them.
@@ -55,33 +60,6 @@ const MAX_ENDED_CONVERSATIONS: usize = 1024;
 /// How long a one-call side request (a model router's classifier, a title, a quota probe) waits
 /// for the tool loop it precedes: agents send those right before the loop's first call.
 const SIDE_REQUEST_WINDOW_NS: u64 = 10_000_000_000;
-
-pub struct AgentConfig {
-    pub content: ContentPolicy,
-    /// A run with no activity for this long is closed as abandoned.
-    pub run_idle_timeout_ns: u64,
-    pub prices: PriceTable,
-    /// Share of runs kept (0..=1); runs with errors are always kept.
-    pub sample_ratio: f64,
-    pub genai_attributes: bool,
-    pub openinference_attributes: bool,
-    pub names: AgentNames,
-}
-
-impl AgentConfig {
-    /// The defaults of `agent-tracer run` with `content` as the content policy.
-    pub fn with_content(content: ContentPolicy) -> Self {
-        AgentConfig {
-            content,
-            run_idle_timeout_ns: 600_000_000_000,
-            prices: PriceTable::builtin(),
-            sample_ratio: 1.0,
-            genai_attributes: true,
-            openinference_attributes: true,
-            names: AgentNames::default(),
-        }
-    }
-}
 
 /// Where a span hangs: a run (by key, so it survives the run's trace id changing) and a span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,12 +347,8 @@ impl AgentAssembler {
     }
 
     /// A TLS connection whose plaintext was out of reach: its encrypted-only span.
-    pub fn encrypted_call(
-        &mut self,
-        conn: &crate::encrypted::EncryptedConnection,
-        out: &mut Vec<Span>,
-    ) {
-        let span = crate::encrypted::span(conn, &self.clock);
+    pub fn encrypted_call(&mut self, conn: &encrypted::EncryptedConnection, out: &mut Vec<Span>) {
+        let span = encrypted::span(conn, &self.clock);
         self.activity(
             conn.pid,
             conn.start_ns(),
@@ -577,10 +551,8 @@ impl AgentAssembler {
             .lineage
             .running(pid)
             .map(|r| r.args.clone())
-            .unwrap_or_else(|| read_args(pid));
-        let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .unwrap_or_else(|| procfs::args(pid));
+        let executable = procfs::executable(pid).unwrap_or_default();
         let agent_name = self.config.names.name_of(&args, &executable);
         let key = self.next_run_key;
         self.next_run_key += 1;

@@ -3,9 +3,9 @@
 
 use serde_json::{json, Value};
 
-use super::*;
+use super::{cost::PriceTable, *};
 use crate::{
-    genai::{Dialect, LlmError, LlmRequest, LlmResponse},
+    genai::{semconv::ContentPolicy, Dialect, LlmError, LlmRequest, LlmResponse},
     streams::{ConnKey, Source},
 };
 

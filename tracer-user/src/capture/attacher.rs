@@ -21,7 +21,7 @@ use super::{
     validate::{InferredHook, Validator},
     CaptureEvent,
 };
-use crate::health::Health;
+use crate::telemetry::health::Health;
 
 /// After an exec, look at the process's libraries again at these delays.
 const RESCAN_AFTER_EXEC: &[Duration] = &[

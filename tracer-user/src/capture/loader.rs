@@ -19,7 +19,7 @@ use super::{
     compat,
     targets::{Hook, TLS_PROGRAMS},
 };
-use crate::health::Health;
+use crate::telemetry::health::Health;
 
 /// The compiled kernel programs, embedded at build time by build.rs: for kernels with the
 /// `bpf_loop` helper, and the same programs with bounded loops for older ones.

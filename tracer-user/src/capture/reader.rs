@@ -9,8 +9,8 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
 use super::{decode_record, validate::Validator, CaptureEvent, ExecSeen};
-use crate::health::Health;
 use crate::streams::tls_records::TlsRecords;
+use crate::telemetry::health::Health;
 
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 

@@ -379,7 +379,7 @@ fn span_line(span: &Span, style: &Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{enrich::ProcessInfo, model::span::SpanKind};
+    use crate::{model::span::SpanKind, processes::ProcessInfo};
 
     #[test]
     fn line_shows_the_essentials_without_colour() {
@@ -638,7 +638,7 @@ mod tests {
         process.executable_name = "python3".into();
         process.namespace_pid = Some(1);
         process.container_id = Some("c0de".repeat(16));
-        process.pod = Some(Arc::new(crate::enrich::PodInfo {
+        process.pod = Some(Arc::new(crate::processes::PodInfo {
             uid: "u-1".into(),
             name: Some("research-agent-5d78c9869d-x7k2p".into()),
             namespace: Some("agents".into()),
@@ -657,7 +657,7 @@ mod tests {
             .contains("pid 4242 (ns pid 1) pod agents/research-agent-5d78c9869d-x7k2p container"));
 
         // A pod whose name is not known (no log tree, no API) is not shown half-named.
-        process.pod = Some(Arc::new(crate::enrich::PodInfo {
+        process.pod = Some(Arc::new(crate::processes::PodInfo {
             uid: "u-1".into(),
             name: None,
             namespace: None,

@@ -31,9 +31,9 @@ use tonic::{
 
 use super::retry::{self, Outcome, Policy, SendFuture, Transport};
 use crate::{
-    enrich::ProcessInfo,
-    health::Health,
     model::span::{AttrValue, Span, SpanKind, SpanStatus},
+    processes::ProcessInfo,
+    telemetry::health::Health,
 };
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
@@ -1017,16 +1017,16 @@ mod tests {
         p.container_id = Some("c".repeat(64));
         p.container_runtime = Some("containerd");
         p.node_name = Some("node-a".into());
-        p.pod = Some(std::sync::Arc::new(crate::enrich::PodInfo {
+        p.pod = Some(std::sync::Arc::new(crate::processes::PodInfo {
             uid: "u-1".into(),
             name: Some("agent-7".into()),
             namespace: Some("ai".into()),
             container_name: None,
         }));
-        p.pod_api = Some(std::sync::Arc::new(crate::enrich::PodMeta {
+        p.pod_api = Some(std::sync::Arc::new(crate::processes::PodMeta {
             uid: "u-1".into(),
             labels: [("app.kubernetes.io/name".to_string(), "agent".to_string())].into(),
-            workload: crate::enrich::kube_api::Workload {
+            workload: crate::processes::kube_api::Workload {
                 replicaset: Some("agent-5d78c9869d".into()),
                 deployment: Some("agent".into()),
                 ..Default::default()

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{health::Health, model::span::Span};
+use crate::{model::span::Span, telemetry::health::Health};
 
 /// What became of one export request.
 #[derive(Debug)]
@@ -404,8 +404,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        enrich::ProcessInfo,
         model::span::{SpanKind, SpanStatus},
+        processes::ProcessInfo,
     };
 
     #[derive(Clone, Copy, PartialEq, Debug)]

@@ -13,9 +13,9 @@ use super::{
     Usage,
 };
 use crate::{
-    health::Health,
     protocols::HttpTracker,
     streams::{ConnKey, Direction, Source, StreamEvent},
+    telemetry::health::Health,
 };
 
 struct Fixture {

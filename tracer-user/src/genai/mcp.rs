@@ -92,7 +92,7 @@ pub fn from_messages(
         resource_uri: params
             .get("uri")
             .and_then(Value::as_str)
-            .map(|uri| crate::redact::redact_text(uri).into_owned()),
+            .map(|uri| crate::model::redact::redact_text(uri).into_owned()),
         protocol_version,
         arguments: params.get("arguments").cloned(),
         method,

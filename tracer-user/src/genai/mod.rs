@@ -476,7 +476,7 @@ fn http_call(exchange: &HttpExchange, path: &str) -> HttpCall {
     HttpCall {
         conn: exchange.conn,
         method: req.method.clone(),
-        url_path: crate::redact::redact_text(path).into_owned(),
+        url_path: crate::model::redact::redact_text(path).into_owned(),
         // 0: an HTTP/2 `:status` that could not be decoded.
         status: exchange
             .response

@@ -19,6 +19,7 @@ use crate::{capture::Clock, model::span::AttrValue};
 const MAX_FLAT_MESSAGES: usize = 64;
 const MAX_FLAT_TOOL_CALLS: usize = 16;
 
+#[derive(Clone, Debug)]
 pub struct ContentPolicy {
     pub capture: bool,
     pub max_bytes: usize,

@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod events;
 pub mod exchange;
+pub mod redact;
 pub mod resource;
 pub mod span;
 

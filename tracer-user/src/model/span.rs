@@ -89,7 +89,7 @@ pub struct Span {
     pub attributes: Vec<(&'static str, AttrValue)>,
     pub status: SpanStatus,
     pub events: Vec<SpanEvent>,
-    /// Who made the call. Filled by the enrich stage.
+    /// Who made the call. Filled from the process catalogue (`processes`).
     pub process: Arc<ProcessInfo>,
 }
 

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use super::HttpTracker;
 use crate::{
     genai::{self, GenAiConfig, LlmCall},
-    health::Health,
     model::{ConnKey, Direction, ExchangeEnd, HttpExchange, StreamEvent},
+    telemetry::health::Health,
 };
 
 struct Fixture {

@@ -12,8 +12,8 @@ use std::{collections::HashMap, sync::Arc};
 use serde_json::Value;
 
 use crate::{
-    health::Health,
     model::{ConnKey, Direction, ExchangeEnd, StreamEvent},
+    telemetry::health::Health,
 };
 
 /// Requests waiting for an answer per connection; beyond this new ones are not tracked.

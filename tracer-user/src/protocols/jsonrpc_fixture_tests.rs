@@ -14,11 +14,11 @@ use crate::{
     agent::{AgentAssembler, AgentConfig},
     capture::Clock,
     genai::{self, mcp, semconv::ContentPolicy, Call, McpTransport},
-    health::Health,
     model::{
         span::{AttrValue, SpanStatus},
         ConnKey, Direction, ExchangeEnd, Source, StreamEvent,
     },
+    telemetry::health::Health,
 };
 
 /// What the server read: the client's requests and notifications.
@@ -185,7 +185,7 @@ fn requests_unanswered_when_the_server_exits_are_interrupted() {
             max_bytes: 1024,
         }),
         Clock::new(),
-        Arc::new(crate::health::Health::default()),
+        Arc::new(crate::telemetry::health::Health::default()),
     );
     let span_of = |agent: &mut AgentAssembler, m: &crate::genai::McpExchange| {
         let mut out = Vec::new();

@@ -16,11 +16,11 @@ use super::{
     websocket::{self, WebSocketConnection},
 };
 use crate::{
-    health::Health,
     model::{
         header, ConnKey, Direction, ExchangeEnd, HttpExchange, HttpRequest, HttpResponse, Peer,
         StreamEvent,
     },
+    telemetry::health::Health,
 };
 
 const MAX_PENDING_PEERS: usize = 65_536;

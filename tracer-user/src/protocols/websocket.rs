@@ -15,10 +15,10 @@ use flate2::{Decompress, FlushDecompress, Status};
 use serde_json::Value;
 
 use crate::{
-    health::Health,
     model::{
         ConnKey, Direction, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, Peer,
     },
+    telemetry::health::Health,
 };
 
 /// A frame longer than this is not something we follow (and would let a peer grow our buffers).

@@ -20,8 +20,8 @@ use super::{
     stream::{head_of, Half, Head, Stream},
 };
 use crate::{
-    health::Health,
     model::{ConnKey, Direction, ExchangeEnd, HttpExchange, HttpRequest, HttpResponse, Peer},
+    telemetry::health::Health,
 };
 
 pub(super) const MAX_OPEN_STREAMS: usize = 1024;

@@ -12,7 +12,6 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use crate::{
-    health::Health,
     model::{
         header, ConnKey, Direction, ExchangeEnd, HttpExchange, HttpResponse, Peer, StreamEvent,
     },
@@ -20,6 +19,7 @@ use crate::{
         http2::{Http2Connection, PREFACE},
         HttpTracker,
     },
+    telemetry::health::Health,
 };
 
 #[derive(Clone, Copy)]

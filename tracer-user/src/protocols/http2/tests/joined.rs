@@ -22,12 +22,12 @@ use super::exchanges::{
 };
 use crate::{
     genai::{self, semconv, GenAiConfig},
-    health::Health,
     model::{header, span::AttrValue, Direction, ExchangeEnd, HttpExchange, StreamEvent},
     protocols::{
         http2::{frame_chain, FrameChain, PREFACE},
         HttpTracker,
     },
+    telemetry::health::Health,
 };
 
 const GO_JOINED: Fixture = Fixture {

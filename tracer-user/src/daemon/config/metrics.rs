@@ -1,19 +1,19 @@
-//! Where metrics go: flags over the standard OpenTelemetry metrics environment variables over
+//! The metrics' flags: flags over the standard OpenTelemetry metrics environment variables over
 //! defaults (a Prometheus endpoint on loopback; OTLP wherever traces go).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::Args;
 
-use crate::{
-    config::{otlp_target, RunArgs},
-    export::otlp::OtlpConfig,
+use super::{
+    export::{otlp_target, OTLP_TIMEOUT},
+    RunArgs,
 };
-
-pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
-/// The SDKs' default is 60 s; a tracer watched live wants fresher numbers.
-pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(10);
+use crate::{
+    export::otlp::OtlpConfig,
+    telemetry::metrics::config::{MetricsConfig, PrometheusListen, DEFAULT_EXPORT_INTERVAL},
+};
 
 #[derive(Clone, Debug, Args)]
 pub struct MetricsArgs {
@@ -30,70 +30,49 @@ pub struct MetricsArgs {
     pub no_otlp_metrics: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrometheusListen {
-    pub addr: SocketAddr,
-    /// Asked for explicitly: failing to bind it is an error, not a warning.
-    pub explicit: bool,
+/// `env` looks up an environment variable (empty values already removed).
+pub(super) fn resolve(
+    run: &RunArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<MetricsConfig> {
+    let args = &run.metrics;
+    let prometheus = match args.prometheus_listen.as_deref().map(str::trim) {
+        Some("off" | "none" | "") => None,
+        Some(addr) => Some(PrometheusListen {
+            addr: addr
+                .parse()
+                .with_context(|| format!("--prometheus-listen {addr:?}: not IP:PORT"))?,
+            explicit: true,
+        }),
+        None => MetricsConfig::default().prometheus,
+    };
+    let export_interval = match env("OTEL_METRIC_EXPORT_INTERVAL") {
+        Some(ms) => {
+            let ms: u64 = ms
+                .trim()
+                .parse()
+                .with_context(|| format!("OTEL_METRIC_EXPORT_INTERVAL {ms:?}: not ms"))?;
+            Duration::from_millis(ms)
+        }
+        None => DEFAULT_EXPORT_INTERVAL,
+    };
+    let otlp_wanted = !args.no_otlp_metrics
+        && env("OTEL_METRICS_EXPORTER").is_none_or(|e| e.split(',').any(|x| x.trim() == "otlp"));
+    let otlp = if otlp_wanted {
+        otlp_config(run, &env)?
+    } else {
+        None
+    };
+    let config = MetricsConfig {
+        prometheus,
+        otlp,
+        export_interval,
+    };
+    config.validate()?;
+    Ok(config)
 }
 
-#[derive(Clone, Debug)]
-pub struct MetricsConfig {
-    pub prometheus: Option<PrometheusListen>,
-    /// For http/protobuf the full metrics URL (…/v1/metrics).
-    pub otlp: Option<OtlpConfig>,
-    pub export_interval: Duration,
-}
-
-impl MetricsConfig {
-    /// `env` looks up an environment variable (empty values already removed).
-    pub fn resolve(run: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let args = &run.metrics;
-        let prometheus = match args.prometheus_listen.as_deref().map(str::trim) {
-            Some("off" | "none" | "") => None,
-            Some(addr) => Some(PrometheusListen {
-                addr: addr
-                    .parse()
-                    .with_context(|| format!("--prometheus-listen {addr:?}: not IP:PORT"))?,
-                explicit: true,
-            }),
-            None => Some(PrometheusListen {
-                addr: DEFAULT_PROMETHEUS_LISTEN
-                    .parse()
-                    .context("default Prometheus address")?,
-                explicit: false,
-            }),
-        };
-        let export_interval = match env("OTEL_METRIC_EXPORT_INTERVAL") {
-            Some(ms) => {
-                let ms: u64 = ms
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("OTEL_METRIC_EXPORT_INTERVAL {ms:?}: not ms"))?;
-                if ms == 0 {
-                    bail!("OTEL_METRIC_EXPORT_INTERVAL must be above 0 ms");
-                }
-                Duration::from_millis(ms)
-            }
-            None => DEFAULT_EXPORT_INTERVAL,
-        };
-        let otlp_wanted = !args.no_otlp_metrics
-            && env("OTEL_METRICS_EXPORTER")
-                .is_none_or(|e| e.split(',').any(|x| x.trim() == "otlp"));
-        let otlp = if otlp_wanted {
-            otlp_config(run, &env)?
-        } else {
-            None
-        };
-        Ok(MetricsConfig {
-            prometheus,
-            otlp,
-            export_interval,
-        })
-    }
-}
-
-/// The traces' destination rules, with the metrics' own variables (`config::otlp_target`).
+/// The traces' destination rules, with the metrics' own variables (`export::otlp_target`).
 fn otlp_config(run: &RunArgs, env: &impl Fn(&str) -> Option<String>) -> Result<Option<OtlpConfig>> {
     Ok(
         otlp_target(run, env, "METRICS", "/v1/metrics")?.map(|target| OtlpConfig {
@@ -103,7 +82,7 @@ fn otlp_config(run: &RunArgs, env: &impl Fn(&str) -> Option<String>) -> Result<O
             // The metrics describe the tracer's view of every process: one Resource, the tracer.
             service_name: None,
             resource_attributes: target.resource_attributes,
-            timeout: Duration::from_secs(10),
+            timeout: OTLP_TIMEOUT,
             // Unused: metrics are cumulative, a failed push is superseded by the next.
             buffer_spans: 1,
         }),
@@ -124,7 +103,7 @@ mod tests {
 
     fn resolve(argv: &[&str], vars: &[(&str, &str)]) -> Result<MetricsConfig> {
         let cli = Cli::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))?;
-        MetricsConfig::resolve(&cli.run, |k| {
+        super::resolve(&cli.run, |k| {
             vars.iter()
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())

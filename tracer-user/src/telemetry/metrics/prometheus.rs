@@ -222,7 +222,7 @@ pub async fn serve(
     recorder: Arc<MetricsRecorder>,
     host_name: String,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    crate::http_server::serve(addr, "the Prometheus endpoint", move |req| {
+    crate::telemetry::http_server::serve(addr, "the Prometheus endpoint", move |req| {
         respond(req, &recorder, &host_name)
     })
     .await
@@ -256,8 +256,8 @@ fn respond(
 mod tests {
     use super::*;
     use crate::{
-        health::Health,
-        metrics::tests::{chat, span},
+        telemetry::health::Health,
+        telemetry::metrics::tests::{chat, span},
     };
 
     #[test]

@@ -79,13 +79,14 @@ impl ProbeState {
 
 /// Binds `addr` now (so a taken port fails the start-up) and serves until the runtime stops.
 pub async fn serve(addr: SocketAddr, state: Arc<ProbeState>) -> Result<JoinHandle<()>> {
-    let (local, task) = crate::http_server::serve(addr, "--health-listen", move |request| {
-        let (status, body) = state.respond(request.uri().path(), Instant::now());
-        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *response.status_mut() = status;
-        response
-    })
-    .await?;
+    let (local, task) =
+        crate::telemetry::http_server::serve(addr, "--health-listen", move |request| {
+            let (status, body) = state.respond(request.uri().path(), Instant::now());
+            let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *response.status_mut() = status;
+            response
+        })
+        .await?;
     info!(address = %local, "serving /healthz and /readyz");
     Ok(task)
 }

@@ -17,8 +17,8 @@ use tracer_common::TlsTotals;
 
 use crate::{
     capture::Clock,
-    enrich::ProcessInfo,
     genai::provider::known_provider,
+    model::resource::ProcessInfo,
     model::span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
     streams::Peer,
 };
@@ -111,7 +111,7 @@ pub fn attributes(conn: &EncryptedConnection) -> Vec<(&'static str, AttrValue)> 
     a
 }
 
-/// The client span of an encrypted-only connection; the process is filled in by enrich.
+/// The client span of an encrypted-only connection; the process is filled in from the process catalogue.
 pub fn span(conn: &EncryptedConnection, clock: &Clock) -> Span {
     let mut rng = rand::rng();
     let t = &conn.totals;

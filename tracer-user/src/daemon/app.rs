@@ -16,15 +16,14 @@ use tracing::{info, warn};
 
 use crate::{
     capture::{self, reader::read_ring_buffer, Attacher, Capture, Clock},
-    config::Config,
-    enrich::{kube_api, PodStore},
+    daemon::config::Config,
+    daemon::pipeline::{Pipeline, PipelineConfig},
     export::{console, otlp::OtlpExporter},
-    health::Health,
-    health_server::{self, ProbeState},
-    metrics::{self, MetricsRecorder},
     model::span::Span,
-    pipeline::{Pipeline, PipelineConfig},
-    streams::StreamRecorder,
+    processes::{kube_api, PodStore},
+    telemetry::health::Health,
+    telemetry::health_server::{self, ProbeState},
+    telemetry::metrics::{self, MetricsRecorder},
 };
 
 /// Capture records waiting for the pipeline. Large enough for a burst of several MiB.
@@ -110,7 +109,7 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
-    let mut processes = config.processes.clone();
+    let mut processes = config.pipeline.processes.clone();
     // Started before capture so the node's pods are usually listed by the time the first
     // processes are described; nothing waits for it (an unreachable API only costs labels).
     let kube_watch = match (&processes.node_name, processes.kube_api) {
@@ -171,28 +170,13 @@ pub async fn run(config: Config) -> Result<()> {
     let mut spans = Vec::new();
     let mut pipeline = Pipeline::new(
         PipelineConfig {
-            capture_content: config.capture_content,
-            content_max_bytes: config.content_max_bytes,
-            max_body_bytes: config.max_body_bytes,
-            idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
-            record_streams: config
-                .record_streams
-                .clone()
-                .map(StreamRecorder::new)
-                .transpose()
-                .context("--record-streams directory")?,
-            run_idle_timeout_ns: config.agent.run_idle_timeout.as_nanos() as u64,
-            prices: config.agent.prices.clone(),
-            sample_ratio: config.agent.sample_ratio,
-            genai_attributes: config.agent.genai_attributes,
-            openinference_attributes: config.agent.openinference_attributes,
-            agent_names: config.agent.names.clone(),
             processes,
-            interest: Some(Box::new(move |pid, ignored| ignored_pids.set(pid, ignored))),
+            ..config.pipeline.clone()
         },
         clock,
         health.clone(),
-    );
+        Some(Box::new(move |pid, ignored| ignored_pids.set(pid, ignored))),
+    )?;
     pipeline.set_hook_coverage(hook_coverage);
     pipeline.observe_running(crate::capture::all_pids());
     for event in open_connections {
@@ -204,7 +188,7 @@ pub async fn run(config: Config) -> Result<()> {
     info!(
         tls_targets = ?hooked,
         console = config.console,
-        capture_content = config.capture_content,
+        capture_content = config.pipeline.genai.capture_content,
         "tracer ready"
     );
     probes.beat();

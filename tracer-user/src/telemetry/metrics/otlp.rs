@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use super::{Attributes, Label, MetricsRecorder, Snapshot};
 use crate::{
     export::otlp::{grpc_channel, http_client, resource, scope, OtlpConfig, Protocol, SCHEMA_URL},
-    health::Health,
+    telemetry::health::Health,
 };
 
 const FINAL_EXPORT_TRIES: u32 = 3;
@@ -257,7 +257,7 @@ pub fn export_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::tests::{chat, span};
+    use crate::telemetry::metrics::tests::{chat, span};
 
     fn config() -> OtlpConfig {
         OtlpConfig {
@@ -324,7 +324,10 @@ mod tests {
             (p.count, p.sum, p.min, p.max),
             (2, Some(0.75), Some(0.25), Some(0.5))
         );
-        assert_eq!(p.explicit_bounds, crate::metrics::DURATION_BUCKETS);
+        assert_eq!(
+            p.explicit_bounds,
+            crate::telemetry::metrics::DURATION_BUCKETS
+        );
         assert_eq!(p.bucket_counts.len(), p.explicit_bounds.len() + 1);
         assert_eq!((p.bucket_counts[5], p.bucket_counts[6]), (1, 1));
         assert_eq!(p.start_time_unix_nano, snapshot.start_unix_ns);

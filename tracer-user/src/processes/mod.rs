@@ -1,10 +1,14 @@
-//! Stage 6, enrich: who made the call. Process metadata is read from /proc when a process is
-//! first seen (it may be gone by the time its last span is built) and forgotten when it exits.
+//! The process catalogue every stage may ask: who a pid is (executable, command line, parent,
+//! container, Kubernetes pod) and whether the selection rules trace it. A process is read from
+//! /proc when it is first seen (it may be gone by the time its last span is built), kept while
+//! it runs and for a while after it exits; the pipeline fills each finished span's process from
+//! here.
 
 mod cgroups;
 mod container;
 pub mod kube_api;
 pub mod pods;
+pub mod procfs;
 pub mod select;
 
 use std::{
@@ -18,9 +22,9 @@ pub use kube_api::{PodMeta, PodStore};
 pub use pods::PodInfo;
 pub use select::{Selection, SelectionRules};
 
+pub use crate::model::redact::redact_args;
 pub use crate::model::resource::ProcessInfo;
 use crate::model::span::Span;
-pub use crate::redact::redact_args;
 
 impl ProcessInfo {
     /// `cgroup` is the process's cgroup v2 path as the kernel gave it at exec; when it names no
@@ -32,20 +36,16 @@ impl ProcessInfo {
         kube: Option<&mut Kubernetes>,
         cgroup: Option<&str>,
     ) -> Self {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        let args = read_args(pid);
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim().to_string())
-            .ok();
+        let exe = procfs::executable(pid);
+        let args = procfs::args(pid);
+        let comm = procfs::comm(pid);
         let executable_name = exe
             .as_deref()
             .and_then(|e| e.rsplit('/').next())
             .map(str::to_string)
             .or(comm)
             .unwrap_or_else(|| "unknown".to_string());
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+        let status = procfs::status(pid);
         let namespace_pid = status
             .as_deref()
             .and_then(container::namespace_pid)
@@ -55,7 +55,7 @@ impl ProcessInfo {
             .map(container::identity_of_path)
             .filter(|id| id.container_id.is_some() || id.pod_uid.is_some())
             .unwrap_or_else(|| {
-                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                procfs::cgroup(pid)
                     .map(|c| container::identity_of(&c))
                     .unwrap_or_default()
             });
@@ -105,13 +105,6 @@ impl ProcessInfo {
     }
 }
 
-/// A process's command line from /proc (empty when it is gone).
-pub fn read_args(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| crate::capture::nul_separated(&raw))
-        .unwrap_or_default()
-}
-
 /// Bounded: beyond this many live processes, new ones are described on demand and not cached.
 const MAX_PROCESSES: usize = 65_536;
 
@@ -119,9 +112,12 @@ const MAX_PROCESSES: usize = 65_536;
 /// short-lived shell is reported when the tool's window closes).
 const MAX_DEPARTED: usize = 4096;
 
+/// The kubelet's pod log root, the default of `--pod-logs-dir`.
+pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
+
 /// How processes are described and which are traced.
 #[derive(Clone, Debug)]
-pub struct EnrichConfig {
+pub struct ProcessesConfig {
     /// The kubelet's pod log root (`/var/log/pods`); container log symlinks are looked for in
     /// `containers` beside it.
     pub pod_logs_dir: PathBuf,
@@ -133,15 +129,33 @@ pub struct EnrichConfig {
     pub pod_store: Option<Arc<PodStore>>,
 }
 
-impl Default for EnrichConfig {
+impl Default for ProcessesConfig {
     fn default() -> Self {
-        EnrichConfig {
-            pod_logs_dir: PathBuf::from("/var/log/pods"),
+        ProcessesConfig {
+            pod_logs_dir: PathBuf::from(DEFAULT_POD_LOGS_DIR),
             node_name: None,
             selection: Selection::default(),
             kube_api: false,
             pod_store: None,
         }
+    }
+}
+
+impl ProcessesConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.selection.uses_pod_labels() && !self.kube_api {
+            anyhow::bail!(
+                "--include-pod-label and --exclude-pod-label need --kube-api: pod labels come \
+                 from the Kubernetes API"
+            );
+        }
+        if self.kube_api && self.node_name.is_none() {
+            anyhow::bail!(
+                "--kube-api watches this node's pods only and needs the node's name: set \
+                 --node-name, or NODE_NAME from the downward API (spec.nodeName)"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -163,7 +177,7 @@ impl Kubernetes {
     }
 }
 
-pub struct ProcessCache {
+pub struct Processes {
     host_name: String,
     kube: Kubernetes,
     processes: HashMap<u32, Arc<ProcessInfo>>,
@@ -179,16 +193,14 @@ pub struct ProcessCache {
     cgroups: cgroups::CgroupPaths,
 }
 
-impl ProcessCache {
+impl Processes {
     pub fn new() -> Self {
-        Self::with_config(EnrichConfig::default(), None)
+        Self::with_config(ProcessesConfig::default(), None)
     }
 
-    pub fn with_config(config: EnrichConfig, interest: Option<InterestSink>) -> Self {
-        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        ProcessCache {
+    pub fn with_config(config: ProcessesConfig, interest: Option<InterestSink>) -> Self {
+        let host_name = procfs::host_name();
+        Processes {
             host_name,
             kube: Kubernetes {
                 pods: pods::PodDirectory::new(config.pod_logs_dir),
@@ -363,13 +375,14 @@ impl ProcessCache {
         }
     }
 
-    pub fn enrich(&mut self, span: &mut Span) {
+    /// Fills a finished span's process (its resource) from the catalogue.
+    pub fn describe(&mut self, span: &mut Span) {
         self.refresh_pods();
         span.process = self.get(span.process.pid);
     }
 }
 
-impl Default for ProcessCache {
+impl Default for Processes {
     fn default() -> Self {
         Self::new()
     }
@@ -385,7 +398,7 @@ mod tests {
         let told = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = told.clone();
         let exe = std::env::current_exe().unwrap();
-        let config = EnrichConfig {
+        let config = ProcessesConfig {
             node_name: Some("node-1".into()),
             selection: Selection::new(&SelectionRules {
                 exclude_exe: vec![exe.file_name().unwrap().to_string_lossy().into_owned()],
@@ -394,7 +407,7 @@ mod tests {
             .unwrap(),
             ..Default::default()
         };
-        let mut cache = ProcessCache::with_config(
+        let mut cache = Processes::with_config(
             config,
             Some(Box::new(move |pid, ignore| {
                 sink.lock().unwrap().push((pid, ignore))

@@ -207,6 +207,11 @@ impl Selection {
         })
     }
 
+    /// Rules that need the pod's labels, hence the Kubernetes API.
+    pub fn uses_pod_labels(&self) -> bool {
+        !self.include.pod_label.is_empty() || !self.exclude.pod_label.is_empty()
+    }
+
     /// Traces everything: no rule at all.
     pub fn is_everything(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()
@@ -222,7 +227,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::enrich::{pods::PodInfo, PodMeta};
+    use crate::processes::{pods::PodInfo, PodMeta};
 
     fn process(exe: &str, cmd: &str, container: Option<&str>, ns: Option<&str>) -> ProcessInfo {
         let mut p = ProcessInfo::unknown(7);
