@@ -205,6 +205,8 @@ impl AgentAssembler {
         }
     }
 
+    /// Ends the run at `index`: its held programs and unfinished tools are placed, its root
+    /// span built, and its spans sent where its outcome and nesting say.
     pub(super) fn finish(
         &mut self,
         index: usize,
@@ -213,88 +215,17 @@ impl AgentAssembler {
         out: &mut Vec<Span>,
     ) {
         self.place_early_execs(index, None, out);
-        let tools = std::mem::take(&mut self.runs[index].open_tools);
-        for tool in tools {
-            let end = tool.latest_ns.max(tool.start_ns);
-            self.end_tool(index, tool, end, None, true, out);
-        }
-        let run = &self.runs[index];
-        let mut a: Vec<(&'static str, AttrValue)> = vec![
-            ("gen_ai.operation.name", "invoke_agent".into()),
-            ("gen_ai.agent.name", run.agent_name.clone().into()),
-            ("agent_tracer.run.outcome", outcome.as_str().into()),
-            ("agent_tracer.run.llm_calls", run.llm_calls.into()),
-            (
-                "agent_tracer.run.tool_executions",
-                run.tool_executions.into(),
-            ),
-            ("openinference.span.kind", "AGENT".into()),
-            ("agent.name", run.agent_name.clone().into()),
-        ];
-        if let Some(c) = &run.conversation_id {
-            a.push(("gen_ai.conversation.id", c.clone().into()));
-            a.push(("session.id", c.clone().into()));
-        }
-        if let Some(p) = &run.provider {
-            a.push(("gen_ai.provider.name", p.clone().into()));
-        }
-        if let Some(m) = &run.model {
-            a.push(("gen_ai.request.model", m.clone().into()));
-        }
-        let u = &run.usage;
-        for (key, value) in [
-            ("gen_ai.usage.input_tokens", u.input_tokens),
-            ("gen_ai.usage.output_tokens", u.output_tokens),
-            (
-                "gen_ai.usage.cache_read.input_tokens",
-                u.cache_read_input_tokens,
-            ),
-            (
-                "gen_ai.usage.cache_creation.input_tokens",
-                u.cache_creation_input_tokens,
-            ),
-            (
-                "gen_ai.usage.reasoning.output_tokens",
-                u.reasoning_output_tokens,
-            ),
-        ] {
-            if let Some(v) = value {
-                a.push((key, v.into()));
-            }
-        }
-        if run.all_costs_known && run.llm_calls > 0 {
-            a.push(("agent_tracer.cost.usd", run.cost_usd.into()));
-        }
-        if run.events.iter().any(|e| e.name == LOOP_EVENT) {
-            a.push(("agent_tracer.run.loop_detected", true.into()));
-        }
-        if run.repeated_requests > 0 {
-            a.push((
-                "agent_tracer.run.repeated_requests",
-                run.repeated_requests.into(),
-            ));
-        }
-        if let Some(e) = &run.error_type {
-            a.push(("error.type", e.clone().into()));
-        }
-        let status = match (outcome, &run.error_type) {
-            (Outcome::Error, Some(e)) => SpanStatus::Error(e.clone()),
-            (Outcome::Error, None) => SpanStatus::Error("the run failed".into()),
-            _ => SpanStatus::Unset,
-        };
-        let root = Span {
-            trace_id: run.trace_id,
-            span_id: run.root_span_id,
-            parent_span_id: run.nested_under.map(|p| p.span),
-            name: format!("invoke_agent {}", run.agent_name),
-            kind: SpanKind::Internal,
-            start_unix_ns: self.clock.unix_ns(run.start_ns),
-            end_unix_ns: self.clock.unix_ns(end_ns.max(run.start_ns)),
-            attributes: a,
-            status,
-            events: run.events.clone(),
-            process: Arc::new(ProcessInfo::unknown(run.pid)),
-        };
+        self.end_unfinished_tools(index, out);
+        let root = self.root_span(&self.runs[index], end_ns, outcome);
+        self.count_run_end(outcome);
+        let mut run = self.runs.remove(index);
+        let mut spans: Vec<Span> = run.held.drain(..).collect();
+        spans.push(self.conventions(root));
+        self.release_run_spans(&run, spans, outcome, out);
+        self.remember_ended(run);
+    }
+
+    fn count_run_end(&self, outcome: Outcome) {
         Health::add(&self.health.agent_runs, 1);
         Health::add(
             match outcome {
@@ -304,9 +235,17 @@ impl AgentAssembler {
             },
             1,
         );
-        let mut run = self.runs.remove(index);
-        let mut spans: Vec<Span> = run.held.drain(..).collect();
-        spans.push(self.conventions(root));
+    }
+
+    /// An ended run's spans: held for the tool window it may be the sub-agent of, dropped when
+    /// sampled out, else out (a sub-agent's through its parent run, whose fate they follow).
+    fn release_run_spans(
+        &mut self,
+        run: &Run,
+        spans: Vec<Span>,
+        outcome: Outcome,
+        out: &mut Vec<Span>,
+    ) {
         // Errors are always kept, whatever the sampling said.
         let keep = run.sampled || run.error_type.is_some() || outcome == Outcome::Error;
         let had_error = run.error_type.is_some() || outcome == Outcome::Error;
@@ -334,6 +273,11 @@ impl AgentAssembler {
         } else {
             out.extend(spans);
         }
+    }
+
+    /// What later work needs of an ended run: its trace (a process outliving it) and its
+    /// conversation (the user's next turn keeps the conversation id).
+    fn remember_ended(&mut self, run: Run) {
         self.ended_runs.insert(run.key, run.trace_id);
         self.ended_order.push_back(run.key);
         if self.ended_order.len() > MAX_ENDED_CONVERSATIONS {

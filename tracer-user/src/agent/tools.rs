@@ -67,6 +67,8 @@ impl AgentAssembler {
         }
     }
 
+    /// Closes a tool's window at `end_ns`: its execute_tool span, the activity seen inside it,
+    /// and the runs that started in it (parallel sessions, or the tool's sub-agents).
     pub(super) fn end_tool(
         &mut self,
         index: usize,
@@ -76,86 +78,68 @@ impl AgentAssembler {
         unfinished: bool,
         out: &mut Vec<Span>,
     ) {
-        let (content, max_bytes) = (self.config.content.capture, self.config.content.max_bytes);
-        let run = &mut self.runs[index];
-        run.tool_executions += 1;
-        let end_unix = self.clock.unix_ns(end_ns.max(tool.start_ns));
-        let mut a: Vec<(&'static str, AttrValue)> = vec![
-            ("gen_ai.operation.name", "execute_tool".into()),
-            ("gen_ai.tool.name", tool.call.name.clone().into()),
-            ("gen_ai.tool.type", "function".into()),
-            ("gen_ai.agent.name", run.agent_name.clone().into()),
-            ("openinference.span.kind", "TOOL".into()),
-            ("tool.name", tool.call.name.clone().into()),
-        ];
-        if let Some(id) = &tool.call.id {
-            a.push(("gen_ai.tool.call.id", id.clone().into()));
-            a.push(("tool.id", id.clone().into()));
-        }
-        if let Some(c) = &run.conversation_id {
-            a.push(("gen_ai.conversation.id", c.clone().into()));
-            a.push(("session.id", c.clone().into()));
-        }
-        if content {
-            let args = capped_text(&tool.call.arguments, max_bytes);
-            a.push(("gen_ai.tool.call.arguments", args.clone().into()));
-            a.push(("tool.parameters", args.clone().into()));
-            a.push(("input.value", args.into()));
-            a.push(("input.mime_type", "application/json".into()));
-            if let Some(text) = result.and_then(|r| r.content.as_deref()) {
-                let text = capped_text(text, max_bytes);
-                if !result.is_some_and(|r| r.is_error) {
-                    a.push(("gen_ai.tool.call.result", text.clone().into()));
-                }
-                a.push(("output.value", text.into()));
-            }
-        }
-        let mut status = SpanStatus::Unset;
-        if result.is_some_and(|r| r.is_error) {
-            a.push(("error.type", "tool_error".into()));
-            status = SpanStatus::Error("the tool reported an error".into());
-        }
-        if result.is_none() {
-            a.push(("agent_tracer.tool.result_seen", false.into()));
-        }
-        if unfinished {
-            a.push(("agent_tracer.tool.unfinished", true.into()));
-        }
-        let span = Span {
-            trace_id: run.trace_id,
-            span_id: tool.span_id,
-            parent_span_id: Some(run.root_span_id),
-            name: format!("execute_tool {}", tool.call.name),
-            kind: SpanKind::Internal,
-            start_unix_ns: self.clock.unix_ns(tool.start_ns),
-            end_unix_ns: end_unix,
-            attributes: a,
-            status,
-            events: Vec::new(),
-            process: Arc::new(ProcessInfo::unknown(run.pid)),
-        };
-        let (trace_id, root) = (run.trace_id, run.root_span_id);
+        self.runs[index].tool_executions += 1;
+        let span = self.tool_span(&self.runs[index], &tool, end_ns, result, unfinished);
+        let end_unix = span.end_unix_ns;
         self.emit(index, span, out);
-        // Activity that started after the next request went out is the run's, not the tool's.
-        for mut child in tool.children {
+        self.release_tool_children(index, tool.children, end_unix, out);
+        let parent = Parent {
+            run: self.runs[index].key,
+            span: tool.span_id,
+        };
+        self.detach_parallel_runs(parent, out);
+        // One that ended inside it was the tool's sub-agent, if the tool's result came back.
+        self.settle_sub_agents(index, parent, !unfinished && result.is_some(), out);
+    }
+
+    /// Closes the windows of the tools still open when their run ends, where their activity
+    /// ended.
+    pub(super) fn end_unfinished_tools(&mut self, index: usize, out: &mut Vec<Span>) {
+        let tools = std::mem::take(&mut self.runs[index].open_tools);
+        for tool in tools {
+            let end = tool.latest_ns.max(tool.start_ns);
+            self.end_tool(index, tool, end, None, true, out);
+        }
+    }
+
+    /// Activity that started after the next request went out (`end_unix`) is the run's, not
+    /// the tool's.
+    fn release_tool_children(
+        &mut self,
+        index: usize,
+        children: Vec<Span>,
+        end_unix: u64,
+        out: &mut Vec<Span>,
+    ) {
+        let (trace_id, root) = (self.runs[index].trace_id, self.runs[index].root_span_id);
+        for mut child in children {
             child.trace_id = trace_id;
             if child.start_unix_ns >= end_unix {
                 child.parent_span_id = Some(root);
             }
             self.emit(index, child, out);
         }
-        // A run started in this window that is still going is a parallel session: its own trace.
-        let parent = Parent {
-            run: self.runs[index].key,
-            span: tool.span_id,
-        };
+    }
+
+    /// A run started in the window `parent` that is still going is a parallel session: its own
+    /// trace.
+    fn detach_parallel_runs(&mut self, parent: Parent, out: &mut Vec<Span>) {
         for i in 0..self.runs.len() {
             if self.runs[i].tentative && self.runs[i].nested_under == Some(parent) {
                 self.detach(i, out);
             }
         }
-        // One that ended inside it was the tool's sub-agent, if the tool's result came back.
-        let confirmed = !unfinished && result.is_some();
+    }
+
+    /// Runs that ended inside the window `parent`: the tool's sub-agents when `confirmed` (its
+    /// result came back), else traces of their own, sampled as such.
+    fn settle_sub_agents(
+        &mut self,
+        index: usize,
+        parent: Parent,
+        confirmed: bool,
+        out: &mut Vec<Span>,
+    ) {
         let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_nested)
             .into_iter()
             .partition(|p| p.parent == parent);
