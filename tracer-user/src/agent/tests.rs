@@ -1,11 +1,11 @@
 //! Run assembly over call sequences shaped like real agents' (the requests are the JSON bodies
-//! the SDKs send; `history::of` reads them as the genai stage does).
+//! the SDKs send; each dialect's `history` reads them as the genai stage does).
 
 use serde_json::{json, Value};
 
 use super::{cost::PriceTable, *};
 use crate::{
-    genai::{semconv::ContentPolicy, Dialect, LlmError, LlmRequest, LlmResponse},
+    genai::{openai, semconv::ContentPolicy, Dialect, LlmError, LlmRequest, LlmResponse},
     streams::{ConnKey, Source},
 };
 
@@ -80,7 +80,7 @@ fn call(
         api_type: None,
         request: LlmRequest {
             model: Some("gpt-4o-mini".into()),
-            history: history::of(Dialect::OpenAiChat, &body, true),
+            history: openai::Chat.history(&body, true),
             ..Default::default()
         },
         response: LlmResponse {
@@ -702,7 +702,7 @@ fn responses_call(
 ) -> LlmCall {
     let mut c = call(AGENT, start, end, &[], tool_calls);
     c.http.url_path = "/v1/responses".into();
-    c.request.history = history::of(Dialect::OpenAiResponses, &body, true);
+    c.request.history = openai::Responses.history(&body, true);
     c.response.id = Some(response_id.into());
     c
 }

@@ -6,11 +6,81 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{
-    content, error_from_object, openai::stream_interrupted, str_field, strings, GenAiConfig,
-    LlmCall, ResponseView, ToolCall, Usage,
+    content,
+    dialect::{has, Dialect, FirstObject},
+    error_from_object,
+    history::{self, History, ToolResult},
+    openai::stream_interrupted,
+    str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall, Usage,
 };
 
-pub fn parse(
+/// The Messages API: `POST …/messages`, and on Vertex `…:rawPredict` / `…:streamRawPredict`
+/// (the Messages body, the model in the path).
+pub struct Messages;
+
+impl Dialect for Messages {
+    fn name(&self) -> &'static str {
+        "anthropic.messages"
+    }
+
+    fn provider(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn by_path(&self, path: &str, request: &Value) -> bool {
+        if path.ends_with("/messages") {
+            // Other `/messages` APIs (MCP's among them) have no `max_tokens`.
+            has(request, "messages") && has(request, "max_tokens")
+        } else if path.ends_with(":rawPredict") || path.ends_with(":streamRawPredict") {
+            has(request, "messages")
+        } else {
+            false
+        }
+    }
+
+    fn answers_with(&self, first: &FirstObject) -> bool {
+        let kind = first.text("type");
+        kind == "message"
+            || kind == "message_start"
+            || first.event.as_deref() == Some("message_start")
+    }
+
+    fn asked_with(&self, request: &Value) -> bool {
+        has(request, "messages")
+    }
+
+    fn parse(
+        &self,
+        path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        parse(request, path, response, config, call);
+    }
+
+    fn history(&self, request: &Value, with_content: bool) -> History {
+        let mut history = History::default();
+        history.push_items(request.get("system"));
+        history.push_items(request.get("messages"));
+        for message in history::array(request.get("messages")) {
+            for block in history::array(message.get("content")) {
+                if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+                    history.tool_results.push(ToolResult {
+                        call_id: history::text(block.get("tool_use_id")),
+                        name: None,
+                        is_error: block.get("is_error").and_then(Value::as_bool) == Some(true),
+                        content: with_content.then(|| history::content_text(block.get("content"))),
+                    });
+                }
+            }
+        }
+        history
+    }
+}
+
+fn parse(
     req: &Value,
     path: &str,
     view: Option<&ResponseView<'_>>,
@@ -203,7 +273,7 @@ struct Block {
 
 /// The typed stream's events (from SSE, or unwrapped from Bedrock's event-stream chunks).
 pub(super) fn parse_stream(
-    events: &[(super::sse::SseEvent, Option<u64>)],
+    events: &[(crate::protocols::sse::SseEvent, Option<u64>)],
     config: &GenAiConfig,
     call: &mut LlmCall,
 ) {

@@ -31,10 +31,76 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::{
-    anthropic, openai::stream_interrupted, sse::SseEvent, str_field, strings, GenAiConfig, LlmCall,
-    LlmError, ResponseView, ToolCall, Usage,
+    anthropic,
+    dialect::Dialect,
+    history::{self, History, ToolResult},
+    openai::stream_interrupted,
+    str_field, strings, GenAiConfig, LlmCall, LlmError, ResponseView, ToolCall, Usage,
 };
-use crate::protocols::eventstream::{EventMessage, EventStreamError};
+use crate::protocols::{
+    eventstream::{EventMessage, EventStreamError},
+    sse::SseEvent,
+};
+
+/// One Bedrock Runtime operation, recognised by its path only (never from bodies alone).
+pub struct Runtime(pub Operation);
+
+impl Dialect for Runtime {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Operation::Converse => "bedrock.converse",
+            Operation::ConverseStream => "bedrock.converse_stream",
+            Operation::Invoke => "bedrock.invoke",
+            Operation::InvokeStream => "bedrock.invoke_with_response_stream",
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        "aws.bedrock"
+    }
+
+    fn by_path(&self, path: &str, request: &Value) -> bool {
+        Operation::of_path(path).is_some_and(|(op, _)| op == self.0) && self.0.body_fits(request)
+    }
+
+    fn parse(
+        &self,
+        path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        let model = Operation::of_path(path).map_or("", |(_, m)| m);
+        parse(self.0, model, request, response, config, call);
+    }
+
+    fn history(&self, request: &Value, with_content: bool) -> History {
+        if anthropic_body(self.0, request) {
+            return anthropic::Messages.history(request, with_content);
+        }
+        let mut history = History::default();
+        if !matches!(self.0, Operation::Converse | Operation::ConverseStream) {
+            return history;
+        }
+        history.push_items(request.get("system"));
+        history.push_items(request.get("messages"));
+        for message in history::array(request.get("messages")) {
+            for block in history::array(message.get("content")) {
+                let Some(result) = block.get("toolResult") else {
+                    continue;
+                };
+                history.tool_results.push(ToolResult {
+                    call_id: history::text(result.get("toolUseId")),
+                    name: None,
+                    is_error: result.get("status").and_then(Value::as_str) == Some("error"),
+                    content: with_content.then(|| history::content_text(result.get("content"))),
+                });
+            }
+        }
+        history
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -84,7 +150,7 @@ pub fn anthropic_body(op: Operation, req: &Value) -> bool {
         && req.get("anthropic_version").is_some()
 }
 
-pub fn parse(
+fn parse(
     op: Operation,
     raw_model: &str,
     req: &Value,

@@ -6,11 +6,89 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{
-    content, error_from_object, openai::stream_interrupted, str_field, strings, GenAiConfig,
-    LlmCall, ResponseView, ToolCall, Usage,
+    content,
+    dialect::{has, Dialect, FirstObject},
+    error_from_object,
+    history::{self, History, ToolResult},
+    openai::stream_interrupted,
+    str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall, Usage,
 };
 
-pub fn parse(
+/// `POST …/models/{model}:generateContent`, or `:streamGenerateContent` when `stream`.
+pub struct GenerateContent {
+    pub stream: bool,
+}
+
+impl Dialect for GenerateContent {
+    fn name(&self) -> &'static str {
+        if self.stream {
+            "gemini.stream_generate_content"
+        } else {
+            "gemini.generate_content"
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        "gcp.gemini"
+    }
+
+    fn by_path(&self, path: &str, _request: &Value) -> bool {
+        if self.stream {
+            path.ends_with(":streamGenerateContent")
+        } else {
+            path.ends_with(":generateContent")
+        }
+    }
+
+    /// Without a path, a streamed answer is told by its framing: server-sent events.
+    fn answers_with(&self, first: &FirstObject) -> bool {
+        first.has("candidates") && first.sse == self.stream
+    }
+
+    fn asked_with(&self, request: &Value) -> bool {
+        has(request, "contents")
+    }
+
+    fn parse(
+        &self,
+        path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        parse(request, path, self.stream, response, config, call);
+    }
+
+    fn history(&self, request: &Value, with_content: bool) -> History {
+        let mut history = History::default();
+        history.push_items(
+            request
+                .get("systemInstruction")
+                .or(request.get("system_instruction")),
+        );
+        history.push_items(request.get("contents"));
+        for content in history::array(request.get("contents")) {
+            for part in history::array(content.get("parts")) {
+                let Some(response) = part
+                    .get("functionResponse")
+                    .or(part.get("function_response"))
+                else {
+                    continue;
+                };
+                history.tool_results.push(ToolResult {
+                    call_id: history::text(response.get("id")),
+                    name: history::text(response.get("name")),
+                    is_error: response.pointer("/response/error").is_some(),
+                    content: with_content.then(|| history::content_text(response.get("response"))),
+                });
+            }
+        }
+        history
+    }
+}
+
+fn parse(
     req: &Value,
     path: &str,
     stream: bool,

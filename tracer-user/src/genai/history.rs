@@ -7,8 +7,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde_json::Value;
 
-use super::Dialect;
-
 /// The result of a tool call, as the agent sent it back to the model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ToolResult {
@@ -34,6 +32,17 @@ pub struct History {
     pub warmup: bool,
 }
 
+impl History {
+    /// Fingerprints the conversation items `items` holds (an array's elements, or one item).
+    pub fn push_items(&mut self, items: Option<&Value>) {
+        match items {
+            Some(Value::Array(items)) => self.items.extend(items.iter().map(fingerprint)),
+            Some(Value::Null) | None => {}
+            Some(single) => self.items.push(fingerprint(single)),
+        }
+    }
+}
+
 pub fn fingerprint(value: &Value) -> u64 {
     let mut hasher = DefaultHasher::new();
     // Value's Display is compact JSON: the same item sent twice by one client hashes the same.
@@ -51,126 +60,16 @@ pub fn conversation_id(items: &[u64]) -> Option<String> {
     Some(format!("{:016x}", hasher.finish()))
 }
 
-pub fn of(dialect: Dialect, request: &Value, with_content: bool) -> History {
-    let mut history = History::default();
-    let push_all = |history: &mut History, items: Option<&Value>| match items {
-        Some(Value::Array(items)) => history.items.extend(items.iter().map(fingerprint)),
-        Some(Value::Null) | None => {}
-        Some(single) => history.items.push(fingerprint(single)),
-    };
-    match dialect {
-        Dialect::OpenAiChat | Dialect::Ollama { .. } => {
-            push_all(&mut history, request.get("messages"));
-            push_all(&mut history, request.get("prompt"));
-            for message in array(request.get("messages")) {
-                if message.get("role").and_then(Value::as_str) == Some("tool") {
-                    history.tool_results.push(ToolResult {
-                        call_id: text(message.get("tool_call_id")),
-                        name: text(message.get("name")).or(text(message.get("tool_name"))),
-                        is_error: false,
-                        content: with_content.then(|| content_text(message.get("content"))),
-                    });
-                }
-            }
-        }
-        Dialect::OpenAiResponses => {
-            push_all(&mut history, request.get("instructions"));
-            push_all(&mut history, request.get("input"));
-            history.previous_response_id = text(request.get("previous_response_id"));
-            history.warmup = request.get("generate") == Some(&Value::Bool(false));
-            for item in array(request.get("input")) {
-                if item.get("type").and_then(Value::as_str) == Some("function_call_output") {
-                    history.tool_results.push(ToolResult {
-                        call_id: text(item.get("call_id")),
-                        name: None,
-                        is_error: false,
-                        content: with_content.then(|| content_text(item.get("output"))),
-                    });
-                }
-            }
-        }
-        Dialect::Anthropic => {
-            push_all(&mut history, request.get("system"));
-            push_all(&mut history, request.get("messages"));
-            for message in array(request.get("messages")) {
-                for block in array(message.get("content")) {
-                    if block.get("type").and_then(Value::as_str) == Some("tool_result") {
-                        history.tool_results.push(ToolResult {
-                            call_id: text(block.get("tool_use_id")),
-                            name: None,
-                            is_error: block.get("is_error").and_then(Value::as_bool) == Some(true),
-                            content: with_content.then(|| content_text(block.get("content"))),
-                        });
-                    }
-                }
-            }
-        }
-        Dialect::Gemini { .. } => {
-            push_all(
-                &mut history,
-                request
-                    .get("systemInstruction")
-                    .or(request.get("system_instruction")),
-            );
-            push_all(&mut history, request.get("contents"));
-            for content in array(request.get("contents")) {
-                for part in array(content.get("parts")) {
-                    let Some(response) = part
-                        .get("functionResponse")
-                        .or(part.get("function_response"))
-                    else {
-                        continue;
-                    };
-                    history.tool_results.push(ToolResult {
-                        call_id: text(response.get("id")),
-                        name: text(response.get("name")),
-                        is_error: response.pointer("/response/error").is_some(),
-                        content: with_content.then(|| content_text(response.get("response"))),
-                    });
-                }
-            }
-        }
-        Dialect::Bedrock(op) => {
-            if super::bedrock::anthropic_body(op, request) {
-                return of(Dialect::Anthropic, request, with_content);
-            }
-            if !matches!(
-                op,
-                super::bedrock::Operation::Converse | super::bedrock::Operation::ConverseStream
-            ) {
-                return history;
-            }
-            push_all(&mut history, request.get("system"));
-            push_all(&mut history, request.get("messages"));
-            for message in array(request.get("messages")) {
-                for block in array(message.get("content")) {
-                    let Some(result) = block.get("toolResult") else {
-                        continue;
-                    };
-                    history.tool_results.push(ToolResult {
-                        call_id: text(result.get("toolUseId")),
-                        name: None,
-                        is_error: result.get("status").and_then(Value::as_str) == Some("error"),
-                        content: with_content.then(|| content_text(result.get("content"))),
-                    });
-                }
-            }
-        }
-        Dialect::OpenAiEmbeddings => {}
-    }
-    history
-}
-
-fn array(value: Option<&Value>) -> &[Value] {
+pub(crate) fn array(value: Option<&Value>) -> &[Value] {
     value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
-fn text(value: Option<&Value>) -> Option<String> {
+pub(crate) fn text(value: Option<&Value>) -> Option<String> {
     value.and_then(Value::as_str).map(str::to_string)
 }
 
 /// A tool result as text: strings as they are, text blocks joined, anything else as JSON.
-fn content_text(value: Option<&Value>) -> String {
+pub(crate) fn content_text(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -194,6 +93,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::genai::{anthropic, bedrock, gemini, openai, Dialect};
 
     #[test]
     fn a_loop_step_extends_the_previous_request() {
@@ -206,8 +106,8 @@ mod tests {
             {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
                 "function": {"name": "get_weather", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]});
-        let a = of(Dialect::OpenAiChat, &first, false);
-        let b = of(Dialect::OpenAiChat, &second, true);
+        let a = openai::Chat.history(&first, false);
+        let b = openai::Chat.history(&second, true);
         assert_eq!(a.items.len(), 2);
         assert_eq!(b.items[..2], a.items[..]);
         assert_eq!(
@@ -220,7 +120,7 @@ mod tests {
             }]
         );
         assert_eq!(conversation_id(&a.items), conversation_id(&b.items));
-        let without_content = of(Dialect::OpenAiChat, &second, false);
+        let without_content = openai::Chat.history(&second, false);
         assert_eq!(without_content.tool_results[0].content, None);
     }
 
@@ -230,7 +130,7 @@ mod tests {
             {"role": "user", "content": "go"},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
                 "is_error": true, "content": [{"type": "text", "text": "boom"}]}]}]});
-        let h = of(Dialect::Anthropic, &req, true);
+        let h = anthropic::Messages.history(&req, true);
         assert_eq!(h.items.len(), 3);
         assert!(h.tool_results[0].is_error);
         assert_eq!(h.tool_results[0].content.as_deref(), Some("boom"));
@@ -240,15 +140,15 @@ mod tests {
     fn responses_and_gemini_results() {
         let req = json!({"previous_response_id": "resp_1", "input": [
             {"type": "function_call_output", "call_id": "call_9", "output": "42"}]});
-        let h = of(Dialect::OpenAiResponses, &req, false);
+        let h = openai::Responses.history(&req, false);
         assert_eq!(h.previous_response_id.as_deref(), Some("resp_1"));
         assert_eq!(h.tool_results[0].call_id.as_deref(), Some("call_9"));
         assert!(!h.warmup);
         let prewarm = json!({"generate": false, "input": [{"role": "user", "content": "hi"}]});
-        assert!(of(Dialect::OpenAiResponses, &prewarm, false).warmup);
+        assert!(openai::Responses.history(&prewarm, false).warmup);
         let req = json!({"contents": [{"role": "user", "parts": [{"functionResponse":
             {"name": "lookup", "response": {"error": "nope"}}}]}]});
-        let h = of(Dialect::Gemini { stream: false }, &req, false);
+        let h = gemini::GenerateContent { stream: false }.history(&req, false);
         assert_eq!(h.tool_results[0].name.as_deref(), Some("lookup"));
         assert!(h.tool_results[0].is_error);
     }
@@ -259,40 +159,30 @@ mod tests {
             {"role": "user", "content": [{"text": "go"}]},
             {"role": "user", "content": [{"toolResult": {"toolUseId": "tooluse_1",
                 "status": "error", "content": [{"text": "boom"}]}}]}]});
-        let h = of(
-            Dialect::Bedrock(super::super::bedrock::Operation::Converse),
-            &req,
-            true,
-        );
+        let h = bedrock::Runtime(bedrock::Operation::Converse).history(&req, true);
         assert_eq!(h.items.len(), 3);
         assert_eq!(h.tool_results[0].call_id.as_deref(), Some("tooluse_1"));
         assert!(h.tool_results[0].is_error);
         assert_eq!(h.tool_results[0].content.as_deref(), Some("boom"));
         let anthropic = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
             "messages": [{"role": "user", "content": "hi"}]});
-        let h = of(
-            Dialect::Bedrock(super::super::bedrock::Operation::Invoke),
-            &anthropic,
-            false,
-        );
+        let h = bedrock::Runtime(bedrock::Operation::Invoke).history(&anthropic, false);
         assert_eq!(h.items.len(), 1);
         // Other families' InvokeModel bodies may carry messages and max_tokens too.
         let mistral = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
-        assert!(!super::super::bedrock::anthropic_body(
-            super::super::bedrock::Operation::Invoke,
+        assert!(!bedrock::anthropic_body(
+            bedrock::Operation::Invoke,
             &mistral
         ));
     }
 
     #[test]
     fn different_conversations_have_different_ids() {
-        let a = of(
-            Dialect::OpenAiChat,
+        let a = openai::Chat.history(
             &json!({"messages": [{"role": "user", "content": "a"}]}),
             false,
         );
-        let b = of(
-            Dialect::OpenAiChat,
+        let b = openai::Chat.history(
             &json!({"messages": [{"role": "user", "content": "b"}]}),
             false,
         );

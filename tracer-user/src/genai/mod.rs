@@ -1,11 +1,12 @@
 //! Stage 4, genai: recognises model API calls among HTTP exchanges and extracts the call record.
-//! One module per API dialect, chosen by path and body shape (never by host alone), so an
-//! OpenAI-, Anthropic-, Bedrock- or Ollama-compatible server on any host still parses. Other JSON
-//! APIs become generic HTTP calls.
+//! One module per API dialect, each a [`Dialect`] listed in [`DIALECTS`] and chosen by path and
+//! body shape (never by host alone), so an OpenAI-, Anthropic-, Bedrock- or Ollama-compatible
+//! server on any host still parses. Other JSON APIs become generic HTTP calls.
 
 pub mod anthropic;
 pub mod bedrock;
 pub mod content;
+pub mod dialect;
 pub mod gemini;
 pub mod history;
 pub mod mcp;
@@ -13,20 +14,38 @@ pub mod ollama;
 pub mod openai;
 pub mod provider;
 pub mod semconv;
+pub mod view;
 
 use std::borrow::Cow;
 
 use serde_json::Value;
 
+pub use dialect::Dialect;
+pub use view::ResponseView;
+
 use crate::{
-    model::{header, ConnKey, ExchangeEnd, Headers, HttpExchange, HttpResponse, Source},
-    protocols::{
-        body::{decode_content, BodyError},
-        eventstream::{self, EventMessage, EventStreamError},
-        jsonrpc::RpcExchange,
-        sse,
-    },
+    model::{header, ConnKey, ExchangeEnd, Headers, HttpExchange, Source},
+    protocols::{body::decode_content, jsonrpc::RpcExchange},
 };
+use view::{decode_response, DecodedResponse};
+
+/// Every model API dialect we parse, in the order they are tried: the first whose path (or,
+/// without one, whose answer) matches is the exchange's. Adding a dialect is a file with a
+/// [`Dialect`] implementation, its `mod` line above and its line here.
+pub static DIALECTS: &[&dyn Dialect] = &[
+    &bedrock::Runtime(bedrock::Operation::Converse),
+    &bedrock::Runtime(bedrock::Operation::ConverseStream),
+    &bedrock::Runtime(bedrock::Operation::Invoke),
+    &bedrock::Runtime(bedrock::Operation::InvokeStream),
+    &openai::Chat,
+    &openai::Responses,
+    &openai::Embeddings,
+    &anthropic::Messages,
+    &gemini::GenerateContent { stream: false },
+    &gemini::GenerateContent { stream: true },
+    &ollama::Ollama { generate: false },
+    &ollama::Ollama { generate: true },
+];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -190,120 +209,6 @@ pub enum GenAiError {
     RequestJson(String),
 }
 
-/// The API dialects we parse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAiChat,
-    OpenAiResponses,
-    OpenAiEmbeddings,
-    Anthropic,
-    Gemini {
-        stream: bool,
-    },
-    Ollama {
-        generate: bool,
-    },
-    /// AWS Bedrock Runtime's native `/model/{modelId}/...` operations.
-    Bedrock(bedrock::Operation),
-}
-
-impl Dialect {
-    /// By path, then confirmed by the request body's shape (`json` is Null when the body was
-    /// damaged in capture: the path alone decides then).
-    fn detect(method: &str, path: &str, json: &Value) -> Option<Self> {
-        if method != "POST" {
-            return None;
-        }
-        let has = |k: &str| json.is_null() || json.get(k).is_some();
-        if let Some((op, _)) = bedrock::Operation::of_path(path) {
-            op.body_fits(json).then_some(Dialect::Bedrock(op))
-        } else if path.ends_with("/chat/completions") && has("messages") {
-            Some(Dialect::OpenAiChat)
-        } else if path.ends_with("/responses") && (has("input") || has("instructions")) {
-            Some(Dialect::OpenAiResponses)
-        } else if path.ends_with("/embeddings") && has("input") {
-            Some(Dialect::OpenAiEmbeddings)
-        } else if path.ends_with("/messages") && has("messages") && has("max_tokens") {
-            Some(Dialect::Anthropic)
-        } else if path.ends_with(":rawPredict") || path.ends_with(":streamRawPredict") {
-            // Anthropic on Vertex: the Messages body, the model in the path.
-            has("messages").then_some(Dialect::Anthropic)
-        } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
-            Some(Dialect::Gemini {
-                stream: path.ends_with(":streamGenerateContent"),
-            })
-        } else if path.ends_with("/api/chat") && has("messages") {
-            Some(Dialect::Ollama { generate: false })
-        } else if path.ends_with("/api/generate") && has("prompt") {
-            Some(Dialect::Ollama { generate: true })
-        } else {
-            None
-        }
-    }
-
-    /// Without a path (HTTP/2 headers the capture could not decode): by the response body's
-    /// shape, which each API's own objects tell apart, and only if the request body (Null when
-    /// not captured) has that API's shape too. A request alone is not enough: `messages` and
-    /// `model` are common to several APIs.
-    fn from_bodies(json: &Value, response: Option<&ResponseView<'_>>) -> Option<Self> {
-        let (event, first, sse) = first_response_object(response?)?;
-        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        let object = text(&first, "object").unwrap_or_default();
-        let kind = text(&first, "type").unwrap_or_default();
-        let has = |k: &str| json.is_null() || json.get(k).is_some();
-        let dialect = if object.starts_with("chat.completion") {
-            Dialect::OpenAiChat
-        } else if object == "response" || kind.starts_with("response.") {
-            Dialect::OpenAiResponses
-        } else if object == "list" && first.pointer("/data/0/object") == Some(&"embedding".into()) {
-            Dialect::OpenAiEmbeddings
-        } else if kind == "message"
-            || kind == "message_start"
-            || event.as_deref() == Some("message_start")
-        {
-            Dialect::Anthropic
-        } else if first.get("candidates").is_some() {
-            Dialect::Gemini { stream: sse }
-        } else if first.get("done").is_some() && first.get("message").is_some() {
-            Dialect::Ollama { generate: false }
-        } else if first.get("done").is_some() && first.get("response").is_some() {
-            Dialect::Ollama { generate: true }
-        } else {
-            return None;
-        };
-        let request_fits = match dialect {
-            Dialect::OpenAiChat | Dialect::Anthropic | Dialect::Ollama { generate: false } => {
-                has("messages")
-            }
-            Dialect::OpenAiResponses => has("input") || has("instructions"),
-            Dialect::OpenAiEmbeddings => has("input"),
-            Dialect::Gemini { .. } => has("contents"),
-            Dialect::Ollama { generate: true } => has("prompt"),
-            // Never inferred from a body alone: Bedrock is recognised by its path.
-            Dialect::Bedrock(_) => false,
-        };
-        request_fits.then_some(dialect)
-    }
-}
-
-/// The first JSON object of a response body, whatever its framing (one JSON value, the first
-/// server-sent event with JSON data, a JSON array's first element, NDJSON's first line), with
-/// its SSE event name and whether the body was SSE.
-fn first_response_object(view: &ResponseView<'_>) -> Option<(Option<String>, Value, bool)> {
-    if view.is_sse() {
-        return view.sse().into_iter().find_map(|(e, _)| {
-            let v: Value = serde_json::from_str(&e.data).ok()?;
-            v.is_object().then_some((e.event, v, true))
-        });
-    }
-    let first = match view.json() {
-        Some(Value::Array(items)) => items.into_iter().next(),
-        Some(v) => Some(v),
-        None => view.ndjson().into_iter().next().map(|(v, _)| v),
-    }?;
-    first.is_object().then_some((None, first, false))
-}
-
 /// What this exchange is: a model call, another JSON API call, or nothing we report.
 pub fn recognise(
     exchange: &HttpExchange,
@@ -337,7 +242,7 @@ pub fn recognise(
             // shows on a span.
             Err(_) if req.bytes_lost > 0 => Value::Null,
             Err(e)
-                if Dialect::detect(method, path, &Value::Null).is_some()
+                if dialect::by_path(method, path, &Value::Null).is_some()
                     && is_json(&req.headers) =>
             {
                 return Some(Err(GenAiError::RequestJson(e.to_string())))
@@ -348,13 +253,13 @@ pub fn recognise(
     // The response is decoded at most once: here when only the bodies can say which API this
     // is, else below when a parser needs it.
     let mut decoded_response: Option<Option<DecodedResponse<'_>>> = None;
-    let dialect = Dialect::detect(method, path, &json).or_else(|| {
+    let dialect = dialect::by_path(method, path, &json).or_else(|| {
         // No path decoded: the bodies may still say which API this is.
         if !(headers_unknown && path.is_empty()) {
             return None;
         }
         let decoded = decoded_response.insert(exchange.response.as_ref().map(decode_response));
-        Dialect::from_bodies(&json, decoded.as_ref().and_then(|r| r.as_ref().ok()))
+        dialect::by_bodies(&json, decoded.as_ref().and_then(|r| r.as_ref().ok()))
     });
     let decoded_response =
         decoded_response.unwrap_or_else(|| exchange.response.as_ref().map(decode_response));
@@ -383,25 +288,8 @@ pub fn recognise(
         first_chunk_ns: None,
     };
     let view = response_view(exchange, decoded_response, &mut call);
-    match dialect {
-        Dialect::OpenAiChat => openai::parse_chat(&json, view.as_ref(), config, &mut call),
-        Dialect::OpenAiResponses => {
-            openai::parse_responses(&json, view.as_ref(), config, &mut call)
-        }
-        Dialect::OpenAiEmbeddings => openai::parse_embeddings(&json, view.as_ref(), &mut call),
-        Dialect::Anthropic => anthropic::parse(&json, path, view.as_ref(), config, &mut call),
-        Dialect::Gemini { stream } => {
-            gemini::parse(&json, path, stream, view.as_ref(), config, &mut call)
-        }
-        Dialect::Ollama { generate } => {
-            ollama::parse(&json, generate, view.as_ref(), config, &mut call)
-        }
-        Dialect::Bedrock(op) => {
-            let model = bedrock::Operation::of_path(path).map_or("", |(_, m)| m);
-            bedrock::parse(op, model, &json, view.as_ref(), config, &mut call)
-        }
-    }
-    call.request.history = history::of(dialect, &json, config.capture_content);
+    dialect.parse(path, &json, view.as_ref(), config, &mut call);
+    call.request.history = dialect.history(&json, config.capture_content);
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
         if call.response.reached_end {
             // The answer is whole; only the transport's own end was never read.
@@ -516,117 +404,6 @@ fn looks_json(body: &[u8]) -> bool {
         || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
-/// A response body ready for a dialect parser: decoded, with its arrival times.
-pub struct ResponseView<'a> {
-    pub status: u16,
-    pub body: Cow<'a, [u8]>,
-    pub content_type: String,
-    response: &'a HttpResponse,
-}
-
-impl ResponseView<'_> {
-    pub fn is_sse(&self) -> bool {
-        self.content_type.contains("text/event-stream")
-    }
-
-    /// AWS event-stream framing (Bedrock's streamed answers).
-    pub fn is_event_stream(&self) -> bool {
-        self.content_type
-            .contains("application/vnd.amazon.eventstream")
-    }
-
-    /// A response header (name in lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.response.headers, name)
-    }
-
-    pub fn json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-
-    /// Server-sent events, each with the time it had fully arrived.
-    pub fn sse(&self) -> Vec<(sse::SseEvent, Option<u64>)> {
-        sse::parse_all(&self.body)
-            .into_iter()
-            .map(|e| {
-                let t = self.response.time_at_offset(e.end_offset);
-                (e, t)
-            })
-            .collect()
-    }
-
-    /// Event-stream messages, each with the time it had fully arrived, and the framing error
-    /// that stopped the decoding if one did.
-    pub fn event_stream(&self) -> (Vec<(EventMessage, Option<u64>)>, Option<EventStreamError>) {
-        let (messages, error) = eventstream::parse_all(&self.body);
-        let timed = messages
-            .into_iter()
-            .map(|m| {
-                let t = self.response.time_at_offset(m.end_offset);
-                (m, t)
-            })
-            .collect();
-        (timed, error)
-    }
-
-    /// One JSON value per line (NDJSON), each with the time it had fully arrived.
-    pub fn ndjson(&self) -> Vec<(Value, Option<u64>)> {
-        let mut out = Vec::new();
-        let mut start = 0usize;
-        for (i, b) in self.body.iter().enumerate() {
-            if *b == b'\n' {
-                if let Ok(v) = serde_json::from_slice::<Value>(&self.body[start..i]) {
-                    out.push((v, self.response.time_at_offset(i as u64 + 1)));
-                }
-                start = i + 1;
-            }
-        }
-        if let Ok(v) = serde_json::from_slice::<Value>(&self.body[start..]) {
-            out.push((v, self.response.end_ns.into()));
-        }
-        out
-    }
-}
-
-/// The response's content encoding. When HTTP/2 headers could not be decoded, a gzip body is
-/// still known by its magic number.
-fn content_encoding(response: &HttpResponse) -> Option<&str> {
-    header(&response.headers, "content-encoding").or_else(|| {
-        (response.http2_incomplete_headers && response.body.starts_with(&[0x1f, 0x8b]))
-            .then_some("gzip")
-    })
-}
-
-/// The response's content type, lower case. A body of server-sent events is known by its
-/// first field when the header is missing (HPACK could not decode it, or the server left it
-/// out): parsers choose between a stream and one JSON document by it.
-fn content_type(response: &HttpResponse, body: &[u8]) -> String {
-    match header(&response.headers, "content-type") {
-        Some(ct) => ct.to_ascii_lowercase(),
-        None => {
-            let text = body.trim_ascii_start();
-            if text.starts_with(b"data:") || text.starts_with(b"event:") {
-                "text/event-stream".to_string()
-            } else {
-                String::new()
-            }
-        }
-    }
-}
-
-/// A response with its content encoding undone, or why it could not be.
-type DecodedResponse<'a> = Result<ResponseView<'a>, BodyError>;
-
-fn decode_response(response: &HttpResponse) -> DecodedResponse<'_> {
-    let body = decode_content(content_encoding(response), &response.body)?;
-    Ok(ResponseView {
-        status: response.status,
-        content_type: content_type(response, &body),
-        body,
-        response,
-    })
-}
-
 /// The decoded response (`decoded`, None when there is none) for a dialect parser; a body that
 /// cannot be decoded records an error on the call (unless capture lost bytes of it, which the
 /// span reports instead).
@@ -728,70 +505,6 @@ mod tests {
             ("429", Some("model not found"))
         );
         assert_eq!(e("<html>").error_type, "429");
-    }
-
-    #[test]
-    fn dialects_by_path_and_shape() {
-        let j = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        let d = |p: &str, b: &str| Dialect::detect("POST", p, &j(b));
-        assert_eq!(
-            d("/v1/chat/completions", r#"{"messages":[]}"#),
-            Some(Dialect::OpenAiChat)
-        );
-        assert_eq!(d("/chat/completions", r#"{"model":"x"}"#), None);
-        assert_eq!(
-            d("/v1/responses", r#"{"input":"hi"}"#),
-            Some(Dialect::OpenAiResponses)
-        );
-        assert_eq!(
-            d("/v1/messages", r#"{"messages":[],"max_tokens":5}"#),
-            Some(Dialect::Anthropic)
-        );
-        assert_eq!(
-            d("/v1/messages", r#"{"messages":[]}"#),
-            None,
-            "MCP-style or other /messages APIs are not Anthropic"
-        );
-        assert_eq!(
-            d(
-                "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
-                "{}"
-            ),
-            Some(Dialect::Gemini { stream: true })
-        );
-        assert_eq!(
-            d("/api/chat", r#"{"model":"llama3.2","messages":[]}"#),
-            Some(Dialect::Ollama { generate: false })
-        );
-        assert_eq!(
-            d("/api/generate", r#"{"model":"llama3.2","prompt":"hi"}"#),
-            Some(Dialect::Ollama { generate: true })
-        );
-        // Bedrock by path on any host; Converse needs messages, InvokeModel any JSON object.
-        assert_eq!(
-            d(
-                "/model/us.amazon.nova-lite-v1%3A0/converse",
-                r#"{"messages":[]}"#
-            ),
-            Some(Dialect::Bedrock(bedrock::Operation::Converse))
-        );
-        assert_eq!(d("/model/m/converse-stream", r#"{"input":"x"}"#), None);
-        assert_eq!(
-            d(
-                "/model/meta.llama3-8b-instruct-v1%3A0/invoke",
-                r#"{"prompt":"hi"}"#
-            ),
-            Some(Dialect::Bedrock(bedrock::Operation::Invoke))
-        );
-        assert_eq!(
-            Dialect::detect("GET", "/v1/chat/completions", &Value::Null),
-            None
-        );
-        // A body lost in capture: the path decides.
-        assert_eq!(
-            Dialect::detect("POST", "/v1/chat/completions", &Value::Null),
-            Some(Dialect::OpenAiChat)
-        );
     }
 }
 

@@ -4,11 +4,65 @@
 use serde_json::{json, Value};
 
 use super::{
-    content, openai::stream_interrupted, str_field, strings, GenAiConfig, LlmCall, ResponseView,
-    ToolCall,
+    content,
+    dialect::{has, Dialect, FirstObject},
+    history::History,
+    openai::{self, stream_interrupted},
+    str_field, strings, GenAiConfig, LlmCall, ResponseView, ToolCall,
 };
 
-pub fn parse(
+/// `POST …/api/chat`, or `…/api/generate` when `generate`.
+pub struct Ollama {
+    pub generate: bool,
+}
+
+impl Dialect for Ollama {
+    fn name(&self) -> &'static str {
+        if self.generate {
+            "ollama.generate"
+        } else {
+            "ollama.chat"
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        "ollama"
+    }
+
+    fn by_path(&self, path: &str, request: &Value) -> bool {
+        if self.generate {
+            path.ends_with("/api/generate") && has(request, "prompt")
+        } else {
+            path.ends_with("/api/chat") && has(request, "messages")
+        }
+    }
+
+    fn answers_with(&self, first: &FirstObject) -> bool {
+        first.has("done") && first.has(if self.generate { "response" } else { "message" })
+    }
+
+    fn asked_with(&self, request: &Value) -> bool {
+        has(request, if self.generate { "prompt" } else { "messages" })
+    }
+
+    fn parse(
+        &self,
+        _path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        parse(request, self.generate, response, config, call);
+    }
+
+    /// The messages (or prompt) and tool results are Chat Completions'.
+    fn history(&self, request: &Value, with_content: bool) -> History {
+        openai::chat_history(request, with_content)
+    }
+}
+
+fn parse(
     req: &Value,
     generate: bool,
     view: Option<&ResponseView<'_>>,

@@ -6,9 +6,164 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{
-    content, error_from_object, str_field, strings, GenAiConfig, LlmCall, LlmError, ResponseView,
-    ToolCall, Usage,
+    content,
+    dialect::{has, Dialect, FirstObject},
+    error_from_object,
+    history::{self, History, ToolResult},
+    str_field, strings, GenAiConfig, LlmCall, LlmError, ResponseView, ToolCall, Usage,
 };
+
+/// Chat Completions, `POST …/chat/completions`.
+pub struct Chat;
+
+/// The Responses API, `POST …/responses`.
+pub struct Responses;
+
+/// Embeddings, `POST …/embeddings`.
+pub struct Embeddings;
+
+impl Dialect for Chat {
+    fn name(&self) -> &'static str {
+        "openai.chat_completions"
+    }
+
+    fn provider(&self) -> &'static str {
+        "openai"
+    }
+
+    fn by_path(&self, path: &str, request: &Value) -> bool {
+        path.ends_with("/chat/completions") && has(request, "messages")
+    }
+
+    fn answers_with(&self, first: &FirstObject) -> bool {
+        first.text("object").starts_with("chat.completion")
+    }
+
+    fn asked_with(&self, request: &Value) -> bool {
+        has(request, "messages")
+    }
+
+    fn parse(
+        &self,
+        _path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        parse_chat(request, response, config, call);
+    }
+
+    fn history(&self, request: &Value, with_content: bool) -> History {
+        chat_history(request, with_content)
+    }
+}
+
+impl Dialect for Responses {
+    fn name(&self) -> &'static str {
+        "openai.responses"
+    }
+
+    fn provider(&self) -> &'static str {
+        "openai"
+    }
+
+    fn by_path(&self, path: &str, request: &Value) -> bool {
+        path.ends_with("/responses") && (has(request, "input") || has(request, "instructions"))
+    }
+
+    fn answers_with(&self, first: &FirstObject) -> bool {
+        first.text("object") == "response" || first.text("type").starts_with("response.")
+    }
+
+    fn asked_with(&self, request: &Value) -> bool {
+        has(request, "input") || has(request, "instructions")
+    }
+
+    fn parse(
+        &self,
+        _path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        parse_responses(request, response, config, call);
+    }
+
+    fn history(&self, request: &Value, with_content: bool) -> History {
+        let mut history = History::default();
+        history.push_items(request.get("instructions"));
+        history.push_items(request.get("input"));
+        history.previous_response_id = history::text(request.get("previous_response_id"));
+        history.warmup = request.get("generate") == Some(&Value::Bool(false));
+        for item in history::array(request.get("input")) {
+            if item.get("type").and_then(Value::as_str) == Some("function_call_output") {
+                history.tool_results.push(ToolResult {
+                    call_id: history::text(item.get("call_id")),
+                    name: None,
+                    is_error: false,
+                    content: with_content.then(|| history::content_text(item.get("output"))),
+                });
+            }
+        }
+        history
+    }
+}
+
+impl Dialect for Embeddings {
+    fn name(&self) -> &'static str {
+        "openai.embeddings"
+    }
+
+    fn provider(&self) -> &'static str {
+        "openai"
+    }
+
+    fn by_path(&self, path: &str, request: &Value) -> bool {
+        path.ends_with("/embeddings") && has(request, "input")
+    }
+
+    fn answers_with(&self, first: &FirstObject) -> bool {
+        first.text("object") == "list"
+            && first.value.pointer("/data/0/object") == Some(&"embedding".into())
+    }
+
+    fn asked_with(&self, request: &Value) -> bool {
+        has(request, "input")
+    }
+
+    fn parse(
+        &self,
+        _path: &str,
+        request: &Value,
+        response: Option<&ResponseView<'_>>,
+        _config: &GenAiConfig,
+        call: &mut LlmCall,
+    ) {
+        parse_embeddings(request, response, call);
+    }
+}
+
+/// A chat-messages request's history (Chat Completions, and Ollama's native API which has the
+/// same messages): every message (and a completion's prompt), and the `tool` role's results.
+pub(crate) fn chat_history(request: &Value, with_content: bool) -> History {
+    let mut history = History::default();
+    history.push_items(request.get("messages"));
+    history.push_items(request.get("prompt"));
+    for message in history::array(request.get("messages")) {
+        if message.get("role").and_then(Value::as_str) == Some("tool") {
+            history.tool_results.push(ToolResult {
+                call_id: history::text(message.get("tool_call_id")),
+                name: history::text(message.get("name"))
+                    .or(history::text(message.get("tool_name"))),
+                is_error: false,
+                content: with_content.then(|| history::content_text(message.get("content"))),
+            });
+        }
+    }
+    history
+}
 
 fn common_params(req: &Value, call: &mut LlmCall) {
     let r = &mut call.request;
@@ -23,7 +178,7 @@ fn common_params(req: &Value, call: &mut LlmCall) {
 
 // Chat Completions.
 
-pub fn parse_chat(
+fn parse_chat(
     req: &Value,
     view: Option<&ResponseView<'_>>,
     config: &GenAiConfig,
@@ -188,7 +343,7 @@ struct ChoiceAcc {
 }
 
 fn parse_chat_stream(
-    events: &[(super::sse::SseEvent, Option<u64>)],
+    events: &[(crate::protocols::sse::SseEvent, Option<u64>)],
     config: &GenAiConfig,
     call: &mut LlmCall,
 ) {
@@ -307,7 +462,7 @@ fn chat_usage(u: &Value) -> Usage {
 
 // Responses API.
 
-pub fn parse_responses(
+fn parse_responses(
     req: &Value,
     view: Option<&ResponseView<'_>>,
     config: &GenAiConfig,
@@ -490,7 +645,7 @@ fn parse_response_object(r: &Value, config: &GenAiConfig, call: &mut LlmCall) {
 
 // Embeddings.
 
-pub fn parse_embeddings(req: &Value, view: Option<&ResponseView<'_>>, call: &mut LlmCall) {
+fn parse_embeddings(req: &Value, view: Option<&ResponseView<'_>>, call: &mut LlmCall) {
     call.operation = "embeddings";
     call.api_type = None;
     call.request.model = str_field(req, "model");

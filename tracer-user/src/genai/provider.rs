@@ -5,15 +5,9 @@ use crate::model::Peer;
 
 /// `gen_ai.provider.name`: known hosts by name; anything else by the dialect it speaks
 /// (genai-spec §1.6: the attribute names the telemetry flavour, the hosted model goes in the model).
-pub fn provider_name(host: Option<&str>, dialect: Dialect) -> &'static str {
-    let by_dialect = match dialect {
-        Dialect::Anthropic => "anthropic",
-        Dialect::Gemini { .. } => "gcp.gemini",
-        Dialect::Ollama { .. } => "ollama",
-        Dialect::OpenAiChat | Dialect::OpenAiResponses | Dialect::OpenAiEmbeddings => "openai",
-        Dialect::Bedrock(_) => "aws.bedrock",
-    };
-    host.and_then(known_provider).unwrap_or(by_dialect)
+pub fn provider_name(host: Option<&str>, dialect: &dyn Dialect) -> &'static str {
+    host.and_then(known_provider)
+        .unwrap_or_else(|| dialect.provider())
 }
 
 /// The provider a host name is known to be (`api.openai.com` is `openai`), whatever it speaks:
@@ -94,35 +88,36 @@ fn split_host(host: &str) -> (Option<String>, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::genai::{anthropic, bedrock, gemini, ollama, openai};
 
     #[test]
     fn dialect_decides_unknown_hosts() {
         assert_eq!(
-            provider_name(Some("127.0.0.1"), Dialect::Anthropic),
+            provider_name(Some("127.0.0.1"), &anthropic::Messages),
             "anthropic"
         );
         assert_eq!(
-            provider_name(None, Dialect::Ollama { generate: false }),
+            provider_name(None, &ollama::Ollama { generate: false }),
             "ollama"
         );
         assert_eq!(
             provider_name(
                 Some("us-central1-aiplatform.googleapis.com"),
-                Dialect::Gemini { stream: true }
+                &gemini::GenerateContent { stream: true }
             ),
             "gcp.vertex_ai"
         );
         assert_eq!(
             provider_name(
                 Some("bedrock-runtime.us-east-1.amazonaws.com"),
-                Dialect::Anthropic
+                &anthropic::Messages
             ),
             "aws.bedrock"
         );
         assert_eq!(
             provider_name(
                 Some("127.0.0.1"),
-                Dialect::Bedrock(super::super::bedrock::Operation::ConverseStream)
+                &bedrock::Runtime(bedrock::Operation::ConverseStream)
             ),
             "aws.bedrock"
         );
@@ -130,7 +125,7 @@ mod tests {
 
     #[test]
     fn known_hosts_and_fallback() {
-        let chat = Dialect::OpenAiChat;
+        let chat = &openai::Chat;
         assert_eq!(provider_name(Some("api.openai.com"), chat), "openai");
         assert_eq!(
             provider_name(Some("myco.openai.azure.com"), chat),
