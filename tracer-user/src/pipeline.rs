@@ -58,6 +58,8 @@ pub struct Pipeline {
     tls_plaintext_pids: HashSet<u32>,
     /// When each process's TLS hooks were in place (the attacher writes it).
     hook_coverage: crate::capture::HookCoverage,
+    /// What is captured of each process, for the coverage metrics.
+    seen: crate::metrics::coverage::Coverage,
 }
 
 impl Pipeline {
@@ -94,6 +96,7 @@ impl Pipeline {
             rpc_exchanges: Vec::new(),
             tls_plaintext_pids: HashSet::new(),
             hook_coverage: crate::capture::HookCoverage::default(),
+            seen: crate::metrics::coverage::Coverage::default(),
         }
     }
 
@@ -106,6 +109,11 @@ impl Pipeline {
     /// Shares the attacher's record of when each process was hooked.
     pub fn set_hook_coverage(&mut self, coverage: crate::capture::HookCoverage) {
         self.hook_coverage = coverage;
+    }
+
+    /// Shares the metrics' per-process coverage, which counts the plaintext captured here.
+    pub fn set_metrics_coverage(&mut self, coverage: crate::metrics::coverage::Coverage) {
+        self.seen = coverage;
     }
 
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
@@ -141,6 +149,7 @@ impl Pipeline {
         match &event {
             CaptureEvent::Data(chunk) if chunk.source == Source::Tls => {
                 self.tls_plaintext_pids.insert(chunk.pid);
+                self.seen.plaintext(chunk.pid, chunk.data.len() as u64);
             }
             CaptureEvent::TlsSummary {
                 pid, fd, totals, ..
@@ -198,6 +207,7 @@ impl Pipeline {
             self.processes.forget(pid);
             self.tls_plaintext_pids.remove(&pid);
             self.hook_coverage.forget(pid);
+            self.seen.exited(pid);
         }
     }
 

@@ -5,9 +5,12 @@
 //! `MetricsRecorder` aggregates (cumulative, since start); `prometheus` serves a scrape endpoint
 //! and `otlp` pushes the same snapshot to an OTLP receiver.
 
+pub mod agents;
 pub mod config;
+pub mod coverage;
 pub mod otlp;
 pub mod prometheus;
+pub mod who;
 
 use std::{
     collections::BTreeMap,
@@ -154,7 +157,15 @@ const HISTOGRAMS: [&HistogramDef; 5] = [
     &TIME_PER_OUTPUT_TOKEN,
     &MCP_DURATION,
 ];
-const COUNTERS: [&CounterDef; 2] = [&LLM_CALLS, &LLM_COST];
+const COUNTERS: [&CounterDef; 7] = [
+    &LLM_CALLS,
+    &LLM_COST,
+    &agents::RUNS,
+    &agents::LOOPS,
+    &agents::REPEATED_REQUESTS,
+    &agents::TOOL_EXECUTIONS,
+    &agents::TOOL_ERRORS,
+];
 
 /// An attribute value of a metric series. Ordered so attribute sets can key a map.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -232,6 +243,8 @@ pub struct Snapshot {
     pub time_unix_nano: u64,
     pub histograms: Vec<HistogramFamily>,
     pub counters: Vec<CounterFamily>,
+    /// Current values (the per-process coverage), not totals.
+    pub gauges: Vec<CounterFamily>,
 }
 
 #[derive(Default)]
@@ -250,6 +263,8 @@ pub struct MetricsRecorder {
     store: Mutex<Store>,
     health: Arc<Health>,
     start_unix_ns: u64,
+    /// What the tracer sees of each process that made TLS or model traffic.
+    pub coverage: coverage::Coverage,
 }
 
 pub fn unix_now_ns() -> u64 {
@@ -338,6 +353,7 @@ impl MetricsRecorder {
             store: Mutex::new(Store::default()),
             health,
             start_unix_ns: unix_now_ns(),
+            coverage: coverage::Coverage::default(),
         }
     }
 
@@ -347,6 +363,46 @@ impl MetricsRecorder {
             return;
         };
         let seconds = span.duration_ns() as f64 / 1e9;
+        let who = who::attributes(&span.process);
+        if matches!(
+            span.attr("agent_tracer.capture.encrypted"),
+            Some(AttrValue::Bool(true))
+        ) {
+            let bytes = num_attr(span, "agent_tracer.tls.sent_bytes").unwrap_or(0.0)
+                + num_attr(span, "agent_tracer.tls.received_bytes").unwrap_or(0.0);
+            self.coverage.encrypted(
+                span.process.pid,
+                &span.process.executable_name,
+                bytes as u64,
+                str_attr(span, "gen_ai.provider.name").is_some(),
+            );
+        }
+        if let Some((outcome, loops, repeated)) = agents::run_counts(span) {
+            let mut attrs = vec![
+                ("gen_ai.agent.name", agent_name(span)),
+                ("agent_tracer.run.outcome", Label::Str(outcome)),
+            ];
+            attrs.extend(who.iter().cloned());
+            store.counter(&agents::RUNS, attrs.clone(), 1.0);
+            attrs.retain(|(k, _)| *k != "agent_tracer.run.outcome");
+            if loops > 0 {
+                store.counter(&agents::LOOPS, attrs.clone(), loops as f64);
+            }
+            if repeated > 0 {
+                store.counter(&agents::REPEATED_REQUESTS, attrs, repeated as f64);
+            }
+            return;
+        }
+        if agents::is_tool_execution(span) {
+            let mut attrs = pick(span, &["gen_ai.tool.name", "error.type"]);
+            attrs.push(("gen_ai.agent.name", agent_name(span)));
+            attrs.extend(who.iter().cloned());
+            store.counter(&agents::TOOL_EXECUTIONS, attrs.clone(), 1.0);
+            if str_attr(span, "error.type").is_some() {
+                store.counter(&agents::TOOL_ERRORS, attrs, 1.0);
+            }
+            return;
+        }
         if str_attr(span, "mcp.method.name").is_some() {
             let mut attrs = pick(span, MCP_ATTRIBUTES);
             attrs.push(("gen_ai.agent.name", agent_name(span)));
@@ -356,11 +412,15 @@ impl MetricsRecorder {
         if !str_attr(span, "gen_ai.operation.name").is_some_and(|op| LLM_OPERATIONS.contains(&op)) {
             return;
         }
+        self.coverage
+            .model_call(span.process.pid, &span.process.executable_name);
         let agent = ("gen_ai.agent.name", agent_name(span));
         let mut with_error = pick(span, LLM_WITH_ERROR);
         with_error.push(agent.clone());
+        with_error.extend(who.iter().cloned());
         let mut common = pick(span, LLM_COMMON);
         common.push(agent);
+        common.extend(who);
 
         store.histogram(&OPERATION_DURATION, with_error.clone(), seconds);
         store.counter(&LLM_CALLS, with_error, 1.0);
@@ -418,6 +478,7 @@ impl MetricsRecorder {
             time_unix_nano: unix_now_ns(),
             histograms,
             counters,
+            gauges: self.coverage.families(),
         }
     }
 }
@@ -580,6 +641,26 @@ pub(crate) mod tests {
             events: Vec::new(),
             process: Arc::new(process),
         }
+    }
+
+    /// An ended run's `invoke_agent` span with `loops` loop events.
+    pub fn run_span(outcome: &str, loops: usize, repeated: u64) -> Span {
+        let mut s = span(
+            vec![
+                ("gen_ai.operation.name", "invoke_agent".into()),
+                ("agent_tracer.run.outcome", outcome.into()),
+                ("agent_tracer.run.repeated_requests", repeated.into()),
+            ],
+            10,
+        );
+        for _ in 0..loops {
+            s.events.push(crate::span::SpanEvent {
+                name: "agent_tracer.loop_detected",
+                time_unix_ns: 1,
+                attributes: Vec::new(),
+            });
+        }
+        s
     }
 
     pub fn chat(model: &str, input: i64, output: i64) -> Vec<(&'static str, AttrValue)> {
@@ -807,6 +888,134 @@ pub(crate) mod tests {
                 2.0
             )]
         );
+    }
+
+    #[test]
+    fn model_calls_carry_the_pods_namespace_workload_and_container() {
+        use crate::enrich::{kube_api::Workload, PodInfo, PodMeta};
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        let mut s = span(chat("gpt-4o", 10, 5), 100);
+        let mut process = ProcessInfo::unknown(42);
+        process.executable_name = "python3".to_string();
+        process.pod = Some(Arc::new(PodInfo {
+            uid: "u".into(),
+            name: Some("api-1".into()),
+            namespace: Some("team-a".into()),
+            container_name: Some("api".into()),
+        }));
+        process.pod_api = Some(Arc::new(PodMeta {
+            namespace: "team-a".into(),
+            workload: Workload {
+                statefulset: Some("api".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        s.process = Arc::new(process);
+        s.attributes.push(("agent_tracer.cost.usd", 0.5.into()));
+        r.observe(&s);
+        let snap = r.snapshot();
+        let who = [
+            ("k8s.namespace.name", Label::Str("team-a".into())),
+            ("k8s.statefulset.name", Label::Str("api".into())),
+            ("k8s.container.name", Label::Str("api".into())),
+        ];
+        for name in ["agent_tracer.model.cost", "agent_tracer.model.calls"] {
+            let (attrs, _) = &counter(&snap, name).points[0];
+            assert!(who.iter().all(|w| attrs.contains(w)), "{name}: {attrs:?}");
+        }
+        for name in [
+            "gen_ai.client.operation.duration",
+            "gen_ai.client.token.usage",
+        ] {
+            let (attrs, _) = &family(&snap, name).points[0];
+            assert!(who.iter().all(|w| attrs.contains(w)), "{name}: {attrs:?}");
+        }
+        assert_eq!(
+            label(
+                &counter(&snap, "agent_tracer.model.cost").points[0].0,
+                "k8s.pod.name"
+            ),
+            None,
+            "pods come and go: not a series key"
+        );
+    }
+
+    #[test]
+    fn runs_loops_repeats_and_tool_errors_become_counters() {
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        r.observe(&run_span("completed", 0, 0));
+        r.observe(&run_span("completed", 1, 2));
+        r.observe(&run_span("abandoned", 0, 0));
+        for error in [None, Some("tool_error"), Some("tool_error")] {
+            let mut a = vec![
+                ("gen_ai.operation.name", "execute_tool".into()),
+                ("gen_ai.tool.name", "run_task".into()),
+            ];
+            if let Some(e) = error {
+                a.push(("error.type", e.into()));
+            }
+            r.observe(&span(a, 5));
+        }
+        let s = r.snapshot();
+        let outcome = |o: &str| {
+            counter(&s, "agent_tracer.runs")
+                .points
+                .iter()
+                .find(|(a, _)| label(a, "agent_tracer.run.outcome") == Some(&Label::Str(o.into())))
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(outcome("completed"), Some(2.0));
+        assert_eq!(outcome("abandoned"), Some(1.0));
+        assert_eq!(outcome("error"), None);
+        assert_eq!(counter(&s, "agent_tracer.run.loops").points[0].1, 1.0);
+        assert_eq!(
+            counter(&s, "agent_tracer.run.repeated_requests").points[0].1,
+            2.0
+        );
+        let executions: f64 = counter(&s, "agent_tracer.tool.executions")
+            .points
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(executions, 3.0);
+        let errors = &counter(&s, "agent_tracer.tool.errors").points;
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].1, 2.0);
+        assert_eq!(
+            label(&errors[0].0, "gen_ai.tool.name"),
+            Some(&Label::Str("run_task".into()))
+        );
+        // Runs and tools are not model calls.
+        assert!(counter(&s, "agent_tracer.model.calls").points.is_empty());
+    }
+
+    #[test]
+    fn encrypted_only_connections_to_model_apis_count_as_blind() {
+        let r = MetricsRecorder::new(Arc::new(Health::default()));
+        r.observe(&span(
+            vec![
+                ("agent_tracer.capture.encrypted", true.into()),
+                ("gen_ai.provider.name", "openai".into()),
+                ("agent_tracer.tls.sent_bytes", 1000u64.into()),
+                ("agent_tracer.tls.received_bytes", 3000u64.into()),
+            ],
+            5,
+        ));
+        let s = r.snapshot();
+        let gauge = |name: &str| {
+            s.gauges
+                .iter()
+                .find(|f| f.name == name)
+                .and_then(|f| f.points.first())
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(gauge("agent_tracer.coverage.encrypted_bytes"), Some(4000.0));
+        assert_eq!(
+            gauge("agent_tracer.coverage.blind_model_connections"),
+            Some(1.0)
+        );
+        assert_eq!(gauge("agent_tracer.coverage.plaintext_bytes"), Some(0.0));
     }
 
     #[test]
