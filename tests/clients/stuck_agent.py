@@ -1,5 +1,6 @@
 """A tool-using agent on the official openai SDK whose model keeps asking for the same tool call
-(the mock's `agent-stuck` model): the tracer should see a loop. Usage: stuck_agent.py BASE_URL"""
+(the mock's `agent-stuck` model): the tracer should see a loop, and a repeated request (its first
+one is sent twice). Usage: stuck_agent.py BASE_URL"""
 
 import json
 import os
@@ -14,6 +15,8 @@ tools = [{"type": "function", "function": {
     "name": "run_task", "description": "Runs a shell command",
     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}}]
 messages = [{"role": "user", "content": "Finish the task."}]
+# The first request sent twice, identical, as a client retrying a timed-out call does.
+client.chat.completions.create(model="agent-stuck", messages=messages, tools=tools)
 while True:
     response = client.chat.completions.create(model="agent-stuck", messages=messages, tools=tools)
     message = response.choices[0].message

@@ -525,7 +525,8 @@ fn agent_step(request: &Value, body_len: usize) -> Value {
 pub const STUCK_REPEATS: usize = 3;
 
 /// A model stuck in a loop: it asks for the same `run_task` call (name and arguments; a new
-/// call id each time) until `STUCK_REPEATS` tool answers are in the conversation.
+/// call id each time) until `STUCK_REPEATS` tool answers are in the conversation. It answers as
+/// `agent-stuck`, a model no price table names.
 fn stuck_step(request: &Value, body_len: usize) -> Value {
     let answers = request
         .get("messages")
@@ -548,7 +549,8 @@ fn stuck_step(request: &Value, body_len: usize) -> Value {
         "id": format!("chatcmpl-stuck-{answers}"),
         "object": "chat.completion",
         "created": 1727346182,
-        "model": RESPONSE_MODEL,
+        // A model no price table names (a gateway's own, say): its calls have no cost.
+        "model": "agent-stuck",
         "choices": [{"index": 0, "finish_reason": finish, "logprobs": null, "message": message}],
         "usage": {"prompt_tokens": prompt_tokens_for(body_len), "completion_tokens": 9,
                   "total_tokens": prompt_tokens_for(body_len) + 9},
