@@ -24,7 +24,7 @@ use tracer_testkit::{
     cgroup::{pod_container_cgroup, Cgroups},
     e2e::{self, clients_dir, free_port, require_root, start_traced, SERIAL},
     mock_openai::{self, MockOpenAi},
-    otlp::{as_f64, as_str, ReceivedSpan},
+    otlp::{as_f64, as_int, as_str, ReceivedSpan},
     plot, prometheus_server, python,
 };
 
@@ -137,6 +137,15 @@ fn without_threshold(expr: &str) -> &str {
         Some((signal, limit)) if limit.trim().parse::<f64>().is_ok() => signal.trim(),
         _ => trimmed,
     }
+}
+
+/// Every span of process `pid`, its runs' included (`e2e::of_pid` leaves those out).
+fn of_process(spans: &[ReceivedSpan], pid: u32) -> Vec<ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| as_int(s.resource_attr("process.pid")) == Some(i64::from(pid)))
+        .cloned()
+        .collect()
 }
 
 fn spans_cost_by_namespace(spans: &[ReceivedSpan]) -> BTreeMap<String, f64> {
@@ -293,7 +302,7 @@ async fn prometheus_answers_every_dashboard_query_and_rule_from_pods_calls() -> 
         .receiver
         .wait_for("every client's calls and runs", WAIT, |s| {
             let op = |pid: u32, name: &str| {
-                e2e::of_pid(s, pid)
+                of_process(s, pid)
                     .iter()
                     .filter(|s| as_str(s.attr("gen_ai.operation.name")) == Some(name))
                     .count()
@@ -302,7 +311,7 @@ async fn prometheus_answers_every_dashboard_query_and_rule_from_pods_calls() -> 
                 && agent_pids.iter().all(|p| op(*p, "invoke_agent") >= 1)
         })
         .await?;
-    let spans: Vec<ReceivedSpan> = pids.iter().flat_map(|p| e2e::of_pid(&spans, *p)).collect();
+    let spans: Vec<ReceivedSpan> = pids.iter().flat_map(|p| of_process(&spans, *p)).collect();
     // Scraped after the last span: the runs of both namespaces are in.
     prom.wait_for(
         "sum by (k8s_namespace_name) (agent_tracer_runs_total)",
