@@ -245,6 +245,105 @@ fn the_chart_renders_to_valid_kubernetes_objects() -> Result<()> {
     Ok(())
 }
 
+/// The monitoring objects: off by default; on, the Service and the ServiceMonitor for the
+/// endpoint on the pod's address, the PrometheusRule only when the operator's API is served,
+/// and the dashboard ConfigMap, their contents the very files in the chart (parsed back).
+#[test]
+fn the_chart_ships_the_dashboard_the_rules_and_a_service_monitor() -> Result<()> {
+    let tools = deploy_tools::tools()?;
+    let dir = work_dir("monitoring")?;
+    let defaults = helm_template(&tools, &[])?;
+    for absent in [
+        "kind: Service\n",
+        "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "grafana_dashboard",
+        "prometheus_listen",
+    ] {
+        assert!(!defaults.contains(absent), "defaults have {absent:?}");
+    }
+    // The operator's CRD present: the rules come by default.
+    let with_crd = helm_template(
+        &tools,
+        &["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"],
+    )?;
+    assert!(with_crd.contains("kind: PrometheusRule"), "{with_crd}");
+    let on = [
+        "--set",
+        "metrics.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=kps",
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+        "--set",
+        "metrics.grafanaDashboard.namespace=grafana",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+    ];
+    let rendered = helm_template(&tools, &on)?;
+    let path = dir.join("monitoring.yaml");
+    std::fs::write(&path, &rendered)?;
+    for expected in [
+        "prometheus_listen = \"0.0.0.0:9464\"",
+        "containerPort: 9464",
+        "clusterIP: None",
+        "kind: ServiceMonitor",
+        "release: kps",
+        "grafana_dashboard: \"1\"",
+        "namespace: grafana",
+    ] {
+        assert!(
+            rendered.contains(expected),
+            "lacks {expected:?}:\n{rendered}"
+        );
+    }
+    // The objects' payloads are the chart's files, intact.
+    // The venv kubernetes-validate runs in has PyYAML.
+    let python = tools
+        .kubernetes_validate
+        .parent()
+        .context("venv bin")?
+        .join("python");
+    output(
+        Command::new(python)
+            .args(["-c", SAME_AS_FILES])
+            .arg(&path)
+            .arg(chart().join("files")),
+    )
+    .context("the rendered rules and dashboard")?;
+    // Everything but the operator's kinds validates against the Kubernetes schemas.
+    let plain = dir.join("plain.yaml");
+    std::fs::write(
+        &plain,
+        rendered
+            .split("\n---")
+            .filter(|doc| !doc.contains("monitoring.coreos.com"))
+            .collect::<Vec<_>>()
+            .join("\n---"),
+    )?;
+    validate(&tools, &[plain])?;
+    let err = helm_template(&tools, &["--set", "metrics.serviceMonitor.enabled=true"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs metrics.enabled"), "{err}");
+    Ok(())
+}
+
+/// argv[1]: a rendering with the monitoring objects; argv[2]: the chart's files/ directory.
+const SAME_AS_FILES: &str = r##"
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+dash = [d for d in docs if d["kind"] == "ConfigMap" and "agent-tracer.json" in d.get("data", {})]
+assert len(rules) == 1 and len(dash) == 1, (len(rules), len(dash))
+want_rules = yaml.safe_load(open(sys.argv[2] + "/prometheus-rules.yaml"))
+assert rules[0]["spec"] == want_rules, "PrometheusRule spec differs from the rules file"
+want_dash = json.load(open(sys.argv[2] + "/grafana-dashboard.json"))
+assert json.loads(dash[0]["data"]["agent-tracer.json"]) == want_dash, "dashboard differs"
+"##;
+
 /// argv[1]: the chart's rendering; the rest: the plain manifests. Exits 1 with the first
 /// difference. The plain files differ from the chart on purpose only in what is normalised here.
 const COMPARE_WITH_CHART: &str = r##"

@@ -341,6 +341,11 @@ const TEST_TOOLS: &[TestTool] = &[
         probe: &["unshare", "--version"],
         package: "util-linux",
     },
+    TestTool {
+        what: "Prometheus and promtool (the alerting rules and dashboard queries, evaluated)",
+        probe: &["promtool", "--version"],
+        package: "prometheus",
+    },
 ];
 
 fn works(tool: &TestTool) -> bool {

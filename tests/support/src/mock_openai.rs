@@ -446,6 +446,12 @@ pub(crate) async fn handle(
             agent_step(&json, body.len()).to_string().into_bytes(),
             false,
         )),
+        Some("agent-stuck") => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            stuck_step(&json, body.len()).to_string().into_bytes(),
+            false,
+        )),
         _ if stream => Ok(stream_response(&json)),
         _ => Ok(full(
             StatusCode::OK,
@@ -512,6 +518,42 @@ fn agent_step(request: &Value, body_len: usize) -> Value {
         "choices": [{"index": 0, "finish_reason": finish, "logprobs": null, "message": message}],
         "usage": {"prompt_tokens": prompt_tokens_for(body_len), "completion_tokens": 7,
                   "total_tokens": prompt_tokens_for(body_len) + 7},
+    })
+}
+
+/// Tool answers after which the `agent-stuck` model gives up and answers.
+pub const STUCK_REPEATS: usize = 3;
+
+/// A model stuck in a loop: it asks for the same `run_task` call (name and arguments; a new
+/// call id each time) until `STUCK_REPEATS` tool answers are in the conversation. It answers as
+/// `agent-stuck`, a model no price table names.
+fn stuck_step(request: &Value, body_len: usize) -> Value {
+    let answers = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count());
+    let (message, finish) = if answers >= STUCK_REPEATS {
+        (
+            json!({"role": "assistant", "content": "Giving up.", "refusal": null}),
+            "stop",
+        )
+    } else {
+        (
+            json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                {"id": format!("call_stuck_{answers}"), "type": "function", "function": {
+                 "name": "run_task", "arguments": json!({"cmd": "echo still-stuck"}).to_string()}}]}),
+            "tool_calls",
+        )
+    };
+    json!({
+        "id": format!("chatcmpl-stuck-{answers}"),
+        "object": "chat.completion",
+        "created": 1727346182,
+        // A model no price table names (a gateway's own, say): its calls have no cost.
+        "model": "agent-stuck",
+        "choices": [{"index": 0, "finish_reason": finish, "logprobs": null, "message": message}],
+        "usage": {"prompt_tokens": prompt_tokens_for(body_len), "completion_tokens": 9,
+                  "total_tokens": prompt_tokens_for(body_len) + 9},
     })
 }
 

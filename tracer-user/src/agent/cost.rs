@@ -1,11 +1,17 @@
 //! Tokens into money: a price table (the versioned `data/prices.json`, overridable by the user's
 //! file) applied to a call's usage. A model the table does not name has no cost: a guess would
-//! be a wrong number on a bill.
+//! be a wrong number on a bill. Such a model is warned about once, so a missing cost is not
+//! read as a zero one.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
+use tracing::warn;
 
 use crate::genai::Usage;
 
@@ -29,10 +35,15 @@ struct PriceFile {
     models: HashMap<String, Price>,
 }
 
+/// Unknown models warned about at most: a flood of made-up names cannot grow memory or the log.
+const MAX_UNPRICED_WARNINGS: usize = 256;
+
 #[derive(Clone, Debug)]
 pub struct PriceTable {
     pub version: String,
     models: HashMap<String, Price>,
+    /// Models seen without a price, each warned about once (shared by the table's clones).
+    unpriced: Arc<Mutex<HashSet<String>>>,
 }
 
 impl PriceTable {
@@ -40,6 +51,7 @@ impl PriceTable {
         Self::parse(DEFAULT_PRICES).unwrap_or_else(|_| PriceTable {
             version: "none".into(),
             models: HashMap::new(),
+            unpriced: Arc::default(),
         })
     }
 
@@ -48,6 +60,7 @@ impl PriceTable {
         Ok(PriceTable {
             version: file.version,
             models: file.models,
+            unpriced: Arc::default(),
         })
     }
 
@@ -87,9 +100,13 @@ impl PriceTable {
 
     /// Cost in USD of one call, when the model is priced and usage was reported. Input tokens
     /// include cached ones (the conventions' definition), output tokens include reasoning.
+    /// A model with usage but no price is warned about, once.
     pub fn cost(&self, model: &str, usage: &Usage) -> Option<f64> {
-        let price = self.price(model)?;
         let input = usage.input_tokens?;
+        let Some(price) = self.price(model) else {
+            self.warn_unpriced(model);
+            return None;
+        };
         let output = usage.output_tokens.unwrap_or(0);
         let read = usage.cache_read_input_tokens.unwrap_or(0);
         let write = usage.cache_creation_input_tokens.unwrap_or(0);
@@ -99,6 +116,25 @@ impl PriceTable {
             + write as f64 * price.cache_write.unwrap_or(price.input)
             + output as f64 * price.output;
         Some(usd / 1e6)
+    }
+}
+
+impl PriceTable {
+    /// Logs the first call of each unpriced model; true when this call was the one warned about.
+    fn warn_unpriced(&self, model: &str) -> bool {
+        let Ok(mut seen) = self.unpriced.lock() else {
+            return false;
+        };
+        if seen.len() >= MAX_UNPRICED_WARNINGS || !seen.insert(model.to_string()) {
+            return false;
+        }
+        warn!(
+            model,
+            prices = %self.version,
+            "no price for this model: its calls get no agent_tracer.cost.usd (cost unknown, not \
+             zero); add it with --prices FILE"
+        );
+        true
     }
 }
 
@@ -186,6 +222,67 @@ mod tests {
         assert_eq!(t.cost("other", &usage(1, 1, 0, 0)), None);
         let no_usage = Usage::default();
         assert_eq!(t.cost("m", &no_usage), None);
+    }
+
+    #[test]
+    fn current_models_of_every_provider_are_priced() {
+        let t = PriceTable::builtin();
+        assert_eq!(t.version, "2026-12-01");
+        for model in [
+            "gpt-5-codex",
+            "gpt-5.1-codex-max",
+            "gpt-5.1-chat-latest",
+            "gpt-5.2-2025-12-11",
+            "gpt-5.3-codex",
+            "gpt-5.4-mini",
+            "gpt-5.5",
+            "codex-mini-latest",
+            "claude-opus-4-8",
+            "claude-sonnet-4-6",
+            "claude-haiku-4-5-20251001",
+            "claude-opus-4-5-20251101",
+            "claude-3-7-sonnet-latest",
+            "gemini-3.1-pro-preview",
+            "gemini-3-flash-preview",
+            "gemini-2.5-flash-preview-09-2025",
+            "models/gemini-2.5-pro",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "us.amazon.nova-pro-v1:0",
+            "meta.llama3-3-70b-instruct-v1:0",
+        ] {
+            let price = t.price(model);
+            assert!(price.is_some(), "{model} has no price");
+            assert!(
+                price.is_some_and(|p| p.cache_read.is_some()) || model.contains("llama"),
+                "{model} has no cached-input price"
+            );
+        }
+        // Anthropic charges for cache writes; its entries say how much.
+        for model in ["claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5"] {
+            let p = t.price(model).unwrap();
+            assert_eq!(p.cache_write, Some(p.input * 1.25), "{model}");
+            assert_eq!(p.cache_read, Some(p.input / 10.0), "{model}");
+        }
+        assert_eq!(t.price("gpt-5-codex"), t.price("gpt-5"));
+        assert_ne!(t.price("gpt-4o-2024-05-13"), t.price("gpt-4o"));
+    }
+
+    #[test]
+    fn an_unpriced_model_is_warned_about_once() {
+        let t = PriceTable::parse(r#"{"version": "t", "models": {}}"#).unwrap();
+        let clone = t.clone();
+        assert!(t.warn_unpriced("mystery-1"));
+        assert!(
+            !clone.warn_unpriced("mystery-1"),
+            "clones share what was said"
+        );
+        assert!(t.warn_unpriced("mystery-2"));
+        assert_eq!(t.cost("mystery-1", &usage(10, 1, 0, 0)), None);
+        for i in 0..MAX_UNPRICED_WARNINGS * 2 {
+            t.warn_unpriced(&format!("flood-{i}"));
+        }
+        assert_eq!(t.unpriced.lock().unwrap().len(), MAX_UNPRICED_WARNINGS);
     }
 
     #[test]

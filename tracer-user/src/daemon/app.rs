@@ -165,6 +165,7 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     let hook_coverage = attacher.coverage();
+    let target_cache = attacher.target_cache();
     let attacher = tokio::spawn(attacher.run(exec_rx, preattached));
 
     let mut spans = Vec::new();
@@ -178,6 +179,8 @@ pub async fn run(config: Config) -> Result<()> {
         Some(Box::new(move |pid, ignored| ignored_pids.set(pid, ignored))),
     )?;
     pipeline.set_hook_coverage(hook_coverage);
+    sinks.metrics.coverage.set_targets(target_cache);
+    pipeline.set_metrics_coverage(sinks.metrics.coverage.clone());
     pipeline.observe_running(crate::capture::all_pids());
     for event in open_connections {
         pipeline.handle(event, &mut spans);

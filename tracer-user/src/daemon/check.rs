@@ -190,6 +190,11 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
     }
 
     tls_summary(out)?;
+    writeln!(
+        out,
+        "prices: built-in table of {} (USD per million tokens; --prices FILE adds or overrides)",
+        crate::agent::cost::PriceTable::builtin().version
+    )?;
 
     if missing.is_empty() {
         writeln!(out, "agent-tracer can run on this host")?;
@@ -246,25 +251,7 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
         let program = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim().to_string())
             .unwrap_or_else(|_| pid.to_string());
-        let mut found: BTreeSet<Found> = BTreeSet::new();
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        found.extend(analyse(&cache, &exe, true, "executable"));
-        let libraries: BTreeSet<&str> = mapped_paths(&maps)
-            .filter(|p| {
-                Path::new(p)
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(is_tls_library_name)
-            })
-            .collect();
-        for lib in libraries {
-            let path = PathBuf::from(format!("/proc/{pid}/root{lib}"));
-            let name = Path::new(lib)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or(lib);
-            found.extend(analyse(&cache, &path, false, name));
-        }
+        let found = process_stacks(&cache, pid, &maps);
         for f in found {
             lines.push(format!(
                 "  {pid:>7} {program}: {} ({}): {}",
@@ -295,13 +282,39 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// Each TLS stack of process `pid` (whose /proc/PID/maps is `maps`), in its executable or a
+/// TLS library it maps, and how it is hooked.
+pub fn process_stacks(cache: &TargetCache, pid: u32, maps: &str) -> BTreeSet<Found> {
+    let mut found: BTreeSet<Found> = BTreeSet::new();
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    found.extend(analyse(cache, &exe, true, "executable"));
+    let libraries: BTreeSet<&str> = mapped_paths(maps)
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_tls_library_name)
+        })
+        .collect();
+    for lib in libraries {
+        let path = PathBuf::from(format!("/proc/{pid}/root{lib}"));
+        let name = Path::new(lib)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(lib);
+        found.extend(analyse(cache, &path, false, name));
+    }
+    found
+}
+
 /// One TLS stack found in one process.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Found {
-    stack: String,
+pub struct Found {
+    pub stack: String,
     /// `executable`, or the library's file name.
-    place: String,
-    how: &'static str,
+    pub place: String,
+    /// `symbol`, `inferred` or `fallback` (see `how_hooked`).
+    pub how: &'static str,
 }
 
 /// Each stack an analysis found and how it is hooked: `symbol`, `inferred`, or `fallback` when a

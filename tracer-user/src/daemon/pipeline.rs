@@ -20,7 +20,7 @@ use crate::{
         HttpTracker,
     },
     streams::{ConnKey, Source, StreamAssembler, StreamEvent, StreamRecorder},
-    telemetry::health::Health,
+    telemetry::{health::Health, metrics::coverage::Coverage},
 };
 
 /// Largest HTTP body kept in memory per message, the default of `--max-body-bytes`.
@@ -84,6 +84,8 @@ pub struct Pipeline {
     tls_plaintext_pids: HashSet<u32>,
     /// When each process's TLS hooks were in place (the attacher writes it).
     hook_coverage: HookCoverage,
+    /// What is captured of each process, for the coverage metrics.
+    seen: Coverage,
 }
 
 impl Pipeline {
@@ -115,6 +117,7 @@ impl Pipeline {
             rpc_exchanges: Vec::new(),
             tls_plaintext_pids: HashSet::new(),
             hook_coverage: HookCoverage::default(),
+            seen: Coverage::default(),
         })
     }
 
@@ -127,6 +130,11 @@ impl Pipeline {
     /// Shares the attacher's record of when each process was hooked.
     pub fn set_hook_coverage(&mut self, coverage: HookCoverage) {
         self.hook_coverage = coverage;
+    }
+
+    /// Shares the metrics' per-process coverage, which counts the plaintext captured here.
+    pub fn set_metrics_coverage(&mut self, coverage: Coverage) {
+        self.seen = coverage;
     }
 
     /// One capture record through the stages, in order; the spans it finishes are appended to
@@ -189,6 +197,7 @@ impl Pipeline {
         match event {
             CaptureEvent::Data(chunk) if chunk.source == Source::Tls => {
                 self.tls_plaintext_pids.insert(chunk.pid);
+                self.seen.plaintext(chunk.pid, chunk.data.len() as u64);
                 None
             }
             CaptureEvent::TlsSummary {
@@ -266,6 +275,7 @@ impl Pipeline {
         self.processes.forget(pid);
         self.tls_plaintext_pids.remove(&pid);
         self.hook_coverage.forget(pid);
+        self.seen.exited(pid);
     }
 
     /// The resource: each span's process from the catalogue.

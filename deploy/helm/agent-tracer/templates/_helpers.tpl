@@ -41,6 +41,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.otlp.protocol }}{{ $_ := set $cfg "otlp_protocol" .Values.otlp.protocol }}{{ end -}}
 {{- if .Values.captureContent }}{{ $_ := set $cfg "capture_content" true }}{{ end -}}
 {{- $_ := set $cfg "health_listen" (printf "0.0.0.0:%v" .Values.health.port) -}}
+{{- if .Values.metrics.enabled }}{{ $_ := set $cfg "prometheus_listen" (printf "0.0.0.0:%v" .Values.metrics.port) }}{{ end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: the endpoint is on loopback otherwise" -}}
+{{- end -}}
 {{- if .Values.kubeApi.enabled }}{{ $_ := set $cfg "kube_api" true }}{{ end -}}
 {{- range $kind := list "exe" "cmdline" "container" "namespace" "pod_label" -}}
 {{- with (get ($.Values.selection.include | default dict) $kind) }}{{ $_ := set $cfg (printf "include_%s" $kind) . }}{{ end -}}

@@ -5,9 +5,12 @@
 //! `MetricsRecorder` aggregates (cumulative, since start); `prometheus` serves a scrape endpoint
 //! and `otlp` pushes the same snapshot to an OTLP receiver.
 
+pub mod agents;
 pub mod config;
+pub mod coverage;
 pub mod otlp;
 pub mod prometheus;
+pub mod who;
 
 use std::{
     collections::BTreeMap,
@@ -154,7 +157,15 @@ const HISTOGRAMS: [&HistogramDef; 5] = [
     &TIME_PER_OUTPUT_TOKEN,
     &MCP_DURATION,
 ];
-const COUNTERS: [&CounterDef; 2] = [&LLM_CALLS, &LLM_COST];
+const COUNTERS: [&CounterDef; 7] = [
+    &LLM_CALLS,
+    &LLM_COST,
+    &agents::RUNS,
+    &agents::LOOPS,
+    &agents::REPEATED_REQUESTS,
+    &agents::TOOL_EXECUTIONS,
+    &agents::TOOL_ERRORS,
+];
 
 /// An attribute value of a metric series. Ordered so attribute sets can key a map.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -232,6 +243,8 @@ pub struct Snapshot {
     pub time_unix_nano: u64,
     pub histograms: Vec<HistogramFamily>,
     pub counters: Vec<CounterFamily>,
+    /// Current values (the per-process coverage), not totals.
+    pub gauges: Vec<CounterFamily>,
 }
 
 #[derive(Default)]
@@ -250,6 +263,8 @@ pub struct MetricsRecorder {
     store: Mutex<Store>,
     health: Arc<Health>,
     start_unix_ns: u64,
+    /// What the tracer sees of each process that made TLS or model traffic.
+    pub coverage: coverage::Coverage,
 }
 
 pub fn unix_now_ns() -> u64 {
@@ -338,6 +353,7 @@ impl MetricsRecorder {
             store: Mutex::new(Store::default()),
             health,
             start_unix_ns: unix_now_ns(),
+            coverage: coverage::Coverage::default(),
         }
     }
 
@@ -347,6 +363,46 @@ impl MetricsRecorder {
             return;
         };
         let seconds = span.duration_ns() as f64 / 1e9;
+        let who = who::attributes(&span.process);
+        if matches!(
+            span.attr("agent_tracer.capture.encrypted"),
+            Some(AttrValue::Bool(true))
+        ) {
+            let bytes = num_attr(span, "agent_tracer.tls.sent_bytes").unwrap_or(0.0)
+                + num_attr(span, "agent_tracer.tls.received_bytes").unwrap_or(0.0);
+            self.coverage.encrypted(
+                span.process.pid,
+                &span.process.executable_name,
+                bytes as u64,
+                str_attr(span, "gen_ai.provider.name").is_some(),
+            );
+        }
+        if let Some((outcome, loops, repeated)) = agents::run_counts(span) {
+            let mut attrs = vec![
+                ("gen_ai.agent.name", agent_name(span)),
+                ("agent_tracer.run.outcome", Label::Str(outcome)),
+            ];
+            attrs.extend(who.iter().cloned());
+            store.counter(&agents::RUNS, attrs.clone(), 1.0);
+            attrs.retain(|(k, _)| *k != "agent_tracer.run.outcome");
+            if loops > 0 {
+                store.counter(&agents::LOOPS, attrs.clone(), loops as f64);
+            }
+            if repeated > 0 {
+                store.counter(&agents::REPEATED_REQUESTS, attrs, repeated as f64);
+            }
+            return;
+        }
+        if agents::is_tool_execution(span) {
+            let mut attrs = pick(span, &["gen_ai.tool.name", "error.type"]);
+            attrs.push(("gen_ai.agent.name", agent_name(span)));
+            attrs.extend(who.iter().cloned());
+            store.counter(&agents::TOOL_EXECUTIONS, attrs.clone(), 1.0);
+            if str_attr(span, "error.type").is_some() {
+                store.counter(&agents::TOOL_ERRORS, attrs, 1.0);
+            }
+            return;
+        }
         if str_attr(span, "mcp.method.name").is_some() {
             let mut attrs = pick(span, MCP_ATTRIBUTES);
             attrs.push(("gen_ai.agent.name", agent_name(span)));
@@ -356,11 +412,15 @@ impl MetricsRecorder {
         if !str_attr(span, "gen_ai.operation.name").is_some_and(|op| LLM_OPERATIONS.contains(&op)) {
             return;
         }
+        self.coverage
+            .model_call(span.process.pid, &span.process.executable_name);
         let agent = ("gen_ai.agent.name", agent_name(span));
         let mut with_error = pick(span, LLM_WITH_ERROR);
         with_error.push(agent.clone());
+        with_error.extend(who.iter().cloned());
         let mut common = pick(span, LLM_COMMON);
         common.push(agent);
+        common.extend(who);
 
         store.histogram(&OPERATION_DURATION, with_error.clone(), seconds);
         store.counter(&LLM_CALLS, with_error, 1.0);
@@ -418,6 +478,7 @@ impl MetricsRecorder {
             time_unix_nano: unix_now_ns(),
             histograms,
             counters,
+            gauges: self.coverage.families(),
         }
     }
 }

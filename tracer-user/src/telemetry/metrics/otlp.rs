@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::{
     },
     common::v1::{any_value, AnyValue, KeyValue},
     metrics::v1::{
-        metric::Data, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint,
-        Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram,
+        HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     },
     resource::v1::Resource,
 };
@@ -234,6 +234,30 @@ pub fn export_request(
                             } else {
                                 number_data_point::Value::AsDouble(*v)
                             }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })),
+                ..Default::default()
+            }),
+    );
+    metrics.extend(
+        snapshot
+            .gauges
+            .iter()
+            .filter(|f| !f.points.is_empty())
+            .map(|f| Metric {
+                name: f.name.clone(),
+                description: f.description.clone(),
+                unit: f.unit.to_string(),
+                data: Some(Data::Gauge(Gauge {
+                    data_points: f
+                        .points
+                        .iter()
+                        .map(|(attrs, v)| NumberDataPoint {
+                            attributes: attributes(attrs),
+                            time_unix_nano: now,
+                            value: Some(number_data_point::Value::AsInt(*v as i64)),
                             ..Default::default()
                         })
                         .collect(),

@@ -58,6 +58,7 @@ struct SnapshotCollector {
     /// Pre-digested so `encode` (a `&self` callback) only writes.
     histograms: Vec<Family<HistogramSample>>,
     counters: Vec<Family<CounterSample>>,
+    gauges: Vec<Family<CounterSample>>,
     host_name: String,
 }
 
@@ -138,6 +139,17 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
+        for f in &self.gauges {
+            let mut m =
+                encoder.encode_descriptor(&f.name, &f.help, f.unit.as_ref(), MetricType::Gauge)?;
+            for (labels, v) in &f.samples {
+                let mut family = m.encode_family(labels)?;
+                match v {
+                    CounterSample::Int(i) => family.encode_gauge(&(*i as i64))?,
+                    CounterSample::F64(f) => family.encode_gauge(f)?,
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -183,32 +195,36 @@ pub fn render(snapshot: &Snapshot, host_name: &str) -> Result<String> {
                 .collect(),
         })
         .collect();
-    let counters = snapshot
-        .counters
-        .iter()
-        .filter(|f| !f.points.is_empty())
-        .map(|f| Family {
-            name: prom_name(&f.name),
-            help: f.description.clone(),
-            unit: unit(f.prom_unit),
-            samples: f
-                .points
-                .iter()
-                .map(|(attrs, v)| {
-                    let v = if f.integer {
-                        CounterSample::Int(*v as u64)
-                    } else {
-                        CounterSample::F64(*v)
-                    };
-                    (labels(attrs), v)
-                })
-                .collect(),
-        })
-        .collect();
+    let numbers = |families: &[super::CounterFamily]| -> Vec<Family<CounterSample>> {
+        families
+            .iter()
+            .filter(|f| !f.points.is_empty())
+            .map(|f| Family {
+                name: prom_name(&f.name),
+                help: f.description.clone(),
+                unit: unit(f.prom_unit),
+                samples: f
+                    .points
+                    .iter()
+                    .map(|(attrs, v)| {
+                        let v = if f.integer {
+                            CounterSample::Int(*v as u64)
+                        } else {
+                            CounterSample::F64(*v)
+                        };
+                        (labels(attrs), v)
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let counters = numbers(&snapshot.counters);
+    let gauges = numbers(&snapshot.gauges);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector {
         histograms,
         counters,
+        gauges,
         host_name: host_name.to_string(),
     }));
     let mut out = String::new();
@@ -339,9 +355,19 @@ mod tests {
         all.push(("agent_tracer.cost.usd", 0.1.into()));
         r.observe(&span(all, 1));
         r.observe(&span(vec![("mcp.method.name", "tools/list".into())], 1));
+        r.observe(&crate::telemetry::metrics::tests::run_span("error", 2, 1));
+        r.observe(&span(
+            vec![
+                ("gen_ai.operation.name", "execute_tool".into()),
+                ("gen_ai.tool.name", "run_task".into()),
+                ("error.type", "tool_error".into()),
+            ],
+            1,
+        ));
         let snapshot = r.snapshot();
         assert!(snapshot.histograms.iter().all(|f| !f.points.is_empty()));
         assert!(snapshot.counters.iter().all(|f| !f.points.is_empty()));
+        assert!(snapshot.gauges.iter().all(|f| !f.points.is_empty()));
         let text = render(&snapshot, "h").unwrap();
         let families: Vec<&str> = text
             .lines()
@@ -356,8 +382,18 @@ mod tests {
         );
         assert_eq!(
             families.len(),
-            1 + snapshot.histograms.len() + snapshot.counters.len()
+            1 + snapshot.histograms.len() + snapshot.counters.len() + snapshot.gauges.len()
         );
+        for line in [
+            "# TYPE agent_tracer_coverage_plaintext_bytes gauge",
+            "agent_tracer_coverage_model_calls{process_pid=\"42\",process_executable_name=\"python3\",tls_stack=\"none\",agent_tracer_hook=\"none\"} 1",
+            "# TYPE agent_tracer_runs counter",
+            "agent_tracer_runs_total{gen_ai_agent_name=\"python3\",agent_tracer_run_outcome=\"error\"} 1",
+            "agent_tracer_run_loops_total{gen_ai_agent_name=\"python3\"} 2",
+            "agent_tracer_tool_errors_total{gen_ai_tool_name=\"run_task\",error_type=\"tool_error\",gen_ai_agent_name=\"python3\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -21,6 +21,26 @@ pub fn span(attributes: Vec<(&'static str, AttrValue)>, duration_ms: u64) -> Spa
     }
 }
 
+/// An ended run's `invoke_agent` span with `loops` loop events.
+pub fn run_span(outcome: &str, loops: usize, repeated: u64) -> Span {
+    let mut s = span(
+        vec![
+            ("gen_ai.operation.name", "invoke_agent".into()),
+            ("agent_tracer.run.outcome", outcome.into()),
+            ("agent_tracer.run.repeated_requests", repeated.into()),
+        ],
+        10,
+    );
+    for _ in 0..loops {
+        s.events.push(crate::model::span::SpanEvent {
+            name: "agent_tracer.loop_detected",
+            time_unix_ns: 1,
+            attributes: Vec::new(),
+        });
+    }
+    s
+}
+
 pub fn chat(model: &str, input: i64, output: i64) -> Vec<(&'static str, AttrValue)> {
     vec![
         ("gen_ai.operation.name", "chat".into()),
@@ -249,6 +269,134 @@ fn health_counters_and_unsupported_tls() {
             2.0
         )]
     );
+}
+
+#[test]
+fn model_calls_carry_the_pods_namespace_workload_and_container() {
+    use crate::processes::{kube_api::Workload, PodInfo, PodMeta};
+    let r = MetricsRecorder::new(Arc::new(Health::default()));
+    let mut s = span(chat("gpt-4o", 10, 5), 100);
+    let mut process = ProcessInfo::unknown(42);
+    process.executable_name = "python3".to_string();
+    process.pod = Some(Arc::new(PodInfo {
+        uid: "u".into(),
+        name: Some("api-1".into()),
+        namespace: Some("team-a".into()),
+        container_name: Some("api".into()),
+    }));
+    process.pod_api = Some(Arc::new(PodMeta {
+        namespace: "team-a".into(),
+        workload: Workload {
+            statefulset: Some("api".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    s.process = Arc::new(process);
+    s.attributes.push(("agent_tracer.cost.usd", 0.5.into()));
+    r.observe(&s);
+    let snap = r.snapshot();
+    let who = [
+        ("k8s.namespace.name", Label::Str("team-a".into())),
+        ("k8s.statefulset.name", Label::Str("api".into())),
+        ("k8s.container.name", Label::Str("api".into())),
+    ];
+    for name in ["agent_tracer.model.cost", "agent_tracer.model.calls"] {
+        let (attrs, _) = &counter(&snap, name).points[0];
+        assert!(who.iter().all(|w| attrs.contains(w)), "{name}: {attrs:?}");
+    }
+    for name in [
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.token.usage",
+    ] {
+        let (attrs, _) = &family(&snap, name).points[0];
+        assert!(who.iter().all(|w| attrs.contains(w)), "{name}: {attrs:?}");
+    }
+    assert_eq!(
+        label(
+            &counter(&snap, "agent_tracer.model.cost").points[0].0,
+            "k8s.pod.name"
+        ),
+        None,
+        "pods come and go: not a series key"
+    );
+}
+
+#[test]
+fn runs_loops_repeats_and_tool_errors_become_counters() {
+    let r = MetricsRecorder::new(Arc::new(Health::default()));
+    r.observe(&run_span("completed", 0, 0));
+    r.observe(&run_span("completed", 1, 2));
+    r.observe(&run_span("abandoned", 0, 0));
+    for error in [None, Some("tool_error"), Some("tool_error")] {
+        let mut a = vec![
+            ("gen_ai.operation.name", "execute_tool".into()),
+            ("gen_ai.tool.name", "run_task".into()),
+        ];
+        if let Some(e) = error {
+            a.push(("error.type", e.into()));
+        }
+        r.observe(&span(a, 5));
+    }
+    let s = r.snapshot();
+    let outcome = |o: &str| {
+        counter(&s, "agent_tracer.runs")
+            .points
+            .iter()
+            .find(|(a, _)| label(a, "agent_tracer.run.outcome") == Some(&Label::Str(o.into())))
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(outcome("completed"), Some(2.0));
+    assert_eq!(outcome("abandoned"), Some(1.0));
+    assert_eq!(outcome("error"), None);
+    assert_eq!(counter(&s, "agent_tracer.run.loops").points[0].1, 1.0);
+    assert_eq!(
+        counter(&s, "agent_tracer.run.repeated_requests").points[0].1,
+        2.0
+    );
+    let executions: f64 = counter(&s, "agent_tracer.tool.executions")
+        .points
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(executions, 3.0);
+    let errors = &counter(&s, "agent_tracer.tool.errors").points;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].1, 2.0);
+    assert_eq!(
+        label(&errors[0].0, "gen_ai.tool.name"),
+        Some(&Label::Str("run_task".into()))
+    );
+    // Runs and tools are not model calls.
+    assert!(counter(&s, "agent_tracer.model.calls").points.is_empty());
+}
+
+#[test]
+fn encrypted_only_connections_to_model_apis_count_as_blind() {
+    let r = MetricsRecorder::new(Arc::new(Health::default()));
+    r.observe(&span(
+        vec![
+            ("agent_tracer.capture.encrypted", true.into()),
+            ("gen_ai.provider.name", "openai".into()),
+            ("agent_tracer.tls.sent_bytes", 1000u64.into()),
+            ("agent_tracer.tls.received_bytes", 3000u64.into()),
+        ],
+        5,
+    ));
+    let s = r.snapshot();
+    let gauge = |name: &str| {
+        s.gauges
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.points.first())
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(gauge("agent_tracer.coverage.encrypted_bytes"), Some(4000.0));
+    assert_eq!(
+        gauge("agent_tracer.coverage.blind_model_connections"),
+        Some(1.0)
+    );
+    assert_eq!(gauge("agent_tracer.coverage.plaintext_bytes"), Some(0.0));
 }
 
 #[test]
