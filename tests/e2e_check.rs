@@ -99,6 +99,8 @@ fn check_passes_here_and_names_what_it_found() -> Result<()> {
         "ok      bpf_loop helper".into(),
         "ok      syscall tracepoints".into(),
         "ok      kernel BTF (/sys/kernel/btf/vmlinux)".into(),
+        // This host has BTF and tracing programs: the cheapest syscall hook path comes first.
+        "syscall hooks: tp_btf sys_enter/sys_exit".into(),
         "ok      tracefs mounted at /sys/kernel/tracing".into(),
         "ok      bpffs mounted at /sys/fs/bpf".into(),
         "agent-tracer can run on this host".into(),

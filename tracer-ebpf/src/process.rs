@@ -78,10 +78,15 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 /// was killed by a signal.
 #[tracepoint]
 pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let status: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    let _ = EXIT_STATUS.insert(tgid, status as i32, 0);
+    remember_exit_status(status);
     0
+}
+
+#[inline(always)]
+pub(crate) fn remember_exit_status(status: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = EXIT_STATUS.insert(tgid, status as i32, 0);
 }
 
 /// Process lineage: which process created which. `task_newtask` fires in the creating process
@@ -133,7 +138,7 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     emit_args(argv)
 }
 
-fn emit_args(argv: u64) -> u32 {
+pub(crate) fn emit_args(argv: u64) -> u32 {
     if argv == 0 {
         return 0;
     }

@@ -8,6 +8,7 @@ mod gotls;
 mod maps;
 mod openssl;
 mod process;
+mod raw_syscalls;
 mod syscalls;
 
 #[cfg(not(test))]

@@ -75,9 +75,14 @@ pub(crate) fn is_tracer(pid_tgid: u64) -> bool {
 
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
+    enter_socket(arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+#[inline(always)]
+pub(crate) fn enter_socket(family: u64, kind: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let family = arg(&ctx, 0) as u16;
-    let kind = arg(&ctx, 1);
+    let family = family as u16;
     if (family == AF_INET || family == AF_INET6)
         && kind & SOCK_TYPE_MASK == SOCK_STREAM
         && !is_tracer(pid_tgid)
@@ -90,17 +95,21 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
         };
         let _ = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64);
     }
-    0
 }
 
 #[tracepoint]
 pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+    exit_socket(ret(&ctx));
+    0
+}
+
+#[inline(always)]
+pub(crate) fn exit_socket(fd: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if unsafe { PENDING_SOCKET_CALLS.get(pid_tgid) }.is_none() {
-        return 0;
+        return;
     }
     let _ = PENDING_SOCKET_CALLS.remove(pid_tgid);
-    let fd = ret(&ctx);
     if fd >= 0 {
         let key = FdKey {
             tgid: tgid(pid_tgid),
@@ -112,26 +121,30 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
         };
         let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
     }
-    0
 }
 
 // connect() / accept(): the connection starts; report its peer.
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    remember_socket_call(&ctx);
+    remember_socket_call(arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    exit_connect(ret(&ctx));
+    0
+}
+
+#[inline(always)]
+pub(crate) fn exit_connect(r: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_socket_call(pid_tgid) else {
-        return 0;
+        return;
     };
-    let r = ret(&ctx);
     if r != 0 && r != -EINPROGRESS {
-        return 0;
+        return;
     }
     let key = FdKey {
         tgid: tgid(pid_tgid),
@@ -144,37 +157,37 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         call.fd,
         read_sockaddr(call.addr),
     );
-    0
 }
 
 #[tracepoint]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    remember_socket_call(&ctx);
+    remember_socket_call(arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    finish_accept(&ctx);
+    finish_accept(ret(&ctx));
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    remember_socket_call(&ctx);
+    remember_socket_call(arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    finish_accept(&ctx);
+    finish_accept(ret(&ctx));
     0
 }
 
+/// connect/accept/accept4 on `fd` with the peer's address at `addr`: kept for the call's return.
 #[inline(always)]
-fn remember_socket_call(ctx: &TracePointContext) {
+pub(crate) fn remember_socket_call(fd: u64, addr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = arg(ctx, 0) as u32;
+    let fd = fd as u32;
     let key = FdKey {
         tgid: tgid(pid_tgid),
         fd,
@@ -185,11 +198,7 @@ fn remember_socket_call(ctx: &TracePointContext) {
     if state.flags & flag::STREAM == 0 {
         return;
     }
-    let call = PendingSocketCall {
-        addr: arg(ctx, 1),
-        fd,
-        _pad: 0,
-    };
+    let call = PendingSocketCall { addr, fd, _pad: 0 };
     let _ = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64);
 }
 
@@ -201,12 +210,11 @@ fn take_socket_call(pid_tgid: u64) -> Option<PendingSocketCall> {
 }
 
 #[inline(always)]
-fn finish_accept(ctx: &TracePointContext) {
+pub(crate) fn finish_accept(fd: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = take_socket_call(pid_tgid) else {
         return;
     };
-    let fd = ret(ctx);
     if fd < 0 {
         return;
     }
@@ -302,22 +310,27 @@ pub(crate) fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body:
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    enter_close(arg(&ctx, 0));
+    0
+}
+
+#[inline(always)]
+pub(crate) fn enter_close(fd: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = FdKey {
         tgid: tgid(pid_tgid),
-        fd: arg(&ctx, 0) as u32,
+        fd: fd as u32,
     };
     let Some(state) = (unsafe { SOCKETS.get(key) }).copied() else {
-        return 0;
+        return;
     };
     let _ = SOCKETS.remove(key);
     // A stdio fd's byte counts belong to the process's stdio connection, which other fds may
     // still carry.
     if state.flags & flag::STDIO != 0 {
-        return 0;
+        return;
     }
     end_socket(key, state.flags, pid_tgid);
-    0
 }
 
 /// A traced socket (not stdio) with `flags` is gone from `key`, closed or replaced by dup2/dup3:
@@ -338,89 +351,145 @@ fn end_socket(key: FdKey, flags: u32, pid_tgid: u64) {
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Write, Direction::Egress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Write,
+        Direction::Egress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Egress);
+    exit_io(ret(&ctx), Direction::Egress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Sendto, Direction::Egress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Sendto,
+        Direction::Egress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Egress);
+    exit_io(ret(&ctx), Direction::Egress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Writev, Direction::Egress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Writev,
+        Direction::Egress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Egress);
+    exit_io(ret(&ctx), Direction::Egress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Sendmsg, Direction::Egress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Sendmsg,
+        Direction::Egress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Egress);
+    exit_io(ret(&ctx), Direction::Egress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Read, Direction::Ingress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Read,
+        Direction::Ingress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Ingress);
+    exit_io(ret(&ctx), Direction::Ingress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Recvfrom, Direction::Ingress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Recvfrom,
+        Direction::Ingress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Ingress);
+    exit_io(ret(&ctx), Direction::Ingress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Readv, Direction::Ingress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Readv,
+        Direction::Ingress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Ingress);
+    exit_io(ret(&ctx), Direction::Ingress);
     0
 }
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    enter_io(&ctx, SocketFunction::Recvmsg, Direction::Ingress);
+    enter_io(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SocketFunction::Recvmsg,
+        Direction::Ingress,
+    );
     0
 }
 #[tracepoint]
 pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    exit_io(&ctx, Direction::Ingress);
+    exit_io(ret(&ctx), Direction::Ingress);
     0
 }
 
+/// A data call on `fd` (`buf`, `count`: the buffer or iovec array and its length; for
+/// sendmsg/recvmsg, `buf` is the `msghdr`).
 #[inline(always)]
-fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direction) {
+pub(crate) fn enter_io(
+    fd: u64,
+    buf: u64,
+    count: u64,
+    function: SocketFunction,
+    direction: Direction,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = arg(ctx, 0) as u32;
+    let fd = fd as u32;
     let key = FdKey {
         tgid: tgid(pid_tgid),
         fd,
@@ -434,7 +503,7 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
     }
     if state.flags & flag::STDIO != 0 {
         // No TLS library writes its records to stdio: straight to the copy.
-        copy_unless_ignored(ctx, pid_tgid, fd, function);
+        copy_unless_ignored(pid_tgid, fd, buf, count, function);
         return;
     }
     if state.flags & (flag::CONNECTED | flag::ACCEPTED) == 0 {
@@ -482,33 +551,33 @@ fn enter_io(ctx: &TracePointContext, function: SocketFunction, direction: Direct
         }
         return;
     }
-    copy_unless_ignored(ctx, pid_tgid, fd, function);
+    copy_unless_ignored(pid_tgid, fd, buf, count, function);
 }
 
 /// The one place a syscall's bytes are committed to: a process userspace left out (its fds
 /// were tracked before the decision) is counted, not copied. TLS sockets never get here, so
 /// their calls cost no lookup in the ignore map.
 #[inline(always)]
-fn copy_unless_ignored(ctx: &TracePointContext, pid_tgid: u64, fd: u32, function: SocketFunction) {
+fn copy_unless_ignored(pid_tgid: u64, fd: u32, buf: u64, len: u64, function: SocketFunction) {
     if is_ignored(tgid(pid_tgid)) {
         count(counter::IGNORED_CALLS, 1);
         return;
     }
-    remember_io(ctx, pid_tgid, fd, function);
+    remember_io(pid_tgid, fd, buf, len, function);
 }
 
 /// The call's buffer (or iovec array) until its return says how many bytes moved.
 #[inline(always)]
-fn remember_io(ctx: &TracePointContext, pid_tgid: u64, fd: u32, function: SocketFunction) {
+fn remember_io(pid_tgid: u64, fd: u32, buf: u64, len: u64, function: SocketFunction) {
     let (buf, count) = match function {
         SocketFunction::Sendmsg | SocketFunction::Recvmsg => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-            let msg = arg(ctx, 1);
+            let msg = buf;
             let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
             let len = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
             (iov, len)
         }
-        _ => (arg(ctx, 1), arg(ctx, 2)),
+        _ => (buf, len),
     };
     let io = PendingIo {
         buf,
@@ -528,14 +597,14 @@ fn is_vectored(function: u32) -> bool {
         || function == SocketFunction::Recvmsg as u32
 }
 
+/// A data call returned `r`.
 #[inline(always)]
-fn exit_io(ctx: &TracePointContext, direction: Direction) {
+pub(crate) fn exit_io(r: i64, direction: Direction) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(io) = (unsafe { PENDING_IO.get(pid_tgid) }).copied() else {
         return;
     };
     let _ = PENDING_IO.remove(pid_tgid);
-    let r = ret(ctx);
     if r <= 0 {
         return;
     }
@@ -733,7 +802,7 @@ fn sniff_jsonrpc(buf: u64, len: u64) -> bool {
 const F_DUPFD: u64 = 0;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 /// `PendingDup::newfd` when the kernel picks the new fd (dup, fcntl).
-const ANY_FD: u32 = u32::MAX;
+pub(crate) const ANY_FD: u32 = u32::MAX;
 
 #[tracepoint]
 pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
@@ -743,7 +812,7 @@ pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
-    exit_dup(&ctx);
+    exit_dup(ret(&ctx));
     0
 }
 
@@ -755,7 +824,7 @@ pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
-    exit_dup(&ctx);
+    exit_dup(ret(&ctx));
     0
 }
 
@@ -767,27 +836,32 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
-    exit_dup(&ctx);
+    exit_dup(ret(&ctx));
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
-    let cmd = arg(&ctx, 1);
-    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
-        enter_dup(arg(&ctx, 0) as u32, ANY_FD);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
-    exit_dup(&ctx);
+    enter_fcntl(arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
 #[inline(always)]
-fn enter_dup(old_fd: u32, new_fd: u32) {
+pub(crate) fn enter_fcntl(fd: u64, cmd: u64) {
+    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
+        enter_dup(fd as u32, ANY_FD);
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    exit_dup(ret(&ctx));
+    0
+}
+
+/// dup/dup2/dup3 (`new_fd` [`ANY_FD`] when the kernel picks it).
+#[inline(always)]
+pub(crate) fn enter_dup(old_fd: u32, new_fd: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid(pid_tgid);
     // Plain values, not Options of states: LLVM leaves a None's payload undefined, and the
@@ -816,13 +890,12 @@ fn enter_dup(old_fd: u32, new_fd: u32) {
 }
 
 #[inline(always)]
-fn exit_dup(ctx: &TracePointContext) {
+pub(crate) fn exit_dup(fd: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(dup) = (unsafe { PENDING_DUPS.get(pid_tgid) }).copied() else {
         return;
     };
     let _ = PENDING_DUPS.remove(pid_tgid);
-    let fd = ret(ctx);
     if fd < 0 {
         return;
     }

@@ -7,6 +7,8 @@
 //!   the tracer adds per request and per TLS call.
 //! - `syscalls` ([`syscalls`]): what the socket tracepoints cost a process the tracer does not
 //!   trace (a pipe, and a TCP connection that is not HTTP).
+//! - `syscall-paths` ([`syscall_paths`]): the same, and a cost per syscall, for each way of
+//!   hooking syscalls this kernel offers.
 //!
 //! Every child process is guarded ([`Guarded`]): an error anywhere interrupts, then kills, what
 //! this command started, and nothing else is ever signalled.
@@ -22,6 +24,7 @@ mod locator;
 mod preattach;
 mod procfs;
 mod report;
+mod syscall_paths;
 mod syscalls;
 mod tls_calls;
 
@@ -83,6 +86,9 @@ enum Section {
     TlsCalls,
     /// Socket tracepoints: cost on an unrelated process.
     Syscalls,
+    /// Syscall hook paths (per-syscall tracepoints, raw_tp, tp_btf): cost on an unrelated
+    /// process.
+    SyscallPaths,
     /// Locator: TLS functions found without symbols (first analysis and cached).
     Locator,
     /// Pre-attach: start-up cost, and exec → hooked latency of a never-seen binary.
@@ -156,6 +162,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted(Section::Syscalls) {
         let section = syscalls::measure(&env)?;
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
+    }
+    if wanted(Section::SyscallPaths) {
+        let section = syscall_paths::measure(&env)?;
         header(&format!("writing {}", out.display()));
         println!("{section}");
         write_section(&out, &section)?;

@@ -70,10 +70,17 @@ pub const FEATURES: &[Feature] = &[
     },
     Feature {
         name: "kernel BTF (/sys/kernel/btf/vmlinux)",
-        needed_for: "typed tracepoints (not used yet)",
+        needed_for: "BTF-typed raw tracepoints (tp_btf)",
         required: false,
         needs_bpf: false,
-        probe: || std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        probe: has_kernel_btf,
+    },
+    Feature {
+        name: "raw tracepoint programs (Linux 4.17)",
+        needed_for: "one raw sys_enter/sys_exit hook instead of a tracepoint per syscall",
+        required: false,
+        needs_bpf: true,
+        probe: || is_program_supported(ProgramType::RawTracePoint).unwrap_or(false),
     },
 ];
 
@@ -116,6 +123,128 @@ pub fn loop_path() -> LoopPath {
     }
 }
 
+fn has_kernel_btf() -> bool {
+    std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+/// How socket and stdio syscalls are hooked, cheapest first. Each runs the same handlers
+/// (`tracer-ebpf/src/syscalls.rs`); they differ in what every other process on the host pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallHooks {
+    /// `tp_btf/sys_enter` + `tp_btf/sys_exit`: one program each, run straight off the
+    /// tracepoint; an unwanted syscall costs a compare of its number.
+    BtfRaw,
+    /// `raw_tp/sys_enter` + `raw_tp/sys_exit`: the same without BTF; the registers are read
+    /// with a helper (on exit for every syscall, to learn its number).
+    Raw,
+    /// One `syscalls:sys_enter_*`/`sys_exit_*` perf-event tracepoint per syscall: the kernel
+    /// fills a perf buffer record before each run.
+    PerSyscall,
+}
+
+/// `AGENT_TRACER_SYSCALL_HOOKS`: `tp_btf`, `raw_tp` or `tracepoints` forces one path (the
+/// benchmark compares them; a user can step around a kernel that misbehaves with one).
+pub const SYSCALL_HOOKS_ENV: &str = "AGENT_TRACER_SYSCALL_HOOKS";
+
+impl SyscallHooks {
+    pub const ALL: [SyscallHooks; 3] = [Self::BtfRaw, Self::Raw, Self::PerSyscall];
+
+    /// The value of [`SYSCALL_HOOKS_ENV`] that selects this path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BtfRaw => "tp_btf",
+            Self::Raw => "raw_tp",
+            Self::PerSyscall => "tracepoints",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::BtfRaw => "tp_btf sys_enter/sys_exit (one BTF raw tracepoint each way)",
+            Self::Raw => "raw_tp sys_enter/sys_exit (one raw tracepoint each way)",
+            Self::PerSyscall => {
+                "syscalls:sys_enter_*/sys_exit_* (one perf-event tracepoint per syscall)"
+            }
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// Whether this kernel (and this build's architecture) offers the path, by probing.
+    fn available(self) -> bool {
+        // The raw programs decode x86_64's syscall numbers and pt_regs.
+        let x86_64 = cfg!(target_arch = "x86_64");
+        match self {
+            // aya's probe for tracing programs loads an fentry one, which kernels may refuse
+            // (EPERM here) while tp_btf works: with BTF present, loading the programs is the
+            // probe, and a failure falls back to raw_tp.
+            Self::BtfRaw => {
+                x86_64
+                    && has_kernel_btf()
+                    && is_program_supported(ProgramType::RawTracePoint).unwrap_or(false)
+            }
+            Self::Raw => {
+                x86_64 && is_program_supported(ProgramType::RawTracePoint).unwrap_or(false)
+            }
+            Self::PerSyscall => true,
+        }
+    }
+}
+
+/// The paths to try, in order: the one [`SYSCALL_HOOKS_ENV`] names, else every path this kernel
+/// offers, cheapest first (the loader falls back to the next when one fails to load).
+pub fn syscall_hooks_to_try() -> Result<Vec<SyscallHooks>> {
+    choose_syscall_hooks(
+        std::env::var(SYSCALL_HOOKS_ENV).ok().as_deref(),
+        SyscallHooks::available,
+    )
+}
+
+/// `check`'s line: the path the loader takes first, and what it falls back to.
+pub fn describe_choice(paths: &[SyscallHooks]) -> String {
+    match paths {
+        [] => "none available".to_string(),
+        [only] => only.describe().to_string(),
+        [first, rest @ ..] => format!(
+            "{} (if it fails to load: {})",
+            first.describe(),
+            rest.iter()
+                .map(|h| h.name())
+                .collect::<Vec<_>>()
+                .join(", then ")
+        ),
+    }
+}
+
+fn choose_syscall_hooks(
+    forced: Option<&str>,
+    available: impl Fn(SyscallHooks) -> bool,
+) -> Result<Vec<SyscallHooks>> {
+    match forced.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(name) => {
+            let Some(hooks) = SyscallHooks::from_name(name) else {
+                bail!(
+                    "{SYSCALL_HOOKS_ENV}={name:?}: expected one of {}",
+                    SyscallHooks::ALL.map(SyscallHooks::name).join(", ")
+                );
+            };
+            if !available(hooks) {
+                bail!(
+                    "{SYSCALL_HOOKS_ENV}={name}: this kernel does not offer {}",
+                    hooks.describe()
+                );
+            }
+            Ok(vec![hooks])
+        }
+        None => Ok(SyscallHooks::ALL
+            .into_iter()
+            .filter(|h| available(*h))
+            .collect()),
+    }
+}
+
 /// Every feature with whether this kernel has it.
 pub fn probe_all() -> Vec<(&'static Feature, bool)> {
     FEATURES.iter().map(|f| (f, (f.probe)())).collect()
@@ -135,4 +264,29 @@ pub fn require_supported() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{choose_syscall_hooks, SyscallHooks};
+
+    #[test]
+    fn cheapest_available_path_first() {
+        let all = choose_syscall_hooks(None, |_| true).unwrap();
+        assert_eq!(all, SyscallHooks::ALL.to_vec());
+        let no_btf = choose_syscall_hooks(None, |h| h != SyscallHooks::BtfRaw).unwrap();
+        assert_eq!(no_btf, [SyscallHooks::Raw, SyscallHooks::PerSyscall]);
+        let old = choose_syscall_hooks(Some(""), |h| h == SyscallHooks::PerSyscall).unwrap();
+        assert_eq!(old, [SyscallHooks::PerSyscall]);
+    }
+
+    #[test]
+    fn forced_path_must_exist_and_be_offered() {
+        let forced = choose_syscall_hooks(Some("raw_tp"), |_| true).unwrap();
+        assert_eq!(forced, [SyscallHooks::Raw]);
+        let e = choose_syscall_hooks(Some("kprobe"), |_| true).unwrap_err();
+        assert!(e.to_string().contains("tp_btf, raw_tp, tracepoints"), "{e}");
+        let e = choose_syscall_hooks(Some("tp_btf"), |h| h != SyscallHooks::BtfRaw).unwrap_err();
+        assert!(e.to_string().contains("does not offer"), "{e}");
+    }
 }

@@ -8,15 +8,15 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeScope},
-        TracePoint, UProbe,
+        BtfTracePoint, RawTracePoint, TracePoint, UProbe,
     },
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{counter, socket_flag, FdKey, SocketState};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::{
-    compat,
+    compat::{self, SyscallHooks},
     targets::{Hook, TLS_PROGRAMS},
 };
 use crate::telemetry::health::Health;
@@ -35,11 +35,17 @@ pub fn programs_for_this_kernel() -> (&'static [u8], compat::LoopPath) {
     }
 }
 
-/// (category, name) of every tracepoint; the program has the tracepoint's name.
+/// (category, name) of the tracepoints every path attaches; the program has the tracepoint's
+/// name.
 const TRACEPOINTS: &[(&str, &str)] = &[
     ("sched", "sched_process_exit"),
     ("sched", "sched_process_exec"),
     ("task", "task_newtask"),
+];
+
+/// The per-syscall tracepoints of [`SyscallHooks::PerSyscall`]; the raw paths' two programs
+/// (`sys_enter_*`/`sys_exit_*` suffixed `_btf` or `_raw`) run the same handlers.
+const SYSCALL_TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_enter_exit_group"),
     ("syscalls", "sys_enter_execve"),
     ("syscalls", "sys_enter_execveat"),
@@ -108,6 +114,7 @@ fn field_offset(format: &str, name: &str) -> Option<u32> {
 pub struct Capture {
     ebpf: Ebpf,
     loops: compat::LoopPath,
+    syscall_hooks: SyscallHooks,
 }
 
 impl Capture {
@@ -115,6 +122,7 @@ impl Capture {
         compat::require_supported()?;
         let (programs, loops) = programs_for_this_kernel();
         tracing::info!("kernel programs: {}", loops.describe());
+        let to_try = compat::syscall_hooks_to_try()?;
         let ring_buffer_bytes = ring_buffer_bytes.next_power_of_two().max(4096);
         let tracer_tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
@@ -139,19 +147,22 @@ impl Capture {
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;
         }
-        for (category, name) in TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("verifying program {name}"))?;
-            program
-                .attach(category, name)
-                .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
-        }
-        Ok(Capture { ebpf, loops })
+        attach_tracepoints(&mut ebpf, TRACEPOINTS)?;
+        let syscall_hooks = attach_syscall_hooks(&mut ebpf, &to_try)?;
+        info!(
+            "socket and stdio syscalls hooked by {}",
+            syscall_hooks.describe()
+        );
+        Ok(Capture {
+            ebpf,
+            loops,
+            syscall_hooks,
+        })
+    }
+
+    /// How this kernel's socket and stdio syscalls are hooked.
+    pub fn syscall_hooks(&self) -> SyscallHooks {
+        self.syscall_hooks
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -299,6 +310,117 @@ impl IgnoredPids {
         if let Err(e) = result {
             // Removing a pid the LRU map already evicted fails harmlessly.
             debug!("IGNORED_PIDS {tgid} -> {ignored}: {e}");
+        }
+    }
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, tracepoints: &[(&str, &str)]) -> Result<()> {
+    for (category, name) in tracepoints {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("verifying program {name}"))?;
+        program
+            .attach(category, name)
+            .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches the first of `to_try` that loads and attaches; a failed path is unloaded before the
+/// next is tried, so exactly one path runs. The last one's error is the caller's.
+fn attach_syscall_hooks(ebpf: &mut Ebpf, to_try: &[SyscallHooks]) -> Result<SyscallHooks> {
+    let mut last_error = None;
+    for (i, hooks) in to_try.iter().enumerate() {
+        let result = match hooks {
+            SyscallHooks::BtfRaw => attach_btf_raw(ebpf),
+            SyscallHooks::Raw => attach_raw(ebpf),
+            SyscallHooks::PerSyscall => attach_tracepoints(ebpf, SYSCALL_TRACEPOINTS),
+        };
+        match result {
+            Ok(()) => return Ok(*hooks),
+            Err(e) => {
+                if i + 1 < to_try.len() {
+                    warn!("{} failed, falling back: {e:#}", hooks.describe());
+                }
+                unload_syscall_hooks(ebpf, *hooks);
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no way to hook syscalls on this kernel")))
+}
+
+fn attach_btf_raw(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for (name, tracepoint) in [("sys_enter_btf", "sys_enter"), ("sys_exit_btf", "sys_exit")] {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        program
+            .load(tracepoint, &btf)
+            .with_context(|| format!("verifying program {name}"))?;
+        program
+            .attach()
+            .with_context(|| format!("attaching tp_btf/{tracepoint}"))?;
+    }
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, tracepoint) in [("sys_enter_raw", "sys_enter"), ("sys_exit_raw", "sys_exit")] {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("verifying program {name}"))?;
+        program
+            .attach(tracepoint)
+            .with_context(|| format!("attaching raw_tp/{tracepoint}"))?;
+    }
+    Ok(())
+}
+
+/// Unloads (and so detaches) whatever of `hooks`' programs got loaded; a program the path never
+/// reached is not loaded and its unload fails harmlessly.
+fn unload_syscall_hooks(ebpf: &mut Ebpf, hooks: SyscallHooks) {
+    fn unload<P>(
+        ebpf: &mut Ebpf,
+        name: &str,
+        unload: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+    ) where
+        for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+    {
+        let Some(program) = ebpf.program_mut(name) else {
+            return;
+        };
+        if let Ok(program) = <&mut P>::try_from(program) {
+            if let Err(e) = unload(program) {
+                debug!("unloading {name}: {e}");
+            }
+        }
+    }
+    match hooks {
+        SyscallHooks::BtfRaw => {
+            for name in ["sys_enter_btf", "sys_exit_btf"] {
+                unload(ebpf, name, BtfTracePoint::unload);
+            }
+        }
+        SyscallHooks::Raw => {
+            for name in ["sys_enter_raw", "sys_exit_raw"] {
+                unload(ebpf, name, RawTracePoint::unload);
+            }
+        }
+        SyscallHooks::PerSyscall => {
+            for (_, name) in SYSCALL_TRACEPOINTS {
+                unload(ebpf, name, TracePoint::unload);
+            }
         }
     }
 }

@@ -155,6 +155,14 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
         }
     }
 
+    match compat::syscall_hooks_to_try() {
+        Ok(paths) => writeln!(out, "syscall hooks: {}", compat::describe_choice(&paths))?,
+        Err(e) => {
+            writeln!(out, "syscall hooks: {e:#}")?;
+            missing.push(format!("{e:#}"));
+        }
+    }
+
     writeln!(out, "filesystems:")?;
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]

@@ -21,20 +21,20 @@ use super::{
 pub(super) const SECTION: &str = "## Socket tracepoints: cost on an unrelated process";
 
 const RUNS: usize = 5;
-const PIPE_WRITES: u32 = 1_000_000;
-const TCP_SENDS: u32 = 200_000;
+pub(super) const PIPE_WRITES: u32 = 1_000_000;
+pub(super) const TCP_SENDS: u32 = 200_000;
 /// Each workload takes about a second; anything near this is broken.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
-const TCP_PY: &str = include_str!("../../bench-clients/tcp_pair.py");
+pub(super) const TCP_PY: &str = include_str!("../../bench-clients/tcp_pair.py");
 
 /// One workload run.
-struct Sample {
+pub(super) struct Sample {
     /// Wall-clock seconds (for TCP: the script's own, from its fork to the end of the stream).
-    seconds: f64,
+    pub(super) seconds: f64,
     /// user + system seconds of the workload's processes.
-    workload_cpu_s: f64,
+    pub(super) workload_cpu_s: f64,
     /// CPUs other processes on the host kept busy meanwhile ([`OtherLoad`]).
-    other_cpus: f64,
+    pub(super) other_cpus: f64,
 }
 
 /// One run of both workloads with the tracer.
@@ -109,7 +109,7 @@ fn children_cpu() -> Result<f64> {
 
 /// `dd if=/dev/zero bs=1 count=1000000 status=none | cat > /dev/null`, as two processes joined
 /// by a pipe (so that both are this command's children, and guarded).
-fn pipe_run(tracer: Option<u32>) -> Result<Sample> {
+pub(super) fn pipe_run(tracer: Option<u32>) -> Result<Sample> {
     let load = OtherLoad::start(tracer.into_iter().collect())?;
     let cpu_before = children_cpu()?;
     let start = Instant::now();
@@ -151,7 +151,7 @@ fn pipe_run(tracer: Option<u32>) -> Result<Sample> {
 }
 
 /// tcp_pair.py: TCP_SENDS 16-byte sends through one loopback connection.
-fn tcp_run(script: &Path, tracer: Option<u32>) -> Result<Sample> {
+pub(super) fn tcp_run(script: &Path, tracer: Option<u32>) -> Result<Sample> {
     let load = OtherLoad::start(tracer.into_iter().collect())?;
     let cpu_before = children_cpu()?;
     let mut cmd = Command::new("python3");
