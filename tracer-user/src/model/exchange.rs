@@ -53,12 +53,14 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    /// When the body had reached `offset` bytes.
+    /// When the body had reached `offset` bytes. A binary search: the timeline only grows, and
+    /// a stream of tiny events in tiny reads asks once per event (a linear scan made that
+    /// quadratic on the pipeline thread).
     pub fn time_at_offset(&self, offset: u64) -> Option<u64> {
-        self.body_timeline
-            .iter()
-            .find(|(reached, _)| *reached >= offset)
-            .map(|(_, t)| *t)
+        let first_reaching = self
+            .body_timeline
+            .partition_point(|(reached, _)| *reached < offset);
+        self.body_timeline.get(first_reaching).map(|(_, t)| *t)
     }
 }
 
@@ -82,4 +84,51 @@ pub struct HttpExchange {
     /// encoded against the HPACK table built before may be missing (see
     /// `http2_incomplete_headers`); the bodies are whole from where capture began.
     pub http2_joined_mid_connection: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(timeline: Vec<(u64, u64)>) -> HttpResponse {
+        HttpResponse {
+            status: 200,
+            headers: Headers::default(),
+            body: Bytes::new(),
+            body_len: timeline.last().map_or(0, |(reached, _)| *reached),
+            start_ns: 0,
+            first_body_ns: None,
+            end_ns: 0,
+            body_timeline: timeline,
+            complete: true,
+            bytes_lost: 0,
+            http2_incomplete_headers: false,
+        }
+    }
+
+    #[test]
+    fn an_offset_is_timed_by_the_first_arrival_that_reached_it() {
+        // Two reads in one instant (same reach twice), then later ones.
+        let r = response(vec![(10, 100), (10, 105), (25, 200), (40, 300)]);
+        assert_eq!(r.time_at_offset(0), Some(100));
+        assert_eq!(r.time_at_offset(10), Some(100));
+        assert_eq!(r.time_at_offset(11), Some(200));
+        assert_eq!(r.time_at_offset(25), Some(200));
+        assert_eq!(r.time_at_offset(40), Some(300));
+        assert_eq!(r.time_at_offset(41), None, "past what arrived");
+        assert_eq!(response(Vec::new()).time_at_offset(0), None);
+    }
+
+    #[test]
+    fn a_long_timeline_answers_every_offset_as_a_scan_would() {
+        let timeline: Vec<(u64, u64)> = (1..=5_000).map(|i| (i * 3, i * 7)).collect();
+        let r = response(timeline.clone());
+        for offset in 0..=15_001 {
+            let scanned = timeline
+                .iter()
+                .find(|(reached, _)| *reached >= offset)
+                .map(|(_, t)| *t);
+            assert_eq!(r.time_at_offset(offset), scanned, "offset {offset}");
+        }
+    }
 }
