@@ -166,7 +166,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let hook_coverage = attacher.coverage();
     let target_cache = attacher.target_cache();
-    let attacher = tokio::spawn(attacher.run(exec_rx, preattached));
+    let mut attacher = tokio::spawn(attacher.run(exec_rx, preattached));
+    // Set when the attacher's task ends before the stop: its result, awaited only once.
+    let mut attacher_ended = None;
 
     let mut spans = Vec::new();
     let mut pipeline = Pipeline::new(
@@ -197,12 +199,23 @@ pub async fn run(config: Config) -> Result<()> {
     probes.beat();
     probes.set_ready(!blind);
 
+    // Why the loop ended, when it was not asked to: the daemon then exits non-zero, so that a
+    // supervisor (`Restart=on-failure`, a pod's restart policy) brings it back.
+    let mut died = None;
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => pipeline.handle(event, &mut spans),
-                None => break,
+                None => {
+                    died = Some("the ring buffer reader stopped");
+                    break;
+                }
             },
+            ended = &mut attacher, if attacher_ended.is_none() => {
+                attacher_ended = Some(ended);
+                died = Some("the attacher stopped");
+                break;
+            }
             _ = tick.tick() => {
                 probes.beat();
                 pipeline.tick(Clock::monotonic_now_ns(), &mut spans);
@@ -219,16 +232,23 @@ pub async fn run(config: Config) -> Result<()> {
     while let Some(event) = events.recv().await {
         pipeline.handle(event, &mut spans);
     }
-    match reader.await {
-        Ok(Err(e)) => warn!("ring buffer reader: {e:#}"),
-        Err(e) => warn!("ring buffer reader task: {e}"),
-        Ok(Ok(())) => {}
+    let reader_end = match reader.await {
+        Ok(Err(e)) => Some(format!("ring buffer reader: {e:#}")),
+        Err(e) => Some(format!("ring buffer reader task: {e}")),
+        Ok(Ok(())) => None,
+    };
+    if let Some(end) = &reader_end {
+        warn!("{end}");
     }
     pipeline.close_all(&mut spans);
     sinks.dispatch(&mut spans);
     sinks.close().await;
     // The reader has gone, and with it the exec queue: the attacher returns.
-    let attacher = attacher.await.context("attacher task")?;
+    let attacher = match attacher_ended {
+        Some(ended) => ended,
+        None => attacher.await,
+    }
+    .context("attacher task")?;
     let counters = attacher.capture().read_kernel_counters(&health);
     attacher.release_at_exit();
     metrics.shutdown().await;
@@ -246,5 +266,44 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     info!("tracer stopped: {}", health.summary());
-    Ok(())
+    exit_status(died, reader_end)
+}
+
+/// The daemon's result once it has shut down: a task that ended on its own, or a reader that
+/// failed, is an error (a non-zero exit), even though everything was drained and flushed.
+fn exit_status(died: Option<&str>, reader_end: Option<String>) -> Result<()> {
+    match (died, reader_end) {
+        (None, None) => Ok(()),
+        (Some(died), None) => anyhow::bail!("{died} before it was asked to"),
+        (None, Some(end)) => anyhow::bail!("{end}"),
+        (Some(died), Some(end)) => anyhow::bail!("{died} before it was asked to: {end}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_status;
+
+    #[test]
+    fn a_task_that_ends_on_its_own_makes_the_exit_non_zero() {
+        assert!(
+            exit_status(None, None).is_ok(),
+            "a stop asked for by a signal"
+        );
+        let died = exit_status(Some("the ring buffer reader stopped"), None).unwrap_err();
+        assert_eq!(
+            died.to_string(),
+            "the ring buffer reader stopped before it was asked to"
+        );
+        let failed = exit_status(
+            Some("the ring buffer reader stopped"),
+            Some("ring buffer reader: epoll failed".into()),
+        )
+        .unwrap_err();
+        assert!(failed
+            .to_string()
+            .ends_with("ring buffer reader: epoll failed"));
+        // A reader error found while stopping normally still fails the run.
+        assert!(exit_status(None, Some("ring buffer reader task: panicked".into())).is_err());
+    }
 }
