@@ -48,6 +48,10 @@ macro_rules! counters {
     };
 }
 
+/// Distinct binaries `unsupported_tls` names; the rest are counted under [`OTHER_BINARIES`].
+pub const MAX_UNSUPPORTED_BINARIES: usize = 256;
+pub const OTHER_BINARIES: &str = "(other binaries)";
+
 counters! {
     /// Ring-buffer records read.
     records,
@@ -164,6 +168,13 @@ impl Health {
         let Ok(mut map) = self.unsupported_tls.lock() else {
             return false;
         };
+        // Binaries are named by whoever runs them: past a bound, new ones share one entry so
+        // the map (and the metric family made from it) stays bounded.
+        let binary = if map.len() >= MAX_UNSUPPORTED_BINARIES && !map.contains_key(binary) {
+            OTHER_BINARIES
+        } else {
+            binary
+        };
         let entry = map.entry(binary.to_string()).or_insert((stack, 0));
         entry.1 += 1;
         entry.1 == 1
@@ -237,6 +248,20 @@ mod tests {
             "spans=10 exported_spans=7 export_dropped_spans{reason=buffer_full}=2 \
              export_dropped_spans{reason=shutdown}=1"
         );
+    }
+
+    #[test]
+    fn unsupported_binaries_past_the_bound_share_one_entry() {
+        let h = Health::default();
+        for i in 0..MAX_UNSUPPORTED_BINARIES + 10 {
+            h.unsupported_tls(&format!("/tmp/x/{i}"), "rustls");
+        }
+        // A binary already named keeps its own entry.
+        h.unsupported_tls("/tmp/x/0", "rustls");
+        let map = h.unsupported_tls.lock().unwrap();
+        assert_eq!(map.len(), MAX_UNSUPPORTED_BINARIES + 1);
+        assert_eq!(map[OTHER_BINARIES].1, 10);
+        assert_eq!(map["/tmp/x/0"].1, 2);
     }
 
     #[test]

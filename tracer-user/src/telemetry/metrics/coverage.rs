@@ -197,7 +197,7 @@ impl Coverage {
 fn labels(pid: u32, p: &ProcessCoverage) -> Attributes {
     vec![
         ("process.pid", Label::Int(i64::from(pid))),
-        ("process.executable.name", Label::Str(p.executable.clone())),
+        ("process.executable.name", Label::text(&p.executable)),
         ("tls.stack", Label::Str(p.stack.clone())),
         ("agent_tracer.hook", Label::Str(p.hook.to_string())),
     ]

@@ -175,6 +175,23 @@ pub enum Label {
     Bool(bool),
 }
 
+/// Longest label value kept, in bytes. Values come from the wire and from traced programs
+/// (model names, server addresses, agent and executable names): a hostile one must not make every
+/// series it lands in megabytes long.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+impl Label {
+    /// A string label from text the tracer does not control, cut to [`MAX_LABEL_BYTES`] at a
+    /// character boundary.
+    pub fn text(value: &str) -> Label {
+        let mut end = value.len().min(MAX_LABEL_BYTES);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        Label::Str(value[..end].to_string())
+    }
+}
+
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -294,7 +311,7 @@ fn pick(span: &Span, keys: &[&'static str]) -> Attributes {
     keys.iter()
         .filter_map(|k| {
             let label = match span.attr(k)? {
-                AttrValue::Str(s) => Label::Str(s.clone()),
+                AttrValue::Str(s) => Label::text(s),
                 AttrValue::Int(i) => Label::Int(*i),
                 AttrValue::Bool(b) => Label::Bool(*b),
                 // Floats and arrays make no sensible series keys.
@@ -308,11 +325,7 @@ fn pick(span: &Span, keys: &[&'static str]) -> Attributes {
 /// `gen_ai.agent.name` when the span belongs to a known agent, else the executable's name, so
 /// there is always a "who" to break usage down by.
 fn agent_name(span: &Span) -> Label {
-    Label::Str(
-        str_attr(span, "gen_ai.agent.name")
-            .unwrap_or(&span.process.executable_name)
-            .to_string(),
-    )
+    Label::text(str_attr(span, "gen_ai.agent.name").unwrap_or(&span.process.executable_name))
 }
 
 const LLM_COMMON: &[&str] = &[
@@ -547,7 +560,7 @@ fn health_counters(health: &Health) -> Vec<CounterFamily> {
                 .map(|(binary, (stack, n))| {
                     (
                         vec![
-                            ("binary", Label::Str(binary.clone())),
+                            ("binary", Label::text(binary)),
                             ("stack", Label::Str(stack.to_string())),
                         ],
                         *n as f64,

@@ -416,3 +416,18 @@ fn series_beyond_the_limit_fold_into_overflow() {
     let total: f64 = calls.iter().map(|(_, v)| v).sum();
     assert_eq!(total, (MAX_SERIES_PER_METRIC + 5) as f64);
 }
+
+#[test]
+fn label_values_from_the_wire_are_cut_to_a_bound() {
+    let r = MetricsRecorder::new(Arc::new(Health::default()));
+    // A model name of 1 MiB, multi-byte characters straddling the cut.
+    let huge = "é".repeat(512 * 1024);
+    r.observe(&span(chat(&huge, 1, 1), 1));
+    let s = r.snapshot();
+    let (attrs, _) = &counter(&s, "agent_tracer.model.calls").points[0];
+    let Some(Label::Str(model)) = label(attrs, "gen_ai.request.model") else {
+        panic!("no model label: {attrs:?}");
+    };
+    assert_eq!(model.len(), MAX_LABEL_BYTES);
+    assert!(huge.starts_with(model.as_str()));
+}
