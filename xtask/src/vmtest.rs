@@ -535,6 +535,43 @@ impl GuestResult {
     }
 
     /// What `check` says of a feature: `ok`, `MISSING` or `absent`.
+    /// The copy loop the kernel programs use (`check`'s `loops` line): `bpf_loop` or `bounded`.
+    fn loops(&self) -> &str {
+        match self
+            .check
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix("loops"))
+        {
+            Some(l) if l.trim_start().starts_with("bounded") => "bounded",
+            Some(l) if l.trim_start().starts_with("bpf_loop") => "bpf_loop",
+            _ => "?",
+        }
+    }
+
+    /// How socket and stdio syscalls were hooked: the loader's log line in `check`'s output
+    /// (what actually loaded), else the path `check` would try first.
+    fn syscall_hooks(&self) -> &str {
+        let name = |describe: &str| {
+            ["tp_btf", "raw_tp", "syscalls:"]
+                .into_iter()
+                .find(|n| describe.trim_start().starts_with(n))
+                .map(|n| if n == "syscalls:" { "tracepoints" } else { n })
+        };
+        self.check
+            .lines()
+            .find_map(|l| {
+                l.split_once("syscalls hooked by ")
+                    .and_then(|(_, d)| name(d))
+            })
+            .or_else(|| {
+                self.check
+                    .lines()
+                    .find_map(|l| l.strip_prefix("syscall hooks:").and_then(name))
+            })
+            .unwrap_or("?")
+    }
+
     fn feature(&self, name_starts: &str) -> &str {
         self.check
             .lines()
@@ -644,17 +681,22 @@ fn results_table(results: &[(&Series, String, GuestResult)], accel: Accel) -> St
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| kernel | stands for | ring buffer | bpf_loop | kprobe programs | BTF | check | smoke tests |"
+        "| kernel | stands for | ring buffer | bpf_loop | copy loop | syscall hooks | kprobe programs | BTF | check | smoke tests |"
     );
-    let _ = writeln!(t, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        t,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for (series, version, r) in results {
         let passed = r.tests.iter().filter(|(_, ok)| *ok).count();
         let _ = writeln!(
             t,
-            "| {version} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {version} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             series.stands_for,
             r.feature("BPF ring buffer"),
             r.feature("bpf_loop"),
+            r.loops(),
+            r.syscall_hooks(),
             r.feature("kprobe/uprobe"),
             r.feature("kernel BTF"),
             if !r.booted {
@@ -695,4 +737,35 @@ fn update_readme(table: &str) -> Result<()> {
     let updated = format!("{}{README_BEGIN}\n{table}{}", &text[..begin], &text[end..]);
     fs::write(&path, updated)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestResult;
+
+    fn guest(check: &str) -> GuestResult {
+        GuestResult {
+            booted: true,
+            check_passed: true,
+            check: check.to_string(),
+            tests: Vec::new(),
+            log: String::new(),
+            seconds: 0,
+        }
+    }
+
+    #[test]
+    fn the_table_reads_each_hook_family_from_a_real_guests_check() {
+        // `agent-tracer check` as Debian's 5.10 printed it under `cargo xtask vmtest`.
+        let r = guest(include_str!("vmtest_check_5.10.txt"));
+        assert_eq!(r.loops(), "bounded");
+        assert_eq!(r.syscall_hooks(), "tp_btf");
+        assert_eq!(r.feature("bpf_loop"), "absent");
+        assert_eq!(r.feature("BPF ring buffer"), "ok");
+        let unknown = guest("nothing useful\n");
+        assert_eq!((unknown.loops(), unknown.syscall_hooks()), ("?", "?"));
+        let planned =
+            guest("syscall hooks: raw_tp sys_enter/sys_exit (one raw tracepoint each way)\n");
+        assert_eq!(planned.syscall_hooks(), "raw_tp");
+    }
 }
