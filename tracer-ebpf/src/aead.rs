@@ -35,7 +35,6 @@ use aya_ebpf::{
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
-    EbpfContext as _,
 };
 use tracer_common::{
     counter, Direction, RecordKind, SocketRecord, TlsFunction, MAX_TLS_RECORD_PLAINTEXT,
@@ -199,7 +198,7 @@ fn seal_record(ctx: &ProbeContext, key: u64, (buf, len): (u64, u64), (ad, ad_len
         Direction::Egress,
     );
     // The hook's attach cookie: its first records validate it (`capture/validate.rs`).
-    transfer.cookie = crate::attach_cookie(ctx.as_ptr());
+    transfer.cookie = crate::attach_cookie(ctx);
     emit_buffer(&mut transfer);
 }
 
@@ -352,7 +351,7 @@ fn finish_open(ctx: &RetProbeContext, entry: u32) {
         Direction::Ingress,
     );
     // Entry and return probes of one function share its cookie.
-    transfer.cookie = crate::attach_cookie(ctx.as_ptr());
+    transfer.cookie = crate::attach_cookie(ctx);
     if let Some(fd) = unsafe { TLS_LAST_READ.get(pid_tgid) } {
         transfer.fd = *fd as i32;
     }

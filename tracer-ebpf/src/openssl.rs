@@ -10,7 +10,6 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
-    EbpfContext as _,
 };
 use tracer_common::{Direction, TlsFunction};
 
@@ -99,7 +98,7 @@ fn remember_call(
     // `SSL_read_ex(ssl, buf, num, ...)`, `SSL_write_ex(2)` and the internal workers: `num`.
     let requested = ctx.arg::<u64>(2).unwrap_or(0);
     // Userspace gives hooks placed by inference a cookie, to validate what they capture.
-    let cookie = crate::attach_cookie(ctx.as_ptr());
+    let cookie = crate::attach_cookie(ctx);
     let call = PendingCall {
         ssl,
         buf,

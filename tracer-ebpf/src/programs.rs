@@ -28,10 +28,10 @@ static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 /// kernels names no such helper: its records carry 0, and userspace, unable to attach with a
 /// cookie there, does not place inferred hooks (their connections are reported encrypted-only).
 #[inline(always)]
-pub fn attach_cookie(ctx: *mut core::ffi::c_void) -> u32 {
+pub fn attach_cookie<C: aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
     match LOOPS {
         Loops::Helper => unsafe {
-            aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx) as u32
+            aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.as_ptr()) as u32
         },
         Loops::Bounded => 0,
     }
