@@ -9,7 +9,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tracer_user::{
     genai::{recognise, GenAiConfig},
-    health::Health,
+    telemetry::health::Health,
     protocols::HttpTracker,
     streams::{ConnKey, Direction, Source, StreamEvent},
 };

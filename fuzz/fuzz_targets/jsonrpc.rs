@@ -9,7 +9,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tracer_user::{
     genai::recognise_rpc,
-    health::Health,
+    telemetry::health::Health,
     protocols::jsonrpc::{JsonRpcTracker, RpcExchange},
     streams::{ConnKey, Direction, Source, StreamEvent},
 };

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracer_user::{
-    health::Health,
+    telemetry::health::Health,
     protocols::websocket::{Deflate, WebSocketConnection},
     streams::{ConnKey, Direction, Peer, Source},
 };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracer_user::{
     genai::{recognise, GenAiConfig},
-    health::Health,
+    telemetry::health::Health,
     model::HttpExchange,
     protocols::HttpTracker,
     streams::{ConnKey, Direction, Source, StreamEvent},
