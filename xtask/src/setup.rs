@@ -342,6 +342,11 @@ const TEST_TOOLS: &[TestTool] = &[
         package: "util-linux",
     },
     TestTool {
+        what: "systemd-analyze (the systemd unit's hardening, assessed offline)",
+        probe: &["systemd-analyze", "--version"],
+        package: "systemd",
+    },
+    TestTool {
         what: "Prometheus and promtool (the alerting rules and dashboard queries, evaluated)",
         probe: &["promtool", "--version"],
         package: "prometheus",

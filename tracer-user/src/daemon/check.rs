@@ -50,7 +50,7 @@ const CAPABILITIES: &[Capability] = &[
         // Measured on Linux 6.18 with CAP_BPF and CAP_PERFMON held: perf_event_open of the
         // uprobe PMU fails with EACCES without it, and no TLS hook is placed.
         required: true,
-        why: "attaching uprobes (TLS library hooks) through perf events; mounting tracefs/bpffs",
+        why: "attaching uprobes (TLS library hooks) through perf events; mounting tracefs",
     },
     Capability {
         name: "CAP_SYS_PTRACE",
@@ -168,15 +168,8 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
     let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .into_iter()
         .find(|t| mounted(&mounts, t, "tracefs"));
-    let bpffs = mounted(&mounts, "/sys/fs/bpf", "bpf").then_some("/sys/fs/bpf");
-    for (name, at, needed_for) in [
-        ("tracefs", tracefs, "attaching tracepoints"),
-        (
-            "bpffs",
-            bpffs,
-            "the tracer's start-up (it mounts bpffs when missing)",
-        ),
-    ] {
+    // No bpffs: the tracer pins nothing.
+    for (name, at, needed_for) in [("tracefs", tracefs, "attaching tracepoints")] {
         match at {
             Some(path) => writeln!(out, "  ok      {name} mounted at {path}")?,
             None if has(CAP_SYS_ADMIN) => writeln!(
