@@ -261,10 +261,10 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
     Ok(())
 }
 
-/// tracefs and bpffs, which the tracer needs to attach probes and pin maps.
+/// tracefs, which the tracer needs to attach tracepoints (it pins nothing: no bpffs).
 fn mounts() -> Result<()> {
     let table = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    for (dir, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/sys/fs/bpf", "bpf")] {
+    for (dir, fstype) in [("/sys/kernel/tracing", "tracefs")] {
         let mounted = table.lines().any(|line| {
             let mut fields = line.split_whitespace().skip(1);
             fields.next() == Some(dir) && fields.next() == Some(fstype)
