@@ -264,19 +264,18 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 /// tracefs, which the tracer needs to attach tracepoints (it pins nothing: no bpffs).
 fn mounts() -> Result<()> {
     let table = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    for (dir, fstype) in [("/sys/kernel/tracing", "tracefs")] {
-        let mounted = table.lines().any(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            fields.next() == Some(dir) && fields.next() == Some(fstype)
-        });
-        if mounted {
-            println!("{fstype} on {dir}: mounted");
-        } else if !is_root() {
-            println!("{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)");
-        } else {
-            run_checked(Command::new("mount").args(["-t", fstype, fstype, dir]))?;
-            println!("{fstype} on {dir}: was not mounted, ran `mount -t {fstype} {fstype} {dir}`");
-        }
+    let (dir, fstype) = ("/sys/kernel/tracing", "tracefs");
+    let mounted = table.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(dir) && fields.next() == Some(fstype)
+    });
+    if mounted {
+        println!("{fstype} on {dir}: mounted");
+    } else if !is_root() {
+        println!("{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)");
+    } else {
+        run_checked(Command::new("mount").args(["-t", fstype, fstype, dir]))?;
+        println!("{fstype} on {dir}: was not mounted, ran `mount -t {fstype} {fstype} {dir}`");
     }
     Ok(())
 }

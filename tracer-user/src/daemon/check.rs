@@ -169,20 +169,19 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
         .into_iter()
         .find(|t| mounted(&mounts, t, "tracefs"));
     // No bpffs: the tracer pins nothing.
-    for (name, at, needed_for) in [("tracefs", tracefs, "attaching tracepoints")] {
-        match at {
-            Some(path) => writeln!(out, "  ok      {name} mounted at {path}")?,
-            None if has(CAP_SYS_ADMIN) => writeln!(
+    let (name, at, needed_for) = ("tracefs", tracefs, "attaching tracepoints");
+    match at {
+        Some(path) => writeln!(out, "  ok      {name} mounted at {path}")?,
+        None if has(CAP_SYS_ADMIN) => writeln!(
+            out,
+            "  absent  {name} not mounted: `run` mounts it (CAP_SYS_ADMIN is held)"
+        )?,
+        None => {
+            writeln!(
                 out,
-                "  absent  {name} not mounted: `run` mounts it (CAP_SYS_ADMIN is held)"
-            )?,
-            None => {
-                writeln!(
-                    out,
-                    "  MISSING {name} not mounted, and mounting it needs CAP_SYS_ADMIN"
-                )?;
-                missing.push(format!("{name} mount (needed for {needed_for})"));
-            }
+                "  MISSING {name} not mounted, and mounting it needs CAP_SYS_ADMIN"
+            )?;
+            missing.push(format!("{name} mount (needed for {needed_for})"));
         }
     }
 
