@@ -639,7 +639,10 @@ fn the_systemd_unit_is_valid_and_hardened() -> Result<()> {
         .filter(|l| !l.contains("/usr/local/bin/agent-tracer is not executable"))
         .map(str::to_string)
         .collect();
-    assert!(complaints.is_empty(), "systemd-analyze verify: {complaints:#?}");
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify: {complaints:#?}"
+    );
     // security: the overall exposure, in tenths (4.7 today; 7.5 before the hardening). Fails
     // when a change raises it past 5.0.
     let security = Command::new("systemd-analyze")
