@@ -272,7 +272,9 @@ fn mounts() -> Result<()> {
     if mounted {
         println!("{fstype} on {dir}: mounted");
     } else if !is_root() {
-        println!("{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)");
+        println!(
+            "{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)"
+        );
     } else {
         run_checked(Command::new("mount").args(["-t", fstype, fstype, dir]))?;
         println!("{fstype} on {dir}: was not mounted, ran `mount -t {fstype} {fstype} {dir}`");
