@@ -102,7 +102,6 @@ fn check_passes_here_and_names_what_it_found() -> Result<()> {
         // This host has BTF and tracing programs: the cheapest syscall hook path comes first.
         "syscall hooks: tp_btf sys_enter/sys_exit".into(),
         "ok      tracefs mounted at /sys/kernel/tracing".into(),
-        "ok      bpffs mounted at /sys/fs/bpf".into(),
         "agent-tracer can run on this host".into(),
         // The price table's date, so a user knows how current the costs are.
         "prices: built-in table of 2026-12-01".into(),

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Make this machine able to build and run the tracer (idempotent): rust-src for the nightly
-    /// toolchain, bpf-linker, tracefs and bpffs mounts, Python 3 with venv.
+    /// toolchain, bpf-linker, the tracefs mount, Python 3 with venv.
     Setup,
     /// Set up, then build the tracer (the eBPF programs are built by tracer-user's build.rs).
     Build {

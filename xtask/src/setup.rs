@@ -261,22 +261,23 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
     Ok(())
 }
 
-/// tracefs and bpffs, which the tracer needs to attach probes and pin maps.
+/// tracefs, which the tracer needs to attach tracepoints (it pins nothing: no bpffs).
 fn mounts() -> Result<()> {
     let table = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    for (dir, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/sys/fs/bpf", "bpf")] {
-        let mounted = table.lines().any(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            fields.next() == Some(dir) && fields.next() == Some(fstype)
-        });
-        if mounted {
-            println!("{fstype} on {dir}: mounted");
-        } else if !is_root() {
-            println!("{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)");
-        } else {
-            run_checked(Command::new("mount").args(["-t", fstype, fstype, dir]))?;
-            println!("{fstype} on {dir}: was not mounted, ran `mount -t {fstype} {fstype} {dir}`");
-        }
+    let (dir, fstype) = ("/sys/kernel/tracing", "tracefs");
+    let mounted = table.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(dir) && fields.next() == Some(fstype)
+    });
+    if mounted {
+        println!("{fstype} on {dir}: mounted");
+    } else if !is_root() {
+        println!(
+            "{fstype} on {dir}: not mounted, and not root so left alone (the tracer runs as root)"
+        );
+    } else {
+        run_checked(Command::new("mount").args(["-t", fstype, fstype, dir]))?;
+        println!("{fstype} on {dir}: was not mounted, ran `mount -t {fstype} {fstype} {dir}`");
     }
     Ok(())
 }
@@ -340,6 +341,11 @@ const TEST_TOOLS: &[TestTool] = &[
         what: "unshare (PID namespace tests)",
         probe: &["unshare", "--version"],
         package: "util-linux",
+    },
+    TestTool {
+        what: "systemd-analyze (the systemd unit's hardening, assessed offline)",
+        probe: &["systemd-analyze", "--version"],
+        package: "systemd",
     },
     TestTool {
         what: "Prometheus and promtool (the alerting rules and dashboard queries, evaluated)",

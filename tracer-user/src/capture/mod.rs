@@ -10,6 +10,7 @@ mod libssl;
 mod loader;
 pub mod locate;
 pub mod preattach;
+pub mod queue;
 pub mod reader;
 mod stdio;
 mod system;

@@ -8,7 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
-use super::{decode_record, validate::Validator, CaptureEvent, ExecSeen};
+use super::{decode_record, queue::CaptureQueue, validate::Validator, CaptureEvent, ExecSeen};
 use crate::streams::tls_records::TlsRecords;
 use crate::telemetry::health::Health;
 
@@ -17,7 +17,7 @@ const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 /// Reads until `stop` fires, then drains what is already in the ring and returns.
 pub async fn read_ring_buffer(
     ring: RingBuf<MapData>,
-    events: mpsc::Sender<CaptureEvent>,
+    events: CaptureQueue,
     execs: mpsc::Sender<ExecSeen>,
     health: Arc<Health>,
     validator: Arc<Mutex<Validator>>,
@@ -79,7 +79,7 @@ fn report_verdicts(validator: &mut Validator, health: &Health) {
 
 fn drain(
     ring: &mut RingBuf<MapData>,
-    events: &mpsc::Sender<CaptureEvent>,
+    events: &CaptureQueue,
     execs: &mpsc::Sender<ExecSeen>,
     health: &Health,
     validator: &Mutex<Validator>,
@@ -121,9 +121,7 @@ fn drain(
                     event => vec![event],
                 });
                 for event in events_now {
-                    if events.try_send(event).is_err() {
-                        Health::add(&health.pipeline_queue_full, 1);
-                    }
+                    events.offer(event, health);
                 }
             }
             Err(e) => {

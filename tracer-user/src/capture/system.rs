@@ -5,11 +5,11 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use tracing::debug;
 
-/// Mounts tracefs and bpffs when missing and lifts RLIMIT_MEMLOCK (kernels before 5.11 charge
-/// BPF maps to it). Idempotent.
+/// Mounts tracefs when missing and lifts RLIMIT_MEMLOCK (kernels before 5.11 charge BPF maps to
+/// it). Idempotent. bpffs is not needed: the tracer pins nothing, its programs and maps live as
+/// long as its file descriptors, so a crash leaves nothing behind in the kernel.
 pub fn prepare_host() -> Result<()> {
     mount_if_missing("tracefs", "/sys/kernel/tracing", "tracefs")?;
-    mount_if_missing("bpf", "/sys/fs/bpf", "bpf")?;
     raise_memlock_limit();
     Ok(())
 }

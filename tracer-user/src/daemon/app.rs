@@ -125,7 +125,8 @@ pub async fn run(config: Config) -> Result<()> {
     let mut capture = Capture::load(config.ring_buffer_bytes)?;
     let ring = capture.take_ring_buffer()?;
     let mut ignored_pids = capture.take_ignored_pids()?;
-    let (event_tx, mut events) = mpsc::channel(CAPTURE_QUEUE);
+    let (event_tx, mut events) =
+        capture::queue::capture_queue(CAPTURE_QUEUE, config.memory_budget_bytes / 4);
     let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Read before hooking so nothing the hooks produce waits in a full ring.

@@ -50,7 +50,7 @@ const CAPABILITIES: &[Capability] = &[
         // Measured on Linux 6.18 with CAP_BPF and CAP_PERFMON held: perf_event_open of the
         // uprobe PMU fails with EACCES without it, and no TLS hook is placed.
         required: true,
-        why: "attaching uprobes (TLS library hooks) through perf events; mounting tracefs/bpffs",
+        why: "attaching uprobes (TLS library hooks) through perf events; mounting tracefs",
     },
     Capability {
         name: "CAP_SYS_PTRACE",
@@ -168,28 +168,20 @@ pub fn run(out: &mut impl Write) -> Result<Report> {
     let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .into_iter()
         .find(|t| mounted(&mounts, t, "tracefs"));
-    let bpffs = mounted(&mounts, "/sys/fs/bpf", "bpf").then_some("/sys/fs/bpf");
-    for (name, at, needed_for) in [
-        ("tracefs", tracefs, "attaching tracepoints"),
-        (
-            "bpffs",
-            bpffs,
-            "the tracer's start-up (it mounts bpffs when missing)",
-        ),
-    ] {
-        match at {
-            Some(path) => writeln!(out, "  ok      {name} mounted at {path}")?,
-            None if has(CAP_SYS_ADMIN) => writeln!(
+    // No bpffs: the tracer pins nothing.
+    let (name, at, needed_for) = ("tracefs", tracefs, "attaching tracepoints");
+    match at {
+        Some(path) => writeln!(out, "  ok      {name} mounted at {path}")?,
+        None if has(CAP_SYS_ADMIN) => writeln!(
+            out,
+            "  absent  {name} not mounted: `run` mounts it (CAP_SYS_ADMIN is held)"
+        )?,
+        None => {
+            writeln!(
                 out,
-                "  absent  {name} not mounted: `run` mounts it (CAP_SYS_ADMIN is held)"
-            )?,
-            None => {
-                writeln!(
-                    out,
-                    "  MISSING {name} not mounted, and mounting it needs CAP_SYS_ADMIN"
-                )?;
-                missing.push(format!("{name} mount (needed for {needed_for})"));
-            }
+                "  MISSING {name} not mounted, and mounting it needs CAP_SYS_ADMIN"
+            )?;
+            missing.push(format!("{name} mount (needed for {needed_for})"));
         }
     }
 

@@ -75,6 +75,8 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// Spans held for retry while the endpoint is unavailable (`--export-buffer-spans`).
     pub buffer_spans: usize,
+    /// The retry buffer's bound in bytes (a quarter of `--memory-budget-mib`).
+    pub buffer_bytes: usize,
 }
 
 /// Sends export requests over gRPC or HTTP/protobuf and sorts failures into retryable and not,
@@ -353,6 +355,7 @@ impl OtlpExporter {
     pub fn new(config: OtlpConfig, health: Arc<Health>) -> Result<Self> {
         let policy = Policy {
             buffer_spans: config.buffer_spans,
+            buffer_bytes: config.buffer_bytes,
             ..Policy::default()
         };
         Ok(OtlpExporter {
@@ -742,6 +745,7 @@ mod tests {
             resource_attributes: Vec::new(),
             timeout: Duration::from_secs(2),
             buffer_spans: 1000,
+            buffer_bytes: usize::MAX,
         })
         .unwrap();
         let policy = Policy {
@@ -749,6 +753,7 @@ mod tests {
             max_request_bytes,
             batch_delay: Duration::from_millis(5),
             buffer_spans: 1000,
+            buffer_bytes: usize::MAX,
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(100),
             retry_after_max: Duration::from_secs(5),
@@ -1041,6 +1046,7 @@ mod tests {
             resource_attributes: Vec::new(),
             timeout: std::time::Duration::from_secs(1),
             buffer_spans: 1,
+            buffer_bytes: usize::MAX,
         };
         let r = process_resource(&p, &config);
         let get = |k: &str| {

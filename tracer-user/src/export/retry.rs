@@ -63,6 +63,10 @@ pub struct Policy {
     /// request in flight holds up to `max_batch` more: its spans are not dropped while its
     /// outcome is unknown.)
     pub buffer_spans: usize,
+    /// The same bound in bytes (each span at its encoded size, as `Transport::encoded_len`
+    /// estimates it): spans with content are tens of KiB each, so a count alone does not bound
+    /// memory. The oldest are dropped past either bound.
+    pub buffer_bytes: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Upper bound on a receiver's own `Retry-After` / `RetryInfo`.
@@ -72,6 +76,8 @@ pub struct Policy {
 }
 
 pub const DEFAULT_BUFFER_SPANS: u64 = 100_000;
+/// A quarter of the default memory budget (see `daemon/config`).
+pub const DEFAULT_BUFFER_BYTES: usize = 192 * 1024 * 1024;
 /// Under the 4 MiB that gRPC servers (the OpenTelemetry Collector's included) accept by default,
 /// leaving room for the resource and scope around the spans.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
@@ -83,6 +89,7 @@ impl Default for Policy {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             batch_delay: Duration::from_millis(500),
             buffer_spans: DEFAULT_BUFFER_SPANS as usize,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             retry_after_max: Duration::from_secs(300),
@@ -119,6 +126,8 @@ struct Delivery<T> {
     drop_logged: bool,
     /// Sizes (in spans) of the next requests, from halving one refused for its size.
     cuts: VecDeque<usize>,
+    /// Encoded bytes of every span held (queued or in flight).
+    held_bytes: usize,
 }
 
 /// Delivers spans from `input` until it closes, then flushes for at most `policy.final_flush`.
@@ -138,6 +147,7 @@ pub async fn deliver<T: Transport>(
         retry_at: None,
         failures: 0,
         drop_logged: false,
+        held_bytes: 0,
         cuts: VecDeque::new(),
     };
     'run: loop {
@@ -175,23 +185,42 @@ async fn poll_in_flight(in_flight: &mut Option<SendFuture>) -> Outcome {
 
 impl<T: Transport> Delivery<T> {
     fn accept(&mut self, span: Arc<Span>) {
+        self.held_bytes = self
+            .held_bytes
+            .saturating_add(self.transport.encoded_len(&span));
         self.queue.push_back((Instant::now(), span));
         self.enforce_bound();
     }
 
+    /// Spans leaving for good (delivered, refused, dropped): their bytes are no longer held.
+    fn release<'a>(&mut self, spans: impl IntoIterator<Item = &'a Arc<Span>>) {
+        for span in spans {
+            self.held_bytes = self
+                .held_bytes
+                .saturating_sub(self.transport.encoded_len(span));
+        }
+    }
+
     fn enforce_bound(&mut self) {
-        let excess = self.queue.len().saturating_sub(self.policy.buffer_spans);
-        if excess == 0 {
+        let mut dropped = 0u64;
+        while self.queue.len() > self.policy.buffer_spans
+            || (self.held_bytes > self.policy.buffer_bytes && !self.queue.is_empty())
+        {
+            if let Some((_, span)) = self.queue.pop_front() {
+                self.release([&span]);
+                dropped += 1;
+            }
+        }
+        if dropped == 0 {
             return;
         }
-        self.queue.drain(..excess);
-        Health::add(&self.health.export_dropped_buffer_full, excess as u64);
+        Health::add(&self.health.export_dropped_buffer_full, dropped);
         if !self.drop_logged {
             self.drop_logged = true;
             warn!(
-                "OTLP retry buffer full ({} spans): dropping the oldest spans until the endpoint \
-                 accepts again (counted in export_dropped_spans{{reason=buffer_full}})",
-                self.policy.buffer_spans
+                "OTLP retry buffer full ({} spans or {} bytes): dropping the oldest spans until \
+                 the endpoint accepts again (counted in export_dropped_spans{{reason=buffer_full}})",
+                self.policy.buffer_spans, self.policy.buffer_bytes
             );
         }
     }
@@ -235,7 +264,9 @@ impl<T: Transport> Delivery<T> {
             if self.transport.encoded_len(first) <= limit {
                 break;
             }
-            self.queue.pop_front();
+            if let Some((_, span)) = self.queue.pop_front() {
+                self.release([&span]);
+            }
             Health::add(&self.health.export_dropped_too_large, 1);
             warn!(
                 "dropping a span larger than one OTLP request may be ({limit} bytes; counted in \
@@ -277,6 +308,7 @@ impl<T: Transport> Delivery<T> {
         let n = batch.len() as u64;
         match outcome {
             Outcome::Delivered { rejected, message } => {
+                self.release(batch.iter().map(|(_, s)| s));
                 let rejected = rejected.min(n);
                 Health::add(&self.health.exported_spans, n - rejected);
                 if rejected > 0 {
@@ -320,6 +352,7 @@ impl<T: Transport> Delivery<T> {
                 self.enforce_bound();
             }
             Outcome::Reject { error } => {
+                self.release(batch.iter().map(|(_, s)| s));
                 Health::add(&self.health.export_dropped_rejected, n);
                 warn!("OTLP receiver rejected {n} spans, not retrying: {error}");
                 self.retry_at = None;
@@ -335,6 +368,7 @@ impl<T: Transport> Delivery<T> {
                 self.retry_at = None;
             }
             Outcome::TooLarge { error } => {
+                self.release(batch.iter().map(|(_, s)| s));
                 Health::add(&self.health.export_dropped_too_large, n);
                 warn!(
                     "OTLP receiver refused a span for its size, dropping it (counted in \
@@ -426,6 +460,8 @@ mod tests {
         attempts: Arc<Mutex<Vec<Attempt>>>,
         delivered: Arc<Mutex<Vec<String>>>,
         hang: Arc<AtomicBool>,
+        /// What `encoded_len` says of every span (0: sizes play no part).
+        bytes_per_span: usize,
     }
 
     impl Fake {
@@ -435,6 +471,7 @@ mod tests {
                 attempts: Arc::default(),
                 delivered: Arc::default(),
                 hang: Arc::default(),
+                bytes_per_span: 0,
             }
         }
         fn set(&self, mode: Mode) {
@@ -449,6 +486,10 @@ mod tests {
     }
 
     impl Transport for Fake {
+        fn encoded_len(&self, _span: &Span) -> usize {
+            self.bytes_per_span
+        }
+
         fn send(&self, spans: &[Arc<Span>]) -> SendFuture {
             let names: Vec<String> = spans.iter().map(|s| s.name.clone()).collect();
             let mode = *self.mode.lock().unwrap();
@@ -512,6 +553,7 @@ mod tests {
             max_batch: 4,
             batch_delay: Duration::from_millis(5),
             buffer_spans,
+            buffer_bytes: usize::MAX,
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(40),
             retry_after_max: Duration::from_secs(5),
@@ -572,6 +614,50 @@ mod tests {
         assert_eq!(exported(&health), 10);
         assert_eq!(dropped(&health), [0, 18, 0, 0]);
         assert_eq!(exported(&health) + dropped(&health).iter().sum::<u64>(), 28);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_drops_the_oldest_too() {
+        let fake = Fake {
+            bytes_per_span: 1000,
+            ..Fake::new(Mode::Down)
+        };
+        let health = Arc::new(Health::default());
+        let (tx, rx) = mpsc::channel(100);
+        for i in 0..25 {
+            tx.send(span(i)).await.unwrap();
+        }
+        // Room for 100 spans by count, 8 by bytes.
+        let policy = Policy {
+            buffer_bytes: 8 * 1000,
+            ..quick(100)
+        };
+        let task = tokio::spawn(deliver(fake.clone(), policy, health.clone(), rx));
+        wait_until("a failed attempt", || !fake.attempts().is_empty()).await;
+        assert_eq!(dropped(&health), [0, 17, 0, 0]);
+        assert_eq!(
+            fake.attempts()[0].1,
+            names(17..21),
+            "oldest kept span first"
+        );
+        fake.set(Mode::Up);
+        wait_until("delivery", || fake.delivered().len() == 8).await;
+        assert_eq!(fake.delivered(), names(17..25));
+        // Delivered spans free their bytes: 8 more fit again.
+        fake.set(Mode::Down);
+        for i in 25..33 {
+            tx.send(span(i)).await.unwrap();
+        }
+        wait_until("a second failed attempt", || {
+            fake.attempts().iter().filter(|a| a.2 == Mode::Down).count() >= 2
+        })
+        .await;
+        assert_eq!(dropped(&health), [0, 17, 0, 0], "nothing more dropped");
+        fake.set(Mode::Up);
+        wait_until("delivery", || fake.delivered().len() == 16).await;
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(exported(&health) + dropped(&health).iter().sum::<u64>(), 33);
     }
 
     #[tokio::test]

@@ -39,24 +39,50 @@ pub fn identity_of(cgroup: &str) -> CgroupIdentity {
 /// What one cgroup path (`/kubepods.slice/…/cri-containerd-<id>.scope`) says.
 pub fn identity_of_path(path: &str) -> CgroupIdentity {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let kube_at = components.iter().position(|c| c.contains("kubepods"));
+    let anchored = kubepods_anchored(&components);
+    // A `kubepods…/pod<uid>/<id>` tree below some other cgroup is one a process with a delegated
+    // cgroup (a user session, a rootless engine, a kind node) can make: only what lies above it
+    // is believed, so neither its pod nor its containers (a kind node's own container, seen from
+    // the host, still is).
+    let believed = match kube_at {
+        Some(at) if !anchored => {
+            let kubelet_slice = at
+                .checked_sub(1)
+                .filter(|p| components[*p] == "kubelet.slice");
+            &components[..kubelet_slice.unwrap_or(at)]
+        }
+        _ => &components[..],
+    };
     let mut identity = CgroupIdentity::default();
     // Innermost container: search from the leaf up.
-    for (i, component) in components.iter().enumerate().rev() {
+    for (i, component) in believed.iter().enumerate().rev() {
         if let Some((runtime, id)) = component_container(component) {
             // cgroupfs drivers name only the id; the parent directory may name the engine.
-            let runtime = runtime.or_else(|| {
-                i.checked_sub(1)
-                    .and_then(|p| engine_directory(components[p]))
-            });
+            let runtime =
+                runtime.or_else(|| i.checked_sub(1).and_then(|p| engine_directory(believed[p])));
             identity.container_id = Some(id);
             identity.runtime = runtime;
             break;
         }
     }
-    if components.iter().any(|c| c.contains("kubepods")) {
+    if kube_at.is_some() && anchored {
         identity.pod_uid = components.iter().rev().find_map(|c| pod_uid_of(c));
     }
     identity
+}
+
+/// Whether the Kubernetes hierarchy starts where only the kubelet and the runtime create cgroups:
+/// at the root (`/kubepods.slice/…`, `/kubepods/…`), under the kubelet's own slice
+/// (`/kubelet.slice/kubelet-kubepods.slice/…`), or as containerd's unexpanded systemd path
+/// (`/system.slice/containerd.service/kubepods-…:cri-containerd:<id>`).
+fn kubepods_anchored(components: &[&str]) -> bool {
+    match components {
+        [first, ..] if first.starts_with("kubepods") => true,
+        ["kubelet.slice", second, ..] => second.starts_with("kubelet-kubepods"),
+        ["system.slice", "containerd.service", third, ..] => third.starts_with("kubepods"),
+        _ => false,
+    }
 }
 
 /// Prefixes (systemd driver `<prefix><id>.scope`; cgroupfs `<prefix><id>`) and the runtime
@@ -295,6 +321,28 @@ mod tests {
             (format!("0::/docker-{}g.scope", &ID[..63]), None, None, None),
             // "pod" + something that is not a UID.
             ("0::/kubepods/burstable/podnotauid/x".to_string(), None, None, None),
+            // The same trees made under a delegated cgroup (a user's session, a rootless
+            // engine): not the kubelet's, so neither pod nor container is believed.
+            (
+                format!("0::/user.slice/user-1000.slice/user@1000.service/kubepods/burstable/pod{UID}/{ID}"),
+                None,
+                None,
+                None,
+            ),
+            (
+                format!("0::/system.slice/evil.service/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope"),
+                None,
+                None,
+                None,
+            ),
+            // A kind node seen from the host: its pods' cgroups lie inside the node's container,
+            // which is what is believed.
+            (
+                format!("0::/system.slice/docker-{OUTER}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope"),
+                Some("docker"),
+                Some(OUTER),
+                None,
+            ),
         ]
     }
 

@@ -51,6 +51,8 @@ pub(super) fn traces(
         timeout: OTLP_TIMEOUT,
         buffer_spans: usize::try_from(args.export_buffer_spans)
             .context("--export-buffer-spans is too large")?,
+        buffer_bytes: usize::try_from(args.memory_budget_mib.saturating_mul(1024 * 1024) / 4)
+            .context("--memory-budget-mib is too large")?,
     }))
 }
 

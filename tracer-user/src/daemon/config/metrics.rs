@@ -85,6 +85,7 @@ fn otlp_config(run: &RunArgs, env: &impl Fn(&str) -> Option<String>) -> Result<O
             timeout: OTLP_TIMEOUT,
             // Unused: metrics are cumulative, a failed push is superseded by the next.
             buffer_spans: 1,
+            buffer_bytes: usize::MAX,
         }),
     )
 }

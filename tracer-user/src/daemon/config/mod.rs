@@ -79,6 +79,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub service_name: Option<String>,
 
+    /// The tracer's memory budget, in MiB. The capture queue (records between the ring buffer
+    /// and the pipeline) and the OTLP retry buffer each hold at most a quarter of it; past that
+    /// they drop, counted (`pipeline_queue_full`, `export_dropped_spans{reason=buffer_full}`).
+    /// The default fits the Helm chart's 1 GiB memory limit.
+    #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_MIB, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    pub memory_budget_mib: u64,
+
     /// Spans kept in memory for retry while the OTLP endpoint is unreachable or throttling;
     /// past this the oldest are dropped (and counted). Must be at least 1.
     #[arg(long, default_value_t = DEFAULT_BUFFER_SPANS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -134,6 +141,10 @@ pub struct RunArgs {
     pub from_file: BTreeSet<String>,
 }
 
+/// `--memory-budget-mib`'s default: under the Helm chart's 1 GiB limit with room for the
+/// binary, the kernel maps' user-side copies and the allocator.
+pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 768;
+
 /// Everything `run` needs, each stage's part in its own type.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -141,6 +152,9 @@ pub struct Config {
     pub console: bool,
     pub ring_buffer_bytes: u32,
     pub health_listen: Option<SocketAddr>,
+    /// `--memory-budget-mib`, in bytes: the capture queue gets a quarter of it (the retry
+    /// buffer's quarter is in `otlp`).
+    pub memory_budget_bytes: u64,
     /// Where the health counters are written at stop, as JSON.
     pub summary_file: Option<std::path::PathBuf>,
     /// streams, protocols, genai, agent and the process catalogue.
@@ -168,6 +182,7 @@ impl Config {
             ring_buffer_bytes: args.ring_buffer_bytes,
             health_listen: args.health_listen,
             summary_file: args.summary_file.clone(),
+            memory_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024),
             pipeline: PipelineConfig {
                 max_body_bytes: args.max_body_bytes,
                 idle_timeout: Duration::from_secs(args.idle_timeout_secs),

@@ -292,6 +292,7 @@ mod tests {
             resource_attributes: vec![("deployment.environment".into(), "test".into())],
             timeout: Duration::from_secs(1),
             buffer_spans: 1,
+            buffer_bytes: usize::MAX,
         }
     }
 
