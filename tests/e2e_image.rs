@@ -17,6 +17,7 @@
 //! here, and the test checks that `check` then reports it absent and still passes.
 
 use std::{
+    collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
     path::{Path, PathBuf},
@@ -123,6 +124,11 @@ fn check_passes_in_the_image_with_the_daemonsets_security_context() -> Result<()
     let pod = &deployed.pod;
     let name = format!("agent-tracer-e2e-check-{}", std::process::id());
     let container = Container::create(&name, &options(pod)?, &pod.image, &["check".to_string()])?;
+    // The image holds the binary and exactly the libraries it links, nothing else.
+    assert_eq!(
+        files_in(&container.name)?,
+        expected_files(Path::new(env!("CARGO_BIN_EXE_agent-tracer")))?
+    );
     let out = podman::podman()
         .args(["start", "--attach", &container.name])
         .output()?;
@@ -186,6 +192,46 @@ fn check_passes_in_the_image_with_the_daemonsets_security_context() -> Result<()
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The regular files of container `name`'s filesystem (`podman export`), without the leading /.
+fn files_in(name: &str) -> Result<BTreeSet<String>> {
+    let tar = podman::podman().args(["export", name]).output()?;
+    if !tar.status.success() {
+        bail!("podman export: {}", String::from_utf8_lossy(&tar.stderr));
+    }
+    let mut list = Command::new("tar")
+        .arg("-t")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdin = list.stdin.take().context("tar's stdin")?;
+    let writer = std::thread::spawn(move || stdin.write_all(&tar.stdout));
+    let listed = list.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writing to tar panicked"))??;
+    Ok(String::from_utf8(listed.stdout)?
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The binary's path in the image and the libraries ldd resolves for it on this host.
+fn expected_files(binary: &Path) -> Result<BTreeSet<String>> {
+    let ldd = Command::new("ldd").arg(binary).output()?;
+    let mut files = BTreeSet::from(["usr/local/bin/agent-tracer".to_string()]);
+    for line in String::from_utf8(ldd.stdout)?.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let path = match fields[..] {
+            [_, "=>", path, ..] if path.starts_with('/') => path,
+            [path, ..] if path.starts_with('/') => path,
+            _ => continue,
+        };
+        files.insert(path.trim_start_matches('/').to_string());
+    }
+    Ok(files)
 }
 
 /// GET `path` on 127.0.0.1:`port` in the pod's network namespace: the status.
