@@ -4,8 +4,8 @@
 //! Dockerfile linted by hadolint, and the chart's config file and probes driven through the real
 //! tracer: it starts from the rendered config.toml and answers /healthz and /readyz.
 //!
-//! Not checked here: building the image (no container engine on this machine) and running the
-//! DaemonSet on a cluster (none here).
+//! Not checked here: building and running the image (tests/e2e_image.rs does, with podman) and
+//! running the DaemonSet on a cluster (none here).
 
 use std::{
     io::{Read as _, Write as _},

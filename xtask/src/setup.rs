@@ -352,6 +352,18 @@ const TEST_TOOLS: &[TestTool] = &[
         probe: &["promtool", "--version"],
         package: "prometheus",
     },
+    TestTool {
+        what: "podman (builds the container image and runs it as the DaemonSet would, no daemon)",
+        probe: &["podman", "--version"],
+        package: "podman",
+    },
+    TestTool {
+        // Debian 12's crun refuses hybrid cgroup layouts (v1 controllers plus a v2 hierarchy
+        // holding one, as on this machine); runc runs there and everywhere else.
+        what: "runc (podman's runtime in the image test)",
+        probe: &["runc", "--version"],
+        package: "runc",
+    },
 ];
 
 fn works(tool: &TestTool) -> bool {

@@ -452,6 +452,22 @@ pub async fn start_grpc() -> Result<OtlpReceiver> {
     start(Kind::Grpc).await
 }
 
+/// A gRPC receiver on a socket the caller made listen: one bound inside another network
+/// namespace (a container's) serves there. (`restart` would listen in this process' own.)
+pub async fn start_grpc_on(listener: std::net::TcpListener) -> Result<OtlpReceiver> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(Mutex::new(Received::default()));
+    let task = serve(Kind::Grpc, listener, received.clone());
+    Ok(OtlpReceiver {
+        addr,
+        kind: Kind::Grpc,
+        received,
+        task: Some(task),
+    })
+}
+
 pub async fn start_http() -> Result<OtlpReceiver> {
     start(Kind::Http).await
 }
