@@ -85,6 +85,9 @@ counters! {
     unparsed_bytes,
     /// HTTP messages that failed to parse (the parser resynchronised).
     http_parse_errors,
+    /// HTTP/2 header blocks that decoded to more than a head may hold (128 fields or 64 KiB,
+    /// HTTP/1's limits): the fields past it were left out and the message marked incomplete.
+    http2_header_blocks_capped,
     /// Complete HTTP request/response exchanges.
     http_exchanges,
     /// Exchanges cut short (process exit, idle timeout, shutdown).
