@@ -503,6 +503,7 @@ mod tests {
                     x,
                     &crate::genai::GenAiConfig {
                         capture_content: false,
+                        max_body_bytes: crate::daemon::pipeline::DEFAULT_MAX_BODY_BYTES,
                     },
                 ) {
                     Some(Ok(crate::genai::Call::Llm(c))) => c,

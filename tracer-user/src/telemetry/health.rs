@@ -114,6 +114,9 @@ counters! {
     encrypted_skipped_hooked,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
+    /// Calls with a content-encoded body that decoded to more than `--max-body-bytes`: decoding
+    /// stopped there, the span carries `agent_tracer.body.decoded_truncated`.
+    bodies_decoded_truncated,
     /// Agent runs, counted as they end (a side request folded into its loop is not a run).
     agent_runs,
     /// Runs that ended with a final answer.
