@@ -88,6 +88,9 @@ counters! {
     /// HTTP/2 header blocks that decoded to more than a head may hold (128 fields or 64 KiB,
     /// HTTP/1's limits): the fields past it were left out and the message marked incomplete.
     http2_header_blocks_capped,
+    /// WebSocket messages longer than the body limit, framed or inflated (a deflate bomb): the
+    /// direction is not read any further.
+    websocket_messages_oversized,
     /// Complete HTTP request/response exchanges.
     http_exchanges,
     /// Exchanges cut short (process exit, idle timeout, shutdown).
