@@ -118,6 +118,8 @@ fn a_gzip_bomb_answering_an_mcp_call_is_marked_on_its_span() {
     assert!(peak < 2 * LIMIT, "{peak} bytes allocated at once");
 }
 
+/// Decoding would allocate the limit (4 MiB); what is allocated instead is the call record and
+/// the tables the parsers initialise once.
 #[test]
 fn bodies_no_parser_reads_are_never_decoded() {
     // A JSON API's GET (not a model call, not JSON-RPC): reported, its body not read.
@@ -128,12 +130,12 @@ fn bodies_no_parser_reads_are_never_decoded() {
         panic!("a generic HTTP call: {call:?}");
     };
     assert!(!http.body_decoded_truncated, "not decoded at all");
-    assert!(peak < 64 * 1024, "{peak} bytes allocated at once");
+    assert!(peak < 1 << 20, "{peak} bytes allocated at once");
     // An MCP-shaped POST answered with a gzip'd archive: not JSON, not decoded.
     let x = exchange(
         &post("/mcp", r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
         "application/octet-stream",
     );
     let (_, peak) = peak_during(|| recognise(&x, &config()));
-    assert!(peak < 64 * 1024, "{peak} bytes allocated at once");
+    assert!(peak < 1 << 20, "{peak} bytes allocated at once");
 }
