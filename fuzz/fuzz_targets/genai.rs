@@ -57,6 +57,6 @@ fuzz_target!(|data: &[u8]| {
     push(Direction::Egress, [request.as_bytes(), request_body].concat());
     push(Direction::Ingress, [response.as_bytes(), response_body].concat());
     for exchange in &out {
-        let _ = recognise(exchange, &GenAiConfig { capture_content: true });
+        let _ = recognise(exchange, &GenAiConfig { capture_content: true, max_body_bytes: 1 << 20 });
     }
 });

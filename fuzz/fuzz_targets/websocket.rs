@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         server_no_context_takeover: flags & 4 != 0,
     });
     let conn = ConnKey { pid: 1, source: Source::Socket, conn_id: 3 };
-    let mut ws = WebSocketConnection::new(conn, "/v1/responses", Some("h"), deflate);
+    let mut ws = WebSocketConnection::new(conn, "/v1/responses", Some("h"), deflate, 1 << 20);
     let (peer, health) = (Peer::default(), Health::default());
     let mut out = Vec::new();
     for (i, piece) in rest.chunks(((flags >> 3) as usize).max(1) * 7).enumerate() {

@@ -83,7 +83,7 @@ impl Connection {
     pub fn finish(mut self) {
         self.tracker.close_all(&mut self.out);
         for exchange in &self.out {
-            let _ = recognise(exchange, &GenAiConfig { capture_content: true });
+            let _ = recognise(exchange, &GenAiConfig { capture_content: true, max_body_bytes: 1 << 20 });
         }
     }
 }

@@ -12,3 +12,6 @@ pub mod processes;
 pub mod protocols;
 pub mod streams;
 pub mod telemetry;
+
+#[cfg(test)]
+pub(crate) mod alloc_probe;

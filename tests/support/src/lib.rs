@@ -10,6 +10,7 @@ pub mod deploy_tools;
 pub mod e2e;
 pub mod go;
 mod h2c_upgrade;
+pub mod hostile;
 pub mod kube_api;
 pub mod mock_agents;
 pub mod mock_openai;

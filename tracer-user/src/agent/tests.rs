@@ -74,6 +74,7 @@ fn call(
             interrupted: None,
             http2_joined_mid_connection: false,
             http2_incomplete_headers: false,
+            body_decoded_truncated: false,
         },
         provider: "openai".into(),
         operation: "chat",
@@ -630,6 +631,7 @@ fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
             interrupted: None,
             http2_joined_mid_connection: false,
             http2_incomplete_headers: false,
+            body_decoded_truncated: false,
         }),
         mcp: mcp::McpCall {
             method: "tools/call".into(),

@@ -50,6 +50,7 @@ impl Default for PipelineConfig {
             record_streams: None,
             genai: GenAiConfig {
                 capture_content: false,
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             },
             agent: AgentConfig::default(),
             processes: ProcessesConfig::default(),
@@ -321,7 +322,13 @@ impl Pipeline {
             }
         }
         for exchange in self.exchanges.drain(..) {
-            match genai::recognise(&exchange, &self.genai) {
+            let call = genai::recognise(&exchange, &self.genai);
+            if let Some(Ok(call)) = &call {
+                if call.body_decoded_truncated() {
+                    Health::add(&self.health.bodies_decoded_truncated, 1);
+                }
+            }
+            match call {
                 Some(Ok(call)) => match &call {
                     Call::Llm(llm) => {
                         Health::add(&self.health.llm_calls, 1);

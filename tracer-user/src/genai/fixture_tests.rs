@@ -99,6 +99,7 @@ fn call_of(pieces: &[StreamEvent]) -> LlmCall {
         &exchanges[0],
         &GenAiConfig {
             capture_content: true,
+            max_body_bytes: crate::daemon::pipeline::DEFAULT_MAX_BODY_BYTES,
         },
     ) {
         Some(Ok(Call::Llm(call))) => *call,
@@ -368,6 +369,7 @@ fn bedrock_call(path: &str, status: u16, request_body: u64, response_body: u64) 
             interrupted: None,
             http2_joined_mid_connection: false,
             http2_incomplete_headers: false,
+            body_decoded_truncated: false,
         },
         provider: "aws.bedrock".into(),
         operation: "chat",

@@ -27,7 +27,7 @@ use crate::{
     model::{header, ConnKey, ExchangeEnd, Headers, HttpExchange, Source},
     protocols::{body::decode_content, jsonrpc::RpcExchange},
 };
-use view::{decode_response, DecodedResponse};
+use view::{can_matter, decode_response, DecodedResponse};
 
 /// Every model API dialect we parse, in the order they are tried: the first whose path (or,
 /// without one, whose answer) matches is the exchange's. Adding a dialect is a file with a
@@ -163,6 +163,9 @@ pub struct HttpCall {
     /// HTTP/2 header fields that could not be decoded: the method, path, status or headers
     /// left out were unknown, not absent.
     pub http2_incomplete_headers: bool,
+    /// A content-encoded body decoded to more than the body limit: what was read of it is its
+    /// start only.
+    pub body_decoded_truncated: bool,
 }
 
 /// An MCP JSON-RPC request, with what carried it.
@@ -198,9 +201,27 @@ pub enum Call {
     Http(HttpCall),
 }
 
+impl Call {
+    /// A body of the exchange decoded to more than the body limit (see
+    /// [`HttpCall::body_decoded_truncated`]).
+    pub fn body_decoded_truncated(&self) -> bool {
+        match self {
+            Call::Llm(llm) => llm.http.body_decoded_truncated,
+            Call::Mcp(mcp) => match &mcp.transport {
+                McpTransport::Http(http) => http.body_decoded_truncated,
+                McpTransport::Stdio(_) => false,
+            },
+            Call::Http(http) => http.body_decoded_truncated,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GenAiConfig {
     pub capture_content: bool,
+    /// Most bytes a content-encoded body is decoded to (`--max-body-bytes`, the bound on the
+    /// bodies the protocols keep).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,9 +249,17 @@ pub fn recognise(
     } else {
         req.method.as_str()
     };
-    let body = match decode_content(header(&req.headers, "content-encoding"), &req.body) {
-        Ok(b) => b,
-        Err(_) if req.bytes_lost > 0 => Cow::Borrowed(&b""[..]),
+    let limit = config.max_body_bytes;
+    // An encoded request body is decoded when it may be a model or JSON-RPC request; an upload
+    // of another type is not, whatever it inflates to.
+    let request_can_matter = headers_unknown
+        || header(&req.headers, "content-type").is_none()
+        || is_json(&req.headers)
+        || dialect::by_path(method, path, &Value::Null).is_some();
+    let encoding = header(&req.headers, "content-encoding").filter(|_| request_can_matter);
+    let (body, request_truncated) = match decode_content(encoding, &req.body, limit) {
+        Ok(b) => (b.bytes, b.truncated),
+        Err(_) if req.bytes_lost > 0 => (Cow::Borrowed(&b""[..]), false),
         Err(e) => return Some(Err(GenAiError::RequestJson(e.to_string()))),
     };
     let json: Value = if body.is_empty() {
@@ -238,9 +267,9 @@ pub fn recognise(
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            // The path names the API; a body damaged in capture still makes a call, so the loss
-            // shows on a span.
-            Err(_) if req.bytes_lost > 0 => Value::Null,
+            // The path names the API; a body damaged in capture (or cut at the limit) still
+            // makes a call, so the loss shows on a span.
+            Err(_) if req.bytes_lost > 0 || request_truncated => Value::Null,
             Err(e)
                 if dialect::by_path(method, path, &Value::Null).is_some()
                     && is_json(&req.headers) =>
@@ -250,23 +279,34 @@ pub fn recognise(
             Err(_) => Value::Null,
         }
     };
-    // The response is decoded at most once: here when only the bodies can say which API this
-    // is, else below when a parser needs it.
+    let decode = |r| decode_response(r, limit);
+    // The response is decoded at most once, and only when a parser reads it: here when only
+    // the bodies can say which API this is, else below for a model or MCP call.
     let mut decoded_response: Option<Option<DecodedResponse<'_>>> = None;
     let dialect = dialect::by_path(method, path, &json).or_else(|| {
         // No path decoded: the bodies may still say which API this is.
         if !(headers_unknown && path.is_empty()) {
             return None;
         }
-        let decoded = decoded_response.insert(exchange.response.as_ref().map(decode_response));
+        let decoded = decoded_response.insert(exchange.response.as_ref().map(decode));
         dialect::by_bodies(&json, decoded.as_ref().and_then(|r| r.as_ref().ok()))
     });
-    let decoded_response =
-        decoded_response.unwrap_or_else(|| exchange.response.as_ref().map(decode_response));
     let Some(dialect) = dialect else {
-        let http = generic_http(exchange, path)?;
+        let mut http = generic_http(exchange, path)?;
+        let decoded_response = match decoded_response {
+            Some(decoded) => decoded,
+            // Only a JSON-RPC request's answer is read (MCP), and only one that can be JSON.
+            None if method == "POST" && mcp::request(&json).is_some() => exchange
+                .response
+                .as_ref()
+                .filter(|r| can_matter(r))
+                .map(decode),
+            None => None,
+        };
+        let view = decoded_response.and_then(Result::ok);
+        http.body_decoded_truncated =
+            request_truncated || view.as_ref().is_some_and(|v| v.decoded_truncated);
         if method == "POST" {
-            let view = decoded_response.and_then(Result::ok);
             if let Some(mcp) = mcp::parse(&json, exchange, view.as_ref()) {
                 return Some(Ok(Call::Mcp(Box::new(McpExchange {
                     transport: McpTransport::Http(http),
@@ -276,6 +316,8 @@ pub fn recognise(
         }
         return Some(Ok(Call::Http(http)));
     };
+    let decoded_response =
+        decoded_response.unwrap_or_else(|| exchange.response.as_ref().map(decode));
     let http = http_call(exchange, path);
     let mut call = LlmCall {
         provider: provider::provider_name(http.server_address.as_deref(), dialect).to_string(),
@@ -288,6 +330,8 @@ pub fn recognise(
         first_chunk_ns: None,
     };
     let view = response_view(exchange, decoded_response, &mut call);
+    call.http.body_decoded_truncated =
+        request_truncated || view.as_ref().is_some_and(|v| v.decoded_truncated);
     dialect.parse(path, &json, view.as_ref(), config, &mut call);
     call.request.history = dialect.history(&json, config.capture_content);
     if let ExchangeEnd::Interrupted(reason) = exchange.end {
@@ -393,6 +437,7 @@ fn http_call(exchange: &HttpExchange, path: &str) -> HttpCall {
         },
         http2_joined_mid_connection: exchange.http2_joined_mid_connection,
         http2_incomplete_headers: headers_unknown,
+        body_decoded_truncated: false,
     }
 }
 
@@ -533,6 +578,7 @@ pub(crate) mod tests_support {
                 interrupted: None,
                 http2_joined_mid_connection: false,
                 http2_incomplete_headers: false,
+                body_decoded_truncated: false,
             },
             provider: "openai".into(),
             operation: "chat",
@@ -544,5 +590,7 @@ pub(crate) mod tests_support {
         }
     }
 }
+#[cfg(test)]
+mod budget_tests;
 #[cfg(test)]
 mod fixture_tests;

@@ -670,6 +670,7 @@ mod tests {
         let mut call = crate::genai::tests_support::empty_call();
         let config = GenAiConfig {
             capture_content: true,
+            max_body_bytes: crate::daemon::pipeline::DEFAULT_MAX_BODY_BYTES,
         };
         let completed = json!({"id": "resp_1", "model": "gpt-5.4", "status": "completed",
             "output": [{"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}],

@@ -158,6 +158,7 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
         http.http2_joined_mid_connection,
         http.http2_incomplete_headers,
     );
+    decoded_truncated_mark(&mut a, http.body_decoded_truncated);
     if let Some(err) = &call.error {
         a.push(("error.type", err.error_type.clone().into()));
     }
@@ -389,7 +390,16 @@ pub fn http_attributes(call: &HttpCall) -> Vec<(&'static str, AttrValue)> {
         call.http2_joined_mid_connection,
         call.http2_incomplete_headers,
     );
+    decoded_truncated_mark(&mut a, call.body_decoded_truncated);
     a
+}
+
+/// A content-encoded body that decoded to more than the body limit: the span was made from its
+/// start only (a compression bomb, or a body larger than `--max-body-bytes`).
+fn decoded_truncated_mark(a: &mut Vec<(&'static str, AttrValue)>, truncated: bool) {
+    if truncated {
+        a.push(("agent_tracer.body.decoded_truncated", true.into()));
+    }
 }
 
 /// What a span of an HTTP/2 connection the tracer joined late, or whose header fields it could

@@ -19,6 +19,9 @@ pub struct ResponseView<'a> {
     pub status: u16,
     pub body: Cow<'a, [u8]>,
     pub content_type: String,
+    /// The decoded body was cut at the body limit (a compression bomb, or simply a body that
+    /// decodes to more than we keep): `body` is its start.
+    pub decoded_truncated: bool,
     response: &'a HttpResponse,
 }
 
@@ -115,12 +118,26 @@ fn content_type(response: &HttpResponse, body: &[u8]) -> String {
 /// A response with its content encoding undone, or why it could not be.
 pub type DecodedResponse<'a> = Result<ResponseView<'a>, BodyError>;
 
-pub fn decode_response(response: &HttpResponse) -> DecodedResponse<'_> {
-    let body = decode_content(content_encoding(response), &response.body)?;
+/// The response with its content encoding undone, keeping at most `limit` decoded bytes.
+pub fn decode_response(response: &HttpResponse, limit: usize) -> DecodedResponse<'_> {
+    let decoded = decode_content(content_encoding(response), &response.body, limit)?;
     Ok(ResponseView {
         status: response.status,
-        content_type: content_type(response, &body),
-        body,
+        content_type: content_type(response, &decoded.bytes),
+        body: decoded.bytes,
+        decoded_truncated: decoded.truncated,
         response,
+    })
+}
+
+/// Whether a response body can say anything to a parser: JSON, server-sent events, NDJSON,
+/// AWS event-stream, or a type not known (missing, or not decoded by HPACK). Others (HTML,
+/// images, archives) are never decoded, whatever their encoding promises to inflate to.
+pub fn can_matter(response: &HttpResponse) -> bool {
+    header(&response.headers, "content-type").is_none_or(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ["json", "event-stream", "eventstream"]
+            .iter()
+            .any(|t| ct.contains(t))
     })
 }

@@ -8,6 +8,14 @@ use super::connection::{ConnKey, Peer};
 
 pub type Headers = Vec<(String, String)>;
 
+/// Most header fields a message head may carry, whichever protocol: HTTP/1 refuses a head with
+/// more, HTTP/2 keeps the first ones of a header block and marks the rest missing. A peer must
+/// not make us copy more than this, however small its wire encoding (HPACK references).
+pub const MAX_HEADER_FIELDS: usize = 128;
+/// Most bytes of one message head: HTTP/1's raw head, HTTP/2's decoded fields (names and
+/// values).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// The value of the first header called `name` (lower case).
 pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
     headers

@@ -12,4 +12,7 @@ pub mod span;
 
 pub use connection::{ConnKey, Direction, Peer, Source};
 pub use events::StreamEvent;
-pub use exchange::{header, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse};
+pub use exchange::{
+    header, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, MAX_HEADER_FIELDS,
+    MAX_HEAD_BYTES,
+};

@@ -87,6 +87,7 @@ fn call(exchange: &HttpExchange) -> LlmCall {
         exchange,
         &GenAiConfig {
             capture_content: true,
+            max_body_bytes: crate::daemon::pipeline::DEFAULT_MAX_BODY_BYTES,
         },
     ) {
         Some(Ok(genai::Call::Llm(call))) => *call,

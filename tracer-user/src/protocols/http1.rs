@@ -10,11 +10,8 @@ use bytes::{Buf, BytesMut};
 use thiserror::Error;
 
 use super::sniff::{looks_like_request, HTTP2_PREFACE};
-use crate::model::{header, Headers, HttpRequest, HttpResponse};
-
-/// Larger heads are not HTTP we can use (and would let a peer grow our buffers).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+// Larger heads are not HTTP we can use (and would let a peer grow our buffers).
+use crate::model::{header, Headers, HttpRequest, HttpResponse, MAX_HEADER_FIELDS, MAX_HEAD_BYTES};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -167,7 +164,7 @@ impl MessageParser {
         if self.buf.is_empty() {
             return Ok(false);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
         let (head_len, method, target, status, parsed_headers) = match self.kind {
             Kind::Request => {
                 let mut req = httparse::Request::new(&mut headers);

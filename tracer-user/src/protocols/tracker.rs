@@ -507,6 +507,7 @@ fn parse_responses(
                                 &request.target,
                                 header(&request.headers, "host"),
                                 deflate,
+                                conn.requests.max_body,
                             );
                             // Frames may already sit behind the heads in the same reads.
                             let early_in = conn.responses.take_buffered();

@@ -21,8 +21,12 @@ use crate::{
     telemetry::health::Health,
 };
 
-/// A frame longer than this is not something we follow (and would let a peer grow our buffers).
+/// A message longer than this, on the wire or inflated, is not something we follow (and would let
+/// a peer grow our buffers); the body limit lowers it.
 const MAX_MESSAGE: usize = 64 << 20;
+
+/// Inflated output is produced this many bytes at a time and kept as it comes.
+const INFLATE_CHUNK: usize = 16 * 1024;
 
 /// permessage-deflate as the server accepted it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,8 +56,12 @@ struct Reader {
     in_message: bool,
     inflater: Option<Decompress>,
     no_context_takeover: bool,
+    /// Most bytes of one message, framed or inflated.
+    max_message: usize,
     /// Framing lost (a gap, an oversized frame): nothing more is read in this direction.
     lost: bool,
+    /// Messages over `max_message` since the connection last counted them.
+    oversized: u64,
 }
 
 impl Reader {
@@ -65,8 +73,15 @@ impl Reader {
             in_message: false,
             inflater: deflate.then(|| Decompress::new(false)),
             no_context_takeover,
+            max_message: MAX_MESSAGE,
             lost: false,
+            oversized: 0,
         }
+    }
+
+    fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message.min(MAX_MESSAGE);
+        self
     }
 
     /// Complete data messages (text or binary, decompressed) in what arrived.
@@ -94,7 +109,8 @@ impl Reader {
                     return;
                 }
             }
-            if self.message.len().saturating_add(payload.len()) > MAX_MESSAGE {
+            if self.message.len().saturating_add(payload.len()) > self.max_message {
+                self.oversized = self.oversized.saturating_add(1);
                 self.lose();
                 return;
             }
@@ -123,40 +139,45 @@ impl Reader {
         if !self.compressed {
             return Some(raw);
         }
+        let max_message = self.max_message;
         let inflater = self.inflater.as_mut()?;
         // RFC 7692 §7.2.2: the sender removed the final empty block's tail; put it back.
         let mut input = raw;
         input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
-        let mut output = Vec::with_capacity(input.len().saturating_mul(4));
+        // Output is kept as it is produced, never sized by the input: a few KiB of deflate can
+        // inflate to gigabytes, and is refused once past the cap, not allocated ahead of it.
+        let mut output = Vec::new();
+        let mut chunk = vec![0u8; INFLATE_CHUNK];
         let mut consumed = 0usize;
         loop {
-            if output.capacity().saturating_sub(output.len()) < 4096 {
-                output.reserve(output.len().max(4096));
-            }
             let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
             let status = inflater
-                .decompress_vec(
+                .decompress(
                     input.get(consumed..).unwrap_or_default(),
-                    &mut output,
+                    &mut chunk,
                     FlushDecompress::Sync,
                 )
                 .ok()?;
             let taken = inflater.total_in().saturating_sub(before_in);
+            let produced = usize::try_from(inflater.total_out().saturating_sub(before_out)).ok()?;
             consumed = consumed.saturating_add(usize::try_from(taken).unwrap_or(usize::MAX));
-            if output.len() > MAX_MESSAGE {
+            if output.len().saturating_add(produced) > max_message {
+                self.oversized = self.oversized.saturating_add(1);
                 return None;
             }
+            crate::protocols::body::reserve_capped(&mut output, produced, max_message);
+            output.extend_from_slice(chunk.get(..produced)?);
             if status == Status::StreamEnd {
                 break;
             }
             // All input taken is not the end: a highly compressed message (Codex's follow-up
-            // requests inflate 13-fold) can still hold output that did not fit the buffer, and
+            // requests inflate 13-fold) can still hold output that did not fit the chunk, and
             // leaving it in the inflater corrupts this message and every later one.
-            let room_left = output.len() < output.capacity();
+            let room_left = produced < chunk.len();
             if consumed >= input.len() && room_left {
                 break;
             }
-            if inflater.total_in() == before_in && inflater.total_out() == before_out && room_left {
+            if taken == 0 && produced == 0 {
                 break;
             }
         }
@@ -223,15 +244,24 @@ pub struct WebSocketConnection {
 }
 
 impl WebSocketConnection {
-    pub fn new(key: ConnKey, path: &str, host: Option<&str>, deflate: Option<Deflate>) -> Self {
+    /// `max_message`: the body limit, which bounds each message, framed or inflated.
+    pub fn new(
+        key: ConnKey,
+        path: &str,
+        host: Option<&str>,
+        deflate: Option<Deflate>,
+        max_message: usize,
+    ) -> Self {
         let d = deflate.unwrap_or_default();
         WebSocketConnection {
             key,
             path: path.split('?').next().unwrap_or_default().to_string(),
             host: host.map(str::to_string),
             readers: [
-                Reader::new(deflate.is_some(), d.client_no_context_takeover),
-                Reader::new(deflate.is_some(), d.server_no_context_takeover),
+                Reader::new(deflate.is_some(), d.client_no_context_takeover)
+                    .with_max_message(max_message),
+                Reader::new(deflate.is_some(), d.server_no_context_takeover)
+                    .with_max_message(max_message),
             ],
             pending: None,
         }
@@ -247,7 +277,12 @@ impl WebSocketConnection {
         out: &mut Vec<HttpExchange>,
     ) {
         let mut messages = Vec::new();
-        self.reader(direction).push(data, &mut messages);
+        let reader = self.reader(direction);
+        reader.push(data, &mut messages);
+        Health::add(
+            &health.websocket_messages_oversized,
+            std::mem::take(&mut reader.oversized),
+        );
         for message in messages {
             let Ok(json) = serde_json::from_slice::<Value>(&message) else {
                 continue;
@@ -384,6 +419,7 @@ impl WebSocketConnection {
 #[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
+    use crate::alloc_probe::peak_during;
     use std::io::Write;
 
     /// A frame as a client (masked) or server sends it.
@@ -467,7 +503,13 @@ mod tests {
     fn run(deflate: bool, cuts: usize) -> Vec<HttpExchange> {
         let (egress, ingress) = responses_conversation(deflate);
         let d = deflate.then_some(Deflate::default());
-        let mut ws = WebSocketConnection::new(CONN, "/v1/responses", Some("api.openai.com"), d);
+        let mut ws = WebSocketConnection::new(
+            CONN,
+            "/v1/responses",
+            Some("api.openai.com"),
+            d,
+            MAX_MESSAGE,
+        );
         let mut out = Vec::new();
         let peer = Peer::default();
         let health = Health::default();
@@ -503,6 +545,7 @@ mod tests {
                     x,
                     &crate::genai::GenAiConfig {
                         capture_content: false,
+                        max_body_bytes: crate::daemon::pipeline::DEFAULT_MAX_BODY_BYTES,
                     },
                 ) {
                     Some(Ok(crate::genai::Call::Llm(c))) => c,
@@ -572,5 +615,102 @@ mod tests {
         r.push(&frame(true, true, 1, b"not deflate at all", None), &mut out);
         assert!(out.is_empty());
         let _ = std::io::sink().write(b"");
+    }
+
+    /// Raw deflate of `mib` MiB of zeros, as permessage-deflate sends it (sync-flushed, tail
+    /// removed): one sync-flushed MiB repeated, which stays a valid stream because its blocks
+    /// are not final and refer back one byte at most.
+    fn deflate_bomb(mib: usize) -> Vec<u8> {
+        let mut c = flate2::Compress::new(flate2::Compression::best(), false);
+        let mut one = Vec::with_capacity(1 << 20);
+        c.compress_vec(&vec![0u8; 1 << 20], &mut one, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(one.ends_with(&[0, 0, 0xff, 0xff]));
+        let mut bomb = one.repeat(mib);
+        bomb.truncate(bomb.len() - 4);
+        bomb
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_refused_at_the_cap_without_a_large_allocation() {
+        // 1 GiB inflated from about 1 MiB, against a 4 MiB body limit.
+        let bomb = deflate_bomb(1024);
+        assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
+        let cap = 4 << 20;
+        let wire = frame(true, true, 1, &bomb, None);
+        let mut r = Reader::new(true, false).with_max_message(cap);
+        let mut out = Vec::new();
+        let ((), peak) = peak_during(|| r.push(&wire, &mut out));
+        assert!(out.is_empty());
+        assert!(
+            r.lost,
+            "the direction is not followed past a message it could not read"
+        );
+        assert_eq!(r.oversized, 1);
+        // A few copies of the frame (the reader's buffer, the payload, the message) and the
+        // output's last doubling, old and new buffers at once, to the cap; before, the output
+        // grew to 64 MiB before it was refused.
+        assert!(
+            peak < 4 * wire.len() + 3 * cap,
+            "{peak} bytes allocated at once"
+        );
+        // Below the cap the same kind of message inflates whole, in memory it produced.
+        let mut r = Reader::new(true, false).with_max_message(cap);
+        let small = frame(true, true, 1, &deflate_bomb(2), None);
+        let ((), peak) = peak_during(|| r.push(&small, &mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), 2 << 20);
+        assert!(out[0].capacity() <= cap, "{}", out[0].capacity());
+        assert!(peak < 3 * (2 << 20), "{peak} bytes allocated at once");
+        // Output is sized by what it holds, not by the input: incompressible bytes inflate to
+        // their own size, which the old 4x-the-input buffer quadrupled.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..(1 << 20))
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            })
+            .collect();
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut wire = Vec::with_capacity(noise.len() + 1024);
+        c.compress_vec(&noise, &mut wire, flate2::FlushCompress::Sync)
+            .unwrap();
+        wire.truncate(wire.len() - 4);
+        let mut r = Reader::new(true, false).with_max_message(cap);
+        let mut out = Vec::new();
+        r.push(&frame(true, true, 2, &wire, None), &mut out);
+        assert_eq!(out, vec![noise.clone()]);
+        assert!(
+            out[0].capacity() < 2 * noise.len(),
+            "{} bytes kept for {}",
+            out[0].capacity(),
+            noise.len()
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_is_counted_on_the_connection() {
+        let d = Some(Deflate::default());
+        let mut ws = WebSocketConnection::new(CONN, "/v1/responses", None, d, 1 << 20);
+        let health = Health::default();
+        let mut out = Vec::new();
+        let wire = frame(true, true, 1, &deflate_bomb(8), None);
+        ws.push(
+            Direction::Ingress,
+            1,
+            &wire,
+            &Peer::default(),
+            &health,
+            &mut out,
+        );
+        assert_eq!(
+            health
+                .websocket_messages_oversized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(out.is_empty());
     }
 }

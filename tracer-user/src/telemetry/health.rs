@@ -85,6 +85,12 @@ counters! {
     unparsed_bytes,
     /// HTTP messages that failed to parse (the parser resynchronised).
     http_parse_errors,
+    /// HTTP/2 header blocks that decoded to more than a head may hold (128 fields or 64 KiB,
+    /// HTTP/1's limits): the fields past it were left out and the message marked incomplete.
+    http2_header_blocks_capped,
+    /// WebSocket messages longer than the body limit, framed or inflated (a deflate bomb): the
+    /// direction is not read any further.
+    websocket_messages_oversized,
     /// Complete HTTP request/response exchanges.
     http_exchanges,
     /// Exchanges cut short (process exit, idle timeout, shutdown).
@@ -111,6 +117,9 @@ counters! {
     encrypted_skipped_hooked,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
+    /// Calls with a content-encoded body that decoded to more than `--max-body-bytes`: decoding
+    /// stopped there, the span carries `agent_tracer.body.decoded_truncated`.
+    bodies_decoded_truncated,
     /// Agent runs, counted as they end (a side request folded into its loop is not a run).
     agent_runs,
     /// Runs that ended with a final answer.

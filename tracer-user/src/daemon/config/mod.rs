@@ -189,6 +189,7 @@ impl Config {
                 record_streams: args.record_streams.clone(),
                 genai: GenAiConfig {
                     capture_content: args.capture_content,
+                    max_body_bytes: args.max_body_bytes,
                 },
                 agent: args.agent.resolve(content)?,
                 processes: args.processes.resolve(&env)?,

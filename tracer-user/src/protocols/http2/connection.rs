@@ -15,7 +15,7 @@ use super::{
         FLAG_END_STREAM, GOAWAY, HEADERS, MAX_HEADER_BLOCK, PREFACE, PUSH_PROMISE, RST_STREAM,
         SETTINGS, SETTINGS_HEADER_TABLE_SIZE,
     },
-    hpack::{Hpack, MAX_HEADER_TABLE_SIZE},
+    hpack::{DecodedBlock, Hpack, MAX_HEADER_TABLE_SIZE},
     reader::{Framing, PendingBlock, Reader, Step},
     stream::{head_of, Half, Head, Stream},
 };
@@ -395,7 +395,15 @@ impl Http2Connection {
             reader.hpack.lose();
             None
         } else {
-            Some(reader.hpack.decode(&block.fragment))
+            let decoded = reader.hpack.decode(&block.fragment);
+            if decoded.capped {
+                debug!(
+                    "HTTP/2 on {:?}, {direction:?}: header block over the head budget",
+                    self.conn
+                );
+                Health::add(&self.health.http2_header_blocks_capped, 1);
+            }
+            Some(decoded)
         };
         if self.joined && self.is_server_side(direction, &block, decoded.as_ref()) {
             debug!(
@@ -422,7 +430,9 @@ impl Http2Connection {
         let half = stream.half(direction);
         half.touch(block.start_ns, timestamp_ns);
         match decoded {
-            Some((fields, incomplete)) => {
+            Some(decoded) => {
+                let incomplete = decoded.missing_fields();
+                let fields = decoded.fields;
                 // Heads carry pseudo-header fields, trailers never do. A block of a joined
                 // stream whose head was before the join may be its trailers: one without any
                 // decoded pseudo-header is only taken for a head whose pseudo-headers could not
@@ -458,15 +468,15 @@ impl Http2Connection {
         &self,
         direction: Direction,
         block: &PendingBlock,
-        decoded: Option<&(Vec<(String, String)>, bool)>,
+        decoded: Option<&DecodedBlock>,
     ) -> bool {
         if block.promise {
             return direction == Direction::Egress;
         }
-        let Some((fields, _)) = decoded else {
+        let Some(decoded) = decoded else {
             return false;
         };
-        fields.iter().any(|(name, _)| match direction {
+        decoded.fields.iter().any(|(name, _)| match direction {
             Direction::Egress => name == ":status",
             Direction::Ingress => matches!(name.as_str(), ":method" | ":path" | ":scheme"),
         })

@@ -10,6 +10,8 @@ use std::{cell::RefCell, collections::VecDeque, sync::OnceLock};
 use loona_hpack::{huffman::HuffmanDecoder, Decoder};
 use tracing::debug;
 
+use crate::model::{MAX_HEADER_FIELDS, MAX_HEAD_BYTES};
+
 pub(super) const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_TABLE_SIZE: usize = 1 << 20;
 pub(super) const HPACK_STATIC_ENTRIES: usize = 61;
@@ -55,9 +57,11 @@ impl Hpack {
         self.known = KnownEntries::default();
     }
 
-    /// Decodes a whole header block: its fields (names in lower case), and whether some could
-    /// not be decoded.
-    pub(super) fn decode(&mut self, block: &[u8]) -> (Vec<(String, String)>, bool) {
+    /// Decodes a whole header block: its fields (names in lower case, at most
+    /// [`MAX_HEADER_FIELDS`] of them and [`MAX_HEAD_BYTES`] in all), whether some could not be
+    /// decoded, and whether some were left out for the budget. The whole block is still walked,
+    /// so the dynamic table stays in step with the encoder's.
+    pub(super) fn decode(&mut self, block: &[u8]) -> DecodedBlock {
         if !self.synced && starts_with_table_reset(block) {
             // A size update to zero empties the table: it is known again from here.
             self.decoder = Decoder::new();
@@ -66,12 +70,12 @@ impl Hpack {
             self.synced = true;
         }
         if self.synced {
-            let mut fields = Vec::new();
+            let mut fields = FieldList::default();
             match self
                 .decoder
-                .decode_with_cb(block, |name, value| fields.push(field(&name, &value)))
+                .decode_with_cb(block, |name, value| fields.push(&name, &value))
             {
-                Ok(()) => return (fields, false),
+                Ok(()) => return fields.into_block(false),
                 Err(e) => {
                     debug!("HPACK decoding failed, dynamic table lost: {e}");
                     // Entries this block added before the error are added again below, in
@@ -81,6 +85,56 @@ impl Hpack {
             }
         }
         decode_partially(block, &mut self.known)
+    }
+}
+
+/// A header block's decoded fields, as far as they could be decoded and kept.
+#[derive(Debug, Default)]
+pub(super) struct DecodedBlock {
+    pub(super) fields: Vec<(String, String)>,
+    /// Some fields referred to dynamic-table entries the capture did not see.
+    pub(super) incomplete: bool,
+    /// Fields past the budget (count or bytes) were left out: the peer sent more than any
+    /// head we keep (an HPACK bomb references one big entry thousands of times).
+    pub(super) capped: bool,
+}
+
+impl DecodedBlock {
+    /// Fields are missing, for whatever reason: the message says so.
+    pub(super) fn missing_fields(&self) -> bool {
+        self.incomplete || self.capped
+    }
+}
+
+/// Decoded fields under the budget of one message head: a field past it is not copied.
+#[derive(Default)]
+pub(super) struct FieldList {
+    fields: Vec<(String, String)>,
+    bytes: usize,
+    capped: bool,
+}
+
+impl FieldList {
+    pub(super) fn push(&mut self, name: &[u8], value: &[u8]) {
+        let bytes = self
+            .bytes
+            .saturating_add(name.len())
+            .saturating_add(value.len());
+        if self.capped || self.fields.len() >= MAX_HEADER_FIELDS || bytes > MAX_HEAD_BYTES {
+            // Later fields are not taken either: which of them fit would depend on their sizes.
+            self.capped = true;
+            return;
+        }
+        self.bytes = bytes;
+        self.fields.push(field(name, value));
+    }
+
+    pub(super) fn into_block(self, incomplete: bool) -> DecodedBlock {
+        DecodedBlock {
+            fields: self.fields,
+            incomplete,
+            capped: self.capped,
+        }
     }
 }
 
@@ -124,17 +178,18 @@ impl KnownEntries {
 
     /// The field at a table index, if it is known.
     pub(super) fn get(&self, index: usize) -> Option<(String, String)> {
+        self.get_ref(index).cloned()
+    }
+
+    /// The same, not copied: a block may refer to one entry thousands of times.
+    pub(super) fn get_ref(&self, index: usize) -> Option<&(String, String)> {
         match index {
             0 => None,
-            1..=HPACK_STATIC_ENTRIES => index
-                .checked_sub(1)
-                .and_then(|i| static_table().get(i))
-                .cloned(),
+            1..=HPACK_STATIC_ENTRIES => index.checked_sub(1).and_then(|i| static_table().get(i)),
             _ => index
                 .checked_sub(HPACK_STATIC_ENTRIES + 1)
                 .and_then(|i| self.entries.get(i))
-                .cloned()
-                .flatten(),
+                .and_then(Option::as_ref),
         }
     }
 }
@@ -159,11 +214,8 @@ pub(super) fn static_table() -> &'static [(String, String)] {
 /// Decodes a header block against a table of which only `known` is known: static entries,
 /// literals, and references to `known`, which it keeps up to date. The rest is skipped, never
 /// guessed; the second value says whether anything was.
-pub(super) fn decode_partially(
-    block: &[u8],
-    known: &mut KnownEntries,
-) -> (Vec<(String, String)>, bool) {
-    let mut fields = Vec::new();
+pub(super) fn decode_partially(block: &[u8], known: &mut KnownEntries) -> DecodedBlock {
+    let mut fields = FieldList::default();
     let mut incomplete = false;
     let mut rest = block;
     while !rest.is_empty() {
@@ -173,14 +225,14 @@ pub(super) fn decode_partially(
             // Malformed: whether it added an entry is unknown (the peer would have torn the
             // connection down; the positions of what follows cannot be trusted either way).
             *known = KnownEntries::default();
-            return (fields, true);
+            return fields.into_block(true);
         };
         rest = next;
         match rep.kind {
             // Resizes only evict entries the encoder will not refer to any more.
             Representation::SizeUpdate => {}
-            Representation::Indexed => match known.get(rep.index) {
-                Some(field) => fields.push(field),
+            Representation::Indexed => match known.get_ref(rep.index) {
+                Some((name, value)) => fields.push(name.as_bytes(), value.as_bytes()),
                 None => incomplete = true,
             },
             Representation::Literal | Representation::Incremental => {
@@ -195,13 +247,13 @@ pub(super) fn decode_partially(
                     known.add(name.clone(), value.clone());
                 }
                 match name {
-                    Some(name) => fields.push((name, value)),
+                    Some(name) => fields.push(name.as_bytes(), value.as_bytes()),
                     None => incomplete = true,
                 }
             }
         }
     }
-    (fields, incomplete)
+    fields.into_block(incomplete)
 }
 
 /// A literal field representation's name (`None` when it refers to an unknown entry) and

@@ -65,6 +65,7 @@ fn llm(exchange: &HttpExchange) -> genai::LlmCall {
         exchange,
         &GenAiConfig {
             capture_content: false,
+            max_body_bytes: crate::daemon::pipeline::DEFAULT_MAX_BODY_BYTES,
         },
     ) {
         Some(Ok(genai::Call::Llm(call))) => *call,

@@ -1,0 +1,134 @@
+//! Hostile header blocks: an HPACK bomb (one large dynamic-table entry referenced thousands of
+//! times) decodes to at most one head's budget, is marked and counted, and leaves the dynamic
+//! table in step for the blocks after it.
+
+use std::sync::atomic::Ordering;
+
+use super::exchanges::{frame, run_with, Wire, PATH};
+use crate::{
+    alloc_probe::peak_during,
+    model::{Direction, MAX_HEADER_FIELDS, MAX_HEAD_BYTES},
+    protocols::http2::hpack::Hpack,
+};
+
+const ENTRY_VALUE: usize = 4000;
+const REFERENCES: usize = 4000;
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1) whose first byte carries `flags`.
+fn integer(flags: u8, n: u32, value: usize, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// A header block that adds one 4000-byte entry to the dynamic table (it fits the default
+/// 4096-byte table) and then refers to it 4000 times: 8 KB on the wire, 16 MB decoded. When
+/// `status` is set, a `:status` from the static table comes first.
+fn bomb(status: bool) -> Vec<u8> {
+    let mut block = Vec::new();
+    if status {
+        block.push(0x88); // :status 200
+    }
+    // Literal with incremental indexing, new name.
+    block.push(0x40);
+    integer(0, 7, "x-bomb".len(), &mut block);
+    block.extend_from_slice(b"x-bomb");
+    integer(0, 7, ENTRY_VALUE, &mut block);
+    block.extend(std::iter::repeat_n(b'a', ENTRY_VALUE));
+    // Indexed: dynamic entry 62, the newest.
+    block.extend(std::iter::repeat_n(0x80 | 62, REFERENCES));
+    block
+}
+
+fn assert_within_budget(fields: &[(String, String)]) {
+    assert!(fields.len() <= MAX_HEADER_FIELDS, "{} fields", fields.len());
+    let bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+    assert!(bytes <= MAX_HEAD_BYTES, "{bytes} bytes");
+}
+
+#[test]
+fn an_hpack_bomb_decodes_to_one_heads_budget_with_no_large_allocation() {
+    for lost in [false, true] {
+        let mut hpack = Hpack::new();
+        if lost {
+            // Decoded without the loona decoder: what is added since the loss is known.
+            hpack.lose();
+        }
+        let block = bomb(false);
+        let (decoded, peak) = peak_during(|| hpack.decode(&block));
+        assert!(decoded.capped, "lost {lost}");
+        assert!(decoded.missing_fields());
+        assert!(
+            !decoded.incomplete,
+            "every field was decodable; some were left out"
+        );
+        assert_within_budget(&decoded.fields);
+        // The fields kept are whole ones: 16 of 4006 bytes fit 64 KiB.
+        assert_eq!(decoded.fields.len(), MAX_HEAD_BYTES / (6 + ENTRY_VALUE));
+        assert!(
+            peak < 256 * 1024,
+            "lost {lost}: {peak} bytes allocated at once"
+        );
+        // The whole block was walked: the next one's reference to the entry still decodes.
+        let next = hpack.decode(&[0x80 | 62]);
+        assert!(!next.capped && !next.incomplete, "lost {lost}");
+        assert_eq!(next.fields.len(), 1);
+        assert_eq!(next.fields[0].1.len(), ENTRY_VALUE);
+    }
+}
+
+#[test]
+fn more_than_128_small_fields_are_capped_too() {
+    let mut hpack = Hpack::new();
+    // :method GET, 200 times.
+    let decoded = hpack.decode(&[0x82; 200]);
+    assert!(decoded.capped);
+    assert_eq!(decoded.fields.len(), MAX_HEADER_FIELDS);
+    // At the budget exactly: not capped.
+    let decoded = hpack.decode(&[0x82; MAX_HEADER_FIELDS]);
+    assert!(!decoded.capped);
+    assert_eq!(decoded.fields.len(), MAX_HEADER_FIELDS);
+}
+
+#[test]
+fn a_response_with_an_hpack_bomb_is_marked_counted_and_the_next_one_is_whole() {
+    let mut w = Wire::new();
+    w.request(1, PATH, true);
+    w.send(
+        Direction::Ingress,
+        frame(0x1, 0x4, 1, &bomb(true)), // HEADERS, END_HEADERS
+    );
+    w.send(Direction::Ingress, frame(0x0, 0x1, 1, b"{\"ok\":1}"));
+    w.request(3, PATH, true);
+    // The next response refers to the bomb's entry once: decoded whole.
+    w.send(Direction::Ingress, frame(0x1, 0x4, 3, &[0x88, 0x80 | 62]));
+    w.send(Direction::Ingress, frame(0x0, 0x1, 3, b"{\"ok\":2}"));
+    let (exchanges, health) = run_with(1 << 20, &w.events);
+    assert_eq!(exchanges.len(), 2);
+    let bombed = exchanges[0].response.as_ref().unwrap();
+    assert_eq!(bombed.status, 200, "the fields within the budget are kept");
+    assert!(
+        bombed.http2_incomplete_headers,
+        "the rest is marked missing"
+    );
+    assert!(bombed.headers.len() < MAX_HEADER_FIELDS);
+    assert_eq!(&bombed.body[..], b"{\"ok\":1}");
+    assert!(!exchanges[0].request.http2_incomplete_headers);
+    let next = exchanges[1].response.as_ref().unwrap();
+    assert!(!next.http2_incomplete_headers);
+    assert_eq!(
+        next.headers,
+        vec![("x-bomb".to_string(), "a".repeat(ENTRY_VALUE))]
+    );
+    assert_eq!(health.http2_header_blocks_capped.load(Ordering::Relaxed), 1);
+    assert_eq!(health.http_parse_errors.load(Ordering::Relaxed), 0);
+}
