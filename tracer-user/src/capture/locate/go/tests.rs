@@ -331,6 +331,21 @@ fn a_forged_function_table_ends_within_the_budget() {
         took < MAX_ANALYSIS_TIME + std::time::Duration::from_secs(2),
         "{took:?}"
     );
+
+    // Through the target analysis: given up, counted, no hooks.
+    let dir = tracer_testkit::target_dir().join("go-unit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("forged-pclntab-{}", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let opened = crate::capture::safe_open::open_host(&path).unwrap();
+    let cache = crate::capture::targets::TargetCache::default();
+    let analysis = cache
+        .get_or_analyse(opened.id, &opened.file, "forged", true)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(analysis.given_up.is_some(), "{analysis:?}");
+    assert_eq!(analysis.hooks().count(), 0);
+    assert_eq!(cache.given_up.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 /// A name with no NUL for a megabyte is compared over its first few KiB only.
