@@ -119,7 +119,7 @@ pub fn open_in_root(pid: u32, path: &str) -> Result<Opened, OpenError> {
         source,
     };
     let root = open_flags(
-        &format!("/proc/{pid}/root"),
+        format!("/proc/{pid}/root"),
         libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
     )
     .map_err(io)?;

@@ -76,7 +76,7 @@ impl Budget {
             )));
         }
         self.steps_left.set(left - 1);
-        if left % 4096 == 0 && Instant::now() > self.deadline {
+        if left.is_multiple_of(4096) && Instant::now() > self.deadline {
             self.steps_left.set(0);
             return Err(GoLocateError::Budget(format!(
                 "over {} s",

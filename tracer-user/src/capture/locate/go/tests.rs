@@ -299,13 +299,13 @@ fn forged_pclntab_elf() -> Vec<u8> {
     let (entsize, count) = (u16_at(&data, 0x36), u16_at(&data, 0x38));
     let offset = data.len().next_multiple_of(4096);
     let readonly = (0..count)
+        .rev()
         .map(|i| phoff + i * entsize)
-        .filter(|&ph| {
+        .find(|&ph| {
             let kind = u32::from_le_bytes(data[ph..ph + 4].try_into().unwrap());
             let flags = u32::from_le_bytes(data[ph + 4..ph + 8].try_into().unwrap());
             kind == 1 && flags == 4 // PT_LOAD, read-only
         })
-        .last()
         .expect("a read-only segment");
     data[readonly + 8..readonly + 16].copy_from_slice(&(offset as u64).to_le_bytes());
     data[readonly + 32..readonly + 40].copy_from_slice(&(REGION as u64).to_le_bytes());
