@@ -22,6 +22,7 @@ use std::{
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::Path,
+    sync::{Condvar, Mutex},
 };
 
 use thiserror::Error;
@@ -196,10 +197,103 @@ pub fn open_host(path: &Path) -> Result<Opened, OpenError> {
     regular(fd, &shown)
 }
 
+/// Bytes of files held in memory for analysis at once, process-wide. Reading instead of mapping
+/// puts a file's bytes on the heap: four analysis threads, start-up and pre-attach each holding
+/// a 200 MiB agent executable would take the daemon past its memory limit. A read waits for room;
+/// a file larger than the whole budget waits until it can hold all of it alone.
+pub const ANALYSIS_BUDGET_BYTES: u64 = 256 << 20;
+
+static ANALYSIS_BUDGET: ByteBudget = ByteBudget::new(ANALYSIS_BUDGET_BYTES);
+
+/// A counting budget of bytes that blocks the taker until enough is free.
+pub struct ByteBudget {
+    limit: u64,
+    held: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl ByteBudget {
+    pub const fn new(limit: u64) -> Self {
+        ByteBudget {
+            limit,
+            held: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Takes `bytes` (at most the whole budget), waiting for room; returns what was taken.
+    pub fn take(&self, bytes: u64) -> u64 {
+        let charge = bytes.min(self.limit);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held.saturating_add(charge) > self.limit {
+            held = self.freed.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        *held += charge;
+        charge
+    }
+
+    pub fn give_back(&self, charge: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        *held = held.saturating_sub(charge);
+        self.freed.notify_all();
+    }
+
+    pub fn held(&self) -> u64 {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A file's bytes, read for analysis, charged to the analysis budget while they live.
+pub struct AnalysedBytes {
+    data: Vec<u8>,
+    charge: u64,
+    budget: &'static ByteBudget,
+}
+
+impl std::ops::Deref for AnalysedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for AnalysedBytes {
+    fn drop(&mut self) {
+        self.budget.give_back(self.charge);
+    }
+}
+
 /// The whole of an opened file, read (not mapped) and at most [`MAX_ANALYSED_BYTES`]: a file
-/// that grows, shrinks or is truncated meanwhile is an error, never a crash.
-pub fn read_capped(file: &File, shown: &str) -> Result<Vec<u8>, OpenError> {
-    read_at_most(file, shown, MAX_ANALYSED_BYTES)
+/// that grows, shrinks or is truncated meanwhile is an error, never a crash. Waits for room in
+/// the [analysis budget](ANALYSIS_BUDGET_BYTES) first.
+pub fn read_capped(file: &File, shown: &str) -> Result<AnalysedBytes, OpenError> {
+    read_charged(file, shown, &ANALYSIS_BUDGET)
+}
+
+fn read_charged(
+    file: &File,
+    shown: &str,
+    budget: &'static ByteBudget,
+) -> Result<AnalysedBytes, OpenError> {
+    let size = file
+        .metadata()
+        .map_err(|source| OpenError::Io {
+            path: shown.to_string(),
+            source,
+        })?
+        .size();
+    let charge = budget.take(size.min(MAX_ANALYSED_BYTES));
+    match read_at_most(file, shown, MAX_ANALYSED_BYTES) {
+        Ok(data) => Ok(AnalysedBytes {
+            data,
+            charge,
+            budget,
+        }),
+        Err(e) => {
+            budget.give_back(charge);
+            Err(e)
+        }
+    }
 }
 
 fn read_at_most(file: &File, shown: &str, limit: u64) -> Result<Vec<u8>, OpenError> {

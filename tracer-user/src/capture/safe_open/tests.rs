@@ -4,7 +4,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use super::*;
@@ -137,7 +137,6 @@ fn a_fifo_under_a_deleted_librarys_name_is_never_opened() {
     let mapper = Mapper::start("fifo");
     let (range, path) = mapper.replace_with(mkfifo);
     let pid = mapper.pid();
-    let started = Instant::now();
     let (r, p) = (range.clone(), path.clone());
     let opened = returns_within(Duration::from_secs(5), move || {
         open_mapping(
@@ -184,7 +183,6 @@ fn a_fifo_under_a_deleted_librarys_name_is_never_opened() {
         matches!(fallback, Err(OpenError::Deleted { .. })),
         "{fallback:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 /// The same with a symlink to /dev/zero under the deleted name (reading it never ends): the
@@ -295,4 +293,36 @@ fn a_library_truncated_during_analysis_ends_the_analysis_not_the_process() {
     std::fs::remove_dir_all(&dir).unwrap();
     // Whatever the race gave, every analysis ended.
     assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+}
+
+#[test]
+fn analysis_reads_wait_for_room_in_the_byte_budget() {
+    static BUDGET: ByteBudget = ByteBudget::new(100);
+    let dir = std::env::temp_dir().join(format!("at-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sixty");
+    std::fs::write(&path, vec![7u8; 60]).unwrap();
+    let file = File::open(&path).unwrap();
+    let first = read_charged(&file, "sixty", &BUDGET).unwrap();
+    assert_eq!((first.len(), BUDGET.held()), (60, 60));
+    // A second 60-byte read does not fit beside the first: it waits until the first is dropped.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let file = File::open(&path).unwrap();
+        let second = read_charged(&file, "sixty", &BUDGET).unwrap();
+        tx.send(second.len()).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "read past the budget"
+    );
+    drop(first);
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(60));
+    waiter.join().unwrap();
+    assert_eq!(BUDGET.held(), 0, "every charge given back");
+    // A file larger than the whole budget takes all of it, alone.
+    assert_eq!(BUDGET.take(1_000), 100);
+    BUDGET.give_back(100);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
