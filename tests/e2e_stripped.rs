@@ -33,10 +33,7 @@ use tracer_testkit::{
     otlp::{as_bool, as_int, as_str},
     stripped::{self, RUST_VARIANTS},
 };
-use tracer_user::capture::{
-    locate::{CacheKey, DiskCache, Image, Located, LocatedHook, Outcome},
-    targets::FileId,
-};
+use tracer_user::capture::locate::{CacheKey, DiskCache, Image, Located, LocatedHook, Outcome};
 
 const PLAIN_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello from a stripped binary"}]}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"stream to a stripped binary"}]}"#;
@@ -333,7 +330,7 @@ async fn a_wrongly_inferred_hook_is_detached_and_reported() -> Result<()> {
     });
     let cache_dir = work_dir().join("wrong-cache");
     let _ = std::fs::remove_dir_all(&cache_dir);
-    let key = CacheKey::new(image.build_id(), &FileId::of(&binary)?);
+    let key = CacheKey::of_content(&data);
     let locator = &tracer_user::capture::locate::LOCATORS[0];
     DiskCache::at(&cache_dir).put(&key, locator.name, locator.version, &wrong)?;
 

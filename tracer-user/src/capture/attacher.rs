@@ -15,8 +15,9 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
-    libssl::{find_libssl, mapped_paths},
+    libssl::find_libssl,
     loader::Capture,
+    safe_open::{self, Opened},
     targets::{is_tls_library_name, FileId, Hook, HookMethod, TargetCache},
     validate::{InferredHook, Validator},
     CaptureEvent,
@@ -66,6 +67,8 @@ pub struct Attacher {
 struct Analysed {
     file: std::fs::File,
     id: FileId,
+    /// The file's name, for the logs (the process's name for it, or the library's path).
+    name: PathBuf,
     executable: bool,
     /// The process's name for the file (its executable), for the logs and the unsupported-TLS
     /// report.
@@ -151,12 +154,12 @@ impl Attacher {
     /// streams stage knows their peers.
     pub fn start_up(&mut self) -> Vec<CaptureEvent> {
         for lib in find_libssl() {
-            self.consider(&lib, false, None);
+            self.consider_host(&lib, false);
         }
         // Runtimes agents run on, hooked before any of them starts: their first process then never
         // races the analysis of a large binary.
         for runtime in runtimes_on_path() {
-            self.consider(&runtime, true, None);
+            self.consider_host(&runtime, true);
         }
         let pids = all_pids();
         // Stdio first: a seeded server's next read is then caught, whatever the scans cost.
@@ -181,49 +184,71 @@ impl Attacher {
         if pid == self.own_pid {
             return None;
         }
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let label = std::fs::read_link(&exe).ok();
-        let mut hooked_at = self.look_at(&exe, true, label.map(|l| (pid, l)), pid, exec_ns);
+        let label = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let mut hooked_at = match safe_open::open_exe(pid) {
+            Ok(exe) => {
+                let name = label.clone().unwrap_or_else(|| PathBuf::from("(exe)"));
+                self.look_at(exe, name, true, label.map(|l| (pid, l)), pid, exec_ns)
+            }
+            Err(e) => {
+                self.refused(pid, &e);
+                None
+            }
+        };
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             self.record_coverage(pid, hooked_at);
             return hooked_at;
         };
-        let libraries: Vec<String> = mapped_paths(&maps)
-            .filter(|p| {
-                Path::new(p)
+        // Each TLS library once (its mappings are several), by the name the process maps.
+        let mut seen = std::collections::BTreeSet::new();
+        let libraries: Vec<safe_open::Mapping<'_>> = safe_open::mappings(&maps)
+            .filter(|m| {
+                Path::new(m.name())
                     .file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(is_tls_library_name)
             })
-            .map(str::to_string)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
+            .filter(|m| seen.insert(m.path))
             .collect();
         for lib in libraries {
-            let at = self.look_at(
-                &PathBuf::from(format!("/proc/{pid}/root{lib}")),
-                false,
-                None,
-                pid,
-                exec_ns,
-            );
+            // Through map_files: the mapped file itself, never what now sits at its name.
+            let opened = match safe_open::open_mapping(pid, &lib) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    self.refused(pid, &e);
+                    continue;
+                }
+            };
+            let at = self.look_at(opened, PathBuf::from(lib.name()), false, None, pid, exec_ns);
             hooked_at = hooked_at.max(at);
         }
         self.record_coverage(pid, hooked_at);
         hooked_at
     }
 
+    /// A file a process named that was not opened: counted, and logged at debug (a process
+    /// gone meanwhile is the common case; a FIFO or a device is the hostile one).
+    fn refused(&self, pid: u32, e: &safe_open::OpenError) {
+        if !matches!(e, safe_open::OpenError::Io { .. }) {
+            Health::add(&self.health.files_refused, 1);
+            warn!(pid, "not analysed: {e}");
+        } else {
+            debug!(pid, "not analysed: {e}");
+        }
+    }
+
     /// One file of a process: hooked at once when its analysis is known, else (once running)
     /// analysed on a blocking thread, so a 300 MB binary never holds up the next exec's hooks.
     fn look_at(
         &mut self,
-        path: &Path,
+        opened: Opened,
+        name: PathBuf,
         executable: bool,
         reported_as: Option<(u32, PathBuf)>,
         pid: u32,
         exec_ns: Option<u64>,
     ) -> Option<u64> {
-        let id = FileId::of(path).ok()?;
+        let Opened { file, id } = opened;
         if let Some(at) = self.hooked.get(&id) {
             return Some(*at);
         }
@@ -233,21 +258,19 @@ impl Attacher {
             .filter(|_| !self.cache.analysed(&id))
         else {
             let shown = reported_as.as_ref().map(|(p, l)| (*p, l.as_path()));
-            return self.consider(path, executable, shown);
+            return self.consider(&file, id, &name, executable, shown);
         };
         if let Some(waiting) = self.analysing.get_mut(&id) {
             waiting.push((pid, exec_ns));
             return None;
         }
-        let Ok(file) = std::fs::File::open(path) else {
-            return None;
-        };
         // A library is named by its path in the logs (an executable, by the process's name).
-        let reported_as = reported_as.or_else(|| Some((pid, path.to_path_buf())));
+        let reported_as = reported_as.or_else(|| Some((pid, name.clone())));
         self.analysing.insert(id, vec![(pid, exec_ns)]);
         let job = Analysed {
             file,
             id,
+            name,
             executable,
             reported_as,
         };
@@ -269,7 +292,8 @@ impl Attacher {
             .name("analyse".into())
             .spawn(move || {
                 // The result stays in the cache; the attacher reads it from there.
-                let _ = cache.get_or_analyse(job.id, &fd_path(&job.file), job.executable);
+                let shown = job.name.display().to_string();
+                let _ = cache.get_or_analyse(job.id, &job.file, &shown, job.executable);
                 let _ = tx.send(job);
             });
         if let Err(e) = spawned {
@@ -283,7 +307,7 @@ impl Attacher {
     /// waited for it.
     fn analysed(&mut self, done: Analysed) {
         let shown = done.reported_as.as_ref().map(|(p, l)| (*p, l.as_path()));
-        let hooked_at = self.consider(&fd_path(&done.file), done.executable, shown);
+        let hooked_at = self.consider(&done.file, done.id, &done.name, done.executable, shown);
         let waiting = self.analysing.remove(&done.id).unwrap_or_default();
         self.in_flight = self.in_flight.saturating_sub(1);
         if let (Some(next), Some(tx)) = (self.queued.pop_front(), self.analysed_tx.clone()) {
@@ -319,19 +343,36 @@ impl Attacher {
         }
     }
 
-    /// Analyses a file (once) and hooks it (once). `reported_as` names the process for the
-    /// unsupported-TLS report. Returns when the file's hooks were placed, if it has any.
+    /// A file on the host (libraries, runtimes, pre-attach's finds), opened the safe way.
+    fn consider_host(&mut self, path: &Path, executable: bool) -> Option<u64> {
+        match safe_open::open_host(path) {
+            Ok(Opened { file, id }) => self.consider(&file, id, path, executable, None),
+            Err(e) => {
+                self.refused(0, &e);
+                None
+            }
+        }
+    }
+
+    /// Analyses an open file (once) and hooks it (once), through `/proc/self/fd/N`: the file
+    /// opened, whatever its name now leads to. `name` names it in the logs; `reported_as`
+    /// names the process for the unsupported-TLS report. Returns when the file's hooks were
+    /// placed, if it has any.
     fn consider(
         &mut self,
-        path: &Path,
+        file: &std::fs::File,
+        id: FileId,
+        name: &Path,
         executable: bool,
         reported_as: Option<(u32, &Path)>,
     ) -> Option<u64> {
-        let id = FileId::of(path).ok()?;
         if let Some(at) = self.hooked.get(&id) {
             return Some(*at);
         }
-        let analysis = match self.cache.get_or_analyse(id, path, executable) {
+        let fd = fd_path(file);
+        let path = fd.as_path();
+        let shown_name = name.display().to_string();
+        let analysis = match self.cache.get_or_analyse(id, file, &shown_name, executable) {
             Ok(a) => a,
             Err(e) => {
                 debug!("{e}");
@@ -350,10 +391,10 @@ impl Attacher {
         if let Some(go) = &analysis.go {
             match super::gotls::attach(self.capture.ebpf_mut(), path, go) {
                 Ok(n) => {
-                    debug!("Go crypto/tls: {}", super::locate::go::describe(path, go));
+                    debug!("Go crypto/tls: {}", super::locate::go::describe(name, go));
                     placed += n;
                 }
-                Err(e) => warn!("could not hook Go crypto/tls in {}: {e:#}", path.display()),
+                Err(e) => warn!("could not hook Go crypto/tls in {shown_name}: {e:#}"),
             }
         }
         // Every stack the file carries, each the way its hooks were found.
@@ -363,7 +404,7 @@ impl Attacher {
             }
             placed += match stack.method {
                 HookMethod::Inferred => {
-                    let shown = reported_as.map_or(path, |(_, b)| b).display().to_string();
+                    let shown = reported_as.map_or(name, |(_, b)| b).display().to_string();
                     self.attach_inferred(path, &shown, &stack.hooks)
                 }
                 HookMethod::Symbol => self.capture.attach_hooks(path, &stack.hooks),
@@ -379,7 +420,7 @@ impl Attacher {
             Health::add(&self.health.tls_targets_attached, 1);
             let shown = reported_as
                 .map(|(_, b)| b.to_path_buf())
-                .unwrap_or_else(|| path.to_path_buf());
+                .unwrap_or_else(|| name.to_path_buf());
             info!(
                 attach_ms = placing.elapsed().as_secs_f64() * 1e3,
                 "attached {placed} TLS hooks ({}) to {}",
@@ -389,7 +430,7 @@ impl Attacher {
             self.hooked_paths.push(shown);
             Some(at)
         } else {
-            self.unhookable_paths.push(path.to_path_buf());
+            self.unhookable_paths.push(name.to_path_buf());
             None
         }
     }
@@ -556,13 +597,13 @@ impl Attacher {
                 }
                 found = async { appeared.as_mut()?.recv().await }, if appeared.is_some() => match found {
                     Some(path) => {
-                        self.consider(&path, true, None);
+                        self.consider_host(&path, true);
                     }
                     None => appeared = None,
                 },
                 found = async { scanned.as_mut()?.recv().await }, if scanned.is_some() => match found {
                     Some(path) => {
-                        self.consider(&path, true, None);
+                        self.consider_host(&path, true);
                     }
                     None => scanned = None,
                 },
@@ -573,6 +614,10 @@ impl Attacher {
                 }
                 _ = counters.tick() => {
                     self.settle_inferred();
+                    self.health.analyses_given_up.store(
+                        self.cache.given_up.load(std::sync::atomic::Ordering::Relaxed),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     if let Err(e) = self.capture.read_kernel_counters(&self.health) {
                         debug!("reading kernel counters: {e:#}");
                     }

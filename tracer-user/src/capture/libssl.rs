@@ -1,4 +1,4 @@
-//! Finding TLS libraries on the host's usual library directories, and reading process mappings.
+//! Finding TLS libraries on the host's usual library directories.
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt, path::PathBuf};
 
@@ -31,25 +31,14 @@ pub fn find_libssl() -> Vec<PathBuf> {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            // By the file's own name (the `.so` link names the versioned file): the attacher
+            // opens without following symlinks. These are root's directories.
             if is_libssl(name) || name.starts_with("libgnutls.so.") {
-                candidates.push(entry.path());
+                candidates.extend(std::fs::canonicalize(entry.path()));
             }
         }
     }
     dedupe_by_inode(candidates)
-}
-
-/// File paths in a `/proc/PID/maps` text.
-pub fn mapped_paths(maps: &str) -> impl Iterator<Item = &str> {
-    maps.lines().filter_map(|line| {
-        // address perms offset dev inode pathname: the path is the sixth field and may hold spaces.
-        let mut rest = line;
-        for _ in 0..5 {
-            rest = rest.trim_start().split_once(' ')?.1;
-        }
-        let path = rest.trim();
-        path.starts_with('/').then_some(path)
-    })
 }
 
 fn dedupe_by_inode(paths: Vec<PathBuf>) -> Vec<PathBuf> {
@@ -74,21 +63,5 @@ mod tests {
         assert!(is_libssl("libssl.so"));
         assert!(!is_libssl("libssl3.so"));
         assert!(!is_libssl("libssl.a"));
-    }
-
-    #[test]
-    fn parses_maps_paths_with_spaces() {
-        let maps = "7f00-7f01 r-xp 00000000 08:01 1234   /usr/lib/x86_64-linux-gnu/libssl.so.3\n\
-                    7f02-7f03 rw-p 00000000 00:00 0 \n\
-                    7f04-7f05 r--p 00000000 08:01 99   /opt/my app/libssl.so.3 (deleted)\n\
-                    7ffd-7ffe rw-p 00000000 00:00 0   [stack]\n";
-        let paths: Vec<&str> = mapped_paths(maps).collect();
-        assert_eq!(
-            paths,
-            vec![
-                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-                "/opt/my app/libssl.so.3 (deleted)"
-            ]
-        );
     }
 }

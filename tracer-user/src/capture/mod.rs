@@ -12,6 +12,7 @@ pub mod locate;
 pub mod preattach;
 pub mod queue;
 pub mod reader;
+pub mod safe_open;
 mod stdio;
 mod system;
 pub mod targets;
@@ -24,7 +25,6 @@ use tracer_common::{Direction, Source, TlsTotals};
 
 pub use attacher::{all_pids, Attacher, ExecSeen, HookCoverage};
 pub use decode::{decode_record, nul_separated, peer_address, DecodeError};
-pub use libssl::mapped_paths;
 pub use loader::{Capture, IgnoredPids};
 pub use system::prepare_host;
 

@@ -144,9 +144,9 @@ pub fn is_elf_executable(path: &Path) -> bool {
         return false;
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
+    // Non-blocking, regular files only: the name may be swapped for a FIFO after the stat.
+    super::safe_open::open_host(path)
+        .is_ok_and(|mut opened| opened.file.read_exact(&mut magic).is_ok())
         && magic == *b"\x7fELF"
 }
 
@@ -222,10 +222,10 @@ pub struct PreAttach {
 
 /// Analyses `path` (once per file identity) and says whether the attacher should hook it.
 fn worth_hooking(cache: &TargetCache, path: &Path) -> bool {
-    let Ok(id) = FileId::of(path) else {
+    let Ok(opened) = super::safe_open::open_host(path) else {
         return false;
     };
-    match cache.get_or_analyse(id, path, true) {
+    match cache.get_or_analyse(opened.id, &opened.file, &path.display().to_string(), true) {
         Ok(a) => a.go.is_some() || a.hooks().next().is_some(),
         Err(e) => {
             debug!("pre-attach: {e}");
@@ -405,7 +405,8 @@ fn look_at(cache: &TargetCache, tx: &mpsc::Sender<PathBuf>, path: &Path) {
     let Ok(path) = std::fs::canonicalize(path) else {
         return;
     };
-    if FileId::of(&path).is_ok_and(|id| cache.knows(&id)) {
+    // A stat only to skip known files: the analysis opens the file itself, safely.
+    if std::fs::metadata(&path).is_ok_and(|m| cache.knows(&FileId::from_metadata(&m))) {
         return;
     }
     let started = Instant::now();

@@ -10,11 +10,16 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::Path,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock,
+    },
 };
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
+
+use super::safe_open::{open_host, read_capped, OpenError};
 
 /// A file, as the kernel identifies it for uprobes (they attach to the inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,14 +31,14 @@ pub struct FileId {
 }
 
 impl FileId {
-    pub fn of(path: &Path) -> std::io::Result<Self> {
-        let m = std::fs::metadata(path)?;
-        Ok(FileId {
+    /// Of an open file's `fstat` (see `safe_open`): a name can be swapped under a `stat`.
+    pub fn from_metadata(m: &std::fs::Metadata) -> Self {
+        FileId {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mtime: m.mtime(),
-        })
+        }
     }
 }
 
@@ -92,6 +97,9 @@ pub struct Analysis {
     pub go: Option<super::locate::go::GoTlsHooks>,
     /// A TLS stack we recognise but cannot hook (yet), reported once per binary.
     pub unsupported: Option<&'static str>,
+    /// Why part of the analysis was given up (a forged Go function table exhausted its
+    /// budget): hooks it would have found are missing. Counted by [`TargetCache`].
+    pub given_up: Option<String>,
 }
 
 impl Analysis {
@@ -113,13 +121,21 @@ impl Analysis {
 
 #[derive(Debug, Error)]
 pub enum TargetError {
-    #[error("reading {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("{path} is not a readable ELF file: {message}")]
     Elf { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] OpenError),
+}
+
+impl TargetError {
+    /// A limit, or the file changing underneath, ended the analysis (not a file that is
+    /// simply no ELF): counted as given up.
+    pub fn gave_up(&self) -> bool {
+        matches!(
+            self,
+            TargetError::File(OpenError::TooLarge { .. } | OpenError::Changed { .. })
+        )
+    }
 }
 
 /// (program, symbol) pairs, in the order they are tried. Return probes share the program of
@@ -182,31 +198,31 @@ pub fn is_tls_library_name(name: &str) -> bool {
     n.contains(".so") && (n.contains("ssl") || n.contains("tls"))
 }
 
-/// Analyses a file. `executable` enables the unsupported-stack scan (libraries only matter
-/// when they export hooks).
+/// Analyses the host file at `path` (tests, `check`). `executable` enables the
+/// unsupported-stack scan (libraries only matter when they export hooks).
 pub fn analyse(path: &Path, executable: bool) -> Result<Analysis, TargetError> {
-    analyse_cached(path, executable, &super::locate::DiskCache::none())
+    let opened = open_host(path)?;
+    analyse_file(
+        &opened.file,
+        &path.display().to_string(),
+        executable,
+        &super::locate::DiskCache::none(),
+    )
 }
 
-/// [`analyse`], with the symbol-less locators' results kept in `cache` across restarts.
-pub fn analyse_cached(
-    path: &Path,
+/// Analyses an open file (opened by `safe_open`), with the symbol-less locators' results kept
+/// in `cache` across restarts. `shown` names it in errors and logs.
+pub fn analyse_file(
+    file: &std::fs::File,
+    shown: &str,
     executable: bool,
     cache: &super::locate::DiskCache,
 ) -> Result<Analysis, TargetError> {
-    let display = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| TargetError::Io {
-        path: display.clone(),
-        source,
-    })?;
-    // Safety: read-only mapping of a file we do not write; a concurrent truncation could fault,
-    // the accepted risk of every ELF reader that maps (aya's own resolver does the same).
-    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| TargetError::Io {
-        path: display.clone(),
-        source,
-    })?;
+    // Read, not mapped: a file truncated under a mapping raises SIGBUS in the daemon.
+    let data = read_capped(file, shown)?;
+    let shown = shown.to_string();
     let elf = object::File::parse(&*data).map_err(|e| TargetError::Elf {
-        path: display.clone(),
+        path: shown.clone(),
         message: e.to_string(),
     })?;
     let mut analysis = Analysis::default();
@@ -287,6 +303,11 @@ pub fn analyse_cached(
             }
             Ok(None) => {}
             // Go, but not one whose calls we can read (before the register ABI, not x86-64).
+            Err(super::locate::go::GoLocateError::Budget(reason)) => {
+                tracing::warn!("{shown}: Go analysis given up: {reason}");
+                analysis.given_up = Some(format!("go: {reason}"));
+                return Ok(analysis);
+            }
             Err(e) => {
                 use super::locate::go::GoLocateError as E;
                 analysis.unsupported = Some(match e {
@@ -294,7 +315,7 @@ pub fn analyse_cached(
                     E::Architecture(_) => "go-not-x86-64",
                     _ => "go-unlocatable",
                 });
-                tracing::debug!("{}: {e}", path.display());
+                tracing::debug!("{shown}: {e}");
                 return Ok(analysis);
             }
         }
@@ -318,7 +339,9 @@ pub fn analyse_cached(
             super::locate::boringssl::LOCATOR.name,
         ]);
     }
-    analysis.stacks.extend(inferred(path, &data, cache, &skip));
+    analysis
+        .stacks
+        .extend(inferred(&shown, &data, cache, &skip));
     if analysis.stacks.is_empty() && !imports_openssl_api {
         analysis.unsupported = UNSUPPORTED_MARKERS
             .iter()
@@ -331,19 +354,15 @@ pub fn analyse_cached(
 /// The stacks the locators infer in a binary without (those stacks') TLS symbols, skipping the
 /// locators in `skip`.
 fn inferred(
-    path: &Path,
+    shown: &str,
     data: &[u8],
     cache: &super::locate::DiskCache,
     skip: &[&str],
 ) -> Vec<StackHooks> {
-    let Ok(id) = FileId::of(path) else {
-        return Vec::new();
-    };
-    let stacks = super::locate::locate_except(data, &id, cache, skip);
+    let stacks = super::locate::locate_except(data, cache, skip);
     for failure in &stacks.failed {
         tracing::info!(
-            "{}: {} present but not located: {}",
-            path.display(),
+            "{shown}: {} present but not located: {}",
             failure.locator,
             failure.reason
         );
@@ -357,7 +376,7 @@ fn inferred(
                 "boringssl" => TlsStack::BoringSsl,
                 "rustls" => TlsStack::Rustls,
                 other => {
-                    tracing::debug!("{}: no TlsStack for {other}", path.display());
+                    tracing::debug!("{shown}: no TlsStack for {other}");
                     return None;
                 }
             };
@@ -397,6 +416,8 @@ type Analysed = Result<Arc<Analysis>, String>;
 pub struct TargetCache {
     analyses: Mutex<HashMap<FileId, Arc<OnceLock<Analysed>>>>,
     disk: super::locate::DiskCache,
+    /// Analyses a limit ended (file too large, changed while read, a budget spent).
+    pub given_up: AtomicU64,
 }
 
 impl Default for TargetCache {
@@ -404,17 +425,20 @@ impl Default for TargetCache {
         TargetCache {
             analyses: Mutex::new(HashMap::new()),
             disk: super::locate::DiskCache::from_env(),
+            given_up: AtomicU64::new(0),
         }
     }
 }
 
 impl TargetCache {
-    /// The analysis of `path` (identified by `id`), made now unless made or under way already.
-    /// The error of a failed analysis is kept too: the same file is not read again.
+    /// The analysis of `file` (identified by `id`, named `display`), made now unless made or
+    /// under way already. The error of a failed analysis is kept too: the same file is not
+    /// read again.
     pub fn get_or_analyse(
         &self,
         id: FileId,
-        path: &Path,
+        file: &std::fs::File,
+        display: &str,
         executable: bool,
     ) -> Result<Arc<Analysis>, String> {
         let cell = {
@@ -422,9 +446,18 @@ impl TargetCache {
             analyses.entry(id).or_default().clone()
         };
         cell.get_or_init(|| {
-            analyse_cached(path, executable, &self.disk)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
+            let result = analyse_file(file, display, executable, &self.disk);
+            let gave_up = match &result {
+                Ok(a) => a.given_up.is_some(),
+                Err(e) => e.gave_up(),
+            };
+            if gave_up {
+                self.given_up.fetch_add(1, Relaxed);
+                if let Err(e) = &result {
+                    tracing::warn!("analysis given up: {e}");
+                }
+            }
+            result.map(Arc::new).map_err(|e| e.to_string())
         })
         .clone()
     }

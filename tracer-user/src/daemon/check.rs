@@ -2,17 +2,13 @@
 //! (the same probes `run` relies on), and what is missing, by name. Meant for the first minutes
 //! on a new host or node image, and for bug reports.
 
-use std::{
-    collections::BTreeSet,
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, io::Write, path::Path};
 
 use anyhow::Result;
 
 use crate::capture::{
-    compat, mapped_paths,
-    targets::{is_tls_library_name, Analysis, FileId, HookMethod, TargetCache, TlsStack},
+    compat, safe_open,
+    targets::{is_tls_library_name, Analysis, HookMethod, TargetCache, TlsStack},
 };
 
 /// What `check` found missing; empty when the tracer can run.
@@ -286,23 +282,23 @@ fn tls_summary(out: &mut impl Write) -> Result<()> {
 /// TLS library it maps, and how it is hooked.
 pub fn process_stacks(cache: &TargetCache, pid: u32, maps: &str) -> BTreeSet<Found> {
     let mut found: BTreeSet<Found> = BTreeSet::new();
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    found.extend(analyse(cache, &exe, true, "executable"));
-    let libraries: BTreeSet<&str> = mapped_paths(maps)
-        .filter(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_tls_library_name)
-        })
-        .collect();
-    for lib in libraries {
-        let path = PathBuf::from(format!("/proc/{pid}/root{lib}"));
-        let name = Path::new(lib)
+    found.extend(analyse(cache, safe_open::open_exe(pid), true, "executable"));
+    // Each library once, opened the way the attacher opens it (see `capture::safe_open`).
+    let mut seen = BTreeSet::new();
+    for lib in safe_open::mappings(maps) {
+        let name = Path::new(lib.name())
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or(lib);
-        found.extend(analyse(cache, &path, false, name));
+            .unwrap_or(lib.path);
+        if !is_tls_library_name(name) || !seen.insert(lib.path) {
+            continue;
+        }
+        found.extend(analyse(
+            cache,
+            safe_open::open_mapping(pid, &lib),
+            false,
+            name,
+        ));
     }
     found
 }
@@ -340,11 +336,16 @@ fn how_hooked(analysis: &Analysis) -> Vec<(String, &'static str)> {
     found
 }
 
-fn analyse(cache: &TargetCache, path: &Path, executable: bool, place: &str) -> Vec<Found> {
-    let Ok(id) = FileId::of(path) else {
+fn analyse(
+    cache: &TargetCache,
+    opened: Result<safe_open::Opened, safe_open::OpenError>,
+    executable: bool,
+    place: &str,
+) -> Vec<Found> {
+    let Ok(opened) = opened else {
         return Vec::new();
     };
-    let Ok(analysis) = cache.get_or_analyse(id, path, executable) else {
+    let Ok(analysis) = cache.get_or_analyse(opened.id, &opened.file, place, executable) else {
         return Vec::new();
     };
     how_hooked(&analysis)

@@ -67,6 +67,13 @@ counters! {
     attached_late_bytes,
     /// Binaries whose TLS hooks were placed.
     tls_targets_attached,
+    /// Files a process named (its executable, a mapped TLS library) that were not analysed
+    /// because they were no regular file (a FIFO, a device) or an unlinked mapping that could
+    /// not be opened safely.
+    files_refused,
+    /// Analyses given up: a file over the size cap or changed while read, a Go function table
+    /// beyond its work budget. Their hooks may be missing.
+    analyses_given_up,
     /// Hooks placed by inference (no symbols) whose first captured bytes parsed: trusted.
     inferred_hooks_trusted,
     /// Hooks placed by inference whose first captured bytes did not parse as HTTP or

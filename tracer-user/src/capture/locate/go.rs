@@ -10,7 +10,12 @@
 
 mod pclntab;
 
-use std::{ops::Range, path::Path};
+use std::{
+    cell::Cell,
+    ops::Range,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -34,6 +39,53 @@ const GO_SECTIONS: &[&str] = &[
 
 /// No crypto/tls method comes near this; a larger "function" means bounds read wrong.
 const MAX_FUNCTION_BYTES: u64 = 1 << 20;
+
+/// Function-table entries one analysis may visit, over every candidate table: the largest Go
+/// programs have a few hundred thousand functions and are looked up three times. A forged
+/// table (millions of entries, many candidate headers) ends here instead of stalling a thread.
+const MAX_TABLE_STEPS: u64 = 16_000_000;
+/// Wall-clock time one Go analysis may take, whatever else the budget allows.
+const MAX_ANALYSIS_TIME: Duration = Duration::from_secs(10);
+
+/// What one Go analysis may still spend: table entries visited and time. Spent by the pclntab
+/// walks; exhausted, the analysis ends with [`GoLocateError::Budget`].
+pub struct Budget {
+    steps_left: Cell<u64>,
+    deadline: Instant,
+}
+
+impl Budget {
+    pub fn new(steps: u64, time: Duration) -> Self {
+        Budget {
+            steps_left: Cell::new(steps),
+            deadline: Instant::now() + time,
+        }
+    }
+
+    /// The default budget of one analysis.
+    pub fn standard() -> Self {
+        Self::new(MAX_TABLE_STEPS, MAX_ANALYSIS_TIME)
+    }
+
+    /// One more table entry; the clock is read every 4096.
+    fn step(&self) -> Result<(), GoLocateError> {
+        let left = self.steps_left.get();
+        if left == 0 {
+            return Err(GoLocateError::Budget(format!(
+                "more than {MAX_TABLE_STEPS} function-table entries visited"
+            )));
+        }
+        self.steps_left.set(left - 1);
+        if left.is_multiple_of(4096) && Instant::now() > self.deadline {
+            self.steps_left.set(0);
+            return Err(GoLocateError::Budget(format!(
+                "over {} s",
+                MAX_ANALYSIS_TIME.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Where to probe one function, as file offsets: what
 /// `UProbe::attach(UProbeAttachLocation::AbsoluteOffset(offset), path, ..)` takes.
@@ -83,6 +135,9 @@ pub enum GoLocateError {
     },
     #[error("{function} has no RET instruction")]
     NoReturn { function: &'static str },
+    /// A limit on the analysis' work was reached (a forged or absurd function table).
+    #[error("analysis budget spent: {0}")]
+    Budget(String),
 }
 
 /// Finds the probe offsets in the executable at `path`. `Ok(None)`: not a Go executable, or one
@@ -111,13 +166,18 @@ fn may_be_go(path: &Path) -> std::io::Result<bool> {
     Ok(!has_section_headers || GO_SECTIONS.iter().any(|n| elf.section_by_name(n).is_some()))
 }
 
-/// [`locate`] on the executable's bytes.
+/// [`locate`] on the executable's bytes, within the [standard](Budget::standard) budget.
 pub fn locate_in(data: &[u8]) -> Result<Option<GoTlsHooks>, GoLocateError> {
+    locate_within(data, &Budget::standard())
+}
+
+/// [`locate_in`] within `budget`.
+pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>, GoLocateError> {
     let Ok(elf) = object::File::parse(data) else {
         return Ok(None);
     };
     let segments = Segments::of(&elf);
-    let Some(pclntab) = pclntab_bytes(&elf, data, &segments)? else {
+    let Some(pclntab) = pclntab_bytes(&elf, data, &segments, budget)? else {
         return Ok(None);
     };
     if elf.architecture() != Architecture::X86_64 {
@@ -132,7 +192,10 @@ pub fn locate_in(data: &[u8]) -> Result<Option<GoTlsHooks>, GoLocateError> {
             let text = elf.section_by_name(".text").map(|s| s.address());
             let table = Pclntab::parse(pclntab, text)?;
             (
-                [table.find(WRITE_FUNCTION)?, table.find(READ_FUNCTION)?],
+                [
+                    table.find(WRITE_FUNCTION, budget)?,
+                    table.find(READ_FUNCTION, budget)?,
+                ],
                 false,
             )
         }
@@ -268,17 +331,23 @@ fn pclntab_bytes<'a>(
     elf: &object::File<'a>,
     data: &'a [u8],
     segments: &Segments,
+    budget: &Budget,
 ) -> Result<Option<&'a [u8]>, GoLocateError> {
     for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
         if let Some(section) = elf.section_by_name(name) {
             return Ok(Some(section.data()?));
         }
     }
-    Ok(segments
+    for region in segments
         .iter()
         .filter(|s| !s.executable)
         .filter_map(|s| s.whole_file_bytes(data))
-        .find_map(find_pclntab))
+    {
+        if let Some(table) = find_pclntab(region, budget)? {
+            return Ok(Some(table));
+        }
+    }
+    Ok(None)
 }
 
 /// Go's build information: the `.go.buildinfo` section, else the blob found by its magic.

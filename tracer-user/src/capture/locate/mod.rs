@@ -11,7 +11,9 @@
 //!   function bounds from the unwind tables, instruction boundaries).
 //! - [`Locator`] / [`LOCATORS`]: one entry per stack; [`locate`] runs all of them (a binary may
 //!   carry several stacks) through the [`DiskCache`], so a 300 MB executable is analysed once per build and later starts read the
-//!   answer back in milliseconds.
+//!   answer back in milliseconds. The cache is keyed by a SHA-256 of the file's bytes (a build
+//!   id is whatever the binary's author wrote), and a hit is checked against the file before
+//!   it is believed.
 //!
 //! Analysis runs in the attacher, off the capture path: the ring-buffer reader never waits on it.
 
@@ -31,8 +33,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use image::{Image, ImageError, Xref, XrefKind};
-
-use super::targets::FileId;
 
 /// A hook a locator inferred: where to attach which kernel program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,17 +112,17 @@ pub struct Stacks {
     pub failed: Vec<Failure>,
 }
 
-/// Runs every locator on a mapped file, each through the cache. `id` keys the cache when the
-/// file has no build id.
-pub fn locate(data: &[u8], id: &FileId, cache: &DiskCache) -> Stacks {
-    locate_except(data, id, cache, &[])
+/// Runs every locator on a file's bytes, each through the cache.
+pub fn locate(data: &[u8], cache: &DiskCache) -> Stacks {
+    locate_except(data, cache, &[])
 }
 
 /// [`locate`], skipping the locators named in `skip` (stacks already hooked through symbols or a
 /// shared library).
-pub fn locate_except(data: &[u8], id: &FileId, cache: &DiskCache, skip: &[&str]) -> Stacks {
+pub fn locate_except(data: &[u8], cache: &DiskCache, skip: &[&str]) -> Stacks {
     let mut stacks = Stacks::default();
     let mut image = None;
+    let mut key = None;
     for locator in LOCATORS {
         if skip.contains(&locator.name) || !(locator.present)(data) {
             continue;
@@ -137,18 +137,32 @@ pub fn locate_except(data: &[u8], id: &FileId, cache: &DiskCache, skip: &[&str])
                 return stacks;
             }
         };
-        let key = CacheKey::new(image.build_id(), id);
-        let result = cache.get_or_compute(&key, locator.name, locator.version, || match (locator
-            .locate)(
-            image
-        ) {
+        let key = key.get_or_insert_with(|| CacheKey::of_content(data));
+        let compute = || match (locator.locate)(image) {
             Ok(Some(found)) => Outcome::Found(found),
             Ok(None) => Outcome::NotPresent,
             Err(e) => Outcome::Failed {
                 locator: locator.name.to_string(),
                 reason: e.to_string(),
             },
-        });
+        };
+        let result = match cache.get::<Outcome>(key, locator.name, locator.version) {
+            Some(hit) if hit_holds(&hit, image) => hit,
+            hit => {
+                if hit.is_some() {
+                    tracing::warn!(
+                        "{} cache entry {} names probes off this file's instructions: analysed again",
+                        locator.name,
+                        key.as_str()
+                    );
+                }
+                let value = compute();
+                if let Err(e) = cache.put(key, locator.name, locator.version, &value) {
+                    tracing::debug!("caching the {} analysis: {e}", locator.name);
+                }
+                value
+            }
+        };
         match result {
             Outcome::Found(found) => stacks.found.push(found),
             Outcome::Failed { locator, reason } => stacks.failed.push(Failure { locator, reason }),
@@ -177,18 +191,16 @@ pub struct FileReport {
 pub fn locate_file(path: &Path, cache: &DiskCache) -> anyhow::Result<FileReport> {
     use anyhow::Context as _;
     let started = std::time::Instant::now();
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // Safety: read-only mapping of a file we never write (see targets::analyse).
-    let data = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("mapping {}", path.display()))?;
-    let id = FileId::of(path).with_context(|| format!("reading {}", path.display()))?;
-    let image = Image::parse(&data).with_context(|| path.display().to_string())?;
-    let key = CacheKey::new(image.build_id(), &id);
+    let opened = super::safe_open::open_host(path)?;
+    // Read, not mapped (see targets::analyse_file).
+    let data = super::safe_open::read_capped(&opened.file, &path.display().to_string())?;
+    Image::parse(&data).with_context(|| path.display().to_string())?;
+    let key = CacheKey::of_content(&data);
     let cached = LOCATORS
         .iter()
         .filter(|l| (l.present)(&data))
         .all(|l| cache.get::<Outcome>(&key, l.name, l.version).is_some());
-    let Stacks { found, failed } = locate(&data, &id, cache);
+    let Stacks { found, failed } = locate(&data, cache);
     Ok(FileReport {
         binary: path.display().to_string(),
         found,
@@ -198,23 +210,37 @@ pub fn locate_file(path: &Path, cache: &DiskCache) -> anyhow::Result<FileReport>
     })
 }
 
-/// Identifies one build of a binary across restarts: its build id, else its inode, size and
-/// modification time (a rebuilt or replaced file changes at least one).
+/// Whether a cached answer can be true of this file: every probe it names is at the start of
+/// an instruction in file-backed executable code. The key is the file's hash, so a mismatch
+/// means a damaged or planted entry (or a locator bug): it is analysed again, never trusted.
+fn hit_holds(hit: &Outcome, image: &Image<'_>) -> bool {
+    let Outcome::Found(found) = hit else {
+        return true;
+    };
+    found.hooks.iter().all(|hook| {
+        image
+            .vaddr_of(hook.offset)
+            .is_some_and(|at| image.is_code(at) && image.is_instruction_boundary(at))
+    })
+}
+
+/// Identifies one binary across restarts by what it contains: a SHA-256 of its bytes. Not the
+/// ELF build id, which the binary's author chooses: a program carrying another's build id would
+/// be given the other's probe offsets.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey(String);
 
 impl CacheKey {
-    pub fn new(build_id: Option<&[u8]>, id: &FileId) -> Self {
-        match build_id {
-            Some(b) if !b.is_empty() => CacheKey(format!(
-                "build-{}",
-                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-            )),
-            _ => CacheKey(format!(
-                "file-{}-{}-{}-{}",
-                id.dev, id.ino, id.size, id.mtime
-            )),
-        }
+    pub fn of_content(data: &[u8]) -> Self {
+        let digest = ::ring::digest::digest(&::ring::digest::SHA256, data);
+        CacheKey(format!(
+            "sha256-{}",
+            digest
+                .as_ref()
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -283,13 +309,23 @@ impl DiskCache {
             return Ok(());
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
             std::process::id()
         ));
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // A name planted in the directory (a symlink) is never followed or written through.
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?
+        };
         file.write_all(&serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
         drop(file);
         std::fs::rename(&tmp, &path)
@@ -313,6 +349,27 @@ impl DiskCache {
         }
         value
     }
+}
+
+/// The cache directory, made 0700 (and made so again if it exists): what it holds decides
+/// where probes go in every traced program, so no other user may write or plant entries in it.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

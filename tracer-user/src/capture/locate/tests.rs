@@ -187,15 +187,11 @@ fn other_files_are_clear_errors() {
 fn the_disk_cache_computes_once_per_build() {
     let dir = std::env::temp_dir().join(format!("locate-cache-{}", std::process::id()));
     let cache = DiskCache::at(&dir);
-    let id = FileId {
-        dev: 1,
-        ino: 2,
-        size: 3,
-        mtime: 4,
-    };
-    let key = CacheKey::new(Some(&[0xab, 0xcd]), &id);
-    assert_eq!(key.as_str(), "build-abcd");
-    assert_eq!(CacheKey::new(None, &id).as_str(), "file-1-2-3-4");
+    let key = CacheKey::of_content(b"abc");
+    assert_eq!(
+        key.as_str(),
+        "sha256-ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
     let mut runs = 0;
     let mut run = || {
         cache.get_or_compute(&key, "test", 1, || {
@@ -211,7 +207,11 @@ fn the_disk_cache_computes_once_per_build() {
     assert_eq!((first == second, runs), (true, 1));
     // Another locator version recomputes; a damaged file is recomputed, not trusted.
     assert_eq!(cache.get::<Outcome>(&key, "test", 2), None);
-    let path = dir.join("build-abcd.test-v1.json");
+    // Only root may write (or plant entries) where probe offsets come from.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let path = dir.join(format!("{}.test-v1.json", key.as_str()));
     std::fs::write(&path, b"{not json").unwrap();
     assert_eq!(cache.get::<Outcome>(&key, "test", 1), None);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -271,4 +271,75 @@ fn a_binary_with_one_stack_reports_that_one() {
     let report = locate_file(&me, &DiskCache::none()).unwrap();
     let kinds: Vec<&str> = report.found.iter().map(|f| f.kind.as_str()).collect();
     assert_eq!(kinds, ["rustls"], "{report:#?}");
+}
+
+/// Issue 17 item 5: a program carrying another program's build id (the linker writes whatever
+/// `--build-id=0x...` says) gets its own answer, not the other's probe offsets from the cache.
+#[test]
+fn a_binary_carrying_another_binarys_build_id_gets_its_own_hooks() {
+    let dir = std::env::temp_dir().join(format!("locate-poison-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = DiskCache::at(&dir);
+    let libssl = std::fs::read(LIBSSL).unwrap();
+    let victim = Image::parse(&libssl).unwrap();
+    let build_id = victim.build_id().unwrap().to_vec();
+    let first = locate(&libssl, &cache);
+    assert_eq!(first.found.len(), 1, "{first:?}");
+
+    // /bin/true with libssl's build id written over its own, and OpenSSL's marker strings
+    // appended so that the OpenSSL locator looks at it.
+    let mut impostor = std::fs::read("/bin/true").unwrap();
+    let own_id = Image::parse(&impostor)
+        .unwrap()
+        .build_id()
+        .unwrap()
+        .to_vec();
+    assert_eq!(own_id.len(), build_id.len());
+    let at = memchr::memmem::find(&impostor, &own_id).unwrap();
+    impostor[at..at + build_id.len()].copy_from_slice(&build_id);
+    impostor.extend_from_slice(b"\0ssl_write_internal\0ssl/ssl_lib.c\0");
+    assert!((LOCATORS[0].present)(&impostor));
+    assert_eq!(
+        Image::parse(&impostor).unwrap().build_id(),
+        Some(&build_id[..]),
+        "the impostor carries the victim's build id"
+    );
+    let second = locate(&impostor, &cache);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        second.found.is_empty(),
+        "the victim's hooks were handed out: {second:?}"
+    );
+}
+
+/// A cache entry naming probes that are not instruction starts in this file's code (planted,
+/// damaged, or from a locator bug) is analysed again, not believed.
+#[test]
+fn a_cache_hit_is_checked_against_the_file() {
+    let dir = std::env::temp_dir().join(format!("locate-recheck-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = DiskCache::at(&dir);
+    let libssl = std::fs::read(LIBSSL).unwrap();
+    let honest = locate(&libssl, &cache);
+    let key = CacheKey::of_content(&libssl);
+    let mut planted = honest.found[0].clone();
+    for hook in &mut planted.hooks {
+        hook.offset += 1; // inside the first instruction
+    }
+    let locator = &LOCATORS[0];
+    assert_eq!(
+        honest.found[0].kind, "openssl",
+        "the OpenSSL locator comes first"
+    );
+    cache
+        .put(
+            &key,
+            locator.name,
+            locator.version,
+            &Outcome::Found(planted),
+        )
+        .unwrap();
+    let again = locate(&libssl, &cache);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(again, honest);
 }

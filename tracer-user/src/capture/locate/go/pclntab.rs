@@ -4,22 +4,46 @@
 
 use std::ops::Range;
 
-use super::{read_u32, read_u64, GoLocateError};
+use super::{read_u32, read_u64, Budget, GoLocateError};
+
+/// Functions a table may claim: the largest Go programs have a few hundred thousand.
+const MAX_FUNCTIONS: usize = 4_000_000;
+/// Longest function name compared: Go's longest (generic instantiations) are a few hundred
+/// bytes; a "name" without its NUL within this is no name.
+const MAX_NAME_BYTES: usize = 4096;
+/// Headers that parse, tried as the table in one region: a real binary has one; a file full of
+/// forged headers must not make the scan quadratic.
+const MAX_CANDIDATES: usize = 16;
 
 /// Scans `region` for a pclntab header that parses and lists `runtime.main` (every Go program
-/// has it): the magic alone also occurs by chance in other data.
-pub fn find_pclntab(region: &[u8]) -> Option<&[u8]> {
-    region
+/// has it): the magic alone also occurs by chance in other data. Each walk spends `budget`.
+pub fn find_pclntab<'a>(
+    region: &'a [u8],
+    budget: &Budget,
+) -> Result<Option<&'a [u8]>, GoLocateError> {
+    let mut tried = 0;
+    for (at, _) in region
         .windows(8)
         .enumerate()
         .filter(|(_, w)| PclntabVersion::from_header(w).is_some())
-        .map(|(at, _)| &region[at..])
-        .find(|candidate| {
-            Pclntab::parse(candidate, None)
-                .ok()
-                .and_then(|t| t.find("runtime.main").ok().flatten())
-                .is_some()
-        })
+    {
+        let candidate = &region[at..];
+        let Ok(table) = Pclntab::parse(candidate, None) else {
+            continue;
+        };
+        tried += 1;
+        if tried > MAX_CANDIDATES {
+            return Err(GoLocateError::Budget(format!(
+                "more than {MAX_CANDIDATES} candidate function tables"
+            )));
+        }
+        match table.find("runtime.main", budget) {
+            Ok(Some(_)) => return Ok(Some(candidate)),
+            Err(e @ GoLocateError::Budget(_)) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +104,7 @@ impl<'a> Pclntab<'a> {
         };
         let nfunc = usize::try_from(word(0)?)
             .ok()
-            .filter(|&n| n > 0 && n < 10_000_000)
+            .filter(|&n| n > 0 && n <= MAX_FUNCTIONS)
             .ok_or(GoLocateError::Pclntab("implausible function count"))?;
         let (text_start, funcnametab, functab) = match version {
             PclntabVersion::Go116 => (0, offset(2)?, offset(6)?),
@@ -143,13 +167,16 @@ impl<'a> Pclntab<'a> {
         let name_off_at = self.functab.checked_add(usize::try_from(func).ok()?)? + size;
         let name_off = usize::try_from(read_u32(self.data, name_off_at)? as i32).ok()?;
         let names = self.data.get(self.funcnametab.checked_add(name_off)?..)?;
-        names.split(|&b| b == 0).next()
+        let names = names.get(..names.len().min(MAX_NAME_BYTES + 1))?;
+        let end = memchr::memchr(0, names)?;
+        names.get(..end)
     }
 
     /// Bounds of the function called `name`: from its entry to the next function's, so they
     /// include the padding after it (Go pads with INT3, which decodes).
-    pub fn find(&self, name: &str) -> Result<Option<Range<u64>>, GoLocateError> {
+    pub fn find(&self, name: &str, budget: &Budget) -> Result<Option<Range<u64>>, GoLocateError> {
         for index in 0..self.nfunc {
+            budget.step()?;
             if self.name(index) != Some(name.as_bytes()) {
                 continue;
             }

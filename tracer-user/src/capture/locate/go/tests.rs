@@ -124,14 +124,16 @@ fn pclntab_bounds_agree_with_the_symbol_table() {
     let data = std::fs::read(&built().plain).unwrap();
     let elf = object::File::parse(&data[..]).unwrap();
     let segments = Segments::of(&elf);
-    let table = pclntab_bytes(&elf, &data, &segments).unwrap().unwrap();
+    let table = pclntab_bytes(&elf, &data, &segments, &Budget::standard())
+        .unwrap()
+        .unwrap();
     let text = elf.section_by_name(".text").map(|s| s.address());
     let table = Pclntab::parse(table, text).unwrap();
     let [Some(write), Some(read)] = symbol_bounds(&elf).unwrap() else {
         panic!("symbols missing");
     };
     for (name, symbol) in [(WRITE_FUNCTION, write), (READ_FUNCTION, read)] {
-        let found = table.find(name).unwrap().unwrap();
+        let found = table.find(name, &Budget::standard()).unwrap().unwrap();
         assert_eq!(found.start, symbol.start, "{name}");
         // The pclntab's end is the next function's entry: padding included.
         assert!(
@@ -139,8 +141,14 @@ fn pclntab_bounds_agree_with_the_symbol_table() {
             "{name}"
         );
     }
-    assert!(table.find("runtime.main").unwrap().is_some());
-    assert_eq!(table.find("no.such.function").unwrap(), None);
+    assert!(table
+        .find("runtime.main", &Budget::standard())
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        table.find("no.such.function", &Budget::standard()).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -260,9 +268,97 @@ proptest! {
         let mut table = vec![0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8];
         table.extend(&bytes);
         if let Ok(t) = Pclntab::parse(&table, Some(0x401000)) {
-            let _ = t.find("runtime.main");
+            let _ = t.find("runtime.main", &Budget::standard());
         }
-        let _ = find_pclntab(&table);
+        let _ = find_pclntab(&table, &Budget::standard());
         let _ = parse_build_version(&bytes, |_, _| None);
     }
+}
+
+/// An x86-64 ELF (/bin/true) whose read-only segment is replaced by 8 MiB of forged pclntab
+/// headers, one every 128 bytes, each claiming a function table that runs to the end of the
+/// region: found by magic (no section names it), every candidate parsed and walked. Unbounded,
+/// that is ~65 000 candidates × ~500 000 entries each.
+fn forged_pclntab_elf() -> Vec<u8> {
+    const REGION: usize = 8 << 20;
+    let mut region = vec![0u8; REGION];
+    let mut at = 0;
+    while at + 128 <= REGION {
+        let header = &mut region[at..at + 72];
+        header[0..8].copy_from_slice(&[0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8]);
+        let nfunc = ((REGION - at - 72) / 8 - 1) as u64;
+        let words = [nfunc, 1, 0x40_1000, 8, 8, 8, 8, 72];
+        for (i, word) in words.iter().enumerate() {
+            header[8 + 8 * i..16 + 8 * i].copy_from_slice(&word.to_le_bytes());
+        }
+        at += 128;
+    }
+    let mut data = std::fs::read("/bin/true").unwrap();
+    let u16_at = |d: &[u8], at: usize| u16::from_le_bytes([d[at], d[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
+    let (entsize, count) = (u16_at(&data, 0x36), u16_at(&data, 0x38));
+    let offset = data.len().next_multiple_of(4096);
+    let readonly = (0..count)
+        .rev()
+        .map(|i| phoff + i * entsize)
+        .find(|&ph| {
+            let kind = u32::from_le_bytes(data[ph..ph + 4].try_into().unwrap());
+            let flags = u32::from_le_bytes(data[ph + 4..ph + 8].try_into().unwrap());
+            kind == 1 && flags == 4 // PT_LOAD, read-only
+        })
+        .expect("a read-only segment");
+    data[readonly + 8..readonly + 16].copy_from_slice(&(offset as u64).to_le_bytes());
+    data[readonly + 32..readonly + 40].copy_from_slice(&(REGION as u64).to_le_bytes());
+    data[readonly + 40..readonly + 48].copy_from_slice(&(REGION as u64).to_le_bytes());
+    data.resize(offset, 0);
+    data.extend_from_slice(&region);
+    data
+}
+
+/// Issue 17 item 4: a forged pclntab ends the Go analysis within its budget, as an error that
+/// says so (and the target analysis counts it as given up), instead of walking for hours.
+#[test]
+fn a_forged_function_table_ends_within_the_budget() {
+    let data = forged_pclntab_elf();
+    let started = std::time::Instant::now();
+    let result = locate_in(&data);
+    let took = started.elapsed();
+    assert!(
+        matches!(result, Err(GoLocateError::Budget(_))),
+        "{result:?}"
+    );
+    assert!(
+        took < MAX_ANALYSIS_TIME + std::time::Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    // Through the target analysis: given up, counted, no hooks.
+    let dir = tracer_testkit::target_dir().join("go-unit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("forged-pclntab-{}", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let opened = crate::capture::safe_open::open_host(&path).unwrap();
+    let cache = crate::capture::targets::TargetCache::default();
+    let analysis = cache
+        .get_or_analyse(opened.id, &opened.file, "forged", true)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(analysis.given_up.is_some(), "{analysis:?}");
+    assert_eq!(analysis.hooks().count(), 0);
+    assert_eq!(cache.given_up.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A name with no NUL for a megabyte is compared over its first few KiB only.
+#[test]
+fn function_names_are_bounded() {
+    let mut table = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+    // nfunc 1, text start, funcnametab at 100, functab at 72: entry 0 -> func record at 8.
+    for word in [1u64, 1, 0x40_1000, 100, 0, 0, 0, 72] {
+        table.extend(word.to_le_bytes());
+    }
+    table.resize(100, 0);
+    table.extend(std::iter::repeat_n(b'a', 1 << 20));
+    let parsed = Pclntab::parse(&table, None).unwrap();
+    let long_name = "a".repeat(1 << 20);
+    assert_eq!(parsed.find(&long_name, &Budget::standard()).unwrap(), None);
 }
