@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tracer_testkit::{
-    e2e::{self, of_pid, require_root, start_traced, SERIAL},
+    e2e::{self, of_pid, require_root, start_traced_with_env, SERIAL},
     hostile, mock_openai,
     otlp::{as_bool, as_str, ReceivedSpan},
 };
@@ -98,7 +98,15 @@ async fn bombs_from_a_hostile_server_are_cut_marked_and_counted_and_tracing_goes
     let normal = mock_openai::start_h2(&e2e::certs_dir()).await?;
     let url = server.url("/v1/chat/completions");
 
-    let traced = start_traced(tracer_bin(), "hostile", &[]).await?;
+    // Pre-attach off: its background analysis of every executable on the host draws from its
+    // own byte budget (capture/safe_open.rs, tested there) and would blur what the bombs cost.
+    let traced = start_traced_with_env(
+        tracer_bin(),
+        "hostile",
+        &[],
+        &[("AGENT_TRACER_PREATTACH", "off")],
+    )
+    .await?;
     let tracer_pid = traced.tracer.pid();
     reset_peak_rss(tracer_pid)?;
     let before = status_bytes(tracer_pid, "VmRSS")?;
