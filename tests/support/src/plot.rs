@@ -3,9 +3,9 @@
 //! no Grafana package here; the README's dashboard picture is drawn this way from a real
 //! Prometheus' query results.
 
-use std::{fs::File, os::fd::AsRawFd, path::Path, path::PathBuf, process::Command};
+use std::{path::Path, path::PathBuf, process::Command};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 pub const PACKAGES: &[&str] = &["matplotlib==3.11.2"];
 
@@ -46,44 +46,10 @@ fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=80)
 "##;
 
-fn python() -> Result<PathBuf> {
-    let dir = crate::target_dir().join("e2e-plot-venv");
-    std::fs::create_dir_all(crate::target_dir())?;
-    let lock = File::create(crate::target_dir().join("e2e-plot-venv.lock"))?;
-    // Safety: valid fd for the life of `lock`.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!("locking the plot venv: {}", std::io::Error::last_os_error());
-    }
-    let python = dir.join("bin/python");
-    let stamp = dir.join(".installed");
-    let wanted = PACKAGES.join("\n");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
-        return Ok(python);
-    }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(PACKAGES))?;
-    std::fs::write(&stamp, wanted)?;
-    Ok(python)
-}
+use crate::python::run;
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+fn python() -> Result<PathBuf> {
+    crate::python::venv("e2e-plot-venv", PACKAGES)
 }
 
 /// Draws `panels` (the JSON shape above) into the PNG `out`.

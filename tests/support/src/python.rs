@@ -17,16 +17,25 @@ pub const PACKAGES: &[&str] = &[
 
 /// Path of the venv's python, creating the venv if needed.
 pub fn venv_python() -> Result<PathBuf> {
-    let dir = crate::target_dir().join("e2e-venv");
+    venv("e2e-venv", PACKAGES)
+}
+
+/// The python of the venv `target/<name>` holding exactly `packages` (pinned), created or
+/// re-installed when they changed; concurrent test binaries wait on `target/<name>.lock`.
+pub fn venv(name: &str, packages: &[&str]) -> Result<PathBuf> {
+    let dir = crate::target_dir().join(name);
     std::fs::create_dir_all(crate::target_dir())?;
-    let lock = File::create(crate::target_dir().join("e2e-venv.lock"))?;
+    let lock = File::create(crate::target_dir().join(format!("{name}.lock")))?;
     // Safety: valid fd for the life of `lock`.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!("locking the venv: {}", std::io::Error::last_os_error());
+        bail!(
+            "locking the venv {name}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let python = dir.join("bin/python");
     let stamp = dir.join(".installed");
-    let wanted = PACKAGES.join("\n");
+    let wanted = packages.join("\n");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
         return Ok(python);
     }
@@ -39,12 +48,12 @@ pub fn venv_python() -> Result<PathBuf> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(PACKAGES))?;
+        .args(packages))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
