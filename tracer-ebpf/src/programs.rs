@@ -4,6 +4,7 @@
 
 mod aead;
 mod emit;
+mod fentry_syscalls;
 mod gotls;
 mod maps;
 mod openssl;

@@ -29,26 +29,26 @@ use crate::{
 };
 
 // x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-const NR_READ: u64 = 0;
-const NR_WRITE: u64 = 1;
-const NR_CLOSE: u64 = 3;
-const NR_READV: u64 = 19;
-const NR_WRITEV: u64 = 20;
-const NR_DUP: u64 = 32;
-const NR_DUP2: u64 = 33;
-const NR_SOCKET: u64 = 41;
-const NR_CONNECT: u64 = 42;
-const NR_ACCEPT: u64 = 43;
-const NR_SENDTO: u64 = 44;
-const NR_RECVFROM: u64 = 45;
-const NR_SENDMSG: u64 = 46;
-const NR_RECVMSG: u64 = 47;
-const NR_EXECVE: u64 = 59;
-const NR_FCNTL: u64 = 72;
-const NR_EXIT_GROUP: u64 = 231;
-const NR_ACCEPT4: u64 = 288;
-const NR_DUP3: u64 = 292;
-const NR_EXECVEAT: u64 = 322;
+pub(crate) const NR_READ: u64 = 0;
+pub(crate) const NR_WRITE: u64 = 1;
+pub(crate) const NR_CLOSE: u64 = 3;
+pub(crate) const NR_READV: u64 = 19;
+pub(crate) const NR_WRITEV: u64 = 20;
+pub(crate) const NR_DUP: u64 = 32;
+pub(crate) const NR_DUP2: u64 = 33;
+pub(crate) const NR_SOCKET: u64 = 41;
+pub(crate) const NR_CONNECT: u64 = 42;
+pub(crate) const NR_ACCEPT: u64 = 43;
+pub(crate) const NR_SENDTO: u64 = 44;
+pub(crate) const NR_RECVFROM: u64 = 45;
+pub(crate) const NR_SENDMSG: u64 = 46;
+pub(crate) const NR_RECVMSG: u64 = 47;
+pub(crate) const NR_EXECVE: u64 = 59;
+pub(crate) const NR_FCNTL: u64 = 72;
+pub(crate) const NR_EXIT_GROUP: u64 = 231;
+pub(crate) const NR_ACCEPT4: u64 = 288;
+pub(crate) const NR_DUP3: u64 = 292;
+pub(crate) const NR_EXECVEAT: u64 = 322;
 
 /// Bit n set: syscall n (< 64) has an entry handler.
 const ENTER_LOW: u64 = bit(NR_READ)
@@ -95,7 +95,7 @@ fn wanted_at_exit(nr: u64) -> bool {
 /// caller's code segment.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct UserRegs {
+pub(crate) struct UserRegs {
     _r10: u64,
     _r9: u64,
     _r8: u64,
@@ -115,7 +115,7 @@ const CS_AT: usize = 136;
 const USER64_CS: u64 = 0x33;
 
 #[inline(always)]
-fn on_enter(nr: u64, regs: &UserRegs) {
+pub(crate) fn on_enter(nr: u64, regs: &UserRegs) {
     let (a0, a1, a2) = (regs.di, regs.si, regs.dx);
     match nr {
         NR_READ => enter_io(a0, a1, a2, SocketFunction::Read, Direction::Ingress),
@@ -144,7 +144,7 @@ fn on_enter(nr: u64, regs: &UserRegs) {
 }
 
 #[inline(always)]
-fn on_exit(nr: u64, r: i64) {
+pub(crate) fn on_exit(nr: u64, r: i64) {
     match nr {
         NR_READ | NR_READV | NR_RECVFROM | NR_RECVMSG => exit_io(r, Direction::Ingress),
         NR_WRITE | NR_WRITEV | NR_SENDTO | NR_SENDMSG => exit_io(r, Direction::Egress),
@@ -163,14 +163,11 @@ unsafe fn btf_reg(regs: *const u8, at: usize) -> u64 {
     unsafe { core::ptr::read_volatile(regs.add(at) as *const u64) }
 }
 
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter_btf(ctx: BtfTracePointContext) -> u32 {
-    let nr: u64 = ctx.arg(1);
-    if !wanted_at_entry(nr) {
-        return 0;
-    }
-    let regs: *const u8 = ctx.arg(0);
-    let user = unsafe {
+/// The registers the handlers read, from a BTF-typed `pt_regs` pointer (`tp_btf/sys_enter`'s,
+/// or the one the `__x64_sys_*` functions take), with plain loads.
+#[inline(always)]
+pub(crate) unsafe fn btf_user_regs(regs: *const u8, nr: u64) -> UserRegs {
+    unsafe {
         UserRegs {
             _r10: 0,
             _r9: 0,
@@ -184,7 +181,36 @@ pub fn sys_enter_btf(ctx: BtfTracePointContext) -> u32 {
             _ip: 0,
             cs: btf_reg(regs, CS_AT),
         }
-    };
+    }
+}
+
+/// The handlers' registers from a function's own arguments (the `__sys_*` functions the socket
+/// syscalls call, which take the syscall's arguments in the syscall's order).
+#[inline(always)]
+pub(crate) fn args_as_user_regs(nr: u64, a0: u64, a1: u64, a2: u64) -> UserRegs {
+    UserRegs {
+        _r10: 0,
+        _r9: 0,
+        _r8: 0,
+        _ax: 0,
+        _cx: 0,
+        dx: a2,
+        si: a1,
+        di: a0,
+        _orig_ax: nr,
+        _ip: 0,
+        cs: USER64_CS,
+    }
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_btf(ctx: BtfTracePointContext) -> u32 {
+    let nr: u64 = ctx.arg(1);
+    if !wanted_at_entry(nr) {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let user = unsafe { btf_user_regs(regs, nr) };
     if user.cs == USER64_CS {
         on_enter(nr, &user);
     }
@@ -210,15 +236,20 @@ pub fn sys_enter_raw(ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
-    let Ok(user) =
-        (unsafe { bpf_probe_read_kernel(regs.wrapping_add(REGS_START) as *const UserRegs) })
-    else {
+    let Some(user) = read_user_regs(regs) else {
         return 0;
     };
     if user.cs == USER64_CS {
         on_enter(nr, &user);
     }
     0
+}
+
+/// The registers the handlers read, from a `pt_regs` pointer the program cannot load from
+/// directly (no BTF type for it): one helper read.
+#[inline(always)]
+pub(crate) fn read_user_regs(regs: *const u8) -> Option<UserRegs> {
+    unsafe { bpf_probe_read_kernel(regs.wrapping_add(REGS_START) as *const UserRegs) }.ok()
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]

@@ -24,7 +24,7 @@ mod locator;
 mod preattach;
 mod procfs;
 mod report;
-mod syscall_paths;
+pub(crate) mod syscall_paths;
 mod syscalls;
 mod tls_calls;
 
@@ -45,7 +45,8 @@ use harness::{
     json_number, run_with_tracer, Client, ClientResult, Guarded, MockServer, Tracer, TracerRun,
 };
 use procfs::{cpu_seconds, other_tracers, OtherLoad};
-use report::{cpu_count, grouped, list, load_note, machine, median, today, write_section};
+pub(crate) use report::write_section;
+use report::{cpu_count, grouped, list, load_note, machine, median, today};
 
 const RUNS: usize = 3;
 const WARMUP: u32 = 50;
@@ -76,6 +77,26 @@ pub struct Args {
     /// Run only these sections (repeatable; all of them by default).
     #[arg(long, value_enum)]
     only: Vec<Section>,
+    /// Divide the syscall workloads' counts by this, for a slow machine (the VM kernels under
+    /// TCG, about ten times slower: `cargo xtask vmtest --bench` passes 10).
+    #[arg(long, default_value_t = 1)]
+    scale_down: u32,
+    /// Use the release binaries already built, with no set-up (inside a VM guest, which shares
+    /// the host's build).
+    #[arg(long)]
+    prebuilt: bool,
+    /// Appended to each section's heading, so runs elsewhere (a VM kernel) get sections of
+    /// their own.
+    #[arg(long)]
+    heading_suffix: Option<String>,
+}
+
+/// `--scale-down`, for the workloads' counts.
+static SCALE_DOWN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// A workload's count on this run: `n` divided by `--scale-down`.
+fn scaled(n: u32) -> u32 {
+    (n / SCALE_DOWN.load(std::sync::atomic::Ordering::Relaxed).max(1)).max(1)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,16 +130,19 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         args.out.clone()
     };
-    setup::run(setup::Needs::Everything)?;
-    header("cargo build --release -p tracer-user -p tracer-testkit");
-    run_checked(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "tracer-user",
-        "-p",
-        "tracer-testkit",
-    ]))?;
+    SCALE_DOWN.store(args.scale_down, std::sync::atomic::Ordering::Relaxed);
+    if !args.prebuilt {
+        setup::run(setup::Needs::Everything)?;
+        header("cargo build --release -p tracer-user -p tracer-testkit");
+        run_checked(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tracer-user",
+            "-p",
+            "tracer-testkit",
+        ]))?;
+    }
 
     let release = target_dir().join("release");
     let dir = target_dir().join("bench");
@@ -167,7 +191,11 @@ pub fn run(args: &Args) -> Result<()> {
         write_section(&out, &section)?;
     }
     if wanted(Section::SyscallPaths) {
-        let section = syscall_paths::measure(&env)?;
+        let heading = match &args.heading_suffix {
+            Some(suffix) => format!("{} {suffix}", syscall_paths::SECTION),
+            None => syscall_paths::SECTION.to_string(),
+        };
+        let section = syscall_paths::measure(&env, &heading)?;
         header(&format!("writing {}", out.display()));
         println!("{section}");
         write_section(&out, &section)?;

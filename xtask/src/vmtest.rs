@@ -28,6 +28,15 @@ pub struct Args {
     /// Only `agent-tracer check` in each guest, not the end-to-end smoke tests.
     #[arg(long)]
     check_only: bool,
+    /// Only the smoke tests whose name contains this (repeatable); all of them when none is
+    /// named.
+    #[arg(long = "test", conflicts_with = "check_only")]
+    tests: Vec<String>,
+    /// Also run `cargo xtask bench --only syscall-paths` in each guest (scaled down tenfold
+    /// under TCG) and write each kernel's section into BENCHMARKS.md. With no `--test`, no
+    /// smoke tests.
+    #[arg(long, conflicts_with = "check_only")]
+    bench: bool,
 }
 
 /// A kernel series as a Debian suite ships it, and the fleets it stands for.
@@ -116,10 +125,20 @@ pub fn run(args: &Args) -> Result<()> {
 
     header("vmtest: building the tracer and the smoke tests");
     run_checked(cargo().args(["build", "-p", "tracer-user", "--bin", "agent-tracer"]))?;
-    let smoke = if args.check_only {
+    if args.bench {
+        run_checked(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tracer-user",
+            "--bin",
+            "agent-tracer",
+        ]))?;
+    }
+    let smoke = if args.check_only || (args.bench && args.tests.is_empty()) {
         Vec::new()
     } else {
-        smoke_executables()?
+        smoke_executables(&args.tests)?
     };
 
     let accel = accelerator(&cache, &vng, &kernels[0].1)?;
@@ -129,8 +148,11 @@ pub fn run(args: &Args) -> Result<()> {
             "vmtest: Linux {} ({}) under {accel}",
             kernel.version, series.suite
         ));
-        let result = boot_and_test(&cache, &vng, kernel, accel, &smoke)?;
+        let result = boot_and_test(&cache, &vng, kernel, accel, &smoke, args.bench)?;
         println!("{}", result.summary());
+        if args.bench {
+            record_bench(&cache, kernel)?;
+        }
         results.push((*series, kernel.version.clone(), result));
     }
 
@@ -365,10 +387,11 @@ fn download_kernel(cache: &Path, series: &Series, pinned: &Path) -> Result<Strin
 }
 
 /// The test executables of the smoke suite, built for the host (the guest shares its files).
-fn smoke_executables() -> Result<Vec<(String, PathBuf)>> {
+fn smoke_executables(filters: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let chosen = chosen_smoke_tests(filters)?;
     let mut build = cargo();
     build.args(["test", "--no-run", "-p", "tracer-user"]);
-    let mut files: Vec<&str> = SMOKE_TESTS.iter().map(|(file, _)| *file).collect();
+    let mut files: Vec<&str> = chosen.iter().map(|(file, _)| *file).collect();
     files.dedup();
     for file in &files {
         build.args(["--test", file]);
@@ -392,10 +415,33 @@ fn smoke_executables() -> Result<Vec<(String, PathBuf)>> {
             .map(|p| root().join(p))
             .with_context(|| format!("cargo printed no executable for {file}:\n{log}"))
     };
-    SMOKE_TESTS
+    chosen
         .iter()
         .map(|(file, test)| Ok((format!("{file}::{test}"), executable(file)?)))
         .collect()
+}
+
+/// The smoke tests `--test` names (by a part of the test's name), or all of them.
+fn chosen_smoke_tests(filters: &[String]) -> Result<Vec<(&'static str, &'static str)>> {
+    if filters.is_empty() {
+        return Ok(SMOKE_TESTS.to_vec());
+    }
+    for f in filters {
+        ensure!(
+            SMOKE_TESTS.iter().any(|(_, t)| t.contains(f.as_str())),
+            "no smoke test matches {f:?}; they are: {}",
+            SMOKE_TESTS
+                .iter()
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(SMOKE_TESTS
+        .iter()
+        .filter(|(_, t)| filters.iter().any(|f| t.contains(f.as_str())))
+        .copied()
+        .collect())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -514,7 +560,17 @@ struct GuestResult {
 
 impl GuestResult {
     fn passed(&self) -> bool {
-        self.booted && self.check_passed && self.tests.iter().all(|(_, ok)| *ok)
+        self.booted
+            && self.check_passed
+            && !self.fell_back_from_fentry()
+            && self.tests.iter().all(|(_, ok)| *ok)
+    }
+
+    /// The kernel offers fentry but the syscall hooks fell back to another path: the cheap path
+    /// is broken there (the loader's warning in `check` says why), which the matrix must not
+    /// pass over.
+    fn fell_back_from_fentry(&self) -> bool {
+        self.feature("fentry/fexit") == "ok" && self.syscall_hooks() != "fentry"
     }
 
     fn summary(&self) -> String {
@@ -524,10 +580,12 @@ impl GuestResult {
         let passed = self.tests.iter().filter(|(_, ok)| *ok).count();
         format!(
             "check {}, smoke tests {passed}/{} passed, {} s",
-            if self.check_passed {
-                "passed"
-            } else {
+            if !self.check_passed {
                 "FAILED"
+            } else if self.fell_back_from_fentry() {
+                "passed but fell back from fentry (FAILED)"
+            } else {
+                "passed"
             },
             self.tests.len(),
             self.seconds
@@ -553,7 +611,7 @@ impl GuestResult {
     /// (what actually loaded), else the path `check` would try first.
     fn syscall_hooks(&self) -> &str {
         let name = |describe: &str| {
-            ["tp_btf", "raw_tp", "syscalls:"]
+            ["fentry", "tp_btf", "raw_tp", "syscalls:"]
                 .into_iter()
                 .find(|n| describe.trim_start().starts_with(n))
                 .map(|n| if n == "syscalls:" { "tracepoints" } else { n })
@@ -590,7 +648,31 @@ fn shell_quote(s: &str) -> String {
 
 /// The guest's script: the mounts a booted system would have, `check`, then each smoke test
 /// with its own log and exit code in `out`.
-fn guest_script(out: &Path, smoke: &[(String, PathBuf)], accel: Accel) -> String {
+/// Copies the guest's benchmark section into BENCHMARKS.md.
+fn record_bench(cache: &Path, kernel: &Kernel) -> Result<()> {
+    let file = cache.join("runs").join(&kernel.version).join("bench.md");
+    let text = fs::read_to_string(&file).with_context(|| {
+        format!(
+            "the guest wrote no benchmark ({}); its log: {}",
+            file.display(),
+            fs::read_to_string(file.with_extension("log")).unwrap_or_default()
+        )
+    })?;
+    let start = text
+        .find(crate::bench::syscall_paths::SECTION)
+        .with_context(|| format!("no syscall-paths section in {}", file.display()))?;
+    crate::bench::write_section(&root().join("BENCHMARKS.md"), &text[start..])?;
+    println!("{}", &text[start..]);
+    Ok(())
+}
+
+/// `bench`: the heading suffix of the guest's benchmark section, when one is run.
+fn guest_script(
+    out: &Path,
+    smoke: &[(String, PathBuf)],
+    accel: Accel,
+    bench: Option<&str>,
+) -> String {
     let tracer = target_dir().join("debug").join("agent-tracer");
     let o = out.display();
     let mut s = String::from("#!/bin/sh\nset -u\n");
@@ -625,6 +707,18 @@ fn guest_script(out: &Path, smoke: &[(String, PathBuf)], accel: Accel) -> String
             shell_quote(test),
         );
     }
+    if let Some(suffix) = bench {
+        let xtask = target_dir().join("debug").join("xtask");
+        let _ = writeln!(
+            s,
+            "cd {} && {} bench --only syscall-paths --prebuilt --scale-down {} \
+             --heading-suffix {} --out {o}/bench.md > {o}/bench.log 2>&1",
+            shell_quote(&root().display().to_string()),
+            shell_quote(&xtask.display().to_string()),
+            if accel == Accel::Tcg { 10 } else { 1 },
+            shell_quote(suffix),
+        );
+    }
     let _ = writeln!(s, "touch {o}/done");
     s
 }
@@ -635,12 +729,15 @@ fn boot_and_test(
     kernel: &Kernel,
     accel: Accel,
     smoke: &[(String, PathBuf)],
+    bench: bool,
 ) -> Result<GuestResult> {
     let out = cache.join("runs").join(&kernel.version);
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     let script = out.join("guest.sh");
-    fs::write(&script, guest_script(&out, smoke, accel))?;
+    let heading_suffix = format!("(Linux {} in a VM under {accel})", kernel.version);
+    let bench = bench.then_some(heading_suffix.as_str());
+    fs::write(&script, guest_script(&out, smoke, accel, bench))?;
     let mut cmd = vng_command(vng, kernel, accel, &out);
     cmd.arg("--exec").arg(format!("sh {}", script.display()));
     let start = Instant::now();
@@ -681,22 +778,23 @@ fn results_table(results: &[(&Series, String, GuestResult)], accel: Accel) -> St
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| kernel | stands for | ring buffer | bpf_loop | copy loop | syscall hooks | kprobe programs | BTF | check | smoke tests |"
+        "| kernel | stands for | ring buffer | bpf_loop | copy loop | syscall hooks | fentry | kprobe programs | BTF | check | smoke tests |"
     );
     let _ = writeln!(
         t,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for (series, version, r) in results {
         let passed = r.tests.iter().filter(|(_, ok)| *ok).count();
         let _ = writeln!(
             t,
-            "| {version} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {version} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             series.stands_for,
             r.feature("BPF ring buffer"),
             r.feature("bpf_loop"),
             r.loops(),
             r.syscall_hooks(),
+            r.feature("fentry/fexit"),
             r.feature("kprobe/uprobe"),
             r.feature("kernel BTF"),
             if !r.booted {
@@ -759,9 +857,21 @@ mod tests {
         // `agent-tracer check` as Debian's 5.10 printed it under `cargo xtask vmtest`.
         let r = guest(include_str!("vmtest_check_5.10.txt"));
         assert_eq!(r.loops(), "bounded");
-        assert_eq!(r.syscall_hooks(), "tp_btf");
+        assert_eq!(r.syscall_hooks(), "fentry");
+        assert_eq!(r.feature("fentry/fexit"), "ok");
+        assert!(!r.fell_back_from_fentry());
         assert_eq!(r.feature("bpf_loop"), "absent");
         assert_eq!(r.feature("BPF ring buffer"), "ok");
+        // The same kernel, had the fentry programs failed to load there.
+        let fell_back = guest(&include_str!("vmtest_check_5.10.txt").replace(
+            "hooked by fentry/fexit",
+            "hooked by tp_btf sys_enter/sys_exit",
+        ));
+        assert_eq!(fell_back.syscall_hooks(), "tp_btf");
+        assert!(fell_back.fell_back_from_fentry());
+        assert!(fell_back
+            .summary()
+            .contains("fell back from fentry (FAILED)"));
         let unknown = guest("nothing useful\n");
         assert_eq!((unknown.loops(), unknown.syscall_hooks()), ("?", "?"));
         let planned =

@@ -76,6 +76,14 @@ pub const FEATURES: &[Feature] = &[
         probe: has_kernel_btf,
     },
     Feature {
+        name: "fentry/fexit programs (Linux 5.5, with BTF)",
+        needed_for: "hooking socket and stdio syscalls at their kernel functions, so other \
+                     processes' syscalls pay nothing",
+        required: false,
+        needs_bpf: true,
+        probe: || has_kernel_btf() && is_program_supported(ProgramType::Tracing).unwrap_or(false),
+    },
+    Feature {
         name: "raw tracepoint programs (Linux 4.17)",
         needed_for: "one raw sys_enter/sys_exit hook instead of a tracepoint per syscall",
         required: false,
@@ -131,6 +139,10 @@ fn has_kernel_btf() -> bool {
 /// (`tracer-ebpf/src/syscalls.rs`); they differ in what every other process on the host pays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallHooks {
+    /// fentry/fexit on each syscall's kernel function (`__x64_sys_read`, …): no syscall
+    /// tracepoint at all, so a process pays only on the syscalls we handle, and nothing on the
+    /// rest (`tracer-ebpf/src/fentry_syscalls.rs`).
+    Fentry,
     /// `tp_btf/sys_enter` + `tp_btf/sys_exit`: one program each, run straight off the
     /// tracepoint; an unwanted syscall costs a compare of its number.
     BtfRaw,
@@ -142,16 +154,17 @@ pub enum SyscallHooks {
     PerSyscall,
 }
 
-/// `AGENT_TRACER_SYSCALL_HOOKS`: `tp_btf`, `raw_tp` or `tracepoints` forces one path (the
+/// `AGENT_TRACER_SYSCALL_HOOKS`: `fentry`, `tp_btf`, `raw_tp` or `tracepoints` forces one path (the
 /// benchmark compares them; a user can step around a kernel that misbehaves with one).
 pub const SYSCALL_HOOKS_ENV: &str = "AGENT_TRACER_SYSCALL_HOOKS";
 
 impl SyscallHooks {
-    pub const ALL: [SyscallHooks; 3] = [Self::BtfRaw, Self::Raw, Self::PerSyscall];
+    pub const ALL: [SyscallHooks; 4] = [Self::Fentry, Self::BtfRaw, Self::Raw, Self::PerSyscall];
 
     /// The value of [`SYSCALL_HOOKS_ENV`] that selects this path.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Fentry => "fentry",
             Self::BtfRaw => "tp_btf",
             Self::Raw => "raw_tp",
             Self::PerSyscall => "tracepoints",
@@ -160,6 +173,7 @@ impl SyscallHooks {
 
     pub fn describe(self) -> &'static str {
         match self {
+            Self::Fentry => "fentry/fexit on the syscall functions (no syscall tracepoints)",
             Self::BtfRaw => "tp_btf sys_enter/sys_exit (one BTF raw tracepoint each way)",
             Self::Raw => "raw_tp sys_enter/sys_exit (one raw tracepoint each way)",
             Self::PerSyscall => {
@@ -177,6 +191,14 @@ impl SyscallHooks {
         // The raw programs decode x86_64's syscall numbers and pt_regs.
         let x86_64 = cfg!(target_arch = "x86_64");
         match self {
+            // aya's probe loads an fentry program on bpf_fentry_test1: a kernel that refuses it
+            // has no fentry (this host's). One that loads it but cannot attach is caught by the
+            // loader, which falls back.
+            Self::Fentry => {
+                x86_64
+                    && has_kernel_btf()
+                    && is_program_supported(ProgramType::Tracing).unwrap_or(false)
+            }
             // aya's probe for tracing programs loads an fentry one, which kernels may refuse
             // (EPERM here) while tp_btf works: with BTF present, loading the programs is the
             // probe, and a failure falls back to raw_tp.
@@ -274,7 +296,10 @@ mod tests {
     fn cheapest_available_path_first() {
         let all = choose_syscall_hooks(None, |_| true).unwrap();
         assert_eq!(all, SyscallHooks::ALL.to_vec());
-        let no_btf = choose_syscall_hooks(None, |h| h != SyscallHooks::BtfRaw).unwrap();
+        let no_btf = choose_syscall_hooks(None, |h| {
+            h != SyscallHooks::BtfRaw && h != SyscallHooks::Fentry
+        })
+        .unwrap();
         assert_eq!(no_btf, [SyscallHooks::Raw, SyscallHooks::PerSyscall]);
         let old = choose_syscall_hooks(Some(""), |h| h == SyscallHooks::PerSyscall).unwrap();
         assert_eq!(old, [SyscallHooks::PerSyscall]);
@@ -285,7 +310,11 @@ mod tests {
         let forced = choose_syscall_hooks(Some("raw_tp"), |_| true).unwrap();
         assert_eq!(forced, [SyscallHooks::Raw]);
         let e = choose_syscall_hooks(Some("kprobe"), |_| true).unwrap_err();
-        assert!(e.to_string().contains("tp_btf, raw_tp, tracepoints"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("fentry, tp_btf, raw_tp, tracepoints"),
+            "{e}"
+        );
         let e = choose_syscall_hooks(Some("tp_btf"), |h| h != SyscallHooks::BtfRaw).unwrap_err();
         assert!(e.to_string().contains("does not offer"), "{e}");
     }

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeScope},
-        BtfTracePoint, RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint, UProbe,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -82,6 +82,31 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_dup3"),
     ("syscalls", "sys_enter_fcntl"),
     ("syscalls", "sys_exit_fcntl"),
+];
+
+/// The syscalls [`SyscallHooks::Fentry`] hooks: the suffix of programs `fentry_<name>` and
+/// `fexit_<name>`, the kernel function they are written for, and whether there is an exit
+/// program (`tracer-ebpf/src/fentry_syscalls.rs` says why the socket calls use `__sys_*`).
+const SYSCALL_FUNCTIONS: &[(&str, &str, bool)] = &[
+    ("read", "__x64_sys_read", true),
+    ("write", "__x64_sys_write", true),
+    ("readv", "__x64_sys_readv", true),
+    ("writev", "__x64_sys_writev", true),
+    ("dup", "__x64_sys_dup", true),
+    ("dup2", "__x64_sys_dup2", true),
+    ("dup3", "__x64_sys_dup3", true),
+    ("fcntl", "__x64_sys_fcntl", true),
+    ("close", "__x64_sys_close", false),
+    ("execve", "__x64_sys_execve", false),
+    ("execveat", "__x64_sys_execveat", false),
+    ("exit_group", "__x64_sys_exit_group", false),
+    ("socket", "__sys_socket", true),
+    ("connect", "__sys_connect", true),
+    ("accept4", "__sys_accept4", true),
+    ("sendto", "__sys_sendto", true),
+    ("recvfrom", "__sys_recvfrom", true),
+    ("sendmsg", "__sys_sendmsg", true),
+    ("recvmsg", "__sys_recvmsg", true),
 ];
 
 /// Where tracepoint `category:event` keeps `field`: from its format file, else `default`.
@@ -336,6 +361,7 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, to_try: &[SyscallHooks]) -> Result<Sysc
     let mut last_error = None;
     for (i, hooks) in to_try.iter().enumerate() {
         let result = match hooks {
+            SyscallHooks::Fentry => attach_fentry(ebpf),
             SyscallHooks::BtfRaw => attach_btf_raw(ebpf),
             SyscallHooks::Raw => attach_raw(ebpf),
             SyscallHooks::PerSyscall => attach_tracepoints(ebpf, SYSCALL_TRACEPOINTS),
@@ -352,6 +378,90 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, to_try: &[SyscallHooks]) -> Result<Sysc
         }
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no way to hook syscalls on this kernel")))
+}
+
+/// Loads every fentry/fexit program before attaching any, so a kernel that rejects one leaves
+/// no syscall half-hooked; then attaches them, exits first, so no entry is left without its
+/// exit. (A call already in flight when its exit attaches is lost like any call that began
+/// before the tracer: its entry was never seen.)
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    // Every program is tried, so one run names every function this kernel refuses.
+    let mut refused = Vec::new();
+    let mut kprobes = Vec::new();
+    for (name, function, has_exit) in SYSCALL_FUNCTIONS {
+        let enter = format!("fentry_{name}");
+        if let Err(e) = program::<FEntry>(ebpf, &enter).and_then(|p| Ok(p.load(function, &btf)?)) {
+            // An entry-only wrapper the BTF cannot type takes a kprobe instead.
+            let kprobe = format!("kprobe_{name}");
+            let stand_in = (!has_exit && ebpf.program(&kprobe).is_some())
+                .then(|| program::<KProbe>(ebpf, &kprobe).and_then(|p| Ok(p.load()?)));
+            match stand_in {
+                Some(Ok(())) => {
+                    info!(
+                        "{function}: a kprobe instead of fentry ({})",
+                        verifier_reason(&e)
+                    );
+                    kprobes.push((kprobe, *function));
+                }
+                Some(Err(k)) => refused.push(format!("{enter} on {function}: {e:#}; {k:#}")),
+                None => refused.push(format!("{enter} on {function}: {e:#}")),
+            }
+        }
+        if *has_exit {
+            let exit = format!("fexit_{name}");
+            if let Err(e) = program::<FExit>(ebpf, &exit).and_then(|p| Ok(p.load(function, &btf)?))
+            {
+                refused.push(format!("{exit} on {function}: {e:#}"));
+            }
+        }
+    }
+    anyhow::ensure!(
+        refused.is_empty(),
+        "verifying {} of the fentry/fexit programs failed:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
+    for (name, function, _) in SYSCALL_FUNCTIONS.iter().filter(|(_, _, exit)| *exit) {
+        program::<FExit>(ebpf, &format!("fexit_{name}"))?
+            .attach()
+            .with_context(|| format!("attaching fexit/{function}"))?;
+    }
+    for (name, function, _) in SYSCALL_FUNCTIONS {
+        if let Some((kprobe, _)) = kprobes.iter().find(|(_, f)| f == function) {
+            program::<KProbe>(ebpf, kprobe)?
+                .attach(function, 0)
+                .with_context(|| format!("attaching kprobe/{function}"))?;
+            continue;
+        }
+        program::<FEntry>(ebpf, &format!("fentry_{name}"))?
+            .attach()
+            .with_context(|| format!("attaching fentry/{function}"))?;
+    }
+    Ok(())
+}
+
+/// The verifier's reason in one line: its complaint about the function's BTF when there is one
+/// (`func '…' arg0 type FWD is not a struct`), else the error's first line.
+fn verifier_reason(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let mut lines = text.lines();
+    let first = lines.clone().next().unwrap_or_default();
+    lines
+        .find(|l| l.starts_with("func '"))
+        .unwrap_or(first)
+        .to_string()
+}
+
+/// Program `name` as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing"))?;
+    Ok(program.try_into()?)
 }
 
 fn attach_btf_raw(ebpf: &mut Ebpf) -> Result<()> {
@@ -407,6 +517,15 @@ fn unload_syscall_hooks(ebpf: &mut Ebpf, hooks: SyscallHooks) {
         }
     }
     match hooks {
+        SyscallHooks::Fentry => {
+            for (name, _, has_exit) in SYSCALL_FUNCTIONS {
+                unload(ebpf, &format!("fentry_{name}"), FEntry::unload);
+                unload(ebpf, &format!("kprobe_{name}"), KProbe::unload);
+                if *has_exit {
+                    unload(ebpf, &format!("fexit_{name}"), FExit::unload);
+                }
+            }
+        }
         SyscallHooks::BtfRaw => {
             for name in ["sys_enter_btf", "sys_exit_btf"] {
                 unload(ebpf, name, BtfTracePoint::unload);
@@ -426,10 +545,7 @@ fn unload_syscall_hooks(ebpf: &mut Ebpf, hooks: SyscallHooks) {
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    let program = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing"))?;
-    Ok(program.try_into()?)
+    program(ebpf, name)
 }
 
 #[cfg(test)]

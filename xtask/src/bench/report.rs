@@ -98,7 +98,7 @@ date it was measured.\n";
 
 /// Writes `section` into `path`, replacing the existing section with the same heading (sections
 /// run from a `## ` heading to the next one) and leaving the rest of the file alone.
-pub(super) fn write_section(path: &Path, section: &str) -> Result<()> {
+pub(crate) fn write_section(path: &Path, section: &str) -> Result<()> {
     let existing = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => INTRO.to_string(),

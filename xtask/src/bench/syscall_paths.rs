@@ -15,19 +15,30 @@ use anyhow::{ensure, Context as _, Result};
 
 use super::{
     cpu_count, header, list, load_note, machine, median,
-    syscalls::{pipe_run, tcp_run, Sample, PIPE_WRITES, TCP_PY, TCP_SENDS},
+    syscalls::{pipe_run, pipe_writes, tcp_run, tcp_sends, Sample, TCP_PY},
     today, Env, Guarded, OtherLoad, Others, Tracer,
 };
 
-pub(super) const SECTION: &str = "## Syscall hook paths: cost on an unrelated process";
+pub(crate) const SECTION: &str = "## Syscall hook paths: cost on an unrelated process";
 
 const RUNS: usize = 3;
 /// `dd bs=1` to /dev/null: one read and one write per byte.
-const NULL_BYTES: u32 = 1_000_000;
-const GETPPID_CALLS: u32 = 2_000_000;
+fn null_bytes() -> u32 {
+    super::scaled(1_000_000)
+}
+fn getppid_calls() -> u32 {
+    super::scaled(2_000_000)
+}
 const STEP_LIMIT: Duration = Duration::from_secs(120);
-/// `AGENT_TRACER_SYSCALL_HOOKS` values, in the order they run in each round (no tracer first).
-const PATHS: [Option<&str>; 4] = [None, Some("tracepoints"), Some("raw_tp"), Some("tp_btf")];
+/// `AGENT_TRACER_SYSCALL_HOOKS` values, in the order they run in each round (no tracer first);
+/// `fentry` only where the kernel offers it.
+const PATHS: [Option<&str>; 5] = [
+    None,
+    Some("tracepoints"),
+    Some("raw_tp"),
+    Some("tp_btf"),
+    Some("fentry"),
+];
 const GETPPID_PY: &str =
     "import os, sys\nf = os.getppid\nfor _ in range(int(sys.argv[1])):\n    f()\n";
 
@@ -40,15 +51,35 @@ struct Round {
     tracer_log: Option<String>,
 }
 
-pub(super) fn measure(env: &Env) -> Result<String> {
+/// The paths this kernel offers, as `agent-tracer check` lists them (`syscall hooks: …`).
+fn offered_paths(tracer: &std::path::Path) -> Result<Vec<Option<&'static str>>> {
+    let out = Command::new(tracer)
+        .arg("check")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} check", tracer.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("syscall hooks:"))
+        .with_context(|| format!("`check` printed no syscall hooks line:\n{text}"))?;
+    let fentry = line.contains("fentry/fexit");
+    Ok(PATHS
+        .into_iter()
+        .filter(|p| *p != Some("fentry") || fentry)
+        .collect())
+}
+
+pub(super) fn measure(env: &Env, heading: &str) -> Result<String> {
+    let paths = offered_paths(&env.tracer)?;
     let script = env.dir.join("tcp_pair.py");
     fs::write(&script, TCP_PY).with_context(|| format!("writing {}", script.display()))?;
     let getppid = env.dir.join("getppid_loop.py");
     fs::write(&getppid, GETPPID_PY).with_context(|| format!("writing {}", getppid.display()))?;
     let mut others = Others::default();
-    let mut rounds: Vec<Vec<Round>> = PATHS.iter().map(|_| Vec::new()).collect();
+    let mut rounds: Vec<Vec<Round>> = paths.iter().map(|_| Vec::new()).collect();
     for i in 1..=RUNS {
-        for (p, path) in PATHS.iter().enumerate() {
+        for (p, path) in paths.iter().enumerate() {
             let name = path.unwrap_or("no tracer");
             header(&format!("syscall paths: run {i}/{RUNS}, {name}"));
             env.before_run(&mut others)?;
@@ -101,7 +132,7 @@ pub(super) fn measure(env: &Env) -> Result<String> {
             });
         }
     }
-    Ok(render(&rounds, &others))
+    Ok(render(heading, &paths, &rounds, &others))
 }
 
 fn children_cpu() -> Result<f64> {
@@ -131,7 +162,7 @@ fn null_run(tracer: Option<u32>) -> Result<Sample> {
     timed(
         Command::new("dd")
             .args(["if=/dev/zero", "of=/dev/null", "bs=1", "status=none"])
-            .arg(format!("count={NULL_BYTES}")),
+            .arg(format!("count={}", null_bytes())),
         "dd",
         tracer,
     )
@@ -143,18 +174,18 @@ fn loop_run(script: &std::path::Path, tracer: Option<u32>) -> Result<Sample> {
     timed(
         Command::new("python3")
             .arg(script)
-            .arg(GETPPID_CALLS.to_string()),
+            .arg(getppid_calls().to_string()),
         "getppid_loop.py",
         tracer,
     )
 }
 
-fn render(rounds: &[Vec<Round>], others: &Others) -> String {
+fn render(heading: &str, paths: &[Option<&str>], rounds: &[Vec<Round>], others: &Others) -> String {
     let cpu = |p: usize, f: fn(&Round) -> &Sample| {
         median(rounds[p].iter().map(|r| f(r).workload_cpu_s).collect())
     };
     let mut s = String::new();
-    s.push_str(SECTION);
+    s.push_str(heading);
     s.push_str("\n\n");
     s.push_str(&format!(
         "Measured {date} on {machine} ({cpus} CPUs) with `cargo xtask bench --only \
@@ -163,18 +194,22 @@ fn render(rounds: &[Vec<Round>], others: &Others) -> String {
          `AGENT_TRACER_SYSCALL_HOOKS`; {RUNS} rounds; each figure is the median of its runs. \
          Workload CPU is user + system time of the workload's own processes (the probes run on \
          their threads), in clock ticks, so small differences are rough.\n\n\
-         - **pipe**: `dd if=/dev/zero bs=1 count={PIPE_WRITES} | cat > /dev/null` (up to 4 \
+         - **pipe**: `dd if=/dev/zero bs=1 count={pipe_writes} | cat > /dev/null` (up to 4 \
          syscalls per byte; a pipe is never a candidate).\n\
-         - **TCP**: {TCP_SENDS} 16-byte sends and their `recv`s over loopback (a candidate \
+         - **TCP**: {tcp_sends} 16-byte sends and their `recv`s over loopback (a candidate \
          connection, ignored after its first bytes).\n\
-         - **read/write**: `dd if=/dev/zero of=/dev/null bs=1 count={NULL_BYTES}`: \
+         - **read/write**: `dd if=/dev/zero of=/dev/null bs=1 count={null_bytes}`: \
          {calls} hooked syscalls on fds that are not candidates.\n\
-         - **getppid**: {GETPPID_CALLS} `getppid` calls from a Python loop: a syscall no path \
+         - **getppid**: {getppid_calls} `getppid` calls from a Python loop: a syscall no path \
          hooks.\n\n",
         date = today(),
         machine = machine(),
         cpus = cpu_count(),
-        calls = 2 * u64::from(NULL_BYTES),
+        calls = 2 * u64::from(null_bytes()),
+        pipe_writes = pipe_writes(),
+        tcp_sends = tcp_sends(),
+        null_bytes = null_bytes(),
+        getppid_calls = getppid_calls(),
     ));
     s.push_str(&others.caution());
     let loads: Vec<f64> = rounds
@@ -190,7 +225,7 @@ fn render(rounds: &[Vec<Round>], others: &Others) -> String {
     let per_call = |p: usize, f: fn(&Round) -> &Sample, calls: u32| {
         (cpu(p, f) - cpu(0, f)) * 1e9 / f64::from(calls)
     };
-    for (p, path) in PATHS.iter().enumerate() {
+    for (p, path) in paths.iter().enumerate() {
         let name = match path {
             None => "no tracer".to_string(),
             Some(path) => {
@@ -215,12 +250,12 @@ fn render(rounds: &[Vec<Round>], others: &Others) -> String {
             "| {name} | {} | {} | {} | {} |\n",
             ratio(|r| &r.pipe),
             ratio(|r| &r.tcp),
-            added(|r| &r.null, 2 * NULL_BYTES),
-            added(|r| &r.getppid, GETPPID_CALLS),
+            added(|r| &r.null, 2 * null_bytes()),
+            added(|r| &r.getppid, getppid_calls()),
         ));
     }
     s.push_str("\nPer run, workload CPU s (pipe; TCP; read/write; getppid):\n\n");
-    for (p, path) in PATHS.iter().enumerate() {
+    for (p, path) in paths.iter().enumerate() {
         let runs =
             |f: fn(&Round) -> &Sample| list(rounds[p].iter().map(|r| f(r).workload_cpu_s), 2);
         s.push_str(&format!(

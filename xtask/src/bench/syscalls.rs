@@ -21,8 +21,15 @@ use super::{
 pub(super) const SECTION: &str = "## Socket tracepoints: cost on an unrelated process";
 
 const RUNS: usize = 5;
-pub(super) const PIPE_WRITES: u32 = 1_000_000;
-pub(super) const TCP_SENDS: u32 = 200_000;
+/// The pipe workload's one-byte writes ([`super::scaled`]).
+pub(super) fn pipe_writes() -> u32 {
+    super::scaled(1_000_000)
+}
+
+/// The TCP workload's sends ([`super::scaled`]).
+pub(super) fn tcp_sends() -> u32 {
+    super::scaled(200_000)
+}
 /// Each workload takes about a second; anything near this is broken.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
 pub(super) const TCP_PY: &str = include_str!("../../bench-clients/tcp_pair.py");
@@ -116,7 +123,7 @@ pub(super) fn pipe_run(tracer: Option<u32>) -> Result<Sample> {
     let mut dd = Guarded::spawn(
         Command::new("dd")
             .args(["if=/dev/zero", "bs=1"])
-            .arg(format!("count={PIPE_WRITES}"))
+            .arg(format!("count={}", pipe_writes()))
             .arg("status=none")
             .stdin(Stdio::null())
             .stdout(Stdio::piped()),
@@ -156,7 +163,7 @@ pub(super) fn tcp_run(script: &Path, tracer: Option<u32>) -> Result<Sample> {
     let cpu_before = children_cpu()?;
     let mut cmd = Command::new("python3");
     cmd.arg(script)
-        .arg(TCP_SENDS.to_string())
+        .arg(tcp_sends().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let mut process = Guarded::spawn(&mut cmd, "tcp_pair.py")?;
@@ -175,7 +182,7 @@ pub(super) fn tcp_run(script: &Path, tracer: Option<u32>) -> Result<Sample> {
         .find(|l| l.starts_with('{'))
         .with_context(|| format!("no JSON line in tcp_pair.py's output: {out:?}"))?;
     ensure!(
-        json_number(line, "recvs")? >= 1.0 && json_number(line, "sends")? == f64::from(TCP_SENDS),
+        json_number(line, "recvs")? >= 1.0 && json_number(line, "sends")? == f64::from(tcp_sends()),
         "unexpected tcp_pair.py output: {line}"
     );
     Ok(Sample {
@@ -213,7 +220,7 @@ fn render(off_pipe: &[Sample], off_tcp: &[Sample], on: &[Traced], others: &Other
          {RUNS} with a fresh `agent-tracer run --console never`, interleaved, with both \
          workloads run against the same tracer; each figure is the median of its {RUNS} runs, \
          timed by the benchmark itself (hyperfine is not used).\n\n\
-         - **Pipe**: `dd if=/dev/zero bs=1 count={PIPE_WRITES} status=none | cat > /dev/null`. \
+         - **Pipe**: `dd if=/dev/zero bs=1 count={writes_raw} status=none | cat > /dev/null`. \
          dd makes {writes} one-byte reads and {writes} one-byte writes; cat reads \
          what dd wrote and writes it to /dev/null, one byte or more at a time, so the workload \
          makes up to {total} `read`/`write` syscalls. Started as two processes joined by a pipe \
@@ -236,9 +243,10 @@ fn render(off_pipe: &[Sample], off_tcp: &[Sample], on: &[Traced], others: &Other
          measure.\n\n",
         date = today(),
         machine = machine(),
-        total = grouped(4 * u64::from(PIPE_WRITES)),
-        writes = grouped(PIPE_WRITES.into()),
-        sends = grouped(TCP_SENDS.into()),
+        total = grouped(4 * u64::from(pipe_writes())),
+        writes = grouped(pipe_writes().into()),
+        writes_raw = pipe_writes(),
+        sends = grouped(tcp_sends().into()),
     ));
     s.push_str(&others.caution());
     let loads: Vec<f64> = [&off_pipe, &off_tcp, &on_pipe, &on_tcp]
@@ -273,8 +281,8 @@ fn render(off_pipe: &[Sample], off_tcp: &[Sample], on: &[Traced], others: &Other
         "\nAdded workload CPU: {:+.0} ns per dd write (covering up to four syscalls: dd's read \
          and write, cat's read and write), {:+.0} ns per TCP send (covering the send and its \
          recv). CPU times come in clock ticks, so these are rough.\n\n",
-        per(&off_pipe, &on_pipe, PIPE_WRITES),
-        per(&off_tcp, &on_tcp, TCP_SENDS),
+        per(&off_pipe, &on_pipe, pipe_writes()),
+        per(&off_tcp, &on_tcp, tcp_sends()),
     ));
     let runs = |v: &[&Sample], f: fn(&Sample) -> f64, d: usize| list(v.iter().map(|s| f(s)), d);
     s.push_str(&format!(
