@@ -113,6 +113,24 @@ async fn node_fetch_over_https_through_its_static_openssl() -> Result<()> {
 async fn curl_over_https_and_over_plain_http() -> Result<()> {
     require_root();
     let _serial = SERIAL.lock().await;
+    curl_calls_exported_byte_exact("curl", None).await
+}
+
+/// The syscall hook paths a kernel falls back to (`capture/compat.rs`), each forced in turn
+/// and held to the same byte-exact capture as the path this kernel picks (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_each_fallback_syscall_hook_path() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    for path in ["raw_tp", "tracepoints"] {
+        curl_calls_exported_byte_exact(&format!("curl-{path}"), Some(path)).await?;
+    }
+    Ok(())
+}
+
+/// curl's HTTPS call (libssl hooks, linked to its socket) and plain-HTTP call (socket capture
+/// alone), each exported with its bytes as sent and received; `hooks` forces a syscall path.
+async fn curl_calls_exported_byte_exact(name: &str, hooks: Option<&str>) -> Result<()> {
     let tls = mock_openai::start(&e2e::certs_dir()).await?;
     let plain = mock_openai::start_plain().await?;
     let body =
@@ -138,7 +156,11 @@ async fn curl_over_https_and_over_plain_http() -> Result<()> {
         e2e::run(curl(&plain)).await?.stdout,
     ];
 
-    let traced = start_traced(tracer_bin(), "curl", &[]).await?;
+    let envs: Vec<(&str, &str)> = hooks
+        .map(|h| ("AGENT_TRACER_SYSCALL_HOOKS", h))
+        .into_iter()
+        .collect();
+    let traced = start_traced_with_env(tracer_bin(), name, &[], &envs).await?;
     let mut pids = Vec::new();
     for (i, server) in [&tls, &plain].into_iter().enumerate() {
         let child = curl(server).stdout(Stdio::piped()).spawn()?;
@@ -159,6 +181,21 @@ async fn curl_over_https_and_over_plain_http() -> Result<()> {
         .await?;
     let stopped = traced.tracer.stop()?;
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    if let Some(path) = hooks {
+        let hooked = stopped
+            .stderr
+            .lines()
+            .find_map(|l| l.split("syscalls hooked by ").nth(1))
+            .unwrap_or_default();
+        let expected = match path {
+            "tracepoints" => "syscalls:sys_enter_*",
+            other => other,
+        };
+        assert!(
+            hooked.starts_with(expected),
+            "forced onto {path}, hooked by {hooked:?}"
+        );
+    }
 
     for ((pid, response), server) in pids.iter().zip([&tls, &plain]) {
         let span = the_call(&spans, *pid, body.len(), 200);
