@@ -9,6 +9,8 @@
 //!   trace (a pipe, and a TCP connection that is not HTTP).
 //! - `syscall-paths` ([`syscall_paths`]): the same, and a cost per syscall, for each way of
 //!   hooking syscalls this kernel offers.
+//! - `pipeline` ([`pipeline`]): the user-space stages alone on a flood of one-byte SSE events
+//!   (no kernel, no root).
 //!
 //! Every child process is guarded ([`Guarded`]): an error anywhere interrupts, then kills, what
 //! this command started, and nothing else is ever signalled.
@@ -21,6 +23,7 @@
 mod harness;
 mod https_loop;
 mod locator;
+mod pipeline;
 mod preattach;
 mod procfs;
 mod report;
@@ -114,6 +117,8 @@ enum Section {
     Locator,
     /// Pre-attach: start-up cost, and exec → hooked latency of a never-seen binary.
     Preattach,
+    /// Pipeline: a flood of one-byte SSE events through the user-space stages.
+    Pipeline,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -121,7 +126,6 @@ pub fn run(args: &Args) -> Result<()> {
         (1..=1_000_000).contains(&args.requests),
         "--requests must be between 1 and 1000000"
     );
-    ensure!(is_root(), "the benchmark runs the tracer, which needs root");
     let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
     // `--out BENCHMARKS.md` (the default) means the workspace's file; other relative paths are
     // taken from the current directory, as usual for command-line paths.
@@ -131,7 +135,12 @@ pub fn run(args: &Args) -> Result<()> {
         args.out.clone()
     };
     SCALE_DOWN.store(args.scale_down, std::sync::atomic::Ordering::Relaxed);
-    if !args.prebuilt {
+    // Every section but the pipeline's runs the tracer and real clients.
+    let runs_the_tracer = args.only.is_empty() || args.only.iter().any(|s| *s != Section::Pipeline);
+    if runs_the_tracer {
+        ensure!(is_root(), "the benchmark runs the tracer, which needs root");
+    }
+    if runs_the_tracer && !args.prebuilt {
         setup::run(setup::Needs::Everything)?;
         header("cargo build --release -p tracer-user -p tracer-testkit");
         run_checked(cargo().args([
@@ -208,6 +217,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted(Section::Preattach) {
         let section = preattach::measure(&env)?;
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
+    }
+    if wanted(Section::Pipeline) {
+        let section = pipeline::measure(&env)?;
         header(&format!("writing {}", out.display()));
         println!("{section}");
         write_section(&out, &section)?;

@@ -5,6 +5,11 @@
 //! Go moves goroutine stacks when it grows them, which then crashes the program. So each function
 //! gets a plain uprobe on its entry and one on every `RET` instruction in its body.
 
+// Addresses, offsets and sizes here are read from files any local user can write: an overflow
+// would be a panic (debug) or a wrong probe address (release), so the lint refuses unchecked
+// arithmetic rather than a comment promising there is none.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::path::Path;
 
 use anyhow::Context as _;

@@ -89,41 +89,15 @@ fn drain(
     while let Some(record) = ring.next() {
         Health::add(&health.records, 1);
         match decode_record(&record) {
-            Ok(event) => {
-                match &event {
-                    CaptureEvent::Data(chunk) => {
-                        Health::add(&health.bytes, chunk.data.len() as u64)
-                    }
-                    // The attacher looks at the new program; losing one to a full queue only
-                    // delays its hooks to the next sweep.
-                    CaptureEvent::Exec {
-                        pid, timestamp_ns, ..
-                    } => {
-                        let _ = execs.try_send(ExecSeen {
-                            pid: *pid,
-                            timestamp_ns: *timestamp_ns,
-                        });
-                    }
-                    _ => {}
-                }
-                records.push(event, &mut assembled);
-                Health::add(&health.tls_records_unassigned, records.take_unassigned());
-                let events_now = assembled.drain(..).flat_map(|event| match event {
-                    // An inferred hook's records wait for its first bytes' verdict.
-                    CaptureEvent::Data(chunk) if chunk.cookie != 0 => match validator.lock() {
-                        Ok(mut v) => {
-                            let out = v.check(chunk);
-                            report_verdicts(&mut v, health);
-                            out.into_iter().map(CaptureEvent::Data).collect()
-                        }
-                        Err(_) => Vec::new(),
-                    },
-                    event => vec![event],
-                });
-                for event in events_now {
-                    events.offer(event, health);
-                }
-            }
+            Ok(event) => hand_on(
+                event,
+                events,
+                execs,
+                health,
+                validator,
+                records,
+                &mut assembled,
+            ),
             Err(e) => {
                 debug!("malformed record: {e}");
                 Health::add(&health.malformed_records, 1);
@@ -131,3 +105,60 @@ fn drain(
         }
     }
 }
+
+/// One decoded record on to the pipeline queue (an exec also to the attacher), through the TLS
+/// record assembler and, for an inferred hook's data, the validator. Every record that does not
+/// reach the queue is counted by its reason.
+fn hand_on(
+    event: CaptureEvent,
+    events: &CaptureQueue,
+    execs: &mpsc::Sender<ExecSeen>,
+    health: &Health,
+    validator: &Mutex<Validator>,
+    records: &mut TlsRecords,
+    assembled: &mut Vec<CaptureEvent>,
+) {
+    match &event {
+        CaptureEvent::Data(chunk) => Health::add(&health.bytes, chunk.data.len() as u64),
+        // The attacher looks at the new program; losing one to a full queue only delays its
+        // hooks to the next sweep.
+        CaptureEvent::Exec {
+            pid, timestamp_ns, ..
+        } => {
+            let notice = ExecSeen {
+                pid: *pid,
+                timestamp_ns: *timestamp_ns,
+            };
+            if execs.try_send(notice).is_err() {
+                Health::add(&health.exec_notices_dropped, 1);
+            }
+        }
+        _ => {}
+    }
+    records.push(event, assembled);
+    Health::add(&health.tls_records_unassigned, records.take_unassigned());
+    let events_now = assembled.drain(..).flat_map(|event| match event {
+        // An inferred hook's records wait for its first bytes' verdict.
+        CaptureEvent::Data(chunk) if chunk.cookie != 0 => match validator.lock() {
+            Ok(mut v) => {
+                let out = v.check(chunk);
+                let dropped = v.take_dropped();
+                Health::add(&health.inferred_hook_dropped_rejected, dropped.rejected);
+                Health::add(&health.inferred_hook_dropped_held, dropped.held_over);
+                report_verdicts(&mut v, health);
+                out.into_iter().map(CaptureEvent::Data).collect()
+            }
+            Err(_) => {
+                Health::add(&health.inferred_hook_dropped_unavailable, 1);
+                Vec::new()
+            }
+        },
+        event => vec![event],
+    });
+    for event in events_now {
+        events.offer(event, health);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -303,6 +303,11 @@ pub fn analyse_file(
             }
             Ok(None) => {}
             // Go, but not one whose calls we can read (before the register ABI, not x86-64).
+            // Program headers no loader would accept: not Go's problem; the locators below
+            // report the file as unreadable.
+            Err(super::locate::go::GoLocateError::Layout(e)) => {
+                tracing::debug!("{shown}: {e}");
+            }
             Err(super::locate::go::GoLocateError::Budget(reason)) => {
                 tracing::warn!("{shown}: Go analysis given up: {reason}");
                 analysis.given_up = Some(format!("go: {reason}"));

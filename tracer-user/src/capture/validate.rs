@@ -57,8 +57,17 @@ pub struct Validator {
     reported: usize,
     /// Cookies newly trusted, for the attacher's log.
     trusted: Vec<(u32, InferredHook, &'static str)>,
-    /// Records dropped: from rejected hooks, or held beyond `MAX_HELD`.
-    pub dropped_records: u64,
+    /// Records dropped since [`Validator::take_dropped`]: from rejected hooks...
+    dropped_rejected: u64,
+    /// ...and held beyond `MAX_HELD` while a hook awaits its verdict.
+    dropped_held: u64,
+}
+
+/// Records a [`Validator`] dropped, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub rejected: u64,
+    pub held_over: u64,
 }
 
 impl Validator {
@@ -95,7 +104,7 @@ impl Validator {
         match state {
             State::Trusted => vec![chunk],
             State::Rejected => {
-                self.dropped_records += 1;
+                self.dropped_rejected += 1;
                 Vec::new()
             }
             State::Pending { first, held } => {
@@ -117,7 +126,7 @@ impl Validator {
                         out
                     }
                     Verdict::Invalid => {
-                        self.dropped_records += held.len() as u64 + 1;
+                        self.dropped_rejected += held.len() as u64 + 1;
                         self.rejected.push(Rejection {
                             cookie,
                             hook: hook.clone(),
@@ -129,13 +138,21 @@ impl Validator {
                     Verdict::NeedMore => {
                         if held.len() >= MAX_HELD {
                             held.remove(0);
-                            self.dropped_records += 1;
+                            self.dropped_held += 1;
                         }
                         held.push(chunk);
                         Vec::new()
                     }
                 }
             }
+        }
+    }
+
+    /// Records dropped since the last call, for the reader's counters.
+    pub fn take_dropped(&mut self) -> Dropped {
+        Dropped {
+            rejected: std::mem::take(&mut self.dropped_rejected),
+            held_over: std::mem::take(&mut self.dropped_held),
         }
     }
 
@@ -243,8 +260,29 @@ mod tests {
         // Later records of the rejected hook are dropped, not reported again.
         assert!(v.check(chunk(c, 0, b"POST / HTTP/1.1\r\n")).is_empty());
         assert!(v.take_rejected().is_empty());
-        assert_eq!(v.dropped_records, 2);
+        assert_eq!(
+            v.take_dropped(),
+            Dropped {
+                rejected: 2,
+                held_over: 0
+            }
+        );
+        assert_eq!(v.take_dropped(), Dropped::default());
         assert_eq!(v.states()[0].2, "rejected");
+    }
+
+    #[test]
+    fn records_held_past_the_bound_are_dropped_oldest_first_and_counted() {
+        let mut v = Validator::default();
+        let c = v.register(hook());
+        // Continuation chunks (offset > 0) add nothing to the first bytes: no verdict yet.
+        assert!(v.check(chunk(c, 0, b"P")).is_empty());
+        for _ in 0..MAX_HELD + 3 {
+            assert!(v.check(chunk(c, 1, b"x")).is_empty());
+        }
+        assert_eq!(v.take_dropped().held_over, 4);
+        let out = v.check(chunk(c, 0, b"OST / HTTP/1.1\r\n"));
+        assert_eq!(out.len(), MAX_HELD + 1);
     }
 
     proptest! {

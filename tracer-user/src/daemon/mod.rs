@@ -7,3 +7,4 @@ pub mod app;
 pub mod check;
 pub mod config;
 pub mod pipeline;
+pub mod workload;

@@ -417,3 +417,6 @@ mod fallback_tests {
         assert_eq!(coverage.hooked_at(7), Some(300));
     }
 }
+
+#[cfg(test)]
+mod flood_tests;

@@ -63,6 +63,15 @@ struct Partial {
     bytes_lost: u64,
 }
 
+/// What [`MessageParser::resync`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Resync {
+    /// This begins a new bad stretch (to be counted once as a parse error).
+    pub(super) new_stretch: bool,
+    /// Bytes passed over to the next plausible message start.
+    pub(super) skipped: u64,
+}
+
 /// A complete (or, at close, partial) parsed message before it is typed as request/response.
 #[derive(Debug)]
 pub(super) struct Message {
@@ -223,35 +232,39 @@ impl MessageParser {
     }
 
     /// After an error: drop the current message and skip to the next line that could start one.
-    /// Returns true when this begins a new bad stretch (to be counted once).
-    pub(super) fn resync(&mut self) -> bool {
+    pub(super) fn resync(&mut self) -> Resync {
         self.current = None;
-        let first = !self.resyncing;
+        let new_stretch = !self.resyncing;
         self.resyncing = true;
         let start = find_message_start(self.kind, self.buf.get(1..).unwrap_or_default())
             .map(|i| i.saturating_add(1))
             .unwrap_or(self.buf.len());
         self.buf.advance(start);
-        first
+        Resync {
+            new_stretch,
+            skipped: start as u64,
+        }
     }
 
-    /// `len` bytes are missing from the stream here.
-    pub(super) fn gap(&mut self, len: u64) -> Result<(), ParseError> {
+    /// `len` bytes are missing from the stream here. Ok: the buffered bytes the gap made
+    /// useless and dropped (a head cut in two, or what followed the last message).
+    pub(super) fn gap(&mut self, len: u64) -> Result<u64, ParseError> {
         let Some(partial) = &mut self.current else {
             // Between messages or inside a head: whatever is buffered cannot be trusted.
+            let dropped = self.buf.len() as u64;
             self.buf.clear();
-            return Ok(());
+            return Ok(dropped);
         };
         partial.bytes_lost = partial.bytes_lost.saturating_add(len);
         match partial.framing {
             Framing::Length(remaining) if self.buf.is_empty() && len <= remaining => {
                 partial.body_len = partial.body_len.saturating_add(len);
                 partial.framing = Framing::Length(remaining.saturating_sub(len));
-                Ok(())
+                Ok(0)
             }
             Framing::UntilClose => {
                 partial.body_len = partial.body_len.saturating_add(len);
-                Ok(())
+                Ok(0)
             }
             _ => Err(ParseError::Gap),
         }
@@ -274,18 +287,23 @@ impl MessageParser {
     }
 
     /// The message in progress ended early (its peer answered it): the bytes it still owed are
-    /// counted as lost.
-    pub(super) fn cut_short(&mut self) -> Option<Message> {
+    /// counted as lost. Also returns the bytes buffered after it, dropped (a chunk-size line
+    /// or trailers in progress: no message can start in them).
+    pub(super) fn cut_short(&mut self) -> Option<(Message, u64)> {
         let mut partial = self.current.take()?;
         if let Framing::Length(remaining) = partial.framing {
             partial.bytes_lost = partial.bytes_lost.saturating_add(remaining);
             partial.body_len = partial.body_len.saturating_add(remaining);
         }
+        let dropped = self.buf.len() as u64;
         self.buf.clear();
-        Some(Message {
-            partial,
-            complete: false,
-        })
+        Some((
+            Message {
+                partial,
+                complete: false,
+            },
+            dropped,
+        ))
     }
 
     /// The connection ended: a body delimited by close is complete, anything else is cut short.

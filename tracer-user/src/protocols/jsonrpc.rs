@@ -113,10 +113,13 @@ impl LineFramer {
         self.after_gap = false;
     }
 
-    /// Bytes are missing here: the line in progress cannot be completed.
-    pub fn gap(&mut self) {
+    /// Bytes are missing here: the line in progress cannot be completed. Returns its bytes,
+    /// dropped.
+    pub fn gap(&mut self) -> u64 {
+        let dropped = self.buf.len() as u64;
         self.buf.clear();
         self.after_gap = true;
+        dropped
     }
 
     /// The stream ended: a last line without its newline still counts.
@@ -297,9 +300,12 @@ impl JsonRpcTracker {
                 timestamp_ns,
                 len,
             } => {
+                Health::add(&self.health.stream_gap_bytes, *len);
                 let session = self.session(*conn);
                 session.last_activity_ns = *timestamp_ns;
-                session.framers[dir_index(*direction)].gap();
+                let dropped = session.framers[dir_index(*direction)].gap();
+                Health::add(&self.health.jsonrpc_dropped_gap_bytes, dropped);
+                let session = self.session(*conn);
                 // The lost bytes may have held any waiting request's answer.
                 for p in session.pending.values_mut() {
                     p.bytes_lost += len;
@@ -349,7 +355,10 @@ impl JsonRpcTracker {
     /// exits go missing (a full ring buffer), sessions waiting for nothing are let go.
     fn session(&mut self, conn: ConnKey) -> &mut Session {
         if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&conn) {
+            let before = self.sessions.len();
             self.sessions.retain(|_, s| !s.pending.is_empty());
+            let evicted = before.saturating_sub(self.sessions.len());
+            Health::add(&self.health.jsonrpc_sessions_evicted, evicted as u64);
         }
         self.sessions.entry(conn).or_default()
     }
@@ -396,8 +405,12 @@ impl JsonRpcTracker {
                             self.message(conn, direction, line, message, value, out);
                         }
                     }
-                    // A fragment after a gap is expected, not a parse error.
-                    None if line.after_gap => {}
+                    // A fragment after a gap is expected, not a parse error; its bytes are
+                    // lost all the same.
+                    None if line.after_gap => Health::add(
+                        &self.health.jsonrpc_dropped_gap_bytes,
+                        line.bytes.len() as u64,
+                    ),
                     None => Health::add(&self.health.jsonrpc_parse_errors, 1),
                 },
             }
@@ -421,13 +434,15 @@ impl JsonRpcTracker {
         let here = dir_index(direction);
         match message {
             Message::Request { id, method } => {
-                if session.pending.len() >= MAX_PENDING {
+                let key = (here, id);
+                if session.pending.len() >= MAX_PENDING && !session.pending.contains_key(&key) {
+                    Health::add(&self.health.jsonrpc_dropped_pending_full, 1);
                     return;
                 }
                 let seq = session.next_seq;
                 session.next_seq += 1;
-                session.pending.insert(
-                    (here, id),
+                let replaced = session.pending.insert(
+                    key,
                     Pending {
                         seq,
                         method,
@@ -436,6 +451,9 @@ impl JsonRpcTracker {
                         bytes_lost: 0,
                     },
                 );
+                if replaced.is_some() {
+                    Health::add(&self.health.jsonrpc_dropped_id_reused, 1);
+                }
             }
             Message::Response { id } => {
                 // The answer goes the other way.

@@ -14,6 +14,8 @@ pub mod websocket;
 pub use tracker::HttpTracker;
 
 #[cfg(test)]
+mod drop_tests;
+#[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
 mod jsonrpc_fixture_tests;

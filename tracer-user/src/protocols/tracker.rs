@@ -129,6 +129,10 @@ impl HttpTracker {
                     None => {
                         // Bounded: a flood of connections that never speak HTTP must not grow it.
                         if self.peers_pending.len() >= MAX_PENDING_PEERS {
+                            Health::add(
+                                &self.health.connection_peers_evicted,
+                                self.peers_pending.len() as u64,
+                            );
                             self.peers_pending.clear();
                         }
                         self.peers_pending.insert(*conn, peer.clone());
@@ -291,7 +295,8 @@ impl HttpTracker {
                 if conn.responses.is_between_messages() && starts_final_response(bytes) {
                     // The server answers: the request it answers was sent whole, even if its tail
                     // was lost in capture and the loss is only reported later.
-                    if let Some(request) = conn.requests.cut_short() {
+                    if let Some((request, dropped)) = conn.requests.cut_short() {
+                        Health::add(&self.health.http1_dropped_cut_short, dropped);
                         conn.pending.push_back(into_request(request));
                     }
                 }
@@ -338,11 +343,15 @@ impl HttpTracker {
             Direction::Egress => &mut conn.requests,
             Direction::Ingress => &mut conn.responses,
         };
-        if parser.gap(len).is_err() {
-            // The framing is lost: the message in progress cannot be completed.
-            parser.resync();
-            Health::add(&self.health.http_parse_errors, 1);
-            return;
+        match parser.gap(len) {
+            Ok(dropped) => Health::add(&self.health.http1_dropped_gap, dropped),
+            Err(_) => {
+                // The framing is lost: the message in progress cannot be completed.
+                let resync = parser.resync();
+                Health::add(&self.health.http1_dropped_resync, resync.skipped);
+                Health::add(&self.health.http_parse_errors, 1);
+                return;
+            }
         }
         // A gap can end a body: finish what it completes.
         match direction {
@@ -363,9 +372,27 @@ impl HttpTracker {
             ws.close(reason, &conn.peer, &self.health, out);
             return;
         }
+        if conn.role == Role::Unknown {
+            // Too few bytes ever came to tell what the connection speaks.
+            let [egress, ingress] = &mut conn.frames;
+            let held = conn
+                .undecided
+                .iter()
+                .fold(0u64, |sum, h| sum.saturating_add(h.len() as u64));
+            let finders = egress.clear().saturating_add(ingress.clear());
+            Health::add(&self.health.unparsed_bytes, held.saturating_add(finders));
+        }
         if conn.role != Role::Client {
             return;
         }
+        if conn.requests.close().is_some() {
+            Health::add(&self.health.http1_dropped_unfinished_request, 1);
+        }
+        let without_request = conn.early_responses.len() as u64;
+        Health::add(
+            &self.health.http1_dropped_unanswered_response,
+            without_request,
+        );
         let mut response = conn.responses.close().map(|msg| {
             let complete = msg.complete;
             let mut r = into_response(msg);
@@ -391,6 +418,9 @@ impl HttpTracker {
                 end,
                 http2_joined_mid_connection: false,
             });
+        }
+        if response.is_some() {
+            Health::add(&self.health.http1_dropped_unanswered_response, 1);
         }
     }
 }
@@ -419,6 +449,7 @@ fn parse_requests(
                 {
                     if let Some(stale) = conn.early_responses.pop_front() {
                         Health::add(&health.unparsed_bytes, stale.body_len);
+                        Health::add(&health.http1_dropped_unanswered_response, 1);
                     }
                 }
                 match conn.early_responses.pop_front() {
@@ -443,7 +474,9 @@ fn parse_requests(
             }
             Ok(None) => break,
             Err(_) => {
-                if conn.requests.resync() {
+                let resync = conn.requests.resync();
+                Health::add(&health.http1_dropped_resync, resync.skipped);
+                if resync.new_stretch {
                     Health::add(&health.http_parse_errors, 1);
                 }
             }
@@ -548,6 +581,7 @@ fn parse_responses(
                         if conn.early_responses.len() >= MAX_EARLY_RESPONSES {
                             if let Some(dropped) = conn.early_responses.pop_front() {
                                 Health::add(&health.unparsed_bytes, dropped.body_len);
+                                Health::add(&health.http1_dropped_unanswered_response, 1);
                             }
                         }
                         conn.early_responses.push_back(response);
@@ -561,7 +595,9 @@ fn parse_responses(
             }
             Ok(None) => break,
             Err(_) => {
-                if conn.responses.resync() {
+                let resync = conn.responses.resync();
+                Health::add(&health.http1_dropped_resync, resync.skipped);
+                if resync.new_stretch {
                     Health::add(&health.http_parse_errors, 1);
                 }
             }

@@ -82,6 +82,18 @@ counters! {
     /// AEAD-level TLS records (rustls) dropped because no socket could be tied to their key
     /// (e.g. a connection already open when the tracer started).
     tls_records_unassigned,
+    /// Exec notices the attacher's queue had no room for: that program is looked at by the
+    /// attacher's next sweep instead of at once.
+    exec_notices_dropped,
+    /// Records of an inferred hook that was rejected (its first bytes were not HTTP or
+    /// WebSocket).
+    inferred_hook_dropped_rejected as "inferred_hook_dropped_records{reason=rejected}",
+    /// Records of an inferred hook still awaiting its verdict, dropped oldest first beyond the
+    /// number held per hook.
+    inferred_hook_dropped_held as "inferred_hook_dropped_records{reason=held_over}",
+    /// Records of inferred hooks dropped because the validator was unusable (a panic poisoned
+    /// its lock).
+    inferred_hook_dropped_unavailable as "inferred_hook_dropped_records{reason=validator_unavailable}",
     /// Records malformed or of an unknown kind.
     malformed_records,
     /// Records dropped because the pipeline queue was full.
@@ -92,6 +104,30 @@ counters! {
     unparsed_bytes,
     /// HTTP messages that failed to parse (the parser resynchronised).
     http_parse_errors,
+    /// HTTP/1 bytes passed over while looking for the next message start after a parse error.
+    http1_dropped_resync as "http1_dropped_bytes{reason=resync}",
+    /// HTTP/1 bytes of a message head (or of what followed a message) that a capture gap made
+    /// impossible to continue.
+    http1_dropped_gap as "http1_dropped_bytes{reason=gap}",
+    /// HTTP/1 bytes buffered after a request that was cut short by its answer (the rest of that
+    /// request is counted on its span as bytes lost).
+    http1_dropped_cut_short as "http1_dropped_bytes{reason=cut_short}",
+    /// HTTP/1 requests still arriving when their connection ended: never complete, not
+    /// reported.
+    http1_dropped_unfinished_request as "http1_dropped_messages{reason=unfinished_request}",
+    /// HTTP/1 responses whose request was never seen (sent before the tracer looked, or lost):
+    /// too old for any later request, past the few kept, or left at close.
+    http1_dropped_unanswered_response as "http1_dropped_messages{reason=response_without_request}",
+    /// Peers of connections that never carried data, forgotten when too many were waiting.
+    connection_peers_evicted,
+    /// HTTP/2 frames (header blocks, DATA pieces) of a stream not tracked because its
+    /// connection already had the most streams open that one connection may hold.
+    http2_dropped_too_many_streams as "http2_dropped_frames{reason=too_many_streams}",
+    /// HTTP/2 frames (header blocks, DATA pieces) for a stream that had already ended.
+    http2_dropped_stream_ended as "http2_dropped_frames{reason=stream_ended}",
+    /// HTTP/2 streams in progress dropped when a connection joined late turned out to be one
+    /// the traced process serves (not traced as calls).
+    http2_dropped_server_side as "http2_dropped_streams{reason=server_side}",
     /// HTTP/2 header blocks that decoded to more than a head may hold (128 fields or 64 KiB,
     /// HTTP/1's limits): the fields past it were left out and the message marked incomplete.
     http2_header_blocks_capped,
@@ -110,6 +146,18 @@ counters! {
     jsonrpc_oversized,
     /// JSON-RPC responses whose request was not seen (sent before the tracer looked).
     jsonrpc_unmatched_responses,
+    /// JSON-RPC requests not tracked because their connection already waited on the most
+    /// answers one connection may.
+    jsonrpc_dropped_pending_full as "jsonrpc_dropped_requests{reason=pending_full}",
+    /// JSON-RPC requests still waiting when a new request reused their id: only the new one
+    /// can be paired with the answer.
+    jsonrpc_dropped_id_reused as "jsonrpc_dropped_requests{reason=id_reused}",
+    /// Stdio bytes of lines a capture gap cut: the part before the gap, and a fragment after it
+    /// that did not parse on its own.
+    jsonrpc_dropped_gap_bytes as "jsonrpc_dropped_bytes{reason=gap}",
+    /// Stdio connections forgotten while waiting for nothing, when too many were known (their
+    /// process exits went missing); a line in progress on one is lost.
+    jsonrpc_sessions_evicted,
     /// Exchanges recognised as LLM calls.
     llm_calls,
     /// MCP JSON-RPC requests.

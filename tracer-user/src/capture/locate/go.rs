@@ -8,6 +8,11 @@
 //! first byte with an x86-64 decoder (iced-x86), never by searching for the byte `0xc3`: a probe
 //! placed in the middle of an instruction corrupts the traced program.
 
+// Addresses, offsets and sizes here are read from files any local user can write: an overflow
+// would be a panic (debug) or a wrong probe address (release), so the lint refuses unchecked
+// arithmetic rather than a comment promising there is none.
+#![deny(clippy::arithmetic_side_effects)]
+
 mod pclntab;
 
 use std::{
@@ -23,7 +28,7 @@ use thiserror::Error;
 
 pub use pclntab::{find_pclntab, Pclntab, PclntabVersion};
 
-use super::segments::Segments;
+use super::segments::{LayoutError, Segments};
 
 pub const WRITE_FUNCTION: &str = "crypto/tls.(*Conn).Write";
 pub const READ_FUNCTION: &str = "crypto/tls.(*Conn).Read";
@@ -51,14 +56,15 @@ const MAX_ANALYSIS_TIME: Duration = Duration::from_secs(10);
 /// walks; exhausted, the analysis ends with [`GoLocateError::Budget`].
 pub struct Budget {
     steps_left: Cell<u64>,
-    deadline: Instant,
+    deadline: Option<Instant>,
 }
 
 impl Budget {
     pub fn new(steps: u64, time: Duration) -> Self {
         Budget {
             steps_left: Cell::new(steps),
-            deadline: Instant::now() + time,
+            // None: a time past the clock's range, which is no deadline at all.
+            deadline: Instant::now().checked_add(time),
         }
     }
 
@@ -70,13 +76,14 @@ impl Budget {
     /// One more table entry; the clock is read every 4096.
     fn step(&self) -> Result<(), GoLocateError> {
         let left = self.steps_left.get();
-        if left == 0 {
+        let Some(remaining) = left.checked_sub(1) else {
             return Err(GoLocateError::Budget(format!(
                 "more than {MAX_TABLE_STEPS} function-table entries visited"
             )));
-        }
-        self.steps_left.set(left - 1);
-        if left.is_multiple_of(4096) && Instant::now() > self.deadline {
+        };
+        self.steps_left.set(remaining);
+        let late = self.deadline.is_some_and(|d| Instant::now() > d);
+        if left.is_multiple_of(4096) && late {
             self.steps_left.set(0);
             return Err(GoLocateError::Budget(format!(
                 "over {} s",
@@ -115,6 +122,14 @@ pub enum GoLocateError {
     Architecture(String),
     #[error("{0} passes arguments on the stack; the Go probes need the register ABI (Go 1.17+)")]
     StackAbi(String),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("symbol {name}: address {address:#x} + size {size:#x} overflows 64 bits")]
+    SymbolOverflow {
+        name: &'static str,
+        address: u64,
+        size: u64,
+    },
     #[error("malformed Go function table (pclntab): {0}")]
     Pclntab(&'static str),
     #[error("{found} is present but {missing} is not")]
@@ -176,7 +191,7 @@ pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>,
     let Ok(elf) = object::File::parse(data) else {
         return Ok(None);
     };
-    let segments = Segments::of(&elf);
+    let segments = Segments::of(&elf)?;
     let Some(pclntab) = pclntab_bytes(&elf, data, &segments, budget)? else {
         return Ok(None);
     };
@@ -186,7 +201,7 @@ pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>,
             elf.architecture()
         )));
     }
-    let (bounds, from_symbols) = match symbol_bounds(&elf) {
+    let (bounds, from_symbols) = match symbol_bounds(&elf)? {
         Some(bounds) => (bounds, true),
         None => {
             let text = elf.section_by_name(".text").map(|s| s.address());
@@ -248,21 +263,30 @@ fn probe_points(
     };
     let code = usize::try_from(entry)
         .ok()
-        .and_then(|start| data.get(start..start + len as usize))
+        .zip(usize::try_from(len).ok())
+        .and_then(|(start, len)| data.get(start..start.checked_add(len)?))
         .ok_or(not_in_file)?;
     let returns = find_returns(code, bounds.start)
         .map_err(|address| GoLocateError::Undecodable { function, address })?;
     if returns.is_empty() {
         return Err(GoLocateError::NoReturn { function });
     }
-    Ok(GoFunction {
-        entry,
-        // Same segment as the entry: the delta from virtual address to file offset is the same.
-        returns: returns
-            .into_iter()
-            .map(|addr| addr - bounds.start + entry)
-            .collect(),
-    })
+    // Same segment as the entry: the delta from virtual address to file offset is the same.
+    // The RETs lie inside `bounds`, whose file range range_offset found, so none of this can
+    // fail; checked all the same, as an error rather than a wrong probe.
+    let returns = returns
+        .into_iter()
+        .map(|addr| {
+            addr.checked_sub(bounds.start)
+                .and_then(|delta| entry.checked_add(delta))
+        })
+        .collect::<Option<Vec<u64>>>()
+        .ok_or(GoLocateError::NotInFile {
+            function,
+            address: bounds.start,
+            end: bounds.end,
+        })?;
+    Ok(GoFunction { entry, returns })
 }
 
 /// Addresses of the near `RET` instructions in `code`, which starts at virtual address
@@ -285,19 +309,27 @@ pub fn find_returns(code: &[u8], address: u64) -> Result<Vec<u64>, u64> {
 }
 
 /// Both functions' bounds from the ELF symbol table; None when it lacks them (stripped).
-fn symbol_bounds(elf: &object::File<'_>) -> Option<[Option<Range<u64>>; 2]> {
-    let mut found = [None, None];
+fn symbol_bounds(elf: &object::File<'_>) -> Result<Option<[Option<Range<u64>>; 2]>, GoLocateError> {
+    let (mut write, mut read) = (None, None);
     for symbol in elf.symbols() {
-        let slot = match symbol.name() {
-            Ok(WRITE_FUNCTION) => 0,
-            Ok(READ_FUNCTION) => 1,
+        let (name, slot) = match symbol.name() {
+            Ok(WRITE_FUNCTION) => (WRITE_FUNCTION, &mut write),
+            Ok(READ_FUNCTION) => (READ_FUNCTION, &mut read),
             _ => continue,
         };
-        if symbol.size() > 0 {
-            found[slot] = Some(symbol.address()..symbol.address() + symbol.size());
+        let (address, size) = (symbol.address(), symbol.size());
+        if size > 0 {
+            let end = address
+                .checked_add(size)
+                .ok_or(GoLocateError::SymbolOverflow {
+                    name,
+                    address,
+                    size,
+                })?;
+            *slot = Some(address..end);
         }
     }
-    found.iter().any(Option::is_some).then_some(found)
+    Ok((write.is_some() || read.is_some()).then_some([write, read]))
 }
 
 /// Go builds before 1.17 pass arguments on the stack, where the probes would read garbage.
@@ -320,9 +352,9 @@ fn check_register_abi(go_version: Option<&str>, magic: u32) -> Result<(), GoLoca
 
 /// `go1.19.8` -> 19; `devel go1.22-abcdef` -> 22; `go1.21rc2` -> 21.
 pub fn go_minor_version(version: &str) -> Option<u32> {
-    let rest = &version[version.find("go1.")? + 4..];
+    let (_, rest) = version.split_once("go1.")?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    rest[..digits].parse().ok()
+    rest.get(..digits)?.parse().ok()
 }
 
 /// The pclntab: its section when section headers remain, else found by its header's magic in
@@ -358,7 +390,7 @@ fn build_version(elf: &object::File<'_>, data: &[u8], segments: &Segments) -> Op
         None => {
             // The blob is 16-byte aligned in its section, and so in the file.
             let at = data.chunks(16).position(|chunk| chunk.starts_with(MAGIC))?;
-            &data[at * 16..]
+            data.get(at.checked_mul(16)?..)?
         }
     };
     parse_build_version(blob, |addr, len| {
@@ -381,7 +413,7 @@ pub fn parse_build_version<'a>(
     let flags = *blob.get(15)?;
     let bytes = if flags & 2 != 0 {
         let (len, used) = read_uvarint(blob.get(32..)?)?;
-        let start = 32 + used;
+        let start = used.checked_add(32)?;
         blob.get(start..start.checked_add(usize::try_from(len).ok()?)?)?
     } else {
         // Little-endian 64-bit only: the architecture check rejects everything else.
@@ -402,10 +434,10 @@ pub fn parse_build_version<'a>(
 
 fn read_uvarint(data: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
-    for (i, &byte) in data.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
+    for (shift, (used, &byte)) in (0..64).step_by(7).zip((1..).zip(data)) {
+        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
         if byte & 0x80 == 0 {
-            return Some((value, i + 1));
+            return Some((value, used));
         }
     }
     None

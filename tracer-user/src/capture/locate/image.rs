@@ -13,13 +13,18 @@
 //! Instructions are only ever found by decoding (iced-x86), never by matching bytes of compiled
 //! code: byte patterns change with every compiler release, decoded operands do not.
 
+// Addresses, offsets and sizes here are read from files any local user can write: an overflow
+// would be a panic (debug) or a wrong probe address (release), so the lint refuses unchecked
+// arithmetic rather than a comment promising there is none.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::{ops::Range, sync::OnceLock};
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use object::{Architecture, Object as _, ObjectSection as _};
 use thiserror::Error;
 
-use super::segments::{Segment, Segments};
+use super::segments::{LayoutError, Segment, Segments};
 
 /// No function in a TLS library comes near this; a larger unwind range means the table is
 /// damaged and is ignored.
@@ -57,6 +62,14 @@ pub enum ImageError {
     Elf(#[from] object::read::Error),
     #[error("{0:?} code is not supported: the locator decodes x86-64 instructions")]
     Architecture(Architecture),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("section {name}: address {address:#x} + size {size:#x} overflows 64 bits")]
+    SectionOverflow {
+        name: &'static str,
+        address: u64,
+        size: u64,
+    },
 }
 
 /// How an instruction refers to an address.
@@ -103,10 +116,21 @@ impl<'a> Image<'a> {
         if elf.architecture() != Architecture::X86_64 {
             return Err(ImageError::Architecture(elf.architecture()));
         }
-        let segments = Segments::of(&elf);
+        let segments = Segments::of(&elf)?;
         let eh_frame_section = elf
             .section_by_name(".eh_frame")
-            .map(|s| s.address()..s.address() + s.size());
+            .map(|s| {
+                let (address, size) = (s.address(), s.size());
+                match address.checked_add(size) {
+                    Some(end) => Ok(address..end),
+                    None => Err(ImageError::SectionOverflow {
+                        name: ".eh_frame",
+                        address,
+                        size,
+                    }),
+                }
+            })
+            .transpose()?;
         Ok(Image {
             data,
             segments,
@@ -147,10 +171,10 @@ impl<'a> Image<'a> {
     /// `len` bytes at `vaddr`, when they are all file-backed in one segment.
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&'a [u8]> {
         let s = self.segment_of(vaddr)?;
-        if vaddr.checked_add(len)? > s.vaddr + s.file_size {
+        if vaddr.checked_add(len)? > s.file_end() {
             return None;
         }
-        let start = usize::try_from(s.offset + (vaddr - s.vaddr)).ok()?;
+        let start = usize::try_from(s.offset_of(vaddr)?).ok()?;
         self.data
             .get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
@@ -163,7 +187,7 @@ impl<'a> Image<'a> {
     /// the C string `text`, or a tail of a longer one (linkers merge "SSL_write" into
     /// "ossl_SSL_write"; code taking the address of either points at these bytes).
     pub fn strings(&self, text: &[u8]) -> Vec<u64> {
-        let mut needle = Vec::with_capacity(text.len() + 1);
+        let mut needle = Vec::with_capacity(text.len().saturating_add(1));
         needle.extend_from_slice(text);
         needle.push(0);
         let finder = memchr::memmem::Finder::new(&needle);
@@ -172,7 +196,12 @@ impl<'a> Image<'a> {
             let Some(bytes) = self.file_bytes(s) else {
                 continue;
             };
-            found.extend(finder.find_iter(bytes).map(|at| s.vaddr + at as u64));
+            // Within the segment's file bytes, whose end Segments::of checked.
+            found.extend(
+                finder
+                    .find_iter(bytes)
+                    .filter_map(|at| s.vaddr.checked_add(at as u64)),
+            );
         }
         found.sort_unstable();
         found.dedup();
@@ -198,9 +227,9 @@ impl<'a> Image<'a> {
     pub fn string_start(&self, vaddr: u64) -> Option<u64> {
         let s = self.segment_of(vaddr)?;
         let from = vaddr.saturating_sub(MAX_STRING_BYTES).max(s.vaddr);
-        let before = self.bytes_at(from, vaddr - from)?;
+        let before = self.bytes_at(from, vaddr.checked_sub(from)?)?;
         match before.iter().rposition(|b| *b == 0) {
-            Some(nul) => Some(from + nul as u64 + 1),
+            Some(nul) => from.checked_add(nul as u64)?.checked_add(1),
             None if from == s.vaddr => Some(from),
             None => None,
         }
@@ -244,12 +273,18 @@ impl<'a> Image<'a> {
                     continue;
                 };
                 // Aligned slots only: a compiler never misaligns a pointer in static data.
-                let skip = (s.vaddr.wrapping_neg() % 8) as usize;
-                let words = bytes.get(skip..).unwrap_or_default().chunks_exact(8);
-                for (i, word) in words.enumerate() {
+                let skip = s.vaddr.wrapping_neg() & 7;
+                let words = bytes
+                    .get(skip as usize..)
+                    .unwrap_or_default()
+                    .chunks_exact(8);
+                let slots = (0..)
+                    .step_by(8)
+                    .map_while(|at: u64| s.vaddr.checked_add(skip)?.checked_add(at));
+                for (slot, word) in slots.zip(words) {
                     let value = u64::from_le_bytes(word.try_into().unwrap_or_default());
                     if value != 0 && self.is_code(value) {
-                        found.push((s.vaddr + skip as u64 + 8 * i as u64, value));
+                        found.push((slot, value));
                     }
                 }
             }
@@ -327,13 +362,15 @@ impl<'a> Image<'a> {
     /// `.eh_frame` for a small part of their code only (Claude Code's Bun build: 170 kB of
     /// entries for 130 MB of code, none for BoringSSL); there the rest needs call targets.
     fn covers_most_code(&self, functions: &[Range<u64>]) -> bool {
-        let code: u64 = self
+        // Saturating: forged segment sizes may add up past 64 bits.
+        let code = self
             .segments
             .iter()
             .filter(|s| s.executable)
-            .map(|s| s.file_size)
-            .sum();
-        let covered: u64 = functions.iter().map(|f| f.end - f.start).sum();
+            .fold(0u64, |sum, s| sum.saturating_add(s.file_size));
+        let covered = functions.iter().fold(0u64, |sum, f| {
+            sum.saturating_add(f.end.saturating_sub(f.start))
+        });
         covered.saturating_mul(2) >= code
     }
 
@@ -358,7 +395,7 @@ impl<'a> Image<'a> {
         let Some(s) = self.segment_of(range.start) else {
             return Vec::new();
         };
-        let end = range.end.min(s.vaddr + s.file_size);
+        let end = range.end.min(s.file_end());
         let Some(bytes) = self.bytes_at(range.start, end.saturating_sub(range.start)) else {
             return Vec::new();
         };
@@ -397,14 +434,21 @@ impl<'a> Image<'a> {
         let function = self.function_containing(site)?;
         let code = self.decode(function.start..site.saturating_add(SET_UP_AFTER + 192));
         let at = code.iter().position(|i| i.ip() == site)?;
-        let argument = argument_index(code[at].op0_register())?;
-        let mut first = at;
-        while first > 0 && at - first < SET_UP_BEFORE && !ends_block(&code[first - 1]) {
-            first -= 1;
-        }
+        let argument = argument_index(code.get(at)?.op0_register())?;
+        // The set-up starts after the last block end among the SET_UP_BEFORE instructions
+        // before the site.
+        let window = code.get(at.saturating_sub(SET_UP_BEFORE)..at)?;
+        let first = match window.iter().rposition(ends_block) {
+            Some(end) => at
+                .saturating_sub(window.len())
+                .saturating_add(end)
+                .saturating_add(1),
+            None => at.saturating_sub(window.len()),
+        };
         let mut constants = [None; 6];
-        for i in &code[first..] {
-            if i.ip() > site && (ends_block(i) || i.ip() - site > SET_UP_AFTER) {
+        for i in code.get(first..)? {
+            let past_site = i.ip().saturating_sub(site);
+            if i.ip() > site && (ends_block(i) || past_site > SET_UP_AFTER) {
                 break;
             }
             if let (Some(value), Some(n)) = (loads_constant(i), argument_index(i.op0_register())) {
@@ -483,8 +527,11 @@ impl<'a> Image<'a> {
                 continue;
             };
             let (start, len) = (fde.initial_address(), fde.len());
+            let Some(end) = start.checked_add(len) else {
+                continue;
+            };
             if len > 0 && len <= MAX_FUNCTION_BYTES && self.is_code(start) {
-                out.push(start..start + len);
+                out.push(start..end);
             }
         }
         out.sort_unstable_by_key(|r| (r.start, r.end));
@@ -497,7 +544,7 @@ impl<'a> Image<'a> {
     fn eh_frame_bytes(&self) -> Option<(u64, &'a [u8])> {
         let from_hdr = self.eh_frame_hdr.and_then(|hdr| {
             let s = self.segment_of(hdr)?;
-            let bytes = self.bytes_at(hdr, s.vaddr + s.file_size - hdr)?;
+            let bytes = self.bytes_at(hdr, s.file_end().checked_sub(hdr)?)?;
             let parsed = gimli::EhFrameHdr::new(bytes, gimli::LittleEndian)
                 .parse(&gimli::BaseAddresses::default().set_eh_frame_hdr(hdr), 8)
                 .ok()?;
@@ -509,10 +556,10 @@ impl<'a> Image<'a> {
         let start = from_hdr.or(self.eh_frame_section.as_ref().map(|r| r.start))?;
         let s = self.segment_of(start)?;
         let end = match &self.eh_frame_section {
-            Some(r) if r.start == start => r.end.min(s.vaddr + s.file_size),
-            _ => s.vaddr + s.file_size,
+            Some(r) if r.start == start => r.end.min(s.file_end()),
+            _ => s.file_end(),
         };
-        Some((start, self.bytes_at(start, end - start)?))
+        Some((start, self.bytes_at(start, end.checked_sub(start)?)?))
     }
 
     /// Functions from the targets of every direct call, each running to the next one.
@@ -527,8 +574,13 @@ impl<'a> Image<'a> {
         starts.dedup();
         starts
             .windows(2)
-            .filter(|w| w[1] - w[0] <= MAX_FUNCTION_BYTES)
-            .map(|w| w[0]..w[1])
+            .filter_map(|w| match *w {
+                // Sorted and deduplicated: the next start is above this one.
+                [start, next] if next.saturating_sub(start) <= MAX_FUNCTION_BYTES => {
+                    Some(start..next)
+                }
+                _ => None,
+            })
             .collect()
     }
 }
@@ -543,7 +595,11 @@ fn merge_bounds(exact: Vec<Range<u64>>, coarse: Vec<Range<u64>>) -> Vec<Range<u6
     let mut out = exact.clone();
     for c in coarse {
         let next = exact.partition_point(|e| e.start <= c.start);
-        if next > 0 && exact[next - 1].contains(&c.start) {
+        let inside = next
+            .checked_sub(1)
+            .and_then(|before| exact.get(before))
+            .is_some_and(|e| e.contains(&c.start));
+        if inside {
             continue;
         }
         let end = exact.get(next).map_or(c.end, |e| e.start.min(c.end));

@@ -411,6 +411,10 @@ impl Http2Connection {
                 self.conn
             );
             self.server_side = true;
+            Health::add(
+                &self.health.http2_dropped_server_side,
+                self.streams.len() as u64,
+            );
             self.streams.clear();
             return;
         }
@@ -564,7 +568,12 @@ impl Http2Connection {
                 id < self.max_request_stream
                     || (id == self.max_request_stream && direction == Direction::Ingress)
             };
-            if ended || self.streams.len() >= MAX_OPEN_STREAMS {
+            if ended {
+                Health::add(&self.health.http2_dropped_stream_ended, 1);
+                return None;
+            }
+            if self.streams.len() >= MAX_OPEN_STREAMS {
+                Health::add(&self.health.http2_dropped_too_many_streams, 1);
                 return None;
             }
             self.streams.insert(id, Stream::default());

@@ -2,6 +2,11 @@
 //! find a function's bounds by name in a binary without symbols, and to find the table itself by
 //! its header's magic where section headers are gone.
 
+// Addresses, offsets and sizes here are read from files any local user can write: an overflow
+// would be a panic (debug) or a wrong probe address (release), so the lint refuses unchecked
+// arithmetic rather than a comment promising there is none.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::ops::Range;
 
 use super::{read_u32, read_u64, Budget, GoLocateError};
@@ -21,7 +26,7 @@ pub fn find_pclntab<'a>(
     region: &'a [u8],
     budget: &Budget,
 ) -> Result<Option<&'a [u8]>, GoLocateError> {
-    let mut tried = 0;
+    let mut tried = 0usize;
     for (at, _) in region
         .windows(8)
         .enumerate()
@@ -31,7 +36,7 @@ pub fn find_pclntab<'a>(
         let Ok(table) = Pclntab::parse(candidate, None) else {
             continue;
         };
-        tried += 1;
+        tried = tried.saturating_add(1);
         if tried > MAX_CANDIDATES {
             return Err(GoLocateError::Budget(format!(
                 "more than {MAX_CANDIDATES} candidate function tables"
@@ -94,7 +99,11 @@ impl<'a> Pclntab<'a> {
             .and_then(PclntabVersion::from_header)
             .ok_or(GoLocateError::Pclntab("not a 64-bit x86 pclntab header"))?;
         let word = |index: usize| {
-            read_u64(data, 8 + 8 * index).ok_or(GoLocateError::Pclntab("truncated header"))
+            index
+                .checked_mul(8)
+                .and_then(|at| at.checked_add(8))
+                .and_then(|at| read_u64(data, at))
+                .ok_or(GoLocateError::Pclntab("truncated header"))
         };
         let offset = |index: usize| -> Result<usize, GoLocateError> {
             usize::try_from(word(index)?)
@@ -127,8 +136,10 @@ impl<'a> Pclntab<'a> {
             functab,
         };
         // nfunc (entry, func) pairs and the end-of-text entry.
-        let table_end = (2 * nfunc + 1)
-            .checked_mul(table.field_size())
+        let table_end = nfunc
+            .checked_mul(2)
+            .and_then(|fields| fields.checked_add(1))
+            .and_then(|fields| fields.checked_mul(table.field_size()))
             .and_then(|size| functab.checked_add(size));
         if table_end.is_none_or(|end| end > data.len()) {
             return Err(GoLocateError::Pclntab("function table out of range"));
@@ -151,9 +162,14 @@ impl<'a> Pclntab<'a> {
         }
     }
 
+    /// Where field `n` of the function table is (entries are even, `_func` offsets odd).
+    fn field_at(&self, n: usize) -> Option<usize> {
+        self.functab.checked_add(n.checked_mul(self.field_size())?)
+    }
+
     /// Virtual address of the function table's entry `index` (`index == nfunc`: end of text).
     fn entry(&self, index: usize) -> Option<u64> {
-        let raw = self.field(self.functab + 2 * index * self.field_size())?;
+        let raw = self.field(self.field_at(index.checked_mul(2)?)?)?;
         match self.version {
             PclntabVersion::Go116 => Some(raw),
             PclntabVersion::Go118 | PclntabVersion::Go120 => self.text_start.checked_add(raw),
@@ -161,13 +177,15 @@ impl<'a> Pclntab<'a> {
     }
 
     fn name(&self, index: usize) -> Option<&'a [u8]> {
-        let size = self.field_size();
-        let func = self.field(self.functab + (2 * index + 1) * size)?;
+        let func = self.field(self.field_at(index.checked_mul(2)?.checked_add(1)?)?)?;
         // The `_func` record: entry (one field), then `nameOff int32` into the name table.
-        let name_off_at = self.functab.checked_add(usize::try_from(func).ok()?)? + size;
+        let name_off_at = self
+            .functab
+            .checked_add(usize::try_from(func).ok()?)?
+            .checked_add(self.field_size())?;
         let name_off = usize::try_from(read_u32(self.data, name_off_at)? as i32).ok()?;
         let names = self.data.get(self.funcnametab.checked_add(name_off)?..)?;
-        let names = names.get(..names.len().min(MAX_NAME_BYTES + 1))?;
+        let names = names.get(..names.len().min(MAX_NAME_BYTES.saturating_add(1)))?;
         let end = memchr::memchr(0, names)?;
         names.get(..end)
     }
@@ -180,7 +198,9 @@ impl<'a> Pclntab<'a> {
             if self.name(index) != Some(name.as_bytes()) {
                 continue;
             }
-            let (Some(start), Some(end)) = (self.entry(index), self.entry(index + 1)) else {
+            let next = index.checked_add(1);
+            let (Some(start), Some(end)) = (self.entry(index), next.and_then(|n| self.entry(n)))
+            else {
                 return Err(GoLocateError::Pclntab("function entry out of range"));
             };
             if end <= start {

@@ -1,3 +1,6 @@
+// Test code builds its ELF files with plain arithmetic on constants it chose.
+#![allow(clippy::arithmetic_side_effects)]
+
 use std::{path::PathBuf, process::Command, sync::OnceLock};
 
 use proptest::prelude::*;
@@ -123,13 +126,13 @@ fn stripped_binary_gives_the_same_probes_from_the_pclntab() {
 fn pclntab_bounds_agree_with_the_symbol_table() {
     let data = std::fs::read(&built().plain).unwrap();
     let elf = object::File::parse(&data[..]).unwrap();
-    let segments = Segments::of(&elf);
+    let segments = Segments::of(&elf).unwrap();
     let table = pclntab_bytes(&elf, &data, &segments, &Budget::standard())
         .unwrap()
         .unwrap();
     let text = elf.section_by_name(".text").map(|s| s.address());
     let table = Pclntab::parse(table, text).unwrap();
-    let [Some(write), Some(read)] = symbol_bounds(&elf).unwrap() else {
+    let [Some(write), Some(read)] = symbol_bounds(&elf).unwrap().unwrap() else {
         panic!("symbols missing");
     };
     for (name, symbol) in [(WRITE_FUNCTION, write), (READ_FUNCTION, read)] {
@@ -361,4 +364,69 @@ fn function_names_are_bounded() {
     let parsed = Pclntab::parse(&table, None).unwrap();
     let long_name = "a".repeat(1 << 20);
     assert_eq!(parsed.find(&long_name, &Budget::standard()).unwrap(), None);
+}
+
+/// Issue 17 item 11: a symbol table entry for `crypto/tls.(*Conn).Write` (of a real Go build)
+/// whose address plus size passes 2^64 is an error naming the symbol, not an overflow.
+#[test]
+fn a_symbol_ending_past_64_bits_is_an_error() {
+    let mut data = std::fs::read(&built().plain).unwrap();
+    let entry = {
+        let elf = object::File::parse(&data[..]).unwrap();
+        let symbol = elf
+            .symbols()
+            .find(|s| s.name() == Ok(WRITE_FUNCTION))
+            .expect("the Write symbol");
+        let table = elf.section_by_name(".symtab").expect("a symbol table");
+        let (offset, _) = table.file_range().unwrap();
+        // Elf64_Sym is 24 bytes: name, info, other, shndx, then value and size.
+        offset as usize + symbol.index().0 * 24
+    };
+    data[entry + 8..entry + 16].copy_from_slice(&(u64::MAX - 0x10).to_le_bytes());
+    let result = locate_in(&data);
+    assert!(
+        matches!(
+            result,
+            Err(GoLocateError::SymbolOverflow {
+                name: WRITE_FUNCTION,
+                address,
+                ..
+            }) if address == u64::MAX - 0x10
+        ),
+        "{result:?}"
+    );
+}
+
+/// A Go 1.18+ table whose text start is near 2^64: the entry address (text start + offset)
+/// cannot be formed, and the lookup says the entry is out of range.
+#[test]
+fn a_text_start_near_64_bits_is_an_error() {
+    let mut table = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+    // nfunc 1, text start near the top, funcnametab at 100, functab at 72.
+    for word in [1u64, 1, u64::MAX - 4, 100, 0, 0, 0, 72] {
+        table.extend(word.to_le_bytes());
+    }
+    // Entry 0 at text + 0x10, its `_func` record at functab + 0 (whose name offset, the next
+    // field, is 0: the name table's first name), end of text at + 0x20.
+    for field in [0x10u32, 0, 0x20] {
+        table.extend(field.to_le_bytes());
+    }
+    table.resize(100, 0);
+    table.extend(b"runtime.main\0");
+    let parsed = Pclntab::parse(&table, None).unwrap();
+    let found = parsed.find("runtime.main", &Budget::standard());
+    assert!(
+        matches!(
+            found,
+            Err(GoLocateError::Pclntab("function entry out of range"))
+        ),
+        "{found:?}"
+    );
+    // The same table at an ordinary text start is found: the forged start is what fails.
+    table[24..32].copy_from_slice(&0x40_1000u64.to_le_bytes());
+    let parsed = Pclntab::parse(&table, None).unwrap();
+    assert_eq!(
+        parsed.find("runtime.main", &Budget::standard()).unwrap(),
+        Some(0x40_1010..0x40_1020)
+    );
 }

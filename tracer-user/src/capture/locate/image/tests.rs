@@ -1,3 +1,6 @@
+// Test code builds its ELF files with plain arithmetic on constants it chose.
+#![allow(clippy::arithmetic_side_effects)]
+
 use super::*;
 
 #[test]
@@ -29,12 +32,18 @@ const S: u64 = CODE + 0x80;
 /// A minimal x86-64 executable: the headers in a read-only segment, `code` in a
 /// read+execute one at [`CODE`].
 fn elf(code: &[u8]) -> Vec<u8> {
+    elf_with_code_at(code, CODE, HEADERS)
+}
+
+/// [`elf`] with the code segment's `p_vaddr` and `p_offset` as given (the bytes still follow
+/// the headers): forged headers for the overflow tests.
+fn elf_with_code_at(code: &[u8], vaddr: u64, offset: u64) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
     f.extend_from_slice(&1u32.to_le_bytes());
-    for v in [CODE, 64, 0] {
+    for v in [vaddr, 64, 0] {
         f.extend_from_slice(&v.to_le_bytes()); // entry, program headers, no sections
     }
     f.extend_from_slice(&0u32.to_le_bytes());
@@ -42,7 +51,7 @@ fn elf(code: &[u8]) -> Vec<u8> {
         f.extend_from_slice(&v.to_le_bytes());
     }
     let len = code.len() as u64;
-    for (flags, offset, vaddr, size) in [(4u32, 0, BASE, HEADERS), (5, HEADERS, CODE, len)] {
+    for (flags, offset, vaddr, size) in [(4u32, 0, BASE, HEADERS), (5, offset, vaddr, len)] {
         f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
         f.extend_from_slice(&flags.to_le_bytes());
         for v in [offset, vaddr, vaddr, size, size, 0x1000] {
@@ -152,4 +161,100 @@ fn string_start_finds_where_a_found_tail_begins() {
     // No NUL before it in its segment: the string starts with the segment.
     assert_eq!(image.string_start(BASE + 1), Some(BASE));
     assert_eq!(image.string_start(0x10), None);
+}
+
+/// Issue 17 item 11: a program header whose segment runs past 2^64, in its addresses or in its
+/// file offsets, makes the file an error that says which header, not an overflow later.
+#[test]
+fn segments_ending_past_64_bits_are_an_error() {
+    let code = error_report();
+    for (vaddr, offset, field) in [
+        (u64::MAX - 8, HEADERS, "p_vaddr"),
+        (CODE, u64::MAX - 8, "p_offset"),
+    ] {
+        let data = elf_with_code_at(&code, vaddr, offset);
+        let error = Image::parse(&data).err().expect("forged segment accepted");
+        let ImageError::Layout(LayoutError::SegmentOverflow {
+            index,
+            field: named,
+            ..
+        }) = error
+        else {
+            panic!("{error}");
+        };
+        assert_eq!((index, named), (1, field));
+        assert!(error.to_string().contains("overflows 64 bits"), "{error}");
+        // The Go locator reads the same headers and says the same.
+        let go = crate::capture::locate::go::locate_in(&data);
+        assert!(
+            matches!(
+                go,
+                Err(crate::capture::locate::go::GoLocateError::Layout(_))
+            ),
+            "{go:?}"
+        );
+    }
+}
+
+/// A segment that ends exactly at the top of the address space is legal: every question about
+/// it, and about addresses at and past its end, is answered without overflowing (debug builds,
+/// which run these tests, panic on overflow).
+#[test]
+fn a_segment_at_the_top_of_the_address_space_is_read_without_overflow() {
+    let code = error_report();
+    let top = u64::MAX - code.len() as u64;
+    let data = elf_with_code_at(&code, top, HEADERS);
+    let image = Image::parse(&data).unwrap();
+    let tail = u64::MAX - 1;
+    assert_eq!(image.file_offset(top), Some(HEADERS));
+    assert_eq!(image.file_offset(u64::MAX), None);
+    assert_eq!(image.vaddr_of(HEADERS), Some(top));
+    assert_eq!(image.bytes_at(tail, 1), Some(&code[code.len() - 1..]));
+    assert_eq!(image.bytes_at(tail, 2), None);
+    assert_eq!(image.word_at(tail), None);
+    let strings = image.strings(b"ssl/ssl_lib.cc");
+    assert_eq!(strings, vec![top + (S + 4 - CODE)]);
+    assert_eq!(image.string_start(strings[0]), Some(top + (S - CODE)));
+    assert!(image.whole_strings(b"ssl/ssl_lib.cc").is_empty());
+    let _ = image.code_pointers();
+    let _ = image.references_to(&[top, tail, u64::MAX]);
+    let _ = image.functions();
+    assert_eq!(image.function_containing(u64::MAX), None);
+    assert!(!image.is_instruction_boundary(u64::MAX));
+    assert_eq!(image.call_set_up(tail), None);
+    assert_eq!(image.call_set_up(u64::MAX), None);
+    let _ = image.decode(tail..u64::MAX);
+    let _ = image.calls_in(top..u64::MAX);
+}
+
+/// The byte range of section `name`'s header in an ELF file.
+fn section_header(data: &[u8], name: &str) -> std::ops::Range<usize> {
+    let elf = object::File::parse(data).unwrap();
+    let index = elf.section_by_name(name).unwrap().index().0;
+    let shoff = u64::from_le_bytes(data[0x28..0x30].try_into().unwrap()) as usize;
+    let entsize = u16::from_le_bytes(data[0x3a..0x3c].try_into().unwrap()) as usize;
+    let at = shoff + index * entsize;
+    at..at + entsize
+}
+
+/// A real binary (/bin/true) whose `.eh_frame` section header claims an address near 2^64:
+/// the section's end cannot be computed, and parsing says so.
+#[test]
+fn a_section_ending_past_64_bits_is_an_error() {
+    let mut data = std::fs::read("/bin/true").unwrap();
+    let header = section_header(&data, ".eh_frame");
+    // Elf64_Shdr: name, type (u32 each), flags, addr, offset, size (u64 each).
+    data[header.start + 16..header.start + 24].copy_from_slice(&(u64::MAX - 4).to_le_bytes());
+    let error = Image::parse(&data).err().expect("forged section accepted");
+    assert!(
+        matches!(
+            error,
+            ImageError::SectionOverflow {
+                name: ".eh_frame",
+                address,
+                ..
+            } if address == u64::MAX - 4
+        ),
+        "{error}"
+    );
 }

@@ -132,3 +132,50 @@ fn a_response_with_an_hpack_bomb_is_marked_counted_and_the_next_one_is_whole() {
     assert_eq!(health.http2_header_blocks_capped.load(Ordering::Relaxed), 1);
     assert_eq!(health.http_parse_errors.load(Ordering::Relaxed), 0);
 }
+
+/// Issue 17 item 11: frames of a stream beyond the most one connection may hold open are
+/// counted, not silently passed over.
+#[test]
+fn frames_of_streams_past_the_open_bound_are_counted() {
+    let mut w = Wire::new();
+    let open = crate::protocols::http2::connection::MAX_OPEN_STREAMS as u32;
+    for n in 0..=open {
+        w.request(2 * n + 1, PATH, false);
+    }
+    let (_, health) = run_with(1 << 20, &w.events);
+    assert_eq!(
+        health
+            .http2_dropped_too_many_streams
+            .load(Ordering::Relaxed),
+        1
+    );
+}
+
+/// A DATA frame for a stream whose exchange already ended is counted.
+#[test]
+fn frames_of_a_stream_that_ended_are_counted() {
+    let mut w = Wire::new();
+    w.request(1, PATH, true);
+    w.respond(1, "200", b"{}");
+    w.send(Direction::Ingress, frame(0x0, 0x1, 1, b"late"));
+    let (exchanges, health) = run_with(1 << 20, &w.events);
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(health.http2_dropped_stream_ended.load(Ordering::Relaxed), 1);
+}
+
+/// A connection joined late whose first frames opened a stream, then shows the traced process
+/// answering: the stream in progress is dropped, and counted.
+#[test]
+fn streams_dropped_when_a_joined_connection_turns_out_server_side_are_counted() {
+    let mut w = Wire::new();
+    let join = w.events.len();
+    // Two DATA frames: one alone is no proof of HTTP/2 (see frame_chain).
+    let mut frames = frame(0x0, 0x0, 1, b"{\"q\":");
+    frames.extend(frame(0x0, 0x0, 1, b"1}"));
+    w.send(Direction::Ingress, frames);
+    let block = w.block(Direction::Egress, &[(":status", "200")]);
+    w.send(Direction::Egress, frame(0x1, 0x4, 1, &block));
+    let (exchanges, health) = run_with(1 << 20, &w.events[join..]);
+    assert!(exchanges.is_empty(), "{exchanges:#?}");
+    assert_eq!(health.http2_dropped_server_side.load(Ordering::Relaxed), 1);
+}
