@@ -172,6 +172,12 @@ counters! {
     encrypted_skipped_hooked,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
+    /// Body bytes past a message's body limit (`--max-body-bytes`), not kept: the message's
+    /// body size still counts them.
+    body_bytes_over_limit as "body_bytes_not_kept{reason=body_limit}",
+    /// Body bytes not kept because the bodies in progress on every connection together held
+    /// their share of `--memory-budget-mib`.
+    body_bytes_over_budget as "body_bytes_not_kept{reason=memory_budget}",
     /// Calls with a content-encoded body that decoded to more than `--max-body-bytes`: decoding
     /// stopped there, the span carries `agent_tracer.body.decoded_truncated`.
     bodies_decoded_truncated,
