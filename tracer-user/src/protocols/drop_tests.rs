@@ -308,3 +308,19 @@ fn bodies_in_progress_share_the_memory_budget() {
     assert_eq!(health.body_bytes_over_budget.load(Relaxed), 102);
     assert_eq!(health.body_bytes_over_limit.load(Relaxed), 0);
 }
+
+/// Issue 17 item 7: the HTTP/1 queue of requests waiting for their answers is bounded; past it
+/// the oldest is reported interrupted and counted.
+#[test]
+fn requests_waiting_past_the_bound_are_reported_interrupted() {
+    let requests: Vec<StreamEvent> = (0..260)
+        .map(|_| data(HTTP, Direction::Egress, EMPTY_POST))
+        .collect();
+    let (out, health) = http(&requests);
+    assert_eq!(out.len(), 4);
+    assert!(out
+        .iter()
+        .all(|e| e.end == crate::model::ExchangeEnd::Interrupted("too_many_pending")));
+    assert_eq!(health.http1_pending_evicted.load(Relaxed), 4);
+    assert_eq!(health.http_interrupted.load(Relaxed), 4);
+}

@@ -26,6 +26,9 @@ use crate::{
 
 const MAX_PENDING_PEERS: usize = 65_536;
 const MAX_EARLY_RESPONSES: usize = 4;
+/// Requests one connection may have waiting for their answers. HTTP/1 clients pipeline a few at
+/// most; past this the answers were lost, and holding on would grow without bound.
+const MAX_PENDING_REQUESTS: usize = 256;
 
 /// What a connection speaks, decided by its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,7 +313,7 @@ impl HttpTracker {
                     // was lost in capture and the loss is only reported later.
                     if let Some((request, dropped)) = conn.requests.cut_short() {
                         Health::add(&self.health.http1_dropped_cut_short, dropped);
-                        conn.pending.push_back(into_request(request));
+                        wait_for_answer(key, conn, into_request(request), &self.health, out);
                     }
                 }
                 conn.responses.buffer(timestamp_ns, bytes);
@@ -483,7 +486,7 @@ fn parse_requests(
                         if let Some(response) = early {
                             conn.early_responses.push_front(response);
                         }
-                        conn.pending.push_back(request);
+                        wait_for_answer(key, conn, request, health, out);
                     }
                 }
             }
@@ -620,6 +623,32 @@ fn parse_responses(
             }
         }
     }
+}
+
+/// Queues a request for its answer; past [`MAX_PENDING_REQUESTS`] the oldest waiting is
+/// reported interrupted and counted.
+fn wait_for_answer(
+    key: ConnKey,
+    conn: &mut Connection,
+    request: Held<HttpRequest>,
+    health: &Health,
+    out: &mut Vec<HttpExchange>,
+) {
+    if conn.pending.len() >= MAX_PENDING_REQUESTS {
+        if let Some(oldest) = conn.pending.pop_front() {
+            Health::add(&health.http1_pending_evicted, 1);
+            Health::add(&health.http_interrupted, 1);
+            out.push(HttpExchange {
+                conn: key,
+                peer: conn.peer.clone(),
+                request: oldest.into_inner(),
+                response: None,
+                end: ExchangeEnd::Interrupted("too_many_pending"),
+                http2_joined_mid_connection: false,
+            });
+        }
+    }
+    conn.pending.push_back(request);
 }
 
 /// Whether a request asks to switch to HTTP/2 over plain TCP (RFC 7540 §3.2).

@@ -118,6 +118,9 @@ counters! {
     /// HTTP/1 responses whose request was never seen (sent before the tracer looked, or lost):
     /// too old for any later request, past the few kept, or left at close.
     http1_dropped_unanswered_response as "http1_dropped_messages{reason=response_without_request}",
+    /// HTTP/1 requests still waiting for their answer when 256 later ones on the same
+    /// connection were waiting too: reported interrupted (`too_many_pending`), not held on.
+    http1_pending_evicted,
     /// Peers of connections that never carried data, forgotten when too many were waiting.
     connection_peers_evicted,
     /// HTTP/2 frames (header blocks, DATA pieces) of a stream not tracked because its
