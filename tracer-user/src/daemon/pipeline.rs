@@ -17,6 +17,7 @@ use crate::{
     processes::{InterestSink, Processes, ProcessesConfig},
     protocols::{
         jsonrpc::{JsonRpcTracker, RpcExchange},
+        memory::BodyBudget,
         HttpTracker,
     },
     streams::{ConnKey, Source, StreamAssembler, StreamEvent, StreamRecorder},
@@ -33,6 +34,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct PipelineConfig {
     /// Largest HTTP or JSON-RPC body kept per message (the protocols).
     pub max_body_bytes: usize,
+    /// What the bodies in progress on every connection may hold together (the protocols): a
+    /// quarter of `--memory-budget-mib`.
+    pub body_budget_bytes: u64,
     /// Idle connections with a request unanswered are closed after this (the protocols).
     pub idle_timeout: Duration,
     /// Debugging: every reassembled stream is written under this directory (the streams).
@@ -46,6 +50,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_budget_bytes: crate::daemon::config::DEFAULT_MEMORY_BUDGET_MIB * 1024 * 1024 / 4,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             record_streams: None,
             genai: GenAiConfig {
@@ -105,7 +110,8 @@ impl Pipeline {
             .context("--record-streams directory")?;
         Ok(Pipeline {
             streams: StreamAssembler::new(),
-            http: HttpTracker::new(config.max_body_bytes, health.clone()),
+            http: HttpTracker::new(config.max_body_bytes, health.clone())
+                .with_budget(BodyBudget::new(config.body_budget_bytes)),
             jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()),
             genai: config.genai,
             agent: AgentAssembler::new(config.agent, clock, health.clone()),

@@ -254,3 +254,73 @@ fn idle_sessions_let_go_past_the_bound_are_counted() {
     let (_, health) = rpc(&events);
     assert_eq!(health.jsonrpc_sessions_evicted.load(Relaxed), 16_384);
 }
+
+/// Issue 17 item 7: bodies in progress on every connection draw from one budget. A body that
+/// finds it spent keeps what it got and counts the rest; a body leaving the parser (its
+/// exchange emitted) or dropped with its connection gives its bytes back.
+#[test]
+fn bodies_in_progress_share_the_memory_budget() {
+    use super::memory::BodyBudget;
+    use Direction::{Egress, Ingress};
+    let a = HTTP;
+    let b = ConnKey { conn_id: 3, ..HTTP };
+    let head = b"POST / HTTP/1.1\r\ncontent-length: 100\r\n\r\n";
+    let health = Arc::new(Health::default());
+    let budget = BodyBudget::new(100);
+    let mut tracker = HttpTracker::new(1 << 20, health.clone()).with_budget(budget.clone());
+    let mut out = Vec::new();
+    let mut feed = |tracker: &mut HttpTracker, event: StreamEvent| tracker.push(&event, &mut out);
+
+    let mut first = head.to_vec();
+    first.extend([b'a'; 60]);
+    feed(&mut tracker, data(a, Egress, &first));
+    let mut second = head.to_vec();
+    second.extend([b'b'; 100]);
+    feed(&mut tracker, data(b, Egress, &second));
+    assert_eq!(budget.held(), 100);
+    assert_eq!(health.body_bytes_over_budget.load(Relaxed), 60);
+
+    // The rest of A's body finds the budget spent: A keeps the 60 bytes it had.
+    feed(&mut tracker, data(a, Egress, &[b'a'; 40]));
+    assert_eq!(health.body_bytes_over_budget.load(Relaxed), 100);
+    // A is answered: its exchange goes, and its 60 bytes come back. B's complete request
+    // still waits for its answer, its 40 bytes still charged.
+    feed(&mut tracker, data(a, Ingress, OK));
+    assert_eq!(budget.held(), 40);
+    // Its answer's two body bytes came while the budget was still spent.
+    assert_eq!(health.body_bytes_over_budget.load(Relaxed), 102);
+    feed(&mut tracker, data(b, Ingress, OK));
+    assert_eq!(budget.held(), 0);
+    assert_eq!(out.len(), 2);
+    // Whole in length, cut in their kept bytes.
+    assert_eq!(&out[0].request.body[..], &[b'a'; 60][..]);
+    assert_eq!(&out[1].request.body[..], &[b'b'; 40][..]);
+    assert_eq!(out[0].request.body_len, 100);
+    assert_eq!(out[1].request.body_len, 100);
+
+    // A body still arriving when its connection closes gives its bytes back too.
+    let mut third = head.to_vec();
+    third.extend([b'c'; 30]);
+    tracker.push(&data(a, Egress, &third), &mut Vec::new());
+    assert_eq!(budget.held(), 30);
+    tracker.push(&closed(a), &mut Vec::new());
+    assert_eq!(budget.held(), 0);
+    assert_eq!(health.body_bytes_over_budget.load(Relaxed), 102);
+    assert_eq!(health.body_bytes_over_limit.load(Relaxed), 0);
+}
+
+/// Issue 17 item 7: the HTTP/1 queue of requests waiting for their answers is bounded; past it
+/// the oldest is reported interrupted and counted.
+#[test]
+fn requests_waiting_past_the_bound_are_reported_interrupted() {
+    let requests: Vec<StreamEvent> = (0..260)
+        .map(|_| data(HTTP, Direction::Egress, EMPTY_POST))
+        .collect();
+    let (out, health) = http(&requests);
+    assert_eq!(out.len(), 4);
+    assert!(out
+        .iter()
+        .all(|e| e.end == crate::model::ExchangeEnd::Interrupted("too_many_pending")));
+    assert_eq!(health.http1_pending_evicted.load(Relaxed), 4);
+    assert_eq!(health.http_interrupted.load(Relaxed), 4);
+}

@@ -9,7 +9,10 @@
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
 
-use super::sniff::{looks_like_request, HTTP2_PREFACE};
+use super::{
+    memory::{BodyBudget, Held, KeptBody, NotKept},
+    sniff::{looks_like_request, HTTP2_PREFACE},
+};
 // Larger heads are not HTTP we can use (and would let a peer grow our buffers).
 use crate::model::{header, Headers, HttpRequest, HttpResponse, MAX_HEADER_FIELDS, MAX_HEAD_BYTES};
 
@@ -54,7 +57,7 @@ struct Partial {
     status: u16,
     headers: Headers,
     framing: Framing,
-    body: BytesMut,
+    body: KeptBody,
     body_len: u64,
     start_ns: u64,
     first_body_ns: Option<u64>,
@@ -87,6 +90,10 @@ pub(super) struct MessageParser {
     head_start_ns: u64,
     current: Option<Partial>,
     pub(super) max_body: usize,
+    /// What every connection's bodies in progress may hold together.
+    pub(super) budget: BodyBudget,
+    /// Body bytes not kept since [`MessageParser::take_not_kept`], for the tracker's counters.
+    not_kept: NotKept,
     /// Set while passing over bytes after an error, so one bad stretch counts as one error.
     resyncing: bool,
 }
@@ -99,8 +106,21 @@ impl MessageParser {
             head_start_ns: 0,
             current: None,
             max_body,
+            budget: BodyBudget::default(),
+            not_kept: NotKept::default(),
             resyncing: false,
         }
+    }
+
+    /// Bodies drawn from `budget` (else bounded by the body limit only).
+    pub(super) fn with_budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Body bytes not kept (past the body limit or the budget) since the last call.
+    pub(super) fn take_not_kept(&mut self) -> NotKept {
+        std::mem::take(&mut self.not_kept)
     }
 
     pub(super) fn buffer(&mut self, timestamp_ns: u64, data: &[u8]) {
@@ -134,19 +154,28 @@ impl MessageParser {
                 Framing::Length(remaining) => {
                     let take = remaining.min(self.buf.len() as u64) as usize;
                     let data = self.buf.split_to(take);
-                    append_body(partial, &data, timestamp_ns, self.max_body);
+                    let not_kept =
+                        append_body(partial, &data, timestamp_ns, self.max_body, &self.budget);
+                    self.not_kept.add(not_kept);
                     partial.framing = Framing::Length(remaining.saturating_sub(take as u64));
                     remaining == take as u64
                 }
                 Framing::Chunked(_) => {
-                    if !step_chunked(partial, &mut self.buf, timestamp_ns, self.max_body)? {
+                    let body = BodyBounds {
+                        max_body: self.max_body,
+                        budget: &self.budget,
+                        not_kept: &mut self.not_kept,
+                    };
+                    if !step_chunked(partial, &mut self.buf, timestamp_ns, body)? {
                         return Ok(None);
                     }
                     true
                 }
                 Framing::UntilClose => {
                     let data = self.buf.split();
-                    append_body(partial, &data, timestamp_ns, self.max_body);
+                    let not_kept =
+                        append_body(partial, &data, timestamp_ns, self.max_body, &self.budget);
+                    self.not_kept.add(not_kept);
                     return Ok(None);
                 }
             };
@@ -212,7 +241,7 @@ impl MessageParser {
             status,
             headers: parsed_headers,
             framing,
-            body: BytesMut::new(),
+            body: KeptBody::default(),
             body_len: 0,
             start_ns: self.head_start_ns,
             first_body_ns: None,
@@ -356,21 +385,32 @@ fn framing(
     }
 }
 
-fn append_body(partial: &mut Partial, data: &[u8], timestamp_ns: u64, max_body: usize) {
+/// How much of a body may be kept, and where what is not kept is counted.
+struct BodyBounds<'a> {
+    max_body: usize,
+    budget: &'a BodyBudget,
+    not_kept: &'a mut NotKept,
+}
+
+fn append_body(
+    partial: &mut Partial,
+    data: &[u8],
+    timestamp_ns: u64,
+    max_body: usize,
+    budget: &BodyBudget,
+) -> NotKept {
     if data.is_empty() {
-        return;
+        return NotKept::default();
     }
     partial.first_body_ns.get_or_insert(timestamp_ns);
     partial.last_ns = timestamp_ns;
-    let room = max_body.saturating_sub(partial.body.len());
-    partial
-        .body
-        .extend_from_slice(data.get(..room).unwrap_or(data));
+    let not_kept = partial.body.extend(data, max_body, budget);
     partial.body_len = partial.body_len.saturating_add(data.len() as u64);
     match partial.timeline.last_mut() {
         Some((reached, t)) if *t == timestamp_ns => *reached = partial.body_len,
         _ => partial.timeline.push((partial.body_len, timestamp_ns)),
     }
+    not_kept
 }
 
 /// Advances chunked decoding; true when the message (including trailers) is complete.
@@ -378,7 +418,7 @@ fn step_chunked(
     partial: &mut Partial,
     buf: &mut BytesMut,
     timestamp_ns: u64,
-    max_body: usize,
+    body: BodyBounds<'_>,
 ) -> Result<bool, ParseError> {
     loop {
         let Framing::Chunked(state) = partial.framing else {
@@ -414,7 +454,9 @@ fn step_chunked(
                 }
                 let take = remaining.min(buf.len() as u64) as usize;
                 let data = buf.split_to(take);
-                append_body(partial, &data, timestamp_ns, max_body);
+                let not_kept =
+                    append_body(partial, &data, timestamp_ns, body.max_body, body.budget);
+                body.not_kept.add(not_kept);
                 let left = remaining.saturating_sub(take as u64);
                 partial.framing = Framing::Chunked(if left == 0 {
                     ChunkState::DataEnd
@@ -471,27 +513,32 @@ fn find_message_start(kind: Kind, buf: &[u8]) -> Option<usize> {
         .find(|i| buf.get(*i..).is_some_and(starts))
 }
 
-pub(super) fn into_request(msg: Message) -> HttpRequest {
+/// The request, still charged to the body budget while it waits for its answer.
+pub(super) fn into_request(msg: Message) -> Held<HttpRequest> {
     let p = msg.partial;
-    HttpRequest {
+    let (body, charge) = p.body.into_charged();
+    let request = HttpRequest {
         method: p.method,
         target: p.target,
         headers: p.headers,
-        body: p.body.freeze(),
+        body,
         body_len: p.body_len,
         start_ns: p.start_ns,
         end_ns: p.last_ns,
         bytes_lost: p.bytes_lost,
         http2_incomplete_headers: false,
-    }
+    };
+    Held::new(request, charge)
 }
 
-pub(super) fn into_response(msg: Message) -> HttpResponse {
+/// The response, still charged to the body budget while it may wait for its request.
+pub(super) fn into_response(msg: Message) -> Held<HttpResponse> {
     let p = msg.partial;
-    HttpResponse {
+    let (body, charge) = p.body.into_charged();
+    let response = HttpResponse {
         status: p.status,
         headers: p.headers,
-        body: p.body.freeze(),
+        body,
         body_len: p.body_len,
         start_ns: p.start_ns,
         first_body_ns: p.first_body_ns,
@@ -500,5 +547,6 @@ pub(super) fn into_response(msg: Message) -> HttpResponse {
         complete: msg.complete,
         bytes_lost: p.bytes_lost,
         http2_incomplete_headers: false,
-    }
+    };
+    Held::new(response, charge)
 }

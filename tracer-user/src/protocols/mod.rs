@@ -6,6 +6,7 @@ pub mod eventstream;
 pub mod http1;
 pub mod http2;
 pub mod jsonrpc;
+pub mod memory;
 pub mod sniff;
 pub mod sse;
 pub mod tracker;

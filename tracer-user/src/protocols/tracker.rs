@@ -12,6 +12,7 @@ use std::{collections::HashMap, collections::VecDeque, sync::Arc};
 use super::{
     http1::{into_request, into_response, Kind, MessageParser},
     http2::{FrameFinder, Http2Connection},
+    memory::{BodyBudget, Held},
     sniff::{could_become_http, looks_like_request, HTTP2_PREFACE_START},
     websocket::{self, WebSocketConnection},
 };
@@ -25,6 +26,9 @@ use crate::{
 
 const MAX_PENDING_PEERS: usize = 65_536;
 const MAX_EARLY_RESPONSES: usize = 4;
+/// Requests one connection may have waiting for their answers. HTTP/1 clients pipeline a few at
+/// most; past this the answers were lost, and holding on would grow without bound.
+const MAX_PENDING_REQUESTS: usize = 256;
 
 /// What a connection speaks, decided by its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +76,7 @@ struct Connection {
     /// Responses that arrived before the request they answer. Reads and writes made on different
     /// threads (Go's transport, async runtimes) reach the ring in either order; a request that
     /// started before such a response is the one it answers.
-    early_responses: VecDeque<HttpResponse>,
+    early_responses: VecDeque<Held<HttpResponse>>,
     /// Bytes held per direction while they are too few to decide the role.
     undecided: [Vec<u8>; 2],
     /// Per direction, reads that are not HTTP/1 held while they may be HTTP/2 frames of a
@@ -80,7 +84,8 @@ struct Connection {
     frames: [FrameFinder; 2],
     requests: MessageParser,
     responses: MessageParser,
-    pending: VecDeque<HttpRequest>,
+    /// Requests waiting for their answers, their bodies still charged to the budget.
+    pending: VecDeque<Held<HttpRequest>>,
     last_activity_ns: u64,
     /// The HTTP/2 parser, set with `Role::Http2`.
     h2: Option<Box<Http2Connection>>,
@@ -95,6 +100,8 @@ pub struct HttpTracker {
     /// Peers of connections that have not carried data yet.
     peers_pending: HashMap<ConnKey, Peer>,
     max_body: usize,
+    /// What every connection's bodies in progress may hold together.
+    budget: BodyBudget,
     health: Arc<Health>,
 }
 
@@ -104,8 +111,15 @@ impl HttpTracker {
             conns: HashMap::new(),
             peers_pending: HashMap::new(),
             max_body,
+            budget: BodyBudget::default(),
             health,
         }
+    }
+
+    /// Bodies of every connection drawn from `budget` (else bounded by the body limit only).
+    pub fn with_budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     pub fn push(&mut self, event: &StreamEvent, out: &mut Vec<HttpExchange>) {
@@ -196,6 +210,7 @@ impl HttpTracker {
         out: &mut Vec<HttpExchange>,
     ) {
         let max_body = self.max_body;
+        let budget = &self.budget;
         let peers_pending = &mut self.peers_pending;
         let conn = self.conns.entry(key).or_insert_with(|| Connection {
             role: Role::Unknown,
@@ -203,8 +218,8 @@ impl HttpTracker {
             early_responses: VecDeque::new(),
             undecided: [Vec::new(), Vec::new()],
             frames: Default::default(),
-            requests: MessageParser::new(Kind::Request, max_body),
-            responses: MessageParser::new(Kind::Response, max_body),
+            requests: MessageParser::new(Kind::Request, max_body).with_budget(budget.clone()),
+            responses: MessageParser::new(Kind::Response, max_body).with_budget(budget.clone()),
             pending: VecDeque::new(),
             last_activity_ns: timestamp_ns,
             h2: None,
@@ -248,18 +263,18 @@ impl HttpTracker {
             );
             conn.frames = Default::default();
             if let Some(frames) = joined_frames {
-                let mut h2 = Http2Connection::joined(key, max_body, self.health.clone());
+                let mut h2 = Http2Connection::joined(key, max_body, self.health.clone())
+                    .with_budget(self.budget.clone());
                 h2.push(direction, timestamp_ns, &frames, &conn.peer, out);
                 h2.push(other, timestamp_ns, &other_held, &conn.peer, out);
                 conn.h2 = Some(Box::new(h2));
                 return;
             }
             if conn.role == Role::Http2 {
-                conn.h2 = Some(Box::new(Http2Connection::new(
-                    key,
-                    max_body,
-                    self.health.clone(),
-                )));
+                conn.h2 = Some(Box::new(
+                    Http2Connection::new(key, max_body, self.health.clone())
+                        .with_budget(self.budget.clone()),
+                ));
             }
             self.data(key, direction, timestamp_ns, &held, out);
             if !other_held.is_empty() {
@@ -290,6 +305,7 @@ impl HttpTracker {
             Direction::Egress => {
                 conn.requests.buffer(timestamp_ns, bytes);
                 parse_requests(key, conn, timestamp_ns, &self.health, out);
+                conn.requests.take_not_kept().count_in(&self.health);
             }
             Direction::Ingress => {
                 if conn.responses.is_between_messages() && starts_final_response(bytes) {
@@ -297,11 +313,12 @@ impl HttpTracker {
                     // was lost in capture and the loss is only reported later.
                     if let Some((request, dropped)) = conn.requests.cut_short() {
                         Health::add(&self.health.http1_dropped_cut_short, dropped);
-                        conn.pending.push_back(into_request(request));
+                        wait_for_answer(key, conn, into_request(request), &self.health, out);
                     }
                 }
                 conn.responses.buffer(timestamp_ns, bytes);
                 parse_responses(key, conn, timestamp_ns, &self.health, out);
+                conn.responses.take_not_kept().count_in(&self.health);
             }
         }
     }
@@ -395,11 +412,12 @@ impl HttpTracker {
         );
         let mut response = conn.responses.close().map(|msg| {
             let complete = msg.complete;
-            let mut r = into_response(msg);
+            let mut r = into_response(msg).into_inner();
             r.complete = complete;
             r
         });
         for request in conn.pending.drain(..) {
+            let request = request.into_inner();
             let response = response.take();
             let end = match &response {
                 Some(r) if r.complete => ExchangeEnd::Complete,
@@ -433,7 +451,7 @@ fn parse_requests(
     out: &mut Vec<HttpExchange>,
 ) {
     loop {
-        if conn.requests.holds_preface() && conn.pending.back().is_some_and(asks_h2c) {
+        if conn.requests.holds_preface() && conn.pending.back().is_some_and(|r| asks_h2c(r)) {
             // The preface of an `Upgrade: h2c` whose 101 has not been read yet: it belongs to
             // the HTTP/2 connection the answer will make of this one.
             break;
@@ -458,8 +476,8 @@ fn parse_requests(
                         out.push(HttpExchange {
                             conn: key,
                             peer: conn.peer.clone(),
-                            request,
-                            response: Some(response),
+                            request: request.into_inner(),
+                            response: Some(response.into_inner()),
                             end: ExchangeEnd::Complete,
                             http2_joined_mid_connection: false,
                         });
@@ -468,7 +486,7 @@ fn parse_requests(
                         if let Some(response) = early {
                             conn.early_responses.push_front(response);
                         }
-                        conn.pending.push_back(request);
+                        wait_for_answer(key, conn, request, health, out);
                     }
                 }
             }
@@ -516,9 +534,10 @@ fn parse_responses(
                                 key,
                                 conn.requests.max_body,
                                 health.clone(),
-                                request,
+                                request.into_inner(),
                                 settings.as_deref(),
-                            );
+                            )
+                            .with_budget(conn.requests.budget.clone());
                             let early_out = conn.requests.take_buffered();
                             let early_in = conn.responses.take_buffered();
                             h2.push(Direction::Egress, timestamp_ns, &early_out, &conn.peer, out);
@@ -541,7 +560,8 @@ fn parse_responses(
                                 header(&request.headers, "host"),
                                 deflate,
                                 conn.requests.max_body,
-                            );
+                            )
+                            .with_budget(conn.requests.budget.clone());
                             // Frames may already sit behind the heads in the same reads.
                             let early_in = conn.responses.take_buffered();
                             let early_out = conn.requests.take_buffered();
@@ -569,8 +589,8 @@ fn parse_responses(
                         out.push(HttpExchange {
                             conn: key,
                             peer: conn.peer.clone(),
-                            request,
-                            response: Some(response),
+                            request: request.into_inner(),
+                            response: Some(response.into_inner()),
                             end: ExchangeEnd::Complete,
                             http2_joined_mid_connection: false,
                         });
@@ -603,6 +623,32 @@ fn parse_responses(
             }
         }
     }
+}
+
+/// Queues a request for its answer; past [`MAX_PENDING_REQUESTS`] the oldest waiting is
+/// reported interrupted and counted.
+fn wait_for_answer(
+    key: ConnKey,
+    conn: &mut Connection,
+    request: Held<HttpRequest>,
+    health: &Health,
+    out: &mut Vec<HttpExchange>,
+) {
+    if conn.pending.len() >= MAX_PENDING_REQUESTS {
+        if let Some(oldest) = conn.pending.pop_front() {
+            Health::add(&health.http1_pending_evicted, 1);
+            Health::add(&health.http_interrupted, 1);
+            out.push(HttpExchange {
+                conn: key,
+                peer: conn.peer.clone(),
+                request: oldest.into_inner(),
+                response: None,
+                end: ExchangeEnd::Interrupted("too_many_pending"),
+                http2_joined_mid_connection: false,
+            });
+        }
+    }
+    conn.pending.push_back(request);
 }
 
 /// Whether a request asks to switch to HTTP/2 over plain TCP (RFC 7540 §3.2).

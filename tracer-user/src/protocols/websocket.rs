@@ -18,6 +18,7 @@ use crate::{
     model::{
         ConnKey, Direction, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, Peer,
     },
+    protocols::memory::{BodyBudget, KeptBody, NotKept},
     telemetry::health::Health,
 };
 
@@ -226,12 +227,18 @@ impl Reader {
     }
 }
 
-/// A `response.create` and the events answering it so far.
+/// A `response.create` and the events answering it so far. The events, in SSE form, are a
+/// body like any other: kept up to the body limit and as far as the memory budget allows, all
+/// counted in its length; the timeline stops where the kept bytes stop (only they are parsed).
 struct Pending {
     request: Vec<u8>,
     start_ns: u64,
-    body: Vec<u8>,
+    body: KeptBody,
+    body_len: u64,
     timeline: Vec<(u64, u64)>,
+    /// When the first and the last event arrived.
+    first_ns: Option<u64>,
+    last_ns: u64,
 }
 
 pub struct WebSocketConnection {
@@ -241,6 +248,9 @@ pub struct WebSocketConnection {
     host: Option<String>,
     readers: [Reader; 2],
     pending: Option<Pending>,
+    /// The body limit, which bounds the events of one response as a whole too.
+    max_body: usize,
+    budget: BodyBudget,
 }
 
 impl WebSocketConnection {
@@ -264,7 +274,15 @@ impl WebSocketConnection {
                     .with_max_message(max_message),
             ],
             pending: None,
+            max_body: max_message,
+            budget: BodyBudget::default(),
         }
+    }
+
+    /// Response events drawn from `budget` (else bounded by the body limit only).
+    pub fn with_budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     pub fn push(
@@ -310,22 +328,35 @@ impl WebSocketConnection {
                     self.pending = Some(Pending {
                         request: request.to_string().into_bytes(),
                         start_ns: timestamp_ns,
-                        body: Vec::new(),
+                        body: KeptBody::default(),
+                        body_len: 0,
                         timeline: Vec::new(),
+                        first_ns: None,
+                        last_ns: timestamp_ns,
                     });
                 }
                 Direction::Ingress => {
                     let Some(pending) = &mut self.pending else {
                         continue;
                     };
-                    pending.body.extend_from_slice(b"event: ");
-                    pending.body.extend_from_slice(kind.as_bytes());
-                    pending.body.extend_from_slice(b"\ndata: ");
-                    pending.body.extend_from_slice(&message);
-                    pending.body.extend_from_slice(b"\n\n");
-                    pending
-                        .timeline
-                        .push((pending.body.len() as u64, timestamp_ns));
+                    let mut event = Vec::with_capacity(
+                        message.len().saturating_add(kind.len()).saturating_add(16),
+                    );
+                    event.extend_from_slice(b"event: ");
+                    event.extend_from_slice(kind.as_bytes());
+                    event.extend_from_slice(b"\ndata: ");
+                    event.extend_from_slice(&message);
+                    event.extend_from_slice(b"\n\n");
+                    let not_kept = pending.body.extend(&event, self.max_body, &self.budget);
+                    not_kept.count_in(health);
+                    pending.body_len = pending.body_len.saturating_add(event.len() as u64);
+                    pending.first_ns.get_or_insert(timestamp_ns);
+                    pending.last_ns = timestamp_ns;
+                    if not_kept == NotKept::default() {
+                        pending
+                            .timeline
+                            .push((pending.body.len() as u64, timestamp_ns));
+                    }
                     if matches!(
                         kind.as_str(),
                         "response.completed" | "response.incomplete" | "response.failed" | "error"
@@ -378,7 +409,7 @@ impl WebSocketConnection {
         if let Some(h) = &self.host {
             headers.push(("host".into(), h.clone()));
         }
-        let end_ns = p.timeline.last().map(|(_, t)| *t).unwrap_or(p.start_ns);
+        let end_ns = p.last_ns;
         let request = HttpRequest {
             method: "POST".into(),
             target,
@@ -390,12 +421,12 @@ impl WebSocketConnection {
             bytes_lost: 0,
             http2_incomplete_headers: false,
         };
-        let first_body_ns = p.timeline.first().map(|(_, t)| *t);
+        let first_body_ns = p.first_ns;
         let response = first_body_ns.map(|first_body_ns| HttpResponse {
             status: 200,
             headers: vec![("content-type".into(), "text/event-stream".into())],
-            body_len: p.body.len() as u64,
-            body: Bytes::from(p.body),
+            body_len: p.body_len,
+            body: p.body.freeze(),
             start_ns: first_body_ns,
             first_body_ns: Some(first_body_ns),
             end_ns,
@@ -498,6 +529,87 @@ mod tests {
             }
         }
         (egress, ingress)
+    }
+
+    /// Issue 17 item 7: a server streaming events without end grows no body past the body
+    /// limit, and the events' bytes draw from the memory budget, given back with the exchange.
+    #[test]
+    fn response_events_are_bounded_by_the_body_limit_and_the_budget() {
+        let create = r#"{"type":"response.create","model":"gpt-5.4","input":"hi"}"#;
+        let delta = r#"{"type":"response.output_text.delta","delta":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+        let done = r#"{"type":"response.completed","response":{"id":"r","status":"completed"}}"#;
+        let event_len = "event: response.output_text.delta\ndata: \n\n".len() + delta.len();
+        let budget = BodyBudget::new(u64::MAX);
+        let mut ws = WebSocketConnection::new(CONN, "/v1/responses", None, None, 1000)
+            .with_budget(budget.clone());
+        let (peer, health, mut out) = (Peer::default(), Health::default(), Vec::new());
+        let egress = frame(true, false, 1, create.as_bytes(), Some([1, 2, 3, 4]));
+        ws.push(Direction::Egress, 1, &egress, &peer, &health, &mut out);
+        for t in 0..100 {
+            let ingress = frame(true, false, 1, delta.as_bytes(), None);
+            ws.push(
+                Direction::Ingress,
+                10 + t,
+                &ingress,
+                &peer,
+                &health,
+                &mut out,
+            );
+        }
+        assert!(budget.held() <= 1000, "{}", budget.held());
+        assert!(budget.held() > 0);
+        let ingress = frame(true, false, 1, done.as_bytes(), None);
+        ws.push(Direction::Ingress, 200, &ingress, &peer, &health, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(budget.held(), 0, "given back with the exchange");
+        let response = out[0].response.as_ref().unwrap();
+        assert_eq!(response.body.len(), 1000);
+        let done_len = "event: response.completed\ndata: \n\n".len() + done.len();
+        assert_eq!(response.body_len, (100 * event_len + done_len) as u64);
+        assert_eq!(response.end_ns, 200);
+        assert_eq!(
+            health
+                .body_bytes_over_limit
+                .load(std::sync::atomic::Ordering::Relaxed),
+            response.body_len - 1000
+        );
+        // The timeline stops where the kept bytes stop.
+        assert!(response
+            .body_timeline
+            .iter()
+            .all(|(reached, _)| *reached <= 1000));
+    }
+
+    #[test]
+    fn response_events_past_the_memory_budget_are_counted() {
+        let create = r#"{"type":"response.create","model":"gpt-5.4","input":"hi"}"#;
+        let delta = r#"{"type":"response.output_text.delta","delta":"b"}"#;
+        let budget = BodyBudget::new(100);
+        let mut ws = WebSocketConnection::new(CONN, "/v1/responses", None, None, 1 << 20)
+            .with_budget(budget.clone());
+        let (peer, health, mut out) = (Peer::default(), Health::default(), Vec::new());
+        let egress = frame(true, false, 1, create.as_bytes(), Some([1, 2, 3, 4]));
+        ws.push(Direction::Egress, 1, &egress, &peer, &health, &mut out);
+        for t in 0..10 {
+            let ingress = frame(true, false, 1, delta.as_bytes(), None);
+            ws.push(
+                Direction::Ingress,
+                10 + t,
+                &ingress,
+                &peer,
+                &health,
+                &mut out,
+            );
+        }
+        assert_eq!(budget.held(), 100);
+        let over = health
+            .body_bytes_over_budget
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let event_len = "event: response.output_text.delta\ndata: \n\n".len() + delta.len();
+        assert_eq!(over, (10 * event_len - 100) as u64);
+        ws.close("shutdown", &peer, &health, &mut out);
+        assert_eq!(budget.held(), 0);
+        assert_eq!(out[0].response.as_ref().unwrap().body.len(), 100);
     }
 
     fn run(deflate: bool, cuts: usize) -> Vec<HttpExchange> {

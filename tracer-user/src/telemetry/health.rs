@@ -118,6 +118,9 @@ counters! {
     /// HTTP/1 responses whose request was never seen (sent before the tracer looked, or lost):
     /// too old for any later request, past the few kept, or left at close.
     http1_dropped_unanswered_response as "http1_dropped_messages{reason=response_without_request}",
+    /// HTTP/1 requests still waiting for their answer when 256 later ones on the same
+    /// connection were waiting too: reported interrupted (`too_many_pending`), not held on.
+    http1_pending_evicted,
     /// Peers of connections that never carried data, forgotten when too many were waiting.
     connection_peers_evicted,
     /// HTTP/2 frames (header blocks, DATA pieces) of a stream not tracked because its
@@ -172,6 +175,12 @@ counters! {
     encrypted_skipped_hooked,
     /// LLM bodies that could not be decoded or parsed.
     llm_parse_errors,
+    /// Body bytes past a message's body limit (`--max-body-bytes`), not kept: the message's
+    /// body size still counts them.
+    body_bytes_over_limit as "body_bytes_not_kept{reason=body_limit}",
+    /// Body bytes not kept because the bodies in progress on every connection together held
+    /// their share of `--memory-budget-mib`.
+    body_bytes_over_budget as "body_bytes_not_kept{reason=memory_budget}",
     /// Calls with a content-encoded body that decoded to more than `--max-body-bytes`: decoding
     /// stopped there, the span carries `agent_tracer.body.decoded_truncated`.
     bodies_decoded_truncated,

@@ -18,6 +18,8 @@ const RUNS: usize = 5;
 const TARGET_SECONDS: f64 = 1.0;
 
 struct Measured {
+    /// The host's 1-minute load average before the runs: the machine may be shared.
+    load_before: String,
     records: u64,
     body_bytes: u64,
     seconds: Vec<f64>,
@@ -34,6 +36,10 @@ pub(super) fn measure(_env: &Env) -> Result<String> {
         "pipeline_sse_flood",
     ]))?;
     let program = target_dir().join("release/examples/pipeline_sse_flood");
+    let load_before = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string());
     header(&format!("{} {TINY_EVENTS} {RUNS}", program.display()));
     let out = std::process::Command::new(&program)
         .args([TINY_EVENTS.to_string(), RUNS.to_string()])
@@ -56,6 +62,7 @@ pub(super) fn measure(_env: &Env) -> Result<String> {
             .with_context(|| format!("{key} missing from {line}"))
     };
     let measured = Measured {
+        load_before,
         records: number("records")?,
         body_bytes: number("body_bytes")?,
         seconds: json["seconds"]
@@ -97,7 +104,8 @@ fn render(m: &Measured) -> String {
          | records per run | {} |\n\
          | median time per run ({RUNS} runs) | {:.3} s ({verdict} the {TARGET_SECONDS:.0} s target) |\n\
          | per record | {:.0} ns |\n\n\
-         Per run, seconds: {}.\n",
+         Per run, seconds: {}. The host's 1-minute load average before the runs was {} (on \
+         {} CPUs): the single-threaded stages compete for a core with whatever else runs.\n",
         today(),
         machine(),
         grouped(TINY_EVENTS),
@@ -107,5 +115,7 @@ fn render(m: &Measured) -> String {
         median_s,
         per_record_ns,
         list(m.seconds.iter().copied(), 3),
+        m.load_before,
+        super::cpu_count(),
     )
 }

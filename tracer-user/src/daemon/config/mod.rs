@@ -80,8 +80,9 @@ pub struct RunArgs {
     pub service_name: Option<String>,
 
     /// The tracer's memory budget, in MiB. The capture queue (records between the ring buffer
-    /// and the pipeline) and the OTLP retry buffer each hold at most a quarter of it; past that
-    /// they drop, counted (`pipeline_queue_full`, `export_dropped_spans{reason=buffer_full}`).
+    /// and the pipeline), the OTLP retry buffer and the bodies in progress on every connection
+    /// each hold at most a quarter of it; past that they drop, counted (`pipeline_queue_full`,
+    /// `export_dropped_spans{reason=buffer_full}`, `body_bytes_not_kept{reason=memory_budget}`).
     /// The default fits the Helm chart's 1 GiB memory limit.
     #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_MIB, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
     pub memory_budget_mib: u64,
@@ -185,6 +186,7 @@ impl Config {
             memory_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024),
             pipeline: PipelineConfig {
                 max_body_bytes: args.max_body_bytes,
+                body_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024) / 4,
                 idle_timeout: Duration::from_secs(args.idle_timeout_secs),
                 record_streams: args.record_streams.clone(),
                 genai: GenAiConfig {

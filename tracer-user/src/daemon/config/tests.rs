@@ -383,3 +383,15 @@ fn bad_protocol_is_a_clear_error() {
     let err = Config::resolve(&cli.run, |_| None).unwrap_err();
     assert!(err.to_string().contains("unsupported OTLP protocol"));
 }
+
+#[test]
+fn the_bodies_in_progress_get_a_quarter_of_the_memory_budget() {
+    let c = resolve(&["--memory-budget-mib", "64"], &[]);
+    assert_eq!(c.pipeline.body_budget_bytes, 16 << 20);
+    assert_eq!(c.memory_budget_bytes, 64 << 20);
+    let default = resolve(&[], &[]);
+    assert_eq!(
+        default.pipeline.body_budget_bytes,
+        crate::daemon::pipeline::PipelineConfig::default().body_budget_bytes
+    );
+}

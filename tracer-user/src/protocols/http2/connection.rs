@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     model::{ConnKey, Direction, ExchangeEnd, HttpExchange, HttpRequest, HttpResponse, Peer},
+    protocols::memory::{BodyBudget, KeptBody},
     telemetry::health::Health,
 };
 
@@ -30,6 +31,8 @@ pub(super) const MAX_OPEN_STREAMS: usize = 1024;
 pub struct Http2Connection {
     pub(super) conn: ConnKey,
     pub(super) max_body: usize,
+    /// What every connection's bodies in progress may hold together.
+    pub(super) budget: BodyBudget,
     pub(super) health: Arc<Health>,
     /// Indexed by `Direction as usize`.
     pub(super) readers: [Reader; 2],
@@ -59,6 +62,7 @@ impl Http2Connection {
         Http2Connection {
             conn,
             max_body,
+            budget: BodyBudget::default(),
             health,
             readers: [
                 Reader::new(Framing::Preface(0)),
@@ -71,6 +75,12 @@ impl Http2Connection {
             finished_old: BTreeSet::new(),
             server_side: false,
         }
+    }
+
+    /// Bodies drawn from `budget` (else bounded by the body limit only).
+    pub fn with_budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// A connection the tracer joined after its preface, found by [`frame_chain`]: each
@@ -116,7 +126,8 @@ impl Http2Connection {
             ended: true,
             ..Half::default()
         };
-        half.body.extend_from_slice(&request.body);
+        // Already charged, and given back, by the HTTP/1 parser that read it.
+        half.body = KeptBody::from_bytes(&request.body);
         h2.streams.insert(
             1,
             Stream {

@@ -300,10 +300,12 @@ impl Http2Connection {
     ) {
         let start_ns = self.readers[direction as usize].frame_start_ns;
         let max_body = self.max_body;
+        let budget = self.budget.clone();
         if let Some(stream) = self.stream(frame.stream, direction) {
             let half = stream.half(direction);
             half.touch(start_ns, timestamp_ns);
-            half.append_body(data, timestamp_ns, max_body);
+            let not_kept = half.append_body(data, timestamp_ns, max_body, &budget);
+            not_kept.count_in(&self.health);
         }
         if frame.left() == 0 {
             self.end_data_frame(direction, frame, peer, out);

@@ -5,9 +5,10 @@
 // so the lint refuses them rather than a comment promising there are none.
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use bytes::BytesMut;
-
-use crate::model::{Direction, Headers};
+use crate::{
+    model::{Direction, Headers},
+    protocols::memory::{BodyBudget, KeptBody, NotKept},
+};
 
 /// A decoded message head.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +25,7 @@ pub(super) struct Half {
     pub(super) head: Option<Head>,
     /// Some header fields could not be decoded.
     pub(super) incomplete: bool,
-    pub(super) body: BytesMut,
+    pub(super) body: KeptBody,
     pub(super) body_len: u64,
     pub(super) bytes_lost: u64,
     pub(super) start_ns: Option<u64>,
@@ -51,20 +52,26 @@ impl Half {
         self.last_ns = self.last_ns.max(now_ns);
     }
 
-    /// As HTTP/1's bodies: the first `max_body` bytes kept, all counted, and when each arrived.
-    pub(super) fn append_body(&mut self, data: &[u8], timestamp_ns: u64, max_body: usize) {
+    /// As HTTP/1's bodies: the first `max_body` bytes kept (as far as `budget` allows), all
+    /// counted, and when each arrived.
+    pub(super) fn append_body(
+        &mut self,
+        data: &[u8],
+        timestamp_ns: u64,
+        max_body: usize,
+        budget: &BodyBudget,
+    ) -> NotKept {
         if data.is_empty() {
-            return;
+            return NotKept::default();
         }
         self.first_body_ns.get_or_insert(timestamp_ns);
-        let room = max_body.saturating_sub(self.body.len());
-        self.body
-            .extend_from_slice(data.get(..room).unwrap_or(data));
+        let not_kept = self.body.extend(data, max_body, budget);
         self.body_len = self.body_len.saturating_add(data.len() as u64);
         match self.timeline.last_mut() {
             Some((reached, t)) if *t == timestamp_ns => *reached = self.body_len,
             _ => self.timeline.push((self.body_len, timestamp_ns)),
         }
+        not_kept
     }
 }
 

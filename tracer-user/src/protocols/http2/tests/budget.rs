@@ -179,3 +179,38 @@ fn streams_dropped_when_a_joined_connection_turns_out_server_side_are_counted() 
     assert!(exchanges.is_empty(), "{exchanges:#?}");
     assert_eq!(health.http2_dropped_server_side.load(Ordering::Relaxed), 1);
 }
+
+/// Issue 17 item 7: HTTP/2 response bodies draw from the bodies' memory budget; what it cannot
+/// hold is counted, and the stream's bytes are given back when its exchange is emitted.
+#[test]
+fn stream_bodies_draw_from_the_memory_budget() {
+    use crate::protocols::{memory::BodyBudget, HttpTracker};
+    let mut w = Wire::new();
+    w.request(1, PATH, true);
+    w.request(3, PATH, true);
+    let block = w.block(Direction::Ingress, &[(":status", "200")]);
+    w.send(Direction::Ingress, frame(0x1, 0x4, 1, &block));
+    let block = w.block(Direction::Ingress, &[(":status", "200")]);
+    w.send(Direction::Ingress, frame(0x1, 0x4, 3, &block));
+    w.send(Direction::Ingress, frame(0x0, 0x0, 1, &[b'x'; 80]));
+    w.send(Direction::Ingress, frame(0x0, 0x0, 3, &[b'y'; 80]));
+    let health = std::sync::Arc::new(crate::telemetry::health::Health::default());
+    let budget = BodyBudget::new(100);
+    let mut tracker = HttpTracker::new(1 << 20, health.clone()).with_budget(budget.clone());
+    let mut out = Vec::new();
+    for event in &w.events {
+        tracker.push(event, &mut out);
+    }
+    assert_eq!(budget.held(), 100);
+    assert_eq!(health.body_bytes_over_budget.load(Ordering::Relaxed), 60);
+    tracker.push(
+        &super::exchanges::data(Direction::Ingress, &frame(0x0, 0x1, 1, b"")),
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(budget.held(), 20);
+    tracker.close_all(&mut out);
+    assert_eq!(budget.held(), 0);
+    let second = out[1].response.as_ref().unwrap();
+    assert_eq!((second.body.len(), second.body_len), (20, 80));
+}
