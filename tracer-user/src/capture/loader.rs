@@ -118,7 +118,12 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// A program the verifier refuses is reported with the end of the verifier's log.
     pub fn load(ring_buffer_bytes: u32) -> Result<Self> {
+        Self::load_programs(ring_buffer_bytes).map_err(super::rejection::for_user)
+    }
+
+    fn load_programs(ring_buffer_bytes: u32) -> Result<Self> {
         compat::require_supported()?;
         let (programs, loops) = programs_for_this_kernel();
         tracing::info!("kernel programs: {}", loops.describe());

@@ -12,6 +12,7 @@ pub mod locate;
 pub mod preattach;
 pub mod queue;
 pub mod reader;
+pub mod rejection;
 pub mod safe_open;
 mod stdio;
 mod system;
