@@ -6,6 +6,7 @@ mod attacher;
 pub mod compat;
 mod decode;
 pub mod gotls;
+mod kernel_log;
 mod libssl;
 mod loader;
 pub mod locate;
