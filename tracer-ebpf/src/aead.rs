@@ -183,7 +183,14 @@ fn seal_record(ctx: &ProbeContext, key: u64, (buf, len): (u64, u64), (ad, ad_len
     let Some(function) = classify(ad, ad_len) else {
         return;
     };
-    let _ = AEAD_SEALED.insert(pid_tgid, key, BPF_ANY as u64);
+    if let Err(error) = AEAD_SEALED.insert(pid_tgid, key, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "AEAD_SEALED",
+            pid_tgid,
+            error,
+            "the sealed records are not linked to their socket"
+        );
+    }
     if len == 0 || !plausible_record(len) {
         return;
     }
@@ -244,7 +251,14 @@ pub fn ring_open(ctx: ProbeContext) -> u32 {
         entry: RING_OPEN,
         result: call.result,
     };
-    let _ = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64);
+    if let Err(error) = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "AEAD_OPENS",
+            pid_tgid,
+            error,
+            "the opened record's bytes are not copied"
+        );
+    }
     0
 }
 
@@ -289,7 +303,14 @@ fn remember_open(ctx: &ProbeContext, entry: u32) {
         entry,
         result: 0,
     };
-    let _ = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64);
+    if let Err(error) = AEAD_OPENS.insert(pid_tgid, open, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "AEAD_OPENS",
+            pid_tgid,
+            error,
+            "the opened record's bytes are not copied"
+        );
+    }
 }
 
 #[uretprobe]

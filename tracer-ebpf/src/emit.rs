@@ -9,7 +9,7 @@ use tracer_common::{
     CHUNK_SIZE, MAX_CHUNKS_PER_CALL, RECORD_HEADER_SIZE,
 };
 
-use crate::Loops;
+use crate::{report, Loops};
 
 use crate::maps::{count, StreamKey, EVENTS, SCRATCH, STREAM_OFFSETS};
 
@@ -98,10 +98,12 @@ impl Transfer {
 #[inline(always)]
 pub fn emit_buffer(transfer: &mut Transfer) {
     emit_buffer_capped(transfer, bounded::CHUNKS_PER_CALL);
+    report::call_ends();
 }
 
 /// [`emit_buffer`] for one piece of a vectored call: in the bounded build each piece gets fewer
-/// records, so that every iovec's copy loop together stays within the verifier's budget.
+/// records, so that every iovec's copy loop together stays within the verifier's budget. The
+/// caller ends the whole call (`report::call_ends`) after its last piece.
 #[inline(always)]
 pub fn emit_iovec(transfer: &mut Transfer) {
     emit_buffer_capped(transfer, bounded::CHUNKS_PER_IOVEC);
@@ -149,6 +151,7 @@ fn emit_buffer_capped(transfer: &mut Transfer, bounded_chunks: u32) {
     let loops = if chunks > max_chunks as u64 {
         let kept = max_chunks as u64 * CHUNK_SIZE as u64;
         count(counter::TRUNCATED_BYTES, transfer.len - kept);
+        report::note_cut(transfer.pid_tgid, transfer.conn_id, transfer.len - kept);
         max_chunks
     } else {
         chunks as u32
@@ -194,8 +197,10 @@ pub fn emit_record(mut header: RecordHeader, src: u64, len: usize) {
     header.chunk_len = len as u32;
     record.header = header;
     let dst = record.data.as_mut_ptr() as *mut c_void;
-    if unsafe { bpf_probe_read_user(dst, len as u32, src as *const c_void) } != 0 {
+    let read = unsafe { bpf_probe_read_user(dst, len as u32, src as *const c_void) };
+    if read != 0 {
         count(counter::READ_FAILED_BYTES, len as u64);
+        report::note_unreadable(pid_tgid(&header), header.conn_id, len as u64, read);
         return;
     }
     let size = (RECORD_HEADER_SIZE + len) as u64;
@@ -210,7 +215,14 @@ pub fn emit_record(mut header: RecordHeader, src: u64, len: usize) {
     if ret < 0 {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         count(counter::RINGBUF_FULL_BYTES, len as u64);
+        report::note_ring_full(pid_tgid(&header), header.conn_id);
     }
+}
+
+/// The thread a record's header names, as `bpf_get_current_pid_tgid` gives it.
+#[inline(always)]
+fn pid_tgid(header: &RecordHeader) -> u64 {
+    ((header.pid as u64) << 32) | header.tid as u64
 }
 
 /// bpf_loop callback: copy chunk `index` of the transfer. Returns 0 to go on, 1 to stop.

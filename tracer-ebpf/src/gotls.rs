@@ -80,7 +80,14 @@ fn remember_call(ctx: &ProbeContext, direction: Direction) {
         len,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = GO_TLS_PENDING.insert(key, call, BPF_ANY as u64);
+    if let Err(error) = GO_TLS_PENDING.insert(key, call, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "GO_TLS_PENDING",
+            pid_tgid,
+            error,
+            "the Go TLS call's bytes are not copied (kernel_missing_entry)"
+        );
+    }
 }
 
 /// A `RET`: `n` bytes of the buffer remembered at entry were written or read.

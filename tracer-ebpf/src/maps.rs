@@ -24,6 +24,42 @@ pub static SCRATCH: PerCpuArray<RecordBuf> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// What copying the current call lost so far, for its one debug message (`report.rs`); per CPU,
+/// as a program runs on one CPU from start to end. In a map rather than on the stack: the
+/// bpf_loop callback adds to it, and sums on the caller's stack would differ at every iteration,
+/// which the verifier must then tell apart.
+#[repr(C)]
+pub struct CallLosses {
+    /// 1 when anything was lost.
+    pub any: u64,
+    /// The thread and the connection (`RecordHeader::conn_id`) of the call.
+    pub pid_tgid: u64,
+    pub conn_id: u64,
+    /// Bytes that could not be read from the traced program's memory.
+    pub unreadable: u64,
+    /// The last failed read's error.
+    pub read_error: i64,
+    /// Records the full ring buffer refused.
+    pub ring_full: u64,
+    /// Bytes past the per-call limit.
+    pub cut: u64,
+}
+
+impl CallLosses {
+    pub const NONE: CallLosses = CallLosses {
+        any: 0,
+        pid_tgid: 0,
+        conn_id: 0,
+        unreadable: 0,
+        read_error: 0,
+        ring_full: 0,
+        cut: 0,
+    };
+}
+
+#[map]
+pub static CALL_LOSSES: PerCpuArray<CallLosses> = PerCpuArray::with_max_entries(1, 0);
+
 /// A connection's direction, for counting the bytes it carried.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -193,7 +229,14 @@ pub fn mark_stdio(tgid: u32) {
                 flags: socket_flag::STDIO,
                 pair: STDIO_CONN_ID,
             };
-            let _ = SOCKETS.insert(key, state, aya_ebpf::bindings::BPF_ANY as u64);
+            if let Err(error) = SOCKETS.insert(key, state, aya_ebpf::bindings::BPF_ANY as u64) {
+                crate::report::insert_failed!(
+                    "SOCKETS",
+                    aya_ebpf::helpers::bpf_get_current_pid_tgid(),
+                    error,
+                    "the program's stdio is not traced"
+                );
+            }
         }
     }
 }

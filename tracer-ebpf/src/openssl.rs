@@ -108,7 +108,14 @@ fn remember_call(
         function: function as u32,
         cookie,
     };
-    let _ = pending.insert(pid_tgid, call, BPF_ANY as u64);
+    if let Err(error) = pending.insert(pid_tgid, call, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "PENDING_WRITES/PENDING_READS",
+            pid_tgid,
+            error,
+            "the TLS call's bytes are not copied (kernel_missing_entry)"
+        );
+    }
 }
 
 #[inline(always)]

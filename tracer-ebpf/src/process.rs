@@ -17,6 +17,7 @@ use tracer_common::{
 };
 
 use crate::maps::{count, forget_process_fds, mark_stdio, EVENTS, EXIT_STATUS};
+use crate::report;
 
 /// Offsets of `pid` and `clone_flags` in the `task_newtask` record, set by userspace from the
 /// tracepoint's format file (these defaults are the layout of every kernel since 3.x).
@@ -62,6 +63,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     forget_process_fds(tgid, false);
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
+        report::ring_full(pid_tgid, RecordKind::ProcessExit as u32);
         return 0;
     };
     let mut record = header(RecordKind::ProcessExit, pid_tgid);
@@ -86,7 +88,14 @@ pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 pub(crate) fn remember_exit_status(status: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = EXIT_STATUS.insert(tgid, status as i32, 0);
+    if let Err(error) = EXIT_STATUS.insert(tgid, status as i32, 0) {
+        report::insert_failed!(
+            "EXIT_STATUS",
+            bpf_get_current_pid_tgid(),
+            error,
+            "the process's exit status is reported unknown"
+        );
+    }
 }
 
 /// Process lineage: which process created which. `task_newtask` fires in the creating process
@@ -107,6 +116,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     };
     let Some(mut entry) = EVENTS.reserve::<RecordHeader>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
+        report::ring_full(bpf_get_current_pid_tgid(), RecordKind::ProcessFork as u32);
         return 0;
     };
     let mut record = header(RecordKind::ProcessFork, bpf_get_current_pid_tgid());
@@ -144,6 +154,7 @@ pub(crate) fn emit_args(argv: u64) -> u32 {
     }
     let Some(mut entry) = EVENTS.reserve::<ArgsEvent>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
+        report::ring_full(bpf_get_current_pid_tgid(), RecordKind::ProcessArgs as u32);
         return 0;
     };
     let event = entry.as_mut_ptr();
@@ -190,6 +201,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
+        report::ring_full(pid_tgid, RecordKind::ProcessExec as u32);
         return 0;
     };
     let event = entry.as_mut_ptr();

@@ -10,6 +10,7 @@ mod maps;
 mod openssl;
 mod process;
 mod raw_syscalls;
+mod report;
 mod syscalls;
 
 #[cfg(not(test))]

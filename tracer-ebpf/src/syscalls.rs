@@ -148,7 +148,14 @@ pub(crate) fn enter_io(
                 fd,
                 function: function as u32 | COUNT_ONLY,
             };
-            let _ = PENDING_IO.insert(pid_tgid, io, BPF_ANY as u64);
+            if let Err(error) = PENDING_IO.insert(pid_tgid, io, BPF_ANY as u64) {
+                crate::report::insert_failed!(
+                    "PENDING_IO",
+                    pid_tgid,
+                    error,
+                    "the call's bytes are not counted"
+                );
+            }
         }
         return;
     }
@@ -187,7 +194,14 @@ fn remember_io(pid_tgid: u64, fd: u32, buf: u64, len: u64, function: SocketFunct
         fd,
         function: function as u32,
     };
-    let _ = PENDING_IO.insert(pid_tgid, io, BPF_ANY as u64);
+    if let Err(error) = PENDING_IO.insert(pid_tgid, io, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "PENDING_IO",
+            pid_tgid,
+            error,
+            "the call's bytes are not copied"
+        );
+    }
 }
 
 #[inline(always)]
@@ -324,7 +338,10 @@ pub(crate) fn exit_io(r: i64, direction: Direction) {
     }
     if left > 0 {
         count(counter::TRUNCATED_BYTES, left);
+        crate::report::note_cut(pid_tgid, io.fd as u64, left);
     }
+    // One debug message for the whole call, whichever pieces lost what.
+    crate::report::call_ends();
 }
 
 enum Sniffed {
@@ -421,6 +438,7 @@ fn emit_client_hello(pid_tgid: u64, fd: u32, buf: u64, len: u64, timestamp_ns: u
         _pad: 0,
     };
     emit_record(header, buf, len);
+    crate::report::call_ends();
 }
 
 // Encrypted-only TLS connections: totals, no bytes.
@@ -439,7 +457,13 @@ fn start_tls(key: FdKey, len: u64, start_ns: u64) -> bool {
         turns: 0,
         last_direction: Direction::Egress as u32,
     };
-    if TLS_CONNS.insert(key, totals, BPF_ANY as u64).is_err() {
+    if let Err(error) = TLS_CONNS.insert(key, totals, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "TLS_CONNS",
+            bpf_get_current_pid_tgid(),
+            error,
+            "the encrypted connection is not reported"
+        );
         return false;
     }
     let bound = key.fd + 1;

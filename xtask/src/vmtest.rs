@@ -691,7 +691,15 @@ fn guest_script(
          mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          ulimit -l unlimited\n\
          uname -r > {o}/kernel\n\
-         {} check > {o}/check.txt 2>&1; echo $? > {o}/check.rc",
+         {tracer} check > {o}/check.txt 2>&1; echo $? > {o}/check.rc",
+        tracer = shell_quote(&tracer.display().to_string())
+    );
+    // Again with the kernel programs' debug messages on: they must not push a program past this
+    // kernel's verifier (what a user asked to send us `AGENT_TRACER_LOG=debug` would hit).
+    let _ = writeln!(
+        s,
+        "AGENT_TRACER_LOG=info,tracer_ebpf=debug {} check > {o}/check-debug.txt 2>&1; \
+         echo $? > {o}/check-debug.rc",
         shell_quote(&tracer.display().to_string())
     );
     for (i, (name, exe)) in smoke.iter().enumerate() {
@@ -757,7 +765,15 @@ fn boot_and_test(
         tests.push((name.clone(), ok));
     }
     let check = read("check.txt");
-    let check_passed = read("check.rc").trim() == "0";
+    let debug_check_passed = read("check-debug.rc").trim() == "0";
+    if !debug_check_passed {
+        eprintln!(
+            "--- agent-tracer check with the kernel's debug messages on, on Linux {} ---\n{}",
+            kernel.version,
+            read("check-debug.txt")
+        );
+    }
+    let check_passed = read("check.rc").trim() == "0" && debug_check_passed;
     if !check_passed {
         eprintln!(
             "--- agent-tracer check on Linux {} ---\n{check}",

@@ -20,7 +20,14 @@ pub(crate) fn enter_socket(family: u64, kind: u64) {
             fd: 0,
             _pad: 0,
         };
-        let _ = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64);
+        if let Err(error) = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64) {
+            crate::report::insert_failed!(
+                "PENDING_SOCKET_CALLS",
+                pid_tgid,
+                error,
+                "the socket is not traced"
+            );
+        }
     }
 }
 
@@ -40,7 +47,14 @@ pub(crate) fn exit_socket(fd: i64) {
             flags: flag::STREAM,
             pair: 0,
         };
-        let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
+        if let Err(error) = SOCKETS.insert(key, state, BPF_ANY as u64) {
+            crate::report::insert_failed!(
+                "SOCKETS",
+                pid_tgid,
+                error,
+                "the socket is not traced"
+            );
+        }
     }
 }
 
@@ -84,7 +98,14 @@ pub(crate) fn remember_socket_call(fd: u64, addr: u64) {
         return;
     }
     let call = PendingSocketCall { addr, fd, _pad: 0 };
-    let _ = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64);
+    if let Err(error) = PENDING_SOCKET_CALLS.insert(pid_tgid, call, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "PENDING_SOCKET_CALLS",
+            pid_tgid,
+            error,
+            "the connection is not traced"
+        );
+    }
 }
 
 #[inline(always)]
@@ -123,7 +144,14 @@ pub(super) fn start_connection(key: FdKey, flags: u32) {
         flags: flags | flag::STREAM,
         pair: 0,
     };
-    let _ = SOCKETS.insert(key, state, BPF_ANY as u64);
+    if let Err(error) = SOCKETS.insert(key, state, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "SOCKETS",
+            bpf_get_current_pid_tgid(),
+            error,
+            "the connection is not traced"
+        );
+    }
     forget_socket_offsets(key);
     let _ = TLS_CONNS.remove(key);
 }
@@ -166,6 +194,7 @@ pub(super) struct SocketEvent {
 pub(crate) fn emit_socket_record(kind: RecordKind, pid_tgid: u64, fd: u32, body: SocketRecord) {
     let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
+        crate::report::ring_full(pid_tgid, kind as u32);
         return;
     };
     entry.write(SocketEvent {

@@ -45,7 +45,14 @@ pub(crate) fn enter_dup(old_fd: u32, new_fd: u32) {
         replaced_flags,
         _pad: 0,
     };
-    let _ = PENDING_DUPS.insert(pid_tgid, dup, BPF_ANY as u64);
+    if let Err(error) = PENDING_DUPS.insert(pid_tgid, dup, BPF_ANY as u64) {
+        crate::report::insert_failed!(
+            "PENDING_DUPS",
+            pid_tgid,
+            error,
+            "the duplicated stdio fd is not traced"
+        );
+    }
 }
 
 #[inline(always)]
@@ -67,7 +74,14 @@ pub(crate) fn exit_dup(fd: i64) {
         end_socket(key, dup.replaced_flags, pid_tgid);
     }
     if dup.state.flags & flag::STDIO != 0 {
-        let _ = SOCKETS.insert(key, dup.state, BPF_ANY as u64);
+        if let Err(error) = SOCKETS.insert(key, dup.state, BPF_ANY as u64) {
+            crate::report::insert_failed!(
+                "SOCKETS",
+                pid_tgid,
+                error,
+                "the duplicated stdio fd is not traced"
+            );
+        }
     } else {
         let _ = SOCKETS.remove(key);
     }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     compat::{self, SyscallHooks},
+    kernel_log::{self, KernelLog},
     targets::{Hook, TLS_PROGRAMS},
 };
 use crate::telemetry::health::Health;
@@ -140,19 +141,28 @@ pub struct Capture {
     ebpf: Ebpf,
     loops: compat::LoopPath,
     syscall_hooks: SyscallHooks,
+    /// The programs' debug messages on their way to the log, when the log shows them.
+    _kernel_log: Option<KernelLog>,
 }
 
 impl Capture {
+    /// A program the verifier refuses is reported with the end of the verifier's log.
     pub fn load(ring_buffer_bytes: u32) -> Result<Self> {
+        Self::load_programs(ring_buffer_bytes).map_err(super::rejection::for_user)
+    }
+
+    fn load_programs(ring_buffer_bytes: u32) -> Result<Self> {
         compat::require_supported()?;
         let (programs, loops) = programs_for_this_kernel();
         tracing::info!("kernel programs: {}", loops.describe());
         let to_try = compat::syscall_hooks_to_try()?;
         let ring_buffer_bytes = ring_buffer_bytes.next_power_of_two().max(4096);
         let tracer_tgid = std::process::id();
+        let kernel_log_level = kernel_log::level();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .override_global("TRACER_TGID", &tracer_tgid, true)
+            .override_global(aya_log::LEVEL, &kernel_log_level, true)
             .override_global(
                 "NEWTASK_PID_OFFSET",
                 &tracepoint_field_offset("task", "task_newtask", "pid", 8),
@@ -165,6 +175,10 @@ impl Capture {
             )
             .load(programs)
             .context("loading the eBPF programs into the kernel")?;
+        let kernel_log = KernelLog::start(&mut ebpf, kernel_log_level).unwrap_or_else(|e| {
+            warn!("the kernel programs' debug messages will not be logged: {e:#}");
+            None
+        });
 
         // Uprobes are loaded up front and attached per target as targets are found.
         for name in TLS_PROGRAMS.iter().chain(super::gotls::GO_PROGRAMS) {
@@ -182,6 +196,7 @@ impl Capture {
             ebpf,
             loops,
             syscall_hooks,
+            _kernel_log: kernel_log,
         })
     }
 
