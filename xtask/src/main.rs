@@ -13,7 +13,7 @@ use std::{os::unix::process::CommandExt as _, process::ExitCode};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use util::{cargo, run_checked, target_dir};
+use util::{cargo, root, run_checked, target_dir};
 
 #[derive(Parser)]
 #[command(
@@ -207,6 +207,13 @@ fn test_latest_agents(extra: &[String]) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    // A whole run builds everything once: incremental compilation's caches would only add
+    // gigabytes to the target directory, and CI machines have run out of disk.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+    }
+    let disk = || util::disk_free(&root()).unwrap_or_default();
+    println!("{}", disk());
     setup::run(setup::Needs::Everything)?;
     let steps: Vec<(String, std::process::Command)> = vec![
         ("formatting: cargo fmt --all --check".to_string(), {
@@ -273,7 +280,8 @@ fn test(extra: &[String]) -> Result<()> {
             run_checked(&mut cmd)
         };
         if let Err(e) = result {
-            eprintln!("error: {e:#}");
+            // A full disk fails every later step with compiler and linker noise: say it once.
+            eprintln!("error: {e:#}\n({})", disk());
             failed.push(name);
         }
     }

@@ -133,6 +133,20 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// How much room is left where the build goes, for the log of a run that may fail for want of
+/// it (`df`, as the crate takes no dependencies): `None` when `df` cannot tell.
+pub fn disk_free(path: &Path) -> Option<String> {
+    let mut df = Command::new("df");
+    df.args(["--output=avail", "-B1"]).arg(path);
+    let out = output_of(&mut df).ok()?;
+    let bytes: u64 = out.lines().nth(1)?.trim().parse().ok()?;
+    Some(format!(
+        "{:.1} GiB free on the disk of {}",
+        bytes as f64 / f64::from(1u32 << 30),
+        path.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
