@@ -232,7 +232,7 @@ async fn gemini_stream_generate_content() -> Result<()> {
         as_strs(span.attr("agent_tracer.response.tool_call.names")),
         Some(vec!["get_weather".to_string()])
     );
-    streamed_timing(&span, 2);
+    streamed_timing(&span, 4);
     assert!(
         !contains(&exported, b"AIza-test-secret-gemini"),
         "x-goog-api-key must never be exported"

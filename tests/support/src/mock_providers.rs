@@ -305,12 +305,21 @@ fn gemini_final_chunk(whole: bool) -> Value {
 
 fn gemini_stream() -> Response<Body> {
     // alt=sse: each event a whole GenerateContentResponse, separated by CRLF pairs; no sentinel.
-    let first = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Let me check. "}]}, "index": 0}],
-        "usageMetadata": {"trafficType": "ON_DEMAND"}, "modelVersion": GEMINI_MODEL_VERSION, "responseId": "gemini-mock-response-1"});
-    let frames = [first, gemini_final_chunk(false)]
-        .iter()
-        .map(|c| format!("data: {c}\r\n\r\n"))
-        .collect();
+    // Four events, so time to first chunk stands three gaps before the last event: a client read
+    // late under load still tells the first event from the last.
+    let text = |t: &str| {
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": t}]}, "index": 0}],
+        "usageMetadata": {"trafficType": "ON_DEMAND"}, "modelVersion": GEMINI_MODEL_VERSION, "responseId": "gemini-mock-response-1"})
+    };
+    let frames = [
+        text("Let me "),
+        text("check "),
+        text("the weather. "),
+        gemini_final_chunk(false),
+    ]
+    .iter()
+    .map(|c| format!("data: {c}\r\n\r\n"))
+    .collect();
     streamed("text/event-stream", frames)
 }
 
