@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::{
     compat::{self, SyscallHooks},
     kernel_log::{self, KernelLog},
+    rejection,
     targets::{Hook, TLS_PROGRAMS},
 };
 use crate::telemetry::health::Health;
@@ -384,6 +385,9 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, to_try: &[SyscallHooks]) -> Result<Sysc
         match result {
             Ok(()) => return Ok(*hooks),
             Err(e) => {
+                // The verifier's whole log runs to thousands of lines: its end says why, the
+                // rest goes to the debug log.
+                let e = rejection::for_user(e);
                 if i + 1 < to_try.len() {
                     warn!("{} failed, falling back: {e:#}", hooks.describe());
                 }
@@ -419,15 +423,25 @@ fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
                     );
                     kprobes.push((kprobe, *function));
                 }
-                Some(Err(k)) => refused.push(format!("{enter} on {function}: {e:#}; {k:#}")),
-                None => refused.push(format!("{enter} on {function}: {e:#}")),
+                Some(Err(k)) => refused.push(format!(
+                    "{enter} on {function}: {:#}; {:#}",
+                    rejection::for_user(e),
+                    rejection::for_user(k)
+                )),
+                None => refused.push(format!(
+                    "{enter} on {function}: {:#}",
+                    rejection::for_user(e)
+                )),
             }
         }
         if *has_exit {
             let exit = format!("fexit_{name}");
             if let Err(e) = program::<FExit>(ebpf, &exit).and_then(|p| Ok(p.load(function, &btf)?))
             {
-                refused.push(format!("{exit} on {function}: {e:#}"));
+                refused.push(format!(
+                    "{exit} on {function}: {:#}",
+                    rejection::for_user(e)
+                ));
             }
         }
     }
