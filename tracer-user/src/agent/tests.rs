@@ -75,6 +75,8 @@ fn call(
             http2_joined_mid_connection: false,
             http2_incomplete_headers: false,
             body_decoded_truncated: false,
+            request_body_cut: None,
+            response_body_cut: None,
         },
         provider: "openai".into(),
         operation: "chat",
@@ -632,6 +634,8 @@ fn mcp_tools_call(pid: u32, start: u64, end: u64, tool: &str) -> McpExchange {
             http2_joined_mid_connection: false,
             http2_incomplete_headers: false,
             body_decoded_truncated: false,
+            request_body_cut: None,
+            response_body_cut: None,
         }),
         mcp: mcp::McpCall {
             method: "tools/call".into(),

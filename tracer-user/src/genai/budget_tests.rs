@@ -139,3 +139,66 @@ fn bodies_no_parser_reads_are_never_decoded() {
     let (_, peak) = peak_during(|| recognise(&x, &config()));
     assert!(peak < 1 << 20, "{peak} bytes allocated at once");
 }
+
+/// Issue 17 item 7: a streamed answer that finds the memory budget for bodies spent is read
+/// from the start it kept, and its span says the body was cut, and by what.
+#[test]
+fn a_model_answer_cut_by_the_memory_budget_is_marked_on_its_span() {
+    use crate::protocols::memory::BodyBudget;
+    let request = post(
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    let event = "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"word \"}}]}\n\n";
+    let body = event.repeat(100);
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let budget = BodyBudget::new(1000);
+    let mut tracker =
+        HttpTracker::new(LIMIT, Arc::new(Health::default())).with_budget(budget.clone());
+    let mut out = Vec::new();
+    for (direction, bytes) in [
+        (Direction::Egress, request.as_bytes()),
+        (Direction::Ingress, response.as_bytes()),
+    ] {
+        tracker.push(
+            &StreamEvent::Data {
+                conn: CONN,
+                direction,
+                timestamp_ns: 7,
+                bytes: Bytes::copy_from_slice(bytes),
+            },
+            &mut out,
+        );
+    }
+    assert_eq!(out.len(), 1);
+    let Some(Ok(Call::Llm(call))) = recognise(&out[0], &config()) else {
+        panic!("a model call");
+    };
+    assert_eq!(call.http.request_body_cut, None);
+    assert_eq!(
+        call.http.response_body_cut,
+        Some(crate::model::BodyCut::MemoryBudget)
+    );
+    assert_eq!(call.http.response_body_bytes, body.len() as u64);
+    let attributes = semconv::call_attributes(
+        &call,
+        &semconv::ContentPolicy {
+            capture: false,
+            max_bytes: 1024,
+        },
+    );
+    let cut_by = |key: &str| {
+        attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        cut_by("agent_tracer.body.response_cut_by"),
+        Some("memory_budget".into())
+    );
+    assert_eq!(cut_by("agent_tracer.body.request_cut_by"), None);
+}

@@ -370,6 +370,8 @@ fn bedrock_call(path: &str, status: u16, request_body: u64, response_body: u64) 
             http2_joined_mid_connection: false,
             http2_incomplete_headers: false,
             body_decoded_truncated: false,
+            request_body_cut: None,
+            response_body_cut: None,
         },
         provider: "aws.bedrock".into(),
         operation: "chat",

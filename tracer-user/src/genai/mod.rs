@@ -24,7 +24,7 @@ pub use dialect::Dialect;
 pub use view::ResponseView;
 
 use crate::{
-    model::{header, ConnKey, ExchangeEnd, Headers, HttpExchange, Source},
+    model::{header, BodyCut, ConnKey, ExchangeEnd, Headers, HttpExchange, Source},
     protocols::{body::decode_content, jsonrpc::RpcExchange},
 };
 use view::{can_matter, decode_response, DecodedResponse};
@@ -166,6 +166,10 @@ pub struct HttpCall {
     /// A content-encoded body decoded to more than the body limit: what was read of it is its
     /// start only.
     pub body_decoded_truncated: bool,
+    /// Why the request's or the response's kept body stops before the body did (the body
+    /// limit, or the memory budget): the call was read from its start only.
+    pub request_body_cut: Option<BodyCut>,
+    pub response_body_cut: Option<BodyCut>,
 }
 
 /// An MCP JSON-RPC request, with what carried it.
@@ -438,6 +442,8 @@ fn http_call(exchange: &HttpExchange, path: &str) -> HttpCall {
         http2_joined_mid_connection: exchange.http2_joined_mid_connection,
         http2_incomplete_headers: headers_unknown,
         body_decoded_truncated: false,
+        request_body_cut: req.body_cut,
+        response_body_cut: exchange.response.as_ref().and_then(|r| r.body_cut),
     }
 }
 
@@ -579,6 +585,8 @@ pub(crate) mod tests_support {
                 http2_joined_mid_connection: false,
                 http2_incomplete_headers: false,
                 body_decoded_truncated: false,
+                request_body_cut: None,
+                response_body_cut: None,
             },
             provider: "openai".into(),
             operation: "chat",

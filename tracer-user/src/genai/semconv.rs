@@ -158,7 +158,7 @@ pub fn call_attributes(call: &LlmCall, content: &ContentPolicy) -> Vec<(&'static
         http.http2_joined_mid_connection,
         http.http2_incomplete_headers,
     );
-    decoded_truncated_mark(&mut a, http.body_decoded_truncated);
+    body_marks(&mut a, http);
     if let Some(err) = &call.error {
         a.push(("error.type", err.error_type.clone().into()));
     }
@@ -390,14 +390,21 @@ pub fn http_attributes(call: &HttpCall) -> Vec<(&'static str, AttrValue)> {
         call.http2_joined_mid_connection,
         call.http2_incomplete_headers,
     );
-    decoded_truncated_mark(&mut a, call.body_decoded_truncated);
+    body_marks(&mut a, call);
     a
 }
 
-/// A content-encoded body that decoded to more than the body limit: the span was made from its
-/// start only (a compression bomb, or a body larger than `--max-body-bytes`).
-fn decoded_truncated_mark(a: &mut Vec<(&'static str, AttrValue)>, truncated: bool) {
-    if truncated {
+/// A body the span was made from the start of only: kept only up to the body limit or to what
+/// the memory budget had left (`..._cut_by`), or content-encoded and decoding to more than the
+/// body limit (a compression bomb, or a body larger than `--max-body-bytes`).
+fn body_marks(a: &mut Vec<(&'static str, AttrValue)>, http: &HttpCall) {
+    if let Some(cut) = http.request_body_cut {
+        a.push(("agent_tracer.body.request_cut_by", cut.as_str().into()));
+    }
+    if let Some(cut) = http.response_body_cut {
+        a.push(("agent_tracer.body.response_cut_by", cut.as_str().into()));
+    }
+    if http.body_decoded_truncated {
         a.push(("agent_tracer.body.decoded_truncated", true.into()));
     }
 }

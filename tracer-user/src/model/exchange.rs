@@ -24,6 +24,25 @@ pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The bound that left a body's later bytes out: what was kept is the body's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyCut {
+    /// Past the message's body limit (`--max-body-bytes`).
+    BodyLimit,
+    /// Past what the daemon's memory budget had left for bodies in progress.
+    MemoryBudget,
+}
+
+impl BodyCut {
+    /// The span attribute's and the metric label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyCut::BodyLimit => "body_limit",
+            BodyCut::MemoryBudget => "memory_budget",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpRequest {
     pub method: String,
@@ -37,6 +56,8 @@ pub struct HttpRequest {
     pub start_ns: u64,
     pub end_ns: u64,
     pub bytes_lost: u64,
+    /// Why `body` stops before the body did, when it does (see [`BodyCut`]).
+    pub body_cut: Option<BodyCut>,
     /// HTTP/2 only: some header fields could not be decoded (HPACK state the capture missed), so
     /// the method, target or headers may be empty. What is there is never guessed.
     pub http2_incomplete_headers: bool,
@@ -56,6 +77,8 @@ pub struct HttpResponse {
     /// False when the body was cut short (process exit, idle timeout, shutdown, gap).
     pub complete: bool,
     pub bytes_lost: u64,
+    /// Why `body` stops before the body did, when it does (see [`BodyCut`]).
+    pub body_cut: Option<BodyCut>,
     /// HTTP/2 only: some header fields could not be decoded; the status may be 0.
     pub http2_incomplete_headers: bool,
 }
@@ -110,6 +133,7 @@ mod tests {
             body_timeline: timeline,
             complete: true,
             bytes_lost: 0,
+            body_cut: None,
             http2_incomplete_headers: false,
         }
     }

@@ -13,6 +13,6 @@ pub mod span;
 pub use connection::{ConnKey, Direction, Peer, Source};
 pub use events::StreamEvent;
 pub use exchange::{
-    header, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse, MAX_HEADER_FIELDS,
-    MAX_HEAD_BYTES,
+    header, BodyCut, ExchangeEnd, Headers, HttpExchange, HttpRequest, HttpResponse,
+    MAX_HEADER_FIELDS, MAX_HEAD_BYTES,
 };

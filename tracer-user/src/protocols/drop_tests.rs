@@ -297,6 +297,11 @@ fn bodies_in_progress_share_the_memory_budget() {
     assert_eq!(&out[1].request.body[..], &[b'b'; 40][..]);
     assert_eq!(out[0].request.body_len, 100);
     assert_eq!(out[1].request.body_len, 100);
+    // And say so, for the span; the answers, kept whole, don't.
+    use crate::model::BodyCut::MemoryBudget;
+    assert_eq!(out[0].request.body_cut, Some(MemoryBudget));
+    assert_eq!(out[1].request.body_cut, Some(MemoryBudget));
+    assert_eq!(out[1].response.as_ref().and_then(|r| r.body_cut), None);
 
     // A body still arriving when its connection closes gives its bytes back too.
     let mut third = head.to_vec();

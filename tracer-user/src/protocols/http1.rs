@@ -516,6 +516,7 @@ fn find_message_start(kind: Kind, buf: &[u8]) -> Option<usize> {
 /// The request, still charged to the body budget while it waits for its answer.
 pub(super) fn into_request(msg: Message) -> Held<HttpRequest> {
     let p = msg.partial;
+    let body_cut = p.body.cut();
     let (body, charge) = p.body.into_charged();
     let request = HttpRequest {
         method: p.method,
@@ -526,6 +527,7 @@ pub(super) fn into_request(msg: Message) -> Held<HttpRequest> {
         start_ns: p.start_ns,
         end_ns: p.last_ns,
         bytes_lost: p.bytes_lost,
+        body_cut,
         http2_incomplete_headers: false,
     };
     Held::new(request, charge)
@@ -534,6 +536,7 @@ pub(super) fn into_request(msg: Message) -> Held<HttpRequest> {
 /// The response, still charged to the body budget while it may wait for its request.
 pub(super) fn into_response(msg: Message) -> Held<HttpResponse> {
     let p = msg.partial;
+    let body_cut = p.body.cut();
     let (body, charge) = p.body.into_charged();
     let response = HttpResponse {
         status: p.status,
@@ -546,6 +549,7 @@ pub(super) fn into_response(msg: Message) -> Held<HttpResponse> {
         body_timeline: p.timeline,
         complete: msg.complete,
         bytes_lost: p.bytes_lost,
+        body_cut,
         http2_incomplete_headers: false,
     };
     Held::new(response, charge)

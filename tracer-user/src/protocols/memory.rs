@@ -18,7 +18,7 @@ use std::sync::{
 
 use bytes::{Bytes, BytesMut};
 
-use crate::telemetry::health::Health;
+use crate::{model::BodyCut, telemetry::health::Health};
 
 /// The shared pool. Cloned into every parser; all clones draw from the same bytes.
 #[derive(Clone, Debug)]
@@ -87,13 +87,6 @@ impl NotKept {
     }
 }
 
-/// Which bound ended a body's kept bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cut {
-    BodyLimit,
-    MemoryBudget,
-}
-
 /// The kept bytes of one body in progress and the budget they are charged to. Always a
 /// prefix of the body: once bytes were left out, none after them are kept (room given back
 /// to the budget later must not make a body with a hole in it).
@@ -102,7 +95,7 @@ pub struct KeptBody {
     bytes: BytesMut,
     /// The budget `bytes` are charged to (set by the first `extend`).
     budget: Option<BodyBudget>,
-    cut: Option<Cut>,
+    cut: Option<BodyCut>,
 }
 
 impl KeptBody {
@@ -110,13 +103,13 @@ impl KeptBody {
     pub fn extend(&mut self, data: &[u8], max_body: usize, budget: &BodyBudget) -> NotKept {
         let len = data.len() as u64;
         match self.cut {
-            Some(Cut::BodyLimit) => {
+            Some(BodyCut::BodyLimit) => {
                 return NotKept {
                     body_limit: len,
                     memory_budget: 0,
                 }
             }
-            Some(Cut::MemoryBudget) => {
+            Some(BodyCut::MemoryBudget) => {
                 return NotKept {
                     body_limit: 0,
                     memory_budget: len,
@@ -133,9 +126,9 @@ impl KeptBody {
         self.bytes
             .extend_from_slice(data.get(..kept).unwrap_or(data));
         if kept < room {
-            self.cut = Some(Cut::MemoryBudget);
+            self.cut = Some(BodyCut::MemoryBudget);
         } else if room < data.len() {
-            self.cut = Some(Cut::BodyLimit);
+            self.cut = Some(BodyCut::BodyLimit);
         }
         NotKept {
             body_limit: data.len().saturating_sub(room) as u64,
@@ -155,6 +148,11 @@ impl KeptBody {
 
     pub fn len(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// Why later bytes of this body were left out, once some were (the span says so).
+    pub fn cut(&self) -> Option<BodyCut> {
+        self.cut
     }
 
     pub fn is_empty(&self) -> bool {

@@ -419,6 +419,7 @@ impl WebSocketConnection {
             start_ns: p.start_ns,
             end_ns: p.start_ns,
             bytes_lost: 0,
+            body_cut: None,
             http2_incomplete_headers: false,
         };
         let first_body_ns = p.first_ns;
@@ -426,6 +427,7 @@ impl WebSocketConnection {
             status: 200,
             headers: vec![("content-type".into(), "text/event-stream".into())],
             body_len: p.body_len,
+            body_cut: p.body.cut(),
             body: p.body.freeze(),
             start_ns: first_body_ns,
             first_body_ns: Some(first_body_ns),
@@ -609,7 +611,9 @@ mod tests {
         assert_eq!(over, (10 * event_len - 100) as u64);
         ws.close("shutdown", &peer, &health, &mut out);
         assert_eq!(budget.held(), 0);
-        assert_eq!(out[0].response.as_ref().unwrap().body.len(), 100);
+        let response = out[0].response.as_ref().unwrap();
+        assert_eq!(response.body.len(), 100);
+        assert_eq!(response.body_cut, Some(crate::model::BodyCut::MemoryBudget));
     }
 
     fn run(deflate: bool, cuts: usize) -> Vec<HttpExchange> {

@@ -665,6 +665,7 @@ impl Http2Connection {
             HttpResponse {
                 status: head.status,
                 headers: head.headers,
+                body_cut: response.body.cut(),
                 body: response.body.freeze(),
                 body_len: response.body_len,
                 start_ns,
@@ -685,6 +686,7 @@ impl Http2Connection {
                 method: head.method,
                 target: head.path,
                 headers: head.headers,
+                body_cut: request.body.cut(),
                 body: request.body.freeze(),
                 body_len: request.body_len,
                 start_ns: request_start,

@@ -213,4 +213,6 @@ fn stream_bodies_draw_from_the_memory_budget() {
     assert_eq!(budget.held(), 0);
     let second = out[1].response.as_ref().unwrap();
     assert_eq!((second.body.len(), second.body_len), (20, 80));
+    assert_eq!(second.body_cut, Some(crate::model::BodyCut::MemoryBudget));
+    assert_eq!(out[0].response.as_ref().and_then(|r| r.body_cut), None);
 }
