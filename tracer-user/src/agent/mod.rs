@@ -38,6 +38,7 @@ pub use names::AgentNames;
 
 use self::{
     lineage::Lineage,
+    ownership::ExecEnd,
     runs::{add_usage, sampled_by_ratio},
     tools::pick_tool,
 };
@@ -422,7 +423,7 @@ impl AgentAssembler {
                 ..
             } => {
                 // A process that execs again (sh → the command) ends its previous program.
-                self.end_exec(*pid, *timestamp_ns, None, true, out);
+                self.end_exec(*pid, *timestamp_ns, ExecEnd::Replaced, out);
                 let record = self.lineage.exec(*pid, filename, *timestamp_ns);
                 let hint = record.args.join(" ");
                 let owner = match record.parent {
@@ -450,8 +451,14 @@ impl AgentAssembler {
                 pid,
                 timestamp_ns,
                 status,
+                exit_lost,
             } => {
-                self.end_exec(*pid, *timestamp_ns, *status, false, out);
+                let how = if *exit_lost {
+                    ExecEnd::ExitLost
+                } else {
+                    ExecEnd::Exited(*status)
+                };
+                self.end_exec(*pid, *timestamp_ns, how, out);
                 self.lineage.exit(*pid);
                 while let Some(i) = self.runs.iter().position(|r| r.pid == *pid) {
                     let outcome = self.runs[i].unfinished_outcome();

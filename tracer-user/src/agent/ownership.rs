@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// How a spawned program's exec span ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ExecEnd {
+    /// Its process exited with this status (`None`: a signal ended it).
+    Exited(Option<i32>),
+    /// Its process exec'd another program.
+    Replaced,
+    /// Its process is gone but its exit record was lost: how it ended is unknown.
+    ExitLost,
+}
+
 impl AgentAssembler {
     /// What `pid`'s work at `at_ns` belongs to, nearest process first: an open tool window of
     /// the process, (with `or_run`) its running run, or the exec span of a process spawned inside
@@ -178,14 +189,7 @@ impl AgentAssembler {
         }
     }
 
-    pub(super) fn end_exec(
-        &mut self,
-        pid: u32,
-        end_ns: u64,
-        status: Option<i32>,
-        replaced: bool,
-        out: &mut Vec<Span>,
-    ) {
+    pub(super) fn end_exec(&mut self, pid: u32, end_ns: u64, how: ExecEnd, out: &mut Vec<Span>) {
         let owner = self.execs.remove(&pid);
         let unowned_since = self.unowned.remove(&pid);
         if owner.is_none() && unowned_since.is_none() {
@@ -210,16 +214,18 @@ impl AgentAssembler {
             a.push(("process.parent_pid", u64::from(parent).into()));
         }
         let mut span_status = SpanStatus::Unset;
-        match (status, replaced) {
-            (_, true) => a.push(("agent_tracer.process.replaced_by_exec", true.into())),
-            (Some(code), false) => {
+        match how {
+            ExecEnd::Replaced => a.push(("agent_tracer.process.replaced_by_exec", true.into())),
+            // Not an error: nothing is known of how it ended, only that it did.
+            ExecEnd::ExitLost => a.push(("agent_tracer.process.exit_lost", true.into())),
+            ExecEnd::Exited(Some(code)) => {
                 a.push(("process.exit.code", i64::from(code).into()));
                 if code != 0 {
                     a.push(("error.type", code.to_string().into()));
                     span_status = SpanStatus::Error(format!("exit status {code}"));
                 }
             }
-            (None, false) => {
+            ExecEnd::Exited(None) => {
                 a.push(("error.type", "signal".into()));
                 span_status = SpanStatus::Error("ended by a signal".into());
             }

@@ -155,6 +155,7 @@ fn exit(pid: u32, at: u64, status: Option<i32>) -> CaptureEvent {
         pid,
         timestamp_ns: at * MS,
         status,
+        exit_lost: false,
     }
 }
 
@@ -234,6 +235,46 @@ fn linear_tool_loop_is_one_trace_with_the_tool_and_its_process_beneath() {
     }
     assert_eq!(root.start_unix_ns, chats[0].start_unix_ns);
     assert_eq!(root.end_unix_ns, chats[1].end_unix_ns);
+}
+
+/// A tool's process whose exit record was lost, found gone later: its exec span ends when it
+/// was last heard from, says the exit was lost, and is no error (nothing says it failed).
+#[test]
+fn a_tool_process_whose_exit_was_lost_ends_unknown_not_failed() {
+    let mut a = assembler(false);
+    let mut out = Vec::new();
+    let q = [user("list files")];
+    a.llm_call(
+        &call(AGENT, 0, 100, &q, &[("call_1", "shell", r#"{"cmd":"ls"}"#)]),
+        &mut out,
+    );
+    for e in exec(AGENT + 1, AGENT, 110, &["ls"]) {
+        a.process_event(&e, &mut out);
+    }
+    a.process_event(
+        &CaptureEvent::ProcessExit {
+            pid: AGENT + 1,
+            timestamp_ns: 130 * MS,
+            status: None,
+            exit_lost: true,
+        },
+        &mut out,
+    );
+    let q2 = [
+        user("list files"),
+        asks("call_1", "shell", r#"{"cmd":"ls"}"#),
+        result("call_1", "a b c"),
+    ];
+    a.llm_call(&call(AGENT, 150, 200, &q2, &[]), &mut out);
+    let ls = named(&out, "exec ls")[0];
+    assert_eq!(ls.status, SpanStatus::Unset, "{ls:#?}");
+    assert_eq!(
+        str_attr(ls, "agent_tracer.process.exit_lost").as_deref(),
+        Some("true")
+    );
+    assert!(ls.attr("error.type").is_none());
+    assert!(ls.attr("process.exit.code").is_none());
+    assert_eq!(ls.duration_ns(), 20 * MS);
 }
 
 #[test]

@@ -94,6 +94,7 @@ pub fn decode_record(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
             pid: h.pid,
             timestamp_ns: h.timestamp_ns,
             status: (h.function == EXIT_STATUS_KNOWN).then_some(h.offset as u32 as i32),
+            exit_lost: false,
         },
         RecordKind::ProcessFork => CaptureEvent::Fork {
             parent: h.pid,
@@ -345,6 +346,7 @@ mod tests {
                 pid: 42,
                 timestamp_ns: 1000,
                 status: None,
+                exit_lost: false,
             })
         ));
     }

@@ -148,6 +148,10 @@ pub enum CaptureEvent {
         timestamp_ns: u64,
         /// The status passed to `exit_group`; `None` when a signal ended the process.
         status: Option<i32>,
+        /// The kernel's exit record was lost (a full ring buffer drops it like any record) and
+        /// the pipeline found the process gone (`daemon::pipeline::lost_exits`): `status` is
+        /// unknown, and `timestamp_ns` is when the process was last heard from.
+        exit_lost: bool,
     },
 }
 

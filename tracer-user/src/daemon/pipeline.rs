@@ -4,11 +4,14 @@
 //! (`processes`) is not a stage but a reference every stage may ask, and the pipeline fills each
 //! finished span's resource from it. See [`Pipeline::handle`] for the order.
 
+mod lost_exits;
+
 use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tracing::debug;
 
+use self::lost_exits::LostExits;
 use crate::{
     agent::{encrypted::EncryptedConnection, AgentAssembler, AgentConfig},
     capture::{CaptureEvent, Clock, HookCoverage},
@@ -92,6 +95,8 @@ pub struct Pipeline {
     hook_coverage: HookCoverage,
     /// What is captured of each process, for the coverage metrics.
     seen: Coverage,
+    /// The processes every stage holds state for, to end those whose exit record was lost.
+    lost_exits: LostExits,
 }
 
 impl Pipeline {
@@ -125,6 +130,7 @@ impl Pipeline {
             tls_plaintext_pids: HashSet::new(),
             hook_coverage: HookCoverage::default(),
             seen: Coverage::default(),
+            lost_exits: LostExits::for_this_host(),
         })
     }
 
@@ -159,6 +165,8 @@ impl Pipeline {
     /// 7. Resource: each new span's process, from the catalogue, which then forgets a process
     ///    that exited (its description stays for spans reported after it).
     pub fn handle(&mut self, event: CaptureEvent, out: &mut Vec<Span>) {
+        // Left-out processes too: the catalogue and the lineage keep state for them.
+        self.lost_exits.heard(&event);
         if self.left_out(&event) {
             Health::add(&self.health.ignored_records, 1);
             return;
@@ -297,6 +305,10 @@ impl Pipeline {
         // Also when no span is made: a process left out for want of its pod's labels is let
         // in here once they arrive.
         self.processes.refresh_pods();
+        for exit in self.lost_exits.sweep(now_monotonic_ns) {
+            Health::add(&self.health.process_exits_lost, 1);
+            self.handle(exit, out);
+        }
         let first_new = out.len();
         self.http
             .sweep_idle(now_monotonic_ns, self.idle_timeout_ns, &mut self.exchanges);
@@ -426,3 +438,5 @@ mod fallback_tests {
 
 #[cfg(test)]
 mod flood_tests;
+#[cfg(test)]
+mod lost_exit_tests;

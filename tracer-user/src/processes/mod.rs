@@ -231,6 +231,11 @@ impl Processes {
         }
     }
 
+    /// Processes described now (departed ones kept for late spans not included).
+    pub fn cached(&self) -> usize {
+        self.processes.len()
+    }
+
     /// Called when a process is first seen, while it is surely alive. Decides whether it is
     /// traced, and tells the kernel when it is not.
     pub fn observe(&mut self, pid: u32) {

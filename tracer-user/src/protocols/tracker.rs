@@ -122,6 +122,16 @@ impl HttpTracker {
         self
     }
 
+    /// Connections tracked now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bytes the bodies in progress hold of the budget.
+    pub fn body_bytes_held(&self) -> u64 {
+        self.budget.held()
+    }
+
     pub fn push(&mut self, event: &StreamEvent, out: &mut Vec<HttpExchange>) {
         match event {
             StreamEvent::Data {

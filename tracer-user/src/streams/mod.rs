@@ -140,6 +140,11 @@ impl StreamAssembler {
     }
 
     /// What is known of socket `fd`'s peer (its address, the SNI it asked for).
+    /// Stream directions being reassembled now.
+    pub fn streams(&self) -> usize {
+        self.positions.len()
+    }
+
     pub fn peer(&self, pid: u32, fd: i32) -> Option<&Peer> {
         self.peers.get(&(pid, fd))
     }
@@ -290,6 +295,7 @@ mod tests {
                 pid: 1,
                 timestamp_ns: 9,
                 status: None,
+                exit_lost: false,
             },
         ]);
         assert_eq!(gaps(&out), vec![4]);

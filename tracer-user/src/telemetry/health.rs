@@ -161,6 +161,9 @@ counters! {
     /// Stdio connections forgotten while waiting for nothing, when too many were known (their
     /// process exits went missing); a line in progress on one is lost.
     jsonrpc_sessions_evicted,
+    /// Processes found gone whose exit record was lost (a full ring buffer): their state in
+    /// every stage was ended as their exit would have ended it, marked `exit_lost`.
+    process_exits_lost,
     /// Exchanges recognised as LLM calls.
     llm_calls,
     /// MCP JSON-RPC requests.
