@@ -20,6 +20,14 @@
 //! per-CPU map on the way (`note_*`), rather than one per record from each of the bounded
 //! build's unrolled copies; and that message takes no arguments, so that nothing is kept alive
 //! for it through the copy loops, which with the messages off still costs the verifier.
+//!
+//! Not reported here, on purpose: inserts into the LRU maps (`STREAM_OFFSETS`, `TLS_LAST_READ`)
+//! never fail for want of room, they evict; an evicted stream count shows in userspace as the
+//! stream's count starting again (`stream_count_restarts`), a lost last-read fd as a record
+//! without its socket. And the ring buffer being full for the TLS summaries of an exiting
+//! process: those are sent from the exit's loop over the process's descriptors, which the
+//! bounded build unrolls, and a message in it would be verified once per descriptor; they are
+//! counted in `kernel_ringbuf_full_records` like every other record.
 
 use aya_log_ebpf::macro_support::{level_enabled, Level};
 

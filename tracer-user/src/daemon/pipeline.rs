@@ -262,6 +262,10 @@ impl Pipeline {
             self.streams.attached_late_bytes,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.health.stream_count_restarts.store(
+            self.streams.count_restarts,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Step 6 of `handle`: the lifecycle event to the agent (lineage, the programs a tool ran,

@@ -37,6 +37,8 @@ pub struct StreamAssembler {
     tls_on_socket: HashMap<(u32, i32), Vec<u64>>,
     /// Bytes before the first chunk of a stream seen after the tracer started.
     pub attached_late_bytes: u64,
+    /// Streams whose count the kernel restarted (see `push_chunk`).
+    pub count_restarts: u64,
 }
 
 impl StreamAssembler {
@@ -190,6 +192,7 @@ impl StreamAssembler {
             // The kernel restarted this stream's count (a reused connection object, or its
             // counter was evicted): a new stream.
             *pos = Position { next: 0, call_end };
+            self.count_restarts += 1;
         }
         if at > pos.next {
             out.push(StreamEvent::Gap {
@@ -318,8 +321,13 @@ mod tests {
 
     #[test]
     fn restarted_count_is_a_new_stream() {
-        let out = run(vec![chunk(0, 2, 0, b"ab"), chunk(0, 2, 0, b"cd")]);
+        let mut s = StreamAssembler::new();
+        let mut out = Vec::new();
+        for c in [chunk(0, 2, 0, b"ab"), chunk(0, 2, 0, b"cd")] {
+            s.push(c, &mut out);
+        }
         assert_eq!(data(&out), b"abcd");
+        assert_eq!(s.count_restarts, 1);
     }
 
     #[test]

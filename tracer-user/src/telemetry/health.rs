@@ -65,6 +65,10 @@ counters! {
     stdio_seeded,
     /// Bytes streams had carried before the tracer first saw them (attached late).
     attached_late_bytes,
+    /// Streams whose byte count the kernel started again from zero: a connection object
+    /// reused, or its count evicted from the kernel's LRU map (more streams at once than it
+    /// holds). Taken as a new stream; what was in flight across the restart is not joined.
+    stream_count_restarts,
     /// Binaries whose TLS hooks were placed.
     tls_targets_attached,
     /// Files a process named (its executable, a mapped TLS library) that were not analysed
