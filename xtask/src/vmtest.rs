@@ -848,14 +848,84 @@ fn update_readme(table: &str) -> Result<()> {
     if end < begin {
         return Ok(());
     }
+    let old = &text[begin + README_BEGIN.len()..end];
+    let table = merge_rows(old, table);
     let updated = format!("{}{README_BEGIN}\n{table}{}", &text[..begin], &text[end..]);
     fs::write(&path, updated)?;
     Ok(())
 }
 
+/// `new` with the rows of `old` for kernel series it did not run kept, in their place: a run
+/// of one kernel (`--kernel 5.10`) updates that kernel's row and leaves the others' results.
+fn merge_rows(old: &str, new: &str) -> String {
+    let is_row =
+        |l: &str| l.starts_with("| ") && !l.starts_with("| kernel ") && !l.starts_with("| ---");
+    // "6.12.117+deb13-amd64" → "6.12".
+    let series = |row: &str| -> String {
+        let version = row
+            .trim_start_matches("| ")
+            .split(' ')
+            .next()
+            .unwrap_or_default();
+        version.split('.').take(2).collect::<Vec<_>>().join(".")
+    };
+    let fresh: Vec<&str> = new.lines().filter(|l| is_row(l)).collect();
+    let mut rows: Vec<String> = old
+        .lines()
+        .filter(|l| is_row(l))
+        .map(|l| {
+            fresh
+                .iter()
+                .find(|f| series(f) == series(l))
+                .map_or(l, |f| *f)
+                .to_string()
+        })
+        .collect();
+    for f in &fresh {
+        if !rows.iter().any(|r| series(r) == series(f)) {
+            rows.push(f.to_string());
+        }
+    }
+    let mut out = String::new();
+    let mut rows_written = false;
+    for line in new.lines() {
+        if is_row(line) {
+            if !rows_written {
+                for r in &rows {
+                    out.push_str(r);
+                    out.push('\n');
+                }
+                rows_written = true;
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::GuestResult;
+
+    #[test]
+    fn a_run_of_one_kernel_keeps_the_other_kernels_rows() {
+        let header = "| kernel | stands for | smoke tests |\n| --- | --- | --- |\n";
+        let old = format!(
+            "\n{header}| 5.10.0-32-amd64 | Debian 11 | 1/1 |\n| 6.1.0-50-amd64 | Debian 12 | 1/1 |\n\nRun by.\n"
+        );
+        let new = format!("{header}| 5.10.0-33-amd64 | Debian 11 | 5/5 |\n\nRun by.\n");
+        assert_eq!(
+            super::merge_rows(&old, &new),
+            format!(
+                "{header}| 5.10.0-33-amd64 | Debian 11 | 5/5 |\n| 6.1.0-50-amd64 | Debian 12 | 1/1 |\n\nRun by.\n"
+            )
+        );
+        let newer = format!("{header}| 6.12.117+deb13-amd64 | Debian 13 | 1/1 |\n\nRun by.\n");
+        assert!(super::merge_rows(&old, &newer)
+            .contains("| 6.1.0-50-amd64 | Debian 12 | 1/1 |\n| 6.12.117+deb13-amd64 |"));
+    }
 
     fn guest(check: &str) -> GuestResult {
         GuestResult {
