@@ -11,6 +11,9 @@
 //!   hooking syscalls this kernel offers.
 //! - `pipeline` ([`pipeline`]): the user-space stages alone on a flood of one-byte SSE events
 //!   (no kernel, no root).
+//! - `real-agent` ([`real_agent`]): Claude Code's whole tool loop against the mock, timed end to
+//!   end without and with the tracer, with a 95 % confidence interval ([`stats`]) for the
+//!   overhead.
 //!
 //! Every child process is guarded ([`Guarded`]): an error anywhere interrupts, then kills, what
 //! this command started, and nothing else is ever signalled.
@@ -26,7 +29,9 @@ mod locator;
 mod pipeline;
 mod preattach;
 mod procfs;
+mod real_agent;
 mod report;
+mod stats;
 pub(crate) mod syscall_paths;
 mod syscalls;
 mod tls_calls;
@@ -80,8 +85,9 @@ pub struct Args {
     /// Run only these sections (repeatable; all of them by default).
     #[arg(long, value_enum)]
     only: Vec<Section>,
-    /// Divide the syscall workloads' counts by this, for a slow machine (the VM kernels under
-    /// TCG, about ten times slower: `cargo xtask vmtest --bench` passes 10).
+    /// Divide the syscall workloads' counts and the real agent's runs by this, for a slow
+    /// machine (the VM kernels under TCG, about ten times slower: `cargo xtask vmtest --bench`
+    /// passes 10).
     #[arg(long, default_value_t = 1)]
     scale_down: u32,
     /// Use the release binaries already built, with no set-up (inside a VM guest, which shares
@@ -119,6 +125,9 @@ enum Section {
     Preattach,
     /// Pipeline: a flood of one-byte SSE events through the user-space stages.
     Pipeline,
+    /// Real agent: Claude Code's tool loop against the mock, end to end, 20 runs each way
+    /// (divided by `--scale-down`), with a 95 % confidence interval for the overhead.
+    RealAgent,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -192,6 +201,16 @@ pub fn run(args: &Args) -> Result<()> {
             write_section(&out, &section)?;
         }
         drop(server);
+    }
+    if wanted(Section::RealAgent) {
+        header("starting the mock model server");
+        let server = MockServer::start(&release.join("mock-llm"), &dir)?;
+        println!("https://127.0.0.1:{}", server.port);
+        let section = real_agent::measure(&env, &server)?;
+        drop(server);
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
     }
     if wanted(Section::Syscalls) {
         let section = syscalls::measure(&env)?;

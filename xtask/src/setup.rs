@@ -39,13 +39,13 @@ pub fn run(needs: Needs) -> Result<()> {
 
 /// The real agents the end-to-end tests run, pinned in this list (the testkit's installer
 /// reads the same file and installs whatever is missing itself, so a test run alone works).
-const REAL_AGENTS: &str = include_str!("../../tests/support/real-agents.txt");
+pub(crate) const REAL_AGENTS: &str = include_str!("../../tests/support/real-agents.txt");
 /// Set (to anything but `0`): install each agent's newest release instead of the pinned one.
 pub const LATEST_AGENTS_ENV: &str = "AGENT_TRACER_LATEST_AGENTS";
 
 /// Where the testkit keeps them: outside target/, so `cargo clean` does not throw away
 /// hundreds of MB of downloads.
-fn real_agents_dir() -> Result<PathBuf> {
+pub(crate) fn real_agents_dir() -> Result<PathBuf> {
     let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
