@@ -38,12 +38,14 @@ fn exchange(request: &str, content_type: &str) -> HttpExchange {
     )
     .into_bytes();
     response.extend_from_slice(&bomb);
-    let mut tracker = HttpTracker::new(LIMIT, Arc::new(Health::default()));
+    let tracker = HttpTracker::new(LIMIT, Arc::new(Health::default()));
+    exchange_through(tracker, request.as_bytes(), &response)
+}
+
+/// The one exchange `tracker` makes of a request and its response.
+fn exchange_through(mut tracker: HttpTracker, request: &[u8], response: &[u8]) -> HttpExchange {
     let mut out = Vec::new();
-    for (direction, bytes) in [
-        (Direction::Egress, request.as_bytes()),
-        (Direction::Ingress, &response[..]),
-    ] {
+    for (direction, bytes) in [(Direction::Egress, request), (Direction::Ingress, response)] {
         tracker.push(
             &StreamEvent::Data {
                 conn: CONN,
@@ -156,25 +158,9 @@ fn a_model_answer_cut_by_the_memory_budget_is_marked_on_its_span() {
         body.len()
     );
     let budget = BodyBudget::new(1000);
-    let mut tracker =
-        HttpTracker::new(LIMIT, Arc::new(Health::default())).with_budget(budget.clone());
-    let mut out = Vec::new();
-    for (direction, bytes) in [
-        (Direction::Egress, request.as_bytes()),
-        (Direction::Ingress, response.as_bytes()),
-    ] {
-        tracker.push(
-            &StreamEvent::Data {
-                conn: CONN,
-                direction,
-                timestamp_ns: 7,
-                bytes: Bytes::copy_from_slice(bytes),
-            },
-            &mut out,
-        );
-    }
-    assert_eq!(out.len(), 1);
-    let Some(Ok(Call::Llm(call))) = recognise(&out[0], &config()) else {
+    let tracker = HttpTracker::new(LIMIT, Arc::new(Health::default())).with_budget(budget);
+    let exchange = exchange_through(tracker, request.as_bytes(), response.as_bytes());
+    let Some(Ok(Call::Llm(call))) = recognise(&exchange, &config()) else {
         panic!("a model call");
     };
     assert_eq!(call.http.request_body_cut, None);

@@ -48,34 +48,45 @@ fn first_write() -> Bytes {
     Bytes::from(bytes)
 }
 
-#[test]
-fn ten_thousand_connections_of_processes_whose_exits_were_lost_leave_nothing_behind() {
+/// A pipeline as the daemon builds it, and its health counters.
+fn pipeline() -> (Pipeline, Arc<Health>) {
     let health = Arc::new(Health::default());
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         PipelineConfig::default(),
         Clock::new(),
         health.clone(),
         None,
     )
     .unwrap();
+    (pipeline, health)
+}
+
+/// `write` as process `pid`'s first TLS write on its connection, at `at`.
+fn written(pid: u32, at: u64, write: &Bytes) -> CaptureEvent {
+    CaptureEvent::Data(DataChunk {
+        pid,
+        source: Source::Tls,
+        conn_id: 1,
+        direction: Direction::Egress,
+        timestamp_ns: at,
+        call_len: write.len() as u64,
+        offset: 0,
+        stream_offset: 0,
+        cookie: 0,
+        data: write.clone(),
+    })
+}
+
+#[test]
+fn ten_thousand_connections_of_processes_whose_exits_were_lost_leave_nothing_behind() {
+    let (mut pipeline, health) = pipeline();
     let mut spans = Vec::new();
     let write = first_write();
     let t0 = 1_000_000_000_000;
     pipeline.tick(t0, &mut spans);
     for i in 0..CONNECTIONS {
         pipeline.handle(
-            CaptureEvent::Data(DataChunk {
-                pid: FIRST_PID + i,
-                source: Source::Tls,
-                conn_id: 1,
-                direction: Direction::Egress,
-                timestamp_ns: t0 + u64::from(i),
-                call_len: write.len() as u64,
-                offset: 0,
-                stream_offset: 0,
-                cookie: 0,
-                data: write.clone(),
-            }),
+            written(FIRST_PID + i, t0 + u64::from(i), &write),
             &mut spans,
         );
     }
@@ -114,33 +125,12 @@ fn ten_thousand_connections_of_processes_whose_exits_were_lost_leave_nothing_beh
 
 #[test]
 fn a_live_process_is_never_ended_for_a_lost_exit() {
-    let health = Arc::new(Health::default());
-    let mut pipeline = Pipeline::new(
-        PipelineConfig::default(),
-        Clock::new(),
-        health.clone(),
-        None,
-    )
-    .unwrap();
+    let (mut pipeline, health) = pipeline();
     let mut spans = Vec::new();
     let t0 = 1_000_000_000_000;
     pipeline.tick(t0, &mut spans);
     let write = first_write();
-    pipeline.handle(
-        CaptureEvent::Data(DataChunk {
-            pid: std::process::id(),
-            source: Source::Tls,
-            conn_id: 1,
-            direction: Direction::Egress,
-            timestamp_ns: t0,
-            call_len: write.len() as u64,
-            offset: 0,
-            stream_offset: 0,
-            cookie: 0,
-            data: write,
-        }),
-        &mut spans,
-    );
+    pipeline.handle(written(std::process::id(), t0, &write), &mut spans);
     for i in 1..=3 {
         pipeline.tick(t0 + i * SWEEP_INTERVAL_NS, &mut spans);
     }
