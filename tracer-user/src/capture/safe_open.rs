@@ -29,6 +29,8 @@ use thiserror::Error;
 
 use super::targets::FileId;
 
+mod code_sections;
+
 /// Largest file analysed. The largest agent binaries (Bun, Codex CLI, a debug build of node)
 /// are 100–300 MB; past this the file is refused, counted and logged, not read.
 pub const MAX_ANALYSED_BYTES: u64 = 512 << 20;
@@ -243,11 +245,99 @@ impl ByteBudget {
     }
 }
 
-/// A file's bytes, read for analysis, charged to the analysis budget while they live.
+/// A file's bytes, read for analysis, charged to the analysis budget while they live. Its code
+/// sections may be left unread ([`read_for_analysis`]): they read as zeros until
+/// [`read_code`](Self::read_code).
 pub struct AnalysedBytes {
-    data: Vec<u8>,
+    data: AnonymousBuffer,
     charge: u64,
     budget: &'static ByteBudget,
+    /// File ranges not read yet (sorted, merged).
+    unread: Vec<std::ops::Range<u64>>,
+}
+
+impl AnalysedBytes {
+    /// `len` bytes at file offset `offset`: from memory, or from `file` (the file these bytes
+    /// were read from) where they lie in code not read yet. What Go's locator disassembles.
+    pub fn bytes_at(&self, file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let end = offset.checked_add(len)?;
+        let start = usize::try_from(offset).ok()?;
+        let stop = usize::try_from(end).ok()?;
+        if !self.unread.iter().any(|r| r.start < end && offset < r.end) {
+            return self.data.get(start..stop).map(<[u8]>::to_vec);
+        }
+        if stop > self.data.len() {
+            return None;
+        }
+        let mut bytes = vec![0; stop - start];
+        use std::os::unix::fs::FileExt as _;
+        file.read_exact_at(&mut bytes, offset).ok()?;
+        Some(bytes)
+    }
+
+    /// Whether some code is still unread.
+    pub fn code_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// Reads the code left unread, from `file` (the file these bytes were read from): the
+    /// locators that disassemble need all of it. A file whose size changed is an error.
+    pub fn read_code(&mut self, file: &File, shown: &str) -> Result<(), OpenError> {
+        let io = |source| OpenError::Io {
+            path: shown.to_string(),
+            source,
+        };
+        let size = file.metadata().map_err(io)?.size();
+        if size != self.data.len() as u64 {
+            return Err(OpenError::Changed {
+                path: shown.to_string(),
+                expected: self.data.len() as u64,
+                read: size,
+            });
+        }
+        for range in std::mem::take(&mut self.unread) {
+            read_range(file, &mut self.data, range, shown)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `range` of `file` into the same range of `into`; a short read is [`OpenError::Changed`].
+fn read_range(
+    file: &File,
+    into: &mut [u8],
+    range: std::ops::Range<u64>,
+    shown: &str,
+) -> Result<(), OpenError> {
+    let expected = into.len() as u64;
+    let changed = |read| OpenError::Changed {
+        path: shown.to_string(),
+        expected,
+        read,
+    };
+    let start = usize::try_from(range.start).map_err(|_| changed(0))?;
+    let end = usize::try_from(range.end).map_err(|_| changed(0))?;
+    let target = into.get_mut(start..end).ok_or(changed(0))?;
+    let mut reader = PositionedReader {
+        file,
+        at: range.start,
+    };
+    let mut done = 0;
+    while done < target.len() {
+        match reader.read(&mut target[done..]) {
+            // The file ends before its size said: it shrank.
+            Ok(0) => return Err(changed(reader.at)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(OpenError::Io {
+                    path: shown.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 impl std::ops::Deref for AnalysedBytes {
@@ -260,6 +350,86 @@ impl std::ops::Deref for AnalysedBytes {
 impl Drop for AnalysedBytes {
     fn drop(&mut self) {
         self.budget.give_back(self.charge);
+        // The analysis's own structures (symbol tables, the Go function table, the locators'
+        // maps) were freed just before: malloc keeps freed memory in its arenas, where one
+        // 90 MB Go binary's analysis left 32 MB resident for the daemon's whole life.
+        give_freed_memory_back();
+    }
+}
+
+/// Returns the allocator's free pages to the kernel.
+fn give_freed_memory_back() {
+    #[cfg(target_env = "gnu")]
+    // Safety: takes no pointer; glibc serialises it with every arena's lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Zeroed memory mapped for one file's bytes and unmapped when dropped: a file's bytes go back
+/// to the kernel the moment its analysis ends, never into malloc's arenas, which keep what they
+/// were given. Pages never written stay unbacked.
+pub struct AnonymousBuffer {
+    start: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// Safety: it owns its mapping outright, like a `Vec<u8>`.
+unsafe impl Send for AnonymousBuffer {}
+// Safety: shared access is read-only.
+unsafe impl Sync for AnonymousBuffer {}
+
+impl AnonymousBuffer {
+    pub fn zeroed(len: usize) -> std::io::Result<Self> {
+        if len == 0 {
+            return Ok(AnonymousBuffer {
+                start: std::ptr::NonNull::dangling(),
+                len,
+            });
+        }
+        // Safety: a fresh private anonymous mapping, owned by the value returned.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = std::ptr::NonNull::new(at.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(AnonymousBuffer { start, len })
+    }
+}
+
+impl std::ops::Deref for AnonymousBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // Safety: `len` mapped, readable bytes (or none, at a dangling but aligned pointer).
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AnonymousBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // Safety: as above, and writable; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.start.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AnonymousBuffer {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // Safety: the mapping made in `zeroed`, unmapped once.
+            unsafe {
+                libc::munmap(self.start.as_ptr().cast(), self.len);
+            }
+        }
     }
 }
 
@@ -267,13 +437,26 @@ impl Drop for AnalysedBytes {
 /// that grows, shrinks or is truncated meanwhile is an error, never a crash. Waits for room in
 /// the [analysis budget](ANALYSIS_BUDGET_BYTES) first.
 pub fn read_capped(file: &File, shown: &str) -> Result<AnalysedBytes, OpenError> {
-    read_charged(file, shown, &ANALYSIS_BUDGET)
+    read_charged(file, shown, &ANALYSIS_BUDGET, Code::Read)
+}
+
+/// [`read_capped`] but for the code sections, left for [`AnalysedBytes::read_code`] (or read
+/// piecewise through [`AnalysedBytes::bytes_at`]): only the locators that disassemble need them.
+pub fn read_for_analysis(file: &File, shown: &str) -> Result<AnalysedBytes, OpenError> {
+    read_charged(file, shown, &ANALYSIS_BUDGET, Code::Later)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Code {
+    Read,
+    Later,
 }
 
 fn read_charged(
     file: &File,
     shown: &str,
     budget: &'static ByteBudget,
+    code: Code,
 ) -> Result<AnalysedBytes, OpenError> {
     let size = file
         .metadata()
@@ -282,12 +465,24 @@ fn read_charged(
             source,
         })?
         .size();
+    // The whole file, code or not: reading the code later must not wait for room while
+    // holding some (two analyses could then wait on each other for ever).
     let charge = budget.take(size.min(MAX_ANALYSED_BYTES));
-    match read_at_most(file, shown, MAX_ANALYSED_BYTES) {
+    let unread = if code == Code::Later && size <= MAX_ANALYSED_BYTES {
+        code_sections::code_sections(size, |offset, len| {
+            let mut bytes = vec![0; len];
+            use std::os::unix::fs::FileExt as _;
+            file.read_exact_at(&mut bytes, offset).ok().map(|()| bytes)
+        })
+    } else {
+        Vec::new()
+    };
+    match read_at_most(file, shown, MAX_ANALYSED_BYTES, &unread) {
         Ok(data) => Ok(AnalysedBytes {
             data,
             charge,
             budget,
+            unread,
         }),
         Err(e) => {
             budget.give_back(charge);
@@ -296,7 +491,14 @@ fn read_charged(
     }
 }
 
-fn read_at_most(file: &File, shown: &str, limit: u64) -> Result<Vec<u8>, OpenError> {
+/// The file, all but the ranges in `skip` (sorted, merged; left zero), and at most `limit`
+/// bytes.
+fn read_at_most(
+    file: &File,
+    shown: &str,
+    limit: u64,
+    skip: &[std::ops::Range<u64>],
+) -> Result<AnonymousBuffer, OpenError> {
     let io = |source| OpenError::Io {
         path: shown.to_string(),
         source,
@@ -309,21 +511,18 @@ fn read_at_most(file: &File, shown: &str, limit: u64) -> Result<Vec<u8>, OpenErr
             limit,
         });
     }
-    let mut data = Vec::new();
-    data.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))
-        .map_err(|e| io(std::io::Error::other(e)))?;
-    // From the start whatever the descriptor's position, and one byte past the size to see
-    // growth. `&File` reads through its own position: reopen-free, so read with pread.
-    let mut reader = PositionedReader { file, at: 0 };
-    (&mut reader)
-        .take(size.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(io)?;
-    if data.len() as u64 != size {
+    let len = usize::try_from(size).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut data = AnonymousBuffer::zeroed(len).map_err(io)?;
+    for range in code_sections::between(size, skip) {
+        read_range(file, &mut data, range, shown)?;
+    }
+    // One byte past the size: a file that grew meanwhile is as changed as one that shrank.
+    let mut reader = PositionedReader { file, at: size };
+    if matches!(reader.read(&mut [0u8]), Ok(1)) {
         return Err(OpenError::Changed {
             path: shown.to_string(),
             expected: size,
-            read: data.len() as u64,
+            read: size + 1,
         });
     }
     Ok(data)

@@ -19,7 +19,7 @@ use std::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use thiserror::Error;
 
-use super::safe_open::{open_host, read_capped, OpenError};
+use super::safe_open::{open_host, OpenError};
 
 /// A file, as the kernel identifies it for uprobes (they attach to the inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -218,8 +218,9 @@ pub fn analyse_file(
     executable: bool,
     cache: &super::locate::DiskCache,
 ) -> Result<Analysis, TargetError> {
-    // Read, not mapped: a file truncated under a mapping raises SIGBUS in the daemon.
-    let data = read_capped(file, shown)?;
+    // Read, not mapped: a file truncated under a mapping raises SIGBUS in the daemon. The code
+    // sections only when a locator needs them (Go's analysis never does).
+    let mut data = super::safe_open::read_for_analysis(file, shown)?;
     let shown = shown.to_string();
     let elf = object::File::parse(&*data).map_err(|e| TargetError::Elf {
         path: shown.clone(),
@@ -290,7 +291,12 @@ pub fn analyse_file(
         return Ok(analysis);
     }
     if analysis.stacks.is_empty() {
-        match super::locate::go::locate_in(&data) {
+        let code_at = |offset, len| data.bytes_at(file, offset, len);
+        match super::locate::go::locate_reading_code(
+            &data,
+            &super::locate::go::Budget::standard(),
+            &code_at,
+        ) {
             Ok(Some(go)) => {
                 analysis.stacks.push(StackHooks {
                     stack: TlsStack::Go,
@@ -343,6 +349,13 @@ pub fn analyse_file(
             super::locate::openssl::LOCATOR.name,
             super::locate::boringssl::LOCATOR.name,
         ]);
+    }
+    if data.code_unread()
+        && super::locate::LOCATORS
+            .iter()
+            .any(|l| !skip.contains(&l.name) && (l.present)(&data))
+    {
+        data.read_code(file, &shown)?;
     }
     analysis
         .stacks

@@ -188,6 +188,24 @@ pub fn locate_in(data: &[u8]) -> Result<Option<GoTlsHooks>, GoLocateError> {
 
 /// [`locate_in`] within `budget`.
 pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>, GoLocateError> {
+    locate_reading_code(data, budget, &|offset, len| {
+        let start = usize::try_from(offset).ok()?;
+        data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+            .map(<[u8]>::to_vec)
+    })
+}
+
+/// The machine code at a file offset, `len` bytes: Go's analysis reads only its two functions'
+/// code, so the caller may leave the rest of the code unread.
+pub type CodeAt<'a> = dyn Fn(u64, u64) -> Option<Vec<u8>> + 'a;
+
+/// [`locate_within`], with the functions' code read through `code` (the file's `data` may hold
+/// zeros in its code sections).
+pub fn locate_reading_code(
+    data: &[u8],
+    budget: &Budget,
+    code: &CodeAt<'_>,
+) -> Result<Option<GoTlsHooks>, GoLocateError> {
     let Ok(elf) = object::File::parse(data) else {
         return Ok(None);
     };
@@ -236,8 +254,8 @@ pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>,
     let magic = read_u32(pclntab, 0).ok_or(GoLocateError::Pclntab("no header"))?;
     check_register_abi(go_version.as_deref(), magic)?;
     Ok(Some(GoTlsHooks {
-        write: probe_points(WRITE_FUNCTION, write, data, &segments)?,
-        read: probe_points(READ_FUNCTION, read, data, &segments)?,
+        write: probe_points(WRITE_FUNCTION, write, code, &segments)?,
+        read: probe_points(READ_FUNCTION, read, code, &segments)?,
         go_version,
         from_symbols,
     }))
@@ -246,7 +264,7 @@ pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>,
 fn probe_points(
     function: &'static str,
     bounds: Range<u64>,
-    data: &[u8],
+    code_at: &CodeAt<'_>,
     segments: &Segments,
 ) -> Result<GoFunction, GoLocateError> {
     let len = bounds.end.saturating_sub(bounds.start);
@@ -261,12 +279,8 @@ fn probe_points(
     let Some(entry) = segments.range_offset(bounds.start, len, true) else {
         return Err(not_in_file);
     };
-    let code = usize::try_from(entry)
-        .ok()
-        .zip(usize::try_from(len).ok())
-        .and_then(|(start, len)| data.get(start..start.checked_add(len)?))
-        .ok_or(not_in_file)?;
-    let returns = find_returns(code, bounds.start)
+    let code = code_at(entry, len).ok_or(not_in_file)?;
+    let returns = find_returns(&code, bounds.start)
         .map_err(|address| GoLocateError::Undecodable { function, address })?;
     if returns.is_empty() {
         return Err(GoLocateError::NoReturn { function });

@@ -231,11 +231,11 @@ fn a_file_over_the_cap_is_refused_not_read() {
     let opened = open_host(Path::new(LIBSSL)).unwrap();
     let size = opened.file.metadata().unwrap().len();
     assert!(matches!(
-        read_at_most(&opened.file, LIBSSL, size - 1),
+        read_at_most(&opened.file, LIBSSL, size - 1, &[]),
         Err(OpenError::TooLarge { .. })
     ));
     assert_eq!(
-        read_at_most(&opened.file, LIBSSL, size).unwrap().len() as u64,
+        read_at_most(&opened.file, LIBSSL, size, &[]).unwrap().len() as u64,
         size
     );
 }
@@ -303,13 +303,13 @@ fn analysis_reads_wait_for_room_in_the_byte_budget() {
     let path = dir.join("sixty");
     std::fs::write(&path, vec![7u8; 60]).unwrap();
     let file = File::open(&path).unwrap();
-    let first = read_charged(&file, "sixty", &BUDGET).unwrap();
+    let first = read_charged(&file, "sixty", &BUDGET, Code::Read).unwrap();
     assert_eq!((first.len(), BUDGET.held()), (60, 60));
     // A second 60-byte read does not fit beside the first: it waits until the first is dropped.
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let file = File::open(&path).unwrap();
-        let second = read_charged(&file, "sixty", &BUDGET).unwrap();
+        let second = read_charged(&file, "sixty", &BUDGET, Code::Read).unwrap();
         tx.send(second.len()).unwrap();
     });
     assert!(

@@ -122,6 +122,23 @@ fn stripped_binary_gives_the_same_probes_from_the_pclntab() {
     assert_eq!(stripped.go_version, plain.go_version);
 }
 
+/// The daemon reads a Go executable without its code (only the two functions', for their RETs):
+/// the probes must be those of the whole file, with and without symbols and section headers'
+/// help, and PIE or not.
+#[test]
+fn the_daemon_finds_the_same_probes_without_reading_the_code() {
+    let b = built();
+    for binary in [&b.plain, &b.stripped, &b.pie] {
+        let opened = crate::capture::safe_open::open_host(binary).unwrap();
+        let shown = binary.display().to_string();
+        let sparse = crate::capture::safe_open::read_for_analysis(&opened.file, &shown).unwrap();
+        assert!(sparse.code_unread(), "{shown}: .text read up front");
+        let analysis = crate::capture::targets::analyse(binary, true).unwrap();
+        assert_eq!(analysis.go, locate(binary).unwrap(), "{shown}");
+        assert!(analysis.go.is_some(), "{shown}");
+    }
+}
+
 #[test]
 fn pclntab_bounds_agree_with_the_symbol_table() {
     let data = std::fs::read(&built().plain).unwrap();
