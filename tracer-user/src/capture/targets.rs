@@ -185,9 +185,12 @@ const UNSUPPORTED_MARKERS: &[(&[u8], &str)] = &[
     // The crate's source path, which its panic locations embed: the bare word appears in too
     // many unrelated strings.
     (b"/rustls-0.", "rustls"),
-    (b"BoringSSL", "boringssl"),
-    (b"OpenSSL 3.", "openssl-static-stripped"),
-    (b"OpenSSL 1.1", "openssl-static-stripped"),
+    // Its error strings' format, which every build prints with: a program that merely names
+    // BoringSSL in its text (a help message, a Rust string) must not count as one.
+    (b":OPENSSL_internal:", "boringssl"),
+    // The version text, a C string (so after another's NUL); Rust text is not NUL-separated.
+    (b"\0OpenSSL 3.", "openssl-static-stripped"),
+    (b"\0OpenSSL 1.1", "openssl-static-stripped"),
     // Function names its debug messages embed (Debian's build keeps MBEDTLS_DEBUG_C).
     (b"mbedtls_ssl_", "mbedtls"),
 ];
@@ -551,6 +554,35 @@ mod tests {
         for program in ["ring_seal", "ring_open", "ring_open_ret"] {
             assert!(a.hooks().any(|h| h.program == program), "{a:?}");
         }
+    }
+
+    /// /bin/true (no TLS) with `text` appended: still an ELF file, now carrying those bytes.
+    fn true_with(text: &[u8]) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = std::fs::read("/bin/true").unwrap();
+        bytes.extend_from_slice(text);
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+        file
+    }
+
+    #[test]
+    fn naming_a_tls_stack_in_text_is_not_carrying_one() {
+        // What `xtask`'s help said when it was reported as an unsupported BoringSSL binary.
+        let text = true_with(
+            b"one Bun executable with BoringSSL linked in; static OpenSSL 3, BoringSSL, rustls",
+        );
+        assert_eq!(analyse(text.path(), true).unwrap().unsupported, None);
+        // Bun's own BoringSSL, as it is in the release: its error format.
+        let bun = true_with(b"\0%s:%s\0error:%08x:%s:OPENSSL_internal:%s\0unknown");
+        assert_eq!(
+            analyse(bun.path(), true).unwrap().unsupported,
+            Some("boringssl")
+        );
+        let openssl = true_with(b"\0\0OpenSSL 3.0.19 27 Jan 2026\0");
+        assert_eq!(
+            analyse(openssl.path(), true).unwrap().unsupported,
+            Some("openssl-static-stripped")
+        );
     }
 
     #[test]
