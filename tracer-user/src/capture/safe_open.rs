@@ -245,20 +245,22 @@ impl ByteBudget {
     }
 }
 
-/// A file's bytes, read for analysis, charged to the analysis budget while they live. Its code
-/// sections may be left unread ([`read_for_analysis`]): they read as zeros until
-/// [`read_code`](Self::read_code).
+/// A file's bytes, read for analysis, charged to the analysis budget while they live. Parts may
+/// be left unread ([`read_for_analysis`]): they read as zeros until [`read_data`](Self::read_data)
+/// or [`read_all`](Self::read_all).
 pub struct AnalysedBytes {
     data: AnonymousBuffer,
     charge: u64,
     budget: &'static ByteBudget,
     /// File ranges not read yet (sorted, merged).
     unread: Vec<std::ops::Range<u64>>,
+    /// The code sections (sorted, merged): what [`read_data`](Self::read_data) leaves unread.
+    code: Vec<std::ops::Range<u64>>,
 }
 
 impl AnalysedBytes {
     /// `len` bytes at file offset `offset`: from memory, or from `file` (the file these bytes
-    /// were read from) where they lie in code not read yet. What Go's locator disassembles.
+    /// were read from) where they lie in a part not read yet. What Go's locator disassembles.
     pub fn bytes_at(&self, file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
         let end = offset.checked_add(len)?;
         let start = usize::try_from(offset).ok()?;
@@ -275,29 +277,65 @@ impl AnalysedBytes {
         Some(bytes)
     }
 
-    /// Whether some code is still unread.
-    pub fn code_unread(&self) -> bool {
+    /// Whether some of the file is still unread.
+    pub fn partly_unread(&self) -> bool {
         !self.unread.is_empty()
     }
 
-    /// Reads the code left unread, from `file` (the file these bytes were read from): the
-    /// locators that disassemble need all of it. A file whose size changed is an error.
-    pub fn read_code(&mut self, file: &File, shown: &str) -> Result<(), OpenError> {
-        let io = |source| OpenError::Io {
-            path: shown.to_string(),
-            source,
-        };
-        let size = file.metadata().map_err(io)?.size();
-        if size != self.data.len() as u64 {
+    /// Reads all but the code sections (what Go's analysis needs).
+    pub fn read_data(&mut self, file: &File, shown: &str) -> Result<(), OpenError> {
+        let code = self.code.clone();
+        self.read_unread_but(file, shown, &code)
+    }
+
+    /// Reads everything left unread: the locators that disassemble need all of it.
+    pub fn read_all(&mut self, file: &File, shown: &str) -> Result<(), OpenError> {
+        self.read_unread_but(file, shown, &[])
+    }
+
+    /// Reads the unread ranges outside `keep_unread` (sorted, merged), from `file` (the file
+    /// these bytes were read from). A file whose size changed is an error.
+    fn read_unread_but(
+        &mut self,
+        file: &File,
+        shown: &str,
+        keep_unread: &[std::ops::Range<u64>],
+    ) -> Result<(), OpenError> {
+        let size = file
+            .metadata()
+            .map_err(|source| OpenError::Io {
+                path: shown.to_string(),
+                source,
+            })?
+            .size();
+        let expected = self.data.len() as u64;
+        if size != expected {
             return Err(OpenError::Changed {
                 path: shown.to_string(),
-                expected: self.data.len() as u64,
+                expected,
                 read: size,
             });
         }
+        // What stays unread: the unread parts of `keep_unread`.
+        let mut still = Vec::new();
         for range in std::mem::take(&mut self.unread) {
-            read_range(file, &mut self.data, range, shown)?;
+            let mut at = range.start;
+            for keep in keep_unread {
+                let (start, end) = (keep.start.max(range.start), keep.end.min(range.end));
+                if start >= end {
+                    continue;
+                }
+                if start > at {
+                    read_range(file, &mut self.data, at..start, shown)?;
+                }
+                still.push(start..end);
+                at = end;
+            }
+            if at < range.end {
+                read_range(file, &mut self.data, at..range.end, shown)?;
+            }
         }
+        self.unread = still;
         Ok(())
     }
 }
@@ -355,6 +393,55 @@ impl Drop for AnalysedBytes {
         // 90 MB Go binary's analysis left 32 MB resident for the daemon's whole life.
         give_freed_memory_back();
     }
+}
+
+/// Bytes read at a time by [`needles_in_file`].
+const SCAN_WINDOW_BYTES: usize = 1 << 20;
+
+/// Which of `needles` occur in `file`, read through one bounded window rather than held whole:
+/// what a file's unread parts are searched with (a string a locator needs may be anywhere).
+pub fn needles_in_file(
+    file: &File,
+    shown: &str,
+    needles: &[&[u8]],
+) -> Result<Vec<bool>, OpenError> {
+    let finders: Vec<memchr::memmem::Finder<'_>> =
+        needles.iter().map(memchr::memmem::Finder::new).collect();
+    let mut found = vec![false; needles.len()];
+    // A needle may straddle two windows: each window starts with the last bytes of the one
+    // before, one fewer than the longest needle.
+    let keep = needles
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let mut window = vec![0u8; SCAN_WINDOW_BYTES + keep];
+    let mut kept = 0;
+    let mut reader = PositionedReader { file, at: 0 };
+    loop {
+        let n = match reader.read(&mut window[kept..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(OpenError::Io {
+                    path: shown.to_string(),
+                    source,
+                })
+            }
+        };
+        let filled = kept + n;
+        for (finder, found) in finders.iter().zip(found.iter_mut()) {
+            *found = *found || finder.find(&window[..filled]).is_some();
+        }
+        if found.iter().all(|f| *f) {
+            break;
+        }
+        kept = keep.min(filled);
+        window.copy_within(filled - kept..filled, 0);
+    }
+    Ok(found)
 }
 
 /// Returns the allocator's free pages to the kernel.
@@ -437,26 +524,28 @@ impl Drop for AnonymousBuffer {
 /// that grows, shrinks or is truncated meanwhile is an error, never a crash. Waits for room in
 /// the [analysis budget](ANALYSIS_BUDGET_BYTES) first.
 pub fn read_capped(file: &File, shown: &str) -> Result<AnalysedBytes, OpenError> {
-    read_charged(file, shown, &ANALYSIS_BUDGET, Code::Read)
+    read_charged(file, shown, &ANALYSIS_BUDGET, Parts::All)
 }
 
-/// [`read_capped`] but for the code sections, left for [`AnalysedBytes::read_code`] (or read
-/// piecewise through [`AnalysedBytes::bytes_at`]): only the locators that disassemble need them.
+/// [`read_capped`], but only the file's metadata (headers, symbol tables and their strings,
+/// dynamic section, notes) when its headers say where it is: the rest waits for
+/// [`AnalysedBytes::read_data`] or [`AnalysedBytes::read_all`] (or is read piecewise through
+/// [`AnalysedBytes::bytes_at`], or searched with [`needles_in_file`]).
 pub fn read_for_analysis(file: &File, shown: &str) -> Result<AnalysedBytes, OpenError> {
-    read_charged(file, shown, &ANALYSIS_BUDGET, Code::Later)
+    read_charged(file, shown, &ANALYSIS_BUDGET, Parts::Metadata)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Code {
-    Read,
-    Later,
+enum Parts {
+    All,
+    Metadata,
 }
 
 fn read_charged(
     file: &File,
     shown: &str,
     budget: &'static ByteBudget,
-    code: Code,
+    parts: Parts,
 ) -> Result<AnalysedBytes, OpenError> {
     let size = file
         .metadata()
@@ -468,14 +557,19 @@ fn read_charged(
     // The whole file, code or not: reading the code later must not wait for room while
     // holding some (two analyses could then wait on each other for ever).
     let charge = budget.take(size.min(MAX_ANALYSED_BYTES));
-    let unread = if code == Code::Later && size <= MAX_ANALYSED_BYTES {
-        code_sections::code_sections(size, |offset, len| {
-            let mut bytes = vec![0; len];
-            use std::os::unix::fs::FileExt as _;
-            file.read_exact_at(&mut bytes, offset).ok().map(|()| bytes)
-        })
-    } else {
-        Vec::new()
+    let layout = match parts {
+        Parts::Metadata if size <= MAX_ANALYSED_BYTES => {
+            code_sections::layout(size, |offset, len| {
+                let mut bytes = vec![0; len];
+                use std::os::unix::fs::FileExt as _;
+                file.read_exact_at(&mut bytes, offset).ok().map(|()| bytes)
+            })
+        }
+        _ => None,
+    };
+    let (unread, code) = match layout {
+        Some(layout) => (code_sections::between(size, &layout.metadata), layout.code),
+        None => (Vec::new(), Vec::new()),
     };
     match read_at_most(file, shown, MAX_ANALYSED_BYTES, &unread) {
         Ok(data) => Ok(AnalysedBytes {
@@ -483,6 +577,7 @@ fn read_charged(
             charge,
             budget,
             unread,
+            code,
         }),
         Err(e) => {
             budget.give_back(charge);

@@ -221,8 +221,8 @@ pub fn analyse_file(
     executable: bool,
     cache: &super::locate::DiskCache,
 ) -> Result<Analysis, TargetError> {
-    // Read, not mapped: a file truncated under a mapping raises SIGBUS in the daemon. The code
-    // sections only when a locator needs them (Go's analysis never does).
+    // Read, not mapped: a file truncated under a mapping raises SIGBUS in the daemon. Only its
+    // metadata at first: the rest when an analysis below needs it.
     let mut data = super::safe_open::read_for_analysis(file, shown)?;
     let shown = shown.to_string();
     let elf = object::File::parse(&*data).map_err(|e| TargetError::Elf {
@@ -293,7 +293,24 @@ pub fn analyse_file(
     if !executable {
         return Ok(analysis);
     }
-    if analysis.stacks.is_empty() {
+    let may_be_go = super::locate::go::may_be_go(&elf);
+    // TLS libraries linked in without hookable symbols, beside or instead of one that has them.
+    // An OpenSSL-API stack found by its symbols, or in a shared library the program imports
+    // (that library is hooked on its own), needs no locator; any other stack still does.
+    let imports_openssl_api = elf
+        .imports()
+        .map(|imports| {
+            imports.iter().any(|i| {
+                std::str::from_utf8(i.name())
+                    .is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))
+            })
+        })
+        .unwrap_or(false);
+    drop(elf);
+    if analysis.stacks.is_empty() && may_be_go {
+        // Go's function table and build information are data; of the code only its two
+        // functions' are read, through the file.
+        data.read_data(file, &shown)?;
         let code_at = |offset, len| data.bytes_at(file, offset, len);
         match super::locate::go::locate_reading_code(
             &data,
@@ -334,18 +351,6 @@ pub fn analyse_file(
             }
         }
     }
-    // TLS libraries linked in without hookable symbols, beside or instead of one that has them.
-    // An OpenSSL-API stack found by its symbols, or in a shared library the program imports
-    // (that library is hooked on its own), needs no locator; any other stack still does.
-    let imports_openssl_api = elf
-        .imports()
-        .map(|imports| {
-            imports.iter().any(|i| {
-                std::str::from_utf8(i.name())
-                    .is_ok_and(|n| n.starts_with("SSL_") || n.starts_with("gnutls_"))
-            })
-        })
-        .unwrap_or(false);
     let mut skip = Vec::new();
     if imports_openssl_api || !analysis.stacks.is_empty() {
         skip.extend([
@@ -353,20 +358,44 @@ pub fn analyse_file(
             super::locate::boringssl::LOCATOR.name,
         ]);
     }
-    if data.code_unread()
-        && super::locate::LOCATORS
+    // Which of the locators' and markers' strings the file holds, searched through a bounded
+    // window while most of it is unread: the whole file is read only for a locator to run.
+    let locators: Vec<&super::locate::Locator> = super::locate::LOCATORS
+        .iter()
+        .filter(|l| !skip.contains(&l.name))
+        .collect();
+    let needles: Vec<&[u8]> = locators
+        .iter()
+        .flat_map(|l| l.needles.iter().copied())
+        .chain(UNSUPPORTED_MARKERS.iter().map(|(marker, _)| *marker))
+        .collect();
+    let found: Vec<&[u8]> = if data.partly_unread() {
+        let in_file = super::safe_open::needles_in_file(file, &shown, &needles)?;
+        needles
             .iter()
-            .any(|l| !skip.contains(&l.name) && (l.present)(&data))
+            .zip(in_file)
+            .filter_map(|(needle, found)| found.then_some(*needle))
+            .collect()
+    } else {
+        needles
+            .iter()
+            .copied()
+            .filter(|needle| memchr::memmem::find(&data, needle).is_some())
+            .collect()
+    };
+    if locators
+        .iter()
+        .any(|l| super::locate::present_by_needles(l, &found))
     {
-        data.read_code(file, &shown)?;
+        data.read_all(file, &shown)?;
+        analysis
+            .stacks
+            .extend(inferred(&shown, &data, cache, &skip));
     }
-    analysis
-        .stacks
-        .extend(inferred(&shown, &data, cache, &skip));
     if analysis.stacks.is_empty() && !imports_openssl_api {
         analysis.unsupported = UNSUPPORTED_MARKERS
             .iter()
-            .find(|(marker, _)| memchr::memmem::find(&data, marker).is_some())
+            .find(|(marker, _)| found.contains(marker))
             .map(|(_, name)| *name);
     }
     Ok(analysis)

@@ -117,6 +117,7 @@ pub const LOCATOR: super::Locator = super::Locator {
     // 2: function bounds where `.eh_frame` covers only part of the code (Claude Code).
     version: 2,
     present: |data| memchr::memmem::find(data, SSL_LIB_FILE).is_some(),
+    needles: &[SSL_LIB_FILE],
     locate: locate_image,
 };
 

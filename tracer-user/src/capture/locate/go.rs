@@ -33,8 +33,7 @@ use super::segments::{LayoutError, Segments};
 pub const WRITE_FUNCTION: &str = "crypto/tls.(*Conn).Write";
 pub const READ_FUNCTION: &str = "crypto/tls.(*Conn).Read";
 
-/// Sections only Go's linker writes: one of them makes a file worth reading whole.
-#[cfg(test)]
+/// Sections only Go's linker writes: one of them makes a file worth reading (all but its code).
 const GO_SECTIONS: &[&str] = &[
     ".gopclntab",
     ".data.rel.ro.gopclntab",
@@ -159,7 +158,7 @@ pub enum GoLocateError {
 /// without crypto/tls linked in. (The target resolver maps the file and calls [`locate_in`].)
 #[cfg(test)]
 pub fn locate(path: &Path) -> Result<Option<GoTlsHooks>, GoLocateError> {
-    if !may_be_go(path)? {
+    if !may_be_go_file(path)? {
         return Ok(None);
     }
     // Read whole only once the headers say Go: the loader asks about every executable it meets.
@@ -169,16 +168,18 @@ pub fn locate(path: &Path) -> Result<Option<GoTlsHooks>, GoLocateError> {
 
 /// Cheap look at the headers only (through a read cache, not the whole file).
 #[cfg(test)]
-fn may_be_go(path: &Path) -> std::io::Result<bool> {
+fn may_be_go_file(path: &Path) -> std::io::Result<bool> {
     let cache = object::read::ReadCache::new(std::fs::File::open(path)?);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return Ok(false);
-    };
+    Ok(object::File::parse(&cache).is_ok_and(|elf| may_be_go(&elf)))
+}
+
+/// Whether an ELF file's section headers leave open that it is a Go executable.
+pub fn may_be_go<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>) -> bool {
     let has_section_headers = elf
         .sections()
         .any(|s| s.name().is_ok_and(|n| !n.is_empty()));
     // Without section headers only a scan of the contents can tell.
-    Ok(!has_section_headers || GO_SECTIONS.iter().any(|n| elf.section_by_name(n).is_some()))
+    !has_section_headers || GO_SECTIONS.iter().any(|n| elf.section_by_name(n).is_some())
 }
 
 /// [`locate`] on the executable's bytes, within the [standard](Budget::standard) budget.

@@ -34,6 +34,22 @@ use serde::{Deserialize, Serialize};
 
 pub use image::{Image, ImageError, Xref, XrefKind};
 
+/// Whether `locator` would say its stack is present in a file, knowing only which of its
+/// [`needles`](Locator::needles) the file contains (`found`): `present` runs on those needles
+/// alone, apart by a byte no needle holds. The same answer as on the whole file, for a
+/// `present` that only looks for its needles.
+pub fn present_by_needles(locator: &Locator, found: &[&[u8]]) -> bool {
+    let mut bytes = Vec::new();
+    for needle in found {
+        bytes.extend_from_slice(needle);
+        bytes.push(NEEDLE_SEPARATOR);
+    }
+    (locator.present)(&bytes)
+}
+
+/// In no locator's needle (checked by a test): so needles set side by side make no new one.
+const NEEDLE_SEPARATOR: u8 = 0xff;
+
 /// A hook a locator inferred: where to attach which kernel program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocatedHook {
@@ -65,6 +81,9 @@ pub struct Locator {
     /// Cheap test (a `memmem` over the file) whether the stack may be present at all; a full
     /// analysis only runs when it says yes.
     pub present: fn(&[u8]) -> bool,
+    /// Every byte string `present` looks for: a file too large to hold is scanned for these
+    /// as it streams past, and `present` asked about the ones found ([`present_by_needles`]).
+    pub needles: &'static [&'static [u8]],
     /// The analysis. `Ok(None)`: the stack is not there after all.
     pub locate: fn(&Image<'_>) -> Result<Option<Located>, LocateError>,
 }

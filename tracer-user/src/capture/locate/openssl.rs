@@ -31,8 +31,12 @@ pub const LOCATOR: Locator = Locator {
     name: "openssl3",
     version: 1,
     present,
+    needles: &[WORKER_NAME, SSL_LIB_FILE],
     locate,
 };
+
+const WORKER_NAME: &[u8] = b"\0ssl_write_internal\0";
+const SSL_LIB_FILE: &[u8] = b"ssl/ssl_lib.c\0";
 
 const BANNER: &[u8] = b"OpenSSL 3.";
 /// Source directory of the record layer from OpenSSL 3.2 on.
@@ -41,8 +45,8 @@ const WRITE_WORKER: &str = "ssl_write_internal";
 const READ_WORKER: &str = "ssl_read_internal";
 
 fn present(data: &[u8]) -> bool {
-    memchr::memmem::find(data, b"\0ssl_write_internal\0").is_some()
-        && memchr::memmem::find(data, b"ssl/ssl_lib.c\0").is_some()
+    memchr::memmem::find(data, WORKER_NAME).is_some()
+        && memchr::memmem::find(data, SSL_LIB_FILE).is_some()
 }
 
 /// `(minor, patch)` of the first "OpenSSL 3.x.y" banner.

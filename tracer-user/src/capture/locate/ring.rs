@@ -27,8 +27,8 @@
 use super::{Image, LocateError};
 
 /// ring's source paths, which its panic locations embed ("…/ring-0.17.14/src/aead/…").
-const RING_MARKER: &[u8] = b"ring-0.";
-const AEAD_SOURCES: &[u8] = b"/src/aead/";
+pub(super) const RING_MARKER: &[u8] = b"ring-0.";
+pub(super) const AEAD_SOURCES: &[u8] = b"/src/aead/";
 
 /// The key lengths of ring's AEADs (AES-128-GCM; AES-256-GCM and ChaCha20-Poly1305).
 const KEY_LENS: [u64; 2] = [16, 32];

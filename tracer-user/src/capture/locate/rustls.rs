@@ -41,6 +41,12 @@ pub const LOCATOR: Locator = Locator {
     name: "rustls",
     version: 3,
     present,
+    needles: &[
+        RUSTLS_MARKER,
+        AEAD_SOURCE,
+        super::ring::RING_MARKER,
+        super::ring::AEAD_SOURCES,
+    ],
     locate,
 };
 

@@ -1,7 +1,7 @@
 //! The locator machinery checked against real binaries on this machine, whose symbol tables say
 //! what the answers must be.
 
-use std::{collections::HashMap, ops::Range};
+use std::{collections::HashMap, ops::Range, path::Path};
 
 use object::{Object as _, ObjectSymbol as _};
 
@@ -342,4 +342,67 @@ fn a_cache_hit_is_checked_against_the_file() {
     let again = locate(&libssl, &cache);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(again, honest);
+}
+
+/// The daemon decides which locators to run from the needles it finds while streaming a file
+/// through a bounded window (it holds only the metadata): that must be `present`'s answer on
+/// the whole file, for binaries with each stack and without any.
+#[test]
+fn needles_found_by_streaming_decide_as_present_on_the_whole_file() {
+    for locator in LOCATORS {
+        assert!(
+            locator
+                .needles
+                .iter()
+                .all(|n| !n.contains(&NEEDLE_SEPARATOR)),
+            "{}",
+            locator.name
+        );
+        assert!(
+            present_by_needles(locator, locator.needles),
+            "{}",
+            locator.name
+        );
+        assert!(!present_by_needles(locator, &[]), "{}", locator.name);
+    }
+    let me = std::fs::canonicalize("/proc/self/exe").unwrap();
+    let bun = tracer_testkit::bun::install(tracer_testkit::bun::CURRENT).unwrap();
+    let codex = tracer_testkit::codex::install().unwrap();
+    let mut answers = Vec::new();
+    for path in [
+        Path::new(NODE),
+        Path::new(LIBSSL),
+        &me,
+        &bun,
+        &codex,
+        Path::new("/bin/true"),
+    ] {
+        let data = std::fs::read(path).unwrap();
+        let opened = crate::capture::safe_open::open_host(path).unwrap();
+        for locator in LOCATORS {
+            let in_file = crate::capture::safe_open::needles_in_file(
+                &opened.file,
+                &path.display().to_string(),
+                locator.needles,
+            )
+            .unwrap();
+            let found: Vec<&[u8]> = locator
+                .needles
+                .iter()
+                .zip(in_file)
+                .filter_map(|(n, found)| found.then_some(*n))
+                .collect();
+            let whole = (locator.present)(&data);
+            assert_eq!(
+                present_by_needles(locator, &found),
+                whole,
+                "{} in {}",
+                locator.name,
+                path.display()
+            );
+            answers.push(whole);
+        }
+    }
+    // Bun's BoringSSL, Codex's OpenSSL and rustls, this binary's rustls: both answers occur.
+    assert!(answers.contains(&true) && answers.contains(&false));
 }

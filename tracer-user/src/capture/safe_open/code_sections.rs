@@ -1,7 +1,9 @@
-//! Where an ELF file keeps its machine code, from its section headers alone: analysis reads
-//! everything else first and the code only when a locator needs it (a Go executable never does:
-//! its function table and build information are data). On a 90 MB Go binary that halves what
-//! the daemon holds at once.
+//! An ELF file's layout from its section headers alone: where its metadata (headers, symbol
+//! tables and their strings, dynamic section, notes) and its machine code are. Analysis reads
+//! the metadata first, all but the code for a Go executable (its function table and build
+//! information are data; the code of its two functions is read alone), and everything only
+//! when a locator that disassembles finds its strings. A 99 MB node is then read as its
+//! symbol tables, a 90 MB Go binary as 43 MB.
 
 use std::ops::Range;
 
@@ -12,21 +14,34 @@ const SECTION_HEADER_BYTES: u64 = 64;
 /// More section headers than any linker writes (a forged count is not followed).
 const MAX_SECTIONS: u64 = 1 << 16;
 
-/// The file ranges of the code sections (executable, with contents in the file) of an ELF64
-/// little-endian file of `size` bytes, sorted and merged. `read_at(offset, len)` reads the file.
-/// Empty whenever the headers are not what a loader would accept: then everything is read.
-/// No range ever covers the ELF header, the program headers or the section headers.
-pub fn code_sections(
-    size: u64,
-    read_at: impl Fn(u64, usize) -> Option<Vec<u8>>,
-) -> Vec<Range<u64>> {
-    code_sections_or_none(size, read_at).unwrap_or_default()
+/// Section types read up front: what symbol lookup, imports and section names need.
+const METADATA_TYPES: &[u32] = &[
+    2,           // SHT_SYMTAB
+    3,           // SHT_STRTAB (section names, symbol names)
+    5,           // SHT_HASH
+    6,           // SHT_DYNAMIC
+    7,           // SHT_NOTE (build ids)
+    11,          // SHT_DYNSYM
+    0x6fff_fff6, // SHT_GNU_HASH
+    0x6fff_fffd, // SHT_GNU_verdef
+    0x6fff_fffe, // SHT_GNU_verneed
+    0x6fff_ffff, // SHT_GNU_versym
+];
+
+/// Where an ELF file's parts are (file ranges, each list sorted and merged).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// The ELF header, program headers, section headers, and the sections of
+    /// [`METADATA_TYPES`].
+    pub metadata: Vec<Range<u64>>,
+    /// The code sections (executable, with contents in the file).
+    pub code: Vec<Range<u64>>,
 }
 
-fn code_sections_or_none(
-    size: u64,
-    read_at: impl Fn(u64, usize) -> Option<Vec<u8>>,
-) -> Option<Vec<Range<u64>>> {
+/// The layout of an ELF64 little-endian file of `size` bytes; `read_at(offset, len)` reads the
+/// file. `None` whenever the headers are not what a loader would accept: then everything is
+/// read. No code range ever covers the ELF header, the program headers or the section headers.
+pub fn layout(size: u64, read_at: impl Fn(u64, usize) -> Option<Vec<u8>>) -> Option<Layout> {
     let header = read_at(0, ELF64_HEADER_BYTES as usize)?;
     // ELF, 64-bit, little-endian: what this daemon's architecture runs.
     if header.get(..6)? != b"\x7fELF\x02\x01" {
@@ -67,20 +82,26 @@ fn code_sections_or_none(
         section_headers..table_end,
     ];
     let table = read_at(section_headers, usize::try_from(table_bytes).ok()?)?;
-    let mut code: Vec<Range<u64>> = table
-        .chunks_exact(SECTION_HEADER_BYTES as usize)
-        .filter_map(|entry| {
-            let kind = u32_at(entry, 4)?;
-            let flags = u64_at(entry, 8)?;
-            let offset = u64_at(entry, 0x18)?;
-            let len = u64_at(entry, 0x20)?;
-            if kind == SHT_NOBITS || flags & SHF_EXECINSTR == 0 || len == 0 {
-                return None;
-            }
-            let end = offset.checked_add(len)?.min(size);
-            (offset < end).then_some(offset..end)
-        })
-        .collect();
+    let mut code = Vec::new();
+    let mut metadata = headers.to_vec();
+    for entry in table.chunks_exact(SECTION_HEADER_BYTES as usize) {
+        let kind = u32_at(entry, 4)?;
+        let flags = u64_at(entry, 8)?;
+        let offset = u64_at(entry, 0x18)?;
+        let len = u64_at(entry, 0x20)?;
+        if kind == SHT_NOBITS || len == 0 {
+            continue;
+        }
+        let end = offset.checked_add(len)?.min(size);
+        if offset >= end {
+            continue;
+        }
+        if flags & SHF_EXECINSTR != 0 {
+            code.push(offset..end);
+        } else if METADATA_TYPES.contains(&kind) {
+            metadata.push(offset..end);
+        }
+    }
     // A forged table could name the headers themselves as code: then they would read as zeros.
     if code
         .iter()
@@ -88,15 +109,23 @@ fn code_sections_or_none(
     {
         return None;
     }
-    code.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<u64>> = Vec::with_capacity(code.len());
-    for range in code {
+    Some(Layout {
+        metadata: merged(metadata),
+        code: merged(code),
+    })
+}
+
+/// `ranges` sorted, overlapping and touching ones joined.
+pub fn merged(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
         match merged.last_mut() {
             Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
             _ => merged.push(range),
         }
     }
-    Some(merged)
+    merged
 }
 
 /// The parts of `0..size` outside `holes` (sorted, merged, within `0..size`).
@@ -131,7 +160,7 @@ mod tests {
     #[test]
     fn a_real_executables_code_sections_are_its_text_plt_and_init() {
         let bytes = std::fs::read("/usr/bin/node").unwrap();
-        let code = code_sections(bytes.len() as u64, file_reader(&bytes));
+        let Layout { metadata, code } = layout(bytes.len() as u64, file_reader(&bytes)).unwrap();
         let elf = object::File::parse(&*bytes).unwrap();
         use object::{Object as _, ObjectSection as _};
         let text = elf.section_by_name(".text").unwrap().file_range().unwrap();
@@ -151,13 +180,28 @@ mod tests {
             .any(|r| r.start < rodata.0 + rodata.1 && rodata.0 < r.end));
         let code_bytes: u64 = code.iter().map(|r| r.end - r.start).sum();
         assert!(code_bytes > 10 << 20, "{code_bytes}");
+        // The metadata: its dynamic symbols, not its read-only data, and a small part of it.
+        let dynsym = elf
+            .section_by_name(".dynsym")
+            .unwrap()
+            .file_range()
+            .unwrap();
+        assert!(metadata
+            .iter()
+            .any(|r| r.start <= dynsym.0 && dynsym.0 + dynsym.1 <= r.end));
+        assert!(!metadata
+            .iter()
+            .any(|r| r.start < rodata.0 + rodata.1 && rodata.0 < r.end));
+        let metadata_bytes: u64 = metadata.iter().map(|r| r.end - r.start).sum();
+        // (node exports V8's symbols too: 18 of its 99 MB.)
+        assert!(metadata_bytes < bytes.len() as u64 / 4, "{metadata_bytes}");
     }
 
     #[test]
     fn headers_that_are_not_a_loaders_mean_read_everything() {
         let mut bytes = std::fs::read("/bin/true").unwrap();
         let size = bytes.len() as u64;
-        assert!(!code_sections(size, file_reader(&bytes)).is_empty());
+        assert!(!layout(size, file_reader(&bytes)).unwrap().code.is_empty());
         // 32-bit class, a section count past any linker's, and a table past the end.
         for (at, value) in [
             (4usize, &[1u8][..]),
@@ -166,11 +210,7 @@ mod tests {
         ] {
             let mut forged = bytes.clone();
             forged[at..at + value.len()].copy_from_slice(value);
-            assert_eq!(
-                code_sections(size, file_reader(&forged)),
-                vec![],
-                "at {at:#x}"
-            );
+            assert_eq!(layout(size, file_reader(&forged)), None, "at {at:#x}");
         }
         // A section table naming the ELF header as code.
         let shoff = u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()) as usize;
@@ -179,8 +219,8 @@ mod tests {
         bytes[entry + 4..entry + 8].copy_from_slice(&1u32.to_le_bytes());
         bytes[entry + 0x18..entry + 0x20].copy_from_slice(&0u64.to_le_bytes());
         bytes[entry + 0x20..entry + 0x28].copy_from_slice(&16u64.to_le_bytes());
-        assert_eq!(code_sections(size, file_reader(&bytes)), vec![]);
-        assert_eq!(code_sections(3, file_reader(b"abc")), vec![]);
+        assert_eq!(layout(size, file_reader(&bytes)), None);
+        assert_eq!(layout(3, file_reader(b"abc")), None);
     }
 
     #[test]

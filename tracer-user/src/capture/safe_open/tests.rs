@@ -303,13 +303,13 @@ fn analysis_reads_wait_for_room_in_the_byte_budget() {
     let path = dir.join("sixty");
     std::fs::write(&path, vec![7u8; 60]).unwrap();
     let file = File::open(&path).unwrap();
-    let first = read_charged(&file, "sixty", &BUDGET, Code::Read).unwrap();
+    let first = read_charged(&file, "sixty", &BUDGET, Parts::All).unwrap();
     assert_eq!((first.len(), BUDGET.held()), (60, 60));
     // A second 60-byte read does not fit beside the first: it waits until the first is dropped.
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let file = File::open(&path).unwrap();
-        let second = read_charged(&file, "sixty", &BUDGET, Code::Read).unwrap();
+        let second = read_charged(&file, "sixty", &BUDGET, Parts::All).unwrap();
         tx.send(second.len()).unwrap();
     });
     assert!(
@@ -325,4 +325,27 @@ fn analysis_reads_wait_for_room_in_the_byte_budget() {
     assert_eq!(BUDGET.take(1_000), 100);
     BUDGET.give_back(100);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A needle is found wherever it lies, across the scan's window boundaries too, and a file's
+/// absent strings are not.
+#[test]
+fn needles_are_found_across_the_scan_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haystack");
+    let mut bytes = vec![b'.'; 3 * SCAN_WINDOW_BYTES + 100];
+    let straddling = b"across-the-boundary";
+    let at = SCAN_WINDOW_BYTES - 7;
+    bytes[at..at + straddling.len()].copy_from_slice(straddling);
+    let last = b"at-the-very-end";
+    let end = bytes.len() - last.len();
+    bytes[end..].copy_from_slice(last);
+    bytes[0..5].copy_from_slice(b"first");
+    std::fs::write(&path, &bytes).unwrap();
+    let file = File::open(&path).unwrap();
+    let needles: [&[u8]; 4] = [straddling, last, b"first", b"nowhere-in-it"];
+    assert_eq!(
+        needles_in_file(&file, "haystack", &needles).unwrap(),
+        [true, true, true, false]
+    );
 }

@@ -132,7 +132,7 @@ fn the_daemon_finds_the_same_probes_without_reading_the_code() {
         let opened = crate::capture::safe_open::open_host(binary).unwrap();
         let shown = binary.display().to_string();
         let sparse = crate::capture::safe_open::read_for_analysis(&opened.file, &shown).unwrap();
-        assert!(sparse.code_unread(), "{shown}: .text read up front");
+        assert!(sparse.partly_unread(), "{shown}: read whole up front");
         let analysis = crate::capture::targets::analyse(binary, true).unwrap();
         assert_eq!(analysis.go, locate(binary).unwrap(), "{shown}");
         assert!(analysis.go.is_some(), "{shown}");
@@ -295,7 +295,7 @@ proptest! {
     }
 }
 
-/// An x86-64 ELF (/bin/true) whose read-only segment is replaced by 8 MiB of forged pclntab
+/// An x86-64 ELF (/bin/true, its section headers gone) whose read-only segment is replaced by 8 MiB of forged pclntab
 /// headers, one every 128 bytes, each claiming a function table that runs to the end of the
 /// region: found by magic (no section names it), every candidate parsed and walked. Unbounded,
 /// that is ~65 000 candidates × ~500 000 entries each.
@@ -327,6 +327,9 @@ fn forged_pclntab_elf() -> Vec<u8> {
             kind == 1 && flags == 4 // PT_LOAD, read-only
         })
         .expect("a read-only segment");
+    // No section headers either (as `sstrip` leaves a binary): only a scan can tell Go.
+    data[0x28..0x30].fill(0);
+    data[0x3c..0x40].fill(0);
     data[readonly + 8..readonly + 16].copy_from_slice(&(offset as u64).to_le_bytes());
     data[readonly + 32..readonly + 40].copy_from_slice(&(REGION as u64).to_le_bytes());
     data[readonly + 40..readonly + 48].copy_from_slice(&(REGION as u64).to_le_bytes());
