@@ -31,6 +31,7 @@ mod preattach;
 mod procfs;
 mod real_agent;
 mod report;
+mod soak;
 mod stats;
 pub(crate) mod syscall_paths;
 mod syscalls;
@@ -72,6 +73,8 @@ const QUIET_CPUS: f64 = 0.3;
 
 /// Standard library only: the interpreter's `ssl` module is the system libssl.so.3.
 const CLIENT_PY: &str = include_str!("../bench-clients/tls_client.py");
+/// The soak's client: the same requests for a time, keeping no per-request numbers.
+const SOAK_CLIENT_PY: &str = include_str!("../bench-clients/soak_client.py");
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -82,9 +85,15 @@ pub struct Args {
     /// The Markdown file whose benchmark sections are written or replaced.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
-    /// Run only these sections (repeatable; all of them by default).
+    /// Run only these sections (repeatable; all of them by default, but for the soak).
     #[arg(long, value_enum)]
     only: Vec<Section>,
+    /// Run the soak (alone, unless `--only` names others too): the HTTPS loop twice over for
+    /// `--soak-minutes`, content capture on, the tracer's RSS slope.
+    #[arg(long)]
+    soak: bool,
+    #[arg(long, default_value_t = 30)]
+    soak_minutes: u32,
     /// Divide the syscall workloads' counts and the real agent's runs by this, for a slow
     /// machine (the VM kernels under TCG, about ten times slower: `cargo xtask vmtest --bench`
     /// passes 10).
@@ -128,6 +137,9 @@ enum Section {
     /// Real agent: Claude Code's tool loop against the mock, end to end, 20 runs each way
     /// (divided by `--scale-down`), with a 95 % confidence interval for the overhead.
     RealAgent,
+    /// Soak: the HTTPS loop twice over for `--soak-minutes` (30), content capture on, the
+    /// tracer's RSS slope. Never part of the default set (`--soak` runs it).
+    Soak,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -135,7 +147,17 @@ pub fn run(args: &Args) -> Result<()> {
         (1..=1_000_000).contains(&args.requests),
         "--requests must be between 1 and 1000000"
     );
-    let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let mut only = args.only.clone();
+    if args.soak {
+        only.push(Section::Soak);
+    }
+    let wanted = |s: Section| {
+        if s == Section::Soak {
+            only.contains(&s)
+        } else {
+            only.is_empty() || only.contains(&s)
+        }
+    };
     // `--out BENCHMARKS.md` (the default) means the workspace's file; other relative paths are
     // taken from the current directory, as usual for command-line paths.
     let out = if args.out == Path::new("BENCHMARKS.md") {
@@ -145,7 +167,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     SCALE_DOWN.store(args.scale_down, std::sync::atomic::Ordering::Relaxed);
     // Every section but the pipeline's runs the tracer and real clients.
-    let runs_the_tracer = args.only.is_empty() || args.only.iter().any(|s| *s != Section::Pipeline);
+    let runs_the_tracer = only.is_empty() || only.iter().any(|s| *s != Section::Pipeline);
     if runs_the_tracer {
         ensure!(is_root(), "the benchmark runs the tracer, which needs root");
     }
@@ -201,6 +223,18 @@ pub fn run(args: &Args) -> Result<()> {
             write_section(&out, &section)?;
         }
         drop(server);
+    }
+    if wanted(Section::Soak) {
+        header("starting the mock OpenAI server");
+        let server = MockServer::start(&release.join("mock-llm"), &dir)?;
+        let soak_py = dir.join("soak_client.py");
+        fs::write(&soak_py, SOAK_CLIENT_PY)
+            .with_context(|| format!("writing {}", soak_py.display()))?;
+        let section = soak::measure(&env, &server, &soak_py, args.soak_minutes)?;
+        drop(server);
+        header(&format!("writing {}", out.display()));
+        println!("{section}");
+        write_section(&out, &section)?;
     }
     if wanted(Section::RealAgent) {
         header("starting the mock model server");

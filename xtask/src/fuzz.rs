@@ -18,11 +18,22 @@ pub const TARGETS: &[&str] = &[
     "jsonrpc",
 ];
 
+/// Longest input tried: bodies, frames and event streams of a realistic size (libFuzzer's
+/// default, 4096 bytes, never reaches a parser's size limits).
+pub const MAX_INPUT_BYTES: u32 = 1 << 20;
+/// The process's memory limit: a parser that holds more on any input is a bug libFuzzer reports.
+pub const RSS_LIMIT_MIB: u32 = 2048;
+/// The largest single allocation allowed: a length read off the input must never size one.
+pub const MALLOC_LIMIT_MIB: u32 = 512;
+
 pub fn command(target: &str, seconds: u32) -> Command {
     let mut c = util::cargo_toolchain("nightly");
     c.current_dir(util::root().join("fuzz"))
         .args(["fuzz", "run", "-O", target, "--"])
-        .arg(format!("-max_total_time={seconds}"));
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-max_len={MAX_INPUT_BYTES}"))
+        .arg(format!("-rss_limit_mb={RSS_LIMIT_MIB}"))
+        .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MIB}"));
     c
 }
 

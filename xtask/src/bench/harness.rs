@@ -179,7 +179,7 @@ impl Tracer {
     /// Starts the tracer, logging to `dir/tracer-{label}.{stdout,stderr}`, and waits for
     /// `tracer ready`.
     pub(super) fn start(bin: &Path, dir: &Path, label: &str) -> Result<Self> {
-        Self::start_with_env(bin, dir, label, &[])
+        Self::start_with(bin, dir, label, &[], &[])
     }
 
     /// [`start`](Self::start), with extra environment variables.
@@ -189,6 +189,17 @@ impl Tracer {
         label: &str,
         envs: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_with(bin, dir, label, envs, &[])
+    }
+
+    /// [`start`](Self::start), with extra environment variables and `run` flags.
+    pub(super) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        label: &str,
+        envs: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Result<Self> {
         let stdout_path = dir.join(format!("tracer-{label}.stdout"));
         let stderr_path = dir.join(format!("tracer-{label}.stderr"));
         let summary_path = dir.join(format!("tracer-{label}.summary.json"));
@@ -197,6 +208,7 @@ impl Tracer {
         let mut cmd = Command::new(bin);
         cmd.args(["run", "--console", "never", "--summary-file"])
             .arg(&summary_path)
+            .args(flags)
             // Plain log text, and no exporter picked up from the environment: capture cost only.
             .env("NO_COLOR", "1")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -216,6 +228,14 @@ impl Tracer {
             l.contains("tracer ready")
         })?;
         Ok(tracer)
+    }
+
+    /// An error, with the end of its log, if the tracer has exited.
+    pub(super) fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.process.try_wait()? {
+            bail!("the tracer exited ({status}):\n{}", tail(&self.log(), 20));
+        }
+        Ok(())
     }
 
     pub(super) fn log(&self) -> String {
