@@ -40,6 +40,9 @@ pub struct PipelineConfig {
     /// What the bodies in progress on every connection may hold together (the protocols): a
     /// quarter of `--memory-budget-mib`.
     pub body_budget_bytes: u64,
+    /// What every connection's parsers may hold together besides bodies (buffered heads and
+    /// frames, HPACK tables, timelines; the protocols): a quarter of `--memory-budget-mib`.
+    pub connection_state_budget_bytes: u64,
     /// Idle connections with a request unanswered are closed after this (the protocols).
     pub idle_timeout: Duration,
     /// Debugging: every reassembled stream is written under this directory (the streams).
@@ -54,6 +57,10 @@ impl Default for PipelineConfig {
         PipelineConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             body_budget_bytes: crate::daemon::config::DEFAULT_MEMORY_BUDGET_MIB * 1024 * 1024 / 4,
+            connection_state_budget_bytes: crate::daemon::config::DEFAULT_MEMORY_BUDGET_MIB
+                * 1024
+                * 1024
+                / 4,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             record_streams: None,
             genai: GenAiConfig {
@@ -116,7 +123,8 @@ impl Pipeline {
         Ok(Pipeline {
             streams: StreamAssembler::new(),
             http: HttpTracker::new(config.max_body_bytes, health.clone())
-                .with_budget(BodyBudget::new(config.body_budget_bytes)),
+                .with_budget(BodyBudget::new(config.body_budget_bytes))
+                .with_state_limit(config.connection_state_budget_bytes),
             jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()),
             genai: config.genai,
             agent: AgentAssembler::new(config.agent, clock, health.clone()),

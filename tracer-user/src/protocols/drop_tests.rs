@@ -329,3 +329,49 @@ fn requests_waiting_past_the_bound_are_reported_interrupted() {
     assert_eq!(health.http1_pending_evicted.load(Relaxed), 4);
     assert_eq!(health.http_interrupted.load(Relaxed), 4);
 }
+
+/// Issue 17 item 7: a thousand connections each holding 60 KiB of a head that never ends hold
+/// no more than the connection-state budget together; the oldest are ended, counted, and a
+/// later connection's call still comes out whole.
+#[test]
+fn half_sent_heads_on_many_connections_stay_within_the_state_budget() {
+    const LIMIT: u64 = 8 << 20;
+    let health = Arc::new(Health::default());
+    let mut tracker = HttpTracker::new(1 << 20, health.clone()).with_state_limit(LIMIT);
+    let mut out = Vec::new();
+    let mut head = b"POST /v1/chat/completions HTTP/1.1\r\nx-pad: ".to_vec();
+    head.resize(60 * 1024, b'a');
+    for i in 0..1_000u64 {
+        let conn = ConnKey {
+            pid: 1,
+            source: Source::Tls,
+            conn_id: 100 + i,
+        };
+        tracker.push(
+            &StreamEvent::Data {
+                conn,
+                direction: Direction::Egress,
+                timestamp_ns: i,
+                bytes: Bytes::copy_from_slice(&head),
+            },
+            &mut out,
+        );
+        assert!(tracker.state_bytes_held() <= LIMIT);
+    }
+    let evicted = health.connections_evicted_memory_budget.load(Relaxed);
+    assert!(evicted >= 1_000 - (LIMIT / (60 * 1024)), "{evicted}");
+    assert_eq!(evicted + tracker.connections() as u64, 1_000);
+    assert_eq!(
+        health.http1_dropped_unfinished_head.load(Relaxed),
+        evicted * head.len() as u64,
+        "each evicted head's bytes counted"
+    );
+    for e in [
+        data(HTTP, Direction::Egress, EMPTY_POST),
+        data(HTTP, Direction::Ingress, OK),
+    ] {
+        tracker.push(&e, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.method, "POST");
+}

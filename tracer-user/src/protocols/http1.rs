@@ -336,6 +336,15 @@ impl MessageParser {
     }
 
     /// The connection ended: a body delimited by close is complete, anything else is cut short.
+    /// Bytes buffered of a head not yet whole (nothing when a message is in progress).
+    pub(super) fn unfinished_head_bytes(&self) -> u64 {
+        if self.current.is_none() {
+            self.buf.len() as u64
+        } else {
+            0
+        }
+    }
+
     pub(super) fn close(&mut self) -> Option<Message> {
         let partial = self.current.take()?;
         let complete = partial.framing == Framing::UntilClose;
@@ -553,4 +562,19 @@ pub(super) fn into_response(msg: Message) -> Held<HttpResponse> {
         http2_incomplete_headers: false,
     };
     Held::new(response, charge)
+}
+
+impl super::state_bytes::StateBytes for MessageParser {
+    fn state_bytes(&self) -> u64 {
+        use super::state_bytes::{headers_bytes, timeline_bytes, total};
+        let partial = self.current.as_ref().map_or(0, |p| {
+            total([
+                p.method.len() as u64,
+                p.target.len() as u64,
+                headers_bytes(&p.headers),
+                timeline_bytes(&p.timeline),
+            ])
+        });
+        total([self.buf.len() as u64, partial])
+    }
 }

@@ -9,6 +9,7 @@ pub mod jsonrpc;
 pub mod memory;
 pub mod sniff;
 pub mod sse;
+pub mod state_bytes;
 pub mod tracker;
 pub mod websocket;
 

@@ -14,6 +14,7 @@ use super::{
     http2::{FrameFinder, Http2Connection},
     memory::{BodyBudget, Held},
     sniff::{could_become_http, looks_like_request, HTTP2_PREFACE_START},
+    state_bytes::{headers_bytes, timeline_bytes, total, StateBytes, CONNECTION_OVERHEAD_BYTES},
     websocket::{self, WebSocketConnection},
 };
 use crate::{
@@ -91,6 +92,37 @@ struct Connection {
     h2: Option<Box<Http2Connection>>,
     /// The WebSocket parser, set with `Role::WebSocket`.
     ws: Option<Box<WebSocketConnection>>,
+    /// What [`StateBytes`] said last, as charged to the tracker's state total.
+    charged: u64,
+}
+
+impl StateBytes for Connection {
+    fn state_bytes(&self) -> u64 {
+        let request_heads = self.pending.iter().map(|r| {
+            total([
+                r.method.len() as u64,
+                r.target.len() as u64,
+                headers_bytes(&r.headers),
+            ])
+        });
+        let response_heads = self
+            .early_responses
+            .iter()
+            .map(|r| total([headers_bytes(&r.headers), timeline_bytes(&r.body_timeline)]));
+        total(
+            request_heads
+                .chain(response_heads)
+                .chain(self.undecided.iter().map(|u| u.len() as u64))
+                .chain(self.frames.iter().map(StateBytes::state_bytes))
+                .chain([
+                    CONNECTION_OVERHEAD_BYTES,
+                    self.requests.state_bytes(),
+                    self.responses.state_bytes(),
+                    self.h2.as_ref().map_or(0, |h2| h2.state_bytes()),
+                    self.ws.as_ref().map_or(0, |ws| ws.state_bytes()),
+                ]),
+        )
+    }
 }
 
 /// Tracks every HTTP/1.x connection and emits exchanges as they complete; HTTP/2 connections
@@ -102,6 +134,10 @@ pub struct HttpTracker {
     max_body: usize,
     /// What every connection's bodies in progress may hold together.
     budget: BodyBudget,
+    /// What every connection's parsers may hold together besides bodies ([`StateBytes`]).
+    state_limit: u64,
+    /// What they hold now (the sum of the connections' `charged`).
+    state_held: u64,
     health: Arc<Health>,
 }
 
@@ -112,6 +148,8 @@ impl HttpTracker {
             peers_pending: HashMap::new(),
             max_body,
             budget: BodyBudget::default(),
+            state_limit: u64::MAX,
+            state_held: 0,
             health,
         }
     }
@@ -120,6 +158,18 @@ impl HttpTracker {
     pub fn with_budget(mut self, budget: BodyBudget) -> Self {
         self.budget = budget;
         self
+    }
+
+    /// What every connection's parsers may hold together besides bodies: past it the least
+    /// recently active connections are ended (else no bound beyond each connection's own).
+    pub fn with_state_limit(mut self, bytes: u64) -> Self {
+        self.state_limit = bytes;
+        self
+    }
+
+    /// What every connection's parsers hold together now, bodies left out.
+    pub fn state_bytes_held(&self) -> u64 {
+        self.state_held
     }
 
     /// Connections tracked now.
@@ -133,6 +183,43 @@ impl HttpTracker {
     }
 
     pub fn push(&mut self, event: &StreamEvent, out: &mut Vec<HttpExchange>) {
+        self.handle(event, out);
+        if let StreamEvent::Data { conn, .. } | StreamEvent::Gap { conn, .. } = event {
+            self.recharge(*conn, out);
+        }
+    }
+
+    /// Charges the connection's state anew; past the limit, ends the least recently active
+    /// connections until a quarter of the limit is free again (a batch, not one per event).
+    fn recharge(&mut self, key: ConnKey, out: &mut Vec<HttpExchange>) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            let now = conn.state_bytes();
+            self.state_held = self
+                .state_held
+                .saturating_sub(conn.charged)
+                .saturating_add(now);
+            conn.charged = now;
+        }
+        if self.state_held <= self.state_limit {
+            return;
+        }
+        let target = self.state_limit.saturating_sub(self.state_limit / 4);
+        let mut by_age: Vec<(u64, ConnKey)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (c.last_activity_ns, *k))
+            .collect();
+        by_age.sort_unstable_by_key(|(last_activity_ns, _)| *last_activity_ns);
+        for (_, key) in by_age {
+            if self.state_held <= target {
+                break;
+            }
+            self.close(key, "memory_budget", out);
+            Health::add(&self.health.connections_evicted_memory_budget, 1);
+        }
+    }
+
+    fn handle(&mut self, event: &StreamEvent, out: &mut Vec<HttpExchange>) {
         match event {
             StreamEvent::Data {
                 conn,
@@ -234,6 +321,7 @@ impl HttpTracker {
             last_activity_ns: timestamp_ns,
             h2: None,
             ws: None,
+            charged: 0,
         });
         conn.last_activity_ns = timestamp_ns;
         if conn.role == Role::Unknown {
@@ -391,6 +479,7 @@ impl HttpTracker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
+        self.state_held = self.state_held.saturating_sub(conn.charged);
         if let Some(h2) = &mut conn.h2 {
             h2.close(reason, &conn.peer, out);
             return;
@@ -412,6 +501,12 @@ impl HttpTracker {
         if conn.role != Role::Client {
             return;
         }
+        Health::add(
+            &self.health.http1_dropped_unfinished_head,
+            conn.requests
+                .unfinished_head_bytes()
+                .saturating_add(conn.responses.unfinished_head_bytes()),
+        );
         if conn.requests.close().is_some() {
             Health::add(&self.health.http1_dropped_unfinished_request, 1);
         }

@@ -448,6 +448,34 @@ impl WebSocketConnection {
     }
 }
 
+/// An inflater's window and state (zlib's 32 KiB window and its tables).
+const INFLATER_BYTES: u64 = 48 * 1024;
+
+impl super::state_bytes::StateBytes for WebSocketConnection {
+    fn state_bytes(&self) -> u64 {
+        use super::state_bytes::{timeline_bytes, total};
+        let readers = self.readers.iter().map(|r| {
+            total([
+                r.buf.len() as u64,
+                r.message.len() as u64,
+                if r.inflater.is_some() {
+                    INFLATER_BYTES
+                } else {
+                    0
+                },
+            ])
+        });
+        let pending = self.pending.as_ref().map_or(0, |p| {
+            total([p.request.len() as u64, timeline_bytes(&p.timeline)])
+        });
+        total(readers.chain([
+            self.path.len() as u64,
+            self.host.as_ref().map_or(0, |h| h.len() as u64),
+            pending,
+        ]))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {

@@ -119,6 +119,9 @@ counters! {
     /// HTTP/1 requests still arriving when their connection ended: never complete, not
     /// reported.
     http1_dropped_unfinished_request as "http1_dropped_messages{reason=unfinished_request}",
+    /// Bytes of HTTP/1 heads still arriving when their connection ended (its end, or its
+    /// eviction for the memory budget).
+    http1_dropped_unfinished_head as "http1_dropped_bytes{reason=unfinished_head}",
     /// HTTP/1 responses whose request was never seen (sent before the tracer looked, or lost):
     /// too old for any later request, past the few kept, or left at close.
     http1_dropped_unanswered_response as "http1_dropped_messages{reason=response_without_request}",
@@ -127,6 +130,10 @@ counters! {
     http1_pending_evicted,
     /// Peers of connections that never carried data, forgotten when too many were waiting.
     connection_peers_evicted,
+    /// Connections ended (their calls in progress reported interrupted, `memory_budget`)
+    /// because what every connection's parsers held together passed its share of the memory
+    /// budget: the least recently active went first.
+    connections_evicted_memory_budget as "connections_evicted{reason=memory_budget}",
     /// HTTP/2 frames (header blocks, DATA pieces) of a stream not tracked because its
     /// connection already had the most streams open that one connection may hold.
     http2_dropped_too_many_streams as "http2_dropped_frames{reason=too_many_streams}",

@@ -80,9 +80,11 @@ pub struct RunArgs {
     pub service_name: Option<String>,
 
     /// The tracer's memory budget, in MiB. The capture queue (records between the ring buffer
-    /// and the pipeline), the OTLP retry buffer and the bodies in progress on every connection
-    /// each hold at most a quarter of it; past that they drop, counted (`pipeline_queue_full`,
-    /// `export_dropped_spans{reason=buffer_full}`, `body_bytes_not_kept{reason=memory_budget}`).
+    /// and the pipeline), the OTLP retry buffer, the bodies in progress on every connection and
+    /// the connections' other parser state (buffered heads and frames, HPACK tables) each hold
+    /// at most a quarter of it; past that they drop, counted (`pipeline_queue_full`,
+    /// `export_dropped_spans{reason=buffer_full}`, `body_bytes_not_kept{reason=memory_budget}`,
+    /// `connections_evicted{reason=memory_budget}`, the least recently active first).
     /// The default fits the Helm chart's 1 GiB memory limit.
     #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_MIB, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
     pub memory_budget_mib: u64,
@@ -187,6 +189,8 @@ impl Config {
             pipeline: PipelineConfig {
                 max_body_bytes: args.max_body_bytes,
                 body_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024) / 4,
+                connection_state_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024)
+                    / 4,
                 idle_timeout: Duration::from_secs(args.idle_timeout_secs),
                 record_streams: args.record_streams.clone(),
                 genai: GenAiConfig {

@@ -700,3 +700,16 @@ impl Http2Connection {
         });
     }
 }
+
+impl crate::protocols::state_bytes::StateBytes for Http2Connection {
+    fn state_bytes(&self) -> u64 {
+        use crate::protocols::state_bytes::total;
+        total(
+            self.readers
+                .iter()
+                .map(|r| r.state_bytes())
+                .chain(self.streams.values().map(|s| s.state_bytes()))
+                .chain([(self.finished_old.len() as u64).saturating_mul(8)]),
+        )
+    }
+}

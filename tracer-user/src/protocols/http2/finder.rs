@@ -59,3 +59,9 @@ impl FrameFinder {
         len
     }
 }
+
+impl crate::protocols::state_bytes::StateBytes for FrameFinder {
+    fn state_bytes(&self) -> u64 {
+        self.held.len() as u64
+    }
+}

@@ -328,3 +328,21 @@ impl Http2Connection {
         }
     }
 }
+
+impl crate::protocols::state_bytes::StateBytes for Reader {
+    /// The HPACK table at the size the decoding side allowed (what the encoder may fill).
+    fn state_bytes(&self) -> u64 {
+        use crate::protocols::state_bytes::total;
+        let framing = match &self.framing {
+            Framing::Whole { payload, .. } => payload.len() as u64,
+            Framing::Resync(finder) => finder.state_bytes(),
+            _ => 0,
+        };
+        total([
+            framing,
+            self.block.as_ref().map_or(0, |b| b.fragment.len() as u64),
+            self.hpack.allowed_table_size as u64,
+            self.hpack.known.size as u64,
+        ])
+    }
+}

@@ -122,3 +122,28 @@ pub(super) fn is_token(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
+
+impl crate::protocols::state_bytes::StateBytes for Half {
+    fn state_bytes(&self) -> u64 {
+        use crate::protocols::state_bytes::{headers_bytes, timeline_bytes, total};
+        let head = self.head.as_ref().map_or(0, |h| {
+            total([
+                h.method.len() as u64,
+                h.path.len() as u64,
+                headers_bytes(&h.headers),
+            ])
+        });
+        total([head, timeline_bytes(&self.timeline)])
+    }
+}
+
+impl crate::protocols::state_bytes::StateBytes for Stream {
+    fn state_bytes(&self) -> u64 {
+        use crate::protocols::state_bytes::{total, STREAM_OVERHEAD_BYTES};
+        total([
+            STREAM_OVERHEAD_BYTES,
+            self.request.state_bytes(),
+            self.response.state_bytes(),
+        ])
+    }
+}

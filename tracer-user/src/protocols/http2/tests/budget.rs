@@ -216,3 +216,95 @@ fn stream_bodies_draw_from_the_memory_budget() {
     assert_eq!(second.body_cut, Some(crate::model::BodyCut::MemoryBudget));
     assert_eq!(out[0].response.as_ref().and_then(|r| r.body_cut), None);
 }
+
+/// Issue 17 item 7: a hundred HTTP/2 connections, each allowing 1 MiB HPACK tables both ways and
+/// waiting for an answer, hold no more than the connection-state budget together. The least
+/// recently active are ended first, each call they carried reported interrupted
+/// (`memory_budget`) and each eviction counted; the newest connection still gives its exchange.
+#[test]
+fn many_connections_state_stays_within_its_budget_the_oldest_ended_first() {
+    use super::exchanges::settings;
+    use crate::{
+        model::{ConnKey, ExchangeEnd, Source, StreamEvent},
+        protocols::{http2::PREFACE, HttpTracker},
+        telemetry::health::Health,
+    };
+
+    const LIMIT: u64 = 16 << 20;
+    const CONNECTIONS: u64 = 100;
+    let health = std::sync::Arc::new(Health::default());
+    let mut tracker = HttpTracker::new(1 << 20, health.clone()).with_state_limit(LIMIT);
+    let mut out = Vec::new();
+    let conn_of = |i: u64| ConnKey {
+        pid: 1,
+        source: Source::Tls,
+        conn_id: i,
+    };
+    // One connection's events, as its own connection, later than every earlier one's.
+    let as_conn = |i: u64, events: Vec<StreamEvent>| -> Vec<StreamEvent> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(k, e)| match e {
+                StreamEvent::Data {
+                    direction, bytes, ..
+                } => StreamEvent::Data {
+                    conn: conn_of(i),
+                    direction,
+                    timestamp_ns: 1_000 * (i + 1) + k as u64,
+                    bytes,
+                },
+                other => other,
+            })
+            .collect()
+    };
+    let mut newest = None;
+    for i in 0..CONNECTIONS {
+        let mut w = Wire::new();
+        let mut preface = PREFACE.to_vec();
+        preface.extend(settings(&[(0x1, 1 << 20)]));
+        w.events = vec![];
+        w.send(Direction::Egress, preface);
+        w.send(Direction::Ingress, settings(&[(0x1, 1 << 20)]));
+        w.request(1, PATH, true);
+        for event in as_conn(i, std::mem::take(&mut w.events)) {
+            tracker.push(&event, &mut out);
+            assert!(
+                tracker.state_bytes_held() <= LIMIT,
+                "connection {i}: {} bytes held",
+                tracker.state_bytes_held()
+            );
+        }
+        newest = Some(w);
+    }
+    let evicted = health
+        .connections_evicted_memory_budget
+        .load(Ordering::Relaxed);
+    // Each holds its two 1 MiB tables: at most 8 fit 16 MiB.
+    assert!(tracker.connections() <= 8, "{}", tracker.connections());
+    assert_eq!(evicted, CONNECTIONS - tracker.connections() as u64);
+    assert_eq!(
+        out.len() as u64,
+        evicted,
+        "one interrupted call per evicted connection"
+    );
+    assert!(out
+        .iter()
+        .all(|e| e.end == ExchangeEnd::Interrupted("memory_budget")));
+    // The oldest went first: the survivors are the newest connections.
+    let survivors = CONNECTIONS - tracker.connections() as u64;
+    assert!(out.iter().all(|e| e.conn.conn_id < survivors));
+    // The newest connection's call completes.
+    let mut w = newest.expect("a connection");
+    w.respond(1, "200", b"{}");
+    out.clear();
+    for event in as_conn(CONNECTIONS - 1, std::mem::take(&mut w.events)) {
+        tracker.push(&event, &mut out);
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].end, ExchangeEnd::Complete);
+    assert_eq!(out[0].request.target, PATH);
+    // Everything closed: nothing is charged any more.
+    tracker.close_all(&mut out);
+    assert_eq!(tracker.state_bytes_held(), 0);
+}
