@@ -41,7 +41,8 @@ pub struct PipelineConfig {
     /// quarter of `--memory-budget-mib`.
     pub body_budget_bytes: u64,
     /// What every connection's parsers may hold together besides bodies (buffered heads and
-    /// frames, HPACK tables, timelines; the protocols): a quarter of `--memory-budget-mib`.
+    /// frames, HPACK tables, timelines; JSON-RPC lines and waiting requests; the protocols): a
+    /// quarter of `--memory-budget-mib`, three quarters of it for HTTP, one for JSON-RPC.
     pub connection_state_budget_bytes: u64,
     /// Idle connections with a request unanswered are closed after this (the protocols).
     pub idle_timeout: Duration,
@@ -71,6 +72,12 @@ impl Default for PipelineConfig {
             processes: ProcessesConfig::default(),
         }
     }
+}
+
+/// The HTTP connections' part of the connection-state budget (three quarters); the JSON-RPC
+/// sessions on processes' stdio get the rest.
+fn http_state_budget(connection_state_budget_bytes: u64) -> u64 {
+    connection_state_budget_bytes.saturating_sub(connection_state_budget_bytes / 4)
 }
 
 impl PipelineConfig {
@@ -124,8 +131,12 @@ impl Pipeline {
             streams: StreamAssembler::new(),
             http: HttpTracker::new(config.max_body_bytes, health.clone())
                 .with_budget(BodyBudget::new(config.body_budget_bytes))
-                .with_state_limit(config.connection_state_budget_bytes),
-            jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()),
+                .with_state_limit(http_state_budget(config.connection_state_budget_bytes)),
+            jsonrpc: JsonRpcTracker::new(config.max_body_bytes, health.clone()).with_state_limit(
+                config
+                    .connection_state_budget_bytes
+                    .saturating_sub(http_state_budget(config.connection_state_budget_bytes)),
+            ),
             genai: config.genai,
             agent: AgentAssembler::new(config.agent, clock, health.clone()),
             processes: Processes::with_config(config.processes, interest),

@@ -11,7 +11,7 @@ use super::{
     HttpTracker,
 };
 use crate::{
-    model::{ConnKey, Direction, HttpExchange, Peer, Source, StreamEvent},
+    model::{ConnKey, Direction, ExchangeEnd, HttpExchange, Peer, Source, StreamEvent},
     telemetry::health::Health,
 };
 
@@ -374,4 +374,58 @@ fn half_sent_heads_on_many_connections_stay_within_the_state_budget() {
     }
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].request.method, "POST");
+}
+
+/// Issue 17 item 7: a thousand stdio streams each holding 100 KiB of a line that never ends
+/// hold no more than the JSON-RPC share of the state budget; the oldest sessions are ended and
+/// counted, their waiting requests reported interrupted, and a later exchange still comes out.
+#[test]
+fn unfinished_json_rpc_lines_on_many_streams_stay_within_the_state_budget() {
+    const LIMIT: u64 = 8 << 20;
+    let health = Arc::new(Health::default());
+    let mut tracker = JsonRpcTracker::new(1 << 20, health.clone()).with_state_limit(LIMIT);
+    let mut out = Vec::new();
+    let request = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}\n";
+    let mut partial = b"{\"jsonrpc\":\"2.0\",\"method\":\"x\",\"params\":\"".to_vec();
+    partial.resize(100 * 1024, b'a');
+    for i in 0..1_000u64 {
+        let conn = ConnKey {
+            pid: 10 + i as u32,
+            source: Source::Stdio,
+            conn_id: 0,
+        };
+        for bytes in [&request[..], &partial[..]] {
+            tracker.push(
+                &StreamEvent::Data {
+                    conn,
+                    direction: Direction::Egress,
+                    timestamp_ns: i,
+                    bytes: Bytes::copy_from_slice(bytes),
+                },
+                &mut out,
+            );
+            assert!(tracker.state_bytes_held() <= LIMIT);
+        }
+    }
+    let evicted = health.connections_evicted_memory_budget.load(Relaxed);
+    assert!(evicted >= 900, "{evicted}");
+    // Each evicted session's request was waiting: reported, interrupted.
+    assert_eq!(out.len() as u64, evicted);
+    assert!(out
+        .iter()
+        .all(|e| e.response.is_none() && e.end == ExchangeEnd::Interrupted("memory_budget")));
+    out.clear();
+    for e in [
+        data(STDIO, Direction::Egress, request),
+        data(
+            STDIO,
+            Direction::Ingress,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n",
+        ),
+    ] {
+        tracker.push(&e, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].conn, STDIO);
+    assert!(out[0].response.is_some());
 }

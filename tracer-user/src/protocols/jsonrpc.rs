@@ -11,6 +11,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;
 
+use super::state_bytes::{total, StateBytes, CONNECTION_OVERHEAD_BYTES};
 use crate::{
     model::{ConnKey, Direction, ExchangeEnd, StreamEvent},
     telemetry::health::Health,
@@ -227,6 +228,8 @@ struct Pending {
     request: Value,
     start_ns: u64,
     bytes_lost: u64,
+    /// The request's line length: what its parsed value is charged as (twice it).
+    line_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -237,7 +240,32 @@ struct Session {
     next_seq: u64,
     protocol_version: Option<String>,
     last_activity_ns: u64,
+    /// What [`StateBytes`] said last, as charged to the tracker's state total.
+    charged: u64,
 }
+
+impl StateBytes for Session {
+    /// Lines in progress, and each waiting request's parsed value (twice its line: a
+    /// `serde_json::Value` takes about that much).
+    fn state_bytes(&self) -> u64 {
+        total(
+            self.framers
+                .iter()
+                .map(|f| f.buf.len() as u64)
+                .chain(self.pending.values().map(|p| {
+                    total([
+                        PENDING_OVERHEAD_BYTES,
+                        p.method.len() as u64,
+                        p.line_bytes.saturating_mul(2),
+                    ])
+                }))
+                .chain([CONNECTION_OVERHEAD_BYTES]),
+        )
+    }
+}
+
+/// The structures of one waiting request.
+const PENDING_OVERHEAD_BYTES: u64 = 128;
 
 fn dir_index(d: Direction) -> usize {
     match d {
@@ -261,6 +289,10 @@ pub struct JsonRpcTracker {
     max_line: usize,
     health: Arc<Health>,
     frames: Vec<Frame>,
+    /// What every session's lines in progress and waiting requests may hold together.
+    state_limit: u64,
+    /// What they hold now (the sum of the sessions' `charged`).
+    state_held: u64,
 }
 
 impl JsonRpcTracker {
@@ -270,6 +302,50 @@ impl JsonRpcTracker {
             max_line,
             health,
             frames: Vec::new(),
+            state_limit: u64::MAX,
+            state_held: 0,
+        }
+    }
+
+    /// What every session's lines in progress and waiting requests may hold together: past it
+    /// the least recently active sessions are ended (else no bound beyond each session's own).
+    pub fn with_state_limit(mut self, bytes: u64) -> Self {
+        self.state_limit = bytes;
+        self
+    }
+
+    /// What every session holds together now.
+    pub fn state_bytes_held(&self) -> u64 {
+        self.state_held
+    }
+
+    /// Charges the session's state anew; past the limit, ends the least recently active
+    /// sessions until a quarter of the limit is free again.
+    fn recharge(&mut self, conn: ConnKey, out: &mut Vec<RpcExchange>) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            let now = session.state_bytes();
+            self.state_held = self
+                .state_held
+                .saturating_sub(session.charged)
+                .saturating_add(now);
+            session.charged = now;
+        }
+        if self.state_held <= self.state_limit {
+            return;
+        }
+        let target = self.state_limit.saturating_sub(self.state_limit / 4);
+        let mut by_age: Vec<(u64, ConnKey)> = self
+            .sessions
+            .iter()
+            .map(|(k, s)| (s.last_activity_ns, *k))
+            .collect();
+        by_age.sort_unstable_by_key(|(last_activity_ns, _)| *last_activity_ns);
+        for (last_activity_ns, conn) in by_age {
+            if self.state_held <= target {
+                break;
+            }
+            self.close(conn, last_activity_ns, "memory_budget", out);
+            Health::add(&self.health.connections_evicted_memory_budget, 1);
         }
     }
 
@@ -293,6 +369,7 @@ impl JsonRpcTracker {
                 );
                 self.frames = frames;
                 self.take_frames(*conn, *direction, out);
+                self.recharge(*conn, out);
             }
             StreamEvent::Gap {
                 conn,
@@ -310,6 +387,7 @@ impl JsonRpcTracker {
                 for p in session.pending.values_mut() {
                     p.bytes_lost += len;
                 }
+                self.recharge(*conn, out);
             }
             StreamEvent::Closed { conn, timestamp_ns } => {
                 self.close(*conn, *timestamp_ns, "connection_closed", out)
@@ -356,7 +434,15 @@ impl JsonRpcTracker {
     fn session(&mut self, conn: ConnKey) -> &mut Session {
         if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&conn) {
             let before = self.sessions.len();
-            self.sessions.retain(|_, s| !s.pending.is_empty());
+            let mut freed = 0u64;
+            self.sessions.retain(|_, s| {
+                let keep = !s.pending.is_empty();
+                if !keep {
+                    freed = freed.saturating_add(s.charged);
+                }
+                keep
+            });
+            self.state_held = self.state_held.saturating_sub(freed);
             let evicted = before.saturating_sub(self.sessions.len());
             Health::add(&self.health.jsonrpc_sessions_evicted, evicted as u64);
         }
@@ -388,6 +474,7 @@ impl JsonRpcTracker {
             self.take_frames(conn, dir_of(i), out);
         }
         if let Some(mut session) = self.sessions.remove(&conn) {
+            self.state_held = self.state_held.saturating_sub(session.charged);
             let protocol_version = session.protocol_version.clone();
             interrupt(conn, &mut session, end_ns, reason, protocol_version, out);
         }
@@ -449,6 +536,7 @@ impl JsonRpcTracker {
                         request: value,
                         start_ns: line.start_ns,
                         bytes_lost: 0,
+                        line_bytes: line.bytes.len() as u64,
                     },
                 );
                 if replaced.is_some() {
