@@ -681,3 +681,80 @@ async fn a_rustls_connection_open_before_the_tracer_starts_is_captured_from_its_
     assert!(contains(&ingress, b"\"id\":\"chatcmpl-mock-stream\""));
     Ok(())
 }
+
+/// `--skip-executable`: a client named there is never hooked. Its calls are never decrypted
+/// (its connection is only seen as TLS the tracer does not read), while a copy of the very same
+/// program, another file, is hooked and traced as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_executable_is_never_hooked() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    const NAME: &str = "rustls-skip";
+    // Canonical: the tracer names executables as the kernel does.
+    let skipped = build_client("ring", "release")?.canonicalize()?;
+    let copy = work_dir().join("https_client-not-skipped");
+    std::fs::copy(&skipped, &copy)?;
+    let copy = copy.canonicalize()?;
+    let server = mock_openai::start(&tracer_testkit::target_dir().join("e2e-certs")).await?;
+    let skip = skipped.display().to_string();
+    let Traced {
+        receiver,
+        tracer: running,
+        ..
+    } = start_traced_with(
+        tracer_bin(),
+        NAME,
+        &TraceOptions {
+            args: &["--skip-executable", &skip],
+            ..TraceOptions::default()
+        },
+    )
+    .await?;
+    let traced_call = || async {
+        let child = spawn_client((&copy, &[]), &server)?;
+        e2e::wait_until_hooked(NAME, &copy, ATTACH_WAIT).await?;
+        let (pid, _) = release_client(child).await?;
+        receiver
+            .wait_for(&format!("the copy's span (pid {pid})"), SPAN_WAIT, |s| {
+                !of_pid(s, pid).is_empty()
+            })
+            .await?;
+        anyhow::Ok(pid)
+    };
+    traced_call().await?;
+    let (skipped_pid, outcome) = release_client(spawn_client((&skipped, &[]), &server)?).await?;
+    ensure!(
+        outcome.response.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "the skipped client's call failed: {:?}",
+        String::from_utf8_lossy(&outcome.response)
+    );
+    // A later traced call's span: by then the skipped call would have been exported too.
+    traced_call().await?;
+    let output = running.stop()?;
+    assert!(output.status.success(), "tracer exit: {}", output.status);
+    // Its connection is still seen from the kernel's side, as one whose TLS is not hooked
+    // (`tls <host>`); its plaintext, and so any model call, never.
+    let skipped_spans = of_pid(&receiver.spans(), skipped_pid);
+    let names: Vec<&str> = skipped_spans.iter().map(|s| s.span.name.as_str()).collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("tls ")),
+        "the skipped client's call was decrypted: {names:?}"
+    );
+    assert!(skipped_spans
+        .iter()
+        .all(|s| s.attr("gen_ai.request.model").is_none()));
+    assert!(
+        output.stderr.contains(&format!("never hooked: {skip}")),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        !output
+            .stderr
+            .lines()
+            .any(|l| l.contains("attached") && l.contains(&skip)),
+        "{}",
+        output.stderr
+    );
+    Ok(())
+}

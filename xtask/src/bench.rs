@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the tracer's overhead, written as sections of BENCHMARKS.md.
 //!
 //! - `https-loop`: a Python `http.client` loop (the system OpenSSL, which the tracer hooks) posts
-//!   chat completions to the local mock OpenAI server (rustls, never hooked) over one keep-alive
+//!   chat completions to the local mock OpenAI server (rustls, which the tracer is told never to hook) over one keep-alive
 //!   connection, alternately without and with a fresh `agent-tracer run`.
 //! - `tls-calls` ([`tls_calls`]): the same loop from Python, node and Go clients, and the latency
 //!   the tracer adds per request and per TLS call.
@@ -296,8 +296,22 @@ struct Env {
 }
 
 impl Env {
+    /// The bench's own model server is never hooked (`--skip-executable`): a remote model API's
+    /// side would not be, and hooking it would charge the client for the server's TLS too.
     fn start_tracer(&self, label: &str) -> Result<Tracer> {
-        Tracer::start(&self.tracer, &self.dir, label)
+        let server = self.mock_server().display().to_string();
+        Tracer::start_with(
+            &self.tracer,
+            &self.dir,
+            label,
+            &[],
+            &["--skip-executable", server.as_str()],
+        )
+    }
+
+    /// `target/release/mock-llm`, beside the tracer.
+    fn mock_server(&self) -> PathBuf {
+        self.tracer.with_file_name("mock-llm")
     }
 
     /// Call before each run: waits (bounded) until no other agent-tracer runs and other

@@ -512,6 +512,17 @@ impl TargetCache {
         .clone()
     }
 
+    /// Files never hooked (`--skip-executable`): their analysis is settled as empty, so no
+    /// hook is placed in them and they are never read.
+    pub fn skip(&self, ids: impl IntoIterator<Item = FileId>) {
+        let mut analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            let cell = OnceLock::new();
+            let _ = cell.set(Ok(Arc::new(Analysis::default())));
+            analyses.insert(id, Arc::new(cell));
+        }
+    }
+
     /// Whether `id`'s analysis is done (its answer is at hand without waiting).
     pub fn analysed(&self, id: &FileId) -> bool {
         let analyses = self.analyses.lock().unwrap_or_else(|e| e.into_inner());

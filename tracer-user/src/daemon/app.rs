@@ -143,6 +143,9 @@ pub async fn run(config: Config) -> Result<()> {
         stop_rx,
     ));
     let mut attacher = Attacher::new(capture, health.clone(), validator);
+    attacher
+        .target_cache()
+        .skip(skipped_executables(&config.skip_executables)?);
     // Pre-attach (see capture/preattach.rs) starts first: its threads list and analyse the
     // directories agents run from while the running processes are scanned here.
     let preattached = capture::preattach::enabled().then(|| {
@@ -279,6 +282,28 @@ fn exit_status(died: Option<&str>, reader_end: Option<String>) -> Result<()> {
         (None, Some(end)) => anyhow::bail!("{end}"),
         (Some(died), Some(end)) => anyhow::bail!("{died} before it was asked to: {end}"),
     }
+}
+
+/// The files `--skip-executable` names, by identity. A path that cannot be opened is an error:
+/// a typo would otherwise leave a server hooked that its owner meant to spare.
+fn skipped_executables(paths: &[std::path::PathBuf]) -> Result<Vec<capture::targets::FileId>> {
+    paths
+        .iter()
+        .map(|path| {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("--skip-executable {}", path.display()))?;
+            let meta = file
+                .metadata()
+                .with_context(|| format!("--skip-executable {}", path.display()))?;
+            anyhow::ensure!(
+                meta.is_file(),
+                "--skip-executable {}: not a regular file",
+                path.display()
+            );
+            info!("never hooked: {}", path.display());
+            Ok(capture::targets::FileId::from_metadata(&meta))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -176,13 +176,7 @@ pub(super) struct Tracer {
 }
 
 impl Tracer {
-    /// Starts the tracer, logging to `dir/tracer-{label}.{stdout,stderr}`, and waits for
-    /// `tracer ready`.
-    pub(super) fn start(bin: &Path, dir: &Path, label: &str) -> Result<Self> {
-        Self::start_with(bin, dir, label, &[], &[])
-    }
-
-    /// [`start`](Self::start), with extra environment variables.
+    /// [`start_with`](Self::start_with), with extra environment variables only.
     pub(super) fn start_with_env(
         bin: &Path,
         dir: &Path,
@@ -192,7 +186,8 @@ impl Tracer {
         Self::start_with(bin, dir, label, envs, &[])
     }
 
-    /// [`start`](Self::start), with extra environment variables and `run` flags.
+    /// Starts the tracer, logging to `dir/tracer-{label}.{stdout,stderr}`, with extra
+    /// environment variables and `run` flags, and waits for `tracer ready`.
     pub(super) fn start_with(
         bin: &Path,
         dir: &Path,

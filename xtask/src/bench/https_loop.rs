@@ -67,7 +67,7 @@ fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: &Others
         "Measured {date} on {machine} with `cargo xtask bench --requests {requests}`.\n\n\
          One Python `http.client` HTTPS connection (the system OpenSSL, which the tracer hooks) \
          sends {requests} chat-completion POSTs, kept alive, to the local mock OpenAI server \
-         (`mock-llm`, rustls, so its side is never hooked), after {WARMUP} warm-up requests. \
+         (`mock-llm`, rustls, whose side the tracer is told never to hook with `--skip-executable`, as a remote model API's would not be), after {WARMUP} warm-up requests. \
          {RUNS} runs without the tracer and {RUNS} with a fresh `agent-tracer run --console never` \
          (no exporter), interleaved; each figure is the median of its {RUNS} runs. Latency \
          includes the time the uprobes spend in the client's own SSL_write/SSL_read calls; the \
@@ -109,6 +109,15 @@ fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: &Others
     s.push_str(&format!(
         "| tracer peak RSS (VmHWM) | | {rss_mib:.1} MiB | |\n\n"
     ));
+    s.push_str(
+        "The peak RSS counts the ring buffer twice: the kernel maps its data pages twice in a \
+         row into the reader (so a record that wraps around reads as one), and RSS counts every \
+         mapping, so the default 32 MiB ring shows as 64 MiB of RSS while it holds 32 MiB of \
+         memory (charged once to the tracer's cgroup). `--ring-buffer-bytes` sets its size. The \
+         rest of the peak is start-up analysis: every executable on PATH and every running \
+         one is read as its metadata, a Go executable as all but its code, and one whose \
+         strings name a stack the locators find in full (see the README's memory section).\n\n",
+    );
     s.push_str(&format!(
         "Per run, p50 µs: without {}; with {}. p99 µs: without {}; with {}. \
          Throughput req/s: without {}; with {}.\n\n",

@@ -436,7 +436,7 @@ fn render(claude: &Claude, off: &[Run], on: &[Traced], others: &Others) -> Strin
          stream-json`, permissions skipped), driven as `tests/e2e_real_agents.rs` drives it: the \
          model asks its Bash tool to run `expr 6 + 36`, the agent runs it, and the model's final \
          text quotes the output; a run counts only if the agent exits 0 with `{FINAL_ANSWER}` on \
-         its stdout. The model is the local mock server (`mock-llm`, rustls, never hooked) \
+         its stdout. The model is the local mock server (`mock-llm`, rustls, never hooked: `--skip-executable`) \
          answering Anthropic's Messages API with that scripted loop (two streamed calls, their \
          events 30 ms apart, plus whatever side calls the agent makes). It stands in for \
          Anthropic's API only because no real API may be called from here; the agent, its tool, \

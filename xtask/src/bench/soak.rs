@@ -118,7 +118,8 @@ pub(super) fn measure(
          {CLIENTS} copies of the HTTPS loop's client (Python `http.client`, the system OpenSSL), \
          each on its own keep-alive connection as fast as it goes, post chat completions to the \
          mock server for {minutes} minutes, traced by one `agent-tracer run --capture-content \
-         --console never`. The tracer's RSS is sampled every {} s; the slope is a least-squares \
+         --console never`, which hooks both ends (the clients' OpenSSL and the mock server's \
+         rustls). The tracer's RSS is sampled every {} s; the slope is a least-squares \
          fit over the samples after the first {:.0} s. The target is a slope under \
          {TARGET_MIB_PER_HOUR} MiB/hour.\n\n\
          | metric | value |\n| --- | ---: |\n\

@@ -167,7 +167,7 @@ fn render(requests: u32, measured: &[Measured], others: &Others) -> String {
         "Measured {date} on {machine} with `cargo xtask bench --requests {requests}`.\n\n\
          Three clients each send {requests} chat-completion POSTs (after {WARMUP} warm-up \
          requests) over one keep-alive HTTPS connection to the local mock OpenAI server \
-         (`mock-llm`, rustls, never hooked) and time each request: Python `http.client`, node's \
+         (`mock-llm`, rustls, never hooked: `--skip-executable`) and time each request: Python `http.client`, node's \
          `https` module (`https.Agent({{keepAlive: true, maxSockets: 1}})`, timed with \
          `process.hrtime.bigint()`) and Go's `net/http` (HTTP/1.1 forced, \
          `MaxIdleConnsPerHost: 1`). Per client, {RUNS} runs without the tracer and {RUNS} with a \

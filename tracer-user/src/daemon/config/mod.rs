@@ -123,6 +123,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub record_streams: Option<std::path::PathBuf>,
 
+    /// An executable never hooked (repeatable): its processes' TLS calls are not traced and
+    /// cost them nothing. For a high-volume server or proxy on the node whose traffic is not an
+    /// agent's (a model server's own side, an ingress). Matched by the file itself, as it is
+    /// when the tracer starts (device and inode: any name or container path that leads to it);
+    /// a shared library such as libssl is hooked for every process that maps it all the same.
+    #[arg(long, value_name = "PATH")]
+    pub skip_executable: Vec<std::path::PathBuf>,
+
     /// At stop, write every health counter (zeros included) to FILE as JSON:
     /// `{"counters": {"records": 12, ...}, "unsupported_tls": [...]}`. The counters for programs
     /// (tests, the bench, a supervisor); the `tracer stopped:` log line is for people.
@@ -160,6 +168,8 @@ pub struct Config {
     pub memory_budget_bytes: u64,
     /// Where the health counters are written at stop, as JSON.
     pub summary_file: Option<std::path::PathBuf>,
+    /// `--skip-executable`: files never hooked (the capture).
+    pub skip_executables: Vec<std::path::PathBuf>,
     /// streams, protocols, genai, agent and the process catalogue.
     pub pipeline: PipelineConfig,
     pub metrics: MetricsConfig,
@@ -185,6 +195,7 @@ impl Config {
             ring_buffer_bytes: args.ring_buffer_bytes,
             health_listen: args.health_listen,
             summary_file: args.summary_file.clone(),
+            skip_executables: args.skip_executable.clone(),
             memory_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024),
             pipeline: PipelineConfig {
                 max_body_bytes: args.max_body_bytes,
