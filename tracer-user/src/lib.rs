@@ -6,6 +6,7 @@ pub mod agent;
 pub mod capture;
 pub mod daemon;
 pub mod export;
+pub mod freed_memory;
 pub mod genai;
 pub mod model;
 pub mod processes;

@@ -391,7 +391,7 @@ impl Drop for AnalysedBytes {
         // The analysis's own structures (symbol tables, the Go function table, the locators'
         // maps) were freed just before: malloc keeps freed memory in its arenas, where one
         // 90 MB Go binary's analysis left 32 MB resident for the daemon's whole life.
-        give_freed_memory_back();
+        crate::freed_memory::give_back();
     }
 }
 
@@ -442,15 +442,6 @@ pub fn needles_in_file(
         window.copy_within(filled - kept..filled, 0);
     }
     Ok(found)
-}
-
-/// Returns the allocator's free pages to the kernel.
-fn give_freed_memory_back() {
-    #[cfg(target_env = "gnu")]
-    // Safety: takes no pointer; glibc serialises it with every arena's lock.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Zeroed memory mapped for one file's bytes and unmapped when dropped: a file's bytes go back

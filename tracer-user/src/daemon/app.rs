@@ -26,6 +26,9 @@ use crate::{
     telemetry::metrics::{self, MetricsRecorder},
 };
 
+/// Seconds between hand-backs of freed memory to the kernel ([`crate::freed_memory`]).
+const TICKS_PER_MEMORY_RELEASE: u64 = 10;
+
 /// Capture records waiting for the pipeline. Large enough for a burst of several MiB.
 const CAPTURE_QUEUE: usize = 64 * 1024;
 const SINK_QUEUE: usize = 16 * 1024;
@@ -194,6 +197,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     info!(
         tls_targets = ?hooked,
         console = config.console,
@@ -223,6 +227,11 @@ pub async fn run(config: Config) -> Result<()> {
             _ = tick.tick() => {
                 probes.beat();
                 pipeline.tick(Clock::monotonic_now_ns(), &mut spans);
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(TICKS_PER_MEMORY_RELEASE) {
+                    // Large bodies and bursts leave freed memory in malloc's arenas.
+                    crate::freed_memory::give_back();
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
