@@ -32,6 +32,8 @@ pub fn command(target: &str, seconds: u32) -> Command {
         .args(["fuzz", "run", "-O", target, "--"])
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-max_len={MAX_INPUT_BYTES}"))
+        // Every length up to the cap from the start, not grown slowly from a few KiB.
+        .arg("-len_control=0")
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MIB}"))
         .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MIB}"));
     c
