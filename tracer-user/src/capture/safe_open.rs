@@ -301,13 +301,7 @@ impl AnalysedBytes {
         shown: &str,
         keep_unread: &[std::ops::Range<u64>],
     ) -> Result<(), OpenError> {
-        let size = file
-            .metadata()
-            .map_err(|source| OpenError::Io {
-                path: shown.to_string(),
-                source,
-            })?
-            .size();
+        let size = file_size(file, shown)?;
         let expected = self.data.len() as u64;
         if size != expected {
             return Err(OpenError::Changed {
@@ -338,6 +332,16 @@ impl AnalysedBytes {
         self.unread = still;
         Ok(())
     }
+}
+
+/// The size `fstat` gives the open file.
+fn file_size(file: &File, shown: &str) -> Result<u64, OpenError> {
+    file.metadata()
+        .map(|meta| meta.size())
+        .map_err(|source| OpenError::Io {
+            path: shown.to_string(),
+            source,
+        })
 }
 
 /// Reads `range` of `file` into the same range of `into`; a short read is [`OpenError::Changed`].
@@ -538,13 +542,7 @@ fn read_charged(
     budget: &'static ByteBudget,
     parts: Parts,
 ) -> Result<AnalysedBytes, OpenError> {
-    let size = file
-        .metadata()
-        .map_err(|source| OpenError::Io {
-            path: shown.to_string(),
-            source,
-        })?
-        .size();
+    let size = file_size(file, shown)?;
     // The whole file, code or not: reading the code later must not wait for room while
     // holding some (two analyses could then wait on each other for ever).
     let charge = budget.take(size.min(MAX_ANALYSED_BYTES));
@@ -589,7 +587,7 @@ fn read_at_most(
         path: shown.to_string(),
         source,
     };
-    let size = file.metadata().map_err(io)?.size();
+    let size = file_size(file, shown)?;
     if size > limit {
         return Err(OpenError::TooLarge {
             path: shown.to_string(),

@@ -566,12 +566,10 @@ pub(super) fn into_response(msg: Message) -> Held<HttpResponse> {
 
 impl super::state_bytes::StateBytes for MessageParser {
     fn state_bytes(&self) -> u64 {
-        use super::state_bytes::{headers_bytes, timeline_bytes, total};
+        use super::state_bytes::{head_bytes, timeline_bytes, total};
         let partial = self.current.as_ref().map_or(0, |p| {
             total([
-                p.method.len() as u64,
-                p.target.len() as u64,
-                headers_bytes(&p.headers),
+                head_bytes(&p.method, &p.target, &p.headers),
                 timeline_bytes(&p.timeline),
             ])
         });

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;
 
-use super::state_bytes::{total, StateBytes, CONNECTION_OVERHEAD_BYTES};
+use super::state_bytes::{total, StateBytes, StateTotal, CONNECTION_OVERHEAD_BYTES};
 use crate::{
     model::{ConnKey, Direction, ExchangeEnd, StreamEvent},
     telemetry::health::Health,
@@ -289,10 +289,9 @@ pub struct JsonRpcTracker {
     max_line: usize,
     health: Arc<Health>,
     frames: Vec<Frame>,
-    /// What every session's lines in progress and waiting requests may hold together.
-    state_limit: u64,
-    /// What they hold now (the sum of the sessions' `charged`).
-    state_held: u64,
+    /// What every session's lines in progress and waiting requests hold together, against
+    /// its limit.
+    state: StateTotal,
 }
 
 impl JsonRpcTracker {
@@ -302,21 +301,20 @@ impl JsonRpcTracker {
             max_line,
             health,
             frames: Vec::new(),
-            state_limit: u64::MAX,
-            state_held: 0,
+            state: StateTotal::new(u64::MAX),
         }
     }
 
     /// What every session's lines in progress and waiting requests may hold together: past it
     /// the least recently active sessions are ended (else no bound beyond each session's own).
     pub fn with_state_limit(mut self, bytes: u64) -> Self {
-        self.state_limit = bytes;
+        self.state = StateTotal::new(bytes);
         self
     }
 
     /// What every session holds together now.
     pub fn state_bytes_held(&self) -> u64 {
-        self.state_held
+        self.state.held()
     }
 
     /// Charges the session's state anew; past the limit, ends the least recently active
@@ -324,26 +322,14 @@ impl JsonRpcTracker {
     fn recharge(&mut self, conn: ConnKey, out: &mut Vec<RpcExchange>) {
         if let Some(session) = self.sessions.get_mut(&conn) {
             let now = session.state_bytes();
-            self.state_held = self
-                .state_held
-                .saturating_sub(session.charged)
-                .saturating_add(now);
-            session.charged = now;
+            self.state.recharge(&mut session.charged, now);
         }
-        if self.state_held <= self.state_limit {
-            return;
-        }
-        let target = self.state_limit.saturating_sub(self.state_limit / 4);
-        let mut by_age: Vec<(u64, ConnKey)> = self
-            .sessions
-            .iter()
-            .map(|(k, s)| (s.last_activity_ns, *k))
-            .collect();
-        by_age.sort_unstable_by_key(|(last_activity_ns, _)| *last_activity_ns);
-        for (last_activity_ns, conn) in by_age {
-            if self.state_held <= target {
-                break;
-            }
+        let evict = self.state.to_evict(
+            self.sessions
+                .iter()
+                .map(|(k, s)| ((*k, s.last_activity_ns), s.last_activity_ns, s.charged)),
+        );
+        for (conn, last_activity_ns) in evict {
             self.close(conn, last_activity_ns, "memory_budget", out);
             Health::add(&self.health.connections_evicted_memory_budget, 1);
         }
@@ -442,7 +428,7 @@ impl JsonRpcTracker {
                 }
                 keep
             });
-            self.state_held = self.state_held.saturating_sub(freed);
+            self.state.release(freed);
             let evicted = before.saturating_sub(self.sessions.len());
             Health::add(&self.health.jsonrpc_sessions_evicted, evicted as u64);
         }
@@ -474,7 +460,7 @@ impl JsonRpcTracker {
             self.take_frames(conn, dir_of(i), out);
         }
         if let Some(mut session) = self.sessions.remove(&conn) {
-            self.state_held = self.state_held.saturating_sub(session.charged);
+            self.state.release(session.charged);
             let protocol_version = session.protocol_version.clone();
             interrupt(conn, &mut session, end_ns, reason, protocol_version, out);
         }

@@ -27,6 +27,15 @@ pub trait StateBytes {
     fn state_bytes(&self) -> u64;
 }
 
+/// A message head: its method, target (or path) and header list.
+pub fn head_bytes(method: &str, target: &str, headers: &Headers) -> u64 {
+    total([
+        method.len() as u64,
+        target.len() as u64,
+        headers_bytes(headers),
+    ])
+}
+
 /// Names and values of a header list.
 pub fn headers_bytes(headers: &Headers) -> u64 {
     headers.iter().fold(0u64, |sum, (name, value)| {
@@ -42,4 +51,56 @@ pub fn timeline_bytes(timeline: &[(u64, u64)]) -> u64 {
 /// Sums without overflow.
 pub fn total(parts: impl IntoIterator<Item = u64>) -> u64 {
     parts.into_iter().fold(0u64, u64::saturating_add)
+}
+
+/// What a tracker's connections hold together, against its limit. Each connection keeps what it
+/// was last charged; the tracker recharges it after each event and, once past the limit, ends
+/// the connections [`to_evict`](Self::to_evict) names.
+#[derive(Debug)]
+pub struct StateTotal {
+    limit: u64,
+    held: u64,
+}
+
+impl StateTotal {
+    pub fn new(limit: u64) -> Self {
+        StateTotal { limit, held: 0 }
+    }
+
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// A connection now holds `now`, having been charged `charged`: updates both.
+    pub fn recharge(&mut self, charged: &mut u64, now: u64) {
+        self.held = self.held.saturating_sub(*charged).saturating_add(now);
+        *charged = now;
+    }
+
+    /// A connection charged `charged` is gone.
+    pub fn release(&mut self, charged: u64) {
+        self.held = self.held.saturating_sub(charged);
+    }
+
+    /// Past the limit: the connections to end, least recently active first, until a quarter of
+    /// the limit would be free again (a batch, not one per event). `connections`: each one's
+    /// key, last activity and charge. Empty while within the limit.
+    pub fn to_evict<K>(&self, connections: impl Iterator<Item = (K, u64, u64)>) -> Vec<K> {
+        if self.held <= self.limit {
+            return Vec::new();
+        }
+        let target = self.limit.saturating_sub(self.limit / 4);
+        let mut by_age: Vec<(K, u64, u64)> = connections.collect();
+        by_age.sort_unstable_by_key(|(_, last_activity_ns, _)| *last_activity_ns);
+        let mut held = self.held;
+        let mut evict = Vec::new();
+        for (key, _, charged) in by_age {
+            if held <= target {
+                break;
+            }
+            held = held.saturating_sub(charged);
+            evict.push(key);
+        }
+        evict
+    }
 }

@@ -14,7 +14,10 @@ use super::{
     http2::{FrameFinder, Http2Connection},
     memory::{BodyBudget, Held},
     sniff::{could_become_http, looks_like_request, HTTP2_PREFACE_START},
-    state_bytes::{headers_bytes, timeline_bytes, total, StateBytes, CONNECTION_OVERHEAD_BYTES},
+    state_bytes::{
+        head_bytes, headers_bytes, timeline_bytes, total, StateBytes, StateTotal,
+        CONNECTION_OVERHEAD_BYTES,
+    },
     websocket::{self, WebSocketConnection},
 };
 use crate::{
@@ -98,13 +101,10 @@ struct Connection {
 
 impl StateBytes for Connection {
     fn state_bytes(&self) -> u64 {
-        let request_heads = self.pending.iter().map(|r| {
-            total([
-                r.method.len() as u64,
-                r.target.len() as u64,
-                headers_bytes(&r.headers),
-            ])
-        });
+        let request_heads = self
+            .pending
+            .iter()
+            .map(|r| head_bytes(&r.method, &r.target, &r.headers));
         let response_heads = self
             .early_responses
             .iter()
@@ -134,10 +134,9 @@ pub struct HttpTracker {
     max_body: usize,
     /// What every connection's bodies in progress may hold together.
     budget: BodyBudget,
-    /// What every connection's parsers may hold together besides bodies ([`StateBytes`]).
-    state_limit: u64,
-    /// What they hold now (the sum of the connections' `charged`).
-    state_held: u64,
+    /// What every connection's parsers hold together besides bodies ([`StateBytes`]), against
+    /// its limit.
+    state: StateTotal,
     health: Arc<Health>,
 }
 
@@ -148,8 +147,7 @@ impl HttpTracker {
             peers_pending: HashMap::new(),
             max_body,
             budget: BodyBudget::default(),
-            state_limit: u64::MAX,
-            state_held: 0,
+            state: StateTotal::new(u64::MAX),
             health,
         }
     }
@@ -163,13 +161,13 @@ impl HttpTracker {
     /// What every connection's parsers may hold together besides bodies: past it the least
     /// recently active connections are ended (else no bound beyond each connection's own).
     pub fn with_state_limit(mut self, bytes: u64) -> Self {
-        self.state_limit = bytes;
+        self.state = StateTotal::new(bytes);
         self
     }
 
     /// What every connection's parsers hold together now, bodies left out.
     pub fn state_bytes_held(&self) -> u64 {
-        self.state_held
+        self.state.held()
     }
 
     /// Connections tracked now.
@@ -194,26 +192,14 @@ impl HttpTracker {
     fn recharge(&mut self, key: ConnKey, out: &mut Vec<HttpExchange>) {
         if let Some(conn) = self.conns.get_mut(&key) {
             let now = conn.state_bytes();
-            self.state_held = self
-                .state_held
-                .saturating_sub(conn.charged)
-                .saturating_add(now);
-            conn.charged = now;
+            self.state.recharge(&mut conn.charged, now);
         }
-        if self.state_held <= self.state_limit {
-            return;
-        }
-        let target = self.state_limit.saturating_sub(self.state_limit / 4);
-        let mut by_age: Vec<(u64, ConnKey)> = self
-            .conns
-            .iter()
-            .map(|(k, c)| (c.last_activity_ns, *k))
-            .collect();
-        by_age.sort_unstable_by_key(|(last_activity_ns, _)| *last_activity_ns);
-        for (_, key) in by_age {
-            if self.state_held <= target {
-                break;
-            }
+        let evict = self.state.to_evict(
+            self.conns
+                .iter()
+                .map(|(k, c)| (*k, c.last_activity_ns, c.charged)),
+        );
+        for key in evict {
             self.close(key, "memory_budget", out);
             Health::add(&self.health.connections_evicted_memory_budget, 1);
         }
@@ -479,7 +465,7 @@ impl HttpTracker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
-        self.state_held = self.state_held.saturating_sub(conn.charged);
+        self.state.release(conn.charged);
         if let Some(h2) = &mut conn.h2 {
             h2.close(reason, &conn.peer, out);
             return;

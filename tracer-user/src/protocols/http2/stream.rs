@@ -125,14 +125,11 @@ pub(super) fn is_token(s: &str) -> bool {
 
 impl crate::protocols::state_bytes::StateBytes for Half {
     fn state_bytes(&self) -> u64 {
-        use crate::protocols::state_bytes::{headers_bytes, timeline_bytes, total};
-        let head = self.head.as_ref().map_or(0, |h| {
-            total([
-                h.method.len() as u64,
-                h.path.len() as u64,
-                headers_bytes(&h.headers),
-            ])
-        });
+        use crate::protocols::state_bytes::{head_bytes, timeline_bytes, total};
+        let head = self
+            .head
+            .as_ref()
+            .map_or(0, |h| head_bytes(&h.method, &h.path, &h.headers));
         total([head, timeline_bytes(&self.timeline)])
     }
 }
