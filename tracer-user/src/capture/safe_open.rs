@@ -288,6 +288,18 @@ impl AnalysedBytes {
         self.read_unread_but(file, shown, &code)
     }
 
+    /// Reads the unread parts of `wanted` (file ranges, in any order), leaving the rest unread:
+    /// a Go executable's function names and entries, not its line tables.
+    pub fn read_within(
+        &mut self,
+        file: &File,
+        shown: &str,
+        wanted: Vec<std::ops::Range<u64>>,
+    ) -> Result<(), OpenError> {
+        let others = code_sections::between(self.data.len() as u64, &code_sections::merged(wanted));
+        self.read_unread_but(file, shown, &others)
+    }
+
     /// Reads everything left unread: the locators that disassemble need all of it.
     pub fn read_all(&mut self, file: &File, shown: &str) -> Result<(), OpenError> {
         self.read_unread_but(file, shown, &[])

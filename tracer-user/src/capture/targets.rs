@@ -294,6 +294,11 @@ pub fn analyse_file(
         return Ok(analysis);
     }
     let may_be_go = super::locate::go::may_be_go(&elf);
+    let go_ranges = may_be_go
+        .then(|| {
+            super::locate::go::data_ranges(&elf, &|offset, len| data.bytes_at(file, offset, len))
+        })
+        .flatten();
     // TLS libraries linked in without hookable symbols, beside or instead of one that has them.
     // An OpenSSL-API stack found by its symbols, or in a shared library the program imports
     // (that library is hooked on its own), needs no locator; any other stack still does.
@@ -309,8 +314,12 @@ pub fn analyse_file(
     drop(elf);
     if analysis.stacks.is_empty() && may_be_go {
         // Go's function table and build information are data; of the code only its two
-        // functions' are read, through the file.
-        data.read_data(file, &shown)?;
+        // functions' are read, through the file. Where section headers say where the table's
+        // names and entries are, only they are read.
+        match go_ranges {
+            Some(ranges) => data.read_within(file, &shown, ranges)?,
+            None => data.read_data(file, &shown)?,
+        }
         let code_at = |offset, len| data.bytes_at(file, offset, len);
         match super::locate::go::locate_reading_code(
             &data,

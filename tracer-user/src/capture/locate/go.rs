@@ -182,6 +182,31 @@ pub fn may_be_go<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>)
     !has_section_headers || GO_SECTIONS.iter().any(|n| elf.section_by_name(n).is_some())
 }
 
+/// The file ranges Go's analysis reads, besides the metadata (headers and symbol tables),
+/// from an executable whose section headers name its function table and build information:
+/// the table's header, function names and function entries, and the build information. The
+/// table's line, file and compilation-unit tables (a third of it, 8 of terraform's 26 MB) and
+/// all other data stay unread. `None`: the sections are missing or the table is not laid out
+/// as Go's linker writes it; then all but the code is read. `file_at` reads the file, whose
+/// sections are not in memory yet.
+pub fn data_ranges<'data, R: object::ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    file_at: &FileAt<'_>,
+) -> Option<Vec<Range<u64>>> {
+    let table = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|name| elf.section_by_name(name))?;
+    let (table_at, table_len) = table.file_range()?;
+    let (info_at, info_len) = elf.section_by_name(".go.buildinfo")?.file_range()?;
+    let header = file_at(table_at, pclntab::HEADER_BYTES)?;
+    let mut ranges = pclntab::parts_read(&header, table_len)?
+        .into_iter()
+        .map(|part| Some(table_at.checked_add(part.start)?..table_at.checked_add(part.end)?))
+        .collect::<Option<Vec<_>>>()?;
+    ranges.push(info_at..info_at.checked_add(info_len)?);
+    Some(ranges)
+}
+
 /// [`locate`] on the executable's bytes, within the [standard](Budget::standard) budget.
 pub fn locate_in(data: &[u8]) -> Result<Option<GoTlsHooks>, GoLocateError> {
     locate_within(data, &Budget::standard())
@@ -196,16 +221,16 @@ pub fn locate_within(data: &[u8], budget: &Budget) -> Result<Option<GoTlsHooks>,
     })
 }
 
-/// The machine code at a file offset, `len` bytes: Go's analysis reads only its two functions'
-/// code, so the caller may leave the rest of the code unread.
-pub type CodeAt<'a> = dyn Fn(u64, u64) -> Option<Vec<u8>> + 'a;
+/// `len` bytes at a file offset, from the file: Go's analysis reads its two functions' code and
+/// (before Go 1.18) its version string this way, so the caller may leave them unread.
+pub type FileAt<'a> = dyn Fn(u64, u64) -> Option<Vec<u8>> + 'a;
 
 /// [`locate_within`], with the functions' code read through `code` (the file's `data` may hold
 /// zeros in its code sections).
 pub fn locate_reading_code(
     data: &[u8],
     budget: &Budget,
-    code: &CodeAt<'_>,
+    code: &FileAt<'_>,
 ) -> Result<Option<GoTlsHooks>, GoLocateError> {
     let Ok(elf) = object::File::parse(data) else {
         return Ok(None);
@@ -251,7 +276,7 @@ pub fn locate_reading_code(
         }
     };
     // Only now: a Go program without crypto/tls is no concern, whatever its version.
-    let go_version = build_version(&elf, data, &segments);
+    let go_version = build_version(&elf, data, &segments, code);
     let magic = read_u32(pclntab, 0).ok_or(GoLocateError::Pclntab("no header"))?;
     check_register_abi(go_version.as_deref(), magic)?;
     Ok(Some(GoTlsHooks {
@@ -265,7 +290,7 @@ pub fn locate_reading_code(
 fn probe_points(
     function: &'static str,
     bounds: Range<u64>,
-    code_at: &CodeAt<'_>,
+    code_at: &FileAt<'_>,
     segments: &Segments,
 ) -> Result<GoFunction, GoLocateError> {
     let len = bounds.end.saturating_sub(bounds.start);
@@ -397,8 +422,15 @@ fn pclntab_bytes<'a>(
     Ok(None)
 }
 
-/// Go's build information: the `.go.buildinfo` section, else the blob found by its magic.
-fn build_version(elf: &object::File<'_>, data: &[u8], segments: &Segments) -> Option<String> {
+/// Go's build information: the `.go.buildinfo` section, else the blob found by its magic. What
+/// the blob points at (before Go 1.18) is read through `file_at`: it lies in data the caller
+/// may have left unread ([`data_ranges`]).
+fn build_version(
+    elf: &object::File<'_>,
+    data: &[u8],
+    segments: &Segments,
+    file_at: &FileAt<'_>,
+) -> Option<String> {
     const MAGIC: &[u8] = b"\xff Go buildinf:";
     let blob = match elf.section_by_name(".go.buildinfo") {
         Some(section) => section.data().ok()?,
@@ -409,17 +441,16 @@ fn build_version(elf: &object::File<'_>, data: &[u8], segments: &Segments) -> Op
         }
     };
     parse_build_version(blob, |addr, len| {
-        let start = usize::try_from(segments.range_offset(addr, len, false)?).ok()?;
-        data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+        file_at(segments.range_offset(addr, len, false)?, len)
     })
 }
 
 /// The Go version in a build information blob (Go's `debug/buildinfo` format): since Go 1.18
 /// the string follows the 32-byte header, length-prefixed; before, the header points at a Go
 /// string header, read through `read_at` (virtual address, length).
-pub fn parse_build_version<'a>(
-    blob: &'a [u8],
-    read_at: impl Fn(u64, u64) -> Option<&'a [u8]>,
+pub fn parse_build_version(
+    blob: &[u8],
+    read_at: impl Fn(u64, u64) -> Option<Vec<u8>>,
 ) -> Option<String> {
     if !blob.starts_with(b"\xff Go buildinf:") {
         return None;
@@ -430,6 +461,7 @@ pub fn parse_build_version<'a>(
         let (len, used) = read_uvarint(blob.get(32..)?)?;
         let start = used.checked_add(32)?;
         blob.get(start..start.checked_add(usize::try_from(len).ok()?)?)?
+            .to_vec()
     } else {
         // Little-endian 64-bit only: the architecture check rejects everything else.
         if ptr_size != 8 || flags & 1 != 0 {
@@ -437,13 +469,13 @@ pub fn parse_build_version<'a>(
         }
         let header_addr = read_u64(blob, 16)?;
         let header = read_at(header_addr, 16)?;
-        let (ptr, len) = (read_u64(header, 0)?, read_u64(header, 8)?);
+        let (ptr, len) = (read_u64(&header, 0)?, read_u64(&header, 8)?);
         if len > 1024 {
             return None;
         }
         read_at(ptr, len)?
     };
-    let version = std::str::from_utf8(bytes).ok()?;
+    let version = std::str::from_utf8(&bytes).ok()?;
     (!version.is_empty()).then(|| version.to_string())
 }
 

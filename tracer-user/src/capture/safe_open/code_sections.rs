@@ -1,9 +1,9 @@
 //! An ELF file's layout from its section headers alone: where its metadata (headers, symbol
 //! tables and their strings, dynamic section, notes) and its machine code are. Analysis reads
-//! the metadata first, all but the code for a Go executable (its function table and build
-//! information are data; the code of its two functions is read alone), and everything only
-//! when a locator that disassembles finds its strings. A 99 MB node is then read as its
-//! symbol tables, a 90 MB Go binary as 43 MB.
+//! the metadata first, for a Go executable its function table's names and entries and its build
+//! information (`locate::go::data_ranges`; the code of its two functions is read alone), and
+//! everything only when a locator that disassembles finds its strings. A 99 MB node is then
+//! read as its symbol tables, a 90 MB Go binary as 18 MB.
 
 use std::ops::Range;
 

@@ -51,6 +51,34 @@ pub fn find_pclntab<'a>(
     Ok(None)
 }
 
+/// Bytes of the largest header (1.18+: magic word and eight fields).
+pub const HEADER_BYTES: u64 = 72;
+
+/// The parts of a pclntab of `len` bytes that [`Pclntab::find`] reads, as offsets in it, from
+/// its `header`: the header, the function names and the function table with its `_func`
+/// records. Go's linker writes the compilation-unit, file and pc-value tables between the names
+/// and the functions; `None` when the header's offsets are not in that order.
+pub fn parts_read(header: &[u8], len: u64) -> Option<[Range<u64>; 3]> {
+    let version = PclntabVersion::from_header(header.get(..8)?)?;
+    let field = |index: u64| {
+        read_u64(
+            header,
+            usize::try_from(index.checked_mul(8)?.checked_add(8)?).ok()?,
+        )
+    };
+    // Field indices of the name table, the table after it, the function table, and the
+    // header's own size.
+    let (names, units, functions, header_bytes) = match version {
+        PclntabVersion::Go116 => (field(2)?, field(3)?, field(6)?, 64),
+        PclntabVersion::Go118 | PclntabVersion::Go120 => (field(3)?, field(4)?, field(7)?, 72),
+    };
+    (header_bytes <= names && names <= units && units <= functions && functions < len).then_some([
+        0..header_bytes,
+        names..units,
+        functions..len,
+    ])
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PclntabVersion {
     /// Go 1.16 and 1.17: absolute entry addresses, no text start in the header.

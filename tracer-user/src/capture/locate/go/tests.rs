@@ -139,6 +139,72 @@ fn the_daemon_finds_the_same_probes_without_reading_the_code() {
     }
 }
 
+/// Of a Go executable's data the daemon reads only the function table's names and entries and
+/// the build information (the table's line, file and unit tables stay unread), and finds the
+/// same probes as in the whole file.
+#[test]
+fn only_the_function_tables_names_and_entries_are_read() {
+    use crate::capture::safe_open::{open_host, read_for_analysis};
+    let b = built();
+    for binary in [&b.plain, &b.stripped, &b.pie] {
+        let opened = open_host(binary).unwrap();
+        let shown = binary.display().to_string();
+        let mut sparse = read_for_analysis(&opened.file, &shown).unwrap();
+        let (ranges, table) = {
+            let elf = object::File::parse(&*sparse).unwrap();
+            let file_at = |offset, len| sparse.bytes_at(&opened.file, offset, len);
+            let ranges = data_ranges(&elf, &file_at).expect("section headers name the table");
+            let table = [".gopclntab", ".data.rel.ro.gopclntab"]
+                .iter()
+                .find_map(|name| elf.section_by_name(name))
+                .and_then(|section| section.file_range());
+            (ranges, table.unwrap())
+        };
+        let (at, len) = table;
+        let read_of_table: u64 = ranges
+            .iter()
+            .filter(|r| r.start >= at && r.end <= at + len)
+            .map(|r| r.end - r.start)
+            .sum();
+        assert!(
+            read_of_table * 10 < len * 8,
+            "{shown}: {read_of_table} of the table's {len} bytes read"
+        );
+        sparse.read_within(&opened.file, &shown, ranges).unwrap();
+        assert!(sparse.partly_unread());
+        let found = locate_reading_code(&sparse, &Budget::standard(), &|offset, len| {
+            sparse.bytes_at(&opened.file, offset, len)
+        })
+        .unwrap();
+        let whole = std::fs::read(binary).unwrap();
+        assert_eq!(found, locate_in(&whole).unwrap(), "{shown}");
+        assert!(found.is_some(), "{shown}");
+    }
+}
+
+/// A header whose tables are not in the linker's order is not trusted to say what to skip.
+#[test]
+fn a_pclntab_header_out_of_order_means_reading_the_whole_table() {
+    let header = |names: u64, units: u64, functions: u64| {
+        let mut h = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        for field in [10, 3, 0x401000, names, units, 0, 0, functions] {
+            h.extend(u64::to_le_bytes(field));
+        }
+        h
+    };
+    assert_eq!(
+        pclntab::parts_read(&header(72, 1000, 5000), 9000),
+        Some([0..72, 72..1000, 5000..9000])
+    );
+    assert_eq!(pclntab::parts_read(&header(72, 6000, 5000), 9000), None);
+    assert_eq!(pclntab::parts_read(&header(8, 1000, 5000), 9000), None);
+    assert_eq!(pclntab::parts_read(&header(72, 1000, 9000), 9000), None);
+    assert_eq!(
+        pclntab::parts_read(&header(72, 1000, 5000)[..40], 9000),
+        None
+    );
+}
+
 #[test]
 fn pclntab_bounds_agree_with_the_symbol_table() {
     let data = std::fs::read(&built().plain).unwrap();
@@ -264,10 +330,10 @@ fn build_versions_inline_and_by_pointer() {
     by_pointer.extend(0u64.to_le_bytes());
     let mut header = 0x6000u64.to_le_bytes().to_vec();
     header.extend(9u64.to_le_bytes());
-    let memory = |addr: u64, len: u64| -> Option<&[u8]> {
+    let memory = |addr: u64, len: u64| -> Option<Vec<u8>> {
         match (addr, len) {
-            (0x5000, 16) => Some(&header[..]),
-            (0x6000, 9) => Some(&b"go1.17.13"[..]),
+            (0x5000, 16) => Some(header.clone()),
+            (0x6000, 9) => Some(b"go1.17.13".to_vec()),
             _ => None,
         }
     };
