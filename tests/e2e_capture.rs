@@ -421,6 +421,14 @@ async fn ring_buffer_overflow_is_reported_and_survived() -> Result<()> {
         &["--ring-buffer-bytes", "262144", "--exclude-exe", &me],
     )
     .await?;
+    // The ring's data pages are mapped once into the reader: RSS counts them once. (Mapped
+    // twice, as aya and libbpf map them, a 32 MiB ring showed as 64 MiB of RSS.)
+    // (aya-log's own 128 KiB ring is mapped by aya, twice: 4 KiB + 256 KiB, beside ours.)
+    let mappings = bpf_map_mapping_sizes(traced.tracer.pid())?;
+    assert!(
+        mappings.contains(&(4096 + 262144)) && !mappings.contains(&(4096 + 2 * 262144)),
+        "{mappings:?}"
+    );
     let flood = e2e::run(http_post(&server, &["--size", &SIXTEEN_MIB.to_string()])).await?;
     let pid = e2e::json_lines(&flood)[0]["pid"].as_u64().context("pid")? as u32;
     let spans = traced
@@ -461,6 +469,25 @@ async fn ring_buffer_overflow_is_reported_and_survived() -> Result<()> {
         Some("chatcmpl-mock-nonstream")
     );
     Ok(())
+}
+
+/// Sizes of the process's mappings of BPF maps (ring buffers' pages), sorted.
+fn bpf_map_mapping_sizes(pid: u32) -> Result<Vec<u64>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut sizes = maps
+        .lines()
+        .filter(|line| line.ends_with("anon_inode:bpf-map"))
+        .map(|line| {
+            let (start, end) = line
+                .split_whitespace()
+                .next()
+                .and_then(|range| range.split_once('-'))
+                .context("address range")?;
+            Ok(u64::from_str_radix(end, 16)? - u64::from_str_radix(start, 16)?)
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    sizes.sort_unstable();
+    Ok(sizes)
 }
 
 /// The programs built for kernels without `bpf_loop` (Linux before 5.17: Amazon Linux 2,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeScope},
         BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint, UProbe,
@@ -316,9 +316,12 @@ impl Capture {
     }
 
     /// The ring buffer, handed to the reader once.
-    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
+    pub fn take_ring_buffer(&mut self) -> Result<super::ring::RingReader> {
         let map = self.ebpf.take_map("EVENTS").context("map EVENTS missing")?;
-        Ok(RingBuf::try_from(map)?)
+        let aya::maps::Map::RingBuf(data) = map else {
+            anyhow::bail!("map EVENTS is not a ring buffer");
+        };
+        Ok(super::ring::RingReader::new(data)?)
     }
 
     /// Copies the kernel's per-CPU counters into `health`.

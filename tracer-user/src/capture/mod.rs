@@ -14,6 +14,7 @@ pub mod preattach;
 pub mod queue;
 pub mod reader;
 pub mod rejection;
+pub mod ring;
 pub mod safe_open;
 mod stdio;
 mod system;

@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::debug;
 
@@ -16,7 +15,7 @@ const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Reads until `stop` fires, then drains what is already in the ring and returns.
 pub async fn read_ring_buffer(
-    ring: RingBuf<MapData>,
+    ring: super::ring::RingReader,
     events: CaptureQueue,
     execs: mpsc::Sender<ExecSeen>,
     health: Arc<Health>,
@@ -78,7 +77,7 @@ fn report_verdicts(validator: &mut Validator, health: &Health) {
 }
 
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut super::ring::RingReader,
     events: &CaptureQueue,
     execs: &mpsc::Sender<ExecSeen>,
     health: &Health,
@@ -86,9 +85,9 @@ fn drain(
     records: &mut TlsRecords,
 ) {
     let mut assembled = Vec::new();
-    while let Some(record) = ring.next() {
+    ring.drain(|record| {
         Health::add(&health.records, 1);
-        match decode_record(&record) {
+        match decode_record(record) {
             Ok(event) => hand_on(
                 event,
                 events,
@@ -103,7 +102,7 @@ fn drain(
                 Health::add(&health.malformed_records, 1);
             }
         }
-    }
+    });
 }
 
 /// One decoded record on to the pipeline queue (an exec also to the attacher), through the TLS

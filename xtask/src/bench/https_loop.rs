@@ -110,13 +110,12 @@ fn render(requests: u32, off: &[ClientResult], on: &[TracerRun], others: &Others
         "| tracer peak RSS (VmHWM) | | {rss_mib:.1} MiB | |\n\n"
     ));
     s.push_str(
-        "The peak RSS counts the ring buffer twice: the kernel maps its data pages twice in a \
-         row into the reader (so a record that wraps around reads as one), and RSS counts every \
-         mapping, so the default 32 MiB ring shows as 64 MiB of RSS while it holds 32 MiB of \
-         memory (charged once to the tracer's cgroup). `--ring-buffer-bytes` sets its size. The \
-         rest of the peak is start-up analysis: every executable on PATH and every running \
-         one is read as its metadata, a Go executable as all but its code, and one whose \
-         strings name a stack the locators find in full (see the README's memory section).\n\n",
+        "Of the peak RSS, 32 MiB is the ring buffer (`--ring-buffer-bytes`; its data pages are \
+         mapped once into the reader, where aya and libbpf map them twice and RSS would count \
+         64 MiB), about 12 MiB the tracer's own code, and aya-log's 128 KiB ring counts twice. \
+         The rest of the peak is start-up analysis: every executable on PATH and every running \
+         one is read as its metadata, a Go executable as its function names and entries, and \
+         one whose strings name a stack the locators find in full (see the README's memory section).\n\n",
     );
     s.push_str(&format!(
         "Per run, p50 µs: without {}; with {}. p99 µs: without {}; with {}. \
