@@ -182,29 +182,61 @@ pub fn may_be_go<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>)
     !has_section_headers || GO_SECTIONS.iter().any(|n| elf.section_by_name(n).is_some())
 }
 
-/// The file ranges Go's analysis reads, besides the metadata (headers and symbol tables),
-/// from an executable whose section headers name its function table and build information:
-/// the table's header, function names and function entries, and the build information. The
-/// table's line, file and compilation-unit tables (a third of it, 8 of terraform's 26 MB) and
-/// all other data stay unread. `None`: the sections are missing or the table is not laid out
-/// as Go's linker writes it; then all but the code is read. `file_at` reads the file, whose
-/// sections are not in memory yet.
-pub fn data_ranges<'data, R: object::ReadRef<'data>>(
-    elf: &object::File<'data, R>,
-    file_at: &FileAt<'_>,
-) -> Option<Vec<Range<u64>>> {
+/// Build information larger than this is not read up front (Go's is a few hundred bytes).
+const MAX_BUILD_INFO_BYTES: u64 = 1 << 16;
+
+/// The file ranges Go's analysis reads, besides the metadata (headers and symbol tables) read
+/// already: `file_at` reads the file, whose other parts are not in memory yet.
+/// - With crypto/tls in the symbol table and a build version: the build information alone.
+/// - Else, where section headers name the function table and build information: the table's
+///   header, function names and function entries, and the build information. The table's line,
+///   file and unit tables (a third of it, 8 of terraform's 26 MB) stay unread.
+/// - Else the loadable segments that are not code, where Go's analysis looks for the table and
+///   the build information by their magic (not the debug sections or the code).
+pub fn data_ranges(elf: &object::File<'_>, file_at: &FileAt<'_>) -> Option<Vec<Range<u64>>> {
+    let segments = Segments::of(elf).ok()?;
+    let info = elf
+        .section_by_name(".go.buildinfo")
+        .and_then(|section| section.file_range())
+        .and_then(|(at, len)| Some(at..at.checked_add(len)?));
+    let symbols = matches!(symbol_bounds(elf), Ok(Some([Some(_), Some(_)])));
+    let info_len = info
+        .as_ref()
+        .map_or(0, |info| info.end.saturating_sub(info.start));
+    if let Some(info) = info
+        .as_ref()
+        .filter(|_| symbols && info_len <= MAX_BUILD_INFO_BYTES)
+    {
+        let blob = file_at(info.start, info_len)?;
+        let version = parse_build_version(&blob, |addr, len| {
+            file_at(segments.range_offset(addr, len, false)?, len)
+        });
+        if version.as_deref().and_then(go_minor_version).is_some() {
+            return Some(vec![info.clone()]);
+        }
+    }
     let table = [".gopclntab", ".data.rel.ro.gopclntab"]
         .iter()
-        .find_map(|name| elf.section_by_name(name))?;
-    let (table_at, table_len) = table.file_range()?;
-    let (info_at, info_len) = elf.section_by_name(".go.buildinfo")?.file_range()?;
-    let header = file_at(table_at, pclntab::HEADER_BYTES)?;
-    let mut ranges = pclntab::parts_read(&header, table_len)?
-        .into_iter()
-        .map(|part| Some(table_at.checked_add(part.start)?..table_at.checked_add(part.end)?))
-        .collect::<Option<Vec<_>>>()?;
-    ranges.push(info_at..info_at.checked_add(info_len)?);
-    Some(ranges)
+        .find_map(|name| elf.section_by_name(name))
+        .and_then(|section| section.file_range());
+    if let (Some((table_at, table_len)), Some(info)) = (table, info) {
+        let header = file_at(table_at, pclntab::HEADER_BYTES)?;
+        if let Some(parts) = pclntab::parts_read(&header, table_len) {
+            let mut ranges = parts
+                .into_iter()
+                .map(|part| {
+                    Some(table_at.checked_add(part.start)?..table_at.checked_add(part.end)?)
+                })
+                .collect::<Option<Vec<_>>>()?;
+            ranges.push(info);
+            return Some(ranges);
+        }
+    }
+    segments
+        .iter()
+        .filter(|segment| !segment.executable)
+        .map(|segment| Some(segment.offset..segment.offset.checked_add(segment.file_size)?))
+        .collect()
 }
 
 /// [`locate`] on the executable's bytes, within the [standard](Budget::standard) budget.
@@ -236,8 +268,24 @@ pub fn locate_reading_code(
         return Ok(None);
     };
     let segments = Segments::of(&elf)?;
-    let Some(pclntab) = pclntab_bytes(&elf, data, &segments, budget)? else {
-        return Ok(None);
+    // crypto/tls symbols say Go, and the build information which ABI: then the function table
+    // is not needed (nor read, see `data_ranges`).
+    let symbols = symbol_bounds(&elf)?;
+    let early_version = symbols
+        .is_some()
+        .then(|| build_version(&elf, data, &segments, code))
+        .flatten();
+    let abi_known = early_version
+        .as_deref()
+        .and_then(go_minor_version)
+        .is_some();
+    let pclntab = if symbols.is_some() && abi_known {
+        None
+    } else {
+        match pclntab_bytes(&elf, data, &segments, budget)? {
+            Some(table) => Some(table),
+            None => return Ok(None),
+        }
     };
     if elf.architecture() != Architecture::X86_64 {
         return Err(GoLocateError::Architecture(format!(
@@ -245,9 +293,9 @@ pub fn locate_reading_code(
             elf.architecture()
         )));
     }
-    let (bounds, from_symbols) = match symbol_bounds(&elf)? {
-        Some(bounds) => (bounds, true),
-        None => {
+    let (bounds, from_symbols) = match (symbols, pclntab) {
+        (Some(bounds), _) => (bounds, true),
+        (None, Some(pclntab)) => {
             let text = elf.section_by_name(".text").map(|s| s.address());
             let table = Pclntab::parse(pclntab, text)?;
             (
@@ -258,6 +306,7 @@ pub fn locate_reading_code(
                 false,
             )
         }
+        (None, None) => return Ok(None),
     };
     let [write, read] = match bounds {
         [None, None] => return Ok(None),
@@ -276,8 +325,8 @@ pub fn locate_reading_code(
         }
     };
     // Only now: a Go program without crypto/tls is no concern, whatever its version.
-    let go_version = build_version(&elf, data, &segments, code);
-    let magic = read_u32(pclntab, 0).ok_or(GoLocateError::Pclntab("no header"))?;
+    let go_version = early_version.or_else(|| build_version(&elf, data, &segments, code));
+    let magic = pclntab.and_then(|table| read_u32(table, 0));
     check_register_abi(go_version.as_deref(), magic)?;
     Ok(Some(GoTlsHooks {
         write: probe_points(WRITE_FUNCTION, write, code, &segments)?,
@@ -286,6 +335,7 @@ pub fn locate_reading_code(
         from_symbols,
     }))
 }
+
 /// Entry and `RET` file offsets of the function at `bounds` (virtual addresses).
 fn probe_points(
     function: &'static str,
@@ -374,13 +424,13 @@ fn symbol_bounds(elf: &object::File<'_>) -> Result<Option<[Option<Range<u64>>; 2
 
 /// Go builds before 1.17 pass arguments on the stack, where the probes would read garbage.
 /// Decided by the version the binary records, else by the pclntab format.
-fn check_register_abi(go_version: Option<&str>, magic: u32) -> Result<(), GoLocateError> {
+fn check_register_abi(go_version: Option<&str>, magic: Option<u32>) -> Result<(), GoLocateError> {
     match go_version.and_then(go_minor_version) {
         Some(minor) if minor >= 17 => Ok(()),
         Some(_) => Err(GoLocateError::StackAbi(
             go_version.unwrap_or_default().to_string(),
         )),
-        None => match PclntabVersion::from_magic(magic) {
+        None => match magic.and_then(PclntabVersion::from_magic) {
             Some(PclntabVersion::Go118 | PclntabVersion::Go120) => Ok(()),
             // 1.16 and 1.17 share this format, and only 1.17 has the register ABI.
             _ => Err(GoLocateError::StackAbi(

@@ -1,7 +1,12 @@
 // Test code builds its ELF files with plain arithmetic on constants it chose.
 #![allow(clippy::arithmetic_side_effects)]
 
-use std::{path::PathBuf, process::Command, sync::OnceLock};
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
 
 use proptest::prelude::*;
 
@@ -139,47 +144,98 @@ fn the_daemon_finds_the_same_probes_without_reading_the_code() {
     }
 }
 
-/// Of a Go executable's data the daemon reads only the function table's names and entries and
-/// the build information (the table's line, file and unit tables stay unread), and finds the
-/// same probes as in the whole file.
-#[test]
-fn only_the_function_tables_names_and_entries_are_read() {
+/// What the daemon reads of a Go executable's data (`data_ranges`), read into a sparse copy:
+/// the probes found there, and the ranges.
+fn sparse_analysis(binary: &Path) -> (Option<GoTlsHooks>, Vec<Range<u64>>) {
     use crate::capture::safe_open::{open_host, read_for_analysis};
+    let opened = open_host(binary).unwrap();
+    let shown = binary.display().to_string();
+    let mut sparse = read_for_analysis(&opened.file, &shown).unwrap();
+    let ranges = {
+        let elf = object::File::parse(&*sparse).unwrap();
+        let file_at = |offset, len| sparse.bytes_at(&opened.file, offset, len);
+        data_ranges(&elf, &file_at).expect("a layout")
+    };
+    sparse
+        .read_within(&opened.file, &shown, ranges.clone())
+        .unwrap();
+    assert!(sparse.partly_unread(), "{shown}: read whole");
+    let found = locate_reading_code(&sparse, &Budget::standard(), &|offset, len| {
+        sparse.bytes_at(&opened.file, offset, len)
+    })
+    .unwrap();
+    let whole = std::fs::read(binary).unwrap();
+    assert_eq!(found, locate_in(&whole).unwrap(), "{shown}");
+    assert!(found.is_some(), "{shown}");
+    (found, ranges)
+}
+
+fn section_range(binary: &Path, names: &[&str]) -> Range<u64> {
+    let data = std::fs::read(binary).unwrap();
+    let elf = object::File::parse(&data[..]).unwrap();
+    let (at, len) = names
+        .iter()
+        .find_map(|name| elf.section_by_name(name))
+        .and_then(|section| section.file_range())
+        .unwrap();
+    at..at + len
+}
+
+/// With crypto/tls in the symbol table the daemon reads only the build information (for the
+/// version); stripped, the function table's names and entries, not its line and file tables.
+/// The probes are those of the whole file either way.
+#[test]
+fn of_a_go_executables_data_only_what_the_lookup_needs_is_read() {
     let b = built();
-    for binary in [&b.plain, &b.stripped, &b.pie] {
-        let opened = open_host(binary).unwrap();
-        let shown = binary.display().to_string();
-        let mut sparse = read_for_analysis(&opened.file, &shown).unwrap();
-        let (ranges, table) = {
-            let elf = object::File::parse(&*sparse).unwrap();
-            let file_at = |offset, len| sparse.bytes_at(&opened.file, offset, len);
-            let ranges = data_ranges(&elf, &file_at).expect("section headers name the table");
-            let table = [".gopclntab", ".data.rel.ro.gopclntab"]
-                .iter()
-                .find_map(|name| elf.section_by_name(name))
-                .and_then(|section| section.file_range());
-            (ranges, table.unwrap())
-        };
-        let (at, len) = table;
+    for binary in [&b.plain, &b.pie] {
+        let (found, ranges) = sparse_analysis(binary);
+        assert!(found.unwrap().from_symbols);
+        assert_eq!(ranges, [section_range(binary, &[".go.buildinfo"])]);
+    }
+    {
+        let binary = &b.stripped;
+        let (found, ranges) = sparse_analysis(binary);
+        assert!(!found.unwrap().from_symbols);
+        let table = section_range(binary, &[".gopclntab", ".data.rel.ro.gopclntab"]);
         let read_of_table: u64 = ranges
             .iter()
-            .filter(|r| r.start >= at && r.end <= at + len)
+            .filter(|r| r.start >= table.start && r.end <= table.end)
             .map(|r| r.end - r.start)
             .sum();
+        let len = table.end - table.start;
         assert!(
             read_of_table * 10 < len * 8,
-            "{shown}: {read_of_table} of the table's {len} bytes read"
+            "{}: {read_of_table} of the table's {len} bytes read",
+            binary.display()
         );
-        sparse.read_within(&opened.file, &shown, ranges).unwrap();
-        assert!(sparse.partly_unread());
-        let found = locate_reading_code(&sparse, &Budget::standard(), &|offset, len| {
-            sparse.bytes_at(&opened.file, offset, len)
-        })
-        .unwrap();
-        let whole = std::fs::read(binary).unwrap();
-        assert_eq!(found, locate_in(&whole).unwrap(), "{shown}");
-        assert!(found.is_some(), "{shown}");
     }
+}
+
+/// A Go executable whose section headers do not name the function table (Docker's, linked by
+/// the system linker): its loadable data segments are read, not its debug sections or code.
+#[test]
+fn without_a_table_section_the_data_segments_are_read() {
+    let b = built();
+    let mut data = std::fs::read(&b.stripped).unwrap();
+    let name = memchr::memmem::find(&data, b"\0.gopclntab\0").expect("section name") + 1;
+    data[name..name + 10].copy_from_slice(b".renamed00");
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("client-renamed");
+    std::fs::write(&renamed, &data).unwrap();
+    let elf = object::File::parse(&data[..]).unwrap();
+    assert!(elf.section_by_name(".gopclntab").is_none());
+    let (found, ranges) = sparse_analysis(&renamed);
+    assert_eq!(
+        found,
+        locate_in(&std::fs::read(&b.stripped).unwrap()).unwrap()
+    );
+    let segments = Segments::of(&elf).unwrap();
+    let data_segments: Vec<Range<u64>> = segments
+        .iter()
+        .filter(|s| !s.executable)
+        .map(|s| s.offset..s.offset + s.file_size)
+        .collect();
+    assert_eq!(ranges, data_segments);
 }
 
 /// A header whose tables are not in the linker's order is not trusted to say what to skip.
@@ -297,14 +353,14 @@ fn go_versions() {
     assert_eq!(go_minor_version("go1.21rc2"), Some(21));
     assert_eq!(go_minor_version("devel go1.22-abcdef Tue"), Some(22));
     assert_eq!(go_minor_version("go2"), None);
-    assert!(check_register_abi(Some("go1.17"), 0xffff_fffa).is_ok());
+    assert!(check_register_abi(Some("go1.17"), Some(0xffff_fffa)).is_ok());
     assert!(matches!(
-        check_register_abi(Some("go1.16.15"), 0xffff_fffa),
+        check_register_abi(Some("go1.16.15"), Some(0xffff_fffa)),
         Err(GoLocateError::StackAbi(_))
     ));
-    assert!(check_register_abi(None, 0xffff_fff1).is_ok());
-    assert!(check_register_abi(None, 0xffff_fffa).is_err());
-    assert!(check_register_abi(None, 0xffff_fffb).is_err());
+    assert!(check_register_abi(None, Some(0xffff_fff1)).is_ok());
+    assert!(check_register_abi(None, Some(0xffff_fffa)).is_err());
+    assert!(check_register_abi(None, Some(0xffff_fffb)).is_err());
 }
 
 fn buildinfo_header(flags: u8) -> Vec<u8> {
