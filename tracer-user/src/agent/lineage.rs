@@ -29,6 +29,11 @@ pub struct Lineage {
     running: HashMap<u32, ExecRecord>,
     /// Read from /proc for processes whose fork was not seen; `None`: gone or unreadable.
     from_proc: HashMap<u32, Option<u32>>,
+    /// Each process's executable, read from /proc once per exec rather than once per model
+    /// call (the readlink was an eighth of the tracer's CPU in the HTTPS benchmark).
+    executables: HashMap<u32, Option<String>>,
+    /// Command lines read from /proc, for processes whose exec was not seen: likewise once.
+    args_from_proc: HashMap<u32, Vec<String>>,
 }
 
 impl Lineage {
@@ -64,6 +69,8 @@ impl Lineage {
             start_ns,
         };
         self.running.insert(pid, record.clone());
+        self.executables.remove(&pid);
+        self.args_from_proc.remove(&pid);
         record
     }
 
@@ -71,7 +78,36 @@ impl Lineage {
     pub fn exit(&mut self, pid: u32) -> Option<ExecRecord> {
         self.pending_args.remove(&pid);
         self.from_proc.remove(&pid);
+        self.executables.remove(&pid);
+        self.args_from_proc.remove(&pid);
         self.running.remove(&pid)
+    }
+
+    /// The arguments of the program `pid` runs: its exec's, else /proc's, read once.
+    pub fn args(&mut self, pid: u32) -> Vec<String> {
+        if let Some(record) = self.running.get(&pid) {
+            return record.args.clone();
+        }
+        if self.args_from_proc.len() >= MAX_FORKS {
+            self.args_from_proc.clear();
+        }
+        self.args_from_proc
+            .entry(pid)
+            .or_insert_with(|| crate::processes::procfs::args(pid))
+            .clone()
+    }
+
+    /// The executable `pid` runs (/proc/PID/exe), read once until it execs or exits.
+    pub fn executable(&mut self, pid: u32) -> Option<String> {
+        // Exits lost to a full ring buffer would leave entries behind: start afresh past the
+        // fork map's bound rather than grow.
+        if self.executables.len() >= MAX_FORKS {
+            self.executables.clear();
+        }
+        self.executables
+            .entry(pid)
+            .or_insert_with(|| crate::processes::procfs::executable(pid))
+            .clone()
     }
 
     pub fn running(&self, pid: u32) -> Option<&ExecRecord> {
@@ -206,6 +242,31 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Read once per exec: still known after the process is gone (its spans may come later),
+    /// read afresh after an exit or exec.
+    #[test]
+    fn a_program_is_read_once_until_exit_or_exec() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut lineage = Lineage::default();
+        let exe = lineage.executable(pid).expect("a running child");
+        assert!(exe.ends_with("/sleep"), "{exe}");
+        assert_eq!(lineage.args(pid), ["sleep", "30"]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(lineage.executable(pid), Some(exe), "cached");
+        assert_eq!(lineage.args(pid), ["sleep", "30"], "cached");
+        lineage.exit(pid);
+        assert_eq!(lineage.executable(pid), None, "read again: gone");
+        assert!(lineage.executables.contains_key(&pid));
+        lineage.exec(pid, "/usr/bin/true", 1);
+        assert!(!lineage.executables.contains_key(&pid), "forgotten at exec");
+        assert_eq!(lineage.args(pid), ["/usr/bin/true"], "the exec's arguments");
     }
 
     #[test]

@@ -52,7 +52,7 @@ use crate::{
         HttpCall, LlmCall, McpExchange, McpTransport, StdioCall, ToolCall, Usage,
     },
     model::span::{AttrValue, Span, SpanEvent, SpanKind, SpanStatus},
-    processes::{procfs, redact_args, ProcessInfo},
+    processes::{redact_args, ProcessInfo},
     telemetry::health::Health,
 };
 

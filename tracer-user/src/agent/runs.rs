@@ -65,12 +65,8 @@ impl AgentAssembler {
                 .and_then(|(_, _, id)| id.clone())
                 .or_else(|| history::conversation_id(items))
         });
-        let args = self
-            .lineage
-            .running(pid)
-            .map(|r| r.args.clone())
-            .unwrap_or_else(|| procfs::args(pid));
-        let executable = procfs::executable(pid).unwrap_or_default();
+        let args = self.lineage.args(pid);
+        let executable = self.lineage.executable(pid).unwrap_or_default();
         let agent_name = self.config.names.name_of(&args, &executable);
         let key = self.next_run_key;
         self.next_run_key += 1;
