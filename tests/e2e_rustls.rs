@@ -682,6 +682,32 @@ async fn a_rustls_connection_open_before_the_tracer_starts_is_captured_from_its_
     Ok(())
 }
 
+/// The tracer never analyses or hooks its own executable, even where pre-attach scans its
+/// directory: it holds every locator's strings, and hooking it would hook every later tracer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracer_never_hooks_its_own_executable() -> Result<()> {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let tracer = tracer_bin().canonicalize()?;
+    let dir = tracer.parent().context("the tracer's directory")?;
+    let path = format!("{}:/usr/bin:/bin", dir.display());
+    let Traced {
+        tracer: running, ..
+    } = e2e::start_traced_with_env(tracer_bin(), "own-executable", &[], &[("PATH", &path)]).await?;
+    // Pre-attach has scanned PATH once the tracer says so.
+    e2e::wait_for_log("own-executable", &["start-up scan done"], ATTACH_WAIT).await?;
+    let output = running.stop()?;
+    assert!(output.status.success(), "tracer exit: {}", output.status);
+    let own = tracer.display().to_string();
+    let mentions: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|line| line.contains(&format!("{own}:")) || line.contains(&format!("to {own}")))
+        .collect();
+    assert!(mentions.is_empty(), "{mentions:#?}");
+    Ok(())
+}
+
 /// `--skip-executable`: a client named there is never hooked. Its calls are never decrypted
 /// (its connection is only seen as TLS the tracer does not read), while a copy of the very same
 /// program, another file, is hooked and traced as ever.

@@ -146,9 +146,11 @@ pub async fn run(config: Config) -> Result<()> {
         stop_rx,
     ));
     let mut attacher = Attacher::new(capture, health.clone(), validator);
-    attacher
-        .target_cache()
-        .skip(skipped_executables(&config.skip_executables)?);
+    attacher.target_cache().skip(
+        skipped_executables(&config.skip_executables)?
+            .into_iter()
+            .chain(own_executable()),
+    );
     // Pre-attach (see capture/preattach.rs) starts first: its threads list and analyse the
     // directories agents run from while the running processes are scanned here.
     let preattached = capture::preattach::enabled().then(|| {
@@ -313,6 +315,15 @@ fn skipped_executables(paths: &[std::path::PathBuf]) -> Result<Vec<capture::targ
             Ok(capture::targets::FileId::from_metadata(&meta))
         })
         .collect()
+}
+
+/// The tracer's own executable, never analysed or hooked: it names every locator's strings
+/// (so it was read whole and a "BoringSSL" reported in it), and pre-attach found its rustls and
+/// hooked every later tracer, `agent-tracer check` included.
+fn own_executable() -> Option<capture::targets::FileId> {
+    std::fs::metadata("/proc/self/exe")
+        .ok()
+        .map(|meta| capture::targets::FileId::from_metadata(&meta))
 }
 
 #[cfg(test)]
