@@ -41,6 +41,9 @@ const GO_SECTIONS: &[&str] = &[
     ".note.go.buildid",
 ];
 
+/// Where the function table is when section headers name it (the second in PIE builds).
+const TABLE_SECTIONS: [&str; 2] = [".gopclntab", ".data.rel.ro.gopclntab"];
+
 /// No crypto/tls method comes near this; a larger "function" means bounds read wrong.
 const MAX_FUNCTION_BYTES: u64 = 1 << 20;
 
@@ -215,7 +218,7 @@ pub fn data_ranges(elf: &object::File<'_>, file_at: &FileAt<'_>) -> Option<Vec<R
             return Some(vec![info.clone()]);
         }
     }
-    let table = [".gopclntab", ".data.rel.ro.gopclntab"]
+    let table = TABLE_SECTIONS
         .iter()
         .find_map(|name| elf.section_by_name(name))
         .and_then(|section| section.file_range());
@@ -455,7 +458,7 @@ fn pclntab_bytes<'a>(
     segments: &Segments,
     budget: &Budget,
 ) -> Result<Option<&'a [u8]>, GoLocateError> {
-    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+    for name in TABLE_SECTIONS {
         if let Some(section) = elf.section_by_name(name) {
             return Ok(Some(section.data()?));
         }

@@ -196,7 +196,7 @@ fn of_a_go_executables_data_only_what_the_lookup_needs_is_read() {
         let binary = &b.stripped;
         let (found, ranges) = sparse_analysis(binary);
         assert!(!found.unwrap().from_symbols);
-        let table = section_range(binary, &[".gopclntab", ".data.rel.ro.gopclntab"]);
+        let table = section_range(binary, &TABLE_SECTIONS);
         let read_of_table: u64 = ranges
             .iter()
             .filter(|r| r.start >= table.start && r.end <= table.end)
