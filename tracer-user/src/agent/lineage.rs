@@ -88,26 +88,20 @@ impl Lineage {
         if let Some(record) = self.running.get(&pid) {
             return record.args.clone();
         }
-        if self.args_from_proc.len() >= MAX_FORKS {
-            self.args_from_proc.clear();
-        }
-        self.args_from_proc
-            .entry(pid)
-            .or_insert_with(|| crate::processes::procfs::args(pid))
-            .clone()
+        read_once(
+            &mut self.args_from_proc,
+            pid,
+            crate::processes::procfs::args,
+        )
     }
 
     /// The executable `pid` runs (/proc/PID/exe), read once until it execs or exits.
     pub fn executable(&mut self, pid: u32) -> Option<String> {
-        // Exits lost to a full ring buffer would leave entries behind: start afresh past the
-        // fork map's bound rather than grow.
-        if self.executables.len() >= MAX_FORKS {
-            self.executables.clear();
-        }
-        self.executables
-            .entry(pid)
-            .or_insert_with(|| crate::processes::procfs::executable(pid))
-            .clone()
+        read_once(
+            &mut self.executables,
+            pid,
+            crate::processes::procfs::executable,
+        )
     }
 
     pub fn running(&self, pid: u32) -> Option<&ExecRecord> {
@@ -139,6 +133,15 @@ impl Lineage {
         }
         chain
     }
+}
+
+/// `pid`'s entry in `cache`, read with `read` the first time. Exits lost to a full ring buffer
+/// would leave entries behind: past the fork map's bound the cache starts afresh, not grows.
+fn read_once<T: Clone>(cache: &mut HashMap<u32, T>, pid: u32, read: fn(u32) -> T) -> T {
+    if cache.len() >= MAX_FORKS {
+        cache.clear();
+    }
+    cache.entry(pid).or_insert_with(|| read(pid)).clone()
 }
 
 /// The parent the process catalogue's /proc reader finds.

@@ -294,7 +294,8 @@ pub fn analyse_file(
         return Ok(analysis);
     }
     let may_be_go = super::locate::go::may_be_go(&elf);
-    let go_ranges = may_be_go
+    // Only asked when Go's analysis will run (no stack found by symbols).
+    let go_ranges = (may_be_go && analysis.stacks.is_empty())
         .then(|| {
             super::locate::go::data_ranges(&elf, &|offset, len| data.bytes_at(file, offset, len))
         })
