@@ -31,7 +31,7 @@ pub struct Lineage {
     from_proc: HashMap<u32, Option<u32>>,
     /// Each process's executable, read from /proc once per exec rather than once per model
     /// call (the readlink was an eighth of the tracer's CPU in the HTTPS benchmark).
-    executables: HashMap<u32, Option<String>>,
+    executables: HashMap<u32, String>,
     /// Command lines read from /proc, for processes whose exec was not seen: likewise once.
     args_from_proc: HashMap<u32, Vec<String>>,
 }
@@ -88,11 +88,10 @@ impl Lineage {
         if let Some(record) = self.running.get(&pid) {
             return record.args.clone();
         }
-        read_once(
-            &mut self.args_from_proc,
-            pid,
-            crate::processes::procfs::args,
-        )
+        read_once(&mut self.args_from_proc, pid, |pid| {
+            Some(crate::processes::procfs::args(pid)).filter(|args| !args.is_empty())
+        })
+        .unwrap_or_default()
     }
 
     /// The executable `pid` runs (/proc/PID/exe), read once until it execs or exits.
@@ -135,13 +134,23 @@ impl Lineage {
     }
 }
 
-/// `pid`'s entry in `cache`, read with `read` the first time. Exits lost to a full ring buffer
-/// would leave entries behind: past the fork map's bound the cache starts afresh, not grows.
-fn read_once<T: Clone>(cache: &mut HashMap<u32, T>, pid: u32, read: fn(u32) -> T) -> T {
+/// `pid`'s entry in `cache`, read with `read` until a read finds it (a process gone, or caught
+/// mid-exec with an empty command line, is not remembered that way). Exits lost to a full ring
+/// buffer would leave entries behind: past the fork map's bound the cache starts afresh.
+fn read_once<T: Clone>(
+    cache: &mut HashMap<u32, T>,
+    pid: u32,
+    read: fn(u32) -> Option<T>,
+) -> Option<T> {
+    if let Some(known) = cache.get(&pid) {
+        return Some(known.clone());
+    }
     if cache.len() >= MAX_FORKS {
         cache.clear();
     }
-    cache.entry(pid).or_insert_with(|| read(pid)).clone()
+    let found = read(pid)?;
+    cache.insert(pid, found.clone());
+    Some(found)
 }
 
 /// The parent the process catalogue's /proc reader finds.
@@ -257,6 +266,12 @@ mod tests {
             .unwrap();
         let pid = child.id();
         let mut lineage = Lineage::default();
+        // Its command line reads empty until the exec has set it up.
+        let started = std::time::Instant::now();
+        while crate::processes::procfs::args(pid).is_empty() {
+            assert!(started.elapsed().as_secs() < 10, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let exe = lineage.executable(pid).expect("a running child");
         assert!(exe.ends_with("/sleep"), "{exe}");
         assert_eq!(lineage.args(pid), ["sleep", "30"]);
@@ -266,7 +281,10 @@ mod tests {
         assert_eq!(lineage.args(pid), ["sleep", "30"], "cached");
         lineage.exit(pid);
         assert_eq!(lineage.executable(pid), None, "read again: gone");
-        assert!(lineage.executables.contains_key(&pid));
+        assert!(
+            !lineage.executables.contains_key(&pid),
+            "a failed read is not kept"
+        );
         lineage.exec(pid, "/usr/bin/true", 1);
         assert!(!lineage.executables.contains_key(&pid), "forgotten at exec");
         assert_eq!(lineage.args(pid), ["/usr/bin/true"], "the exec's arguments");
